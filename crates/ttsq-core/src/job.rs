@@ -1,0 +1,516 @@
+//! A synthesis job: its raw wire form, the limits it is checked against and
+//! its validated form. Validation happens once, at the edge; everything past
+//! [`Job::parse`] can trust its fields.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    catalog::Catalog,
+    error::ValidationErrors,
+    hash::{ContentHash, HashInputs, normalize_text},
+};
+
+/// Output audio encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioFormat {
+    /// MPEG-1 Layer III; the default.
+    Mp3,
+    /// RIFF WAVE, 16-bit PCM, mono.
+    Wav,
+    /// Raw signed 16-bit little-endian mono samples, no header.
+    Pcm,
+    /// Opus in an Ogg container, where a provider supports it.
+    OggOpus,
+}
+
+impl AudioFormat {
+    /// Every format, in the order they are listed to clients.
+    pub const ALL: [AudioFormat; 4] = [Self::Mp3, Self::Wav, Self::Pcm, Self::OggOpus];
+
+    /// The name clients send as `format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mp3 => "mp3",
+            Self::Wav => "wav",
+            Self::Pcm => "pcm",
+            Self::OggOpus => "ogg_opus",
+        }
+    }
+
+    /// File extension of stored objects.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::OggOpus => "ogg",
+            other => other.as_str(),
+        }
+    }
+
+    /// HTTP `Content-Type` of the audio.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Mp3 => "audio/mpeg",
+            Self::Wav => "audio/wav",
+            Self::Pcm => "audio/pcm",
+            Self::OggOpus => "audio/ogg",
+        }
+    }
+}
+
+impl fmt::Display for AudioFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AudioFormat {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or(())
+    }
+}
+
+/// How a job is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Through the queue and a worker; the default.
+    Normal,
+    /// Synthesized inline by the API; never waits behind the queue.
+    High,
+}
+
+impl Priority {
+    /// The name clients send and Postgres stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+}
+
+impl FromStr for Priority {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Self::Normal),
+            "high" => Ok(Self::High),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Limits a job is checked against; configurable per deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Most characters (Unicode scalar values, after normalisation) in `text`.
+    pub max_text_chars: usize,
+    /// Most bytes of `metadata` as compact JSON.
+    pub max_metadata_bytes: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 5_000,
+            max_metadata_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// Slowest and fastest speaking rate factors accepted.
+pub const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.5..=2.0;
+
+/// A job exactly as a client sent it. Every field is optional here so that a
+/// missing field gets our own clear message rather than a parser's.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Text to speak.
+    pub text: Option<String>,
+    /// Dialect id from the catalog.
+    pub dialect: Option<String>,
+    /// Voice id of that dialect.
+    pub voice: Option<String>,
+    /// Speaking rate factor.
+    pub speed: Option<f64>,
+    /// Emotion, where the dialect offers any.
+    pub emotion: Option<String>,
+    /// Output format name.
+    pub format: Option<String>,
+    /// `normal` or `high`.
+    pub priority: Option<String>,
+    /// URL told of the terminal state.
+    pub callback_url: Option<String>,
+    /// Client's own JSON, returned as given.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A validated job, ready to be stored, hashed and synthesized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Normalised text.
+    pub text: String,
+    /// Characters of the normalised text; what usage is counted in.
+    pub characters: u32,
+    /// Dialect id.
+    pub dialect: String,
+    /// Voice id (the dialect's default when none was asked for).
+    pub voice: String,
+    /// Speaking rate factor, rounded to hundredths.
+    pub speed: f64,
+    /// Emotion, if asked for.
+    pub emotion: Option<String>,
+    /// Output format.
+    pub format: AudioFormat,
+    /// Normal (queued) or high (inline).
+    pub priority: Priority,
+    /// Callback URL, if any.
+    pub callback_url: Option<String>,
+    /// Client metadata, if any.
+    pub metadata: Option<serde_json::Value>,
+    /// Model id of the dialect.
+    pub model: String,
+    /// Provider chain of the dialect.
+    pub provider_route: String,
+    /// Content hash of the audio this job produces.
+    pub hash: ContentHash,
+}
+
+impl Job {
+    /// Decodes and validates a JSON request body in one step, reporting every
+    /// problem with the field it concerns.
+    pub fn parse(body: &[u8], catalog: &Catalog, limits: &JobLimits) -> Result<Self, ValidationErrors> {
+        let request = decode_request(body)?;
+        Self::validate(request, catalog, limits)
+    }
+
+    /// Validates a decoded request against the catalog and limits.
+    pub fn validate(
+        request: JobRequest,
+        catalog: &Catalog,
+        limits: &JobLimits,
+    ) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+
+        let text = match request.text.as_deref() {
+            None => {
+                errors.push("text", "is required");
+                String::new()
+            }
+            Some(raw) => {
+                let text = normalize_text(raw);
+                let chars = text.chars().count();
+                if text.is_empty() {
+                    errors.push("text", "must contain at least one non-whitespace character");
+                } else if chars > limits.max_text_chars {
+                    errors.push(
+                        "text",
+                        format!(
+                            "is {chars} characters long; the limit is {}",
+                            limits.max_text_chars
+                        ),
+                    );
+                } else if text.chars().any(|c| c.is_control()) {
+                    errors.push("text", "must not contain control characters");
+                }
+                text
+            }
+        };
+
+        let dialect = match request.dialect.as_deref() {
+            None => {
+                errors.push("dialect", "is required");
+                None
+            }
+            Some(id) => {
+                let found = catalog.get(id);
+                if found.is_none() {
+                    errors.push(
+                        "dialect",
+                        format!("unknown dialect `{}`; see GET /v1/dialects", truncate(id)),
+                    );
+                }
+                found
+            }
+        };
+
+        let speed = request.speed.unwrap_or(1.0);
+        if !SPEED_RANGE.contains(&speed) {
+            errors.push(
+                "speed",
+                format!(
+                    "must be between {} and {}",
+                    SPEED_RANGE.start(),
+                    SPEED_RANGE.end()
+                ),
+            );
+        }
+        let speed = (speed * 100.0).round() / 100.0;
+
+        let format = match request.format.as_deref() {
+            None => Some(AudioFormat::Mp3),
+            Some(name) => match name.parse::<AudioFormat>() {
+                Ok(format) => Some(format),
+                Err(()) => {
+                    errors.push(
+                        "format",
+                        format!("unknown format `{}`; use mp3, wav, pcm or ogg_opus", truncate(name)),
+                    );
+                    None
+                }
+            },
+        };
+
+        let priority = match request.priority.as_deref() {
+            None => Priority::Normal,
+            Some(name) => name.parse().unwrap_or_else(|()| {
+                errors.push(
+                    "priority",
+                    format!("unknown priority `{}`; use normal or high", truncate(name)),
+                );
+                Priority::Normal
+            }),
+        };
+
+        if let Some(url) = request.callback_url.as_deref() {
+            let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+            if !scheme_ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+                errors.push("callback_url", "must be an http(s) URL of at most 2048 characters");
+            }
+        }
+
+        if let Some(metadata) = &request.metadata {
+            let size = metadata.to_string().len();
+            if size > limits.max_metadata_bytes {
+                errors.push(
+                    "metadata",
+                    format!(
+                        "is {size} bytes as JSON; the limit is {}",
+                        limits.max_metadata_bytes
+                    ),
+                );
+            }
+        }
+
+        let mut voice = String::new();
+        let mut emotion = None;
+        if let Some(info) = dialect {
+            voice = request
+                .voice
+                .clone()
+                .unwrap_or_else(|| info.default_voice().to_owned());
+            if !info.voices.contains(&voice) {
+                errors.push(
+                    "voice",
+                    format!(
+                        "unknown voice `{}` for dialect `{}`; available: {}",
+                        truncate(&voice),
+                        info.id,
+                        info.voices.join(", ")
+                    ),
+                );
+            }
+            if let Some(format) = format
+                && !info.formats.contains(&format)
+            {
+                let offered: Vec<_> = info.formats.iter().map(|f| f.as_str()).collect();
+                errors.push(
+                    "format",
+                    format!(
+                        "format `{format}` is not supported for dialect `{}`; available: {}",
+                        info.id,
+                        offered.join(", ")
+                    ),
+                );
+            }
+            if let Some(wanted) = request.emotion.as_deref() {
+                if info.emotions.iter().any(|e| e == wanted) {
+                    emotion = Some(wanted.to_owned());
+                } else if info.emotions.is_empty() {
+                    errors.push(
+                        "emotion",
+                        format!("dialect `{}` does not support emotions", info.id),
+                    );
+                } else {
+                    errors.push(
+                        "emotion",
+                        format!(
+                            "unknown emotion `{}`; available: {}",
+                            truncate(wanted),
+                            info.emotions.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+
+        let (Some(info), Some(format)) = (dialect, format) else {
+            return Err(errors);
+        };
+        let provider_route = info.provider_route();
+        let hash = ContentHash::compute(&HashInputs {
+            provider_route: &provider_route,
+            voice: &voice,
+            dialect: &info.id,
+            model: &info.model,
+            speed,
+            emotion: emotion.as_deref(),
+            format,
+            text: &text,
+        });
+        let characters = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
+        errors.into_result(Job {
+            text,
+            characters,
+            dialect: info.id.clone(),
+            voice,
+            speed,
+            emotion,
+            format,
+            priority,
+            callback_url: request.callback_url,
+            metadata: request.metadata,
+            model: info.model.clone(),
+            provider_route,
+            hash,
+        })
+    }
+}
+
+/// Parses a JSON body into a [`JobRequest`], naming the field a type error is in.
+pub fn decode_request(body: &[u8]) -> Result<JobRequest, ValidationErrors> {
+    decode_json(body)
+}
+
+/// Parses any JSON request body, reporting the path of a mistyped field, or
+/// the line and column of a syntax error.
+pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize(deserializer) {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                errors.push("", format!("malformed JSON: {inner}"));
+            } else if path == "." {
+                errors.push("", format!("invalid request body: {inner}"));
+            } else {
+                errors.push(path, inner.to_string());
+            }
+            Err(errors)
+        }
+    }
+}
+
+/// Echoes client input in error messages without letting a huge value
+/// blow up the response.
+fn truncate(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        value.to_owned()
+    } else {
+        let mut short: String = value.chars().take(MAX).collect();
+        short.push('…');
+        short
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::catalog::DialectInfo;
+
+    fn catalog() -> Catalog {
+        Catalog::new([DialectInfo {
+            id: "en-gb".into(),
+            name: "English (UK)".into(),
+            voices: vec!["default".into(), "f1".into()],
+            formats: vec![AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm],
+            emotions: vec![],
+            provider_chain: vec!["espeak".into()],
+            model: "espeak-ng".into(),
+            sample_rate_hz: 22_050,
+        }])
+    }
+
+    fn parse(body: serde_json::Value) -> Result<Job, ValidationErrors> {
+        Job::parse(body.to_string().as_bytes(), &catalog(), &JobLimits::default())
+    }
+
+    #[test]
+    fn a_minimal_job_gets_defaults() {
+        let job = parse(json!({"text": "  Hello   world ", "dialect": "en-gb"})).unwrap();
+        assert_eq!(job.text, "Hello world");
+        assert_eq!(job.characters, 11);
+        assert_eq!(job.voice, "default");
+        assert_eq!(job.format, AudioFormat::Mp3);
+        assert_eq!(job.priority, Priority::Normal);
+        assert_eq!(job.speed, 1.0);
+        assert_eq!(job.provider_route, "espeak");
+    }
+
+    #[test]
+    fn equal_jobs_after_normalisation_share_a_hash() {
+        let a = parse(json!({"text": "Hello world", "dialect": "en-gb"})).unwrap();
+        let b = parse(json!({"text": " Hello \n world", "dialect": "en-gb", "format": "mp3"})).unwrap();
+        assert_eq!(a.hash, b.hash);
+        let c = parse(json!({"text": "Hello world", "dialect": "en-gb", "voice": "f1"})).unwrap();
+        assert_ne!(a.hash, c.hash);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (json!({"dialect": "en-gb"}), "text"),
+            (json!({"text": "   ", "dialect": "en-gb"}), "text"),
+            (json!({"text": "x".repeat(5_001), "dialect": "en-gb"}), "text"),
+            (json!({"text": "hi"}), "dialect"),
+            (json!({"text": "hi", "dialect": "xx-yy"}), "dialect"),
+            (json!({"text": "hi", "dialect": "en-gb", "voice": "nobody"}), "voice"),
+            (json!({"text": "hi", "dialect": "en-gb", "speed": 2.5}), "speed"),
+            (json!({"text": "hi", "dialect": "en-gb", "speed": 0.49}), "speed"),
+            (json!({"text": "hi", "dialect": "en-gb", "format": "flac"}), "format"),
+            (json!({"text": "hi", "dialect": "en-gb", "format": "ogg_opus"}), "format"),
+            (json!({"text": "hi", "dialect": "en-gb", "priority": "urgent"}), "priority"),
+            (json!({"text": "hi", "dialect": "en-gb", "emotion": "happy"}), "emotion"),
+            (json!({"text": "hi", "dialect": "en-gb", "callback_url": "ftp://x"}), "callback_url"),
+            (json!({"text": "hi", "dialect": "en-gb", "metadata": {"k": "v".repeat(5000)}}), "metadata"),
+            (json!({"text": 42, "dialect": "en-gb"}), "text"),
+            (json!({"text": "hi", "dialect": "en-gb", "speed": "fast"}), "speed"),
+            (json!({"text": "hi", "dialect": "en-gb", "colour": "red"}), "colour"),
+        ];
+        for (body, field) in cases {
+            let errors = parse(body.clone()).expect_err(&body.to_string());
+            assert_eq!(errors.fields(), [field], "{body}");
+        }
+    }
+
+    #[test]
+    fn several_problems_are_reported_together() {
+        let errors = parse(json!({"text": "", "dialect": "en-gb", "speed": 9, "format": "flac"})).unwrap_err();
+        assert_eq!(errors.fields(), ["text", "speed", "format"]);
+    }
+
+    #[test]
+    fn malformed_json_is_a_body_error_with_its_position() {
+        let errors = Job::parse(b"{\"text\": ", &catalog(), &JobLimits::default()).unwrap_err();
+        assert_eq!(errors.fields(), [""]);
+        assert!(errors.0[0].reason.starts_with("malformed JSON"), "{errors}");
+    }
+
+    #[test]
+    fn long_unknown_values_are_truncated_in_messages() {
+        let errors = parse(json!({"text": "hi", "dialect": "d".repeat(10_000)})).unwrap_err();
+        assert!(errors.0[0].reason.len() < 200);
+    }
+}

@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//!
+//! - [`catalog`]: the dialects a deployment offers, with voices, formats and
+//!   the provider chain; validation checks requests against it.
+//! - [`job`]: the submitted job, its raw wire form and its validated form.
+//! - [`hash`]: text normalisation and the content hash that keys the cache.
+//! - [`task`]: task states and their transitions.
+//! - [`message`]: the versioned message that travels through RabbitMQ.
+//! - [`error`]: field-level validation errors.
+
+pub mod catalog;
+pub mod error;
+pub mod hash;
+pub mod job;
+pub mod message;
+pub mod task;
+
+pub use catalog::{Catalog, DialectInfo};
+pub use error::{FieldError, ValidationErrors};
+pub use hash::{ContentHash, normalize_text};
+pub use job::{AudioFormat, Job, JobLimits, JobRequest, Priority};
+pub use message::{JobMessage, MessageDecodeError};
+pub use task::TaskStatus;
