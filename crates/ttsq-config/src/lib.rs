@@ -1,0 +1,520 @@
+#![doc = include_str!("../README.md")]
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use toml::{Table, Value};
+
+/// The embedded defaults; also the reference for every key.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+/// Prefix of every environment variable this crate reads.
+pub const ENV_PREFIX: &str = "TTSQ_";
+
+/// Variables with the prefix that are not settings themselves.
+const RESERVED_VARS: &[&str] = &["TTSQ_CONFIG", "TTSQ_URL", "TTSQ_API_KEY"];
+
+/// Everything a ttsq process can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP API.
+    pub server: ServerSettings,
+    /// Postgres.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub queue: QueueSettings,
+    /// S3-compatible audio storage.
+    pub s3: S3Settings,
+    /// Queue consumers.
+    pub worker: WorkerSettings,
+    /// Limits on submitted jobs.
+    pub limits: LimitSettings,
+    /// Log output.
+    pub log: LogSettings,
+    /// The embedded espeak-ng provider.
+    pub espeak: EspeakSettings,
+}
+
+/// HTTP API settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Base URL clients reach the API at, without a trailing slash.
+    pub public_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest long-poll a client may ask for, in seconds.
+    pub max_wait_secs: u64,
+}
+
+/// Postgres settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL; secret because it may carry a password.
+    pub url: SecretString,
+    /// Pool size per process.
+    pub max_connections: u32,
+    /// Apply pending migrations at start.
+    pub run_migrations: bool,
+}
+
+/// RabbitMQ settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// AMQP URL; secret because it carries a password.
+    pub url: SecretString,
+    /// Prefix of every queue name.
+    pub prefix: String,
+    /// Unacknowledged deliveries a worker holds at once.
+    pub prefetch: u16,
+    /// Redeliveries before RabbitMQ dead-letters a message.
+    pub delivery_limit: u32,
+}
+
+/// S3 settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint URL of the S3-compatible server.
+    pub endpoint: String,
+    /// Signing region.
+    pub region: String,
+    /// Bucket holding the audio.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: SecretString,
+    /// Create the bucket at start when missing.
+    pub create_bucket: bool,
+    /// Lifetime of presigned URLs, in seconds.
+    pub presign_ttl_secs: u64,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Most jobs in one batch.
+    pub batch_size: usize,
+    /// Longest a batch waits to fill, in milliseconds.
+    pub batch_window_ms: u64,
+    /// Batches processed at once.
+    pub concurrent_batches: usize,
+    /// Drain deadline on shutdown, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl WorkerSettings {
+    /// [`Self::batch_window_ms`] as a duration.
+    pub fn batch_window(&self) -> Duration {
+        Duration::from_millis(self.batch_window_ms)
+    }
+
+    /// [`Self::shutdown_grace_secs`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Limits on submitted jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Most characters of text in one job.
+    pub max_text_chars: usize,
+    /// Most bytes of metadata as JSON.
+    pub max_metadata_bytes: usize,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Coloured, multi-field lines for a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The embedded espeak-ng provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EspeakSettings {
+    /// Executable name or path.
+    pub binary: PathBuf,
+    /// Syntheses at once per process.
+    pub max_concurrent: usize,
+    /// Longest one synthesis may take, in seconds.
+    pub timeout_secs: u64,
+    /// Dialects offered, as espeak-ng voice names.
+    pub dialects: Vec<String>,
+}
+
+/// Why settings could not be loaded; each names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// An environment variable is unknown, unreadable or of the wrong type.
+    #[error("{var}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A setting has the wrong type or an invalid value.
+    #[error("setting `{key}` (env {var}{origin}): {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// The variable that sets it.
+        var: String,
+        /// Where the bad value came from, when not the defaults.
+        origin: Origin,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The embedded defaults or the config file.
+    File,
+    /// The environment.
+    Env,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File => Ok(()),
+            Self::Env => f.write_str(", set in the environment"),
+        }
+    }
+}
+
+/// The variable name of a dotted key: `worker.batch_size` → `TTSQ_WORKER_BATCH_SIZE`.
+pub fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` if given, then `env` (the variables of
+    /// the process, as name/value pairs; only `TTSQ_` ones are looked at).
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // The embedded defaults are checked by a unit test, so parsing cannot fail.
+        let mut table: Table = toml::from_str(DEFAULTS_TOML).expect("embedded defaults are valid TOML");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                path: path.to_owned(),
+                source,
+            })?;
+            let overlay: Table = toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            merge(&mut table, overlay);
+        }
+        let from_env = apply_env(&mut table, env)?;
+        let settings: Settings = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid {
+                var: env_var_for(&key),
+                origin: if from_env.contains_key(&key) { Origin::Env } else { Origin::File },
+                key,
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        settings.check(&from_env)?;
+        Ok(settings)
+    }
+
+    /// Range checks serde cannot express.
+    fn check(&self, from_env: &BTreeMap<String, ()>) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            var: env_var_for(key),
+            origin: if from_env.contains_key(key) { Origin::Env } else { Origin::File },
+            reason: reason.to_owned(),
+        };
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if !url_ok(&self.server.public_url) {
+            return Err(invalid("server.public_url", "must be an http(s) URL"));
+        }
+        if !url_ok(&self.s3.endpoint) {
+            return Err(invalid("s3.endpoint", "must be an http(s) URL"));
+        }
+        if self.s3.bucket.is_empty() {
+            return Err(invalid("s3.bucket", "must not be empty"));
+        }
+        let positive = [
+            ("server.max_body_bytes", self.server.max_body_bytes),
+            ("database.max_connections", self.database.max_connections as usize),
+            ("queue.prefetch", self.queue.prefetch as usize),
+            ("worker.batch_size", self.worker.batch_size),
+            ("worker.concurrent_batches", self.worker.concurrent_batches),
+            ("limits.max_text_chars", self.limits.max_text_chars),
+            ("espeak.max_concurrent", self.espeak.max_concurrent),
+            ("espeak.timeout_secs", self.espeak.timeout_secs as usize),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.espeak.dialects.is_empty() {
+            return Err(invalid("espeak.dialects", "must list at least one dialect"));
+        }
+        Ok(())
+    }
+
+    /// Every settable variable with its default, for `.env.example` and `--help`.
+    pub fn env_reference() -> Vec<(String, String)> {
+        // Same embedded defaults as in `load`, checked by a unit test.
+        let table: Table = toml::from_str(DEFAULTS_TOML).expect("embedded defaults are valid TOML");
+        let mut out = Vec::new();
+        collect_scalars(&table, "", &mut out);
+        out
+    }
+}
+
+fn collect_scalars(table: &Table, prefix: &str, out: &mut Vec<(String, String)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            Value::Table(t) => collect_scalars(t, &key, out),
+            Value::Array(_) => {}
+            Value::String(s) => out.push((env_var_for(&key), s.clone())),
+            other => out.push((env_var_for(&key), other.to_string())),
+        }
+    }
+}
+
+fn merge(base: &mut Table, overlay: Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Applies `TTSQ_*` variables onto the table; returns the dotted keys they set.
+fn apply_env(
+    table: &mut Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, ()>, ConfigError> {
+    let mut set = BTreeMap::new();
+    let mut vars: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !RESERVED_VARS.contains(&k.as_str()))
+        .collect();
+    // Plain variables win over their `_FILE` twin, so apply `_FILE` ones first.
+    vars.sort_by_key(|(k, _)| !k.ends_with("_FILE"));
+    for (var, raw) in vars {
+        let (name, value) = match resolve_key(table, &var[ENV_PREFIX.len()..]) {
+            Some(key) => (key, raw),
+            None => match var.strip_suffix("_FILE").and_then(|v| resolve_key(table, &v[ENV_PREFIX.len()..])) {
+                Some(key) => {
+                    let content = std::fs::read_to_string(&raw).map_err(|e| ConfigError::Env {
+                        var: var.clone(),
+                        reason: format!("cannot read file {raw}: {e}"),
+                    })?;
+                    (key, content.trim_end_matches(['\n', '\r']).to_owned())
+                }
+                None => {
+                    return Err(ConfigError::Env {
+                        var,
+                        reason: "unknown setting; see .env.example for every variable".into(),
+                    });
+                }
+            },
+        };
+        let slot = lookup_mut(table, &name).expect("resolve_key returned an existing key");
+        *slot = typed_like(slot, &value).map_err(|reason| ConfigError::Env {
+            var: var.clone(),
+            reason,
+        })?;
+        set.insert(name, ());
+    }
+    Ok(set)
+}
+
+/// Finds the scalar key a variable suffix (`WORKER_BATCH_SIZE`) names.
+fn resolve_key(table: &Table, suffix: &str) -> Option<String> {
+    for (k, v) in table {
+        let upper = k.to_uppercase();
+        match v {
+            Value::Table(inner) => {
+                if let Some(rest) = suffix.strip_prefix(&upper).and_then(|r| r.strip_prefix('_'))
+                    && let Some(found) = resolve_key(inner, rest)
+                {
+                    return Some(format!("{k}.{found}"));
+                }
+            }
+            _ if upper == suffix => return Some(k.clone()),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn lookup_mut<'a>(table: &'a mut Table, key: &str) -> Option<&'a mut Value> {
+    let mut parts = key.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            return current.get_mut(part);
+        }
+        current = current.get_mut(part)?.as_table_mut()?;
+    }
+    None
+}
+
+/// Parses an environment string as the type of the value it replaces.
+fn typed_like(existing: &Value, raw: &str) -> Result<Value, String> {
+    match existing {
+        Value::String(_) => Ok(Value::String(raw.to_owned())),
+        Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| format!("expected a whole number, got `{raw}`")),
+        Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| format!("expected a number, got `{raw}`")),
+        Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got `{raw}`")),
+        },
+        Value::Array(_) => raw
+            .split(',')
+            .map(|s| Ok(Value::String(s.trim().to_owned())))
+            .collect::<Result<Vec<_>, String>>()
+            .map(Value::Array),
+        _ => Err("this setting cannot be set from the environment".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_point_at_local_services() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.s3.endpoint, "http://127.0.0.1:8014");
+        assert!(s.espeak.dialects.contains(&"en-gb".to_owned()));
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[worker]\nbatch_size = 8\nbatch_window_ms = 5").unwrap();
+        let s = Settings::load(
+            Some(file.path()),
+            env(&[("TTSQ_WORKER_BATCH_SIZE", "16"), ("TTSQ_S3_CREATE_BUCKET", "false")]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.batch_size, 16);
+        assert_eq!(s.worker.batch_window_ms, 5);
+        assert!(!s.s3.create_bucket);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "s3cr3t-value").unwrap();
+        let path = file.path().to_str().unwrap();
+        let s = Settings::load(None, env(&[("TTSQ_S3_SECRET_ACCESS_KEY_FILE", path)])).unwrap();
+        assert_eq!(s.s3.secret_access_key.expose_secret(), "s3cr3t-value");
+        assert!(!format!("{s:?}").contains("s3cr3t-value"));
+        assert!(!format!("{s:?}").contains("guest:guest"));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = Settings::load(None, env(&[("TTSQ_WORKER_BATCH_SIZE", "many")])).unwrap_err();
+        assert!(err.to_string().starts_with("TTSQ_WORKER_BATCH_SIZE:"), "{err}");
+
+        let err = Settings::load(None, env(&[("TTSQ_WORKER_BATCH_SIZE", "0")])).unwrap_err();
+        assert!(err.to_string().contains("TTSQ_WORKER_BATCH_SIZE"), "{err}");
+
+        let err = Settings::load(None, env(&[("TTSQ_SERVER_LISTEN", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("TTSQ_SERVER_LISTEN"), "{err}");
+
+        let err = Settings::load(None, env(&[("TTSQ_WROKER_BATCH_SIZE", "1")])).unwrap_err();
+        assert!(err.to_string().contains("TTSQ_WROKER_BATCH_SIZE"), "{err}");
+
+        let err = Settings::load(None, env(&[("TTSQ_S3_SECRET_ACCESS_KEY_FILE", "/nonexistent")])).unwrap_err();
+        assert!(err.to_string().contains("TTSQ_S3_SECRET_ACCESS_KEY_FILE"), "{err}");
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[worker]\nbatch_sise = 8").unwrap();
+        let err = Settings::load(Some(file.path()), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn env_reference_lists_every_scalar_setting() {
+        let vars: Vec<_> = Settings::env_reference().into_iter().map(|(k, _)| k).collect();
+        assert!(vars.contains(&"TTSQ_DATABASE_URL".to_owned()));
+        assert!(vars.contains(&"TTSQ_S3_SECRET_ACCESS_KEY".to_owned()));
+        assert!(vars.contains(&"TTSQ_WORKER_BATCH_WINDOW_MS".to_owned()));
+        for var in &vars {
+            let (_, default) = Settings::env_reference().into_iter().find(|(k, _)| k == var).unwrap();
+            Settings::load(None, env(&[(var, &default)])).unwrap_or_else(|e| panic!("{var}: {e}"));
+        }
+    }
+}
