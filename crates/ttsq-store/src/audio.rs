@@ -1,0 +1,70 @@
+//! The index of stored audio objects, keyed by content hash.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::{Store, StoreError};
+
+/// One stored, immutable audio object.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AudioObject {
+    /// Content hash of the job inputs.
+    pub hash: String,
+    /// Object key in the bucket.
+    pub s3_key: String,
+    /// Size in bytes.
+    pub bytes: i64,
+    /// Format name.
+    pub format: String,
+    /// Playing time.
+    pub duration_ms: i32,
+    /// Provider that synthesized it.
+    pub provider: String,
+    /// Hex SHA-256 of the bytes, for clients to verify downloads.
+    pub sha256: String,
+    /// When it was first stored.
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "hash, s3_key, bytes, format, duration_ms, provider, sha256, created_at";
+
+impl Store {
+    /// The object stored for `hash`, if any.
+    pub async fn find_audio(&self, hash: &str) -> Result<Option<AudioObject>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = $1");
+        Ok(sqlx::query_as(&sql).bind(hash).fetch_optional(&self.pool).await?)
+    }
+
+    /// The stored objects among `hashes`, by hash; one round trip.
+    pub async fn find_audio_many(&self, hashes: &[String]) -> Result<HashMap<String, AudioObject>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = ANY($1)");
+        let rows: Vec<AudioObject> = sqlx::query_as(&sql).bind(hashes).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|o| (o.hash.clone(), o)).collect())
+    }
+
+    /// Records a stored object. The first record of a hash wins and is never
+    /// changed; returns the row now on file, which may be an earlier one.
+    pub async fn record_audio(&self, object: &AudioObject) -> Result<AudioObject, StoreError> {
+        let sql = format!(
+            "WITH ins AS (
+                INSERT INTO audio_objects (hash, s3_key, bytes, format, duration_ms, provider, sha256)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (hash) DO NOTHING
+                RETURNING {COLUMNS})
+             SELECT {COLUMNS} FROM ins
+             UNION ALL
+             SELECT {COLUMNS} FROM audio_objects WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(&object.hash)
+            .bind(&object.s3_key)
+            .bind(object.bytes)
+            .bind(&object.format)
+            .bind(object.duration_ms)
+            .bind(&object.provider)
+            .bind(&object.sha256)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
