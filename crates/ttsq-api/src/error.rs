@@ -1,0 +1,191 @@
+//! The API's one error type and its problem+json rendering.
+//!
+//! Policy: client mistakes are 4xx with a `detail` a person can act on and,
+//! for request bodies, `errors: [{field, reason}]`. Dependency outages are 503
+//! with `Retry-After`. Anything else is a 500 whose body says only that; its
+//! cause chain is logged. No variant ever carries a secret.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use ttsq_core::{FieldError, ValidationErrors};
+use uuid::Uuid;
+
+/// Content type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request body or query is invalid; each field says why.
+    #[error(transparent)]
+    Validation(#[from] ValidationErrors),
+    /// No, malformed, unknown or revoked API key.
+    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    /// Nothing with this id exists for this tenant.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The body is not JSON by its content type.
+    #[error("send the body as `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// The body exceeds the configured limit.
+    #[error("the request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (queue, database, storage) is down; retry later.
+    #[error("{0} is unavailable; retry later")]
+    Unavailable(&'static str),
+    /// The provider could not synthesize an inline job.
+    #[error("synthesis failed: {message}")]
+    Synthesis {
+        /// The task recorded as failed.
+        task_id: Uuid,
+        /// Stable error code.
+        code: &'static str,
+        /// Message free of secrets.
+        message: String,
+        /// Whether retrying may help.
+        retryable: bool,
+    },
+    /// A bug or an unexpected failure; details are logged, never returned.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// Wraps an unexpected failure.
+    pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(err))
+    }
+
+    /// One invalid field.
+    pub fn field(field: &str, reason: impl Into<String>) -> Self {
+        Self::Validation(ValidationErrors(vec![FieldError::new(field, reason)]))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Synthesis { retryable: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Synthesis { retryable: false, .. } => StatusCode::BAD_GATEWAY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "validation",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not-found",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Synthesis { .. } => "synthesis-failed",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// RFC 7807 body.
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(cause) = &self {
+            let mut chain = cause.to_string();
+            let mut source = cause.source();
+            while let Some(s) = source {
+                chain.push_str(": ");
+                chain.push_str(&s.to_string());
+                source = s.source();
+            }
+            tracing::error!(error = %chain, "internal error");
+        }
+        let problem = Problem {
+            r#type: format!("urn:ttsq:problem:{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors: match &self {
+                Self::Validation(v) => Some(&v.0),
+                _ => None,
+            },
+            task_id: match &self {
+                Self::Synthesis { task_id, .. } => Some(*task_id),
+                _ => None,
+            },
+            code: match &self {
+                Self::Synthesis { code, .. } => Some(code),
+                _ => None,
+            },
+        };
+        // A struct of strings and numbers always serialises.
+        let body = serde_json::to_vec(&problem).expect("problem serialises");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<ttsq_store::StoreError> for ApiError {
+    fn from(err: ttsq_store::StoreError) -> Self {
+        match err {
+            ttsq_store::StoreError::Database(sqlx_err) if is_connectivity(&sqlx_err) => {
+                tracing::warn!(error = %sqlx_err, "database unavailable");
+                Self::Unavailable("the database")
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+fn is_connectivity(err: &ttsq_store::sqlx::Error) -> bool {
+    use ttsq_store::sqlx::Error;
+    matches!(err, Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed)
+}
+
+impl From<ttsq_audio::AudioStoreError> for ApiError {
+    fn from(err: ttsq_audio::AudioStoreError) -> Self {
+        if err.is_transient() {
+            tracing::warn!(error = %err, "audio storage unavailable");
+            Self::Unavailable("audio storage")
+        } else {
+            Self::internal(err)
+        }
+    }
+}

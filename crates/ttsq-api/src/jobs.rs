@@ -1,0 +1,358 @@
+//! Submitting jobs and reading tasks and their audio.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use ttsq_core::{Job, JobMessage, Priority, TaskStatus};
+use ttsq_providers::SynthesisRequest;
+use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
+use uuid::Uuid;
+
+use crate::{
+    ApiContext, ApiError,
+    auth::Caller,
+    view::{AcceptedView, TaskView, status_url},
+};
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// `POST /v1/tts/jobs`.
+#[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id, task_id, dialect, priority))]
+pub async fn submit(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(context.max_body_bytes)
+        } else {
+            ApiError::field("", format!("could not read the body: {rejection}"))
+        }
+    })?;
+    let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let task = NewTask {
+        id: Uuid::now_v7(),
+        tenant_id: caller.0.tenant_id,
+        job: &job,
+        idempotency_key,
+    };
+    let span = tracing::Span::current();
+    span.record("task_id", tracing::field::display(task.id));
+    span.record("dialect", job.dialect.as_str());
+    span.record("priority", job.priority.as_str());
+
+    let cached = context.store.find_audio(job.hash.as_str()).await?;
+    match job.priority {
+        Priority::Normal => submit_normal(&context, &task, cached).await,
+        Priority::High => submit_high(&context, &task, cached, wants_json(&headers)).await,
+    }
+}
+
+/// Stores the task and publishes it; answers only once the broker confirmed.
+async fn submit_normal(
+    context: &ApiContext,
+    task: &NewTask<'_>,
+    cached: Option<AudioObject>,
+) -> Result<Response, ApiError> {
+    let row = if let Some(object) = cached {
+        let (row, _) = context
+            .store
+            .insert_finished(task, &cache_hit(&object))
+            .await?;
+        row
+    } else {
+        let (row, created) = context.store.insert_queued(task).await?;
+        if created {
+            let message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
+            if let Err(err) = context.publisher.publish(&message).await {
+                tracing::error!(error = %err, "publishing a job failed; the task is failed and the client told to retry");
+                context
+                    .store
+                    .fail_unpublished(row.id, "queue_unavailable", "the job queue was unavailable at submission")
+                    .await?;
+                return Err(ApiError::Unavailable("the job queue"));
+            }
+        }
+        row
+    };
+    Ok(accepted(context, &row))
+}
+
+fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
+    let url = status_url(context, row.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(AcceptedView {
+            task_id: row.id,
+            status: row.status(),
+            status_url: url.clone(),
+        }),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&url) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+fn cache_hit(object: &AudioObject) -> TaskOutcome {
+    TaskOutcome::Succeeded {
+        audio_hash: object.hash.clone(),
+        cache_hit: true,
+        provider: object.provider.clone(),
+    }
+}
+
+/// Synthesizes inline (or serves the cache) and answers with the audio.
+async fn submit_high(
+    context: &ApiContext,
+    task: &NewTask<'_>,
+    cached: Option<AudioObject>,
+    json: bool,
+) -> Result<Response, ApiError> {
+    let job = task.job;
+    let (row, created) = match cached {
+        Some(object) => context.store.insert_finished(task, &cache_hit(&object)).await?,
+        None => {
+            let request = SynthesisRequest {
+                text: &job.text,
+                dialect: &job.dialect,
+                voice: &job.voice,
+                speed: job.speed,
+                emotion: job.emotion.as_deref(),
+                format: job.format,
+            };
+            let outcome = match context.providers.synthesize(&request).await {
+                Ok((audio, provider)) => {
+                    let object = store_audio(context, job, audio, provider).await?;
+                    TaskOutcome::Succeeded {
+                        audio_hash: object.hash,
+                        cache_hit: false,
+                        provider: object.provider,
+                    }
+                }
+                Err(err) => TaskOutcome::Failed {
+                    code: err.code().to_owned(),
+                    message: err.to_string(),
+                },
+            };
+            context.store.insert_finished(task, &outcome).await?
+        }
+    };
+    if !created {
+        tracing::debug!("idempotent repeat of an earlier submission");
+    }
+    respond_with_audio(context, row, json).await
+}
+
+/// Uploads synthesized audio under its content hash and indexes it.
+async fn store_audio(
+    context: &ApiContext,
+    job: &Job,
+    audio: ttsq_providers::Audio,
+    provider: String,
+) -> Result<AudioObject, ApiError> {
+    let key = job.hash.object_key(job.format);
+    let sha256 = hex::encode(Sha256::digest(&audio.bytes));
+    let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
+    context
+        .audio
+        .put(&key, audio.bytes, job.format.content_type())
+        .await?;
+    Ok(context
+        .store
+        .record_audio(&AudioObject {
+            hash: job.hash.as_str().to_owned(),
+            s3_key: key,
+            bytes,
+            format: job.format.as_str().to_owned(),
+            duration_ms: i32::try_from(audio.duration_ms).unwrap_or(i32::MAX),
+            provider,
+            sha256,
+            created_at: chrono::Utc::now(),
+        })
+        .await?)
+}
+
+async fn respond_with_audio(context: &ApiContext, row: TaskRow, json: bool) -> Result<Response, ApiError> {
+    match row.status() {
+        TaskStatus::Succeeded => {}
+        TaskStatus::Failed => {
+            let code = match row.error_code.as_deref() {
+                Some("provider_unavailable") => "provider_unavailable",
+                Some("provider_timeout") => "provider_timeout",
+                _ => "synthesis_failed",
+            };
+            return Err(ApiError::Synthesis {
+                task_id: row.id,
+                code,
+                retryable: code != "synthesis_failed",
+                message: row.error_message.unwrap_or_default(),
+            });
+        }
+        // An idempotent repeat of a job that is still queued.
+        _ => return Ok((StatusCode::ACCEPTED, Json(TaskView::render(context, row).await?)).into_response()),
+    }
+    if json {
+        return Ok(Json(TaskView::render(context, row).await?).into_response());
+    }
+    let cache = if row.cache_hit { "hit" } else { "miss" };
+    let task_id = row.id;
+    let mut response = audio_bytes(context, &row).await?;
+    let headers = response.headers_mut();
+    headers.insert("x-task-id", HeaderValue::from_str(&task_id.to_string()).map_err(ApiError::internal)?);
+    headers.insert("x-cache", HeaderValue::from_static(cache));
+    Ok(response)
+}
+
+async fn audio_bytes(context: &ApiContext, row: &TaskRow) -> Result<Response, ApiError> {
+    let key = row
+        .s3_key
+        .as_deref()
+        .ok_or_else(|| ApiError::Conflict("the task has no audio".into()))?;
+    let bytes = context.audio.get(key).await?;
+    let content_type = row
+        .format
+        .parse::<ttsq_core::AudioFormat>()
+        .map(|f| f.content_type())
+        .unwrap_or("application/octet-stream");
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if is_json { Ok(()) } else { Err(ApiError::UnsupportedMediaType) }
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(Some).ok_or_else(|| {
+        ApiError::field(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )
+    })
+}
+
+fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("task"))
+}
+
+async fn find_task(context: &ApiContext, caller: &Caller, raw_id: &str) -> Result<TaskRow, ApiError> {
+    let id = parse_task_id(raw_id)?;
+    context
+        .store
+        .get_task(caller.0.tenant_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("task"))
+}
+
+/// Query of `GET /v1/tts/jobs/{id}`.
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// `GET /v1/tts/jobs/{id}`, with `?wait=N` to long-poll up to N seconds.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn get(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskView>, ApiError> {
+    let wait = match query.ok().and_then(|Query(q)| q.wait) {
+        None => Duration::ZERO,
+        Some(raw) => {
+            let seconds: f64 = raw
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| ApiError::field("wait", "must be a number of seconds"))?;
+            let wait = Duration::from_secs_f64(seconds);
+            if wait > context.max_wait {
+                return Err(ApiError::field(
+                    "wait",
+                    format!("must be at most {} seconds", context.max_wait.as_secs()),
+                ));
+            }
+            wait
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut row = find_task(&context, &caller, &id).await?;
+    let mut pause = Duration::from_millis(50);
+    while !row.status().is_terminal() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+        row = find_task(&context, &caller, &id).await?;
+    }
+    Ok(Json(TaskView::render(&context, row).await?))
+}
+
+/// Query of `GET /v1/tts/jobs/{id}/audio`.
+#[derive(Deserialize)]
+pub struct AudioQuery {
+    inline: Option<String>,
+}
+
+/// `GET /v1/tts/jobs/{id}/audio`: a redirect to a presigned URL, or the
+/// bytes themselves with `?inline=1`.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn audio(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<AudioQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let inline = query
+        .ok()
+        .and_then(|Query(q)| q.inline)
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    let row = find_task(&context, &caller, &id).await?;
+    let status = row.status();
+    if status != TaskStatus::Succeeded {
+        return Err(ApiError::Conflict(format!(
+            "the task is {status}; audio exists only once it has succeeded"
+        )));
+    }
+    if inline {
+        return audio_bytes(&context, &row).await;
+    }
+    let key = row
+        .s3_key
+        .as_deref()
+        .ok_or_else(|| ApiError::Conflict("the task has no audio".into()))?;
+    let url = context.audio.presign_get(key).await?;
+    let location = HeaderValue::from_str(&url).map_err(ApiError::internal)?;
+    Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}

@@ -1,0 +1,363 @@
+//! Mono 16-bit PCM samples to the bytes of an [`AudioFormat`], and WAV back
+//! to samples. Pure and synchronous: callers on an async runtime run these in
+//! `spawn_blocking`, since encoding a long text to MP3 takes milliseconds.
+
+use std::io::Cursor;
+
+use mp3lame_encoder::{Bitrate, Builder, FlushGap, Mode, MonoPcm, Quality};
+use ttsq_core::AudioFormat;
+
+use crate::ProviderError;
+
+/// MP3 bitrate: ample for synthetic speech at 22.05 kHz mono, about a fifth
+/// of the WAV size.
+const MP3_BITRATE: Bitrate = Bitrate::Kbps64;
+
+/// LAME's `-q 2`, the quality its documentation recommends; speech at 22 kHz
+/// mono still encodes at well over 100× real time.
+const MP3_QUALITY: Quality = Quality::NearBest;
+
+/// Samples handed to LAME per call, so the length always fits its `int`
+/// parameters and the output buffer stays small.
+const MP3_CHUNK_SAMPLES: usize = 1152 * 64;
+
+/// Bytes LAME may emit on the final flush, per its documentation.
+const MP3_FLUSH_BYTES: usize = 7200;
+
+/// Mono 16-bit PCM at a known rate: what espeak-ng writes and every encoder reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waveform {
+    /// Signed 16-bit samples, one channel.
+    pub samples: Vec<i16>,
+    /// Samples per second.
+    pub sample_rate_hz: u32,
+}
+
+impl Waveform {
+    /// Playing time in milliseconds.
+    pub fn duration_ms(&self) -> u32 {
+        duration_ms(self.samples.len(), self.sample_rate_hz)
+    }
+}
+
+/// Playing time of `sample_count` mono samples at `sample_rate_hz`, rounded to
+/// the nearest millisecond; 0 for a rate of 0, saturating at `u32::MAX`.
+pub fn duration_ms(sample_count: usize, sample_rate_hz: u32) -> u32 {
+    if sample_rate_hz == 0 {
+        return 0;
+    }
+    let rate = u128::from(sample_rate_hz);
+    let millis = (sample_count as u128 * 1000 + rate / 2) / rate;
+    u32::try_from(millis).unwrap_or(u32::MAX)
+}
+
+/// Encodes mono samples as `format`.
+///
+/// `Wav` is RIFF WAVE 16-bit mono, `Pcm` raw signed 16-bit little-endian,
+/// `Mp3` constant 64 kbps mono; `OggOpus` is [`ProviderError::Unsupported`].
+pub fn encode(
+    samples: &[i16],
+    sample_rate_hz: u32,
+    format: AudioFormat,
+) -> Result<Vec<u8>, ProviderError> {
+    if sample_rate_hz == 0 {
+        return Err(encode_error(format, "sample rate must be above 0 Hz"));
+    }
+    match format {
+        AudioFormat::Wav => encode_wav(samples, sample_rate_hz),
+        AudioFormat::Pcm => Ok(encode_pcm(samples)),
+        AudioFormat::Mp3 => encode_mp3(samples, sample_rate_hz),
+        AudioFormat::OggOpus => Err(ProviderError::Unsupported {
+            provider: "encoder".to_owned(),
+            what: format!("format `{format}`"),
+        }),
+    }
+}
+
+/// Reads a 16-bit mono RIFF WAVE file, such as `espeak-ng -w` writes.
+pub fn read_wav(bytes: &[u8]) -> Result<Waveform, ProviderError> {
+    let reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| wav_error(&e))?;
+    let spec = reader.spec();
+    if spec.channels != 1
+        || spec.bits_per_sample != 16
+        || spec.sample_format != hound::SampleFormat::Int
+    {
+        return Err(encode_error(
+            AudioFormat::Wav,
+            format!(
+                "expected 16-bit integer mono, got {} channel(s) of {}-bit {:?}",
+                spec.channels, spec.bits_per_sample, spec.sample_format
+            ),
+        ));
+    }
+    let samples = reader
+        .into_samples::<i16>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| wav_error(&e))?;
+    Ok(Waveform {
+        samples,
+        sample_rate_hz: spec.sample_rate,
+    })
+}
+
+fn encode_wav(samples: &[i16], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: sample_rate_hz,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut cursor = Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    let mut writer = hound::WavWriter::new(&mut cursor, spec).map_err(|e| wav_error(&e))?;
+    for &sample in samples {
+        writer.write_sample(sample).map_err(|e| wav_error(&e))?;
+    }
+    writer.finalize().map_err(|e| wav_error(&e))?;
+    Ok(cursor.into_inner())
+}
+
+fn encode_pcm(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+fn encode_mp3(samples: &[i16], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderError> {
+    let lame = |step: &str, e: &dyn std::fmt::Display| {
+        encode_error(AudioFormat::Mp3, format!("{step}: {e}"))
+    };
+    let mut builder = Builder::new()
+        .ok_or_else(|| encode_error(AudioFormat::Mp3, "LAME could not allocate an encoder"))?;
+    builder
+        .set_num_channels(1)
+        .map_err(|e| lame("channels", &e))?;
+    builder
+        .set_sample_rate(sample_rate_hz)
+        .map_err(|e| lame("sample rate", &e))?;
+    builder.set_mode(Mode::Mono).map_err(|e| lame("mode", &e))?;
+    builder
+        .set_brate(MP3_BITRATE)
+        .map_err(|e| lame("bitrate", &e))?;
+    builder
+        .set_quality(MP3_QUALITY)
+        .map_err(|e| lame("quality", &e))?;
+    let mut encoder = builder.build().map_err(|e| lame("init", &e))?;
+
+    let mut out = Vec::with_capacity(mp3lame_encoder::max_required_buffer_size(samples.len() / 8));
+    for chunk in samples.chunks(MP3_CHUNK_SAMPLES) {
+        out.reserve(mp3lame_encoder::max_required_buffer_size(chunk.len()));
+        encoder
+            .encode_to_vec(MonoPcm(chunk), &mut out)
+            .map_err(|e| lame("encode", &e))?;
+    }
+    // `FlushGap` is LAME's plain `lame_encode_flush`: it pads the last frame
+    // so the tail is kept, and ends the stream (no gapless continuation).
+    out.reserve(MP3_FLUSH_BYTES);
+    encoder
+        .flush_to_vec::<FlushGap>(&mut out)
+        .map_err(|e| lame("flush", &e))?;
+    write_info_tag(&encoder, &mut out);
+    Ok(out)
+}
+
+/// LAME starts the stream with a placeholder frame (a header, then zeros) for its
+/// Xing/Info tag and leaves filling it to the caller. Written, it gives
+/// players the frame count and the encoder delay and padding, so they play
+/// exactly the input's length; left as zeros, it is one unparseable frame.
+fn write_info_tag(encoder: &mp3lame_encoder::Encoder, out: &mut [u8]) {
+    let mut tag = Vec::with_capacity(encoder.lame_tag_size());
+    if encoder.lame_tag_encode_to_vec(&mut tag).is_some() && tag.len() <= out.len() {
+        out[..tag.len()].copy_from_slice(&tag);
+    }
+}
+
+fn encode_error(format: AudioFormat, message: impl Into<String>) -> ProviderError {
+    ProviderError::Encode {
+        format,
+        message: message.into(),
+    }
+}
+
+fn wav_error(error: &hound::Error) -> ProviderError {
+    encode_error(AudioFormat::Wav, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RATE: u32 = 22_050;
+
+    /// One second of a 440 Hz tone at half scale.
+    fn tone(sample_count: usize) -> Vec<i16> {
+        (0..sample_count)
+            .map(|i| {
+                let t = i as f64 / f64::from(RATE);
+                (f64::from(i16::MAX) * 0.5 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+            })
+            .collect()
+    }
+
+    /// Playing time of an MPEG audio stream, from its frame headers; skips an
+    /// ID3v2 tag and a Xing/Info tag frame.
+    fn mp3_duration_ms(bytes: &[u8]) -> f64 {
+        const BITRATES_V1: [u32; 15] = [
+            0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+        ];
+        const BITRATES_V2: [u32; 15] =
+            [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+        let mut pos = 0;
+        if bytes.starts_with(b"ID3") {
+            let size = bytes[6..10]
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 7) | usize::from(b & 0x7f));
+            pos = 10 + size;
+        }
+        let mut samples = 0u64;
+        let mut rate = 0u32;
+        let mut first = true;
+        while pos + 4 <= bytes.len() {
+            let h = &bytes[pos..pos + 4];
+            assert!(
+                h[0] == 0xff && h[1] & 0xe0 == 0xe0,
+                "lost frame sync at byte {pos}"
+            );
+            let version = (h[1] >> 3) & 3;
+            assert_eq!((h[1] >> 1) & 3, 1, "not layer III");
+            let (bitrates, rates, samples_per_frame) = match version {
+                3 => (BITRATES_V1, [44_100, 48_000, 32_000], 1152),
+                2 => (BITRATES_V2, [22_050, 24_000, 16_000], 576),
+                0 => (BITRATES_V2, [11_025, 12_000, 8_000], 576),
+                _ => panic!("reserved MPEG version"),
+            };
+            let kbps = bitrates[usize::from(h[2] >> 4)];
+            rate = rates[usize::from((h[2] >> 2) & 3)];
+            let padding = usize::from((h[2] >> 1) & 1);
+            let length = (samples_per_frame / 8 * kbps as usize * 1000) / rate as usize + padding;
+            let frame = &bytes[pos..(pos + length).min(bytes.len())];
+            let is_tag = first
+                && frame
+                    .windows(4)
+                    .take(48)
+                    .any(|w| w == b"Xing" || w == b"Info");
+            if !is_tag {
+                samples += samples_per_frame as u64;
+            }
+            first = false;
+            pos += length;
+        }
+        samples as f64 * 1000.0 / f64::from(rate)
+    }
+
+    #[test]
+    fn wav_round_trips_through_hound() {
+        let samples = tone(RATE as usize);
+
+        let bytes = encode(&samples, RATE, AudioFormat::Wav).unwrap();
+        let decoded = read_wav(&bytes).unwrap();
+
+        assert_eq!(&bytes[..4], b"RIFF");
+        assert_eq!(decoded.sample_rate_hz, RATE);
+        assert_eq!(decoded.samples, samples);
+        assert_eq!(decoded.duration_ms(), 1000);
+    }
+
+    #[test]
+    fn pcm_is_two_little_endian_bytes_per_sample() {
+        let samples = [1i16, -2, i16::MAX];
+
+        let bytes = encode(&samples, RATE, AudioFormat::Pcm).unwrap();
+
+        assert_eq!(bytes.len(), 2 * samples.len());
+        assert_eq!(bytes, [1, 0, 0xfe, 0xff, 0xff, 0x7f]);
+    }
+
+    #[test]
+    fn mp3_starts_with_a_frame_and_lasts_as_long_as_the_input() {
+        let samples = tone(RATE as usize);
+
+        let bytes = encode(&samples, RATE, AudioFormat::Mp3).unwrap();
+
+        let starts_with_frame = bytes[0] == 0xff && bytes[1] & 0xe0 == 0xe0;
+        assert!(
+            starts_with_frame || bytes.starts_with(b"ID3"),
+            "starts with {:02x?}",
+            &bytes[..4]
+        );
+        let duration = mp3_duration_ms(&bytes);
+        assert!(
+            (850.0..=1150.0).contains(&duration),
+            "estimated {duration} ms"
+        );
+        assert!(
+            bytes[..64].windows(4).any(|w| w == b"Info"),
+            "no Info tag in the first frame"
+        );
+    }
+
+    #[test]
+    fn empty_input_encodes_in_every_supported_format() {
+        assert_eq!(
+            read_wav(&encode(&[], RATE, AudioFormat::Wav).unwrap())
+                .unwrap()
+                .samples,
+            Vec::<i16>::new()
+        );
+        assert!(encode(&[], RATE, AudioFormat::Pcm).unwrap().is_empty());
+        assert!(mp3_duration_ms(&encode(&[], RATE, AudioFormat::Mp3).unwrap()) < 100.0);
+    }
+
+    #[test]
+    fn ogg_opus_is_unsupported() {
+        let err = encode(&tone(100), RATE, AudioFormat::OggOpus).unwrap_err();
+
+        assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_zero_sample_rate_is_an_encode_error_not_a_panic() {
+        for format in [AudioFormat::Wav, AudioFormat::Pcm, AudioFormat::Mp3] {
+            let err = encode(&tone(100), 0, format).unwrap_err();
+
+            assert_eq!(err.code(), "encode_failed", "{format}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_non_mono_wav_are_rejected() {
+        assert!(matches!(
+            read_wav(b"not a wav"),
+            Err(ProviderError::Encode { .. })
+        ));
+        assert!(matches!(read_wav(&[]), Err(ProviderError::Encode { .. })));
+        let stereo = hound::WavSpec {
+            channels: 2,
+            sample_rate: RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut cursor = Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut cursor, stereo).unwrap();
+        writer.write_sample(0i16).unwrap();
+        writer.write_sample(0i16).unwrap();
+        writer.finalize().unwrap();
+
+        let err = read_wav(cursor.get_ref()).unwrap_err();
+
+        assert!(err.to_string().contains("mono"), "{err}");
+    }
+
+    #[test]
+    fn truncated_wav_is_an_error() {
+        let bytes = encode(&tone(1000), RATE, AudioFormat::Wav).unwrap();
+
+        assert!(read_wav(&bytes[..bytes.len() - 501]).is_err());
+    }
+
+    #[test]
+    fn duration_rounds_to_the_nearest_millisecond() {
+        assert_eq!(duration_ms(22_050, 22_050), 1000);
+        assert_eq!(duration_ms(11, 22_050), 0);
+        assert_eq!(duration_ms(12, 22_050), 1);
+        assert_eq!(duration_ms(500, 0), 0);
+        assert_eq!(duration_ms(usize::MAX, 1), u32::MAX);
+    }
+}

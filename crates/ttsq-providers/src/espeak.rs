@@ -1,0 +1,352 @@
+//! The embedded provider: one local `espeak-ng` process per request, its WAV
+//! encoded in-process. Needs no key and no network, so a fresh machine
+//! synthesizes real speech out of the box.
+
+use std::{io, path::PathBuf, process::Stdio, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::{io::AsyncWriteExt, process::Command, sync::Semaphore};
+use ttsq_config::EspeakSettings;
+use ttsq_core::{AudioFormat, DialectInfo};
+
+use crate::{
+    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    encode::{self, Waveform},
+};
+
+/// Provider name in routes, the ledger and metrics.
+const NAME: &str = "espeak";
+
+/// Model id; part of the content hash.
+const MODEL: &str = "espeak-ng";
+
+/// The rate espeak-ng writes for all its own voices (MBROLA voices differ).
+const SAMPLE_RATE_HZ: u32 = 22_050;
+
+/// Voices of every dialect: espeak's default, then the `+f1`… variants.
+const VOICES: [&str; 7] = ["default", "f1", "f2", "f3", "m1", "m2", "m3"];
+
+/// Formats made from espeak's WAV; espeak has no Opus.
+const FORMATS: [AudioFormat; 3] = [AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm];
+
+/// espeak-ng's default rate, which speed 1.0 maps to.
+const BASE_WORDS_PER_MINUTE: f64 = 175.0;
+
+/// The rates espeak-ng accepts for `-s`.
+const WORDS_PER_MINUTE_RANGE: (f64, f64) = (80.0, 450.0);
+
+/// Longest stderr excerpt kept in an error message.
+const STDERR_EXCERPT_CHARS: usize = 200;
+
+/// Display names of well-known espeak voices; other ids are shown as they are.
+const DIALECT_NAMES: &[(&str, &str)] = &[
+    ("cmn", "Chinese (Mandarin)"),
+    ("de", "German"),
+    ("en-029", "English (Caribbean)"),
+    ("en-gb", "English (Great Britain)"),
+    ("en-gb-scotland", "English (Scotland)"),
+    ("en-gb-x-rp", "English (Received Pronunciation)"),
+    ("en-us", "English (America)"),
+    ("es", "Spanish (Spain)"),
+    ("es-419", "Spanish (Latin America)"),
+    ("fr-be", "French (Belgium)"),
+    ("fr-fr", "French (France)"),
+    ("hi", "Hindi"),
+    ("it", "Italian"),
+    ("ja", "Japanese"),
+    ("pt", "Portuguese (Portugal)"),
+    ("pt-br", "Portuguese (Brazil)"),
+    ("ru", "Russian"),
+    ("yue", "Chinese (Cantonese)"),
+];
+
+/// The espeak-ng adapter. Cheap to share: hold it in an `Arc`.
+#[derive(Debug)]
+pub struct Espeak {
+    /// Executable name (looked up in `PATH`) or path.
+    binary: PathBuf,
+    /// Bounds each call, including the wait for a permit.
+    timeout: Duration,
+    /// One permit per espeak-ng process this adapter may run at once.
+    permits: Semaphore,
+    /// espeak-ng voice names offered as dialects.
+    dialects: Vec<String>,
+}
+
+impl Espeak {
+    /// An adapter running `settings.binary`; at least one process at a time.
+    pub fn new(settings: &EspeakSettings) -> Self {
+        Self {
+            binary: settings.binary.clone(),
+            timeout: Duration::from_secs(settings.timeout_secs),
+            permits: Semaphore::new(settings.max_concurrent.clamp(1, Semaphore::MAX_PERMITS)),
+            dialects: settings.dialects.clone(),
+        }
+    }
+
+    /// The `-v` argument for a request: `dialect` or `dialect+variant`.
+    fn voice_argument(&self, request: &SynthesisRequest<'_>) -> Result<String, ProviderError> {
+        if !self.dialects.iter().any(|d| d == request.dialect) {
+            return Err(unsupported(format!("dialect `{}`", request.dialect)));
+        }
+        match request.voice {
+            "default" => Ok(request.dialect.to_owned()),
+            voice if VOICES.contains(&voice) => Ok(format!("{}+{voice}", request.dialect)),
+            voice => Err(unsupported(format!("voice `{voice}`"))),
+        }
+    }
+
+    /// Runs espeak-ng once, bounded by the semaphore, and encodes its WAV.
+    async fn run(
+        &self,
+        voice: &str,
+        words_per_minute: u32,
+        request: &SynthesisRequest<'_>,
+    ) -> Result<Audio, ProviderError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| transient("concurrency limiter closed"))?;
+        let waveform = if request.text.trim().is_empty() {
+            None
+        } else {
+            Some(self.speak(voice, words_per_minute, request.text).await?)
+        };
+        let format = request.format;
+        tokio::task::spawn_blocking(move || {
+            let waveform = match waveform {
+                Some(wav) => encode::read_wav(&wav)?,
+                None => Waveform {
+                    samples: Vec::new(),
+                    sample_rate_hz: SAMPLE_RATE_HZ,
+                },
+            };
+            if waveform.sample_rate_hz != SAMPLE_RATE_HZ {
+                tracing::warn!(
+                    sample_rate_hz = waveform.sample_rate_hz,
+                    "espeak-ng wrote an unexpected sample rate"
+                );
+            }
+            let bytes = encode::encode(&waveform.samples, waveform.sample_rate_hz, format)?;
+            Ok(Audio {
+                bytes: Bytes::from(bytes),
+                format,
+                duration_ms: waveform.duration_ms(),
+            })
+        })
+        .await
+        .map_err(|e| ProviderError::Encode {
+            format,
+            message: format!("encoder task failed: {e}"),
+        })?
+    }
+
+    /// Speaks `text` (fed on stdin, so it is never parsed as options) into a
+    /// temporary WAV file and returns the file's bytes.
+    async fn speak(
+        &self,
+        voice: &str,
+        words_per_minute: u32,
+        text: &str,
+    ) -> Result<Vec<u8>, ProviderError> {
+        // `--stdout` writes a WAV header without lengths; a file gets them.
+        let wav_path = tempfile::Builder::new()
+            .prefix("ttsq-espeak-")
+            .suffix(".wav")
+            .tempfile()
+            .map_err(|e| transient(format!("cannot create a temporary file: {e}")))?
+            .into_temp_path();
+        let mut child = Command::new(&self.binary)
+            .args([
+                "-v",
+                voice,
+                "-s",
+                &words_per_minute.to_string(),
+                "-b",
+                "1",
+                "-w",
+            ])
+            .arg(&*wav_path)
+            .arg("--stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| self.spawn_error(&e))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| transient("espeak-ng has no stdin"))?;
+        let feed = async move {
+            stdin.write_all(text.as_bytes()).await?;
+            stdin.shutdown().await
+        };
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(|e| transient(format!("waiting for espeak-ng failed: {e}")))?;
+        let stderr = excerpt(&String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            return Err(transient(if stderr.is_empty() {
+                format!("espeak-ng ended with {}", output.status)
+            } else {
+                format!("espeak-ng ended with {}: {stderr}", output.status)
+            }));
+        }
+        fed.map_err(|e| transient(format!("writing text to espeak-ng failed: {e}")))?;
+        let wav = tokio::fs::read(&wav_path)
+            .await
+            .map_err(|e| transient(format!("cannot read espeak-ng's output: {e}")))?;
+        if wav.is_empty() {
+            // espeak-ng exits 0 even when it cannot write its file.
+            return Err(transient(format!("espeak-ng wrote no audio: {stderr}")));
+        }
+        Ok(wav)
+    }
+
+    fn spawn_error(&self, error: &io::Error) -> ProviderError {
+        let binary = self.binary.display();
+        match error.kind() {
+            io::ErrorKind::NotFound => transient(format!("espeak-ng binary `{binary}` not found")),
+            _ => transient(format!("cannot start `{binary}`: {error}")),
+        }
+    }
+}
+
+#[async_trait]
+impl Synthesizer for Espeak {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn dialects(&self) -> Vec<DialectInfo> {
+        self.dialects
+            .iter()
+            .map(|id| DialectInfo {
+                id: id.clone(),
+                name: DIALECT_NAMES
+                    .iter()
+                    .find(|(known, _)| known == id)
+                    .map_or_else(|| id.clone(), |(_, name)| (*name).to_owned()),
+                voices: VOICES.iter().map(|v| (*v).to_owned()).collect(),
+                formats: FORMATS.to_vec(),
+                emotions: Vec::new(),
+                provider_chain: vec![NAME.to_owned()],
+                model: MODEL.to_owned(),
+                sample_rate_hz: SAMPLE_RATE_HZ,
+            })
+            .collect()
+    }
+
+    /// Emotion is ignored rather than refused: espeak has none, and as a
+    /// fallback plain speech beats a failed job.
+    #[tracing::instrument(
+        name = "espeak.synthesize",
+        skip_all,
+        fields(dialect = request.dialect, voice = request.voice, chars = request.text.chars().count())
+    )]
+    async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
+        let voice = self.voice_argument(request)?;
+        if !FORMATS.contains(&request.format) {
+            return Err(unsupported(format!("format `{}`", request.format)));
+        }
+        let audio = tokio::time::timeout(
+            self.timeout,
+            self.run(&voice, words_per_minute(request.speed), request),
+        )
+        .await
+        .map_err(|_| ProviderError::Timeout {
+            provider: NAME.to_owned(),
+            seconds: self.timeout.as_secs(),
+        })??;
+        tracing::debug!(
+            duration_ms = audio.duration_ms,
+            bytes = audio.bytes.len(),
+            "synthesized"
+        );
+        Ok(audio)
+    }
+
+    async fn health(&self) -> Result<(), ProviderError> {
+        let output = Command::new(&self.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(self.timeout, output)
+            .await
+            .map_err(|_| ProviderError::Timeout {
+                provider: NAME.to_owned(),
+                seconds: self.timeout.as_secs(),
+            })?
+            .map_err(|e| self.spawn_error(&e))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(transient(format!(
+                "`{} --version` ended with {}: {}",
+                self.binary.display(),
+                output.status,
+                excerpt(&String::from_utf8_lossy(&output.stderr))
+            )))
+        }
+    }
+}
+
+/// espeak-ng's `-s` for a speed factor: 175 wpm × speed, within 80..=450.
+fn words_per_minute(speed: f64) -> u32 {
+    let (min, max) = WORDS_PER_MINUTE_RANGE;
+    if speed.is_finite() {
+        (BASE_WORDS_PER_MINUTE * speed).round().clamp(min, max) as u32
+    } else {
+        BASE_WORDS_PER_MINUTE as u32
+    }
+}
+
+/// The trimmed start of a process's stderr, short enough for an error message.
+fn excerpt(stderr: &str) -> String {
+    let trimmed = stderr.trim();
+    match trimmed.char_indices().nth(STDERR_EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}…", &trimmed[..end]),
+        None => trimmed.to_owned(),
+    }
+}
+
+fn unsupported(what: String) -> ProviderError {
+    ProviderError::Unsupported {
+        provider: NAME.to_owned(),
+        what,
+    }
+}
+
+fn transient(message: impl Into<String>) -> ProviderError {
+    ProviderError::Transient {
+        provider: NAME.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_maps_to_espeak_words_per_minute_within_its_range() {
+        assert_eq!(words_per_minute(1.0), 175);
+        assert_eq!(words_per_minute(0.5), 88);
+        assert_eq!(words_per_minute(2.0), 350);
+        assert_eq!(words_per_minute(0.1), 80);
+        assert_eq!(words_per_minute(9.0), 450);
+        assert_eq!(words_per_minute(f64::NAN), 175);
+    }
+
+    #[test]
+    fn excerpt_trims_and_shortens_on_a_char_boundary() {
+        assert_eq!(excerpt("  failed\n"), "failed");
+        let long = "é".repeat(STDERR_EXCERPT_CHARS + 10);
+        assert_eq!(excerpt(&long).chars().count(), STDERR_EXCERPT_CHARS + 1);
+    }
+}

@@ -1,0 +1,120 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//!
+//! - [`Synthesizer`], [`SynthesisRequest`], [`Audio`], [`ProviderError`]: the contract.
+//! - [`espeak`]: the embedded espeak-ng adapter.
+//! - [`encode`]: PCM samples to WAV, raw PCM or MP3 bytes.
+//! - [`router`]: dialect → provider chain, and per-provider call counts.
+
+pub mod encode;
+pub mod espeak;
+pub mod router;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ttsq_core::{AudioFormat, DialectInfo};
+
+pub use router::Router;
+
+/// What to synthesize; borrowed from a validated job.
+#[derive(Debug, Clone, Copy)]
+pub struct SynthesisRequest<'a> {
+    /// Normalised text.
+    pub text: &'a str,
+    /// Dialect id.
+    pub dialect: &'a str,
+    /// Voice id, valid for the dialect.
+    pub voice: &'a str,
+    /// Speaking rate factor, 0.5–2.0.
+    pub speed: f64,
+    /// Emotion, when the dialect offers it.
+    pub emotion: Option<&'a str>,
+    /// Output format, one the dialect offers.
+    pub format: AudioFormat,
+}
+
+/// Synthesized audio.
+#[derive(Debug, Clone)]
+pub struct Audio {
+    /// Encoded bytes in `format`.
+    pub bytes: Bytes,
+    /// The encoding of `bytes`.
+    pub format: AudioFormat,
+    /// Playing time in milliseconds.
+    pub duration_ms: u32,
+}
+
+/// Why a provider produced no audio.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The request asks for something this provider does not offer.
+    #[error("{provider} does not support {what}")]
+    Unsupported {
+        /// Provider name.
+        provider: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// A failure that may pass: a crashed process, a 5xx, a reset connection.
+    #[error("{provider} failed: {message}")]
+    Transient {
+        /// Provider name.
+        provider: String,
+        /// What went wrong, free of secrets.
+        message: String,
+    },
+    /// The provider took longer than its timeout.
+    #[error("{provider} timed out after {seconds}s")]
+    Timeout {
+        /// Provider name.
+        provider: String,
+        /// The timeout that expired.
+        seconds: u64,
+    },
+    /// Encoding the provider's output failed.
+    #[error("encoding {format} failed: {message}")]
+    Encode {
+        /// Target format.
+        format: AudioFormat,
+        /// Encoder message.
+        message: String,
+    },
+    /// No provider is configured for the dialect.
+    #[error("no provider serves dialect `{0}`")]
+    NoRoute(String),
+}
+
+impl ProviderError {
+    /// Stable code stored as the task's `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unsupported { .. } => "provider_unsupported",
+            Self::Transient { .. } => "provider_unavailable",
+            Self::Timeout { .. } => "provider_timeout",
+            Self::Encode { .. } => "encode_failed",
+            Self::NoRoute(_) => "no_route",
+        }
+    }
+
+    /// Whether the same request might succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transient { .. } | Self::Timeout { .. })
+    }
+}
+
+/// An upstream that turns text into speech.
+#[async_trait]
+pub trait Synthesizer: Send + Sync + 'static {
+    /// Name used in configuration, routes, the ledger and metrics.
+    fn name(&self) -> &str;
+
+    /// The dialects this provider serves, with their capabilities.
+    fn dialects(&self) -> Vec<DialectInfo>;
+
+    /// Synthesizes one request.
+    async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError>;
+
+    /// Cheap check that the provider can serve requests now.
+    async fn health(&self) -> Result<(), ProviderError>;
+}

@@ -1,0 +1,102 @@
+#![doc = include_str!("../README.md")]
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use ttsq_api::ApiContext;
+use ttsq_audio::AudioStore;
+use ttsq_config::Settings;
+use ttsq_providers::Router;
+use ttsq_queue::Broker;
+use ttsq_store::Store;
+use ttsq_worker::WorkerContext;
+
+/// Claims of a task after which a passing provider failure fails it.
+const MAX_ATTEMPTS: i32 = 3;
+
+/// Every dependency of a ttsq process, connected.
+#[derive(Clone)]
+pub struct Services {
+    /// The settings they were built from.
+    pub settings: Arc<Settings>,
+    /// Postgres.
+    pub store: Store,
+    /// RabbitMQ, topology declared.
+    pub broker: Arc<Broker>,
+    /// S3 audio.
+    pub audio: AudioStore,
+    /// Providers and the dialect catalog.
+    pub providers: Arc<Router>,
+}
+
+impl Services {
+    /// Connects to Postgres (migrating when configured), RabbitMQ and S3 and
+    /// builds the providers. Each failure names the dependency.
+    pub async fn connect(settings: Settings, role: &str) -> anyhow::Result<Self> {
+        let store = Store::connect(&settings.database)
+            .await
+            .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
+        if settings.database.run_migrations {
+            store.migrate().await.context("Failed to migrate the database")?;
+        }
+        let broker = Broker::connect(&settings.queue, &format!("ttsq-{role}-{}", std::process::id()))
+            .await
+            .context("Failed to connect to RabbitMQ (TTSQ_QUEUE_URL)")?;
+        let audio = AudioStore::connect(&settings.s3)
+            .await
+            .context("Failed to connect to S3 (TTSQ_S3_ENDPOINT)")?;
+        let providers = Router::from_settings(&settings);
+        anyhow::ensure!(!providers.catalog().is_empty(), "no provider serves any dialect");
+        Ok(Self {
+            settings: Arc::new(settings),
+            store,
+            broker: Arc::new(broker),
+            audio,
+            providers: Arc::new(providers),
+        })
+    }
+
+    /// The API's handler context.
+    pub async fn api_context(&self) -> anyhow::Result<ApiContext> {
+        ApiContext::new(
+            &self.settings,
+            self.store.clone(),
+            Arc::clone(&self.broker),
+            self.audio.clone(),
+            Arc::clone(&self.providers),
+        )
+        .await
+        .context("Failed to open a publishing channel")
+    }
+
+    /// The worker's context, with a consumer tag unique to this process.
+    pub fn worker_context(&self) -> WorkerContext {
+        WorkerContext {
+            store: self.store.clone(),
+            broker: Arc::clone(&self.broker),
+            audio: self.audio.clone(),
+            providers: Arc::clone(&self.providers),
+            settings: self.settings.worker.clone(),
+            prefetch: self.settings.queue.prefetch,
+            max_attempts: MAX_ATTEMPTS,
+            name: format!("ttsq-worker-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Serves the API on `listener` until `shutdown` is cancelled.
+    pub async fn run_api(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let context = self.api_context().await?;
+        ttsq_api::run(context, listener, shutdown.cancelled_owned())
+            .await
+            .context("API server failed")
+    }
+
+    /// Runs a worker until `shutdown` is cancelled, then drains it.
+    pub async fn run_worker(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        ttsq_worker::run(self.worker_context(), shutdown.cancelled_owned())
+            .await
+            .context("worker failed")
+    }
+}

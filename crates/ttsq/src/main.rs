@@ -1,0 +1,220 @@
+//! `ttsq`: parse the command line, load settings, run the chosen command.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use ttsq::Services;
+use ttsq_config::Settings;
+use ttsq_store::{Store, StoreError};
+
+/// ttsq — queue-driven batch text-to-speech.
+///
+/// Settings come from built-in defaults (local Postgres, RabbitMQ, an S3
+/// server on 127.0.0.1:8014 and the embedded espeak-ng voice), then the
+/// optional config file, then TTSQ_* environment variables
+/// (`ttsq config env` lists them all).
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML config file layered over the defaults.
+    #[arg(long, global = true, env = "TTSQ_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (submit, poll, download) on server.listen.
+    Api,
+    /// Consume queued jobs: batch by dialect, synthesize, store, finish.
+    ///
+    /// Run as many replicas as the providers' quotas allow. SIGTERM stops
+    /// consuming and finishes in-flight batches within
+    /// worker.shutdown_grace_secs; the rest is redelivered.
+    Worker,
+    /// API and one worker in one process, for a single machine.
+    All,
+    /// Apply pending database migrations, then exit.
+    Migrate,
+    /// Manage tenants (customer accounts).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Inspect configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its first API key on stdout (shown once;
+    /// only its hash is stored).
+    Create {
+        /// Unique tenant name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create another API key for an existing tenant and print it on stdout.
+    Create {
+        /// The tenant's name.
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every TTSQ_* variable with its default, as a .env file.
+    Env,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Config {
+        command: ConfigCommand::Env,
+    } = cli.command
+    {
+        for (var, default) in Settings::env_reference() {
+            println!("{var}={default}");
+        }
+        return Ok(());
+    }
+    let settings = Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+    ttsq_telemetry::init(settings.log.format);
+
+    match cli.command {
+        Command::Api => {
+            let listener = bind(&settings).await?;
+            let services = Services::connect(settings, "api").await?;
+            services.run_api(listener, shutdown_on_signal()).await
+        }
+        Command::Worker => {
+            let services = Services::connect(settings, "worker").await?;
+            services.run_worker(shutdown_on_signal()).await
+        }
+        Command::All => {
+            let listener = bind(&settings).await?;
+            let services = Services::connect(settings, "all").await?;
+            let shutdown = shutdown_on_signal();
+            let (api, worker) = tokio::join!(
+                services.run_api(listener, shutdown.clone()),
+                services.run_worker(shutdown.clone()),
+            );
+            api.and(worker)
+        }
+        Command::Migrate => {
+            let store = Store::connect(&settings.database)
+                .await
+                .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
+            store.migrate().await.context("Failed to migrate the database")?;
+            eprintln!("database is up to date");
+            Ok(())
+        }
+        Command::Tenant {
+            command: TenantCommand::Create { name },
+        } => {
+            let store = admin_store(&settings).await?;
+            let (tenant, key) = store.create_tenant(&name).await.map_err(explain)?;
+            eprintln!(
+                "created tenant `{}` ({}); its API key, shown only now:",
+                tenant.name, tenant.id
+            );
+            println!("{}", key.key.expose_secret());
+            Ok(())
+        }
+        Command::Key {
+            command: KeyCommand::Create { tenant },
+        } => {
+            let store = admin_store(&settings).await?;
+            let key = store.create_key(&tenant).await.map_err(explain)?;
+            eprintln!("new API key for `{tenant}` (prefix {}), shown only now:", key.prefix);
+            println!("{}", key.key.expose_secret());
+            Ok(())
+        }
+        Command::Config { .. } => unreachable!("handled before settings are loaded"),
+    }
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| format!("Failed to listen on {} (TTSQ_SERVER_LISTEN)", settings.server.listen))
+}
+
+async fn admin_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database)
+        .await
+        .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
+    store.migrate().await.context("Failed to migrate the database")?;
+    Ok(store)
+}
+
+fn explain(err: StoreError) -> anyhow::Error {
+    match err {
+        StoreError::Conflict(_) | StoreError::NotFound(_) => anyhow::anyhow!("{err}"),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    trigger.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    token
+}
