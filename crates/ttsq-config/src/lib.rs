@@ -13,7 +13,10 @@ pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
 pub const ENV_PREFIX: &str = "TTSQ_";
 
 /// Variables with the prefix that are not settings themselves.
-const RESERVED_VARS: &[&str] = &["TTSQ_CONFIG", "TTSQ_URL", "TTSQ_API_KEY"];
+const RESERVED_VARS: &[&str] = &["TTSQ_CONFIG", "TTSQ_URL", "TTSQ_API_KEY", "TTSQ_HOME", "TTSQ_PROFILE"];
+
+/// Prefix of variables that configure the test suite, not a process.
+const TEST_VAR_PREFIX: &str = "TTSQ_TEST_";
 
 /// Everything a ttsq process can be configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -343,7 +346,9 @@ fn apply_env(
     let mut set = BTreeMap::new();
     let mut vars: Vec<_> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !RESERVED_VARS.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            k.starts_with(ENV_PREFIX) && !k.starts_with(TEST_VAR_PREFIX) && !RESERVED_VARS.contains(&k.as_str())
+        })
         .collect();
     // Plain variables win over their `_FILE` twin, so apply `_FILE` ones first.
     vars.sort_by_key(|(k, _)| !k.ends_with("_FILE"));

@@ -1,0 +1,474 @@
+#![doc = include_str!("../README.md")]
+
+use std::{fmt, time::Duration};
+
+use aws_sdk_s3::{
+    Client,
+    config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation, http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig,
+    },
+    error::{ProvideErrorMetadata, SdkError},
+    presigning::PresigningConfig,
+    primitives::ByteStream,
+    types::{BucketLocationConstraint, CreateBucketConfiguration},
+};
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use ttsq_config::S3Settings;
+
+/// Region used when the settings leave it empty; also the one region where
+/// `CreateBucket` must not name a location constraint.
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// Longest a presigned URL may live: SigV4 refuses more than seven days.
+const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Time allowed to open a TCP/TLS connection to the S3 server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time allowed for one attempt, body included; audio objects are at most a
+/// few megabytes, so this is generous even on a slow link.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time allowed for a whole operation, retries and back-off included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Attempts per operation (the first try included) for transient failures.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Handle to the audio bucket.
+///
+/// Cheap to clone: the AWS client keeps its configuration and connection
+/// pool behind an `Arc`, so every clone shares them.
+#[derive(Clone)]
+pub struct AudioStore {
+    /// Configured S3 client, credentials included.
+    client: Client,
+    /// Bucket every object lives in.
+    bucket: String,
+    /// Lifetime of presigned URLs, already checked against SigV4's limit.
+    presign_ttl: Duration,
+}
+
+impl fmt::Debug for AudioStore {
+    // Written by hand so the client's configuration (credentials) can never
+    // reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AudioStore")
+            .field("bucket", &self.bucket)
+            .field("presign_ttl", &self.presign_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`AudioStore::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The key was free; the bytes are now stored under it.
+    Stored,
+    /// An object already had this key; it was left untouched and the new
+    /// bytes were discarded (content addressing makes them equivalent).
+    AlreadyExisted,
+}
+
+/// Why an audio store operation failed.
+///
+/// Messages name the operation, the bucket or key and what the server said;
+/// they never contain credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioStoreError {
+    /// The settings cannot work (e.g. an out-of-range presign lifetime).
+    #[error("invalid S3 settings: {0}")]
+    InvalidSettings(String),
+    /// No object has this key.
+    #[error("audio object `{key}` not found")]
+    NotFound {
+        /// The missing key.
+        key: String,
+    },
+    /// The bucket does not exist (and was not to be created).
+    #[error("S3 bucket `{bucket}` does not exist")]
+    BucketNotFound {
+        /// The missing bucket.
+        bucket: String,
+    },
+    /// The server refused the credentials or the permission (401/403).
+    #[error("S3 {operation} denied: {detail}")]
+    Denied {
+        /// The S3 operation, e.g. `HeadBucket`.
+        operation: &'static str,
+        /// Status and error code from the server.
+        detail: String,
+    },
+    /// The server could not be reached or failed transiently (network,
+    /// timeout, 5xx, throttling); retrying later may succeed.
+    #[error("S3 unavailable during {operation}: {detail}")]
+    Unavailable {
+        /// The S3 operation, e.g. `PutObject`.
+        operation: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The server rejected the request for another reason.
+    #[error("S3 {operation} failed: {detail}")]
+    Failed {
+        /// The S3 operation, e.g. `GetObject`.
+        operation: &'static str,
+        /// Status and error code from the server.
+        detail: String,
+    },
+}
+
+impl AudioStoreError {
+    /// True when the object (or bucket) does not exist, so callers can map it
+    /// to a `404` or a cache miss instead of an outage.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. } | Self::BucketNotFound { .. })
+    }
+
+    /// True when the failure is likely temporary (network, timeout, 5xx,
+    /// throttling), so a worker should retry the job later, not fail it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// Maps an SDK failure that no operation-specific rule handled.
+    fn from_sdk<E>(operation: &'static str, err: &SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let status = http_status(err);
+        let detail = match status {
+            // Only the status, the S3 error code and the server's message go
+            // into the text; the request (and its signature) never does.
+            Some(status) => {
+                let mut detail = format!("HTTP {status}");
+                if let Some(code) = err.code() {
+                    detail.push(' ');
+                    detail.push_str(code);
+                }
+                if let Some(message) = err.message() {
+                    detail.push_str(": ");
+                    detail.push_str(message);
+                }
+                detail
+            }
+            // No response: construction, dispatch or timeout failures, whose
+            // cause chains describe the connection, not the credentials.
+            None => cause_chain(err),
+        };
+        match (err, status) {
+            (_, Some(401 | 403)) => Self::Denied { operation, detail },
+            (_, Some(408 | 429 | 500..=599))
+            | (
+                SdkError::TimeoutError(_)
+                | SdkError::DispatchFailure(_)
+                | SdkError::ResponseError(_),
+                _,
+            ) => Self::Unavailable { operation, detail },
+            _ => Self::Failed { operation, detail },
+        }
+    }
+}
+
+/// An error's `Display` and those of its sources, joined by `: `, skipping
+/// a source that repeats its parent's text.
+///
+/// The SDK's own `DisplayErrorContext` appends the `Debug` form as well,
+/// which is noisy in logs and would show whatever internals a future error
+/// type keeps; `Display` texts stay short and free of credentials.
+fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = err.to_string();
+    let mut previous = chain.clone();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        previous = text;
+        source = cause.source();
+    }
+    chain
+}
+
+/// The HTTP status of a failed call, when a response came back at all.
+fn http_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response()
+        .map(|response| response.status().as_u16())
+}
+
+impl AudioStore {
+    /// Builds the S3 client from `settings`; when `create_bucket` is set,
+    /// also creates the bucket if it is missing.
+    ///
+    /// Without `create_bucket` this does no network I/O, so a process can
+    /// start while S3 is down; [`AudioStore::check`] reports readiness.
+    /// Creating is idempotent and safe when several replicas race: a bucket
+    /// that another replica created first counts as success.
+    pub async fn connect(settings: &S3Settings) -> Result<Self, AudioStoreError> {
+        let presign_ttl = Duration::from_secs(settings.presign_ttl_secs);
+        if presign_ttl.is_zero() || presign_ttl > MAX_PRESIGN_TTL {
+            return Err(AudioStoreError::InvalidSettings(format!(
+                "s3.presign_ttl_secs must be between 1 and {} (7 days), got {}",
+                MAX_PRESIGN_TTL.as_secs(),
+                settings.presign_ttl_secs
+            )));
+        }
+        if settings.bucket.trim().is_empty() {
+            return Err(AudioStoreError::InvalidSettings(
+                "s3.bucket must not be empty".to_owned(),
+            ));
+        }
+        let region = match settings.region.trim() {
+            "" => DEFAULT_REGION.to_owned(),
+            region => region.to_owned(),
+        };
+        let credentials = Credentials::new(
+            settings.access_key_id.clone(),
+            settings.secret_access_key.expose_secret().to_owned(),
+            None,
+            None,
+            "ttsq",
+        );
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.clone()))
+            .credentials_provider(credentials)
+            // Path-style (`endpoint/bucket/key`): S3-compatible servers on a
+            // bare host or IP have no per-bucket DNS names.
+            .force_path_style(true)
+            // The SDK's default CRC checksums on every request (and the
+            // `x-amz-checksum-mode` header on GETs, which would also end up in
+            // presigned URLs) are not understood by many S3-compatible servers.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(Duration::from_millis(100))
+                    .with_max_backoff(Duration::from_secs(2)),
+            );
+        // An empty endpoint means AWS itself, resolved from the region.
+        if !settings.endpoint.trim().is_empty() {
+            config = config.endpoint_url(settings.endpoint.trim());
+        }
+        let store = Self {
+            client: Client::from_conf(config.build()),
+            bucket: settings.bucket.clone(),
+            presign_ttl,
+        };
+        if settings.create_bucket {
+            store.ensure_bucket(&region).await?;
+        }
+        Ok(store)
+    }
+
+    /// The bucket this store writes to, for logs and diagnostics.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Creates the bucket unless it exists already.
+    async fn ensure_bucket(&self, region: &str) -> Result<(), AudioStoreError> {
+        match self.check().await {
+            Ok(()) => return Ok(()),
+            Err(AudioStoreError::BucketNotFound { .. }) => {}
+            Err(err) => return Err(err),
+        }
+        let mut request = self.client.create_bucket().bucket(&self.bucket);
+        // us-east-1 is the one region that must not be named explicitly.
+        if region != DEFAULT_REGION {
+            request = request.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region))
+                    .build(),
+            );
+        }
+        match request.send().await {
+            Ok(_) => {
+                tracing::info!(bucket = %self.bucket, "created S3 bucket");
+                Ok(())
+            }
+            // Another replica won the race: the bucket is there, and ours.
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_bucket_already_owned_by_you()) =>
+            {
+                Ok(())
+            }
+            // Some S3-compatible servers answer this even for the caller's own
+            // bucket, while on AWS it means another account owns the name:
+            // a HeadBucket tells the two apart.
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_bucket_already_exists()) =>
+            {
+                self.check().await
+            }
+            Err(err) => Err(AudioStoreError::from_sdk("CreateBucket", &err)),
+        }
+    }
+
+    /// Stores `bytes` under `key` unless an object already has that key.
+    ///
+    /// Keys are content hashes, so an object never changes once written;
+    /// this method never overwrites one. Two guards enforce that:
+    ///
+    /// 1. the `PutObject` carries `If-None-Match: *`, so a server that
+    ///    supports conditional writes refuses when the key is taken; its
+    ///    `412 Precondition Failed` means [`PutOutcome::AlreadyExisted`].
+    ///    AWS S3 checks this atomically. s3s-fs 0.14.1 honours it too, but
+    ///    checks before it writes, so it is not atomic there;
+    /// 2. a `HeadObject` runs first, because some S3-compatible servers
+    ///    ignore conditional writes. An existing key returns
+    ///    [`PutOutcome::AlreadyExisted`] without uploading anything. That
+    ///    keeps the object immutable on those servers, and it costs one small
+    ///    round trip per store.
+    ///
+    /// On a server without atomic conditional writes, two writers that race
+    /// on one key can both upload, and the last one wins. Both hold audio for
+    /// the same content hash, so either result is correct. No write after
+    /// the first one has finished can replace it.
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<PutOutcome, AudioStoreError> {
+        if self.exists(key).await? {
+            tracing::debug!(key, "audio object already stored");
+            return Ok(PutOutcome::AlreadyExisted);
+        }
+        let size = bytes.len();
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_none_match("*")
+            .body(ByteStream::from(bytes))
+            .send()
+            .await;
+        match result {
+            Ok(_) => {
+                tracing::debug!(key, size, "stored audio object");
+                Ok(PutOutcome::Stored)
+            }
+            // 412: the conditional write found the key taken (possibly by our
+            // own earlier attempt whose response was lost, then retried).
+            Err(err) if http_status(&err) == Some(412) => {
+                tracing::debug!(key, "audio object stored concurrently");
+                Ok(PutOutcome::AlreadyExisted)
+            }
+            Err(err) => Err(AudioStoreError::from_sdk("PutObject", &err)),
+        }
+    }
+
+    /// Whether an object has `key`.
+    async fn exists(&self, key: &str) -> Result<bool, AudioStoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(err) if http_status(&err) == Some(404) => Ok(false),
+            Err(err) => Err(AudioStoreError::from_sdk("HeadObject", &err)),
+        }
+    }
+
+    /// Reads the whole object stored under `key`.
+    ///
+    /// A missing key is [`AudioStoreError::NotFound`]
+    /// ([`AudioStoreError::is_not_found`]).
+    pub async fn get(&self, key: &str) -> Result<Bytes, AudioStoreError> {
+        let response = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => return Err(self.not_found_or("GetObject", key, &err)),
+        };
+        let body = response
+            .body
+            .collect()
+            .await
+            .map_err(|err| AudioStoreError::Unavailable {
+                operation: "GetObject",
+                detail: format!("reading the body of `{key}`: {}", cause_chain(&err)),
+            })?;
+        Ok(body.into_bytes())
+    }
+
+    /// A presigned URL that downloads `key` with a plain `GET`, valid for
+    /// `presign_ttl_secs`; lets clients fetch audio from S3 directly instead
+    /// of through the API. Signing is local: it neither checks that the
+    /// object exists nor contacts the server.
+    pub async fn presign_get(&self, key: &str) -> Result<String, AudioStoreError> {
+        let presigning = PresigningConfig::expires_in(self.presign_ttl)
+            .map_err(|err| AudioStoreError::InvalidSettings(err.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(presigning)
+            .await
+            .map_err(|err| AudioStoreError::from_sdk("GetObject (presign)", &err))?;
+        Ok(request.uri().to_owned())
+    }
+
+    /// Checks that the bucket is reachable with these credentials
+    /// (`HeadBucket`), for readiness probes.
+    pub async fn check(&self) -> Result<(), AudioStoreError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(err) if http_status(&err) == Some(404) => Err(AudioStoreError::BucketNotFound {
+                bucket: self.bucket.clone(),
+            }),
+            Err(err) => Err(AudioStoreError::from_sdk("HeadBucket", &err)),
+        }
+    }
+
+    /// Maps a failed object read: a missing key or bucket gets its own
+    /// variant, anything else goes through [`AudioStoreError::from_sdk`].
+    fn not_found_or<E>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        err: &SdkError<E, HttpResponse>,
+    ) -> AudioStoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match (err.code(), http_status(err)) {
+            (Some("NoSuchBucket"), _) => AudioStoreError::BucketNotFound {
+                bucket: self.bucket.clone(),
+            },
+            (Some("NoSuchKey"), _) | (_, Some(404)) => AudioStoreError::NotFound {
+                key: key.to_owned(),
+            },
+            _ => AudioStoreError::from_sdk(operation, err),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Integration tests against a real S3-compatible server (no mocks).
+//!
+//! The server comes from `TTSQ_S3_ENDPOINT` (default `http://127.0.0.1:8014`,
+//! e.g. s3s-fs) with `TTSQ_S3_ACCESS_KEY_ID` / `TTSQ_S3_SECRET_ACCESS_KEY`.
+//! Every test works in its own fresh bucket.
+
+use bytes::Bytes;
+use secrecy::SecretString;
+use ttsq_audio::{AudioStore, AudioStoreError, PutOutcome};
+use ttsq_config::S3Settings;
+
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8014";
+const DEFAULT_ACCESS_KEY_ID: &str = "ttsq";
+const DEFAULT_SECRET_ACCESS_KEY: &str = "ttsq-local-secret";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Settings for the test server, with a bucket no other test uses.
+fn fresh_settings() -> S3Settings {
+    // "ttsq-test-" (10) + 32 hex digits = 42 characters, within S3's 63.
+    let bucket = format!("ttsq-test-{}", uuid::Uuid::new_v4().simple()).to_lowercase();
+    S3Settings {
+        endpoint: env_or("TTSQ_S3_ENDPOINT", DEFAULT_ENDPOINT),
+        region: "us-east-1".to_owned(),
+        bucket,
+        access_key_id: env_or("TTSQ_S3_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY_ID),
+        secret_access_key: SecretString::from(env_or(
+            "TTSQ_S3_SECRET_ACCESS_KEY",
+            DEFAULT_SECRET_ACCESS_KEY,
+        )),
+        create_bucket: true,
+        presign_ttl_secs: 300,
+    }
+}
+
+async fn fresh_store() -> AudioStore {
+    AudioStore::connect(&fresh_settings())
+        .await
+        .expect("connect to the test S3 server (is s3s-fs running?)")
+}
+
+/// A content-addressed key of the shape ttsq uses.
+fn audio_key(tag: &str) -> String {
+    let hash = format!("{:0>64}", tag);
+    format!("audio/{}/{hash}.mp3", &hash[..2])
+}
+
+#[tokio::test]
+async fn connect_creates_the_bucket_and_a_second_connect_is_fine() {
+    let settings = fresh_settings();
+
+    let first = AudioStore::connect(&settings).await.expect("first connect");
+    let second = AudioStore::connect(&settings)
+        .await
+        .expect("second connect");
+
+    assert_eq!(first.bucket(), settings.bucket);
+    first.check().await.expect("bucket exists after connect");
+    second.check().await.expect("second store sees the bucket");
+}
+
+#[tokio::test]
+async fn put_then_get_returns_identical_bytes() {
+    let store = fresh_store().await;
+    let key = audio_key("a1");
+    let audio: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+
+    let outcome = store
+        .put(&key, Bytes::from(audio.clone()), "audio/mpeg")
+        .await
+        .expect("put");
+    let fetched = store.get(&key).await.expect("get");
+
+    assert_eq!(outcome, PutOutcome::Stored);
+    assert_eq!(fetched.as_ref(), audio.as_slice());
+}
+
+#[tokio::test]
+async fn second_put_of_a_key_is_already_existed_and_keeps_the_first_bytes() {
+    let store = fresh_store().await;
+    let key = audio_key("b2");
+    let original = Bytes::from_static(b"first audio bytes");
+    store
+        .put(&key, original.clone(), "audio/mpeg")
+        .await
+        .expect("first put");
+
+    let outcome = store
+        .put(&key, Bytes::from_static(b"DIFFERENT bytes"), "audio/mpeg")
+        .await
+        .expect("second put");
+
+    assert_eq!(outcome, PutOutcome::AlreadyExisted);
+    assert_eq!(store.get(&key).await.expect("get"), original);
+}
+
+#[tokio::test]
+async fn concurrent_puts_of_one_key_store_it_once() {
+    let store = fresh_store().await;
+    let key = audio_key("c3");
+    let audio = Bytes::from(vec![7u8; 4096]);
+
+    let outcomes = await_outcomes((0..8).map(|_| {
+        let store = store.clone();
+        let key = key.clone();
+        let audio = audio.clone();
+        tokio::spawn(async move { store.put(&key, audio, "audio/mpeg").await })
+    }))
+    .await;
+
+    let stored = outcomes
+        .iter()
+        .filter(|outcome| **outcome == PutOutcome::Stored)
+        .count();
+    assert!(stored >= 1, "at least one put stores the object");
+    assert_eq!(store.get(&key).await.expect("get"), audio);
+}
+
+/// Awaits spawned tasks in order, failing the test on any error.
+async fn await_outcomes(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<Result<PutOutcome, AudioStoreError>>>,
+) -> Vec<PutOutcome> {
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.push(handle.await.expect("task").expect("put"));
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn get_of_a_missing_key_is_not_found() {
+    let store = fresh_store().await;
+
+    let err = store
+        .get(&audio_key("d4"))
+        .await
+        .expect_err("missing key must fail");
+
+    assert!(err.is_not_found(), "expected not found, got {err:?}");
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn presigned_url_downloads_the_bytes_and_a_tampered_one_is_refused() {
+    let store = fresh_store().await;
+    let key = audio_key("e5");
+    let audio = Bytes::from_static(b"presigned audio");
+    store
+        .put(&key, audio.clone(), "audio/mpeg")
+        .await
+        .expect("put");
+    let http = reqwest::Client::new();
+
+    let url = store.presign_get(&key).await.expect("presign");
+    let response = http.get(&url).send().await.expect("GET presigned URL");
+
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "url: {url}");
+    assert_eq!(response.bytes().await.expect("body"), audio);
+
+    let tampered = tamper_signature(&url);
+    assert_ne!(tampered, url);
+    let refused = http.get(&tampered).send().await.expect("GET tampered URL");
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+}
+
+/// Flips the last hex digit of the `X-Amz-Signature` query parameter.
+fn tamper_signature(url: &str) -> String {
+    let start = url.find("X-Amz-Signature=").expect("signature in url") + "X-Amz-Signature=".len();
+    let end = url[start..].find('&').map_or(url.len(), |i| start + i);
+    let mut signature = url[start..end].to_owned();
+    let last = signature.pop().expect("non-empty signature");
+    signature.push(if last == '0' { '1' } else { '0' });
+    format!("{}{signature}{}", &url[..start], &url[end..])
+}
+
+#[tokio::test]
+async fn wrong_secret_key_fails_check_without_revealing_the_secret() {
+    let settings = fresh_settings();
+    AudioStore::connect(&settings).await.expect("create bucket");
+    let wrong_secret = "wrong-secret-7f3c9a1e5b";
+    let bad = S3Settings {
+        secret_access_key: SecretString::from(wrong_secret),
+        create_bucket: false,
+        ..settings
+    };
+    let store = AudioStore::connect(&bad)
+        .await
+        .expect("connect without create does no I/O");
+
+    let err = store.check().await.expect_err("wrong secret must fail");
+
+    assert!(
+        matches!(err, AudioStoreError::Denied { .. }),
+        "expected denied, got {err:?}"
+    );
+    assert!(!err.is_not_found());
+    for text in [err.to_string(), format!("{err:?}"), format!("{store:?}")] {
+        assert!(!text.contains(wrong_secret), "secret leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn check_succeeds_with_the_right_credentials() {
+    let store = fresh_store().await;
+
+    store.check().await.expect("check");
+}
+
+#[tokio::test]
+async fn check_of_a_missing_bucket_is_not_found() {
+    let settings = S3Settings {
+        create_bucket: false,
+        ..fresh_settings()
+    };
+    let store = AudioStore::connect(&settings).await.expect("connect");
+
+    let err = store.check().await.expect_err("bucket was never created");
+
+    assert!(err.is_not_found(), "expected not found, got {err:?}");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_transient() {
+    let settings = S3Settings {
+        // Port 9 (discard) on loopback: nothing listens there.
+        endpoint: "http://127.0.0.1:9".to_owned(),
+        create_bucket: false,
+        ..fresh_settings()
+    };
+    let store = AudioStore::connect(&settings).await.expect("connect");
+
+    let err = store.check().await.expect_err("no server");
+
+    assert!(err.is_transient(), "expected unavailable, got {err:?}");
+}
+
+#[tokio::test]
+async fn out_of_range_presign_ttl_is_rejected_at_connect() {
+    let settings = S3Settings {
+        presign_ttl_secs: 8 * 24 * 60 * 60,
+        create_bucket: false,
+        ..fresh_settings()
+    };
+
+    let err = AudioStore::connect(&settings)
+        .await
+        .expect_err("8 days exceeds SigV4's limit");
+
+    assert!(
+        matches!(err, AudioStoreError::InvalidSettings(_)),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,303 @@
+#![doc = include_str!("../README.md")]
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use reqwest::{Response, header};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use ttsq::Services;
+use ttsq_config::Settings;
+use uuid::Uuid;
+
+/// Bucket shared by all tests: objects are content-addressed, and the cache
+/// index that decides hits lives in each test's own database.
+const TEST_BUCKET: &str = "ttsq-test";
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A worker running in the test process.
+struct WorkerHandle {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A running ttsq stack for one test.
+pub struct TestApp {
+    /// Everything connected, as the binary would have it.
+    pub services: Services,
+    /// Where the API listens.
+    pub address: SocketAddr,
+    /// `http://{address}`.
+    pub base_url: String,
+    /// A key of the test's default tenant.
+    pub api_key: String,
+    /// An HTTP client that does not follow redirects.
+    pub http: reqwest::Client,
+    env: Vec<(String, String)>,
+    database: String,
+    admin_url: String,
+    api_shutdown: CancellationToken,
+    api_task: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<WorkerHandle>,
+}
+
+/// Options of [`TestApp::spawn_with`].
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Start one in-process worker.
+    pub worker: bool,
+    /// Extra `TTSQ_*` settings.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(env_or("RUST_LOG", "info")))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl TestApp {
+    /// API and one worker, default settings.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(TestOptions::default()).await
+    }
+
+    /// API, optionally a worker, with extra settings. Panics (failing the
+    /// test) with the reason when a service is unreachable.
+    pub async fn spawn_with(options: TestOptions) -> Self {
+        Self::try_spawn(options).await.expect("test stack failed to start")
+    }
+
+    async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
+        init_logs();
+        let id = Uuid::new_v4().simple().to_string();
+        let admin_url = env_or("TTSQ_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let database = format!("ttsq_test_{id}");
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .context("Failed to connect to Postgres (TTSQ_TEST_DATABASE_URL)")?;
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut admin)
+            .await
+            .context("Failed to create the test database")?;
+        admin.close().await.ok();
+        let (base, _) = admin_url.rsplit_once('/').context("admin URL has no database part")?;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let base_url = format!("http://{address}");
+        let mut env = vec![
+            ("TTSQ_DATABASE_URL".to_owned(), format!("{base}/{database}")),
+            ("TTSQ_DATABASE_MAX_CONNECTIONS".to_owned(), "8".to_owned()),
+            (
+                "TTSQ_QUEUE_URL".to_owned(),
+                env_or("TTSQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ),
+            ("TTSQ_QUEUE_PREFIX".to_owned(), format!("ttsq-test-{id}.")),
+            ("TTSQ_S3_ENDPOINT".to_owned(), env_or("TTSQ_S3_ENDPOINT", "http://127.0.0.1:8014")),
+            ("TTSQ_S3_ACCESS_KEY_ID".to_owned(), env_or("TTSQ_S3_ACCESS_KEY_ID", "ttsq")),
+            (
+                "TTSQ_S3_SECRET_ACCESS_KEY".to_owned(),
+                env_or("TTSQ_S3_SECRET_ACCESS_KEY", "ttsq-local-secret"),
+            ),
+            ("TTSQ_S3_BUCKET".to_owned(), TEST_BUCKET.to_owned()),
+            ("TTSQ_SERVER_PUBLIC_URL".to_owned(), base_url.clone()),
+            ("TTSQ_WORKER_BATCH_WINDOW_MS".to_owned(), "20".to_owned()),
+            ("TTSQ_WORKER_SHUTDOWN_GRACE_SECS".to_owned(), "20".to_owned()),
+        ];
+        env.extend(options.env);
+        let settings = Settings::load(None, env.clone())?;
+        let services = Services::connect(settings, "test").await?;
+        let (_, key) = services.store.create_tenant("default").await?;
+
+        let api_shutdown = CancellationToken::new();
+        let api_task = {
+            let services = services.clone();
+            let shutdown = api_shutdown.clone();
+            tokio::spawn(async move { services.run_api(listener, shutdown).await })
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let mut app = Self {
+            services,
+            address,
+            base_url,
+            api_key: expose(&key.key),
+            http,
+            env,
+            database,
+            admin_url,
+            api_shutdown,
+            api_task,
+            workers: Vec::new(),
+        };
+        if options.worker {
+            app.start_worker();
+        }
+        Ok(app)
+    }
+
+    /// Starts one more in-process worker.
+    pub fn start_worker(&mut self) {
+        let services = self.services.clone();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { services.run_worker(token).await });
+        self.workers.push(WorkerHandle { shutdown, task });
+    }
+
+    /// Stops every in-process worker gracefully and waits for them.
+    pub async fn stop_workers(&mut self) {
+        for worker in self.workers.drain(..) {
+            worker.shutdown.cancel();
+            worker
+                .task
+                .await
+                .expect("worker task panicked")
+                .expect("worker failed");
+        }
+    }
+
+    /// The `TTSQ_*` variables that point a `ttsq` child process at this stack.
+    pub fn child_env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// Creates another tenant and returns its API key.
+    pub async fn new_tenant(&self, name: &str) -> String {
+        let (_, key) = self.services.store.create_tenant(name).await.expect("tenant created");
+        expose(&key.key)
+    }
+
+    /// `POST /v1/tts/jobs` with the default key.
+    pub async fn submit(&self, body: &Value) -> Response {
+        self.submit_as(&self.api_key, body).await
+    }
+
+    /// `POST /v1/tts/jobs` with `key`.
+    pub async fn submit_as(&self, key: &str, body: &Value) -> Response {
+        self.http
+            .post(format!("{}/v1/tts/jobs", self.base_url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("submit request sent")
+    }
+
+    /// `GET {path}` with `key`.
+    pub async fn get_as(&self, key: &str, path: &str) -> Response {
+        self.http
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("GET request sent")
+    }
+
+    /// Submits a normal job and returns its task id, asserting a 202.
+    pub async fn submit_ok(&self, body: &Value) -> Uuid {
+        let response = self.submit(body).await;
+        let status = response.status();
+        let json: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, 202, "submit answered {status}: {json}");
+        json["task_id"].as_str().and_then(|s| s.parse().ok()).expect("task_id")
+    }
+
+    /// Long-polls a task of the default tenant until it is terminal.
+    pub async fn wait_for(&self, task_id: Uuid) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let task: Value = self
+                .get_as(&self.api_key, &format!("/v1/tts/jobs/{task_id}?wait=10"))
+                .await
+                .json()
+                .await
+                .expect("task JSON");
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return task;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "task never finished: {task}");
+        }
+    }
+
+    /// Waits until no task is queued or processing (or panics after `limit`).
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let open = self
+                .scalar("SELECT count(*) FROM tasks WHERE status IN ('queued', 'processing')")
+                .await;
+            if open == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{open} tasks still open after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a query returning one bigint.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.services.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Synthesis calls the in-process router made to `provider`.
+    pub fn provider_calls(&self, provider: &str) -> u64 {
+        self.services.providers.calls(provider)
+    }
+
+    /// Stops everything and removes the test's database and queues.
+    pub async fn teardown(mut self) {
+        self.stop_workers().await;
+        self.api_shutdown.cancel();
+        let _ = self.api_task.await;
+        let _ = self.services.broker.delete_queues().await;
+        self.services.broker.close().await;
+        self.services.store.pool().close().await;
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// Default headers a JSON POST carries, for tests that build requests by hand.
+pub fn json_headers(key: &str) -> header::HeaderMap {
+    let mut headers = header::HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {key}")) {
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    headers
+}
+
+fn expose(secret: &secrecy::SecretString) -> String {
+    use secrecy::ExposeSecret;
+    secret.expose_secret().to_owned()
+}
