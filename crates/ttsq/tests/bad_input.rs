@@ -1,0 +1,211 @@
+//! Every kind of bad input gets a clear 4xx problem naming the field, and
+//! none of them writes a task row or a queue message.
+
+use serde_json::{Value, json};
+use ttsq_testkit::{TestApp, TestOptions};
+
+struct Case {
+    name: &'static str,
+    content_type: Option<&'static str>,
+    auth: Auth,
+    body: Vec<u8>,
+    status: u16,
+    field: Option<&'static str>,
+}
+
+enum Auth {
+    Valid,
+    Missing,
+    Invalid,
+}
+
+fn json_case(name: &'static str, body: Value, field: &'static str) -> Case {
+    Case {
+        name,
+        content_type: Some("application/json"),
+        auth: Auth::Valid,
+        body: body.to_string().into_bytes(),
+        status: 400,
+        field: Some(field),
+    }
+}
+
+#[tokio::test]
+async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
+    let app = TestApp::spawn_with(TestOptions {
+        // A worker would consume a stray message; without one the queue depth proves none was sent.
+        worker: false,
+        env: vec![("TTSQ_SERVER_MAX_BODY_BYTES".into(), "65536".into())],
+    })
+    .await;
+    let good = json!({"text": "hello", "dialect": "en-gb"});
+    let cases = vec![
+        Case {
+            name: "malformed JSON",
+            content_type: Some("application/json"),
+            auth: Auth::Valid,
+            body: b"{\"text\": \"hello\", ".to_vec(),
+            status: 400,
+            field: Some(""),
+        },
+        Case {
+            name: "wrong content type",
+            content_type: Some("text/plain"),
+            auth: Auth::Valid,
+            body: good.to_string().into_bytes(),
+            status: 415,
+            field: None,
+        },
+        Case {
+            name: "no content type",
+            content_type: None,
+            auth: Auth::Valid,
+            body: good.to_string().into_bytes(),
+            status: 415,
+            field: None,
+        },
+        Case {
+            name: "body over the limit",
+            content_type: Some("application/json"),
+            auth: Auth::Valid,
+            body: json!({"text": "a ".repeat(40_000), "dialect": "en-gb"}).to_string().into_bytes(),
+            status: 413,
+            field: None,
+        },
+        json_case("empty text", json!({"text": "", "dialect": "en-gb"}), "text"),
+        json_case("whitespace-only text", json!({"text": " \n\t ", "dialect": "en-gb"}), "text"),
+        json_case("text over the limit", json!({"text": "x".repeat(5_001), "dialect": "en-gb"}), "text"),
+        json_case("missing text", json!({"dialect": "en-gb"}), "text"),
+        json_case("unknown dialect", json!({"text": "hi", "dialect": "tlh"}), "dialect"),
+        json_case("unknown voice", json!({"text": "hi", "dialect": "en-gb", "voice": "zz9"}), "voice"),
+        json_case("speed too high", json!({"text": "hi", "dialect": "en-gb", "speed": 3.0}), "speed"),
+        json_case("speed too low", json!({"text": "hi", "dialect": "en-gb", "speed": 0.1}), "speed"),
+        json_case("unsupported format", json!({"text": "hi", "dialect": "en-gb", "format": "flac"}), "format"),
+        json_case("unknown priority", json!({"text": "hi", "dialect": "en-gb", "priority": "asap"}), "priority"),
+        json_case("wrong type", json!({"text": ["hi"], "dialect": "en-gb"}), "text"),
+        Case {
+            name: "missing API key",
+            content_type: Some("application/json"),
+            auth: Auth::Missing,
+            body: good.to_string().into_bytes(),
+            status: 401,
+            field: None,
+        },
+        Case {
+            name: "invalid API key",
+            content_type: Some("application/json"),
+            auth: Auth::Invalid,
+            body: good.to_string().into_bytes(),
+            status: 401,
+            field: None,
+        },
+    ];
+
+    for case in &cases {
+        let mut request = app
+            .http
+            .post(format!("{}/v1/tts/jobs", app.base_url))
+            .body(case.body.clone());
+        if let Some(content_type) = case.content_type {
+            request = request.header("content-type", content_type);
+        }
+        request = match case.auth {
+            Auth::Valid => request.bearer_auth(&app.api_key),
+            Auth::Missing => request,
+            Auth::Invalid => request.bearer_auth("ttsq_0000000000000000000000000000000000000000000000000"),
+        };
+        let response = request.send().await.expect("request sent");
+
+        let status = response.status().as_u16();
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let problem: Value = response.json().await.expect("a JSON problem body");
+        assert_eq!(status, case.status, "{}: {problem}", case.name);
+        assert_eq!(content_type, "application/problem+json", "{}", case.name);
+        assert_eq!(problem["status"], case.status, "{}", case.name);
+        assert!(problem["type"].as_str().is_some_and(|t| !t.is_empty()), "{}", case.name);
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{}", case.name);
+        if let Some(field) = case.field {
+            let errors = problem["errors"].as_array().expect("field errors");
+            assert_eq!(errors[0]["field"], field, "{}: {problem}", case.name);
+            assert!(errors[0]["reason"].as_str().is_some_and(|r| r.len() > 5), "{}", case.name);
+        }
+    }
+
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0, "no task row was written");
+    assert_eq!(app.services.broker.depths().await.unwrap(), (0, 0), "no message was queued");
+
+    // The same client with a good request is accepted, so the cases above
+    // failed for their own reason and not for a broken setup.
+    assert_eq!(app.submit(&good).await.status(), 202);
+    assert_eq!(app.services.broker.depths().await.unwrap(), (1, 0));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_bad_long_poll_and_audio_of_an_unfinished_task_are_clear_errors() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let id = app.submit_ok(&json!({"text": "not yet", "dialect": "en-gb"})).await;
+
+    let too_long = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=3600")).await;
+    assert_eq!(too_long.status(), 400);
+    let problem: Value = too_long.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "wait");
+
+    let garbage = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=soon")).await;
+    assert_eq!(garbage.status(), 400);
+
+    let started = std::time::Instant::now();
+    let queued: Value = app
+        .get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queued["status"], "queued");
+    assert!(started.elapsed().as_millis() >= 900, "wait=1 long-polled");
+
+    let audio = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}/audio")).await;
+    assert_eq!(audio.status(), 409);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_message_goes_to_the_dead_letter_queue_and_the_worker_keeps_going() {
+    let app = TestApp::spawn().await;
+    app.services.broker.publish_raw(b"{\"not\": \"a job\"}").await.unwrap();
+    let id = app.submit_ok(&json!({"text": "still working", "dialect": "en-gb", "format": "wav"})).await;
+
+    assert_eq!(app.wait_for(id).await["status"], "succeeded");
+    let (body, reason) = app
+        .services
+        .broker
+        .take_dead_letter()
+        .await
+        .unwrap()
+        .expect("the poison message is in the DLQ");
+    assert_eq!(body, b"{\"not\": \"a job\"}");
+    assert_eq!(reason.as_deref(), Some("malformed"));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_task() {
+    let app = TestApp::spawn().await;
+    let send = || {
+        app.http
+            .post(format!("{}/v1/tts/jobs", app.base_url))
+            .bearer_auth(&app.api_key)
+            .header("idempotency-key", "order-42")
+            .json(&json!({"text": "once only", "dialect": "en-gb", "format": "wav"}))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let second: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["task_id"], second["task_id"]);
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1);
+    app.teardown().await;
+}
