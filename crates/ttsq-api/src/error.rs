@@ -77,8 +77,12 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Synthesis { retryable: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Synthesis { retryable: false, .. } => StatusCode::BAD_GATEWAY,
+            Self::Synthesis {
+                retryable: true, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Synthesis {
+                retryable: false, ..
+            } => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -176,7 +180,10 @@ impl From<ttsq_store::StoreError> for ApiError {
 
 fn is_connectivity(err: &ttsq_store::sqlx::Error) -> bool {
     use ttsq_store::sqlx::Error;
-    matches!(err, Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed)
+    matches!(
+        err,
+        Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed
+    )
 }
 
 impl From<ttsq_audio::AudioStoreError> for ApiError {

@@ -80,7 +80,11 @@ async fn submit_normal(
                 tracing::error!(error = %err, "publishing a job failed; the task is failed and the client told to retry");
                 context
                     .store
-                    .fail_unpublished(row.id, "queue_unavailable", "the job queue was unavailable at submission")
+                    .fail_unpublished(
+                        row.id,
+                        "queue_unavailable",
+                        "the job queue was unavailable at submission",
+                    )
                     .await?;
                 return Err(ApiError::Unavailable("the job queue"));
             }
@@ -124,7 +128,12 @@ async fn submit_high(
 ) -> Result<Response, ApiError> {
     let job = task.job;
     let (row, created) = match cached {
-        Some(object) => context.store.insert_finished(task, &cache_hit(&object)).await?,
+        Some(object) => {
+            context
+                .store
+                .insert_finished(task, &cache_hit(&object))
+                .await?
+        }
         None => {
             let request = SynthesisRequest {
                 text: &job.text,
@@ -186,7 +195,11 @@ async fn store_audio(
         .await?)
 }
 
-async fn respond_with_audio(context: &ApiContext, row: TaskRow, json: bool) -> Result<Response, ApiError> {
+async fn respond_with_audio(
+    context: &ApiContext,
+    row: TaskRow,
+    json: bool,
+) -> Result<Response, ApiError> {
     match row.status() {
         TaskStatus::Succeeded => {}
         TaskStatus::Failed => {
@@ -203,7 +216,13 @@ async fn respond_with_audio(context: &ApiContext, row: TaskRow, json: bool) -> R
             });
         }
         // An idempotent repeat of a job that is still queued.
-        _ => return Ok((StatusCode::ACCEPTED, Json(TaskView::render(context, row).await?)).into_response()),
+        _ => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(TaskView::render(context, row).await?),
+            )
+                .into_response());
+        }
     }
     if json {
         return Ok(Json(TaskView::render(context, row).await?).into_response());
@@ -212,7 +231,10 @@ async fn respond_with_audio(context: &ApiContext, row: TaskRow, json: bool) -> R
     let task_id = row.id;
     let mut response = audio_bytes(context, &row).await?;
     let headers = response.headers_mut();
-    headers.insert("x-task-id", HeaderValue::from_str(&task_id.to_string()).map_err(ApiError::internal)?);
+    headers.insert(
+        "x-task-id",
+        HeaderValue::from_str(&task_id.to_string()).map_err(ApiError::internal)?,
+    );
     headers.insert("x-cache", HeaderValue::from_static(cache));
     Ok(response)
 }
@@ -237,7 +259,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json { Ok(()) } else { Err(ApiError::UnsupportedMediaType) }
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -267,7 +293,11 @@ fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("task"))
 }
 
-async fn find_task(context: &ApiContext, caller: &Caller, raw_id: &str) -> Result<TaskRow, ApiError> {
+async fn find_task(
+    context: &ApiContext,
+    caller: &Caller,
+    raw_id: &str,
+) -> Result<TaskRow, ApiError> {
     let id = parse_task_id(raw_id)?;
     context
         .store

@@ -15,7 +15,10 @@ pub struct Dialects<'a> {
 }
 
 /// `GET /v1/dialects`: every dialect with its voices, formats and provider chain.
-pub async fn dialects(State(context): State<ApiContext>, _caller: Caller) -> Json<serde_json::Value> {
+pub async fn dialects(
+    State(context): State<ApiContext>,
+    _caller: Caller,
+) -> Json<serde_json::Value> {
     let body = Dialects {
         dialects: context.providers.catalog().iter().collect(),
     };
@@ -50,7 +53,10 @@ pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<serde
     let mut checks = BTreeMap::new();
 
     let started = Instant::now();
-    checks.insert("postgres".to_owned(), check(started, context.store.ping().await));
+    checks.insert(
+        "postgres".to_owned(),
+        check(started, context.store.ping().await),
+    );
 
     let started = Instant::now();
     let queue = if context.broker.is_connected() && context.publisher.is_connected() {
@@ -68,8 +74,15 @@ pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<serde
     }
 
     let ready = checks.values().all(|c| c.ok);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(serde_json::json!({ "ready": ready, "checks": checks })))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
 }
 
 /// Any unknown route.

@@ -13,7 +13,13 @@ pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
 pub const ENV_PREFIX: &str = "TTSQ_";
 
 /// Variables with the prefix that are not settings themselves.
-const RESERVED_VARS: &[&str] = &["TTSQ_CONFIG", "TTSQ_URL", "TTSQ_API_KEY", "TTSQ_HOME", "TTSQ_PROFILE"];
+const RESERVED_VARS: &[&str] = &[
+    "TTSQ_CONFIG",
+    "TTSQ_URL",
+    "TTSQ_API_KEY",
+    "TTSQ_HOME",
+    "TTSQ_PROFILE",
+];
 
 /// Prefix of variables that configure the test suite, not a process.
 const TEST_VAR_PREFIX: &str = "TTSQ_TEST_";
@@ -240,7 +246,8 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         // The embedded defaults are checked by a unit test, so parsing cannot fail.
-        let mut table: Table = toml::from_str(DEFAULTS_TOML).expect("embedded defaults are valid TOML");
+        let mut table: Table =
+            toml::from_str(DEFAULTS_TOML).expect("embedded defaults are valid TOML");
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
                 path: path.to_owned(),
@@ -253,15 +260,20 @@ impl Settings {
             merge(&mut table, overlay);
         }
         let from_env = apply_env(&mut table, env)?;
-        let settings: Settings = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Invalid {
-                var: env_var_for(&key),
-                origin: if from_env.contains_key(&key) { Origin::Env } else { Origin::File },
-                key,
-                reason: e.into_inner().to_string(),
-            }
-        })?;
+        let settings: Settings =
+            serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    var: env_var_for(&key),
+                    origin: if from_env.contains_key(&key) {
+                        Origin::Env
+                    } else {
+                        Origin::File
+                    },
+                    key,
+                    reason: e.into_inner().to_string(),
+                }
+            })?;
         settings.check(&from_env)?;
         Ok(settings)
     }
@@ -271,7 +283,11 @@ impl Settings {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid {
             key: key.to_owned(),
             var: env_var_for(key),
-            origin: if from_env.contains_key(key) { Origin::Env } else { Origin::File },
+            origin: if from_env.contains_key(key) {
+                Origin::Env
+            } else {
+                Origin::File
+            },
             reason: reason.to_owned(),
         };
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
@@ -286,7 +302,10 @@ impl Settings {
         }
         let positive = [
             ("server.max_body_bytes", self.server.max_body_bytes),
-            ("database.max_connections", self.database.max_connections as usize),
+            (
+                "database.max_connections",
+                self.database.max_connections as usize,
+            ),
             ("queue.prefetch", self.queue.prefetch as usize),
             ("worker.batch_size", self.worker.batch_size),
             ("worker.concurrent_batches", self.worker.concurrent_batches),
@@ -317,7 +336,11 @@ impl Settings {
 
 fn collect_scalars(table: &Table, prefix: &str, out: &mut Vec<(String, String)>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             Value::Table(t) => collect_scalars(t, &key, out),
             Value::Array(_) => {}
@@ -347,7 +370,9 @@ fn apply_env(
     let mut vars: Vec<_> = env
         .into_iter()
         .filter(|(k, _)| {
-            k.starts_with(ENV_PREFIX) && !k.starts_with(TEST_VAR_PREFIX) && !RESERVED_VARS.contains(&k.as_str())
+            k.starts_with(ENV_PREFIX)
+                && !k.starts_with(TEST_VAR_PREFIX)
+                && !RESERVED_VARS.contains(&k.as_str())
         })
         .collect();
     // Plain variables win over their `_FILE` twin, so apply `_FILE` ones first.
@@ -355,7 +380,10 @@ fn apply_env(
     for (var, raw) in vars {
         let (name, value) = match resolve_key(table, &var[ENV_PREFIX.len()..]) {
             Some(key) => (key, raw),
-            None => match var.strip_suffix("_FILE").and_then(|v| resolve_key(table, &v[ENV_PREFIX.len()..])) {
+            None => match var
+                .strip_suffix("_FILE")
+                .and_then(|v| resolve_key(table, &v[ENV_PREFIX.len()..]))
+            {
                 Some(key) => {
                     let content = std::fs::read_to_string(&raw).map_err(|e| ConfigError::Env {
                         var: var.clone(),
@@ -387,7 +415,9 @@ fn resolve_key(table: &Table, suffix: &str) -> Option<String> {
         let upper = k.to_uppercase();
         match v {
             Value::Table(inner) => {
-                if let Some(rest) = suffix.strip_prefix(&upper).and_then(|r| r.strip_prefix('_'))
+                if let Some(rest) = suffix
+                    .strip_prefix(&upper)
+                    .and_then(|r| r.strip_prefix('_'))
                     && let Some(found) = resolve_key(inner, rest)
                 {
                     return Some(format!("{k}.{found}"));
@@ -449,7 +479,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -466,7 +499,10 @@ mod tests {
         writeln!(file, "[worker]\nbatch_size = 8\nbatch_window_ms = 5").unwrap();
         let s = Settings::load(
             Some(file.path()),
-            env(&[("TTSQ_WORKER_BATCH_SIZE", "16"), ("TTSQ_S3_CREATE_BUCKET", "false")]),
+            env(&[
+                ("TTSQ_WORKER_BATCH_SIZE", "16"),
+                ("TTSQ_S3_CREATE_BUCKET", "false"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.worker.batch_size, 16);
@@ -488,7 +524,10 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let err = Settings::load(None, env(&[("TTSQ_WORKER_BATCH_SIZE", "many")])).unwrap_err();
-        assert!(err.to_string().starts_with("TTSQ_WORKER_BATCH_SIZE:"), "{err}");
+        assert!(
+            err.to_string().starts_with("TTSQ_WORKER_BATCH_SIZE:"),
+            "{err}"
+        );
 
         let err = Settings::load(None, env(&[("TTSQ_WORKER_BATCH_SIZE", "0")])).unwrap_err();
         assert!(err.to_string().contains("TTSQ_WORKER_BATCH_SIZE"), "{err}");
@@ -499,8 +538,15 @@ mod tests {
         let err = Settings::load(None, env(&[("TTSQ_WROKER_BATCH_SIZE", "1")])).unwrap_err();
         assert!(err.to_string().contains("TTSQ_WROKER_BATCH_SIZE"), "{err}");
 
-        let err = Settings::load(None, env(&[("TTSQ_S3_SECRET_ACCESS_KEY_FILE", "/nonexistent")])).unwrap_err();
-        assert!(err.to_string().contains("TTSQ_S3_SECRET_ACCESS_KEY_FILE"), "{err}");
+        let err = Settings::load(
+            None,
+            env(&[("TTSQ_S3_SECRET_ACCESS_KEY_FILE", "/nonexistent")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("TTSQ_S3_SECRET_ACCESS_KEY_FILE"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -513,12 +559,18 @@ mod tests {
 
     #[test]
     fn env_reference_lists_every_scalar_setting() {
-        let vars: Vec<_> = Settings::env_reference().into_iter().map(|(k, _)| k).collect();
+        let vars: Vec<_> = Settings::env_reference()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert!(vars.contains(&"TTSQ_DATABASE_URL".to_owned()));
         assert!(vars.contains(&"TTSQ_S3_SECRET_ACCESS_KEY".to_owned()));
         assert!(vars.contains(&"TTSQ_WORKER_BATCH_WINDOW_MS".to_owned()));
         for var in &vars {
-            let (_, default) = Settings::env_reference().into_iter().find(|(k, _)| k == var).unwrap();
+            let (_, default) = Settings::env_reference()
+                .into_iter()
+                .find(|(k, _)| k == var)
+                .unwrap();
             Settings::load(None, env(&[(var, &default)])).unwrap_or_else(|e| panic!("{var}: {e}"));
         }
     }

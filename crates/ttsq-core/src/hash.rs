@@ -136,14 +136,38 @@ mod tests {
         assert_eq!(base.as_str().len(), 64);
 
         let variants = [
-            HashInputs { text: "hello world!", ..inputs("") },
-            HashInputs { voice: "f1", ..inputs("hello world") },
-            HashInputs { dialect: "en-us", ..inputs("hello world") },
-            HashInputs { model: "other", ..inputs("hello world") },
-            HashInputs { speed: 1.25, ..inputs("hello world") },
-            HashInputs { emotion: Some("calm"), ..inputs("hello world") },
-            HashInputs { format: AudioFormat::Mp3, ..inputs("hello world") },
-            HashInputs { provider_route: "openai", ..inputs("hello world") },
+            HashInputs {
+                text: "hello world!",
+                ..inputs("")
+            },
+            HashInputs {
+                voice: "f1",
+                ..inputs("hello world")
+            },
+            HashInputs {
+                dialect: "en-us",
+                ..inputs("hello world")
+            },
+            HashInputs {
+                model: "other",
+                ..inputs("hello world")
+            },
+            HashInputs {
+                speed: 1.25,
+                ..inputs("hello world")
+            },
+            HashInputs {
+                emotion: Some("calm"),
+                ..inputs("hello world")
+            },
+            HashInputs {
+                format: AudioFormat::Mp3,
+                ..inputs("hello world")
+            },
+            HashInputs {
+                provider_route: "openai",
+                ..inputs("hello world")
+            },
         ];
         for v in variants {
             assert_ne!(ContentHash::compute(&v), base, "{v:?} must change the hash");

@@ -185,7 +185,11 @@ pub struct Job {
 impl Job {
     /// Decodes and validates a JSON request body in one step, reporting every
     /// problem with the field it concerns.
-    pub fn parse(body: &[u8], catalog: &Catalog, limits: &JobLimits) -> Result<Self, ValidationErrors> {
+    pub fn parse(
+        body: &[u8],
+        catalog: &Catalog,
+        limits: &JobLimits,
+    ) -> Result<Self, ValidationErrors> {
         let request = decode_request(body)?;
         Self::validate(request, catalog, limits)
     }
@@ -260,7 +264,10 @@ impl Job {
                 Err(()) => {
                     errors.push(
                         "format",
-                        format!("unknown format `{}`; use mp3, wav, pcm or ogg_opus", truncate(name)),
+                        format!(
+                            "unknown format `{}`; use mp3, wav, pcm or ogg_opus",
+                            truncate(name)
+                        ),
                     );
                     None
                 }
@@ -281,7 +288,10 @@ impl Job {
         if let Some(url) = request.callback_url.as_deref() {
             let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
             if !scheme_ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
-                errors.push("callback_url", "must be an http(s) URL of at most 2048 characters");
+                errors.push(
+                    "callback_url",
+                    "must be an http(s) URL of at most 2048 characters",
+                );
             }
         }
 
@@ -444,7 +454,11 @@ mod tests {
     }
 
     fn parse(body: serde_json::Value) -> Result<Job, ValidationErrors> {
-        Job::parse(body.to_string().as_bytes(), &catalog(), &JobLimits::default())
+        Job::parse(
+            body.to_string().as_bytes(),
+            &catalog(),
+            &JobLimits::default(),
+        )
     }
 
     #[test]
@@ -462,7 +476,8 @@ mod tests {
     #[test]
     fn equal_jobs_after_normalisation_share_a_hash() {
         let a = parse(json!({"text": "Hello world", "dialect": "en-gb"})).unwrap();
-        let b = parse(json!({"text": " Hello \n world", "dialect": "en-gb", "format": "mp3"})).unwrap();
+        let b =
+            parse(json!({"text": " Hello \n world", "dialect": "en-gb", "format": "mp3"})).unwrap();
         assert_eq!(a.hash, b.hash);
         let c = parse(json!({"text": "Hello world", "dialect": "en-gb", "voice": "f1"})).unwrap();
         assert_ne!(a.hash, c.hash);
@@ -473,21 +488,57 @@ mod tests {
         let cases = [
             (json!({"dialect": "en-gb"}), "text"),
             (json!({"text": "   ", "dialect": "en-gb"}), "text"),
-            (json!({"text": "x".repeat(5_001), "dialect": "en-gb"}), "text"),
+            (
+                json!({"text": "x".repeat(5_001), "dialect": "en-gb"}),
+                "text",
+            ),
             (json!({"text": "hi"}), "dialect"),
             (json!({"text": "hi", "dialect": "xx-yy"}), "dialect"),
-            (json!({"text": "hi", "dialect": "en-gb", "voice": "nobody"}), "voice"),
-            (json!({"text": "hi", "dialect": "en-gb", "speed": 2.5}), "speed"),
-            (json!({"text": "hi", "dialect": "en-gb", "speed": 0.49}), "speed"),
-            (json!({"text": "hi", "dialect": "en-gb", "format": "flac"}), "format"),
-            (json!({"text": "hi", "dialect": "en-gb", "format": "ogg_opus"}), "format"),
-            (json!({"text": "hi", "dialect": "en-gb", "priority": "urgent"}), "priority"),
-            (json!({"text": "hi", "dialect": "en-gb", "emotion": "happy"}), "emotion"),
-            (json!({"text": "hi", "dialect": "en-gb", "callback_url": "ftp://x"}), "callback_url"),
-            (json!({"text": "hi", "dialect": "en-gb", "metadata": {"k": "v".repeat(5000)}}), "metadata"),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "voice": "nobody"}),
+                "voice",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "speed": 2.5}),
+                "speed",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "speed": 0.49}),
+                "speed",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "format": "flac"}),
+                "format",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "format": "ogg_opus"}),
+                "format",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "priority": "urgent"}),
+                "priority",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "emotion": "happy"}),
+                "emotion",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "callback_url": "ftp://x"}),
+                "callback_url",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "metadata": {"k": "v".repeat(5000)}}),
+                "metadata",
+            ),
             (json!({"text": 42, "dialect": "en-gb"}), "text"),
-            (json!({"text": "hi", "dialect": "en-gb", "speed": "fast"}), "speed"),
-            (json!({"text": "hi", "dialect": "en-gb", "colour": "red"}), "colour"),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "speed": "fast"}),
+                "speed",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "colour": "red"}),
+                "colour",
+            ),
         ];
         for (body, field) in cases {
             let errors = parse(body.clone()).expect_err(&body.to_string());
@@ -497,7 +548,8 @@ mod tests {
 
     #[test]
     fn several_problems_are_reported_together() {
-        let errors = parse(json!({"text": "", "dialect": "en-gb", "speed": 9, "format": "flac"})).unwrap_err();
+        let errors = parse(json!({"text": "", "dialect": "en-gb", "speed": 9, "format": "flac"}))
+            .unwrap_err();
         assert_eq!(errors.fields(), ["text", "speed", "format"]);
     }
 

@@ -99,7 +99,8 @@ mod tests {
             let err = JobMessage::decode(junk).unwrap_err();
             assert_eq!(err.code(), "malformed", "{junk:?}");
         }
-        let mut future = serde_json::to_value(JobMessage::new(Uuid::nil(), Uuid::nil(), "x")).unwrap();
+        let mut future =
+            serde_json::to_value(JobMessage::new(Uuid::nil(), Uuid::nil(), "x")).unwrap();
         future["v"] = 2.into();
         let err = JobMessage::decode(future.to_string().as_bytes()).unwrap_err();
         assert!(matches!(err, MessageDecodeError::UnsupportedVersion(2)));

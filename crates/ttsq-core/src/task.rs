@@ -80,10 +80,17 @@ mod tests {
         for status in TaskStatus::ALL {
             assert_eq!(status.as_str().parse::<TaskStatus>().unwrap(), status);
         }
-        let terminal: Vec<_> = TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(
             terminal,
-            [TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Cancelled]
+            [
+                TaskStatus::Succeeded,
+                TaskStatus::Failed,
+                TaskStatus::Cancelled
+            ]
         );
         assert!("done".parse::<TaskStatus>().is_err());
     }

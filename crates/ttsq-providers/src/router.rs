@@ -65,7 +65,10 @@ impl Router {
 
     /// Synthesizes through the dialect's chain; returns the audio and the
     /// name of the provider that made it.
-    pub async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<(Audio, String), ProviderError> {
+    pub async fn synthesize(
+        &self,
+        request: &SynthesisRequest<'_>,
+    ) -> Result<(Audio, String), ProviderError> {
         let dialect = self
             .catalog
             .get(request.dialect)

@@ -7,9 +7,9 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-        QueuePurgeOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -69,8 +69,12 @@ fn long_string(value: &str) -> AMQPValue {
 
 impl Broker {
     /// Connects and declares the topology (idempotent; every replica does it).
-    pub async fn connect(settings: &QueueSettings, connection_name: &str) -> Result<Self, QueueError> {
-        let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
+    pub async fn connect(
+        settings: &QueueSettings,
+        connection_name: &str,
+    ) -> Result<Self, QueueError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = Connection::connect(settings.url.expose_secret(), properties).await?;
         let broker = Self {
             connection,
@@ -112,13 +116,22 @@ impl Broker {
         args.insert("x-queue-type".into(), long_string("quorum"));
         // After this many redeliveries (a worker crashing on the message every
         // time) the broker dead-letters it instead of looping forever.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongUInt(self.delivery_limit));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongUInt(self.delivery_limit),
+        );
         // Dead-letter through the default exchange straight into the DLQ.
         args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert("x-dead-letter-routing-key".into(), long_string(&self.names.dlq));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.names.dlq),
+        );
         // At-least-once dead-lettering keeps a message until the DLQ confirms
         // it; it requires reject-publish overflow.
-        args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
         args.insert("x-overflow".into(), long_string("reject-publish"));
         channel
             .queue_declare(self.names.jobs.as_str().into(), durable, args)
@@ -130,7 +143,9 @@ impl Broker {
     /// A publisher on its own channel, with confirms enabled.
     pub async fn publisher(&self) -> Result<Publisher, QueueError> {
         let channel = self.connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Publisher {
             channel,
             names: self.names.clone(),
@@ -142,7 +157,9 @@ impl Broker {
     /// deliveries (per-consumer QoS: quorum queues refuse global QoS).
     pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<JobConsumer, QueueError> {
         let channel = self.connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await?;
         let consumer = channel
             .basic_consume(
                 self.names.jobs.as_str().into(),
@@ -168,10 +185,18 @@ impl Broker {
             ..QueueDeclareOptions::default()
         };
         let jobs = channel
-            .queue_declare(self.names.jobs.as_str().into(), passive, FieldTable::default())
+            .queue_declare(
+                self.names.jobs.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
             .await?;
         let dlq = channel
-            .queue_declare(self.names.dlq.as_str().into(), passive, FieldTable::default())
+            .queue_declare(
+                self.names.dlq.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
             .await?;
         channel.close(200, "depth read".into()).await?;
         Ok((jobs.message_count(), dlq.message_count()))
@@ -181,7 +206,10 @@ impl Broker {
     pub async fn take_dead_letter(&self) -> Result<Option<(Vec<u8>, Option<String>)>, QueueError> {
         let channel = self.connection.create_channel().await?;
         let message = channel
-            .basic_get(self.names.dlq.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+            .basic_get(
+                self.names.dlq.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
             .await?;
         channel.close(200, "dead letter read".into()).await?;
         Ok(message.map(|m| {
@@ -194,7 +222,9 @@ impl Broker {
     /// used by tests and operators to inject a message as it arrived.
     pub async fn publish_raw(&self, body: &[u8]) -> Result<(), QueueError> {
         let publisher = self.publisher().await?;
-        publisher.send(&self.names.jobs, body, FieldTable::default()).await
+        publisher
+            .send(&self.names.jobs, body, FieldTable::default())
+            .await
     }
 
     /// Deletes both queues and everything in them (tests and teardown only).
@@ -245,7 +275,8 @@ impl Publisher {
         if let Some(traceparent) = &message.traceparent {
             headers.insert("traceparent".into(), long_string(traceparent));
         }
-        self.send(&self.names.jobs, &message.encode(), headers).await
+        self.send(&self.names.jobs, &message.encode(), headers)
+            .await
     }
 
     /// Whether the publishing channel is usable.
@@ -277,7 +308,9 @@ impl Publisher {
             .map_err(|_| QueueError::ConfirmTimeout(self.confirm_timeout))??;
         match confirmation {
             // A returned message is still acked by the broker; it was not queued.
-            Confirmation::Ack(Some(_)) => Err(QueueError::NotConfirmed("unroutable (queue missing)")),
+            Confirmation::Ack(Some(_)) => {
+                Err(QueueError::NotConfirmed("unroutable (queue missing)"))
+            }
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Nack(_) => Err(QueueError::NotConfirmed("negatively acknowledged")),
             Confirmation::NotRequested => Err(QueueError::NotConfirmed("confirms not enabled")),
@@ -385,7 +418,9 @@ impl JobDelivery {
             Ok(()) => self.ack().await,
             Err(err) => {
                 tracing::warn!(error = %err, "copy to the DLQ failed; rejecting instead");
-                self.inner.reject(BasicRejectOptions { requeue: false }).await?;
+                self.inner
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
                 Ok(())
             }
         }

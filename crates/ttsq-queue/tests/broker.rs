@@ -53,7 +53,13 @@ async fn a_confirmed_message_is_delivered_once_and_acked() {
 async fn a_requeued_message_comes_back_marked_redelivered() {
     let broker = Broker::connect(&settings(), "test").await.unwrap();
     let message = JobMessage::new(Uuid::new_v4(), Uuid::new_v4(), "fr-fr");
-    broker.publisher().await.unwrap().publish(&message).await.unwrap();
+    broker
+        .publisher()
+        .await
+        .unwrap()
+        .publish(&message)
+        .await
+        .unwrap();
 
     let mut consumer = broker.consume(4, "test-consumer").await.unwrap();
     next_within(&mut consumer).await.requeue().await.unwrap();
@@ -76,7 +82,11 @@ async fn an_undecodable_message_goes_to_the_dlq_with_its_reason() {
     delivery.dead_letter(err.code()).await.unwrap();
     consumer.close().await;
 
-    let (body, reason) = broker.take_dead_letter().await.unwrap().expect("one dead letter");
+    let (body, reason) = broker
+        .take_dead_letter()
+        .await
+        .unwrap()
+        .expect("one dead letter");
     assert_eq!(body, b"\x00 not json");
     assert_eq!(reason.as_deref(), Some("malformed"));
     assert_eq!(broker.depths().await.unwrap(), (0, 0));
@@ -100,7 +110,13 @@ async fn publishing_to_a_missing_queue_is_an_error_not_a_silent_loss() {
 async fn a_message_redelivered_past_the_limit_is_dead_lettered_by_the_broker() {
     let broker = Broker::connect(&settings(), "test").await.unwrap();
     let message = JobMessage::new(Uuid::new_v4(), Uuid::new_v4(), "en-us");
-    broker.publisher().await.unwrap().publish(&message).await.unwrap();
+    broker
+        .publisher()
+        .await
+        .unwrap()
+        .publish(&message)
+        .await
+        .unwrap();
 
     let mut consumer = broker.consume(1, "test-consumer").await.unwrap();
     // delivery_limit = 3: the first delivery plus three redeliveries, then the DLQ.
@@ -113,7 +129,10 @@ async fn a_message_redelivered_past_the_limit_is_dead_lettered_by_the_broker() {
         if let Some(dead) = broker.take_dead_letter().await.unwrap() {
             break dead;
         }
-        assert!(tokio::time::Instant::now() < deadline, "message never reached the DLQ");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message never reached the DLQ"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(JobMessage::decode(&dead.0).unwrap(), message);

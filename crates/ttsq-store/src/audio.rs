@@ -33,13 +33,22 @@ impl Store {
     /// The object stored for `hash`, if any.
     pub async fn find_audio(&self, hash: &str) -> Result<Option<AudioObject>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = $1");
-        Ok(sqlx::query_as(&sql).bind(hash).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_as(&sql)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// The stored objects among `hashes`, by hash; one round trip.
-    pub async fn find_audio_many(&self, hashes: &[String]) -> Result<HashMap<String, AudioObject>, StoreError> {
+    pub async fn find_audio_many(
+        &self,
+        hashes: &[String],
+    ) -> Result<HashMap<String, AudioObject>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = ANY($1)");
-        let rows: Vec<AudioObject> = sqlx::query_as(&sql).bind(hashes).fetch_all(&self.pool).await?;
+        let rows: Vec<AudioObject> = sqlx::query_as(&sql)
+            .bind(hashes)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|o| (o.hash.clone(), o)).collect())
     }
 

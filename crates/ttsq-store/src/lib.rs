@@ -19,6 +19,7 @@ use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
 pub use keys::{NewApiKey, Principal, Tenant};
+pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, TaskOutcome, TaskRow};
 
 /// Why a store operation failed.

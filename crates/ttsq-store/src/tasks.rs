@@ -67,7 +67,8 @@ impl TaskRow {
     }
 }
 
-const TASK_SELECT: &str = "SELECT t.id, t.tenant_id, t.status, t.priority, t.dialect, t.voice, t.format,
+const TASK_SELECT: &str =
+    "SELECT t.id, t.tenant_id, t.status, t.priority, t.dialect, t.voice, t.format,
         t.characters, t.cache_hit, t.content_hash, t.provider, t.error_code, t.error_message,
         t.attempts, t.metadata, t.created_at, t.started_at, t.finished_at,
         a.s3_key, a.bytes AS audio_bytes, a.sha256 AS audio_sha256, a.duration_ms
@@ -214,17 +215,24 @@ impl Store {
         // and writes its ledger row exactly as for a worker-finished task.
         let inserted = insert_task(&mut *tx, task, TaskStatus::Processing).await?;
         if inserted {
-            finish(&mut *tx, &[FinishedTask {
-                task_id: task.id,
-                outcome: outcome.clone(),
-            }])
+            finish(
+                &mut *tx,
+                &[FinishedTask {
+                    task_id: task.id,
+                    outcome: outcome.clone(),
+                }],
+            )
             .await?;
         }
         tx.commit().await?;
         self.created_or_existing(task, inserted).await
     }
 
-    async fn created_or_existing(&self, task: &NewTask<'_>, inserted: bool) -> Result<(TaskRow, bool), StoreError> {
+    async fn created_or_existing(
+        &self,
+        task: &NewTask<'_>,
+        inserted: bool,
+    ) -> Result<(TaskRow, bool), StoreError> {
         let row = if inserted {
             self.get_task(task.tenant_id, task.id).await?
         } else {
@@ -240,7 +248,11 @@ impl Store {
     }
 
     /// A tenant's task; `None` when it does not exist or is another tenant's.
-    pub async fn get_task(&self, tenant_id: Uuid, task_id: Uuid) -> Result<Option<TaskRow>, StoreError> {
+    pub async fn get_task(
+        &self,
+        tenant_id: Uuid,
+        task_id: Uuid,
+    ) -> Result<Option<TaskRow>, StoreError> {
         let sql = format!("{TASK_SELECT} WHERE t.id = $1 AND t.tenant_id = $2");
         Ok(sqlx::query_as(&sql)
             .bind(task_id)
@@ -254,7 +266,11 @@ impl Store {
     /// redelivered message for them is simply acknowledged. A task already
     /// `processing` is claimed again: its message was redelivered, which
     /// RabbitMQ only does once the previous consumer is gone.
-    pub async fn claim(&self, ids: &[Uuid], batch_id: Uuid) -> Result<Vec<ClaimedTask>, StoreError> {
+    pub async fn claim(
+        &self,
+        ids: &[Uuid],
+        batch_id: Uuid,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
         Ok(sqlx::query_as(
             "UPDATE tasks
                 SET status = 'processing', attempts = attempts + 1,
@@ -277,19 +293,27 @@ impl Store {
 
     /// Fails a task that never reached a worker (its message could not be
     /// published), with its ledger row.
-    pub async fn fail_unpublished(&self, task_id: Uuid, code: &str, message: &str) -> Result<(), StoreError> {
+    pub async fn fail_unpublished(
+        &self,
+        task_id: Uuid,
+        code: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE tasks SET status = 'processing' WHERE id = $1 AND status = 'queued'")
             .bind(task_id)
             .execute(&mut *tx)
             .await?;
-        finish(&mut *tx, &[FinishedTask {
-            task_id,
-            outcome: TaskOutcome::Failed {
-                code: code.to_owned(),
-                message: message.to_owned(),
-            },
-        }])
+        finish(
+            &mut *tx,
+            &[FinishedTask {
+                task_id,
+                outcome: TaskOutcome::Failed {
+                    code: code.to_owned(),
+                    message: message.to_owned(),
+                },
+            }],
+        )
         .await?;
         tx.commit().await?;
         Ok(())
@@ -332,7 +356,10 @@ async fn insert_task<'e>(
     Ok(row.is_some())
 }
 
-async fn finish<'e>(executor: impl sqlx::PgExecutor<'e>, finished: &[FinishedTask]) -> Result<u64, StoreError> {
+async fn finish<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    finished: &[FinishedTask],
+) -> Result<u64, StoreError> {
     if finished.is_empty() {
         return Ok(0);
     }

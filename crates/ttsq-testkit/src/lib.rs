@@ -67,7 +67,9 @@ impl Default for TestOptions {
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(env_or("RUST_LOG", "info")))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(env_or(
+                "RUST_LOG", "info",
+            )))
             .with_test_writer()
             .try_init();
     }
@@ -82,13 +84,18 @@ impl TestApp {
     /// API, optionally a worker, with extra settings. Panics (failing the
     /// test) with the reason when a service is unreachable.
     pub async fn spawn_with(options: TestOptions) -> Self {
-        Self::try_spawn(options).await.expect("test stack failed to start")
+        Self::try_spawn(options)
+            .await
+            .expect("test stack failed to start")
     }
 
     async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
         init_logs();
         let id = Uuid::new_v4().simple().to_string();
-        let admin_url = env_or("TTSQ_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let admin_url = env_or(
+            "TTSQ_TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
         let database = format!("ttsq_test_{id}");
         let mut admin = PgConnection::connect(&admin_url)
             .await
@@ -98,7 +105,9 @@ impl TestApp {
             .await
             .context("Failed to create the test database")?;
         admin.close().await.ok();
-        let (base, _) = admin_url.rsplit_once('/').context("admin URL has no database part")?;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .context("admin URL has no database part")?;
 
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
@@ -108,11 +117,20 @@ impl TestApp {
             ("TTSQ_DATABASE_MAX_CONNECTIONS".to_owned(), "8".to_owned()),
             (
                 "TTSQ_QUEUE_URL".to_owned(),
-                env_or("TTSQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+                env_or(
+                    "TTSQ_TEST_AMQP_URL",
+                    "amqp://guest:guest@127.0.0.1:5672/%2f",
+                ),
             ),
             ("TTSQ_QUEUE_PREFIX".to_owned(), format!("ttsq-test-{id}.")),
-            ("TTSQ_S3_ENDPOINT".to_owned(), env_or("TTSQ_S3_ENDPOINT", "http://127.0.0.1:8014")),
-            ("TTSQ_S3_ACCESS_KEY_ID".to_owned(), env_or("TTSQ_S3_ACCESS_KEY_ID", "ttsq")),
+            (
+                "TTSQ_S3_ENDPOINT".to_owned(),
+                env_or("TTSQ_S3_ENDPOINT", "http://127.0.0.1:8014"),
+            ),
+            (
+                "TTSQ_S3_ACCESS_KEY_ID".to_owned(),
+                env_or("TTSQ_S3_ACCESS_KEY_ID", "ttsq"),
+            ),
             (
                 "TTSQ_S3_SECRET_ACCESS_KEY".to_owned(),
                 env_or("TTSQ_S3_SECRET_ACCESS_KEY", "ttsq-local-secret"),
@@ -120,7 +138,10 @@ impl TestApp {
             ("TTSQ_S3_BUCKET".to_owned(), TEST_BUCKET.to_owned()),
             ("TTSQ_SERVER_PUBLIC_URL".to_owned(), base_url.clone()),
             ("TTSQ_WORKER_BATCH_WINDOW_MS".to_owned(), "20".to_owned()),
-            ("TTSQ_WORKER_SHUTDOWN_GRACE_SECS".to_owned(), "20".to_owned()),
+            (
+                "TTSQ_WORKER_SHUTDOWN_GRACE_SECS".to_owned(),
+                "20".to_owned(),
+            ),
         ];
         env.extend(options.env);
         let settings = Settings::load(None, env.clone())?;
@@ -184,7 +205,12 @@ impl TestApp {
 
     /// Creates another tenant and returns its API key.
     pub async fn new_tenant(&self, name: &str) -> String {
-        let (_, key) = self.services.store.create_tenant(name).await.expect("tenant created");
+        let (_, key) = self
+            .services
+            .store
+            .create_tenant(name)
+            .await
+            .expect("tenant created");
         expose(&key.key)
     }
 
@@ -220,7 +246,10 @@ impl TestApp {
         let status = response.status();
         let json: Value = response.json().await.expect("JSON body");
         assert_eq!(status, 202, "submit answered {status}: {json}");
-        json["task_id"].as_str().and_then(|s| s.parse().ok()).expect("task_id")
+        json["task_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("task_id")
     }
 
     /// Long-polls a task of the default tenant until it is terminal.
@@ -233,10 +262,16 @@ impl TestApp {
                 .json()
                 .await
                 .expect("task JSON");
-            if matches!(task["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            if matches!(
+                task["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
                 return task;
             }
-            assert!(tokio::time::Instant::now() < deadline, "task never finished: {task}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task never finished: {task}"
+            );
         }
     }
 
@@ -280,9 +315,12 @@ impl TestApp {
         self.services.broker.close().await;
         self.services.store.pool().close().await;
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database))
-                .execute(&mut admin)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .execute(&mut admin)
+            .await;
         }
     }
 }
@@ -290,7 +328,10 @@ impl TestApp {
 /// Default headers a JSON POST carries, for tests that build requests by hand.
 pub fn json_headers(key: &str) -> header::HeaderMap {
     let mut headers = header::HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {key}")) {
         headers.insert(header::AUTHORIZATION, value);
     }

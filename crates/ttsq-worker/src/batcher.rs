@@ -31,10 +31,13 @@ impl<T> Batcher<T> {
 
     /// Adds an item; returns its group when that makes it full.
     pub fn push(&mut self, dialect: &str, item: T, now: Instant) -> Option<Vec<T>> {
-        let group = self.groups.entry(dialect.to_owned()).or_insert_with(|| Group {
-            items: Vec::with_capacity(self.batch_size),
-            opened: now,
-        });
+        let group = self
+            .groups
+            .entry(dialect.to_owned())
+            .or_insert_with(|| Group {
+                items: Vec::with_capacity(self.batch_size),
+                opened: now,
+            });
         group.items.push(item);
         if group.items.len() >= self.batch_size {
             self.groups.remove(dialect).map(|g| g.items)

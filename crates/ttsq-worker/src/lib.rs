@@ -54,9 +54,16 @@ pub enum WorkerError {
 
 /// Consumes until `shutdown` resolves, then stops consuming, finishes the
 /// batches it holds within the grace period and returns.
-pub async fn run(context: WorkerContext, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
-    let mut consumer = context.broker.consume(context.prefetch, &context.name).await?;
-    let mut batcher: Batcher<Item> = Batcher::new(context.settings.batch_size, context.settings.batch_window());
+pub async fn run(
+    context: WorkerContext,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let mut consumer = context
+        .broker
+        .consume(context.prefetch, &context.name)
+        .await?;
+    let mut batcher: Batcher<Item> =
+        Batcher::new(context.settings.batch_size, context.settings.batch_window());
     let slots = Arc::new(Semaphore::new(context.settings.concurrent_batches));
     let mut in_flight = JoinSet::new();
     tokio::pin!(shutdown);
@@ -67,7 +74,10 @@ pub async fn run(context: WorkerContext, shutdown: impl Future<Output = ()>) -> 
         let slots = Arc::clone(&slots);
         in_flight.spawn(async move {
             // The semaphore lives as long as the loop and is never closed.
-            let _slot = slots.acquire_owned().await.expect("batch semaphore is never closed");
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .expect("batch semaphore is never closed");
             pipeline::process_batch(&context, items).await;
         });
     };
@@ -108,7 +118,11 @@ pub async fn run(context: WorkerContext, shutdown: impl Future<Output = ()>) -> 
         }
     };
 
-    tracing::info!(held = batcher.len(), in_flight = in_flight.len(), "worker draining");
+    tracing::info!(
+        held = batcher.len(),
+        in_flight = in_flight.len(),
+        "worker draining"
+    );
     if let Err(err) = consumer.cancel().await {
         tracing::debug!(error = %err, "cancelling the consumer");
     }
@@ -120,7 +134,10 @@ pub async fn run(context: WorkerContext, shutdown: impl Future<Output = ()>) -> 
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = in_flight.len(), "grace period over; unfinished batches return to the queue");
+        tracing::warn!(
+            left = in_flight.len(),
+            "grace period over; unfinished batches return to the queue"
+        );
         in_flight.abort_all();
     }
     consumer.close().await;

@@ -128,7 +128,10 @@ async fn requeue_all(items: &[Item]) {
 }
 
 /// Looks every distinct hash up once and synthesizes the missing ones, once each.
-async fn resolve_hashes<'a>(context: &WorkerContext, claimed: &'a [ClaimedTask]) -> HashMap<&'a str, HashResult> {
+async fn resolve_hashes<'a>(
+    context: &WorkerContext,
+    claimed: &'a [ClaimedTask],
+) -> HashMap<&'a str, HashResult> {
     let mut first_task: HashMap<&str, &ClaimedTask> = HashMap::new();
     for task in claimed {
         first_task.entry(task.content_hash.as_str()).or_insert(task);
@@ -139,7 +142,10 @@ async fn resolve_hashes<'a>(context: &WorkerContext, claimed: &'a [ClaimedTask])
         Ok(stored) => stored,
         Err(err) => {
             tracing::warn!(error = %err, "cache lookup failed");
-            return first_task.into_keys().map(|h| (h, HashResult::Retry)).collect();
+            return first_task
+                .into_keys()
+                .map(|h| (h, HashResult::Retry))
+                .collect();
         }
     };
     let mut missing = Vec::new();
@@ -194,7 +200,11 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         .unwrap_or_else(|| format!("audio/invalid/{}.{}", task.content_hash, format.extension()));
     let sha256 = hex::encode(Sha256::digest(&audio.bytes));
     let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
-    if let Err(err) = context.audio.put(&key, audio.bytes, format.content_type()).await {
+    if let Err(err) = context
+        .audio
+        .put(&key, audio.bytes, format.content_type())
+        .await
+    {
         tracing::warn!(task_id = %task.id, error = %err, "uploading audio failed; will retry");
         return HashResult::Retry;
     }

@@ -39,16 +39,25 @@ impl Services {
             .await
             .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
         if settings.database.run_migrations {
-            store.migrate().await.context("Failed to migrate the database")?;
+            store
+                .migrate()
+                .await
+                .context("Failed to migrate the database")?;
         }
-        let broker = Broker::connect(&settings.queue, &format!("ttsq-{role}-{}", std::process::id()))
-            .await
-            .context("Failed to connect to RabbitMQ (TTSQ_QUEUE_URL)")?;
+        let broker = Broker::connect(
+            &settings.queue,
+            &format!("ttsq-{role}-{}", std::process::id()),
+        )
+        .await
+        .context("Failed to connect to RabbitMQ (TTSQ_QUEUE_URL)")?;
         let audio = AudioStore::connect(&settings.s3)
             .await
             .context("Failed to connect to S3 (TTSQ_S3_ENDPOINT)")?;
         let providers = Router::from_settings(&settings);
-        anyhow::ensure!(!providers.catalog().is_empty(), "no provider serves any dialect");
+        anyhow::ensure!(
+            !providers.catalog().is_empty(),
+            "no provider serves any dialect"
+        );
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -81,12 +90,20 @@ impl Services {
             settings: self.settings.worker.clone(),
             prefetch: self.settings.queue.prefetch,
             max_attempts: MAX_ATTEMPTS,
-            name: format!("ttsq-worker-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            name: format!(
+                "ttsq-worker-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
         }
     }
 
     /// Serves the API on `listener` until `shutdown` is cancelled.
-    pub async fn run_api(&self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_api(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let context = self.api_context().await?;
         ttsq_api::run(context, listener, shutdown.cancelled_owned())
             .await

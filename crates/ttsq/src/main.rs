@@ -102,6 +102,10 @@ fn main() -> ExitCode {
     }
 }
 
+#[expect(
+    clippy::print_stdout,
+    reason = "command output (a new key, the variable listing) belongs on stdout"
+)]
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config {
         command: ConfigCommand::Env,
@@ -112,7 +116,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let settings = Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+    let settings =
+        Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
     ttsq_telemetry::init(settings.log.format);
 
     match cli.command {
@@ -139,7 +144,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&settings.database)
                 .await
                 .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
-            store.migrate().await.context("Failed to migrate the database")?;
+            store
+                .migrate()
+                .await
+                .context("Failed to migrate the database")?;
             eprintln!("database is up to date");
             Ok(())
         }
@@ -160,7 +168,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let store = admin_store(&settings).await?;
             let key = store.create_key(&tenant).await.map_err(explain)?;
-            eprintln!("new API key for `{tenant}` (prefix {}), shown only now:", key.prefix);
+            eprintln!(
+                "new API key for `{tenant}` (prefix {}), shown only now:",
+                key.prefix
+            );
             println!("{}", key.key.expose_secret());
             Ok(())
         }
@@ -171,14 +182,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
     TcpListener::bind(settings.server.listen)
         .await
-        .with_context(|| format!("Failed to listen on {} (TTSQ_SERVER_LISTEN)", settings.server.listen))
+        .with_context(|| {
+            format!(
+                "Failed to listen on {} (TTSQ_SERVER_LISTEN)",
+                settings.server.listen
+            )
+        })
 }
 
 async fn admin_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database)
         .await
         .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
-    store.migrate().await.context("Failed to migrate the database")?;
+    store
+        .migrate()
+        .await
+        .context("Failed to migrate the database")?;
     Ok(store)
 }
 
@@ -197,15 +216,16 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    trigger.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        trigger.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

@@ -68,21 +68,63 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
             name: "body over the limit",
             content_type: Some("application/json"),
             auth: Auth::Valid,
-            body: json!({"text": "a ".repeat(40_000), "dialect": "en-gb"}).to_string().into_bytes(),
+            body: json!({"text": "a ".repeat(40_000), "dialect": "en-gb"})
+                .to_string()
+                .into_bytes(),
             status: 413,
             field: None,
         },
-        json_case("empty text", json!({"text": "", "dialect": "en-gb"}), "text"),
-        json_case("whitespace-only text", json!({"text": " \n\t ", "dialect": "en-gb"}), "text"),
-        json_case("text over the limit", json!({"text": "x".repeat(5_001), "dialect": "en-gb"}), "text"),
+        json_case(
+            "empty text",
+            json!({"text": "", "dialect": "en-gb"}),
+            "text",
+        ),
+        json_case(
+            "whitespace-only text",
+            json!({"text": " \n\t ", "dialect": "en-gb"}),
+            "text",
+        ),
+        json_case(
+            "text over the limit",
+            json!({"text": "x".repeat(5_001), "dialect": "en-gb"}),
+            "text",
+        ),
         json_case("missing text", json!({"dialect": "en-gb"}), "text"),
-        json_case("unknown dialect", json!({"text": "hi", "dialect": "tlh"}), "dialect"),
-        json_case("unknown voice", json!({"text": "hi", "dialect": "en-gb", "voice": "zz9"}), "voice"),
-        json_case("speed too high", json!({"text": "hi", "dialect": "en-gb", "speed": 3.0}), "speed"),
-        json_case("speed too low", json!({"text": "hi", "dialect": "en-gb", "speed": 0.1}), "speed"),
-        json_case("unsupported format", json!({"text": "hi", "dialect": "en-gb", "format": "flac"}), "format"),
-        json_case("unknown priority", json!({"text": "hi", "dialect": "en-gb", "priority": "asap"}), "priority"),
-        json_case("wrong type", json!({"text": ["hi"], "dialect": "en-gb"}), "text"),
+        json_case(
+            "unknown dialect",
+            json!({"text": "hi", "dialect": "tlh"}),
+            "dialect",
+        ),
+        json_case(
+            "unknown voice",
+            json!({"text": "hi", "dialect": "en-gb", "voice": "zz9"}),
+            "voice",
+        ),
+        json_case(
+            "speed too high",
+            json!({"text": "hi", "dialect": "en-gb", "speed": 3.0}),
+            "speed",
+        ),
+        json_case(
+            "speed too low",
+            json!({"text": "hi", "dialect": "en-gb", "speed": 0.1}),
+            "speed",
+        ),
+        json_case(
+            "unsupported format",
+            json!({"text": "hi", "dialect": "en-gb", "format": "flac"}),
+            "format",
+        ),
+        json_case(
+            "unknown priority",
+            json!({"text": "hi", "dialect": "en-gb", "priority": "asap"}),
+            "priority",
+        ),
+        json_case(
+            "wrong type",
+            json!({"text": ["hi"], "dialect": "en-gb"}),
+            "text",
+        ),
         Case {
             name: "missing API key",
             content_type: Some("application/json"),
@@ -112,27 +154,52 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
         request = match case.auth {
             Auth::Valid => request.bearer_auth(&app.api_key),
             Auth::Missing => request,
-            Auth::Invalid => request.bearer_auth("ttsq_0000000000000000000000000000000000000000000000000"),
+            Auth::Invalid => {
+                request.bearer_auth("ttsq_0000000000000000000000000000000000000000000000000")
+            }
         };
         let response = request.send().await.expect("request sent");
 
         let status = response.status().as_u16();
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let problem: Value = response.json().await.expect("a JSON problem body");
         assert_eq!(status, case.status, "{}: {problem}", case.name);
         assert_eq!(content_type, "application/problem+json", "{}", case.name);
         assert_eq!(problem["status"], case.status, "{}", case.name);
-        assert!(problem["type"].as_str().is_some_and(|t| !t.is_empty()), "{}", case.name);
-        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{}", case.name);
+        assert!(
+            problem["type"].as_str().is_some_and(|t| !t.is_empty()),
+            "{}",
+            case.name
+        );
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{}",
+            case.name
+        );
         if let Some(field) = case.field {
             let errors = problem["errors"].as_array().expect("field errors");
             assert_eq!(errors[0]["field"], field, "{}: {problem}", case.name);
-            assert!(errors[0]["reason"].as_str().is_some_and(|r| r.len() > 5), "{}", case.name);
+            assert!(
+                errors[0]["reason"].as_str().is_some_and(|r| r.len() > 5),
+                "{}",
+                case.name
+            );
         }
     }
 
-    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0, "no task row was written");
-    assert_eq!(app.services.broker.depths().await.unwrap(), (0, 0), "no message was queued");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks").await,
+        0,
+        "no task row was written"
+    );
+    assert_eq!(
+        app.services.broker.depths().await.unwrap(),
+        (0, 0),
+        "no message was queued"
+    );
 
     // The same client with a good request is accepted, so the cases above
     // failed for their own reason and not for a broken setup.
@@ -148,14 +215,20 @@ async fn a_bad_long_poll_and_audio_of_an_unfinished_task_are_clear_errors() {
         ..Default::default()
     })
     .await;
-    let id = app.submit_ok(&json!({"text": "not yet", "dialect": "en-gb"})).await;
+    let id = app
+        .submit_ok(&json!({"text": "not yet", "dialect": "en-gb"}))
+        .await;
 
-    let too_long = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=3600")).await;
+    let too_long = app
+        .get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=3600"))
+        .await;
     assert_eq!(too_long.status(), 400);
     let problem: Value = too_long.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "wait");
 
-    let garbage = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=soon")).await;
+    let garbage = app
+        .get_as(&app.api_key, &format!("/v1/tts/jobs/{id}?wait=soon"))
+        .await;
     assert_eq!(garbage.status(), 400);
 
     let started = std::time::Instant::now();
@@ -168,7 +241,9 @@ async fn a_bad_long_poll_and_audio_of_an_unfinished_task_are_clear_errors() {
     assert_eq!(queued["status"], "queued");
     assert!(started.elapsed().as_millis() >= 900, "wait=1 long-polled");
 
-    let audio = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}/audio")).await;
+    let audio = app
+        .get_as(&app.api_key, &format!("/v1/tts/jobs/{id}/audio"))
+        .await;
     assert_eq!(audio.status(), 409);
     app.teardown().await;
 }
@@ -176,8 +251,14 @@ async fn a_bad_long_poll_and_audio_of_an_unfinished_task_are_clear_errors() {
 #[tokio::test]
 async fn an_undecodable_message_goes_to_the_dead_letter_queue_and_the_worker_keeps_going() {
     let app = TestApp::spawn().await;
-    app.services.broker.publish_raw(b"{\"not\": \"a job\"}").await.unwrap();
-    let id = app.submit_ok(&json!({"text": "still working", "dialect": "en-gb", "format": "wav"})).await;
+    app.services
+        .broker
+        .publish_raw(b"{\"not\": \"a job\"}")
+        .await
+        .unwrap();
+    let id = app
+        .submit_ok(&json!({"text": "still working", "dialect": "en-gb", "format": "wav"}))
+        .await;
 
     assert_eq!(app.wait_for(id).await["status"], "succeeded");
     let (body, reason) = app

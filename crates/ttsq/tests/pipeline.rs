@@ -18,8 +18,12 @@ fn wav_seconds(bytes: &[u8]) -> f64 {
 
 /// Seconds of audio in an MP3 file, by walking its frame headers.
 fn mp3_seconds(bytes: &[u8]) -> f64 {
-    const BITRATES_V2: [u32; 16] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 0];
-    const BITRATES_V1: [u32; 16] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 0];
+    const BITRATES_V2: [u32; 16] = [
+        0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 0,
+    ];
+    const BITRATES_V1: [u32; 16] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 0,
+    ];
     let mut pos = 0;
     let mut samples = 0u64;
     let mut rate = 0u32;
@@ -29,7 +33,8 @@ fn mp3_seconds(bytes: &[u8]) -> f64 {
         assert_eq!(h >> 21, 0x7ff, "frame sync expected at byte {pos}");
         let version_bits = (h >> 19) & 3;
         let mpeg1 = version_bits == 3;
-        let bitrate = if mpeg1 { BITRATES_V1 } else { BITRATES_V2 }[((h >> 12) & 0xf) as usize] * 1000;
+        let bitrate =
+            if mpeg1 { BITRATES_V1 } else { BITRATES_V2 }[((h >> 12) & 0xf) as usize] * 1000;
         let base_rate = [44_100, 48_000, 32_000][((h >> 10) & 3) as usize];
         rate = match version_bits {
             3 => base_rate,
@@ -50,10 +55,18 @@ fn mp3_seconds(bytes: &[u8]) -> f64 {
 
 async fn download(app: &TestApp, task: &Value) -> Vec<u8> {
     let id = task["task_id"].as_str().expect("task id");
-    let redirect = app.get_as(&app.api_key, &format!("/v1/tts/jobs/{id}/audio")).await;
+    let redirect = app
+        .get_as(&app.api_key, &format!("/v1/tts/jobs/{id}/audio"))
+        .await;
     assert_eq!(redirect.status(), 302);
-    let location = redirect.headers()["location"].to_str().expect("ascii location").to_owned();
-    assert_eq!(Some(location.as_str()), task["audio_url"].as_str().map(|_| location.as_str()));
+    let location = redirect.headers()["location"]
+        .to_str()
+        .expect("ascii location")
+        .to_owned();
+    assert_eq!(
+        Some(location.as_str()),
+        task["audio_url"].as_str().map(|_| location.as_str())
+    );
     // The presigned URL needs no API key: it is what a client hands a player.
     let audio = reqwest::get(&location).await.expect("presigned GET");
     assert_eq!(audio.status(), 200);
@@ -78,11 +91,22 @@ async fn a_normal_job_is_queued_processed_and_its_audio_downloads_and_plays() {
         let bytes = download(&app, &task).await;
         assert_eq!(task["audio_bytes"], bytes.len());
         assert_eq!(task["audio_sha256"], hex::encode(Sha256::digest(&bytes)));
-        let seconds = if format == "wav" { wav_seconds(&bytes) } else { mp3_seconds(&bytes) };
+        let seconds = if format == "wav" {
+            wav_seconds(&bytes)
+        } else {
+            mp3_seconds(&bytes)
+        };
         // Speech runs at roughly 10–20 characters a second.
-        assert!((1.5..8.0).contains(&seconds), "{format}: {seconds} s for {} chars", text.len());
+        assert!(
+            (1.5..8.0).contains(&seconds),
+            "{format}: {seconds} s for {} chars",
+            text.len()
+        );
         let duration_ms = task["duration_ms"].as_f64().expect("duration");
-        assert!((duration_ms / 1000.0 - seconds).abs() < 0.2, "{duration_ms} ms vs {seconds} s");
+        assert!(
+            (duration_ms / 1000.0 - seconds).abs() < 0.2,
+            "{duration_ms} ms vs {seconds} s"
+        );
     }
     assert_eq!(app.provider_calls("espeak"), 2);
     app.teardown().await;
@@ -107,7 +131,9 @@ async fn a_high_priority_job_answers_with_playable_audio_without_the_queue() {
     let bytes = response.bytes().await.unwrap();
     assert!(wav_seconds(&bytes) > 0.5);
     let status = app
-        .scalar(&format!("SELECT count(*) FROM tasks WHERE id = '{task_id}' AND status = 'succeeded'"))
+        .scalar(&format!(
+            "SELECT count(*) FROM tasks WHERE id = '{task_id}' AND status = 'succeeded'"
+        ))
         .await;
     assert_eq!(status, 1, "the task row is succeeded");
     // No worker runs and nothing was queued: high priority bypasses the queue.
@@ -128,7 +154,9 @@ async fn a_high_priority_job_answers_with_playable_audio_without_the_queue() {
         .unwrap();
     assert_eq!(json_answer["status"], "succeeded");
     assert_eq!(json_answer["cache_hit"], true);
-    let via_link = reqwest::get(json_answer["audio_url"].as_str().unwrap()).await.unwrap();
+    let via_link = reqwest::get(json_answer["audio_url"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(via_link.bytes().await.unwrap(), bytes);
     assert_eq!(app.provider_calls("espeak"), 1);
     app.teardown().await;
@@ -150,12 +178,17 @@ async fn the_same_text_twice_is_synthesized_and_billed_once() {
     assert_eq!(second["status"], "succeeded");
     assert_eq!(second["cache_hit"], true);
     assert_eq!(second["audio_sha256"], first["audio_sha256"]);
-    assert_eq!(high.headers()["x-cache"], "hit", "normalised text hits the cache too");
+    assert_eq!(
+        high.headers()["x-cache"],
+        "hit",
+        "normalised text hits the cache too"
+    );
     assert_eq!(app.provider_calls("espeak"), 1, "the provider ran once");
     let characters = first["characters"].as_i64().unwrap();
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 3);
     assert_eq!(
-        app.scalar("SELECT sum(billable_characters)::bigint FROM usage_ledger").await,
+        app.scalar("SELECT sum(billable_characters)::bigint FROM usage_ledger")
+            .await,
         characters,
         "the characters are billed once"
     );
@@ -179,13 +212,22 @@ async fn three_hundred_jobs_over_six_dialects_all_succeed_in_single_dialect_batc
     app.drain(Duration::from_secs(120)).await;
 
     assert_eq!(ids.len(), 300);
-    assert_eq!(app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'").await, 300);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        300
+    );
     let mixed = app
         .scalar("SELECT count(*) FROM (SELECT worker_batch_id FROM tasks GROUP BY 1 HAVING count(DISTINCT dialect) > 1) m")
         .await;
     assert_eq!(mixed, 0, "every batch held one dialect");
-    let batches = app.scalar("SELECT count(DISTINCT worker_batch_id) FROM tasks").await;
-    assert!(batches < 300, "jobs were batched ({batches} batches for 300 jobs)");
+    let batches = app
+        .scalar("SELECT count(DISTINCT worker_batch_id) FROM tasks")
+        .await;
+    assert!(
+        batches < 300,
+        "jobs were batched ({batches} batches for 300 jobs)"
+    );
     assert!(batches >= 6, "at least one batch per dialect");
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 300);
     app.teardown().await;
@@ -208,12 +250,20 @@ async fn a_tenant_never_sees_another_tenants_task_or_audio() {
     ] {
         let response = app.get_as(&other_key, &path).await;
         assert_eq!(response.status(), 404, "{path}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         // The owner does see it.
         let own = app.get_as(&app.api_key, &path).await.status();
         assert!(own == 200 || own == 302, "{path}: owner got {own}");
     }
-    assert_eq!(app.get_as(&app.api_key, "/v1/tts/jobs/not-a-uuid").await.status(), 404);
+    assert_eq!(
+        app.get_as(&app.api_key, "/v1/tts/jobs/not-a-uuid")
+            .await
+            .status(),
+        404
+    );
     app.teardown().await;
 }
 
@@ -231,22 +281,52 @@ async fn inline_audio_and_the_dialect_catalog_are_served() {
     let bytes = inline.bytes().await.unwrap();
     assert_eq!(task["audio_sha256"], hex::encode(Sha256::digest(&bytes)));
 
-    let catalog: Value = app.get_as(&app.api_key, "/v1/dialects").await.json().await.unwrap();
+    let catalog: Value = app
+        .get_as(&app.api_key, "/v1/dialects")
+        .await
+        .json()
+        .await
+        .unwrap();
     let ids: Vec<&str> = catalog["dialects"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d["id"].as_str().unwrap())
         .collect();
-    for wanted in ["en-us", "en-gb", "en-gb-scotland", "en-029", "cmn", "yue", "es-419", "fr-fr"] {
+    for wanted in [
+        "en-us",
+        "en-gb",
+        "en-gb-scotland",
+        "en-029",
+        "cmn",
+        "yue",
+        "es-419",
+        "fr-fr",
+    ] {
         assert!(ids.contains(&wanted), "{wanted} missing from {ids:?}");
     }
-    let health = app.http.get(format!("{}/health", app.base_url)).send().await.unwrap();
+    let health = app
+        .http
+        .get(format!("{}/health", app.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let ready: Value = app.http.get(format!("{}/ready", app.base_url)).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app
+        .http
+        .get(format!("{}/ready", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
     for dependency in ["postgres", "rabbitmq", "s3", "provider:espeak"] {
-        assert_eq!(ready["checks"][dependency]["ok"], true, "{dependency}: {ready}");
+        assert_eq!(
+            ready["checks"][dependency]["ok"], true,
+            "{dependency}: {ready}"
+        );
     }
     app.teardown().await;
 }

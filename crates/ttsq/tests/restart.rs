@@ -61,16 +61,26 @@ async fn a_worker_restarted_mid_stream_loses_nothing_and_bills_nothing_twice() {
     let mut first = spawn_worker(&app);
     // Let it get going, then stop it while work remains.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'").await < 40 {
-        assert!(tokio::time::Instant::now() < deadline, "the first worker made no progress");
+    while app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+        .await
+        < 40
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first worker made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let exit = terminate(&mut first);
     assert!(exit.success(), "SIGTERM is a clean exit, got {exit}");
-    let done_by_first = app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'").await;
+    let done_by_first = app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+        .await;
     assert!(done_by_first < 400, "the restart happened mid-stream");
     assert_eq!(
-        app.scalar("SELECT count(*) FROM tasks WHERE status = 'processing'").await,
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'processing'")
+            .await,
         0,
         "the stopping worker finished what it had claimed"
     );
@@ -79,12 +89,22 @@ async fn a_worker_restarted_mid_stream_loses_nothing_and_bills_nothing_twice() {
     app.drain(Duration::from_secs(180)).await;
     assert!(terminate(&mut second).success());
 
-    assert_eq!(app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'").await, 400);
-    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 400);
-    assert_eq!(app.scalar("SELECT count(DISTINCT task_id) FROM usage_ledger").await, 400);
     assert_eq!(
-        app.scalar("SELECT sum(billable_characters)::bigint FROM usage_ledger").await,
-        app.scalar("SELECT sum(characters)::bigint FROM tasks").await,
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        400
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 400);
+    assert_eq!(
+        app.scalar("SELECT count(DISTINCT task_id) FROM usage_ledger")
+            .await,
+        400
+    );
+    assert_eq!(
+        app.scalar("SELECT sum(billable_characters)::bigint FROM usage_ledger")
+            .await,
+        app.scalar("SELECT sum(characters)::bigint FROM tasks")
+            .await,
         "every unique job billed exactly once"
     );
     assert_eq!(app.services.broker.depths().await.unwrap(), (0, 0));
