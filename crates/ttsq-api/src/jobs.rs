@@ -10,10 +10,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use ttsq_core::{Job, JobMessage, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
+use ttsq_worker::pipeline::store_audio;
 use uuid::Uuid;
 
 use crate::{
@@ -145,7 +145,15 @@ async fn submit_high(
             };
             let outcome = match context.providers.synthesize(&request).await {
                 Ok((audio, provider)) => {
-                    let object = store_audio(context, job, audio, provider).await?;
+                    let object = store_audio(
+                        &context.store,
+                        &context.audio,
+                        job.hash.as_str(),
+                        job.format,
+                        audio,
+                        provider,
+                    )
+                    .await?;
                     TaskOutcome::Succeeded {
                         audio_hash: object.hash,
                         cache_hit: false,
@@ -164,35 +172,6 @@ async fn submit_high(
         tracing::debug!("idempotent repeat of an earlier submission");
     }
     respond_with_audio(context, row, json).await
-}
-
-/// Uploads synthesized audio under its content hash and indexes it.
-async fn store_audio(
-    context: &ApiContext,
-    job: &Job,
-    audio: ttsq_providers::Audio,
-    provider: String,
-) -> Result<AudioObject, ApiError> {
-    let key = job.hash.object_key(job.format);
-    let sha256 = hex::encode(Sha256::digest(&audio.bytes));
-    let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
-    context
-        .audio
-        .put(&key, audio.bytes, job.format.content_type())
-        .await?;
-    Ok(context
-        .store
-        .record_audio(&AudioObject {
-            hash: job.hash.as_str().to_owned(),
-            s3_key: key,
-            bytes,
-            format: job.format.as_str().to_owned(),
-            duration_ms: i32::try_from(audio.duration_ms).unwrap_or(i32::MAX),
-            provider,
-            sha256,
-            created_at: chrono::Utc::now(),
-        })
-        .await?)
 }
 
 async fn respond_with_audio(

@@ -195,21 +195,54 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
             };
         }
     };
-    let key = ttsq_core::ContentHash::parse(&task.content_hash)
+    match store_audio(
+        &context.store,
+        &context.audio,
+        &task.content_hash,
+        format,
+        audio,
+        provider,
+    )
+    .await
+    {
+        Ok(on_file) => HashResult::Synthesized(on_file),
+        Err(err) => {
+            tracing::warn!(task_id = %task.id, error = %err, "storing audio failed; will retry");
+            HashResult::Retry
+        }
+    }
+}
+
+/// Why synthesized audio could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreAudioError {
+    /// The upload to S3 failed.
+    #[error(transparent)]
+    Upload(#[from] ttsq_audio::AudioStoreError),
+    /// Indexing it in Postgres failed.
+    #[error(transparent)]
+    Index(#[from] ttsq_store::StoreError),
+}
+
+/// Uploads synthesized audio under its content hash and indexes it; returns
+/// the object on file (an earlier one, when another process won the race).
+/// Shared by the worker and the API's inline path.
+pub async fn store_audio(
+    store: &ttsq_store::Store,
+    bucket: &ttsq_audio::AudioStore,
+    content_hash: &str,
+    format: AudioFormat,
+    audio: ttsq_providers::Audio,
+    provider: String,
+) -> Result<AudioObject, StoreAudioError> {
+    let key = ttsq_core::ContentHash::parse(content_hash)
         .map(|h| h.object_key(format))
-        .unwrap_or_else(|| format!("audio/invalid/{}.{}", task.content_hash, format.extension()));
+        .unwrap_or_else(|| format!("audio/invalid/{content_hash}.{}", format.extension()));
     let sha256 = hex::encode(Sha256::digest(&audio.bytes));
     let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
-    if let Err(err) = context
-        .audio
-        .put(&key, audio.bytes, format.content_type())
-        .await
-    {
-        tracing::warn!(task_id = %task.id, error = %err, "uploading audio failed; will retry");
-        return HashResult::Retry;
-    }
+    bucket.put(&key, audio.bytes, format.content_type()).await?;
     let object = AudioObject {
-        hash: task.content_hash.clone(),
+        hash: content_hash.to_owned(),
         s3_key: key,
         bytes,
         format: format.as_str().to_owned(),
@@ -218,11 +251,5 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         sha256,
         created_at: chrono::Utc::now(),
     };
-    match context.store.record_audio(&object).await {
-        Ok(on_file) => HashResult::Synthesized(on_file),
-        Err(err) => {
-            tracing::warn!(task_id = %task.id, error = %err, "indexing audio failed; will retry");
-            HashResult::Retry
-        }
-    }
+    Ok(store.record_audio(&object).await?)
 }
