@@ -19,6 +19,7 @@ const RESERVED_VARS: &[&str] = &[
     "TTSQ_API_KEY",
     "TTSQ_HOME",
     "TTSQ_PROFILE",
+    "TTSQ_SERVICES_TIMEOUT",
 ];
 
 /// Prefix of variables that configure the test suite, not a process.
@@ -42,8 +43,179 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Log output.
     pub log: LogSettings,
-    /// The embedded espeak-ng provider.
-    pub espeak: EspeakSettings,
+    /// How replicas share provider quotas.
+    pub quota: QuotaSharingSettings,
+    /// Upstream providers by name.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// Dialect patterns to provider chains, first match wins.
+    pub routes: Vec<RouteSettings>,
+}
+
+/// How replicas share provider quotas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSharingSettings {
+    /// Seconds between replica heartbeats.
+    pub heartbeat_secs: u64,
+    /// Share of each quota kept for high-priority jobs while an API runs.
+    pub high_priority_share: f64,
+}
+
+/// Which adapter a provider uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Local espeak-ng.
+    Espeak,
+    /// The ElevenLabs REST API.
+    Elevenlabs,
+    /// Any OpenAI-compatible `/v1/audio/speech` server.
+    Openai,
+    /// The generic `POST /tts` contract of self-hosted and regional servers.
+    Http,
+}
+
+/// Limits the vendor account imposes; shared by every replica.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderQuota {
+    /// Requests per second, if limited.
+    pub requests_per_second: Option<f64>,
+    /// Characters per minute, if limited.
+    pub characters_per_minute: Option<u32>,
+    /// Requests in flight at once, if limited.
+    pub max_concurrent: Option<u32>,
+}
+
+/// One dialect a provider serves, as configured.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ProviderDialect {
+    /// Just the id; capabilities come from the adapter.
+    Id(String),
+    /// Id with the voices (vendor voice ids) and options it offers.
+    Detailed(DialectSettings),
+}
+
+/// A dialect with explicit capabilities.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialectSettings {
+    /// Dialect id clients send.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Voices, first is the default.
+    pub voices: Vec<String>,
+    /// Vendor language code, where the vendor wants one.
+    #[serde(default)]
+    pub language_code: Option<String>,
+    /// Emotions offered.
+    #[serde(default)]
+    pub emotions: Vec<String>,
+}
+
+impl ProviderDialect {
+    /// The dialect id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Id(id) => id,
+            Self::Detailed(d) => &d.id,
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Adapter.
+    pub kind: ProviderKind,
+    /// Base URL of an HTTP provider.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Credential sent to an HTTP provider.
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    /// Header carrying the credential (generic `http` kind only).
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// Vendor model id.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The espeak-ng executable (espeak kind).
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// Connect timeout, in seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Total timeout of one request, in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Price per 1,000 billable characters, in the ledger's currency.
+    #[serde(default)]
+    pub price_per_1k_chars: f64,
+    /// The vendor account's limits.
+    #[serde(default)]
+    pub quota: ProviderQuota,
+    /// Dialects served.
+    pub dialects: Vec<ProviderDialect>,
+}
+
+impl ProviderSettings {
+    /// The espeak adapter's settings, for an `espeak` provider.
+    pub fn espeak(&self) -> EspeakSettings {
+        EspeakSettings {
+            binary: self
+                .binary
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("espeak-ng")),
+            max_concurrent: self.quota.max_concurrent.map_or(2, |n| n as usize),
+            timeout_secs: self.timeout_secs,
+            dialects: self.dialects.iter().map(|d| d.id().to_owned()).collect(),
+        }
+    }
+}
+
+/// Dialect patterns served by a chain of providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Glob patterns over dialect ids (`*` matches any run of characters).
+    pub dialects: Vec<String>,
+    /// Provider names, tried in order.
+    pub chain: Vec<String>,
+}
+
+impl RouteSettings {
+    /// Whether this route covers `dialect`.
+    pub fn matches(&self, dialect: &str) -> bool {
+        self.dialects.iter().any(|p| glob_match(p, dialect))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob_match(rest, &tail[i..]))
+        }
+    }
 }
 
 /// HTTP API settings.
@@ -310,16 +482,71 @@ impl Settings {
             ("worker.batch_size", self.worker.batch_size),
             ("worker.concurrent_batches", self.worker.concurrent_batches),
             ("limits.max_text_chars", self.limits.max_text_chars),
-            ("espeak.max_concurrent", self.espeak.max_concurrent),
-            ("espeak.timeout_secs", self.espeak.timeout_secs as usize),
+            ("quota.heartbeat_secs", self.quota.heartbeat_secs as usize),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
-        if self.espeak.dialects.is_empty() {
-            return Err(invalid("espeak.dialects", "must list at least one dialect"));
+        if !(0.0..1.0).contains(&self.quota.high_priority_share) {
+            return Err(invalid(
+                "quota.high_priority_share",
+                "must be at least 0 and below 1",
+            ));
+        }
+        for (name, provider) in &self.providers {
+            let key = |field: &str| format!("providers.{name}.{field}");
+            if provider.dialects.is_empty() {
+                return Err(invalid(&key("dialects"), "must list at least one dialect"));
+            }
+            if provider.kind != ProviderKind::Espeak {
+                match provider.base_url.as_deref() {
+                    Some(u) if url_ok(u) => {}
+                    _ => return Err(invalid(&key("base_url"), "must be an http(s) URL")),
+                }
+            }
+            if provider.timeout_secs == 0 || provider.connect_timeout_secs == 0 {
+                return Err(invalid(
+                    &key("timeout_secs"),
+                    "timeouts must be at least 1 second",
+                ));
+            }
+            let q = &provider.quota;
+            if q.requests_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+                || q.characters_per_minute == Some(0)
+                || q.max_concurrent == Some(0)
+            {
+                return Err(invalid(&key("quota"), "limits must be positive when set"));
+            }
+            if !(provider.price_per_1k_chars >= 0.0 && provider.price_per_1k_chars.is_finite()) {
+                return Err(invalid(
+                    &key("price_per_1k_chars"),
+                    "must be a non-negative number",
+                ));
+            }
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "must have at least one route"));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.chain.is_empty() {
+                return Err(invalid(
+                    &format!("routes.{i}.chain"),
+                    "must name at least one provider",
+                ));
+            }
+            if let Some(unknown) = route
+                .chain
+                .iter()
+                .find(|p| !self.providers.contains_key(*p))
+            {
+                return Err(invalid(
+                    &format!("routes.{i}.chain"),
+                    &format!("names provider `{unknown}`, which is not configured"),
+                ));
+            }
         }
         Ok(())
     }
@@ -378,7 +605,9 @@ fn apply_env(
     // Plain variables win over their `_FILE` twin, so apply `_FILE` ones first.
     vars.sort_by_key(|(k, _)| !k.ends_with("_FILE"));
     for (var, raw) in vars {
-        let (name, value) = match resolve_key(table, &var[ENV_PREFIX.len()..]) {
+        let (name, value) = match resolve_key(table, &var[ENV_PREFIX.len()..])
+            .or_else(|| add_optional_provider_key(table, &var[ENV_PREFIX.len()..]))
+        {
             Some(key) => (key, raw),
             None => match var
                 .strip_suffix("_FILE")
@@ -428,6 +657,30 @@ fn resolve_key(table: &Table, suffix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Provider settings that have no default and may be set from the
+/// environment alone, chiefly secrets: `PROVIDERS_ELEVEN_API_KEY`.
+const OPTIONAL_PROVIDER_KEYS: &[&str] = &["api_key", "base_url", "model", "auth_header"];
+
+/// For a variable naming an optional key of a configured provider, adds the
+/// key (empty) to the table and returns its dotted name.
+fn add_optional_provider_key(table: &mut Table, suffix: &str) -> Option<String> {
+    let rest = suffix.strip_prefix("PROVIDERS_")?;
+    let providers = table.get_mut("providers")?.as_table_mut()?;
+    let (name, field) = providers.keys().find_map(|name| {
+        let upper = name.to_uppercase().replace('-', "_");
+        let field = rest.strip_prefix(&upper)?.strip_prefix('_')?;
+        OPTIONAL_PROVIDER_KEYS
+            .iter()
+            .find(|k| k.to_uppercase() == field)
+            .map(|k| (name.clone(), *k))
+    })?;
+    providers
+        .get_mut(&name)?
+        .as_table_mut()?
+        .insert(field.to_owned(), Value::String(String::new()));
+    Some(format!("providers.{name}.{field}"))
 }
 
 fn lookup_mut<'a>(table: &'a mut Table, key: &str) -> Option<&'a mut Value> {
@@ -490,7 +743,13 @@ mod tests {
         let s = Settings::load(None, env(&[])).unwrap();
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.s3.endpoint, "http://127.0.0.1:8014");
-        assert!(s.espeak.dialects.contains(&"en-gb".to_owned()));
+        assert!(
+            s.providers["espeak"]
+                .espeak()
+                .dialects
+                .contains(&"en-gb".to_owned())
+        );
+        assert!(s.routes[0].matches("en-gb"));
     }
 
     #[test]
@@ -555,6 +814,75 @@ mod tests {
         writeln!(file, "[worker]\nbatch_sise = 8").unwrap();
         let err = Settings::load(Some(file.path()), env(&[])).unwrap_err();
         assert!(err.to_string().contains("batch_sise"), "{err}");
+    }
+
+    #[test]
+    fn providers_and_routes_load_with_secrets_from_the_environment() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            r#"
+[providers.eleven]
+kind = "elevenlabs"
+base_url = "https://api.example.test"
+price_per_1k_chars = 0.3
+quota = {{ requests_per_second = 10, max_concurrent = 4 }}
+dialects = [{{ id = "en-gb", voices = ["v1", "v2"], language_code = "en" }}]
+
+[[routes]]
+dialects = ["en-*"]
+chain = ["eleven", "espeak"]
+"#
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(file.path()),
+            env(&[("TTSQ_PROVIDERS_ELEVEN_API_KEY", "sk-secret")]),
+        )
+        .unwrap();
+        let eleven = &s.providers["eleven"];
+        assert_eq!(eleven.kind, ProviderKind::Elevenlabs);
+        assert_eq!(
+            eleven.api_key.as_ref().unwrap().expose_secret(),
+            "sk-secret"
+        );
+        assert_eq!(eleven.quota.max_concurrent, Some(4));
+        assert_eq!(eleven.dialects[0].id(), "en-gb");
+        assert!(!format!("{s:?}").contains("sk-secret"));
+        // A file's array replaces the default one.
+        assert_eq!(s.routes.len(), 1);
+        assert!(s.routes[0].matches("en-gb") && !s.routes[0].matches("fr-fr"));
+    }
+
+    #[test]
+    fn a_route_to_an_unknown_provider_is_refused_by_name() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[[routes]]\ndialects = [\"*\"]\nchain = [\"nobody\"]").unwrap();
+        let err = Settings::load(Some(file.path()), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("nobody"), "{err}");
+    }
+
+    #[test]
+    fn env_example_lists_every_variable() {
+        let example = include_str!("../../../.env.example");
+        for (var, _) in Settings::env_reference() {
+            assert!(
+                example
+                    .lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{var}="))),
+                ".env.example lacks {var}"
+            );
+        }
+    }
+
+    #[test]
+    fn glob_patterns_match_whole_ids() {
+        assert!(glob_match("*", "yue"));
+        assert!(glob_match("en-*", "en-gb-scotland"));
+        assert!(!glob_match("en-*", "fr-fr"));
+        assert!(glob_match("*-419", "es-419"));
+        assert!(glob_match("cmn", "cmn"));
+        assert!(!glob_match("cmn", "cmn-x"));
     }
 
     #[test]

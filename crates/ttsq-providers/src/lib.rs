@@ -5,10 +5,14 @@
 //! - [`Synthesizer`], [`SynthesisRequest`], [`Audio`], [`ProviderError`]: the contract.
 //! - [`espeak`]: the embedded espeak-ng adapter.
 //! - [`encode`]: PCM samples to WAV, raw PCM or MP3 bytes.
-//! - [`router`]: dialect → provider chain, and per-provider call counts.
+//! - [`router`]: dialect → provider chain with fallback, and per-provider call counts.
+//! - [`quota`]: this replica's share of a provider's rate and concurrency limits.
+//! - [`breaker`]: per-provider circuit breaker.
 
+pub mod breaker;
 pub mod encode;
 pub mod espeak;
+pub mod quota;
 pub mod router;
 
 use async_trait::async_trait;

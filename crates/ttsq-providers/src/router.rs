@@ -1,4 +1,5 @@
-//! Maps a dialect to its provider chain and counts calls per provider.
+//! Routes a dialect to its provider chain: per-provider quota share, circuit
+//! breaker and retries, falling back along the chain.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -6,55 +7,142 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
-use ttsq_config::Settings;
-use ttsq_core::Catalog;
+use ttsq_config::{ProviderKind, ProviderSettings, RouteSettings, Settings};
+use ttsq_core::{Catalog, DialectInfo};
 
-use crate::{Audio, ProviderError, SynthesisRequest, Synthesizer, espeak::Espeak};
+use crate::{
+    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    breaker::{Breaker, BreakerState},
+    espeak::Espeak,
+    quota::Quota,
+};
 
-/// One configured provider with its call counter.
-struct Entry {
+/// Consecutive failures that open a provider's breaker.
+const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker refuses requests before one trial.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
+/// Retries of a transient failure on the same provider before falling back.
+const TRANSIENT_RETRIES: u32 = 2;
+/// First back-off of a transient retry; doubled each time, plus jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+
+/// Why the router could not be built from settings.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A provider's settings cannot work.
+    #[error("provider `{name}`: {reason}")]
+    Provider {
+        /// Provider name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One configured provider with its quota, breaker and counters.
+struct Slot {
     synthesizer: Arc<dyn Synthesizer>,
+    quota: Quota,
+    breaker: Breaker,
+    price_per_1k: f64,
     calls: AtomicU64,
 }
 
+/// A provider to put behind the router, with its limits and price.
+pub struct ProviderEntry {
+    /// The adapter.
+    pub synthesizer: Arc<dyn Synthesizer>,
+    /// The account's limits.
+    pub quota: ttsq_config::ProviderQuota,
+    /// Price per 1,000 billable characters.
+    pub price_per_1k: f64,
+}
+
 /// Routes requests to providers and builds the catalog of what they serve.
-/// Cheap to share behind an `Arc`; the API and the worker each hold one.
+/// Shared behind an `Arc` by the API and the worker of a process.
 pub struct Router {
-    providers: HashMap<String, Entry>,
+    providers: HashMap<String, Slot>,
     catalog: Catalog,
 }
 
+/// Builds the adapter for one configured provider.
+fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>, RouterError> {
+    match settings.kind {
+        ProviderKind::Espeak => Ok(Arc::new(Espeak::new(&settings.espeak()))),
+        other => Err(RouterError::Provider {
+            name: name.to_owned(),
+            reason: format!("provider kind {other:?} is not available in this build"),
+        }),
+    }
+}
+
 impl Router {
-    /// The providers configured in `settings`.
-    pub fn from_settings(settings: &Settings) -> Self {
-        Self::new([Arc::new(Espeak::new(&settings.espeak)) as Arc<dyn Synthesizer>])
+    /// The providers and routes configured in `settings`.
+    pub fn from_settings(settings: &Settings) -> Result<Self, RouterError> {
+        let mut entries = Vec::new();
+        for (name, provider) in &settings.providers {
+            entries.push((
+                name.clone(),
+                ProviderEntry {
+                    synthesizer: build(name, provider)?,
+                    quota: provider.quota.clone(),
+                    price_per_1k: provider.price_per_1k_chars,
+                },
+            ));
+        }
+        Ok(Self::new(entries, &settings.routes))
     }
 
-    /// A router over these providers; each dialect is served by the providers
-    /// that declare it, in the order given.
-    pub fn new(providers: impl IntoIterator<Item = Arc<dyn Synthesizer>>) -> Self {
-        let mut dialects: BTreeMap<String, ttsq_core::DialectInfo> = BTreeMap::new();
-        let mut entries = HashMap::new();
-        for provider in providers {
-            for dialect in provider.dialects() {
-                dialects
+    /// A router over named providers; each dialect a provider declares is
+    /// served by the chain of the first route matching it, restricted to the
+    /// providers that declare the dialect.
+    pub fn new(
+        providers: impl IntoIterator<Item = (String, ProviderEntry)>,
+        routes: &[RouteSettings],
+    ) -> Self {
+        let mut declared: BTreeMap<String, Vec<(String, DialectInfo)>> = BTreeMap::new();
+        let mut slots = HashMap::new();
+        for (name, entry) in providers {
+            for dialect in entry.synthesizer.dialects() {
+                declared
                     .entry(dialect.id.clone())
-                    .and_modify(|d| d.provider_chain.push(provider.name().to_owned()))
-                    .or_insert(dialect);
+                    .or_default()
+                    .push((name.clone(), dialect));
             }
-            entries.insert(
-                provider.name().to_owned(),
-                Entry {
-                    synthesizer: provider,
+            slots.insert(
+                name,
+                Slot {
+                    synthesizer: entry.synthesizer,
+                    quota: Quota::new(entry.quota),
+                    breaker: Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN),
+                    price_per_1k: entry.price_per_1k,
                     calls: AtomicU64::new(0),
                 },
             );
         }
+        let mut dialects = Vec::new();
+        for (id, by_provider) in declared {
+            let Some(route) = routes.iter().find(|r| r.matches(&id)) else {
+                continue;
+            };
+            let chain: Vec<&(String, DialectInfo)> = route
+                .chain
+                .iter()
+                .filter_map(|p| by_provider.iter().find(|(name, _)| name == p))
+                .collect();
+            let Some((_, primary)) = chain.first() else {
+                continue;
+            };
+            let mut info = primary.clone();
+            info.provider_chain = chain.iter().map(|(name, _)| name.clone()).collect();
+            dialects.push(info);
+        }
         Self {
-            providers: entries,
-            catalog: Catalog::new(dialects.into_values()),
+            providers: slots,
+            catalog: Catalog::new(dialects),
         }
     }
 
@@ -64,7 +152,9 @@ impl Router {
     }
 
     /// Synthesizes through the dialect's chain; returns the audio and the
-    /// name of the provider that made it.
+    /// name of the provider that made it. A provider whose breaker is open is
+    /// skipped; transient failures are retried with back-off, then the next
+    /// provider is tried; a final failure (bad voice, bad key) ends at once.
     pub async fn synthesize(
         &self,
         request: &SynthesisRequest<'_>,
@@ -73,40 +163,119 @@ impl Router {
             .catalog
             .get(request.dialect)
             .ok_or_else(|| ProviderError::NoRoute(request.dialect.to_owned()))?;
-        let mut last_error = ProviderError::NoRoute(request.dialect.to_owned());
+        let characters = u32::try_from(request.text.chars().count()).unwrap_or(u32::MAX);
+        let mut last_error = None;
         for name in &dialect.provider_chain {
-            let Some(entry) = self.providers.get(name) else {
+            let Some(slot) = self.providers.get(name) else {
                 continue;
             };
-            entry.calls.fetch_add(1, Ordering::Relaxed);
-            match entry.synthesizer.synthesize(request).await {
+            if !slot.breaker.allow() {
+                tracing::debug!(provider = %name, "breaker open; skipping");
+                continue;
+            }
+            let voice_owned;
+            let mut request = *request;
+            if let Some(info) = slot
+                .synthesizer
+                .dialects()
+                .into_iter()
+                .find(|d| d.id == request.dialect)
+                && !info.voices.iter().any(|v| v == request.voice)
+            {
+                // A fallback provider may not know the primary's voice:
+                // its default voice beats failing the job.
+                voice_owned = info.default_voice().to_owned();
+                request.voice = &voice_owned;
+            }
+            match self.call(name, slot, &request, characters).await {
                 Ok(audio) => return Ok((audio, name.clone())),
-                Err(err) => {
-                    tracing::warn!(provider = %name, error = %err, "provider failed");
-                    let retryable = err.is_retryable();
-                    last_error = err;
-                    if !retryable {
-                        break;
-                    }
-                }
+                Err(err) if err.is_retryable() => last_error = Some(err),
+                Err(err) => return Err(err),
             }
         }
-        Err(last_error)
+        Err(last_error.unwrap_or_else(|| ProviderError::Transient {
+            provider: dialect.provider_chain.join(">"),
+            message: "every provider of the chain is unavailable (circuit open)".into(),
+        }))
+    }
+
+    /// One provider, with quota, retries and breaker bookkeeping.
+    async fn call(
+        &self,
+        name: &str,
+        slot: &Slot,
+        request: &SynthesisRequest<'_>,
+        characters: u32,
+    ) -> Result<Audio, ProviderError> {
+        let mut attempt = 0;
+        loop {
+            let permit = slot.quota.acquire(characters).await;
+            slot.calls.fetch_add(1, Ordering::Relaxed);
+            let result = slot.synthesizer.synthesize(request).await;
+            drop(permit);
+            let err = match result {
+                Ok(audio) => {
+                    slot.breaker.record_success();
+                    return Ok(audio);
+                }
+                Err(err) => err,
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            slot.breaker.record_failure();
+            tracing::warn!(provider = %name, attempt, error = %err, "provider failed");
+            if attempt >= TRANSIENT_RETRIES || !slot.breaker.allow() {
+                return Err(err);
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
+        }
     }
 
     /// How many synthesis calls this router has sent to `provider`.
     pub fn calls(&self, provider: &str) -> u64 {
         self.providers
             .get(provider)
-            .map_or(0, |e| e.calls.load(Ordering::Relaxed))
+            .map_or(0, |s| s.calls.load(Ordering::Relaxed))
+    }
+
+    /// Price per 1,000 characters of `provider`, for the ledger's cost.
+    pub fn price_per_1k(&self, provider: &str) -> f64 {
+        self.providers.get(provider).map_or(0.0, |s| s.price_per_1k)
+    }
+
+    /// Sets every provider's quota to `share` of the account's limits.
+    pub fn set_quota_share(&self, share: f64) {
+        for slot in self.providers.values() {
+            slot.quota.set_share(share);
+        }
+    }
+
+    /// Breaker state of every provider, by name.
+    pub fn breaker_states(&self) -> BTreeMap<String, BreakerState> {
+        self.providers
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.breaker.state()))
+            .collect()
     }
 
     /// Health of every provider, by name.
     pub async fn health(&self) -> BTreeMap<String, Result<(), ProviderError>> {
         let mut out = BTreeMap::new();
-        for (name, entry) in &self.providers {
-            out.insert(name.clone(), entry.synthesizer.health().await);
+        for (name, slot) in &self.providers {
+            out.insert(name.clone(), slot.synthesizer.health().await);
         }
         out
     }
+}
+
+/// Exponential back-off with up to 50 % jitter, from the clock's nanoseconds
+/// (no RNG needed: it only has to de-synchronise replicas).
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_BASE * 2u32.saturating_pow(attempt.saturating_sub(1));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }

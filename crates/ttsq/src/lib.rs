@@ -53,7 +53,8 @@ impl Services {
         let audio = AudioStore::connect(&settings.s3)
             .await
             .context("Failed to connect to S3 (TTSQ_S3_ENDPOINT)")?;
-        let providers = Router::from_settings(&settings);
+        let providers =
+            Router::from_settings(&settings).context("invalid provider configuration")?;
         anyhow::ensure!(
             !providers.catalog().is_empty(),
             "no provider serves any dialect"

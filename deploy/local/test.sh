@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real local services: brings them up with
+# services.sh, removes what killed test runs left behind (databases
+# ttsq_test_*, RabbitMQ queues ttsq-test-*), then runs every test of the
+# workspace. Extra arguments go to `cargo nextest run` (or `cargo test` where
+# nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
+#
+# The tests read:
+#   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database
+#   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
+#   TTSQ_S3_ENDPOINT, TTSQ_S3_ACCESS_KEY_ID, TTSQ_S3_SECRET_ACCESS_KEY
+# all defaulting to the local services; values already set are kept.
+#
+# TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
+# every ttsq_test_* database, including those of a test run going on right now
+# in another terminal.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$HERE/../.." && pwd)"
+cd "$REPO_ROOT"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "need root for: $* (run as root or install sudo)"
+    fi
+}
+
+"$HERE/services.sh"
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+: "${TTSQ_TEST_DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres}"
+: "${TTSQ_TEST_AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/%2f}"
+: "${TTSQ_S3_ENDPOINT:=http://127.0.0.1:8014}"
+: "${TTSQ_S3_ACCESS_KEY_ID:=ttsq}"
+: "${TTSQ_S3_SECRET_ACCESS_KEY:=ttsq-local-secret}"
+export TTSQ_TEST_DATABASE_URL TTSQ_TEST_AMQP_URL TTSQ_S3_ENDPOINT TTSQ_S3_ACCESS_KEY_ID TTSQ_S3_SECRET_ACCESS_KEY
+
+# --- leftovers of earlier runs ----------------------------------------------
+
+drop_test_databases() {
+    local psql=(psql -w -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -At)
+    local dbs db
+    dbs="$("${psql[@]}" -c "select datname from pg_database where datname like 'ttsq\_test\_%'")"
+    [[ -n "$dbs" ]] || return 0
+    say "dropping $(wc -l <<<"$dbs") leftover test database(s)…"
+    while IFS= read -r db; do
+        "${psql[@]}" -c "drop database if exists \"$db\" with (force)" </dev/null ||
+            say "could not drop database $db (continuing)"
+    done <<<"$dbs"
+}
+
+delete_test_queues() {
+    local queues queue
+    queues="$(as_root rabbitmqctl -q list_queues --no-table-headers name | grep '^ttsq-test-' || true)"
+    [[ -n "$queues" ]] || return 0
+    say "deleting $(wc -l <<<"$queues") leftover test queue(s)…"
+    while IFS= read -r queue; do
+        # </dev/null: rabbitmqctl would otherwise eat the rest of the list.
+        as_root rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null ||
+            say "could not delete queue $queue (continuing)"
+    done <<<"$queues"
+}
+
+if [[ "${TTSQ_TEST_NO_CLEANUP:-}" == 1 ]]; then
+    say "TTSQ_TEST_NO_CLEANUP=1: keeping leftover test databases and queues"
+else
+    drop_test_databases
+    delete_test_queues
+fi
+
+# ttsq refuses TTSQ_* variables it does not know; keep the scripts' own out of the tests.
+unset TTSQ_HOME TTSQ_PROFILE TTSQ_SERVICES_TIMEOUT TTSQ_TEST_NO_CLEANUP
+
+# --- the tests ----------------------------------------------------------------
+
+status=0
+if cargo nextest --version >/dev/null 2>&1; then
+    # nextest does not run doctests (the crate READMEs are crate docs); run
+    # them first so that nextest's summary is the suite's closing line.
+    if (($# == 0)); then
+        say "cargo test --workspace --doc"
+        cargo test --workspace --doc || status=$?
+    fi
+    say "cargo nextest run --workspace --no-fail-fast $*"
+    cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+else
+    say "cargo test --workspace --no-fail-fast $* (install cargo-nextest for a faster run)"
+    cargo test --workspace --no-fail-fast "$@" || status=$?
+fi
+
+if ((status == 0)); then
+    say "all tests passed"
+else
+    say "tests failed (exit status $status)"
+fi
+exit "$status"
