@@ -116,6 +116,7 @@ fn cache_hit(object: &AudioObject) -> TaskOutcome {
         audio_hash: object.hash.clone(),
         cache_hit: true,
         provider: object.provider.clone(),
+        price_per_1k: 0.0,
     }
 }
 
@@ -157,6 +158,7 @@ async fn submit_high(
                     TaskOutcome::Succeeded {
                         audio_hash: object.hash,
                         cache_hit: false,
+                        price_per_1k: context.providers.price_per_1k(&object.provider),
                         provider: object.provider,
                     }
                 }

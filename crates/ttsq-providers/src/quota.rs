@@ -148,6 +148,50 @@ impl Quota {
     }
 }
 
+/// What a replica does, for its share of the quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaRole {
+    /// Serves the API (high priority is synthesized here).
+    Api,
+    /// Consumes the queue.
+    Worker,
+    /// Both, in one process.
+    All,
+}
+
+impl ReplicaRole {
+    /// The name stored with the heartbeat.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Worker => "worker",
+            Self::All => "all",
+        }
+    }
+}
+
+/// This replica's share of every provider quota, given the live replicas
+/// (itself included). While both kinds run, API replicas split
+/// `high_priority_share` and workers split the rest; when only one kind
+/// runs, it splits the whole.
+pub fn replica_share(role: ReplicaRole, apis: u32, workers: u32, high_priority_share: f64) -> f64 {
+    let api_part = if workers == 0 {
+        1.0
+    } else if apis == 0 {
+        0.0
+    } else {
+        high_priority_share
+    };
+    let per_api = api_part / f64::from(apis.max(1));
+    let per_worker = (1.0 - api_part) / f64::from(workers.max(1));
+    let share = match role {
+        ReplicaRole::Api => per_api,
+        ReplicaRole::Worker => per_worker,
+        ReplicaRole::All => per_api + per_worker,
+    };
+    share.clamp(0.001, 1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +251,27 @@ mod tests {
         );
         q.set_share(0.01);
         let _only = q.acquire(1).await;
+    }
+
+    #[test]
+    fn shares_of_all_live_replicas_add_up_to_the_whole_quota() {
+        use ReplicaRole::{All, Api, Worker};
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // Two workers and one API, 10 % kept for high priority.
+        assert!(close(replica_share(Worker, 1, 2, 0.1), 0.45));
+        assert!(close(replica_share(Api, 1, 2, 0.1), 0.1));
+        // A lone worker or a lone API takes everything.
+        assert!(close(replica_share(Worker, 0, 1, 0.1), 1.0));
+        assert!(close(replica_share(Api, 1, 0, 0.1), 1.0));
+        // One `all` process is both.
+        assert!(close(replica_share(All, 1, 1, 0.1), 1.0));
+        // Two `all` processes split it.
+        assert!(close(replica_share(All, 2, 2, 0.1), 0.5));
+        for (apis, workers) in [(1, 3), (2, 5), (3, 1)] {
+            let total = f64::from(apis) * replica_share(Api, apis, workers, 0.2)
+                + f64::from(workers) * replica_share(Worker, apis, workers, 0.2);
+            assert!(close(total, 1.0), "{apis} apis, {workers} workers: {total}");
+        }
     }
 
     #[tokio::test]

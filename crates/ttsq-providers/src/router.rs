@@ -48,6 +48,7 @@ struct Slot {
     quota: Quota,
     breaker: Breaker,
     price_per_1k: f64,
+    shared_quota: bool,
     calls: AtomicU64,
 }
 
@@ -59,6 +60,9 @@ pub struct ProviderEntry {
     pub quota: ttsq_config::ProviderQuota,
     /// Price per 1,000 billable characters.
     pub price_per_1k: f64,
+    /// Whether the quota belongs to a vendor account shared by all replicas
+    /// (true), or to this machine, as a local engine's concurrency does (false).
+    pub shared_quota: bool,
 }
 
 /// Routes requests to providers and builds the catalog of what they serve.
@@ -90,6 +94,7 @@ impl Router {
                     synthesizer: build(name, provider)?,
                     quota: provider.quota.clone(),
                     price_per_1k: provider.price_per_1k_chars,
+                    shared_quota: provider.kind != ProviderKind::Espeak,
                 },
             ));
         }
@@ -119,6 +124,7 @@ impl Router {
                     quota: Quota::new(entry.quota),
                     breaker: Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN),
                     price_per_1k: entry.price_per_1k,
+                    shared_quota: entry.shared_quota,
                     calls: AtomicU64::new(0),
                 },
             );
@@ -245,9 +251,9 @@ impl Router {
         self.providers.get(provider).map_or(0.0, |s| s.price_per_1k)
     }
 
-    /// Sets every provider's quota to `share` of the account's limits.
+    /// Sets every shared provider quota to `share` of the account's limits.
     pub fn set_quota_share(&self, share: f64) {
-        for slot in self.providers.values() {
+        for slot in self.providers.values().filter(|s| s.shared_quota) {
             slot.quota.set_share(share);
         }
     }

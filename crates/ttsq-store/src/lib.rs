@@ -6,9 +6,11 @@
 //! - [`keys`]: tenants and API keys.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
+//! - [`replicas`]: replica heartbeats for quota sharing.
 
 pub mod audio;
 pub mod keys;
+pub mod replicas;
 pub mod tasks;
 
 use std::time::Duration;
@@ -19,6 +21,7 @@ use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
 pub use keys::{NewApiKey, Principal, Tenant};
+pub use replicas::LiveReplicas;
 pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, TaskOutcome, TaskRow};
 

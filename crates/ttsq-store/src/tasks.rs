@@ -88,7 +88,7 @@ pub struct NewTask<'a> {
 }
 
 /// How a task ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TaskOutcome {
     /// Audio is stored under `audio_hash`.
     Succeeded {
@@ -98,6 +98,8 @@ pub enum TaskOutcome {
         cache_hit: bool,
         /// Provider that made the audio.
         provider: String,
+        /// The provider's price per 1,000 characters, for the ledger's cost.
+        price_per_1k: f64,
     },
     /// Gave up.
     Failed {
@@ -109,7 +111,7 @@ pub enum TaskOutcome {
 }
 
 /// A claimed task's outcome, for [`Store::finish_tasks`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FinishedTask {
     /// The task.
     pub task_id: Uuid,
@@ -154,6 +156,7 @@ struct OutcomeColumns {
     providers: Vec<Option<String>>,
     error_codes: Vec<Option<String>>,
     error_messages: Vec<Option<String>>,
+    prices: Vec<f64>,
 }
 
 impl OutcomeColumns {
@@ -164,7 +167,9 @@ impl OutcomeColumns {
                 audio_hash,
                 cache_hit,
                 provider,
+                price_per_1k,
             } => {
+                self.prices.push(*price_per_1k);
                 self.statuses.push(TaskStatus::Succeeded.as_str());
                 self.audio_hashes.push(Some(audio_hash.clone()));
                 self.cache_hits.push(*cache_hit);
@@ -173,6 +178,7 @@ impl OutcomeColumns {
                 self.error_messages.push(None);
             }
             TaskOutcome::Failed { code, message } => {
+                self.prices.push(0.0);
                 self.statuses.push(TaskStatus::Failed.as_str());
                 self.audio_hashes.push(None);
                 self.cache_hits.push(false);
@@ -187,11 +193,11 @@ impl OutcomeColumns {
 /// Ledger rows for the tasks a CTE named `done` just finished. Characters
 /// are billable only when audio was synthesized for that very task.
 const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
-        (task_id, tenant_id, provider, dialect, voice, status, characters, billable_characters, cache_hit)
-    SELECT id, tenant_id, provider, dialect, voice, status, characters,
-           CASE WHEN status = 'succeeded' AND NOT cache_hit THEN characters ELSE 0 END,
-           cache_hit
-    FROM done
+        (task_id, tenant_id, provider, dialect, voice, status, characters, billable_characters, cache_hit, cost)
+    SELECT id, tenant_id, provider, dialect, voice, status, characters, billable, cache_hit,
+           round(billable * price / 1000.0, 6)
+    FROM (SELECT *, CASE WHEN status = 'succeeded' AND NOT cache_hit THEN characters ELSE 0 END AS billable
+            FROM done) d
     ON CONFLICT (task_id) DO NOTHING";
 
 impl Store {
@@ -369,8 +375,9 @@ async fn finish<'e>(
     }
     let sql = format!(
         "WITH o AS (
-            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[])
-                AS o(id, status, audio_hash, cache_hit, provider, error_code, error_message)
+            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                                 $8::float8[])
+                AS o(id, status, audio_hash, cache_hit, provider, error_code, error_message, price)
          ), done AS (
             UPDATE tasks t
                SET status = o.status, audio_hash = o.audio_hash, cache_hit = o.cache_hit,
@@ -378,7 +385,8 @@ async fn finish<'e>(
                    finished_at = now()
               FROM o
              WHERE t.id = o.id AND t.status = 'processing'
-         RETURNING t.id, t.tenant_id, t.provider, t.dialect, t.voice, t.status, t.characters, t.cache_hit
+         RETURNING t.id, t.tenant_id, t.provider, t.dialect, t.voice, t.status, t.characters, t.cache_hit,
+                   o.price::numeric AS price
          )
          {LEDGER_FROM_DONE}"
     );
@@ -390,6 +398,7 @@ async fn finish<'e>(
         .bind(&cols.providers)
         .bind(&cols.error_codes)
         .bind(&cols.error_messages)
+        .bind(&cols.prices)
         .execute(executor)
         .await?;
     Ok(result.rows_affected())

@@ -10,6 +10,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use ttsq::Services;
 use ttsq_config::Settings;
+use ttsq_providers::quota::ReplicaRole;
 use uuid::Uuid;
 
 /// Bucket shared by all tests: objects are content-addressed, and the cache
@@ -43,6 +44,7 @@ pub struct TestApp {
     admin_url: String,
     api_shutdown: CancellationToken,
     api_task: JoinHandle<anyhow::Result<()>>,
+    heartbeat: JoinHandle<()>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -147,8 +149,13 @@ impl TestApp {
         let settings = Settings::load(None, env.clone())?;
         let services = Services::connect(settings, "test").await?;
         let (_, key) = services.store.create_tenant("default").await?;
-
+        let role = if options.worker {
+            ReplicaRole::All
+        } else {
+            ReplicaRole::Api
+        };
         let api_shutdown = CancellationToken::new();
+        let heartbeat = services.start_heartbeat(role, api_shutdown.clone()).await;
         let api_task = {
             let services = services.clone();
             let shutdown = api_shutdown.clone();
@@ -169,6 +176,7 @@ impl TestApp {
             admin_url,
             api_shutdown,
             api_task,
+            heartbeat,
             workers: Vec::new(),
         };
         if options.worker {
@@ -311,6 +319,7 @@ impl TestApp {
         self.stop_workers().await;
         self.api_shutdown.cancel();
         let _ = self.api_task.await;
+        let _ = self.heartbeat.await;
         let _ = self.services.broker.delete_queues().await;
         self.services.broker.close().await;
         self.services.store.pool().close().await;

@@ -9,7 +9,14 @@
 pub mod batcher;
 pub mod pipeline;
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use tokio::{sync::Semaphore, task::JoinSet};
 use ttsq_audio::AudioStore;
@@ -69,16 +76,24 @@ pub async fn run(
     tokio::pin!(shutdown);
     tracing::info!(worker = %context.name, "worker consuming");
 
+    // Set on shutdown: batches still waiting for a slot then go back to the
+    // queue instead of starting, so the drain only finishes claimed work.
+    let stopping = Arc::new(AtomicBool::new(false));
     let spawn = |in_flight: &mut JoinSet<()>, items: Vec<Item>| {
         let context = context.clone();
         let slots = Arc::clone(&slots);
+        let stopping = Arc::clone(&stopping);
         in_flight.spawn(async move {
             // The semaphore lives as long as the loop and is never closed.
             let _slot = slots
                 .acquire_owned()
                 .await
                 .expect("batch semaphore is never closed");
-            pipeline::process_batch(&context, items).await;
+            if stopping.load(Ordering::Acquire) {
+                pipeline::requeue_all(&items).await;
+            } else {
+                pipeline::process_batch(&context, items).await;
+            }
         });
     };
 
@@ -126,8 +141,9 @@ pub async fn run(
     if let Err(err) = consumer.cancel().await {
         tracing::debug!(error = %err, "cancelling the consumer");
     }
+    stopping.store(true, Ordering::Release);
     for items in batcher.drain() {
-        spawn(&mut in_flight, items);
+        pipeline::requeue_all(&items).await;
     }
     let drained = tokio::time::timeout(context.settings.shutdown_grace(), async {
         while in_flight.join_next().await.is_some() {}

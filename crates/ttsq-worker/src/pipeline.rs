@@ -65,10 +65,12 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     let mut paid: HashSet<&str> = HashSet::new();
     for task in &claimed {
         match results.get(task.content_hash.as_str()) {
-            Some(HashResult::Stored(object)) => finished.push(succeeded(task, object, true)),
+            Some(HashResult::Stored(object)) => {
+                finished.push(succeeded(context, task, object, true))
+            }
             Some(HashResult::Synthesized(object)) => {
                 let first = paid.insert(task.content_hash.as_str());
-                finished.push(succeeded(task, object, !first));
+                finished.push(succeeded(context, task, object, !first));
             }
             Some(HashResult::Failed { code, message }) => finished.push(FinishedTask {
                 task_id: task.id,
@@ -108,18 +110,25 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     }
 }
 
-fn succeeded(task: &ClaimedTask, object: &AudioObject, cache_hit: bool) -> FinishedTask {
+fn succeeded(
+    context: &WorkerContext,
+    task: &ClaimedTask,
+    object: &AudioObject,
+    cache_hit: bool,
+) -> FinishedTask {
     FinishedTask {
         task_id: task.id,
         outcome: TaskOutcome::Succeeded {
             audio_hash: object.hash.clone(),
             cache_hit,
             provider: object.provider.clone(),
+            price_per_1k: context.providers.price_per_1k(&object.provider),
         },
     }
 }
 
-async fn requeue_all(items: &[Item]) {
+/// Hands every delivery back to the broker for another worker.
+pub async fn requeue_all(items: &[Item]) {
     for item in items {
         if let Err(err) = item.delivery.requeue().await {
             tracing::warn!(error = %err, "requeueing failed; the delivery returns when the channel closes");

@@ -1,14 +1,17 @@
 #![doc = include_str!("../README.md")]
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use ttsq_api::ApiContext;
 use ttsq_audio::AudioStore;
 use ttsq_config::Settings;
-use ttsq_providers::Router;
+use ttsq_providers::{
+    Router,
+    quota::{ReplicaRole, replica_share},
+};
 use ttsq_queue::Broker;
 use ttsq_store::Store;
 use ttsq_worker::WorkerContext;
@@ -96,6 +99,56 @@ impl Services {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ),
+        }
+    }
+
+    /// Registers this process as a live replica and keeps its share of the
+    /// provider quotas current: one heartbeat now (so the first request is
+    /// already within the share), then one every `quota.heartbeat_secs` until
+    /// `shutdown`, when it deregisters so the others take up its share.
+    pub async fn start_heartbeat(
+        &self,
+        role: ReplicaRole,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let id = uuid::Uuid::now_v7();
+        let every = Duration::from_secs(self.settings.quota.heartbeat_secs);
+        self.heartbeat(id, role, every).await;
+        let services = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => services.heartbeat(id, role, every).await,
+                }
+            }
+            if let Err(err) = services.store.deregister(id).await {
+                tracing::warn!(error = %err, "deregistering the replica failed; it expires on its own");
+            }
+        })
+    }
+
+    async fn heartbeat(&self, id: uuid::Uuid, role: ReplicaRole, every: Duration) {
+        // Three missed heartbeats and a replica is presumed gone.
+        match self.store.heartbeat(id, role.as_str(), every * 3).await {
+            Ok(live) => {
+                let share = replica_share(
+                    role,
+                    live.apis,
+                    live.workers,
+                    self.settings.quota.high_priority_share,
+                );
+                self.providers.set_quota_share(share);
+                tracing::debug!(apis = live.apis, workers = live.workers, share, "heartbeat");
+            }
+            // Keeping the last share is the safe choice: the replica count
+            // did not change as far as this replica knows.
+            Err(err) => {
+                tracing::warn!(error = %err, "heartbeat failed; keeping the current quota share")
+            }
         }
     }
 

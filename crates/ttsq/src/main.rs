@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use ttsq::Services;
 use ttsq_config::Settings;
+use ttsq_providers::quota::ReplicaRole;
 use ttsq_store::{Store, StoreError};
 
 /// ttsq — queue-driven batch text-to-speech.
@@ -124,20 +125,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api => {
             let listener = bind(&settings).await?;
             let services = Services::connect(settings, "api").await?;
-            services.run_api(listener, shutdown_on_signal()).await
+            let shutdown = shutdown_on_signal();
+            let heartbeat = services
+                .start_heartbeat(ReplicaRole::Api, shutdown.clone())
+                .await;
+            let served = services.run_api(listener, shutdown).await;
+            let _ = heartbeat.await;
+            served
         }
         Command::Worker => {
             let services = Services::connect(settings, "worker").await?;
-            services.run_worker(shutdown_on_signal()).await
+            let shutdown = shutdown_on_signal();
+            let heartbeat = services
+                .start_heartbeat(ReplicaRole::Worker, shutdown.clone())
+                .await;
+            let worked = services.run_worker(shutdown).await;
+            let _ = heartbeat.await;
+            worked
         }
         Command::All => {
             let listener = bind(&settings).await?;
             let services = Services::connect(settings, "all").await?;
             let shutdown = shutdown_on_signal();
+            let heartbeat = services
+                .start_heartbeat(ReplicaRole::All, shutdown.clone())
+                .await;
             let (api, worker) = tokio::join!(
                 services.run_api(listener, shutdown.clone()),
                 services.run_worker(shutdown.clone()),
             );
+            let _ = heartbeat.await;
             api.and(worker)
         }
         Command::Migrate => {

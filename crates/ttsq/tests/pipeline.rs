@@ -164,7 +164,14 @@ async fn a_high_priority_job_answers_with_playable_audio_without_the_queue() {
 
 #[tokio::test]
 async fn the_same_text_twice_is_synthesized_and_billed_once() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(ttsq_testkit::TestOptions {
+        env: vec![(
+            "TTSQ_PROVIDERS_ESPEAK_PRICE_PER_1K_CHARS".into(),
+            "2.5".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
     let job = json!({"text": "Say it once, serve it twice.", "dialect": "fr-fr", "format": "mp3"});
 
     let first = app.wait_for(app.submit_ok(&job).await).await;
@@ -191,6 +198,12 @@ async fn the_same_text_twice_is_synthesized_and_billed_once() {
             .await,
         characters,
         "the characters are billed once"
+    );
+    // Cost from the provider's price: 2.5 per 1,000 billable characters.
+    assert_eq!(
+        app.scalar("SELECT (sum(cost) * 1000000)::bigint FROM usage_ledger")
+            .await,
+        characters * 2500,
     );
     assert_eq!(app.scalar("SELECT count(*) FROM audio_objects").await, 1);
     app.teardown().await;
