@@ -45,6 +45,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// How replicas share provider quotas.
     pub quota: QuotaSharingSettings,
+    /// Per-provider circuit breakers.
+    pub breaker: BreakerSettings,
     /// Upstream providers by name.
     pub providers: BTreeMap<String, ProviderSettings>,
     /// Dialect patterns to provider chains, first match wins.
@@ -59,6 +61,16 @@ pub struct QuotaSharingSettings {
     pub heartbeat_secs: u64,
     /// Share of each quota kept for high-priority jobs while an API runs.
     pub high_priority_share: f64,
+}
+
+/// When a provider's circuit breaker opens and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open it.
+    pub failure_threshold: u32,
+    /// Seconds it stays open before one trial request.
+    pub cooldown_secs: u64,
 }
 
 /// Which adapter a provider uses.
@@ -483,6 +495,10 @@ impl Settings {
             ("worker.concurrent_batches", self.worker.concurrent_batches),
             ("limits.max_text_chars", self.limits.max_text_chars),
             ("quota.heartbeat_secs", self.quota.heartbeat_secs as usize),
+            (
+                "breaker.failure_threshold",
+                self.breaker.failure_threshold as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -8,18 +8,33 @@
 //! - [`router`]: dialect → provider chain with fallback, and per-provider call counts.
 //! - [`quota`]: this replica's share of a provider's rate and concurrency limits.
 //! - [`breaker`]: per-provider circuit breaker.
+//! - [`elevenlabs`], [`openai`], [`generic_http`]: HTTP adapters for the
+//!   ElevenLabs REST API, OpenAI-compatible speech servers and the generic
+//!   `POST /tts` contract, configured by [`HttpProviderConfig`].
+//! - `upstream`: what the HTTP adapters share: client, auth, request ids,
+//!   capability checks and the mapping of vendor errors to [`ProviderError`].
+//! - `probe`: reading what vendors send back (MP3 length, lenient WAV).
 
 pub mod breaker;
+pub mod elevenlabs;
 pub mod encode;
 pub mod espeak;
+pub mod generic_http;
+pub mod openai;
 pub mod quota;
 pub mod router;
+
+mod probe;
+mod upstream;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use ttsq_core::{AudioFormat, DialectInfo};
 
 pub use router::Router;
+pub use upstream::{BuildError, HttpProviderConfig};
 
 /// What to synthesize; borrowed from a validated job.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +102,50 @@ pub enum ProviderError {
     /// No provider is configured for the dialect.
     #[error("no provider serves dialect `{0}`")]
     NoRoute(String),
+    /// The provider refused the credentials (missing, wrong or revoked key).
+    /// Final: retrying with the same key cannot help.
+    #[error("{provider} refused the credentials: {message}")]
+    Auth {
+        /// Provider name.
+        provider: String,
+        /// The vendor's error code and status; never the key, nor the
+        /// vendor's message (some echo part of the key).
+        message: String,
+    },
+    /// The provider is throttling: a 429 for concurrency, rate or load.
+    /// Retryable after `retry_after`; never a reason to fail a job.
+    #[error("{provider} is rate limiting requests{}", retry_hint(*.retry_after))]
+    RateLimited {
+        /// Provider name.
+        provider: String,
+        /// The vendor's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The provider refused this request (bad voice, bad body, refused
+    /// content). Final: the same request fails the same way.
+    #[error("{provider} rejected the request: {message}")]
+    Rejected {
+        /// Provider name.
+        provider: String,
+        /// The vendor's status, code and message, truncated.
+        message: String,
+    },
+    /// The account's credits or quota are used up. Final until someone pays
+    /// or the period rolls over.
+    #[error("{provider} quota exhausted: {message}")]
+    QuotaExhausted {
+        /// Provider name.
+        provider: String,
+        /// The vendor's status, code and message, truncated.
+        message: String,
+    },
+}
+
+/// `, retry after N s` when the vendor said when.
+fn retry_hint(retry_after: Option<Duration>) -> String {
+    retry_after.map_or_else(String::new, |d| {
+        format!(", retry after {:.3}s", d.as_secs_f64())
+    })
 }
 
 impl ProviderError {
@@ -98,12 +157,28 @@ impl ProviderError {
             Self::Timeout { .. } => "provider_timeout",
             Self::Encode { .. } => "encode_failed",
             Self::NoRoute(_) => "no_route",
+            Self::Auth { .. } => "provider_auth",
+            Self::RateLimited { .. } => "provider_rate_limited",
+            Self::Rejected { .. } => "provider_rejected",
+            Self::QuotaExhausted { .. } => "provider_quota_exhausted",
         }
     }
 
     /// Whether the same request might succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transient { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::Transient { .. } | Self::Timeout { .. } | Self::RateLimited { .. }
+        )
+    }
+
+    /// How long the provider asked callers to wait before retrying, when it
+    /// said so (a 429's `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }
 

@@ -235,6 +235,28 @@ mod tests {
         assert!(elapsed <= Duration::from_millis(2_600), "{elapsed:?}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_waiters_share_one_rate() {
+        let q = Arc::new(quota(Some(20.0), None, Some(4)));
+        q.set_share(0.45);
+        let start = Instant::now();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                tokio::spawn(async move {
+                    let _permit = q.acquire(30).await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut last = Duration::ZERO;
+        for waiter in waiters {
+            last = last.max(waiter.await.unwrap());
+        }
+        // 9/s: eight requests need seven intervals of 111 ms.
+        assert!(last >= Duration::from_millis(760), "{last:?}");
+    }
+
     #[tokio::test]
     async fn concurrency_is_capped_by_the_share_and_at_least_one() {
         let q = quota(None, None, Some(4));

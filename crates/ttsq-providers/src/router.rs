@@ -10,20 +10,25 @@ use std::{
     time::Duration,
 };
 
-use ttsq_config::{ProviderKind, ProviderSettings, RouteSettings, Settings};
-use ttsq_core::{Catalog, DialectInfo};
+use ttsq_config::{ProviderDialect, ProviderKind, ProviderSettings, RouteSettings, Settings};
+use ttsq_core::{AudioFormat, Catalog, DialectInfo};
 
 use crate::{
     Audio, ProviderError, SynthesisRequest, Synthesizer,
     breaker::{Breaker, BreakerState},
+    elevenlabs::ElevenLabs,
     espeak::Espeak,
+    generic_http::GenericHttp,
+    openai::OpenAi,
     quota::Quota,
+    upstream::HttpProviderConfig,
 };
 
-/// Consecutive failures that open a provider's breaker.
-const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open breaker refuses requests before one trial.
-const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
+/// Longest a request waits out a provider's 429s before giving up on it;
+/// the worker then requeues the job, so a 429 never fails one.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(120);
+/// Pause after a 429 that named no Retry-After.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Retries of a transient failure on the same provider before falling back.
 const TRANSIENT_RETRIES: u32 = 2;
 /// First back-off of a transient retry; doubled each time, plus jitter.
@@ -70,17 +75,76 @@ pub struct ProviderEntry {
 pub struct Router {
     providers: HashMap<String, Slot>,
     catalog: Catalog,
+    health: std::sync::RwLock<Option<BTreeMap<String, Result<(), String>>>>,
 }
 
 /// Builds the adapter for one configured provider.
 fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>, RouterError> {
-    match settings.kind {
-        ProviderKind::Espeak => Ok(Arc::new(Espeak::new(&settings.espeak()))),
-        other => Err(RouterError::Provider {
-            name: name.to_owned(),
-            reason: format!("provider kind {other:?} is not available in this build"),
-        }),
-    }
+    let invalid = |reason: String| RouterError::Provider {
+        name: name.to_owned(),
+        reason,
+    };
+    let (default_model, sample_rate_hz) = match settings.kind {
+        ProviderKind::Espeak => return Ok(Arc::new(Espeak::new(&settings.espeak()))),
+        ProviderKind::Elevenlabs => ("eleven_multilingual_v2", 22_050),
+        ProviderKind::Openai => ("tts-1", 24_000),
+        ProviderKind::Http => (name, 22_050),
+    };
+    let model = settings
+        .model
+        .clone()
+        .unwrap_or_else(|| default_model.to_owned());
+    let dialects = settings
+        .dialects
+        .iter()
+        .map(|dialect| {
+            let (id, display, voices, emotions) = match dialect {
+                ProviderDialect::Id(id) => {
+                    (id.clone(), None, vec!["default".to_owned()], Vec::new())
+                }
+                ProviderDialect::Detailed(d) => (
+                    d.id.clone(),
+                    d.name.clone(),
+                    d.voices.clone(),
+                    d.emotions.clone(),
+                ),
+            };
+            DialectInfo {
+                name: display.unwrap_or_else(|| id.clone()),
+                id,
+                voices,
+                formats: vec![AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm],
+                emotions,
+                provider_chain: vec![name.to_owned()],
+                model: model.clone(),
+                sample_rate_hz,
+            }
+        })
+        .collect();
+    let base_url = settings
+        .base_url
+        .clone()
+        .ok_or_else(|| invalid("base_url is required".into()))?;
+    let mut config = HttpProviderConfig::new(name, base_url, dialects);
+    config.api_key = settings.api_key.clone();
+    config.auth_header = settings.auth_header.clone();
+    config.model = Some(model);
+    config.connect_timeout = Duration::from_secs(settings.connect_timeout_secs);
+    config.timeout = Duration::from_secs(settings.timeout_secs);
+    let built: Result<Arc<dyn Synthesizer>, _> = match settings.kind {
+        ProviderKind::Elevenlabs => {
+            let language_codes = settings
+                .dialects
+                .iter()
+                .any(|d| matches!(d, ProviderDialect::Detailed(d) if d.language_code.is_some()));
+            ElevenLabs::new(config).map(|a| Arc::new(a.with_language_code(language_codes)) as _)
+        }
+        ProviderKind::Openai => OpenAi::new(config).map(|a| Arc::new(a) as _),
+        ProviderKind::Http | ProviderKind::Espeak => {
+            GenericHttp::new(config).map(|a| Arc::new(a) as _)
+        }
+    };
+    built.map_err(|e| invalid(e.to_string()))
 }
 
 impl Router {
@@ -98,15 +162,21 @@ impl Router {
                 },
             ));
         }
-        Ok(Self::new(entries, &settings.routes))
+        let breaker = (
+            settings.breaker.failure_threshold,
+            Duration::from_secs(settings.breaker.cooldown_secs),
+        );
+        Ok(Self::new(entries, &settings.routes, breaker))
     }
 
     /// A router over named providers; each dialect a provider declares is
     /// served by the chain of the first route matching it, restricted to the
-    /// providers that declare the dialect.
+    /// providers that declare the dialect. `breaker` is (consecutive
+    /// failures that open a provider's breaker, its cooldown).
     pub fn new(
         providers: impl IntoIterator<Item = (String, ProviderEntry)>,
         routes: &[RouteSettings],
+        breaker: (u32, Duration),
     ) -> Self {
         let mut declared: BTreeMap<String, Vec<(String, DialectInfo)>> = BTreeMap::new();
         let mut slots = HashMap::new();
@@ -122,7 +192,7 @@ impl Router {
                 Slot {
                     synthesizer: entry.synthesizer,
                     quota: Quota::new(entry.quota),
-                    breaker: Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN),
+                    breaker: Breaker::new(breaker.0, breaker.1),
                     price_per_1k: entry.price_per_1k,
                     shared_quota: entry.shared_quota,
                     calls: AtomicU64::new(0),
@@ -149,6 +219,7 @@ impl Router {
         Self {
             providers: slots,
             catalog: Catalog::new(dialects),
+            health: std::sync::RwLock::new(None),
         }
     }
 
@@ -214,6 +285,7 @@ impl Router {
         characters: u32,
     ) -> Result<Audio, ProviderError> {
         let mut attempt = 0;
+        let mut rate_limited_for = Duration::ZERO;
         loop {
             let permit = slot.quota.acquire(characters).await;
             slot.calls.fetch_add(1, Ordering::Relaxed);
@@ -226,6 +298,18 @@ impl Router {
                 }
                 Err(err) => err,
             };
+            if let ProviderError::RateLimited { retry_after, .. } = &err {
+                // The vendor's quota, not its health: pause this provider for
+                // every request of this replica, then try it again.
+                let pause = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+                slot.quota.pause(pause);
+                rate_limited_for += pause;
+                tracing::info!(provider = %name, pause_ms = pause.as_millis() as u64, "provider rate-limited us; pausing");
+                if rate_limited_for <= MAX_RATE_LIMIT_WAIT {
+                    continue;
+                }
+                return Err(err);
+            }
             if !err.is_retryable() {
                 return Err(err);
             }
@@ -266,13 +350,40 @@ impl Router {
             .collect()
     }
 
-    /// Health of every provider, by name.
-    pub async fn health(&self) -> BTreeMap<String, Result<(), ProviderError>> {
-        let mut out = BTreeMap::new();
+    /// Asks every provider for its health now and caches the answers, for
+    /// [`Router::health`]; run in the background so probes stay cheap.
+    pub async fn refresh_health(&self) {
+        let mut fresh = BTreeMap::new();
         for (name, slot) in &self.providers {
-            out.insert(name.clone(), slot.synthesizer.health().await);
+            let result = slot.synthesizer.health().await.map_err(|e| e.to_string());
+            let result = match (result, slot.breaker.state()) {
+                (Ok(()), BreakerState::Open) => {
+                    Err("circuit open after repeated failures".to_owned())
+                }
+                (other, _) => other,
+            };
+            fresh.insert(name.clone(), result);
         }
-        out
+        if let Ok(mut cached) = self.health.write() {
+            *cached = Some(fresh);
+        }
+    }
+
+    /// The last health of every provider, by name; refreshed first when
+    /// nothing has been checked yet.
+    pub async fn health(&self) -> BTreeMap<String, Result<(), String>> {
+        let cached = self.health.read().ok().and_then(|h| h.clone());
+        match cached {
+            Some(health) => health,
+            None => {
+                self.refresh_health().await;
+                self.health
+                    .read()
+                    .ok()
+                    .and_then(|h| h.clone())
+                    .unwrap_or_default()
+            }
+        }
     }
 }
 

@@ -55,6 +55,8 @@ pub struct TestOptions {
     pub worker: bool,
     /// Extra `TTSQ_*` settings.
     pub env: Vec<(String, String)>,
+    /// A config file's contents (providers, routes), layered under `env`.
+    pub config_toml: Option<String>,
 }
 
 impl Default for TestOptions {
@@ -62,6 +64,7 @@ impl Default for TestOptions {
         Self {
             worker: true,
             env: Vec::new(),
+            config_toml: None,
         }
     }
 }
@@ -146,7 +149,16 @@ impl TestApp {
             ),
         ];
         env.extend(options.env);
-        let settings = Settings::load(None, env.clone())?;
+        let config_file = match &options.config_toml {
+            Some(toml) => {
+                let path = std::env::temp_dir().join(format!("ttsq-test-{id}.toml"));
+                std::fs::write(&path, toml).context("Failed to write the test config file")?;
+                env.push(("TTSQ_CONFIG".to_owned(), path.display().to_string()));
+                Some(path)
+            }
+            None => None,
+        };
+        let settings = Settings::load(config_file.as_deref(), env.clone())?;
         let services = Services::connect(settings, "test").await?;
         let (_, key) = services.store.create_tenant("default").await?;
         let role = if options.worker {
@@ -206,7 +218,8 @@ impl TestApp {
         }
     }
 
-    /// The `TTSQ_*` variables that point a `ttsq` child process at this stack.
+    /// The `TTSQ_*` variables (and `TTSQ_CONFIG`) that point a `ttsq` child
+    /// process at this stack.
     pub fn child_env(&self) -> &[(String, String)] {
         &self.env
     }

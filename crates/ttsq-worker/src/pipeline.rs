@@ -193,6 +193,11 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
     };
     let (audio, provider) = match context.providers.synthesize(&request).await {
         Ok(done) => done,
+        // A vendor's quota is never the job's fault: it waits for as long as it takes.
+        Err(err @ ttsq_providers::ProviderError::RateLimited { .. }) => {
+            tracing::warn!(task_id = %task.id, error = %err, "still rate-limited; requeueing");
+            return HashResult::Retry;
+        }
         Err(err) if err.is_retryable() && task.attempts < context.max_attempts => {
             tracing::warn!(task_id = %task.id, attempt = task.attempts, error = %err, "provider failed; will retry");
             return HashResult::Retry;

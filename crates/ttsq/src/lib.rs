@@ -16,6 +16,9 @@ use ttsq_queue::Broker;
 use ttsq_store::Store;
 use ttsq_worker::WorkerContext;
 
+/// How often `/ready`'s view of provider health is refreshed.
+const PROVIDER_HEALTH_EVERY: Duration = Duration::from_secs(5);
+
 /// Claims of a task after which a passing provider failure fails it.
 const MAX_ATTEMPTS: i32 = 3;
 
@@ -152,13 +155,25 @@ impl Services {
         }
     }
 
-    /// Serves the API on `listener` until `shutdown` is cancelled.
+    /// Serves the API on `listener` until `shutdown` is cancelled; provider
+    /// health for `/ready` is refreshed in the background meanwhile.
     pub async fn run_api(
         &self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let context = self.api_context().await?;
+        let providers = Arc::clone(&self.providers);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(PROVIDER_HEALTH_EVERY);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = ticks.tick() => providers.refresh_health().await,
+                }
+            }
+        });
         ttsq_api::run(context, listener, shutdown.cancelled_owned())
             .await
             .context("API server failed")

@@ -36,6 +36,7 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
         // A worker would consume a stray message; without one the queue depth proves none was sent.
         worker: false,
         env: vec![("TTSQ_SERVER_MAX_BODY_BYTES".into(), "65536".into())],
+        ..Default::default()
     })
     .await;
     let good = json!({"text": "hello", "dialect": "en-gb"});

@@ -1,0 +1,223 @@
+//! The ElevenLabs REST adapter.
+//!
+//! `POST {base}/v1/text-to-speech/{voice_id}?output_format=…` with the
+//! `xi-api-key` header and `{text, model_id, voice_settings: {speed},
+//! language_code}`; the answer is the audio itself.
+//!
+//! Formats: `mp3` asks for `mp3_44100_128` (ElevenLabs' default, on every
+//! plan) and keeps it as is, its length read from the frame headers. `pcm`
+//! and `wav` ask for `pcm_{rate}` at the dialect's `sample_rate_hz` (8000,
+//! 16000, 22050, 24000, 32000, 44100 or 48000; 44.1 kHz needs a Pro plan)
+//! and wrap it here. ElevenLabs does offer `wav_{rate}`, but streams it with
+//! `0x7FFFFFFF` placeholders in the size fields; raw PCM is exact. No Opus.
+//!
+//! Voices are ElevenLabs voice ids, sent as they are. `speed` goes into
+//! `voice_settings.speed`, clamped to ElevenLabs' 0.7–1.2; at 1.0 no
+//! `voice_settings` is sent, so the voice's stored settings apply. Emotions
+//! are ignored (ElevenLabs has no such parameter), as espeak does.
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use ttsq_core::{AudioFormat, DialectInfo};
+
+use crate::{
+    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
+};
+
+/// `model_id` for dialects that name none.
+pub const DEFAULT_MODEL: &str = "eleven_multilingual_v2";
+
+/// `output_format` of MP3 output.
+const MP3_OUTPUT_FORMAT: &str = "mp3_44100_128";
+
+/// Rates of the `pcm_{rate}` output formats.
+const PCM_RATES_HZ: [u32; 7] = [8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000];
+
+/// `voice_settings.speed` range ElevenLabs accepts.
+const SPEED_RANGE: (f64, f64) = (0.7, 1.2);
+
+/// The ElevenLabs adapter. Cheap to share: hold it in an `Arc`.
+#[derive(Debug)]
+pub struct ElevenLabs {
+    /// Client, key, capabilities.
+    upstream: Upstream,
+    /// Whether `language_code` is sent.
+    send_language_code: bool,
+}
+
+impl ElevenLabs {
+    /// An adapter for `config`; refuses formats and rates ElevenLabs cannot
+    /// produce. The key goes in `xi-api-key` unless `auth_header` says otherwise.
+    pub fn new(config: HttpProviderConfig) -> Result<Self, BuildError> {
+        let upstream = Upstream::new(config, AuthStyle::Header("xi-api-key"), DEFAULT_MODEL)?;
+        upstream.require_formats(|dialect, format| match format {
+            AudioFormat::Mp3 => Ok(()),
+            AudioFormat::Wav | AudioFormat::Pcm => pcm_output_format(dialect).map(|_| ()),
+            AudioFormat::OggOpus => Err("format `ogg_opus` is not offered".to_owned()),
+        })?;
+        Ok(Self {
+            upstream,
+            send_language_code: false,
+        })
+    }
+
+    /// Also send `language_code`: the dialect id's primary subtag (`en` for
+    /// `en-gb`). Only some models accept it (Turbo and Flash v2.5); others
+    /// answer 400, so it is off by default.
+    pub fn with_language_code(mut self, send: bool) -> Self {
+        self.send_language_code = send;
+        self
+    }
+
+    fn body(&self, request: &SynthesisRequest<'_>, dialect: &DialectInfo) -> Value {
+        let mut body = Map::new();
+        body.insert("text".to_owned(), json!(request.text));
+        body.insert("model_id".to_owned(), json!(dialect.model));
+        let speed = if request.speed.is_finite() {
+            request.speed.clamp(SPEED_RANGE.0, SPEED_RANGE.1)
+        } else {
+            1.0
+        };
+        if (speed - 1.0).abs() > f64::EPSILON {
+            body.insert("voice_settings".to_owned(), json!({ "speed": speed }));
+        }
+        if self.send_language_code
+            && let Some(language) = dialect.id.split(['-', '_']).next()
+        {
+            body.insert("language_code".to_owned(), json!(language));
+        }
+        Value::Object(body)
+    }
+}
+
+/// `pcm_{rate}` for the dialect's rate, if ElevenLabs offers it.
+fn pcm_output_format(dialect: &DialectInfo) -> Result<String, String> {
+    if PCM_RATES_HZ.contains(&dialect.sample_rate_hz) {
+        Ok(format!("pcm_{}", dialect.sample_rate_hz))
+    } else {
+        Err(format!(
+            "sample rate {} Hz is not offered (one of {PCM_RATES_HZ:?})",
+            dialect.sample_rate_hz
+        ))
+    }
+}
+
+#[async_trait]
+impl Synthesizer for ElevenLabs {
+    fn name(&self) -> &str {
+        &self.upstream.name
+    }
+
+    fn dialects(&self) -> Vec<DialectInfo> {
+        self.upstream.dialects().to_vec()
+    }
+
+    #[tracing::instrument(
+        name = "elevenlabs.synthesize",
+        skip_all,
+        fields(provider = %self.upstream.name, dialect = request.dialect, voice = request.voice, chars = request.text.chars().count())
+    )]
+    async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
+        let dialect = self.upstream.check(request, Emotions::Ignored)?;
+        let output_format = match request.format {
+            AudioFormat::Mp3 => MP3_OUTPUT_FORMAT.to_owned(),
+            _ => pcm_output_format(dialect).map_err(|what| ProviderError::Unsupported {
+                provider: self.upstream.name.clone(),
+                what,
+            })?,
+        };
+        let mut url = self.upstream.url(&["v1", "text-to-speech", request.voice]);
+        url.query_pairs_mut()
+            .append_pair("output_format", &output_format);
+        let (builder, request_id) = self.upstream.request(Method::POST, url);
+        let builder = builder.json(&self.body(request, dialect));
+        let reply = self.upstream.execute(builder, request_id, true).await?;
+        let payload = match request.format {
+            AudioFormat::Mp3 => Payload::Mp3(reply.bytes),
+            _ => Payload::Pcm(reply.bytes, dialect.sample_rate_hz),
+        };
+        self.upstream
+            .finish(
+                payload,
+                request.format,
+                dialect.sample_rate_hz,
+                reply.request_id,
+            )
+            .await
+    }
+
+    /// `GET {base}/v1/user`: small, and fails on a bad key.
+    async fn health(&self) -> Result<(), ProviderError> {
+        self.upstream.probe(&["v1", "user"]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialect(rate: u32, formats: Vec<AudioFormat>) -> DialectInfo {
+        DialectInfo {
+            id: "en-gb".to_owned(),
+            name: "English".to_owned(),
+            voices: vec!["JBFqnCBsd6RMkjVDRZzb".to_owned()],
+            formats,
+            emotions: Vec::new(),
+            provider_chain: Vec::new(),
+            model: String::new(),
+            sample_rate_hz: rate,
+        }
+    }
+
+    fn adapter(rate: u32, formats: Vec<AudioFormat>) -> Result<ElevenLabs, BuildError> {
+        ElevenLabs::new(HttpProviderConfig::new(
+            "elevenlabs",
+            "https://api.elevenlabs.io",
+            vec![dialect(rate, formats)],
+        ))
+    }
+
+    fn request(speed: f64) -> SynthesisRequest<'static> {
+        SynthesisRequest {
+            text: "Hello",
+            dialect: "en-gb",
+            voice: "JBFqnCBsd6RMkjVDRZzb",
+            speed,
+            emotion: Some("happy"),
+            format: AudioFormat::Mp3,
+        }
+    }
+
+    #[test]
+    fn only_offered_rates_and_formats_are_accepted() {
+        assert!(adapter(22_050, vec![AudioFormat::Pcm, AudioFormat::Wav]).is_ok());
+        assert!(adapter(11_025, vec![AudioFormat::Mp3]).is_ok());
+        assert!(matches!(
+            adapter(11_025, vec![AudioFormat::Wav]),
+            Err(BuildError::Capability { .. })
+        ));
+        assert!(matches!(
+            adapter(24_000, vec![AudioFormat::OggOpus]),
+            Err(BuildError::Capability { .. })
+        ));
+    }
+
+    #[test]
+    fn the_body_sends_speed_only_when_it_differs_clamped_to_elevenlabs_range() {
+        let eleven = adapter(22_050, vec![AudioFormat::Mp3]).unwrap();
+        let dialect = eleven.upstream.dialects()[0].clone();
+
+        let plain = eleven.body(&request(1.0), &dialect);
+        let fast = eleven.body(&request(2.0), &dialect);
+        let with_language = eleven
+            .with_language_code(true)
+            .body(&request(0.5), &dialect);
+
+        assert_eq!(plain, json!({"text": "Hello", "model_id": DEFAULT_MODEL}));
+        assert_eq!(fast["voice_settings"]["speed"], 1.2);
+        assert_eq!(with_language["voice_settings"]["speed"], 0.7);
+        assert_eq!(with_language["language_code"], "en");
+    }
+}

@@ -1,0 +1,159 @@
+//! The OpenAI-compatible speech adapter: OpenAI itself, or any server that
+//! speaks its `/v1/audio/speech` (Kokoro-FastAPI, speaches, LocalAI, …).
+//!
+//! `POST {base}/v1/audio/speech` with `Authorization: Bearer <key>` and
+//! `{model, input, voice, response_format, speed}`; the answer is the audio.
+//!
+//! Formats: `mp3` asks for `mp3` and keeps it as is, its length read from
+//! the frame headers. `wav` and `pcm` ask for `wav` and rewrite it: OpenAI
+//! streams WAV with `0xFFFFFFFF` in both size fields, which strict readers
+//! refuse, and asking for WAV rather than `pcm` makes the server state its
+//! rate (OpenAI's is 24 kHz) instead of us assuming it. No Opus.
+//!
+//! An emotion, when the dialect lists it, is sent as `instructions` ("Speak
+//! in a calm tone."), which `gpt-4o-mini-tts` follows; list emotions only
+//! for dialects on such a model (`tts-1` does not take instructions).
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use ttsq_core::{AudioFormat, DialectInfo};
+
+use crate::{
+    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
+};
+
+/// `model` for dialects that name none.
+pub const DEFAULT_MODEL: &str = "tts-1";
+
+/// `speed` range OpenAI accepts.
+const SPEED_RANGE: (f64, f64) = (0.25, 4.0);
+
+/// The OpenAI-compatible adapter. Cheap to share: hold it in an `Arc`.
+#[derive(Debug)]
+pub struct OpenAi {
+    /// Client, key, capabilities.
+    upstream: Upstream,
+}
+
+impl OpenAi {
+    /// An adapter for `config`; refuses Ogg Opus. The key goes in
+    /// `Authorization: Bearer` unless `auth_header` names another header
+    /// (Azure's `api-key`, say), which then carries the key as is.
+    pub fn new(config: HttpProviderConfig) -> Result<Self, BuildError> {
+        let upstream = Upstream::new(config, AuthStyle::Bearer, DEFAULT_MODEL)?;
+        upstream.require_formats(|_, format| match format {
+            AudioFormat::OggOpus => Err("format `ogg_opus` is not offered".to_owned()),
+            _ => Ok(()),
+        })?;
+        Ok(Self { upstream })
+    }
+
+    fn body(request: &SynthesisRequest<'_>, dialect: &DialectInfo) -> Value {
+        let mut body = Map::new();
+        body.insert("model".to_owned(), json!(dialect.model));
+        body.insert("input".to_owned(), json!(request.text));
+        body.insert("voice".to_owned(), json!(request.voice));
+        let response_format = match request.format {
+            AudioFormat::Mp3 => "mp3",
+            _ => "wav",
+        };
+        body.insert("response_format".to_owned(), json!(response_format));
+        let speed = if request.speed.is_finite() {
+            request.speed.clamp(SPEED_RANGE.0, SPEED_RANGE.1)
+        } else {
+            1.0
+        };
+        body.insert("speed".to_owned(), json!(speed));
+        if let Some(emotion) = request.emotion {
+            body.insert(
+                "instructions".to_owned(),
+                json!(format!("Speak in a {emotion} tone.")),
+            );
+        }
+        Value::Object(body)
+    }
+}
+
+#[async_trait]
+impl Synthesizer for OpenAi {
+    fn name(&self) -> &str {
+        &self.upstream.name
+    }
+
+    fn dialects(&self) -> Vec<DialectInfo> {
+        self.upstream.dialects().to_vec()
+    }
+
+    #[tracing::instrument(
+        name = "openai.synthesize",
+        skip_all,
+        fields(provider = %self.upstream.name, dialect = request.dialect, voice = request.voice, chars = request.text.chars().count())
+    )]
+    async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
+        let dialect = self.upstream.check(request, Emotions::Checked)?;
+        let url = self.upstream.url(&["v1", "audio", "speech"]);
+        let (builder, request_id) = self.upstream.request(Method::POST, url);
+        let builder = builder.json(&Self::body(request, dialect));
+        let reply = self.upstream.execute(builder, request_id, true).await?;
+        let payload = match request.format {
+            AudioFormat::Mp3 => Payload::Mp3(reply.bytes),
+            _ => Payload::Wav(reply.bytes),
+        };
+        self.upstream
+            .finish(
+                payload,
+                request.format,
+                dialect.sample_rate_hz,
+                reply.request_id,
+            )
+            .await
+    }
+
+    /// `GET {base}/v1/models`: small, and fails on a bad key.
+    async fn health(&self) -> Result<(), ProviderError> {
+        self.upstream.probe(&["v1", "models"]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_asks_for_wav_unless_mp3_and_carries_the_emotion_as_instructions() {
+        let dialect = DialectInfo {
+            id: "en-us".to_owned(),
+            name: "English".to_owned(),
+            voices: vec!["alloy".to_owned()],
+            formats: vec![AudioFormat::Mp3, AudioFormat::Pcm],
+            emotions: vec!["calm".to_owned()],
+            provider_chain: Vec::new(),
+            model: "gpt-4o-mini-tts".to_owned(),
+            sample_rate_hz: 24_000,
+        };
+        let request = SynthesisRequest {
+            text: "Hi",
+            dialect: "en-us",
+            voice: "alloy",
+            speed: 1.5,
+            emotion: Some("calm"),
+            format: AudioFormat::Pcm,
+        };
+
+        let body = OpenAi::body(&request, &dialect);
+
+        assert_eq!(
+            body,
+            json!({
+                "model": "gpt-4o-mini-tts",
+                "input": "Hi",
+                "voice": "alloy",
+                "response_format": "wav",
+                "speed": 1.5,
+                "instructions": "Speak in a calm tone.",
+            })
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Upstream providers through the fake vendor server: shared quotas across
+//! replicas, 429 storms, failover along the chain, and a wrong key.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream};
+use serde_json::json;
+use ttsq_fake_provider::{FakeConfig, FakeProvider};
+use ttsq_testkit::{TestApp, TestOptions};
+
+const KEY: &str = "sk-fake-test-key-0123456789";
+
+/// Config routing `en-gb` to the fake (OpenAI wire format), then espeak.
+fn config(fake: &FakeProvider, quota: &str) -> String {
+    format!(
+        r#"
+[providers.fake]
+kind = "openai"
+base_url = "{}"
+model = "tts-1"
+price_per_1k_chars = 15.0
+quota = {{ {quota} }}
+dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
+
+[[routes]]
+dialects = ["en-gb"]
+chain = ["fake", "espeak"]
+
+[[routes]]
+dialects = ["*"]
+chain = ["espeak"]
+"#,
+        fake.base_url()
+    )
+}
+
+async fn fake(change: impl FnOnce(&mut FakeConfig)) -> FakeProvider {
+    let mut config = FakeConfig::default();
+    config.keys.openai = Some(KEY.to_owned());
+    change(&mut config);
+    FakeProvider::start(config)
+        .await
+        .expect("fake provider starts")
+}
+
+fn options(config_toml: String, worker: bool, key: &str) -> TestOptions {
+    TestOptions {
+        worker,
+        env: vec![
+            ("TTSQ_PROVIDERS_FAKE_API_KEY".into(), key.into()),
+            ("TTSQ_QUOTA_HEARTBEAT_SECS".into(), "1".into()),
+            ("TTSQ_BREAKER_COOLDOWN_SECS".into(), "1".into()),
+            ("TTSQ_BREAKER_FAILURE_THRESHOLD".into(), "3".into()),
+        ],
+        config_toml: Some(config_toml),
+    }
+}
+
+fn spawn_worker(app: &TestApp, log: Option<&std::path::Path>) -> Child {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::null(),
+    };
+    Command::new(env!("CARGO_BIN_EXE_ttsq"))
+        .arg("worker")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "debug,h2=info,hyper=info,rustls=info")
+        .envs(app.child_env().iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("ttsq worker starts")
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..300 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+}
+
+async fn submit_all(app: &TestApp, count: usize, prefix: &str) {
+    let jobs: Vec<_> = (0..count)
+        .map(|i| json!({"text": format!("{prefix} number {i}."), "dialect": "en-gb", "voice": "rachel", "format": "wav"}))
+        .collect();
+    let accepted: Vec<_> = stream::iter(jobs.iter())
+        .map(|job| app.submit_ok(job))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(accepted.len(), count);
+}
+
+#[tokio::test]
+async fn two_workers_and_the_api_share_one_quota_without_a_single_429() {
+    let fake = fake(|c| {
+        c.quota.requests_per_second = Some(20);
+        c.quota.max_concurrent = Some(4);
+        c.log_capacity = 1_000;
+    })
+    .await;
+    let mut options = options(
+        config(&fake, "requests_per_second = 20, max_concurrent = 4"),
+        false,
+        KEY,
+    );
+    // A small prefetch keeps both workers busy to the end; with a large one
+    // the first to connect takes most of the backlog and works alone later.
+    options
+        .env
+        .push(("TTSQ_QUEUE_PREFETCH".into(), "48".into()));
+    options
+        .env
+        .push(("TTSQ_WORKER_BATCH_SIZE".into(), "8".into()));
+    let app = TestApp::spawn_with(options).await;
+    let workers = [spawn_worker(&app, None), spawn_worker(&app, None)];
+    // Both workers must see each other before the load starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .scalar("SELECT count(*) FROM workers WHERE role = 'worker'")
+        .await
+        < 2
+    {
+        assert!(Instant::now() < deadline, "workers never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    submit_all(&app, 400, "Shared quota sentence").await;
+    app.drain(Duration::from_secs(120)).await;
+    for worker in workers {
+        stop(worker);
+    }
+
+    let stats = fake.stats();
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        400
+    );
+    let refused: Vec<_> = stats
+        .recent
+        .iter()
+        .filter(|r| r.status == Some(429))
+        .map(|r| (r.seq, r.elapsed_ms))
+        .collect();
+    assert_eq!(stats.rate_limited, 0, "the fake sent 429s: {refused:?}");
+    assert!(
+        stats.peak_concurrency <= 4,
+        "peak concurrency {}",
+        stats.peak_concurrency
+    );
+    assert_eq!(stats.audio_responses, 400);
+    let times: Vec<u64> = stats
+        .recent
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.elapsed_ms)
+        .collect();
+    let span = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    let rate = (times.len() - 1) as f64 / span;
+    println!("achieved {rate:.2} req/s of a 20 req/s quota over {span:.1} s");
+    assert!(rate >= 0.85 * 20.0, "achieved only {rate:.2} req/s");
+    assert!(rate <= 20.0, "over the quota: {rate:.2} req/s");
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_storm_delays_jobs_but_fails_none() {
+    // The fake allows far less than ttsq believes: every burst meets 429s.
+    let fake = fake(|c| c.quota.requests_per_second = Some(3)).await;
+    let app = TestApp::spawn_with(options(
+        config(&fake, "requests_per_second = 50"),
+        true,
+        KEY,
+    ))
+    .await;
+
+    submit_all(&app, 24, "Storm sentence").await;
+    app.drain(Duration::from_secs(90)).await;
+
+    let stats = fake.stats();
+    assert!(stats.rate_limited > 0, "the storm happened: {stats:?}");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        24
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded' AND provider = 'fake'")
+            .await,
+        24,
+        "429s pause and retry the same provider; they never fall back or fail"
+    );
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_down_primary_opens_its_breaker_and_traffic_returns_when_it_recovers() {
+    let fake = fake(|c| c.down = true).await;
+    let mut options = options(config(&fake, ""), true, KEY);
+    options
+        .env
+        .push(("TTSQ_BREAKER_COOLDOWN_SECS".into(), "8".into()));
+    let app = TestApp::spawn_with(options).await;
+
+    submit_all(&app, 20, "While the primary is down").await;
+    app.drain(Duration::from_secs(60)).await;
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        20
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE provider = 'espeak'")
+            .await,
+        20,
+        "every job fell back to espeak"
+    );
+
+    // The breaker is open now: more jobs go straight to the fallback.
+    fake.reset_stats();
+    submit_all(&app, 10, "Still down").await;
+    app.drain(Duration::from_secs(60)).await;
+    assert_eq!(
+        fake.stats().synthesis_requests,
+        0,
+        "the open breaker spared the primary"
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE provider = 'espeak'")
+            .await,
+        30
+    );
+
+    fake.update(|c| c.down = false);
+    tokio::time::sleep(Duration::from_millis(8_500)).await;
+    // After the cooldown one trial request goes to the primary (half-open)
+    // while the rest still fall back; its success closes the breaker.
+    submit_all(&app, 1, "The trial").await;
+    app.drain(Duration::from_secs(60)).await;
+    submit_all(&app, 20, "After the primary is back").await;
+    app.drain(Duration::from_secs(60)).await;
+
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE provider = 'fake'")
+            .await,
+        21,
+        "traffic went back to the primary"
+    );
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_key_fails_tasks_with_provider_auth_and_is_never_logged() {
+    let fake = fake(|_| {}).await;
+    let wrong = "sk-wrong-key-must-never-be-logged-4242";
+    let app = TestApp::spawn_with(options(config(&fake, ""), false, wrong)).await;
+    let log = std::env::temp_dir().join(format!("ttsq-wrong-key-{}.log", std::process::id()));
+    let worker = spawn_worker(&app, Some(&log));
+
+    let id = app
+        .submit_ok(
+            &json!({"text": "Who am I?", "dialect": "en-gb", "voice": "rachel", "format": "wav"}),
+        )
+        .await;
+    let task = app.wait_for(id).await;
+    stop(worker);
+
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["code"], "provider_auth", "{task}");
+    assert!(!task.to_string().contains(wrong));
+    let logged = std::fs::read_to_string(&log).expect("worker log");
+    assert!(
+        logged.contains("provider"),
+        "the worker logged at debug level"
+    );
+    assert!(
+        !logged.contains(wrong),
+        "the key leaked into the worker's log"
+    );
+    assert!(fake.stats().unauthorized >= 1);
+    let _ = std::fs::remove_file(log);
+    app.teardown().await;
+    fake.shutdown().await;
+}
