@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -61,6 +61,8 @@ pub struct QuotaSharingSettings {
     pub heartbeat_secs: u64,
     /// Share of each quota kept for high-priority jobs while an API runs.
     pub high_priority_share: f64,
+    /// Fraction of each vendor limit aimed for (headroom for jitter).
+    pub target_utilisation: f64,
 }
 
 /// When a provider's circuit breaker opens and for how long.
@@ -475,6 +477,17 @@ impl Settings {
             reason: reason.to_owned(),
         };
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        let database_url = self.database.url.expose_secret();
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+        let queue_url = self.queue.url.expose_secret();
+        if !(queue_url.starts_with("amqp://") || queue_url.starts_with("amqps://")) {
+            return Err(invalid("queue.url", "must be an amqp:// or amqps:// URL"));
+        }
         if !url_ok(&self.server.public_url) {
             return Err(invalid("server.public_url", "must be an http(s) URL"));
         }
@@ -504,6 +517,12 @@ impl Settings {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if !(self.quota.target_utilisation > 0.0 && self.quota.target_utilisation <= 1.0) {
+            return Err(invalid(
+                "quota.target_utilisation",
+                "must be above 0 and at most 1",
+            ));
         }
         if !(0.0..1.0).contains(&self.quota.high_priority_share) {
             return Err(invalid(
@@ -625,10 +644,10 @@ fn apply_env(
             .or_else(|| add_optional_provider_key(table, &var[ENV_PREFIX.len()..]))
         {
             Some(key) => (key, raw),
-            None => match var
-                .strip_suffix("_FILE")
-                .and_then(|v| resolve_key(table, &v[ENV_PREFIX.len()..]))
-            {
+            None => match var.strip_suffix("_FILE").and_then(|v| {
+                resolve_key(table, &v[ENV_PREFIX.len()..])
+                    .or_else(|| add_optional_provider_key(table, &v[ENV_PREFIX.len()..]))
+            }) {
                 Some(key) => {
                     let content = std::fs::read_to_string(&raw).map_err(|e| ConfigError::Env {
                         var: var.clone(),
@@ -807,6 +826,13 @@ mod tests {
         let err = Settings::load(None, env(&[("TTSQ_WORKER_BATCH_SIZE", "0")])).unwrap_err();
         assert!(err.to_string().contains("TTSQ_WORKER_BATCH_SIZE"), "{err}");
 
+        let err = Settings::load(None, env(&[("TTSQ_DATABASE_URL", "invalid://")])).unwrap_err();
+        assert!(err.to_string().contains("TTSQ_DATABASE_URL"), "{err}");
+        assert!(
+            !err.to_string().contains("invalid://"),
+            "a URL may hold a password: {err}"
+        );
+
         let err = Settings::load(None, env(&[("TTSQ_SERVER_LISTEN", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("TTSQ_SERVER_LISTEN"), "{err}");
 
@@ -851,11 +877,27 @@ chain = ["eleven", "espeak"]
 "#
         )
         .unwrap();
+        let mut key_file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(key_file, "sk-secret").unwrap();
+        let key_path = key_file.path().to_str().unwrap();
         let s = Settings::load(
             Some(file.path()),
-            env(&[("TTSQ_PROVIDERS_ELEVEN_API_KEY", "sk-secret")]),
+            env(&[("TTSQ_PROVIDERS_ELEVEN_API_KEY_FILE", key_path)]),
         )
         .unwrap();
+        let plain = Settings::load(
+            Some(file.path()),
+            env(&[("TTSQ_PROVIDERS_ELEVEN_API_KEY", "sk-plain")]),
+        )
+        .unwrap();
+        assert_eq!(
+            plain.providers["eleven"]
+                .api_key
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "sk-plain"
+        );
         let eleven = &s.providers["eleven"];
         assert_eq!(eleven.kind, ProviderKind::Elevenlabs);
         assert_eq!(

@@ -74,6 +74,8 @@ pub struct ProviderEntry {
 /// Shared behind an `Arc` by the API and the worker of a process.
 pub struct Router {
     providers: HashMap<String, Slot>,
+    /// Fraction of every shared vendor limit aimed for.
+    utilisation: f64,
     catalog: Catalog,
     health: std::sync::RwLock<Option<BTreeMap<String, Result<(), String>>>>,
 }
@@ -166,7 +168,10 @@ impl Router {
             settings.breaker.failure_threshold,
             Duration::from_secs(settings.breaker.cooldown_secs),
         );
-        Ok(Self::new(entries, &settings.routes, breaker))
+        let mut router = Self::new(entries, &settings.routes, breaker);
+        router.utilisation = settings.quota.target_utilisation;
+        router.set_quota_share(1.0);
+        Ok(router)
     }
 
     /// A router over named providers; each dialect a provider declares is
@@ -218,6 +223,7 @@ impl Router {
         }
         Self {
             providers: slots,
+            utilisation: 1.0,
             catalog: Catalog::new(dialects),
             health: std::sync::RwLock::new(None),
         }
@@ -335,10 +341,11 @@ impl Router {
         self.providers.get(provider).map_or(0.0, |s| s.price_per_1k)
     }
 
-    /// Sets every shared provider quota to `share` of the account's limits.
+    /// Sets every shared provider quota to `share` of the account's limits
+    /// (times the target utilisation).
     pub fn set_quota_share(&self, share: f64) {
         for slot in self.providers.values().filter(|s| s.shared_quota) {
-            slot.quota.set_share(share);
+            slot.quota.set_share(share * self.utilisation);
         }
     }
 
