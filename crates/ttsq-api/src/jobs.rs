@@ -76,17 +76,13 @@ async fn submit_normal(
         let (row, created) = context.store.insert_queued(task).await?;
         if created {
             let message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
-            if let Err(err) = context.publisher.publish(&message).await {
-                tracing::error!(error = %err, "publishing a job failed; the task is failed and the client told to retry");
-                context
-                    .store
-                    .fail_unpublished(
-                        row.id,
-                        "queue_unavailable",
-                        "the job queue was unavailable at submission",
-                    )
-                    .await?;
-                return Err(ApiError::Unavailable("the job queue"));
+            match context.publisher.publish(&message).await {
+                Ok(()) => context.store.mark_published(row.id).await?,
+                // The task is committed: the outbox relay publishes it once
+                // RabbitMQ is back, so the job is accepted all the same.
+                Err(err) => {
+                    tracing::warn!(error = %err, "publish failed; the outbox relay will publish the task")
+                }
             }
         }
         row

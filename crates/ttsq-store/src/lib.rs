@@ -7,9 +7,11 @@
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
 //! - [`replicas`]: replica heartbeats for quota sharing.
+//! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
 
 pub mod audio;
 pub mod keys;
+pub mod outbox;
 pub mod replicas;
 pub mod tasks;
 
@@ -21,6 +23,7 @@ use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
 pub use keys::{NewApiKey, Principal, Tenant};
+pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, TaskOutcome, TaskRow};

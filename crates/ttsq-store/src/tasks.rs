@@ -276,17 +276,20 @@ impl Store {
         &self,
         ids: &[Uuid],
         batch_id: Uuid,
+        replica_id: Uuid,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         Ok(sqlx::query_as(
             "UPDATE tasks
                 SET status = 'processing', attempts = attempts + 1,
-                    started_at = coalesce(started_at, now()), worker_batch_id = $2
+                    started_at = coalesce(started_at, now()), worker_batch_id = $2,
+                    claimed_by = $3
               WHERE id = ANY($1) AND status IN ('queued', 'processing')
           RETURNING id, tenant_id, text, characters, dialect, voice, speed, emotion, format,
                     content_hash, attempts",
         )
         .bind(ids)
         .bind(batch_id)
+        .bind(replica_id)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -295,34 +298,6 @@ impl Store {
     /// Tasks no longer `processing` are left alone. Returns how many finished.
     pub async fn finish_tasks(&self, finished: &[FinishedTask]) -> Result<u64, StoreError> {
         finish(&self.pool, finished).await
-    }
-
-    /// Fails a task that never reached a worker (its message could not be
-    /// published), with its ledger row.
-    pub async fn fail_unpublished(
-        &self,
-        task_id: Uuid,
-        code: &str,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE tasks SET status = 'processing' WHERE id = $1 AND status = 'queued'")
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
-        finish(
-            &mut *tx,
-            &[FinishedTask {
-                task_id,
-                outcome: TaskOutcome::Failed {
-                    code: code.to_owned(),
-                    message: message.to_owned(),
-                },
-            }],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 

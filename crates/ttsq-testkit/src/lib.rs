@@ -45,6 +45,7 @@ pub struct TestApp {
     api_shutdown: CancellationToken,
     api_task: JoinHandle<anyhow::Result<()>>,
     heartbeat: JoinHandle<()>,
+    relay: JoinHandle<()>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -168,6 +169,7 @@ impl TestApp {
         };
         let api_shutdown = CancellationToken::new();
         let heartbeat = services.start_heartbeat(role, api_shutdown.clone()).await;
+        let relay = services.start_outbox_relay(api_shutdown.clone());
         let api_task = {
             let services = services.clone();
             let shutdown = api_shutdown.clone();
@@ -189,6 +191,7 @@ impl TestApp {
             api_shutdown,
             api_task,
             heartbeat,
+            relay,
             workers: Vec::new(),
         };
         if options.worker {
@@ -322,6 +325,15 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Runs a statement; returns the rows it touched.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        sqlx::query(sql)
+            .execute(self.services.store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .rows_affected()
+    }
+
     /// Synthesis calls the in-process router made to `provider`.
     pub fn provider_calls(&self, provider: &str) -> u64 {
         self.services.providers.calls(provider)
@@ -333,6 +345,7 @@ impl TestApp {
         self.api_shutdown.cancel();
         let _ = self.api_task.await;
         let _ = self.heartbeat.await;
+        let _ = self.relay.await;
         let _ = self.services.broker.delete_queues().await;
         self.services.broker.close().await;
         self.services.store.pool().close().await;

@@ -44,6 +44,8 @@ pub struct WorkerContext {
     pub prefetch: u16,
     /// Claims of a task after which a passing provider failure fails it.
     pub max_attempts: i32,
+    /// This process's replica id (its heartbeat row), stamped on claims.
+    pub replica_id: uuid::Uuid,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
 }

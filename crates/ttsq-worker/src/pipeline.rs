@@ -49,7 +49,11 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let claimed = match context.store.claim(&ids, batch_id).await {
+    let claimed = match context
+        .store
+        .claim(&ids, batch_id, context.replica_id)
+        .await
+    {
         Ok(claimed) => claimed,
         Err(err) => {
             tracing::warn!(error = %err, "claiming failed; requeueing the batch");

@@ -16,6 +16,10 @@ use ttsq_queue::Broker;
 use ttsq_store::Store;
 use ttsq_worker::WorkerContext;
 
+/// How often the outbox relay looks for unpublished and orphaned tasks, and
+/// how long a fresh task is left to the API's own publish first.
+const OUTBOX_EVERY: Duration = Duration::from_secs(2);
+
 /// How often `/ready`'s view of provider health is refreshed.
 const PROVIDER_HEALTH_EVERY: Duration = Duration::from_secs(5);
 
@@ -35,6 +39,8 @@ pub struct Services {
     pub audio: AudioStore,
     /// Providers and the dialect catalog.
     pub providers: Arc<Router>,
+    /// This process's id among the live replicas (its heartbeat row).
+    pub replica_id: uuid::Uuid,
 }
 
 impl Services {
@@ -71,6 +77,7 @@ impl Services {
             broker: Arc::new(broker),
             audio,
             providers: Arc::new(providers),
+            replica_id: uuid::Uuid::now_v7(),
         })
     }
 
@@ -97,6 +104,7 @@ impl Services {
             settings: self.settings.worker.clone(),
             prefetch: self.settings.queue.prefetch,
             max_attempts: MAX_ATTEMPTS,
+            replica_id: self.replica_id,
             name: format!(
                 "ttsq-worker-{}-{}",
                 std::process::id(),
@@ -114,7 +122,7 @@ impl Services {
         role: ReplicaRole,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
-        let id = uuid::Uuid::now_v7();
+        let id = self.replica_id;
         let every = Duration::from_secs(self.settings.quota.heartbeat_secs);
         self.heartbeat(id, role, every).await;
         let services = self.clone();
@@ -153,6 +161,59 @@ impl Services {
                 tracing::warn!(error = %err, "heartbeat failed; keeping the current quota share")
             }
         }
+    }
+
+    /// Runs the outbox relay until `shutdown`: every couple of seconds it
+    /// returns tasks held by replicas that stopped heartbeating to the queue,
+    /// and publishes queued tasks whose message never got a broker confirm.
+    /// Every replica runs one; row locks keep them from doubling up.
+    pub fn start_outbox_relay(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let services = self.clone();
+        tokio::spawn(async move {
+            let heartbeat_ttl = Duration::from_secs(services.settings.quota.heartbeat_secs * 3);
+            let mut publisher = None;
+            let mut ticks = tokio::time::interval(OUTBOX_EVERY);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                match services.store.recover_orphans(heartbeat_ttl).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        tasks = n,
+                        "returned tasks of a vanished replica to the queue"
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "orphan recovery failed"),
+                }
+                if publisher
+                    .as_ref()
+                    .is_none_or(|p: &ttsq_queue::Publisher| !p.is_connected())
+                {
+                    publisher = services.broker.publisher().await.ok();
+                }
+                let Some(active) = publisher.clone() else {
+                    tracing::warn!("outbox relay waiting for RabbitMQ");
+                    continue;
+                };
+                let relayed = services
+                    .store
+                    .relay_unpublished(OUTBOX_EVERY, 500, |task| {
+                        let active = active.clone();
+                        async move {
+                            let message =
+                                ttsq_core::JobMessage::new(task.id, task.tenant_id, task.dialect);
+                            active.publish(&message).await.ok().map(|()| task.id)
+                        }
+                    })
+                    .await;
+                match relayed {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(tasks = n, "outbox relay published tasks"),
+                    Err(err) => tracing::warn!(error = %err, "outbox relay failed"),
+                }
+            }
+        })
     }
 
     /// Serves the API on `listener` until `shutdown` is cancelled; provider

@@ -129,8 +129,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let heartbeat = services
                 .start_heartbeat(ReplicaRole::Api, shutdown.clone())
                 .await;
+            let relay = services.start_outbox_relay(shutdown.clone());
             let served = services.run_api(listener, shutdown).await;
-            let _ = heartbeat.await;
+            let _ = tokio::join!(heartbeat, relay);
             served
         }
         Command::Worker => {
@@ -139,8 +140,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let heartbeat = services
                 .start_heartbeat(ReplicaRole::Worker, shutdown.clone())
                 .await;
+            let relay = services.start_outbox_relay(shutdown.clone());
             let worked = services.run_worker(shutdown).await;
-            let _ = heartbeat.await;
+            let _ = tokio::join!(heartbeat, relay);
             worked
         }
         Command::All => {
@@ -150,11 +152,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let heartbeat = services
                 .start_heartbeat(ReplicaRole::All, shutdown.clone())
                 .await;
+            let relay = services.start_outbox_relay(shutdown.clone());
             let (api, worker) = tokio::join!(
                 services.run_api(listener, shutdown.clone()),
                 services.run_worker(shutdown.clone()),
             );
-            let _ = heartbeat.await;
+            let _ = tokio::join!(heartbeat, relay);
             api.and(worker)
         }
         Command::Migrate => {

@@ -291,3 +291,29 @@ async fn an_idempotency_key_returns_the_first_task() {
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn concurrent_duplicates_of_an_idempotency_key_create_one_task() {
+    let app = TestApp::spawn().await;
+    let send = || {
+        app.http
+            .post(format!("{}/v1/tts/jobs", app.base_url))
+            .bearer_auth(&app.api_key)
+            .header("idempotency-key", "burst-7")
+            .json(&json!({"text": "exactly once", "dialect": "en-gb", "format": "wav"}))
+            .send()
+    };
+    let answers = futures::future::join_all((0..20).map(|_| send())).await;
+    let mut ids = std::collections::HashSet::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 202);
+        let body: Value = answer.json().await.unwrap();
+        ids.insert(body["task_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every duplicate got the first task");
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1);
+    app.drain(std::time::Duration::from_secs(30)).await;
+    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 1);
+    app.teardown().await;
+}

@@ -26,8 +26,12 @@ fn spawn_worker(app: &TestApp) -> Child {
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    signal(child, "-TERM")
+}
+
+fn signal(child: &mut Child, signal: &str) -> std::process::ExitStatus {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
@@ -38,7 +42,7 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
-    panic!("the worker did not exit within 30 s of SIGTERM");
+    panic!("the worker did not exit within 30 s of {signal}");
 }
 
 #[tokio::test]
@@ -100,13 +104,93 @@ async fn a_worker_restarted_mid_stream_loses_nothing_and_bills_nothing_twice() {
             .await,
         400
     );
+    // Each task is billed its characters once, or nothing when its audio was
+    // stored by a worker that stopped before finishing it (a cache hit then).
     assert_eq!(
-        app.scalar("SELECT sum(billable_characters)::bigint FROM usage_ledger")
+        app.scalar(
+            "SELECT count(*) FROM usage_ledger WHERE billable_characters NOT IN (0, characters)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM usage_ledger WHERE billable_characters = 0")
             .await,
-        app.scalar("SELECT sum(characters)::bigint FROM tasks")
+        app.scalar("SELECT count(*) FROM tasks WHERE cache_hit")
             .await,
-        "every unique job billed exactly once"
     );
     assert_eq!(app.services.broker.depths().await.unwrap(), (0, 0));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_loses_nothing_and_bills_nothing_twice() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let jobs: Vec<_> = (0..300)
+        .map(|i| json!({"text": format!("Kill test sentence number {i}, long enough to take a moment."), "dialect": "en-us", "format": "mp3"}))
+        .collect();
+    let accepted: Vec<_> = stream::iter(jobs.iter())
+        .map(|job| app.submit_ok(job))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(accepted.len(), 300);
+
+    let mut first = spawn_worker(&app);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+        .await
+        < 30
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first worker made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // kill -9: no drain, no acks, claimed tasks left `processing`.
+    let exit = signal(&mut first, "-KILL");
+    assert!(!exit.success());
+    assert!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await
+            < 300
+    );
+
+    let mut second = spawn_worker(&app);
+    app.drain(Duration::from_secs(180)).await;
+    assert!(terminate(&mut second).success());
+
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        300
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 300);
+    assert_eq!(
+        app.scalar("SELECT count(DISTINCT task_id) FROM usage_ledger")
+            .await,
+        300
+    );
+    // Each task is billed its characters once, or nothing when its audio was
+    // stored by a worker that stopped before finishing it (a cache hit then).
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM usage_ledger WHERE billable_characters NOT IN (0, characters)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM usage_ledger WHERE billable_characters = 0")
+            .await,
+        app.scalar("SELECT count(*) FROM tasks WHERE cache_hit")
+            .await,
+    );
     app.teardown().await;
 }
