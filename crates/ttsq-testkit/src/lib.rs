@@ -227,6 +227,22 @@ impl TestApp {
         &self.env
     }
 
+    /// A `ttsq worker` command for `binary` (a test's
+    /// `env!("CARGO_BIN_EXE_ttsq")`) pointed at this stack, with nothing of
+    /// the test's own environment but `PATH`, logging at `warn` to stderr.
+    pub fn worker_command(&self, binary: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(binary);
+        command
+            .arg("worker")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
     /// Creates another tenant and returns its API key.
     pub async fn new_tenant(&self, name: &str) -> String {
         let (_, key) = self
@@ -358,6 +374,24 @@ impl TestApp {
             .await;
         }
     }
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`, …) to `child` and waits up to 30 s
+/// for it to exit; panics (failing the test) when it does not.
+pub fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {signal} failed");
+    for _ in 0..300 {
+        if let Some(exit) = child.try_wait().expect("wait on child") {
+            return exit;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("the process did not exit within 30 s of {signal}");
 }
 
 /// Default headers a JSON POST carries, for tests that build requests by hand.

@@ -113,6 +113,35 @@ impl Services {
         }
     }
 
+    /// Runs a replica until `shutdown`: registers it (heartbeat and quota
+    /// share), runs the outbox relay, serves the API on `listener` when the
+    /// role has one and consumes the queue when the role does; returns once
+    /// all of it has stopped.
+    pub async fn run(
+        &self,
+        role: ReplicaRole,
+        listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let heartbeat = self.start_heartbeat(role, shutdown.clone()).await;
+        let relay = self.start_outbox_relay(shutdown.clone());
+        let api = async {
+            match listener {
+                Some(listener) => self.run_api(listener, shutdown.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let worker = async {
+            match role {
+                ReplicaRole::Worker | ReplicaRole::All => self.run_worker(shutdown.clone()).await,
+                ReplicaRole::Api => Ok(()),
+            }
+        };
+        let (api, worker) = tokio::join!(api, worker);
+        let _ = tokio::join!(heartbeat, relay);
+        api.and(worker)
+    }
+
     /// Registers this process as a live replica and keeps its share of the
     /// provider quotas current: one heartbeat now (so the first request is
     /// already within the share), then one every `quota.heartbeat_secs` until

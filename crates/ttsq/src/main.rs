@@ -122,43 +122,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ttsq_telemetry::init(settings.log.format);
 
     match cli.command {
-        Command::Api => {
-            let listener = bind(&settings).await?;
-            let services = Services::connect(settings, "api").await?;
-            let shutdown = shutdown_on_signal();
-            let heartbeat = services
-                .start_heartbeat(ReplicaRole::Api, shutdown.clone())
-                .await;
-            let relay = services.start_outbox_relay(shutdown.clone());
-            let served = services.run_api(listener, shutdown).await;
-            let _ = tokio::join!(heartbeat, relay);
-            served
-        }
-        Command::Worker => {
-            let services = Services::connect(settings, "worker").await?;
-            let shutdown = shutdown_on_signal();
-            let heartbeat = services
-                .start_heartbeat(ReplicaRole::Worker, shutdown.clone())
-                .await;
-            let relay = services.start_outbox_relay(shutdown.clone());
-            let worked = services.run_worker(shutdown).await;
-            let _ = tokio::join!(heartbeat, relay);
-            worked
-        }
-        Command::All => {
-            let listener = bind(&settings).await?;
-            let services = Services::connect(settings, "all").await?;
-            let shutdown = shutdown_on_signal();
-            let heartbeat = services
-                .start_heartbeat(ReplicaRole::All, shutdown.clone())
-                .await;
-            let relay = services.start_outbox_relay(shutdown.clone());
-            let (api, worker) = tokio::join!(
-                services.run_api(listener, shutdown.clone()),
-                services.run_worker(shutdown.clone()),
-            );
-            let _ = tokio::join!(heartbeat, relay);
-            api.and(worker)
+        Command::Api | Command::Worker | Command::All => {
+            let role = match cli.command {
+                Command::Api => ReplicaRole::Api,
+                Command::Worker => ReplicaRole::Worker,
+                _ => ReplicaRole::All,
+            };
+            let listener = match role {
+                ReplicaRole::Worker => None,
+                ReplicaRole::Api | ReplicaRole::All => Some(bind(&settings).await?),
+            };
+            let services = Services::connect(settings, role.as_str()).await?;
+            services.run(role, listener, shutdown_on_signal()).await
         }
         Command::Migrate => {
             let store = Store::connect(&settings.database)

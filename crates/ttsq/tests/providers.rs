@@ -2,14 +2,14 @@
 //! replicas, 429 storms, failover along the chain, and a wrong key.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
 use futures::{StreamExt, stream};
 use serde_json::json;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions};
+use ttsq_testkit::{TestApp, TestOptions, signal_and_wait};
 
 const KEY: &str = "sk-fake-test-key-0123456789";
 
@@ -60,34 +60,17 @@ fn options(config_toml: String, worker: bool, key: &str) -> TestOptions {
 }
 
 fn spawn_worker(app: &TestApp, log: Option<&std::path::Path>) -> Child {
-    let stderr = match log {
-        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
-        None => Stdio::null(),
-    };
-    Command::new(env!("CARGO_BIN_EXE_ttsq"))
-        .arg("worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "debug,h2=info,hyper=info,rustls=info")
-        .envs(app.child_env().iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("ttsq worker starts")
+    let mut command = app.worker_command(env!("CARGO_BIN_EXE_ttsq"));
+    if let Some(path) = log {
+        command
+            .env("RUST_LOG", "debug,h2=info,hyper=info,rustls=info")
+            .stderr(std::fs::File::create(path).expect("log file"));
+    }
+    command.spawn().expect("ttsq worker starts")
 }
 
 fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..300 {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
+    signal_and_wait(&mut child, "-TERM");
 }
 
 async fn submit_all(app: &TestApp, count: usize, prefix: &str) {

@@ -1,48 +1,86 @@
 //! A worker process restarted mid-stream with SIGTERM loses no task and
 //! bills none twice.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Child, time::Duration};
 
 use futures::{StreamExt, stream};
 use serde_json::json;
-use ttsq_testkit::{TestApp, TestOptions};
+use ttsq_testkit::{TestApp, TestOptions, signal_and_wait};
 
 fn spawn_worker(app: &TestApp) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ttsq"))
-        .arg("worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .envs(app.child_env().iter().map(|(k, v)| (k, v)))
+    app.worker_command(env!("CARGO_BIN_EXE_ttsq"))
         // Small batches so several are in flight when the signal lands.
         .env("TTSQ_WORKER_BATCH_SIZE", "8")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .spawn()
         .expect("ttsq worker starts")
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    signal(child, "-TERM")
+    signal_and_wait(child, "-TERM")
 }
 
-fn signal(child: &mut Child, signal: &str) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    for _ in 0..300 {
-        if let Some(exit) = child.try_wait().expect("wait on worker") {
-            return exit;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// Accepts `count` unique jobs through the API.
+async fn submit_jobs(app: &TestApp, count: usize, prefix: &str, dialects: &[&str]) {
+    let jobs: Vec<_> = (0..count)
+        .map(|i| {
+            let dialect = dialects[i % dialects.len()];
+            json!({"text": format!("{prefix} sentence number {i}, long enough to take a moment."), "dialect": dialect, "format": "mp3"})
+        })
+        .collect();
+    let accepted: Vec<_> = stream::iter(jobs.iter())
+        .map(|job| app.submit_ok(job))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(accepted.len(), count);
+}
+
+/// Waits until at least `count` tasks succeeded, so a worker is mid-stream.
+async fn wait_for_progress(app: &TestApp, count: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while app
+        .scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+        .await
+        < count
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = child.kill();
-    panic!("the worker did not exit within 30 s of {signal}");
+}
+
+/// Every task succeeded, has one ledger row, and is billed its characters
+/// once — or nothing, when audio stored by a worker that stopped before
+/// finishing it made it a cache hit.
+async fn assert_all_done_and_billed_once(app: &TestApp, count: i64) {
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        count
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, count);
+    assert_eq!(
+        app.scalar("SELECT count(DISTINCT task_id) FROM usage_ledger")
+            .await,
+        count
+    );
+    assert_eq!(
+        app.scalar(
+            "SELECT count(*) FROM usage_ledger WHERE billable_characters NOT IN (0, characters)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM usage_ledger WHERE billable_characters = 0")
+            .await,
+        app.scalar("SELECT count(*) FROM tasks WHERE cache_hit")
+            .await,
+    );
+    let depths = app.services.broker.depths().await.expect("queue depths");
+    assert_eq!(depths, (0, 0), "nothing left in the queues");
 }
 
 #[tokio::test]
@@ -52,30 +90,10 @@ async fn a_worker_restarted_mid_stream_loses_nothing_and_bills_nothing_twice() {
         ..Default::default()
     })
     .await;
-    let jobs: Vec<_> = (0..400)
-        .map(|i| json!({"text": format!("Restart test sentence number {i}, long enough to take a moment."), "dialect": if i % 2 == 0 { "en-gb" } else { "fr-fr" }, "format": "mp3"}))
-        .collect();
-    let accepted: Vec<_> = stream::iter(jobs.iter())
-        .map(|job| app.submit_ok(job))
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    assert_eq!(accepted.len(), 400);
+    submit_jobs(&app, 400, "Restart test", &["en-gb", "fr-fr"]).await;
 
     let mut first = spawn_worker(&app);
-    // Let it get going, then stop it while work remains.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while app
-        .scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
-        .await
-        < 40
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first worker made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_progress(&app, 40).await;
     let exit = terminate(&mut first);
     assert!(exit.success(), "SIGTERM is a clean exit, got {exit}");
     let done_by_first = app
@@ -92,34 +110,7 @@ async fn a_worker_restarted_mid_stream_loses_nothing_and_bills_nothing_twice() {
     let mut second = spawn_worker(&app);
     app.drain(Duration::from_secs(180)).await;
     assert!(terminate(&mut second).success());
-
-    assert_eq!(
-        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
-            .await,
-        400
-    );
-    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 400);
-    assert_eq!(
-        app.scalar("SELECT count(DISTINCT task_id) FROM usage_ledger")
-            .await,
-        400
-    );
-    // Each task is billed its characters once, or nothing when its audio was
-    // stored by a worker that stopped before finishing it (a cache hit then).
-    assert_eq!(
-        app.scalar(
-            "SELECT count(*) FROM usage_ledger WHERE billable_characters NOT IN (0, characters)"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        app.scalar("SELECT count(*) FROM usage_ledger WHERE billable_characters = 0")
-            .await,
-        app.scalar("SELECT count(*) FROM tasks WHERE cache_hit")
-            .await,
-    );
-    assert_eq!(app.services.broker.depths().await.unwrap(), (0, 0));
+    assert_all_done_and_billed_once(&app, 400).await;
     app.teardown().await;
 }
 
@@ -130,32 +121,12 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_bills_nothing_twice() {
         ..Default::default()
     })
     .await;
-    let jobs: Vec<_> = (0..300)
-        .map(|i| json!({"text": format!("Kill test sentence number {i}, long enough to take a moment."), "dialect": "en-us", "format": "mp3"}))
-        .collect();
-    let accepted: Vec<_> = stream::iter(jobs.iter())
-        .map(|job| app.submit_ok(job))
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    assert_eq!(accepted.len(), 300);
+    submit_jobs(&app, 300, "Kill test", &["en-us"]).await;
 
     let mut first = spawn_worker(&app);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while app
-        .scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
-        .await
-        < 30
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first worker made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_progress(&app, 30).await;
     // kill -9: no drain, no acks, claimed tasks left `processing`.
-    let exit = signal(&mut first, "-KILL");
-    assert!(!exit.success());
+    assert!(!signal_and_wait(&mut first, "-KILL").success());
     assert!(
         app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
             .await
@@ -165,32 +136,6 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_bills_nothing_twice() {
     let mut second = spawn_worker(&app);
     app.drain(Duration::from_secs(180)).await;
     assert!(terminate(&mut second).success());
-
-    assert_eq!(
-        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
-            .await,
-        300
-    );
-    assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 300);
-    assert_eq!(
-        app.scalar("SELECT count(DISTINCT task_id) FROM usage_ledger")
-            .await,
-        300
-    );
-    // Each task is billed its characters once, or nothing when its audio was
-    // stored by a worker that stopped before finishing it (a cache hit then).
-    assert_eq!(
-        app.scalar(
-            "SELECT count(*) FROM usage_ledger WHERE billable_characters NOT IN (0, characters)"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        app.scalar("SELECT count(*) FROM usage_ledger WHERE billable_characters = 0")
-            .await,
-        app.scalar("SELECT count(*) FROM tasks WHERE cache_hit")
-            .await,
-    );
+    assert_all_done_and_billed_once(&app, 300).await;
     app.teardown().await;
 }
