@@ -136,20 +136,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             services.run(role, listener, shutdown_on_signal()).await
         }
         Command::Migrate => {
-            let store = Store::connect(&settings.database)
-                .await
-                .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
-            store
-                .migrate()
-                .await
-                .context("Failed to migrate the database")?;
+            migrated_store(&settings).await?;
             eprintln!("database is up to date");
             Ok(())
         }
         Command::Tenant {
             command: TenantCommand::Create { name },
         } => {
-            let store = admin_store(&settings).await?;
+            let store = migrated_store(&settings).await?;
             let (tenant, key) = store.create_tenant(&name).await.map_err(explain)?;
             eprintln!(
                 "created tenant `{}` ({}); its API key, shown only now:",
@@ -161,7 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key {
             command: KeyCommand::Create { tenant },
         } => {
-            let store = admin_store(&settings).await?;
+            let store = migrated_store(&settings).await?;
             let key = store.create_key(&tenant).await.map_err(explain)?;
             eprintln!(
                 "new API key for `{tenant}` (prefix {}), shown only now:",
@@ -185,7 +179,9 @@ async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
         })
 }
 
-async fn admin_store(settings: &Settings) -> anyhow::Result<Store> {
+/// A store on a migrated database: admin commands may be the first thing
+/// run against a new one.
+async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database)
         .await
         .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
