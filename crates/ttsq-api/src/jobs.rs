@@ -60,7 +60,9 @@ pub async fn submit(
     }
 }
 
-/// Stores the task and publishes it; answers only once the broker confirmed.
+/// Commits the task, then publishes it and waits for the broker's confirm;
+/// should that fail, the outbox relay publishes it later and the job is
+/// accepted all the same.
 async fn submit_normal(
     context: &ApiContext,
     task: &NewTask<'_>,
