@@ -57,7 +57,8 @@ pub fn status_url(context: &ApiContext, id: Uuid) -> String {
 impl TaskView {
     /// Renders a row, presigning the audio URL when it has audio.
     pub async fn render(context: &ApiContext, row: TaskRow) -> Result<Self, ApiError> {
-        let audio_url = match (&row.s3_key, row.status()) {
+        let status = row.status();
+        let audio_url = match (&row.s3_key, status) {
             (Some(key), TaskStatus::Succeeded) => Some(context.audio.presign_get(key).await?),
             _ => None,
         };
@@ -70,7 +71,7 @@ impl TaskView {
         };
         Ok(Self {
             task_id: row.id,
-            status: row.status.parse().unwrap_or(TaskStatus::Processing),
+            status,
             priority: row.priority,
             dialect: row.dialect,
             voice: row.voice,

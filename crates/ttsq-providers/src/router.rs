@@ -50,6 +50,9 @@ pub enum RouterError {
 /// One configured provider with its quota, breaker and counters.
 struct Slot {
     synthesizer: Arc<dyn Synthesizer>,
+    /// What the provider declared it serves, by dialect id; read once at
+    /// start so requests need not ask the adapter again.
+    dialects: HashMap<String, DialectInfo>,
     quota: Quota,
     breaker: Breaker,
     price_per_1k: f64,
@@ -186,16 +189,23 @@ impl Router {
         let mut declared: BTreeMap<String, Vec<(String, DialectInfo)>> = BTreeMap::new();
         let mut slots = HashMap::new();
         for (name, entry) in providers {
-            for dialect in entry.synthesizer.dialects() {
+            let served: HashMap<String, DialectInfo> = entry
+                .synthesizer
+                .dialects()
+                .into_iter()
+                .map(|d| (d.id.clone(), d))
+                .collect();
+            for dialect in served.values() {
                 declared
                     .entry(dialect.id.clone())
                     .or_default()
-                    .push((name.clone(), dialect));
+                    .push((name.clone(), dialect.clone()));
             }
             slots.insert(
                 name,
                 Slot {
                     synthesizer: entry.synthesizer,
+                    dialects: served,
                     quota: Quota::new(entry.quota),
                     breaker: Breaker::new(breaker.0, breaker.1),
                     price_per_1k: entry.price_per_1k,
@@ -258,11 +268,7 @@ impl Router {
             }
             let voice_owned;
             let mut request = *request;
-            if let Some(info) = slot
-                .synthesizer
-                .dialects()
-                .into_iter()
-                .find(|d| d.id == request.dialect)
+            if let Some(info) = slot.dialects.get(request.dialect)
                 && !info.voices.iter().any(|v| v == request.voice)
             {
                 // A fallback provider may not know the primary's voice:

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     message::Delivery,
@@ -351,17 +351,6 @@ impl JobConsumer {
         if let Err(err) = self.channel.close(200, "consumer closed".into()).await {
             tracing::debug!(error = %err, "closing the consumer channel");
         }
-    }
-
-    /// The deliveries as a stream, for callers that combine streams.
-    pub fn into_stream(self) -> impl Stream<Item = Result<JobDelivery, QueueError>> {
-        let dead_letters = self.dead_letters;
-        self.consumer.map(move |next| {
-            next.map_err(QueueError::from).map(|inner| JobDelivery {
-                inner,
-                dead_letters: dead_letters.clone(),
-            })
-        })
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use reqwest::{Response, header};
+use reqwest::Response;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -392,19 +392,6 @@ pub fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::pr
     }
     let _ = child.kill();
     panic!("the process did not exit within 30 s of {signal}");
-}
-
-/// Default headers a JSON POST carries, for tests that build requests by hand.
-pub fn json_headers(key: &str) -> header::HeaderMap {
-    let mut headers = header::HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    if let Ok(value) = header::HeaderValue::from_str(&format!("Bearer {key}")) {
-        headers.insert(header::AUTHORIZATION, value);
-    }
-    headers
 }
 
 fn expose(secret: &secrecy::SecretString) -> String {
