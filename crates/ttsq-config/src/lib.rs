@@ -270,6 +270,26 @@ pub struct QueueSettings {
     pub prefetch: u16,
     /// Redeliveries before RabbitMQ dead-letters a message.
     pub delivery_limit: u32,
+    /// Back-off before each retry of a job whose provider call failed, in
+    /// seconds; one delay queue each. A job gets `len + 1` attempts.
+    pub retry_delays_secs: Vec<u64>,
+}
+
+impl QueueSettings {
+    /// [`Self::retry_delays_secs`] as durations.
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_delays_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect()
+    }
+
+    /// Attempts a job gets before a passing failure fails it.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.retry_delays_secs.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
 }
 
 /// S3 settings.
@@ -304,6 +324,12 @@ pub struct WorkerSettings {
     pub concurrent_batches: usize,
     /// Drain deadline on shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// How long a batch keeps retrying Postgres and S3 through an outage
+    /// (holding its deliveries and synthesized audio) before giving up, in seconds.
+    pub storage_retry_secs: u64,
+    /// A task `processing` for longer than this is presumed abandoned and
+    /// queued again, even if its replica still heartbeats, in seconds.
+    pub claim_timeout_secs: u64,
 }
 
 impl WorkerSettings {
@@ -315,6 +341,16 @@ impl WorkerSettings {
     /// [`Self::shutdown_grace_secs`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// [`Self::storage_retry_secs`] as a duration.
+    pub fn storage_retry(&self) -> Duration {
+        Duration::from_secs(self.storage_retry_secs)
+    }
+
+    /// [`Self::claim_timeout_secs`] as a duration.
+    pub fn claim_timeout(&self) -> Duration {
+        Duration::from_secs(self.claim_timeout_secs)
     }
 }
 
@@ -506,6 +542,10 @@ impl Settings {
             ("queue.prefetch", self.queue.prefetch as usize),
             ("worker.batch_size", self.worker.batch_size),
             ("worker.concurrent_batches", self.worker.concurrent_batches),
+            (
+                "worker.claim_timeout_secs",
+                usize::try_from(self.worker.claim_timeout_secs).unwrap_or(usize::MAX),
+            ),
             ("limits.max_text_chars", self.limits.max_text_chars),
             ("quota.heartbeat_secs", self.quota.heartbeat_secs as usize),
             (
@@ -605,6 +645,12 @@ fn collect_scalars(table: &Table, prefix: &str, out: &mut Vec<(String, String)>)
         };
         match v {
             Value::Table(t) => collect_scalars(t, &key, out),
+            // Lists of numbers are settable as comma-separated values; other
+            // lists (dialects, routes) belong in the config file.
+            Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_integer) => {
+                let joined: Vec<String> = items.iter().map(ToString::to_string).collect();
+                out.push((env_var_for(&key), joined.join(",")));
+            }
             Value::Array(_) => {}
             Value::String(s) => out.push((env_var_for(&key), s.clone())),
             other => out.push((env_var_for(&key), other.to_string())),
@@ -749,11 +795,18 @@ fn typed_like(existing: &Value, raw: &str) -> Result<Value, String> {
             "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
             _ => Err(format!("expected true or false, got `{raw}`")),
         },
-        Value::Array(_) => raw
-            .split(',')
-            .map(|s| Ok(Value::String(s.trim().to_owned())))
-            .collect::<Result<Vec<_>, String>>()
-            .map(Value::Array),
+        // A comma-separated list, each item typed like the default's items.
+        Value::Array(items) => {
+            let like = items
+                .first()
+                .cloned()
+                .unwrap_or_else(|| Value::String(String::new()));
+            raw.split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| typed_like(&like, s.trim()))
+                .collect::<Result<Vec<_>, String>>()
+                .map(Value::Array)
+        }
         _ => Err("this setting cannot be set from the environment".into()),
     }
 }

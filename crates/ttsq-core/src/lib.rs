@@ -9,7 +9,9 @@
 //! - [`task`]: task states and their transitions.
 //! - [`message`]: the versioned message that travels through RabbitMQ.
 //! - [`error`]: field-level validation errors.
+//! - [`backoff`]: exponential back-off with jitter for every retry loop.
 
+pub mod backoff;
 pub mod catalog;
 pub mod error;
 pub mod hash;

@@ -33,6 +33,8 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 const TRANSIENT_RETRIES: u32 = 2;
 /// First back-off of a transient retry; doubled each time, plus jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest back-off between transient retries.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why the router could not be built from settings.
 #[derive(Debug, thiserror::Error)]
@@ -400,12 +402,6 @@ impl Router {
     }
 }
 
-/// Exponential back-off with up to 50 % jitter, from the clock's nanoseconds
-/// (no RNG needed: it only has to de-synchronise replicas).
 fn backoff(attempt: u32) -> Duration {
-    let base = BACKOFF_BASE * 2u32.saturating_pow(attempt.saturating_sub(1));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+    ttsq_core::backoff::backoff_delay(BACKOFF_BASE, BACKOFF_MAX, attempt)
 }

@@ -1,6 +1,21 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Layout
+//!
+//! - [`Broker`]: the shared, self-healing connection. lapin does not
+//!   reconnect by itself; the broker replaces a dead connection on demand
+//!   (single-flight), re-declares the topology on every new one, and
+//!   [`Broker::supervise`] keeps trying in the background so `/ready` and
+//!   publishers recover without a request having to wait.
+//! - [`Publisher`]: confirmed publishes over a cached channel, reopened after
+//!   a loss.
+//! - [`JobConsumer`] / [`JobDelivery`]: manual-ack consumption; a consumer
+//!   ends when its channel or connection dies and the caller re-subscribes.
+//! - [`dlq`]: operator access to the dead-letter queue.
 
-use std::time::Duration;
+pub mod dlq;
+
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use lapin::{
@@ -13,7 +28,8 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{Mutex, RwLock};
 use ttsq_config::QueueSettings;
 use ttsq_core::{JobMessage, MessageDecodeError};
 
@@ -23,12 +39,24 @@ const PERSISTENT: u8 = 2;
 /// Header naming why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-ttsq-reason";
 
+/// Header quorum queues set on a redelivery: earlier unsuccessful deliveries.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// How long a publish waits for the broker's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The broker could not be reached or closed the connection or channel.
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker did not answer a connection attempt in time.
+    #[error("RabbitMQ did not answer within {0:?}")]
+    ConnectTimeout(Duration),
     /// The broker refused to take responsibility for a message.
     #[error("RabbitMQ did not accept the message: {0}")]
     NotConfirmed(&'static str),
@@ -44,27 +72,70 @@ pub struct QueueNames {
     pub jobs: String,
     /// Dead-letter queue.
     pub dlq: String,
+    /// Retry delay queues, shortest first, with their delays: a message
+    /// published to one waits there and then dead-letters back into `jobs`.
+    pub delays: Vec<(Duration, String)>,
 }
 
 impl QueueNames {
-    /// Names under `prefix` (which may be empty).
-    pub fn new(prefix: &str) -> Self {
+    /// Names under `prefix` (which may be empty), with one delay queue per
+    /// retry delay.
+    pub fn new(prefix: &str, retry_delays: &[Duration]) -> Self {
         Self {
             jobs: format!("{prefix}ttsq.jobs"),
             dlq: format!("{prefix}ttsq.jobs.dlq"),
+            delays: retry_delays
+                .iter()
+                .map(|d| (*d, format!("{prefix}ttsq.jobs.delay.{}ms", d.as_millis())))
+                .collect(),
         }
+    }
+
+    /// Every queue of the topology.
+    fn all(&self) -> impl Iterator<Item = &str> {
+        [self.jobs.as_str(), self.dlq.as_str()]
+            .into_iter()
+            .chain(self.delays.iter().map(|(_, name)| name.as_str()))
     }
 }
 
-/// A connection to RabbitMQ with ttsq's topology declared on it.
+/// The connection to RabbitMQ with ttsq's topology declared on it. Cheap to
+/// clone; clones share the connection and its recovery.
+#[derive(Clone)]
 pub struct Broker {
-    connection: Connection,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// AMQP URL (carries the password).
+    url: SecretString,
+    /// Name shown in the management UI.
+    connection_name: String,
+    /// The queues.
     names: QueueNames,
+    /// Quorum `x-delivery-limit` of the job queue.
     delivery_limit: u32,
+    /// The live connection; replaced whole after a loss.
+    connection: RwLock<Connection>,
+    /// Serialises reconnects so a burst of failures opens one connection.
+    reconnecting: Mutex<()>,
+    /// The channel confirmed publishes go through, opened lazily.
+    publish_channel: Mutex<Option<Channel>>,
 }
 
 fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
+}
+
+async fn open(url: &SecretString, name: &str) -> Result<Connection, QueueError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(url.expose_secret(), properties),
+    )
+    .await
+    .map_err(|_| QueueError::ConnectTimeout(CONNECT_TIMEOUT))?
+    .map_err(QueueError::from)
 }
 
 impl Broker {
@@ -73,13 +144,17 @@ impl Broker {
         settings: &QueueSettings,
         connection_name: &str,
     ) -> Result<Self, QueueError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(settings.url.expose_secret(), properties).await?;
+        let connection = open(&settings.url, connection_name).await?;
         let broker = Self {
-            connection,
-            names: QueueNames::new(&settings.prefix),
-            delivery_limit: settings.delivery_limit,
+            inner: Arc::new(Inner {
+                url: settings.url.clone(),
+                connection_name: connection_name.to_owned(),
+                names: QueueNames::new(&settings.prefix, &settings.retry_delays()),
+                delivery_limit: settings.delivery_limit,
+                connection: RwLock::new(connection),
+                reconnecting: Mutex::new(()),
+                publish_channel: Mutex::new(None),
+            }),
         };
         broker.declare_topology().await?;
         Ok(broker)
@@ -87,18 +162,93 @@ impl Broker {
 
     /// The queue names in use.
     pub fn names(&self) -> &QueueNames {
-        &self.names
+        &self.inner.names
+    }
+
+    /// The quorum delivery limit: a delivery whose
+    /// [`JobDelivery::delivery_count`] reaches it is the message's last.
+    pub fn delivery_limit(&self) -> u32 {
+        self.inner.delivery_limit
     }
 
     /// Whether the connection is up; feeds readiness.
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.inner
+            .connection
+            .try_read()
+            .map(|c| c.status().connected())
+            // A writer holds it: a reconnect is under way.
+            .unwrap_or(false)
     }
 
-    /// Declares both queues with the same arguments every time, so replicas
+    /// A channel on a live connection, reconnecting first when the current
+    /// connection is dead (one attempt; callers retry on their own schedule).
+    pub async fn channel(&self) -> Result<Channel, QueueError> {
+        {
+            let connection = self.inner.connection.read().await;
+            if connection.status().connected() {
+                match connection.create_channel().await {
+                    Ok(channel) => return Ok(channel),
+                    Err(err) if connection.status().connected() => return Err(err.into()),
+                    Err(_) => {}
+                }
+            }
+        }
+        self.reconnect().await?;
+        Ok(self.inner.connection.read().await.create_channel().await?)
+    }
+
+    /// Replaces a dead connection with a new one and re-declares the
+    /// topology; a no-op when another caller already did.
+    pub async fn reconnect(&self) -> Result<(), QueueError> {
+        let _single_flight = self.inner.reconnecting.lock().await;
+        if self.inner.connection.read().await.status().connected() {
+            return Ok(());
+        }
+        let fresh = open(&self.inner.url, &self.inner.connection_name).await?;
+        // The cached publishing channel died with the old connection; the
+        // next publish sees that and opens another.
+        *self.inner.connection.write().await = fresh;
+        self.declare_topology().await?;
+        tracing::info!("reconnected to RabbitMQ");
+        Ok(())
+    }
+
+    /// Keeps the connection alive until `shutdown`: checks it every second
+    /// and reconnects with exponential back-off (capped at 10 s) while down.
+    pub async fn supervise(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff =
+            ttsq_core::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        loop {
+            let wait = if self.is_connected() {
+                backoff.reset();
+                Duration::from_secs(1)
+            } else {
+                match self.reconnect().await {
+                    Ok(()) => {
+                        backoff.reset();
+                        Duration::from_secs(1)
+                    }
+                    Err(err) => {
+                        let wait = backoff.next_delay();
+                        tracing::warn!(error = %err, retry_in = ?wait, "RabbitMQ unreachable");
+                        wait
+                    }
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Declares every queue with the same arguments every time, so replicas
     /// of any age agree (RabbitMQ refuses a redeclare with other arguments).
     pub async fn declare_topology(&self) -> Result<(), QueueError> {
-        let channel = self.connection.create_channel().await?;
+        let names = &self.inner.names;
+        let channel = self.inner.connection.read().await.create_channel().await?;
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
@@ -107,107 +257,93 @@ impl Broker {
         let mut dlq_args = FieldTable::default();
         dlq_args.insert("x-queue-type".into(), long_string("quorum"));
         channel
-            .queue_declare(self.names.dlq.as_str().into(), durable, dlq_args)
+            .queue_declare(names.dlq.as_str().into(), durable, dlq_args)
             .await?;
 
-        let mut args = FieldTable::default();
-        // Quorum queues replicate and fsync every message: nothing accepted is
-        // lost when a broker node dies, and they count deliveries.
-        args.insert("x-queue-type".into(), long_string("quorum"));
+        let mut args = quorum_dead_lettering_to(&names.dlq);
         // After this many redeliveries (a worker crashing on the message every
         // time) the broker dead-letters it instead of looping forever.
         args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongUInt(self.delivery_limit),
+            AMQPValue::LongUInt(self.inner.delivery_limit),
         );
-        // Dead-letter through the default exchange straight into the DLQ.
-        args.insert("x-dead-letter-exchange".into(), long_string(""));
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            long_string(&self.names.dlq),
-        );
-        // At-least-once dead-lettering keeps a message until the DLQ confirms
-        // it; it requires reject-publish overflow.
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            long_string("at-least-once"),
-        );
-        args.insert("x-overflow".into(), long_string("reject-publish"));
         channel
-            .queue_declare(self.names.jobs.as_str().into(), durable, args)
+            .queue_declare(names.jobs.as_str().into(), durable, args)
             .await?;
+
+        for (delay, name) in &names.delays {
+            // Nobody consumes a delay queue: every message waits out the
+            // queue's TTL and is dead-lettered back into the job queue. One
+            // queue per delay keeps expiry in order (expired messages only
+            // leave from the head).
+            let mut args = quorum_dead_lettering_to(&names.jobs);
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            );
+            channel
+                .queue_declare(name.as_str().into(), durable, args)
+                .await?;
+        }
         channel.close(200, "topology declared".into()).await?;
         Ok(())
     }
 
-    /// A publisher on its own channel, with confirms enabled.
+    /// A publisher of job messages; it shares the broker's publishing channel
+    /// and reopens it after a loss.
     pub async fn publisher(&self) -> Result<Publisher, QueueError> {
-        let channel = self.connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            channel,
-            names: self.names.clone(),
-            confirm_timeout: Duration::from_secs(10),
-        })
+        let publisher = Publisher {
+            broker: self.clone(),
+        };
+        publisher.channel().await?;
+        Ok(publisher)
     }
 
     /// A consumer of the job queue holding at most `prefetch` unacknowledged
     /// deliveries (per-consumer QoS: quorum queues refuse global QoS).
     pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<JobConsumer, QueueError> {
-        let channel = self.connection.create_channel().await?;
+        let channel = self.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await?;
         let consumer = channel
             .basic_consume(
-                self.names.jobs.as_str().into(),
+                self.inner.names.jobs.as_str().into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        let publisher = self.publisher().await?;
+        // Retries and dead letters are published on a channel of their own,
+        // with confirms, tied to this consumer's connection.
+        let side = self.channel().await?;
+        side.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(JobConsumer {
             channel,
             tag: tag.into(),
             consumer,
-            dead_letters: publisher,
+            side: SideChannel {
+                channel: side,
+                names: self.inner.names.clone(),
+            },
         })
     }
 
     /// Messages ready in the job queue and in the DLQ.
     pub async fn depths(&self) -> Result<(u32, u32), QueueError> {
-        let channel = self.connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let jobs = channel
-            .queue_declare(
-                self.names.jobs.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
-        let dlq = channel
-            .queue_declare(
-                self.names.dlq.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await?;
+        let channel = self.channel().await?;
+        let jobs = passive_count(&channel, &self.inner.names.jobs).await?;
+        let dlq = passive_count(&channel, &self.inner.names.dlq).await?;
         channel.close(200, "depth read".into()).await?;
-        Ok((jobs.message_count(), dlq.message_count()))
+        Ok((jobs, dlq))
     }
 
     /// Takes one message off the DLQ (acknowledged), with its reason header.
     pub async fn take_dead_letter(&self) -> Result<Option<(Vec<u8>, Option<String>)>, QueueError> {
-        let channel = self.connection.create_channel().await?;
+        let channel = self.channel().await?;
         let message = channel
             .basic_get(
-                self.names.dlq.as_str().into(),
+                self.inner.names.dlq.as_str().into(),
                 lapin::options::BasicGetOptions { no_ack: true },
             )
             .await?;
@@ -221,21 +357,21 @@ impl Broker {
     /// Publishes raw bytes straight to the job queue, bypassing encoding;
     /// used by tests and operators to inject a message as it arrived.
     pub async fn publish_raw(&self, body: &[u8]) -> Result<(), QueueError> {
-        let publisher = self.publisher().await?;
-        publisher
-            .send(&self.names.jobs, body, FieldTable::default())
+        self.publisher()
+            .await?
+            .send(&self.inner.names.jobs, body, FieldTable::default())
             .await
     }
 
-    /// Deletes both queues and everything in them (tests and teardown only).
+    /// Deletes every queue and everything in them (tests and teardown only).
     pub async fn delete_queues(&self) -> Result<(), QueueError> {
-        let channel = self.connection.create_channel().await?;
-        for name in [&self.names.jobs, &self.names.dlq] {
+        let channel = self.channel().await?;
+        for name in self.inner.names.all() {
             channel
-                .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
+                .queue_purge(name.into(), QueuePurgeOptions::default())
                 .await?;
             channel
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .queue_delete(name.into(), QueueDeleteOptions::default())
                 .await?;
         }
         Ok(())
@@ -243,79 +379,168 @@ impl Broker {
 
     /// Closes the connection; unacknowledged deliveries return to the queue.
     pub async fn close(&self) {
-        if let Err(err) = self.connection.close(200, "shutting down".into()).await {
+        let connection = self.inner.connection.read().await;
+        if let Err(err) = connection.close(200, "shutting down".into()).await {
             tracing::debug!(error = %err, "closing the RabbitMQ connection");
         }
     }
 }
 
+/// Quorum queue arguments that dead-letter, losing nothing, into `target`
+/// through the default exchange.
+fn quorum_dead_lettering_to(target: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    // Quorum queues replicate and fsync every message: nothing accepted is
+    // lost when a broker node dies, and they count deliveries.
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args.insert("x-dead-letter-exchange".into(), long_string(""));
+    args.insert("x-dead-letter-routing-key".into(), long_string(target));
+    // At-least-once dead-lettering keeps a message until the target confirms
+    // it; it requires reject-publish overflow.
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args
+}
+
+async fn passive_count(channel: &Channel, queue: &str) -> Result<u32, QueueError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    Ok(channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?
+        .message_count())
+}
+
+fn header(properties: &BasicProperties, name: &str) -> Option<AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name).cloned())
+}
+
 fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties.headers().as_ref().and_then(|h| {
-        h.inner().get(name).and_then(|v| match v {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        })
-    })
+    match header(properties, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    match header(properties, name)? {
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::ShortShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+fn job_headers(message: &JobMessage) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(traceparent) = &message.traceparent {
+        headers.insert("traceparent".into(), long_string(traceparent));
+    }
+    headers
+}
+
+/// Publishes one message on `channel` (confirms enabled) and waits for the
+/// broker to take responsibility for it.
+async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    headers: FieldTable,
+) -> Result<(), QueueError> {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            queue.into(),
+            // Mandatory: an unroutable message comes back instead of vanishing.
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?;
+    let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+        .await
+        .map_err(|_| QueueError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
+    match confirmation {
+        // A returned message is still acked by the broker; it was not queued.
+        Confirmation::Ack(Some(_)) => Err(QueueError::NotConfirmed("unroutable (queue missing)")),
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Nack(_) => Err(QueueError::NotConfirmed("negatively acknowledged")),
+        Confirmation::NotRequested => Err(QueueError::NotConfirmed("confirms not enabled")),
+    }
 }
 
 /// Publishes job messages; a publish returns only once the broker has
 /// confirmed the message is stored (persistent, on a quorum queue).
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
-    names: QueueNames,
-    confirm_timeout: Duration,
+    broker: Broker,
 }
 
 impl Publisher {
     /// Publishes a job and waits for the broker's confirm.
     pub async fn publish(&self, message: &JobMessage) -> Result<(), QueueError> {
-        let mut headers = FieldTable::default();
-        if let Some(traceparent) = &message.traceparent {
-            headers.insert("traceparent".into(), long_string(traceparent));
-        }
-        self.send(&self.names.jobs, &message.encode(), headers)
+        let queue = self.broker.inner.names.jobs.clone();
+        self.send(&queue, &message.encode(), job_headers(message))
             .await
     }
 
-    /// Whether the publishing channel is usable.
+    /// Whether the connection under the publishing channel is up.
     pub fn is_connected(&self) -> bool {
-        self.channel.status().connected()
+        self.broker.is_connected()
     }
 
     async fn send(&self, queue: &str, body: &[u8], headers: FieldTable) -> Result<(), QueueError> {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("application/json".into())
-            .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(""),
-                queue.into(),
-                // Mandatory: an unroutable message comes back instead of vanishing.
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await?;
-        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
-            .await
-            .map_err(|_| QueueError::ConfirmTimeout(self.confirm_timeout))??;
-        match confirmation {
-            // A returned message is still acked by the broker; it was not queued.
-            Confirmation::Ack(Some(_)) => {
-                Err(QueueError::NotConfirmed("unroutable (queue missing)"))
+        let channel = self.channel().await?;
+        let result = publish_confirmed(&channel, queue, body, headers).await;
+        if result.is_err() && !channel.status().connected() {
+            // Forget the dead channel; the next publish opens another.
+            let mut cached = self.broker.inner.publish_channel.lock().await;
+            if cached.as_ref().is_some_and(|c| c.id() == channel.id()) {
+                *cached = None;
             }
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Nack(_) => Err(QueueError::NotConfirmed("negatively acknowledged")),
-            Confirmation::NotRequested => Err(QueueError::NotConfirmed("confirms not enabled")),
         }
+        result
     }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut cached = self.broker.inner.publish_channel.lock().await;
+        if let Some(channel) = cached.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.broker.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *cached = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// A consumer's own confirmed publishing channel, for retries and dead letters.
+#[derive(Clone)]
+struct SideChannel {
+    channel: Channel,
+    names: QueueNames,
 }
 
 /// A stream of job deliveries with manual acknowledgement.
@@ -323,18 +548,23 @@ pub struct JobConsumer {
     channel: Channel,
     tag: String,
     consumer: lapin::Consumer,
-    dead_letters: Publisher,
+    side: SideChannel,
 }
 
 impl JobConsumer {
     /// The next delivery; `None` when the consumer was cancelled or the
-    /// channel closed (the caller decides whether to re-subscribe).
+    /// channel or connection closed (the caller re-subscribes).
     pub async fn next(&mut self) -> Option<Result<JobDelivery, QueueError>> {
         let next = self.consumer.next().await?;
         Some(next.map_err(QueueError::from).map(|inner| JobDelivery {
             inner,
-            dead_letters: self.dead_letters.clone(),
+            side: self.side.clone(),
         }))
+    }
+
+    /// Whether the consuming channel is still open.
+    pub fn is_connected(&self) -> bool {
+        self.channel.status().connected()
     }
 
     /// Asks the broker to stop sending; deliveries already sent still arrive
@@ -346,10 +576,14 @@ impl JobConsumer {
         Ok(())
     }
 
-    /// Closes the channel; unacknowledged deliveries are redelivered to others.
+    /// Closes the channels; unacknowledged deliveries are redelivered to others.
     pub async fn close(&self) {
-        if let Err(err) = self.channel.close(200, "consumer closed".into()).await {
-            tracing::debug!(error = %err, "closing the consumer channel");
+        for channel in [&self.channel, &self.side.channel] {
+            if channel.status().connected()
+                && let Err(err) = channel.close(200, "consumer closed".into()).await
+            {
+                tracing::debug!(error = %err, "closing a consumer channel");
+            }
         }
     }
 }
@@ -357,7 +591,7 @@ impl JobConsumer {
 /// One delivered message, to be settled exactly once.
 pub struct JobDelivery {
     inner: Delivery,
-    dead_letters: Publisher,
+    side: SideChannel,
 }
 
 impl JobDelivery {
@@ -371,6 +605,13 @@ impl JobDelivery {
         self.inner.redelivered
     }
 
+    /// Earlier unsuccessful deliveries of this message (requeues, consumers
+    /// that died holding it). When it reaches [`Broker::delivery_limit`] this
+    /// delivery is the last before the broker dead-letters the message.
+    pub fn delivery_count(&self) -> u64 {
+        header_u64(&self.inner.properties, DELIVERY_COUNT_HEADER).unwrap_or(0)
+    }
+
     /// W3C trace context of the submitting request, if any.
     pub fn traceparent(&self) -> Option<String> {
         header_str(&self.inner.properties, "traceparent")
@@ -382,7 +623,8 @@ impl JobDelivery {
         Ok(())
     }
 
-    /// Not done: the broker delivers it again (counting toward the delivery limit).
+    /// Not done: the broker delivers it again at once (counting toward the
+    /// delivery limit). For a later retry use [`JobDelivery::retry_later`].
     pub async fn requeue(&self) -> Result<(), QueueError> {
         self.inner
             .nack(BasicNackOptions {
@@ -393,16 +635,37 @@ impl JobDelivery {
         Ok(())
     }
 
+    /// Retry after a back-off: publishes `next` (the message for the next
+    /// attempt) to the delay queue for `delay_index` (clamped to the longest),
+    /// whence it returns to the job queue when its delay is over, then
+    /// acknowledges this delivery. On error nothing was acknowledged.
+    pub async fn retry_later(
+        &self,
+        next: &JobMessage,
+        delay_index: usize,
+    ) -> Result<(), QueueError> {
+        let delays = &self.side.names.delays;
+        let queue = match delays.get(delay_index).or(delays.last()) {
+            Some((_, name)) => name.as_str(),
+            None => self.side.names.jobs.as_str(),
+        };
+        publish_confirmed(&self.side.channel, queue, &next.encode(), job_headers(next)).await?;
+        self.ack().await
+    }
+
     /// Never processable: a copy goes to the DLQ with `reason` in a header,
     /// then the original is acknowledged. Should the copy fail, the message is
     /// rejected so the broker dead-letters it itself (without the reason).
     pub async fn dead_letter(&self, reason: &str) -> Result<(), QueueError> {
         let mut headers = self.inner.properties.headers().clone().unwrap_or_default();
         headers.insert(REASON_HEADER.into(), long_string(reason));
-        match self
-            .dead_letters
-            .send(&self.dead_letters.names.dlq, &self.inner.data, headers)
-            .await
+        match publish_confirmed(
+            &self.side.channel,
+            &self.side.names.dlq,
+            &self.inner.data,
+            headers,
+        )
+        .await
         {
             Ok(()) => self.ack().await,
             Err(err) => {

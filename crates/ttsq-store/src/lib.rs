@@ -26,7 +26,7 @@ pub use keys::{NewApiKey, Principal, Tenant};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
-pub use tasks::{ClaimedTask, FinishedTask, NewTask, TaskOutcome, TaskRow};
+pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,33 @@ pub enum StoreError {
     /// The row named does not exist.
     #[error("{0} not found")]
     NotFound(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed: Postgres unreachable, restarting
+    /// or out of connections, as opposed to a query it refused.
+    pub fn is_transient(&self) -> bool {
+        let Self::Database(err) = self else {
+            return false;
+        };
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_) => true,
+            // SQLSTATE classes 08 (connection exception), 53 (insufficient
+            // resources), 57 (operator intervention: shutdown, restart) and
+            // 40 (serialization failure, deadlock) clear up by themselves.
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                ["08", "53", "57", "40"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            _ => false,
+        }
+    }
 }
 
 /// Handle to the ttsq database; cheap to clone.

@@ -29,15 +29,26 @@ pub struct Unpublished {
 impl Store {
     /// Records the broker's confirm for a task's message.
     pub async fn mark_published(&self, task_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("UPDATE tasks SET published_at = now() WHERE id = $1")
-            .bind(task_id)
-            .execute(&self.pool)
-            .await?;
+        self.mark_published_many(&[task_id]).await
+    }
+
+    /// Records the broker's confirm for several tasks' messages at once.
+    pub async fn mark_published_many(&self, task_ids: &[Uuid]) -> Result<(), StoreError> {
+        if task_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE tasks SET published_at = now()
+              WHERE id = ANY($1) AND status = 'queued' AND published_at IS NULL",
+        )
+        .bind(task_ids)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Publishes up to `limit` queued tasks left unpublished for longer than
-    /// `older_than`, with `publish` (true = confirmed), and marks those that
+    /// `older_than` (counted from the end of a retry back-off, if any), with `publish` (true = confirmed), and marks those that
     /// went out. Rows are locked with `SKIP LOCKED`, so relays of several
     /// replicas never publish the same task at once. Returns how many went out.
     pub async fn relay_unpublished<F, Fut>(
@@ -54,7 +65,7 @@ impl Store {
         let rows: Vec<Unpublished> = sqlx::query_as(
             "SELECT id, tenant_id, dialect FROM tasks
               WHERE status = 'queued' AND published_at IS NULL
-                AND created_at < now() - make_interval(secs => $1)
+                AND coalesce(not_before, created_at) < now() - make_interval(secs => $1)
               ORDER BY created_at
               LIMIT $2
               FOR UPDATE SKIP LOCKED",
@@ -81,18 +92,26 @@ impl Store {
     }
 
     /// Returns to the outbox every `processing` task whose claiming replica
-    /// has not heartbeated within `ttl`. Returns how many.
-    pub async fn recover_orphans(&self, ttl: Duration) -> Result<u64, StoreError> {
+    /// has not heartbeated within `replica_ttl`, or that was claimed longer
+    /// than `claim_timeout` ago (its holder is alive but lost track of it,
+    /// e.g. Postgres was away when it tried to hand it back). Returns how many.
+    pub async fn recover_orphans(
+        &self,
+        replica_ttl: Duration,
+        claim_timeout: Duration,
+    ) -> Result<u64, StoreError> {
         let result = sqlx::query(
             "UPDATE tasks t
-                SET status = 'queued', published_at = NULL, claimed_by = NULL
+                SET status = 'queued', published_at = NULL, claimed_by = NULL, not_before = NULL
               WHERE t.status = 'processing'
-                AND t.started_at < now() - make_interval(secs => $1)
-                AND NOT EXISTS (
-                    SELECT 1 FROM workers w
-                     WHERE w.id = t.claimed_by AND w.last_seen > now() - make_interval(secs => $1))",
+                AND coalesce(t.claimed_at, t.started_at) < now() - make_interval(secs => $1)
+                AND (coalesce(t.claimed_at, t.started_at) < now() - make_interval(secs => $2)
+                     OR NOT EXISTS (
+                        SELECT 1 FROM workers w
+                         WHERE w.id = t.claimed_by AND w.last_seen > now() - make_interval(secs => $1)))",
         )
-        .bind(ttl.as_secs_f64())
+        .bind(replica_ttl.as_secs_f64())
+        .bind(claim_timeout.as_secs_f64())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())

@@ -4,6 +4,8 @@
 //! statement, and `usage_ledger.task_id` is unique: whatever is retried or
 //! redelivered, a task is billed at most once.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use ttsq_core::{Job, TaskStatus};
 use uuid::Uuid;
@@ -108,6 +110,21 @@ pub enum TaskOutcome {
         /// Message for the client, free of secrets.
         message: String,
     },
+}
+
+/// A claimed task to retry later, for [`Store::reschedule`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reschedule {
+    /// Task id.
+    pub task_id: Uuid,
+    /// Earliest time the outbox may republish it.
+    pub not_before: DateTime<Utc>,
+    /// Code of the error that caused the retry.
+    pub error_code: String,
+    /// Its message, shown on the task meanwhile.
+    pub error_message: String,
+    /// Give the attempt back (the failure was no fault of the job).
+    pub refund_attempt: bool,
 }
 
 /// A claimed task's outcome, for [`Store::finish_tasks`].
@@ -267,31 +284,92 @@ impl Store {
             .await?)
     }
 
-    /// Claims the unfinished tasks among `ids` for a worker batch, in one
-    /// statement. Finished or cancelled tasks are not returned, so a
-    /// redelivered message for them is simply acknowledged. A task already
-    /// `processing` is claimed again: its message was redelivered, which
-    /// RabbitMQ only does once the previous consumer is gone.
+    /// Claims the claimable tasks among `ids` for a worker batch, in one
+    /// statement: those `queued`, and those `processing` under a replica that
+    /// has not heartbeated within `replica_ttl` (it died holding them).
+    /// Finished and cancelled tasks are not returned, nor tasks a live replica
+    /// is working on: a redelivered message for them is acknowledged, as the
+    /// live holder finishes them or hands them back through the outbox.
     pub async fn claim(
         &self,
         ids: &[Uuid],
         batch_id: Uuid,
         replica_id: Uuid,
+        replica_ttl: Duration,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         Ok(sqlx::query_as(
-            "UPDATE tasks
+            "UPDATE tasks t
                 SET status = 'processing', attempts = attempts + 1,
-                    started_at = coalesce(started_at, now()), worker_batch_id = $2,
-                    claimed_by = $3
-              WHERE id = ANY($1) AND status IN ('queued', 'processing')
+                    started_at = coalesce(started_at, now()), claimed_at = now(),
+                    worker_batch_id = $2, claimed_by = $3, not_before = NULL
+              WHERE t.id = ANY($1)
+                AND (t.status = 'queued'
+                     OR (t.status = 'processing' AND NOT EXISTS (
+                            SELECT 1 FROM workers w
+                             WHERE w.id = t.claimed_by
+                               AND w.last_seen > now() - make_interval(secs => $4))))
           RETURNING id, tenant_id, text, characters, dialect, voice, speed, emotion, format,
                     content_hash, attempts",
         )
         .bind(ids)
         .bind(batch_id)
         .bind(replica_id)
+        .bind(replica_ttl.as_secs_f64())
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The states of the tasks among `ids` that exist, for operators'
+    /// tools (which know ids from queue messages, not tenants).
+    pub async fn task_statuses(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, TaskStatus>, StoreError> {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM tasks WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, status)| status.parse().ok().map(|s| (id, s)))
+            .collect())
+    }
+
+    /// Hands claimed tasks back for a later attempt: `queued` again, not to be
+    /// republished by the outbox before `not_before` (their message waits in a
+    /// delay queue meanwhile), with the error that caused the retry. A task
+    /// whose failure was no fault of its own (a vendor's 429) gets its
+    /// attempt back. Tasks no longer `processing` are left alone.
+    pub async fn reschedule(&self, retries: &[Reschedule]) -> Result<u64, StoreError> {
+        if retries.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = retries.iter().map(|r| r.task_id).collect();
+        let not_before: Vec<DateTime<Utc>> = retries.iter().map(|r| r.not_before).collect();
+        let codes: Vec<&str> = retries.iter().map(|r| r.error_code.as_str()).collect();
+        let messages: Vec<&str> = retries.iter().map(|r| r.error_message.as_str()).collect();
+        let refunds: Vec<i32> = retries
+            .iter()
+            .map(|r| i32::from(r.refund_attempt))
+            .collect();
+        let result = sqlx::query(
+            "UPDATE tasks t
+                SET status = 'queued', claimed_by = NULL, published_at = NULL,
+                    not_before = r.not_before, error_code = r.code, error_message = r.message,
+                    attempts = greatest(t.attempts - r.refund, 0)
+               FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int4[])
+                    AS r(id, not_before, code, message, refund)
+              WHERE t.id = r.id AND t.status = 'processing'",
+        )
+        .bind(&ids)
+        .bind(&not_before)
+        .bind(&codes)
+        .bind(&messages)
+        .bind(&refunds)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
     }
 
     /// Finishes claimed tasks and writes their ledger rows in one statement.

@@ -15,14 +15,15 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::{sync::Semaphore, task::JoinSet};
 use ttsq_audio::AudioStore;
 use ttsq_config::WorkerSettings;
+use ttsq_core::backoff::Backoff;
 use ttsq_providers::Router;
-use ttsq_queue::{Broker, QueueError};
+use ttsq_queue::{Broker, JobConsumer, QueueError};
 use ttsq_store::Store;
 
 use crate::{batcher::Batcher, pipeline::Item};
@@ -42,12 +43,28 @@ pub struct WorkerContext {
     pub settings: WorkerSettings,
     /// Unacknowledged deliveries held at once.
     pub prefetch: u16,
-    /// Claims of a task after which a passing provider failure fails it.
-    pub max_attempts: i32,
+    /// Back-off before each retry; a task gets one attempt more than there
+    /// are delays.
+    pub retry_delays: Vec<Duration>,
+    /// The queue's delivery limit: a delivery counted this often is the
+    /// message's last.
+    pub delivery_limit: u32,
     /// This process's replica id (its heartbeat row), stamped on claims.
     pub replica_id: uuid::Uuid,
+    /// A replica silent for this long is presumed dead; tasks it held may be
+    /// claimed by others.
+    pub replica_ttl: Duration,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
+}
+
+impl WorkerContext {
+    /// Claims of a task after which a passing provider failure fails it.
+    pub fn max_attempts(&self) -> i32 {
+        i32::try_from(self.retry_delays.len())
+            .unwrap_or(i32::MAX)
+            .saturating_add(1)
+    }
 }
 
 /// Why the worker stopped other than by being asked to.
@@ -56,9 +73,6 @@ pub enum WorkerError {
     /// The broker connection or channel failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// The broker ended the consumer (queue deleted, node shutting down).
-    #[error("the broker closed the consumer")]
-    ConsumerClosed,
 }
 
 /// Consumes until `shutdown` resolves, then stops consuming, finishes the
@@ -71,6 +85,7 @@ pub async fn run(
         .broker
         .consume(context.prefetch, &context.name)
         .await?;
+    let mut resubscribe = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut batcher: Batcher<Item> =
         Batcher::new(context.settings.batch_size, context.settings.batch_window());
     let slots = Arc::new(Semaphore::new(context.settings.concurrent_batches));
@@ -129,8 +144,16 @@ pub async fn run(
                         }
                     }
                 },
-                Some(Err(err)) => break Err(WorkerError::from(err)),
-                None => break Err(WorkerError::ConsumerClosed),
+                end => {
+                    match end {
+                        Some(Err(err)) => tracing::warn!(error = %err, "consumer failed"),
+                        _ => tracing::warn!("the broker ended the consumer"),
+                    }
+                    match resubscribed(&context, &mut batcher, &mut resubscribe, &mut shutdown).await {
+                        Some(fresh) => consumer = fresh,
+                        None => break Ok(()),
+                    }
+                }
             },
         }
     };
@@ -161,6 +184,46 @@ pub async fn run(
     consumer.close().await;
     tracing::info!("worker stopped");
     outcome
+}
+
+/// A new consumer after the old one died (connection lost, broker restart,
+/// queue deleted), retried with back-off until it works or `shutdown`.
+/// Deliveries held in the batcher died with their channel: the broker
+/// redelivers them, so they are dropped here unsettled. Batches already
+/// running finish their database work; their acks fail harmlessly and the
+/// redeliveries find the tasks finished.
+async fn resubscribed(
+    context: &WorkerContext,
+    batcher: &mut Batcher<Item>,
+    backoff: &mut Backoff,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<JobConsumer> {
+    let dropped: usize = batcher.drain().iter().map(Vec::len).sum();
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "deliveries of the lost channel return through the broker"
+        );
+    }
+    loop {
+        let wait = backoff.next_delay();
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match context
+            .broker
+            .consume(context.prefetch, &context.name)
+            .await
+        {
+            Ok(consumer) => {
+                tracing::info!("consuming again");
+                backoff.reset();
+                return Some(consumer);
+            }
+            Err(err) => tracing::warn!(error = %err, retry_in = ?wait, "re-subscribing failed"),
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -1,13 +1,18 @@
 //! Processing one batch of deliveries of one dialect.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
+use ttsq_core::backoff::Backoff;
 use ttsq_core::{AudioFormat, JobMessage};
 use ttsq_providers::SynthesisRequest;
 use ttsq_queue::JobDelivery;
-use ttsq_store::{AudioObject, ClaimedTask, FinishedTask, TaskOutcome};
+use ttsq_store::{AudioObject, ClaimedTask, FinishedTask, Reschedule, TaskOutcome};
 use uuid::Uuid;
 
 use crate::WorkerContext;
@@ -26,14 +31,44 @@ enum HashResult {
     Stored(AudioObject),
     /// Synthesized now: the first task pays, the rest are cache hits.
     Synthesized(AudioObject),
-    /// Gave up on it; its tasks fail with this code.
-    Failed { code: String, message: String },
-    /// A passing failure: leave its tasks for a redelivery.
-    Retry,
+    /// Gave up on it; its tasks fail with this error. `exhausted`: it was a
+    /// passing failure with no attempts left, worth a copy in the DLQ.
+    Failed {
+        code: String,
+        message: String,
+        exhausted: bool,
+    },
+    /// A passing failure: retry its tasks after a back-off. `refund`: the
+    /// failure was no fault of the job (a vendor's 429), so the attempt is
+    /// not counted.
+    Retry {
+        code: String,
+        message: String,
+        refund: bool,
+    },
+}
+
+impl HashResult {
+    fn retry(code: &str, message: impl ToString) -> Self {
+        Self::Retry {
+            code: code.to_owned(),
+            message: message.to_string(),
+            refund: false,
+        }
+    }
+}
+
+/// How each delivery of the batch is settled once its tasks are written.
+enum Settle {
+    Ack,
+    Retry { attempt: u32, delay_index: usize },
+    DeadLetter(String),
+    Requeue,
 }
 
 /// Runs a batch end to end. Never returns an error: whatever cannot be
-/// finished is requeued and comes back.
+/// finished goes back to the queue (or, failing that, to the outbox) and
+/// comes back.
 #[tracing::instrument(skip_all, fields(batch_id, dialect, size = items.len()))]
 pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     let batch_id = Uuid::now_v7();
@@ -49,10 +84,12 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let claimed = match context
-        .store
-        .claim(&ids, batch_id, context.replica_id)
-        .await
+    let claimed = match with_storage_retry(context, "claiming the batch", || {
+        context
+            .store
+            .claim(&ids, batch_id, context.replica_id, context.replica_ttl)
+    })
+    .await
     {
         Ok(claimed) => claimed,
         Err(err) => {
@@ -62,55 +99,228 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         }
     };
 
-    let results = resolve_hashes(context, &claimed).await;
+    // A task claimed more often than it has attempts crashed its workers
+    // every time; a delivery at the broker's limit is the message's last.
+    // Either way it fails now instead of looping.
+    let last_delivery: HashSet<Uuid> = items
+        .iter()
+        .filter(|i| i.delivery.delivery_count() >= u64::from(context.delivery_limit))
+        .map(|i| i.message.task_id)
+        .collect();
+    let (spent, runnable): (Vec<&ClaimedTask>, Vec<&ClaimedTask>) = claimed
+        .iter()
+        .partition(|t| t.attempts > context.max_attempts() || last_delivery.contains(&t.id));
+    let results = resolve_hashes(context, &runnable).await;
 
     let mut finished = Vec::with_capacity(claimed.len());
-    let mut retry: HashSet<Uuid> = HashSet::new();
+    let mut retries = Vec::new();
+    let mut settle: HashMap<Uuid, Settle> = HashMap::new();
     let mut paid: HashSet<&str> = HashSet::new();
-    for task in &claimed {
+    for task in spent {
+        let (code, message) = if last_delivery.contains(&task.id) {
+            ("delivery_limit", "the queue gave up redelivering this job")
+        } else {
+            (
+                "attempts_exhausted",
+                "every attempt at this job was interrupted",
+            )
+        };
+        finished.push(failed(task, code, message));
+        settle.insert(task.id, Settle::DeadLetter(code.to_owned()));
+    }
+    for task in runnable {
         match results.get(task.content_hash.as_str()) {
             Some(HashResult::Stored(object)) => {
-                finished.push(succeeded(context, task, object, true))
+                finished.push(succeeded(context, task, object, true));
             }
             Some(HashResult::Synthesized(object)) => {
                 let first = paid.insert(task.content_hash.as_str());
                 finished.push(succeeded(context, task, object, !first));
             }
-            Some(HashResult::Failed { code, message }) => finished.push(FinishedTask {
-                task_id: task.id,
-                outcome: TaskOutcome::Failed {
-                    code: code.clone(),
-                    message: message.clone(),
-                },
-            }),
-            Some(HashResult::Retry) | None => {
-                retry.insert(task.id);
+            Some(HashResult::Failed {
+                code,
+                message,
+                exhausted,
+            }) => {
+                finished.push(failed(task, code, message));
+                if *exhausted {
+                    settle.insert(task.id, Settle::DeadLetter(code.clone()));
+                }
+            }
+            Some(HashResult::Retry {
+                code,
+                message,
+                refund,
+            }) => {
+                let attempts = u32::try_from(task.attempts).unwrap_or(0);
+                let (attempt, delay_index) = if *refund {
+                    (attempts.max(1), 0)
+                } else {
+                    (attempts + 1, attempts.saturating_sub(1) as usize)
+                };
+                let delay = context
+                    .retry_delays
+                    .get(delay_index)
+                    .or(context.retry_delays.last())
+                    .copied()
+                    .unwrap_or_default();
+                retries.push(Reschedule {
+                    task_id: task.id,
+                    not_before: chrono::Utc::now()
+                        + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    error_code: code.clone(),
+                    error_message: message.clone(),
+                    refund_attempt: *refund,
+                });
+                settle.insert(
+                    task.id,
+                    Settle::Retry {
+                        attempt,
+                        delay_index,
+                    },
+                );
+            }
+            // Every claimed hash has a result; should one be missing, the
+            // task is still `processing` and comes back through the outbox.
+            None => {
+                settle.insert(task.id, Settle::Requeue);
             }
         }
     }
 
-    if let Err(err) = context.store.finish_tasks(&finished).await {
+    if let Err(err) = with_storage_retry(context, "finishing the batch", || {
+        context.store.finish_tasks(&finished)
+    })
+    .await
+    {
         tracing::warn!(error = %err, "finishing the batch failed; requeueing it");
         requeue_all(&items).await;
         return;
     }
+    if let Err(err) = with_storage_retry(context, "rescheduling retries", || {
+        context.store.reschedule(&retries)
+    })
+    .await
+    {
+        // Left `processing`: the claim timeout hands them back later.
+        tracing::warn!(error = %err, "rescheduling retries failed");
+    }
     tracing::info!(
         claimed = claimed.len(),
         finished = finished.len(),
-        retried = retry.len(),
+        retried = retries.len(),
         "batch done"
     );
+    settle_deliveries(context, &items, settle).await;
+}
 
-    for item in &items {
-        let result = if retry.contains(&item.message.task_id) {
-            item.delivery.requeue().await
-        } else {
-            // Finished now, or already finished or cancelled before.
-            item.delivery.ack().await
+/// Acknowledges, retries or dead-letters every delivery of a batch whose
+/// tasks are written. Each task's retry is published once, even when the
+/// batch held several deliveries of it.
+async fn settle_deliveries(
+    context: &WorkerContext,
+    items: &[Item],
+    mut settle: HashMap<Uuid, Settle>,
+) {
+    let mut published = Vec::new();
+    for item in items {
+        let task_id = item.message.task_id;
+        let result = match settle.remove(&task_id).unwrap_or(Settle::Ack) {
+            Settle::Ack => item.delivery.ack().await,
+            Settle::Requeue => item.delivery.requeue().await,
+            Settle::DeadLetter(reason) => item.delivery.dead_letter(&reason).await,
+            Settle::Retry {
+                attempt,
+                delay_index,
+            } => {
+                let mut next = item.message.clone();
+                next.attempt = attempt;
+                match item.delivery.retry_later(&next, delay_index).await {
+                    Ok(()) => {
+                        published.push(task_id);
+                        Ok(())
+                    }
+                    Err(err) => {
+                        // The task is queued and unpublished: the outbox
+                        // relay publishes it once its back-off is over.
+                        tracing::warn!(error = %err, %task_id, "publishing a retry failed; the outbox will");
+                        item.delivery.ack().await
+                    }
+                }
+            }
         };
         if let Err(err) = result {
-            tracing::warn!(error = %err, task_id = %item.message.task_id, "settling a delivery failed; it will be redelivered");
+            tracing::warn!(error = %err, %task_id, "settling a delivery failed; it will be redelivered");
         }
+    }
+    if let Err(err) = context.store.mark_published_many(&published).await {
+        // The relay republishes them after their back-off: a duplicate
+        // message, which the claim turns into a no-op.
+        tracing::warn!(error = %err, "recording published retries failed");
+    }
+}
+
+/// Runs a Postgres or S3 operation until it succeeds, fails for good, or
+/// [`WorkerSettings::storage_retry`](ttsq_config::WorkerSettings::storage_retry)
+/// has passed, backing off in between. A batch so rides out a database
+/// restart or a storage blip holding its deliveries, instead of bouncing them
+/// through the broker (which counts every bounce toward the delivery limit).
+pub async fn with_storage_retry<T, E, F, Fut>(
+    context: &WorkerContext,
+    what: &str,
+    mut operation: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display + Transient,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + context.settings.storage_retry();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match operation().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_transient() => {
+                let wait = backoff.next_delay();
+                if Instant::now() + wait >= deadline {
+                    return Err(err);
+                }
+                tracing::warn!(error = %err, retry_in = ?wait, "{what} failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Errors that may clear up by themselves.
+pub trait Transient {
+    /// Whether trying again later may succeed.
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for ttsq_store::StoreError {
+    fn is_transient(&self) -> bool {
+        ttsq_store::StoreError::is_transient(self)
+    }
+}
+
+impl Transient for StoreAudioError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Upload(err) => err.is_transient(),
+            Self::Index(err) => err.is_transient(),
+        }
+    }
+}
+
+fn failed(task: &ClaimedTask, code: &str, message: &str) -> FinishedTask {
+    FinishedTask {
+        task_id: task.id,
+        outcome: TaskOutcome::Failed {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        },
     }
 }
 
@@ -143,21 +353,25 @@ pub async fn requeue_all(items: &[Item]) {
 /// Looks every distinct hash up once and synthesizes the missing ones, once each.
 async fn resolve_hashes<'a>(
     context: &WorkerContext,
-    claimed: &'a [ClaimedTask],
+    claimed: &[&'a ClaimedTask],
 ) -> HashMap<&'a str, HashResult> {
     let mut first_task: HashMap<&str, &ClaimedTask> = HashMap::new();
-    for task in claimed {
+    for &task in claimed {
         first_task.entry(task.content_hash.as_str()).or_insert(task);
     }
     let hashes: Vec<String> = first_task.keys().map(|h| (*h).to_owned()).collect();
     let mut results = HashMap::new();
-    let stored = match context.store.find_audio_many(&hashes).await {
+    let stored = match with_storage_retry(context, "the cache lookup", || {
+        context.store.find_audio_many(&hashes)
+    })
+    .await
+    {
         Ok(stored) => stored,
         Err(err) => {
             tracing::warn!(error = %err, "cache lookup failed");
             return first_task
                 .into_keys()
-                .map(|h| (h, HashResult::Retry))
+                .map(|h| (h, HashResult::retry("storage_unavailable", &err)))
                 .collect();
         }
     };
@@ -185,6 +399,7 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         return HashResult::Failed {
             code: "invalid_task".into(),
             message: format!("stored format `{}` is unknown", task.format),
+            exhausted: false,
         };
     };
     let request = SynthesisRequest {
@@ -199,34 +414,43 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         Ok(done) => done,
         // A vendor's quota is never the job's fault: it waits for as long as it takes.
         Err(err @ ttsq_providers::ProviderError::RateLimited { .. }) => {
-            tracing::warn!(task_id = %task.id, error = %err, "still rate-limited; requeueing");
-            return HashResult::Retry;
+            tracing::warn!(task_id = %task.id, error = %err, "still rate-limited; retrying later");
+            return HashResult::Retry {
+                code: err.code().into(),
+                message: err.to_string(),
+                refund: true,
+            };
         }
-        Err(err) if err.is_retryable() && task.attempts < context.max_attempts => {
+        Err(err) if err.is_retryable() && task.attempts < context.max_attempts() => {
             tracing::warn!(task_id = %task.id, attempt = task.attempts, error = %err, "provider failed; will retry");
-            return HashResult::Retry;
+            return HashResult::retry(err.code(), &err);
         }
         Err(err) => {
             return HashResult::Failed {
                 code: err.code().into(),
                 message: err.to_string(),
+                exhausted: err.is_retryable(),
             };
         }
     };
-    match store_audio(
-        &context.store,
-        &context.audio,
-        &task.content_hash,
-        format,
-        audio,
-        provider,
-    )
+    // The audio is paid for: keep it through a storage outage rather than
+    // synthesize it again on the next attempt.
+    match with_storage_retry(context, "storing audio", || {
+        store_audio(
+            &context.store,
+            &context.audio,
+            &task.content_hash,
+            format,
+            audio.clone(),
+            provider.clone(),
+        )
+    })
     .await
     {
         Ok(on_file) => HashResult::Synthesized(on_file),
         Err(err) => {
             tracing::warn!(task_id = %task.id, error = %err, "storing audio failed; will retry");
-            HashResult::Retry
+            HashResult::retry("storage_unavailable", &err)
         }
     }
 }

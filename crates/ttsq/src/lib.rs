@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod dead_letters;
+
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -22,9 +24,6 @@ const OUTBOX_EVERY: Duration = Duration::from_secs(2);
 
 /// How often `/ready`'s view of provider health is refreshed.
 const PROVIDER_HEALTH_EVERY: Duration = Duration::from_secs(5);
-
-/// Claims of a task after which a passing provider failure fails it.
-const MAX_ATTEMPTS: i32 = 3;
 
 /// Every dependency of a ttsq process, connected.
 #[derive(Clone)]
@@ -94,6 +93,11 @@ impl Services {
         .context("Failed to open a publishing channel")
     }
 
+    /// How long a silent replica is presumed alive: three missed heartbeats.
+    pub fn replica_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.quota.heartbeat_secs * 3)
+    }
+
     /// The worker's context, with a consumer tag unique to this process.
     pub fn worker_context(&self) -> WorkerContext {
         WorkerContext {
@@ -103,8 +107,10 @@ impl Services {
             providers: Arc::clone(&self.providers),
             settings: self.settings.worker.clone(),
             prefetch: self.settings.queue.prefetch,
-            max_attempts: MAX_ATTEMPTS,
+            retry_delays: self.settings.queue.retry_delays(),
+            delivery_limit: self.settings.queue.delivery_limit,
             replica_id: self.replica_id,
+            replica_ttl: self.replica_ttl(),
             name: format!(
                 "ttsq-worker-{}-{}",
                 std::process::id(),
@@ -125,6 +131,10 @@ impl Services {
     ) -> anyhow::Result<()> {
         let heartbeat = self.start_heartbeat(role, shutdown.clone()).await;
         let relay = self.start_outbox_relay(shutdown.clone());
+        let broker = Arc::clone(&self.broker);
+        let supervisor_stop = shutdown.clone();
+        let supervisor =
+            tokio::spawn(async move { broker.supervise(supervisor_stop.cancelled()).await });
         let api = async {
             match listener {
                 Some(listener) => self.run_api(listener, shutdown.clone()).await,
@@ -138,7 +148,7 @@ impl Services {
             }
         };
         let (api, worker) = tokio::join!(api, worker);
-        let _ = tokio::join!(heartbeat, relay);
+        let _ = tokio::join!(heartbeat, relay, supervisor);
         api.and(worker)
     }
 
@@ -199,7 +209,8 @@ impl Services {
     pub fn start_outbox_relay(&self, shutdown: CancellationToken) -> JoinHandle<()> {
         let services = self.clone();
         tokio::spawn(async move {
-            let heartbeat_ttl = Duration::from_secs(services.settings.quota.heartbeat_secs * 3);
+            let replica_ttl = services.replica_ttl();
+            let claim_timeout = services.settings.worker.claim_timeout();
             let mut publisher = None;
             let mut ticks = tokio::time::interval(OUTBOX_EVERY);
             loop {
@@ -207,7 +218,11 @@ impl Services {
                     () = shutdown.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                match services.store.recover_orphans(heartbeat_ttl).await {
+                match services
+                    .store
+                    .recover_orphans(replica_ttl, claim_timeout)
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         tasks = n,

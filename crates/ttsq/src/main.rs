@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use ttsq::Services;
+use ttsq::{Services, dead_letters};
 use ttsq_config::Settings;
 use ttsq_providers::quota::ReplicaRole;
+use ttsq_queue::Broker;
 use ttsq_store::{Store, StoreError};
 
 /// ttsq — queue-driven batch text-to-speech.
@@ -53,6 +54,15 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Inspect, replay or purge the dead-letter queue.
+    ///
+    /// Messages land there when they cannot be decoded, when a job ran out
+    /// of attempts (a copy, next to its `failed` task), or when RabbitMQ's
+    /// delivery limit gave up on them.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -76,6 +86,34 @@ enum KeyCommand {
     Create {
         /// The tenant's name.
         tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show dead letters with their reason and their task's state (the
+    /// queue is left unchanged).
+    List {
+        /// Most messages to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send back to the job queue the dead letters whose task is still
+    /// unfinished. Failed tasks stay failed (resubmit those jobs);
+    /// undecodable messages stay for inspection.
+    Replay {
+        /// Most messages to look at.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
+    /// Delete every dead letter.
+    Purge {
+        /// Confirm: the messages are gone for good.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -164,8 +202,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.key.expose_secret());
             Ok(())
         }
+        Command::Dlq { command } => dlq(&settings, command).await,
         Command::Config { .. } => unreachable!("handled before settings are loaded"),
     }
+}
+
+#[expect(clippy::print_stdout, reason = "the listing is the command's output")]
+async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+    if let DlqCommand::Purge { yes: false } = command {
+        anyhow::bail!("purging deletes every dead letter for good; add --yes to confirm");
+    }
+    let store = migrated_store(settings).await?;
+    let broker = Broker::connect(&settings.queue, "ttsq-dlq")
+        .await
+        .context("Failed to connect to RabbitMQ (TTSQ_QUEUE_URL)")?;
+    match command {
+        DlqCommand::List { limit, json } => {
+            let letters = dead_letters::list(&broker, &store, limit).await?;
+            if json {
+                for letter in &letters {
+                    println!("{}", serde_json::to_string(letter)?);
+                }
+            } else {
+                println!(
+                    "{:<36}  {:<14}  {:>7}  {:<11}  {:<10}  REASON",
+                    "TASK", "DIALECT", "ATTEMPT", "TASK STATUS", "REPLAYABLE"
+                );
+                for letter in &letters {
+                    println!(
+                        "{:<36}  {:<14}  {:>7}  {:<11}  {:<10}  {}",
+                        letter
+                            .task_id
+                            .map_or_else(|| "(undecodable)".to_owned(), |id| id.to_string()),
+                        letter.dialect.as_deref().unwrap_or("-"),
+                        letter
+                            .attempt
+                            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                        letter.task_status.map_or("-", |s| s.as_str()),
+                        if letter.replayable { "yes" } else { "no" },
+                        letter.reason
+                    );
+                }
+                eprintln!("{} dead letter(s) shown", letters.len());
+            }
+        }
+        DlqCommand::Replay { limit } => {
+            let outcome = dead_letters::replay(&broker, &store, limit).await?;
+            eprintln!(
+                "replayed {} dead letter(s); {} kept (task finished, unknown or undecodable)",
+                outcome.replayed, outcome.kept
+            );
+        }
+        DlqCommand::Purge { .. } => {
+            let purged = broker.dlq_purge().await?;
+            eprintln!("purged {purged} dead letter(s)");
+        }
+    }
+    broker.close().await;
+    Ok(())
 }
 
 async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
