@@ -43,6 +43,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Log output.
     pub log: LogSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
     /// How replicas share provider quotas.
     pub quota: QuotaSharingSettings,
     /// Per-provider circuit breakers.
@@ -304,6 +306,9 @@ pub struct WorkerSettings {
     pub concurrent_batches: usize,
     /// Drain deadline on shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Where a `ttsq worker` serves `/metrics`, `/health` and `/ready`
+    /// (port 0 picks a free one); `ttsq all` serves them on the API instead.
+    pub metrics_listen: SocketAddr,
 }
 
 impl WorkerSettings {
@@ -334,6 +339,16 @@ pub struct LimitSettings {
 pub struct LogSettings {
     /// Line format.
     pub format: LogFormat,
+}
+
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Billable characters per UTC day the fleet should stay under (a
+    /// vendor plan's allowance), exported as `tts_daily_usage_limit` for the
+    /// "daily usage near limit" alert; 0 exports no limit.
+    pub daily_character_limit: u64,
 }
 
 /// How log lines are written.

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod observability;
+
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -71,6 +73,8 @@ impl Services {
             !providers.catalog().is_empty(),
             "no provider serves any dialect"
         );
+        ttsq_telemetry::metrics::get()
+            .set_daily_usage_limit(settings.metrics.daily_character_limit);
         Ok(Self {
             settings: Arc::new(settings),
             store,
