@@ -114,7 +114,10 @@ async fn submit_normal(
             // The worker continues this request's trace from here.
             message.traceparent = ttsq_telemetry::trace_context::current_traceparent();
             match context.publisher.publish(&message).await {
-                Ok(()) => context.store.mark_published(row.id).await?,
+                Ok(()) => {
+                    context.store.mark_published(row.id).await?;
+                    tracing::debug!("task queued");
+                }
                 // The task is committed: the outbox relay publishes it once
                 // RabbitMQ is back, so the job is accepted all the same.
                 Err(err) => {

@@ -66,7 +66,7 @@ impl Drop for TelemetryGuard {
         if let Some(provider) = self.provider.take()
             && let Err(err) = provider.shutdown()
         {
-            eprintln!("warning: flushing traces failed: {err}");
+            tracing::warn!(error = %err, "flushing traces failed");
         }
     }
 }
