@@ -86,7 +86,10 @@ fn report_finished(row: &TaskRow) {
     if succeeded {
         tracing::info!("task succeeded at submission");
     } else {
-        tracing::warn!(error_code = row.error_code.as_deref(), "task failed at submission");
+        tracing::warn!(
+            error_code = row.error_code.as_deref(),
+            "task failed at submission"
+        );
     }
 }
 

@@ -66,10 +66,7 @@ async fn bounded<E: std::fmt::Display>(
 ) -> Result<(), String> {
     match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
         Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            CHECK_TIMEOUT.as_millis()
-        )),
+        Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
     }
 }
 

@@ -36,9 +36,9 @@ impl Services {
     /// Binds `worker.metrics_listen`; failing names the variable.
     pub async fn bind_metrics(&self) -> anyhow::Result<TcpListener> {
         let address = self.settings.worker.metrics_listen;
-        TcpListener::bind(address).await.with_context(|| {
-            format!("Failed to listen on {address} (TTSQ_WORKER_METRICS_LISTEN)")
-        })
+        TcpListener::bind(address)
+            .await
+            .with_context(|| format!("Failed to listen on {address} (TTSQ_WORKER_METRICS_LISTEN)"))
     }
 
     /// Serves a worker's `/metrics`, `/health` and `/ready` on `listener`

@@ -70,7 +70,12 @@ impl Scrape {
 #[tokio::test]
 async fn metrics_after_a_few_jobs_show_requests_providers_batches_usage_and_queues() {
     let app = TestApp::spawn().await;
-    let texts = ["Metrics one.", "Metrics two.", "Metrics three.", "Metrics one."];
+    let texts = [
+        "Metrics one.",
+        "Metrics two.",
+        "Metrics three.",
+        "Metrics one.",
+    ];
     let mut ids = Vec::new();
     for text in texts {
         ids.push(
@@ -99,7 +104,10 @@ async fn metrics_after_a_few_jobs_show_requests_providers_batches_usage_and_queu
     );
     assert_eq!(succeeded, 6.0, "four queued, one hit at submit, one high");
     assert_eq!(
-        m.value("tts_request_duration_seconds_count", &[("dialect", "en-gb")]),
+        m.value(
+            "tts_request_duration_seconds_count",
+            &[("dialect", "en-gb")]
+        ),
         6.0
     );
     let cache_hits = app
@@ -126,12 +134,20 @@ async fn metrics_after_a_few_jobs_show_requests_providers_batches_usage_and_queu
         ),
         calls
     );
-    assert!(m.value("tts_provider_request_duration_seconds_sum", &[("provider", "espeak")]) > 0.0);
+    assert!(
+        m.value(
+            "tts_provider_request_duration_seconds_sum",
+            &[("provider", "espeak")]
+        ) > 0.0
+    );
     assert_eq!(
         m.value("tts_quota_wait_seconds_count", &[("provider", "espeak")]),
         calls
     );
-    assert_eq!(m.get("tts_provider_errors_total", &[("provider", "espeak")]), None);
+    assert_eq!(
+        m.get("tts_provider_errors_total", &[("provider", "espeak")]),
+        None
+    );
     assert_eq!(
         m.value("tts_provider_circuit_state", &[("provider", "espeak")]),
         0.0

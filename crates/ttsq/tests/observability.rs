@@ -247,9 +247,8 @@ chain = ["espeak"]
     async fn stop(mut self) -> (String, String) {
         signal_and_wait(&mut self.api, "-TERM");
         signal_and_wait(&mut self.worker, "-TERM");
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name)).expect("log readable")
-        };
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).expect("log readable");
         let logs = (read("api.log"), read("worker.log"));
         self.app.teardown().await;
         logs
@@ -271,7 +270,13 @@ async fn one_job_is_one_trace_from_the_api_submit_through_the_queue_to_the_worke
     assert_eq!(stack.wait_for(&task_id).await["status"], "succeeded");
 
     // The worker's steps, all in the trace the API started.
-    let wanted = ["queue.wait", "job", "provider.call", "s3.put", "postgres.commit"];
+    let wanted = [
+        "queue.wait",
+        "job",
+        "provider.call",
+        "s3.put",
+        "postgres.commit",
+    ];
     let deadline = Instant::now() + Duration::from_secs(20);
     let (submit, worker_spans) = loop {
         let spans = stack.receiver.spans();
@@ -320,7 +325,10 @@ async fn one_job_is_one_trace_from_the_api_submit_through_the_queue_to_the_worke
             .iter()
             .find(|s| s.name == child)
             .expect("span present");
-        assert_eq!(span.parent_span_id, job.span_id, "{child} is part of the job");
+        assert_eq!(
+            span.parent_span_id, job.span_id,
+            "{child} is part of the job"
+        );
     }
 
     // The worker's own listener: metrics of the job it just did, readiness.
@@ -335,9 +343,8 @@ async fn one_job_is_one_trace_from_the_api_submit_through_the_queue_to_the_worke
         .await
         .expect("metrics text");
     assert!(
-        metrics.contains(
-            r#"tts_requests_total{dialect="en-gb",status="succeeded",voice="rachel"} 1"#
-        ),
+        metrics
+            .contains(r#"tts_requests_total{dialect="en-gb",status="succeeded",voice="rachel"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains("tts_batch_size_count 1"), "{metrics}");
@@ -356,7 +363,10 @@ async fn one_job_is_one_trace_from_the_api_submit_through_the_queue_to_the_worke
     let ready: Value = ready.json().await.expect("readiness JSON");
     for dependency in ["postgres", "rabbitmq", "s3"] {
         assert_eq!(ready["checks"][dependency]["ok"], true, "{ready}");
-        assert!(ready["checks"][dependency]["latency_ms"].is_u64(), "{ready}");
+        assert!(
+            ready["checks"][dependency]["latency_ms"].is_u64(),
+            "{ready}"
+        );
     }
     stack.stop().await;
 }
@@ -405,7 +415,10 @@ async fn logs_are_json_lines_with_task_fields_and_never_a_secret() {
         for line in log.lines().filter(|l| !l.trim().is_empty()) {
             let parsed: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{name} log line is not JSON ({e}): {line}"));
-            assert!(parsed["timestamp"].is_string() && parsed["level"].is_string(), "{line}");
+            assert!(
+                parsed["timestamp"].is_string() && parsed["level"].is_string(),
+                "{line}"
+            );
         }
     }
 
