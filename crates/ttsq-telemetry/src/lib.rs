@@ -40,7 +40,7 @@ pub struct TraceSettings {
     pub otlp_endpoint: Option<String>,
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/json` (default) or `http/protobuf`.
     pub protocol: Option<String>,
-    /// `service.name` of the exported spans (`OTEL_SERVICE_NAME` wins when set).
+    /// `service.name` of the exported spans.
     pub service_name: String,
 }
 
@@ -133,12 +133,12 @@ fn tracer_provider(
         .with_protocol(protocol)
         .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
         .build()?;
-    let service_name = std::env::var("OTEL_SERVICE_NAME")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| settings.service_name.clone());
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(service_name).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
         .build())
 }

@@ -41,6 +41,9 @@ pub fn remote_context(traceparent: Option<&str>) -> Context {
 /// Makes `span` a child of the submitting request's span. Call it right
 /// after creating `span`, before it has children.
 pub fn adopt(span: &tracing::Span, traceparent: Option<&str>) {
+    if traceparent.is_none() {
+        return;
+    }
     let context = remote_context(traceparent);
     if context.span().span_context().is_valid() {
         // Fails only when no OpenTelemetry layer is installed or the span is
@@ -52,6 +55,9 @@ pub fn adopt(span: &tracing::Span, traceparent: Option<&str>) {
 /// Records the time a job waited in the queue — from `since` (its
 /// submission) until now — as a `queue.wait` span of the job's trace.
 pub fn record_queue_wait(traceparent: Option<&str>, since: SystemTime, queue: &str) {
+    if traceparent.is_none() {
+        return;
+    }
     let parent = remote_context(traceparent);
     if !parent.span().span_context().is_valid() {
         return;

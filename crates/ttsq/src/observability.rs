@@ -11,14 +11,14 @@ use ttsq_telemetry::TraceSettings;
 
 use crate::Services;
 
-/// Trace export settings from `OTEL_EXPORTER_OTLP_ENDPOINT` and
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`; spans are named after `service`.
+/// Trace export settings from `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_PROTOCOL` and `OTEL_SERVICE_NAME` (default `service`).
 pub fn trace_settings(service: &str) -> TraceSettings {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     TraceSettings {
         otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
         protocol: var("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        service_name: service.to_owned(),
+        service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_owned()),
     }
 }
 
