@@ -98,3 +98,70 @@ impl tracing::field::Visit for Fields<'_> {
             .insert(field.name().into(), Value::String(format!("{value:?}")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io,
+        sync::{Arc, Mutex},
+    };
+
+    use tracing_subscriber::{fmt, prelude::*};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .expect("capture lock")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_carries_the_fields_of_every_enclosing_span_innermost_winning() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .fmt_fields(fmt::format::JsonFields::new())
+                .event_format(FlatJson)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let job = tracing::info_span!(
+                "job",
+                task_id = "t-1",
+                tenant = "acme",
+                provider = tracing::field::Empty,
+                attempt = 1
+            );
+            let _job = job.enter();
+            job.record("provider", "eleven");
+            let call = tracing::info_span!("provider.call", attempt = 2, latency_ms = 35_u64);
+            let _call = call.enter();
+            tracing::info!(cache_hit = false, "task succeeded");
+        });
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "task succeeded");
+        assert_eq!(line["task_id"], "t-1");
+        assert_eq!(line["tenant"], "acme");
+        assert_eq!(line["provider"], "eleven", "recorded after creation");
+        assert_eq!(line["latency_ms"], 35);
+        assert_eq!(line["attempt"], 2, "the innermost span wins");
+        assert_eq!(line["cache_hit"], false);
+        assert_eq!(line["span"], "provider.call");
+        assert_eq!(line["level"], "INFO");
+        assert!(line["timestamp"].is_string());
+    }
+}
