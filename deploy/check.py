@@ -42,6 +42,10 @@ ENV_EXAMPLE = ROOT / ".env.example"
 K8S = ROOT / "deploy" / "k8s"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
 DEFAULTS_TOML = ROOT / "crates" / "ttsq-config" / "src" / "defaults.toml"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+GRAFANA = ROOT / "deploy" / "grafana"
+METRICS_RS = ROOT / "crates" / "ttsq-telemetry" / "src" / "metrics.rs"
+COMPOSE_CONFIGS = ROOT / "deploy" / "compose"
 
 # Kubernetes versions whose schemas every manifest must satisfy: the oldest
 # kubernetes-validate bundles and the newest.
@@ -1062,6 +1066,91 @@ KEDA_SCHEMAS: dict[tuple[str, str], dict] = {
 }
 
 
+# --- Prometheus rules, Grafana dashboard ----------------------------------------------
+
+
+class Observability:
+    """deploy/prometheus (rules, their unit tests, the scrape config) and
+    deploy/grafana (dashboard, provisioning), checked with promtool and
+    against the series ttsq defines (crates/ttsq-telemetry/src/metrics.rs)."""
+
+    def __init__(self, promtool: str | None):
+        self.promtool = promtool
+
+    def run_promtool(self, *args: str, cwd: Path) -> str:
+        if not self.promtool:
+            raise Problems(["promtool is not installed (deploy/check.sh installs Debian's prometheus)"])
+        done = subprocess.run([self.promtool, *args], capture_output=True, text=True,
+                              cwd=cwd, timeout=120)
+        output = (done.stdout + done.stderr).strip()
+        if done.returncode != 0:
+            raise Problems(output.splitlines() or [f"exit status {done.returncode}"])
+        return output.splitlines()[-1].strip() if output else "ok"
+
+    def check_rules(self) -> str:
+        return self.run_promtool("check", "rules", "alerts.yml", cwd=PROMETHEUS)
+
+    def test_rules(self) -> str:
+        return self.run_promtool("test", "rules", "alerts.test.yml", cwd=PROMETHEUS)
+
+    def check_config(self) -> str:
+        # The config names the rules by their path inside the container.
+        text = (PROMETHEUS / "prometheus.yml").read_text()
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "alerts.yml").write_text((PROMETHEUS / "alerts.yml").read_text())
+            (Path(tmp) / "prometheus.yml").write_text(
+                text.replace("/etc/prometheus/alerts.yml", "alerts.yml"))
+            self.run_promtool("check", "config", "prometheus.yml", cwd=Path(tmp))
+        return "prometheus.yml with alerts.yml"
+
+    @staticmethod
+    def defined_series() -> set[str]:
+        names = set(re.findall(r'"(tts_[a-z0-9_]+)"', METRICS_RS.read_text()))
+        histograms = set(re.findall(r'histogram(?:_vec)?\(\s*&r,\s*"(tts_[a-z0-9_]+)"',
+                                    METRICS_RS.read_text()))
+        for name in histograms:
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        return names
+
+    def check_series(self) -> str:
+        defined = self.defined_series()
+        problems, used = [], set()
+        files = [PROMETHEUS / "alerts.yml", *sorted((GRAFANA / "dashboards").glob("*.json"))]
+        for path in files:
+            for name in set(re.findall(r"\btts_[a-z0-9_]+\b", path.read_text())):
+                used.add(name)
+                if name not in defined:
+                    problems.append(f"{rel(path)} uses {name}, which ttsq does not export")
+        raise_if(problems)
+        return f"{len(used)} series used, all exported"
+
+    def check_dashboards(self) -> str:
+        problems, panels = [], 0
+        dashboards = sorted((GRAFANA / "dashboards").glob("*.json"))
+        if not dashboards:
+            problems.append("no dashboard in deploy/grafana/dashboards")
+        for path in dashboards:
+            board = json.loads(path.read_text())
+            for panel in board.get("panels", []):
+                panels += 1
+                if not any(t.get("expr") for t in panel.get("targets", [])):
+                    problems.append(f"{rel(path)}: panel `{panel.get('title')}` has no query")
+        for path in sorted((GRAFANA / "provisioning").rglob("*.yml")):
+            if not isinstance(yaml.safe_load(path.read_text()), dict):
+                problems.append(f"{rel(path)} is not a YAML mapping")
+        raise_if(problems)
+        return f"{len(dashboards)} dashboard(s), {panels} panels"
+
+    @staticmethod
+    def check_compose_configs() -> str:
+        problems = []
+        files = sorted(COMPOSE_CONFIGS.glob("*.toml"))
+        for path in files:
+            problems += [f"{rel(path)}: {p}" for p in settings_problems(load_settings(path.read_text()))]
+        raise_if(problems)
+        return f"{len(files)} file(s)"
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -1069,6 +1158,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--compose", help="a docker-compose v2 binary")
     parser.add_argument("--kubectl", help="a kubectl binary (for `kubectl kustomize`)")
+    parser.add_argument("--promtool", help="a promtool binary")
     parser.add_argument("--tools-missing", metavar="WHAT",
                         help="check.sh could not install WHAT: fail, but run what can run")
     args = parser.parse_args()
@@ -1083,6 +1173,13 @@ def main() -> int:
     runner.run("compose: valid Compose file", compose.validate)
     runner.run("compose: referenced files exist", compose.check_files)
     runner.run("compose: TTSQ_* variables are listed in .env.example", compose.check_env)
+    observability = Observability(args.promtool)
+    runner.run("compose: ttsq config files in deploy/compose", observability.check_compose_configs)
+    runner.run("prometheus: promtool check rules", observability.check_rules)
+    runner.run("prometheus: promtool test rules (alerts.test.yml)", observability.test_rules)
+    runner.run("prometheus: promtool check config", observability.check_config)
+    runner.run("prometheus/grafana: every series used is one ttsq exports", observability.check_series)
+    runner.run("grafana: dashboards and provisioning", observability.check_dashboards)
 
     images = {(DOCKERFILE.resolve(), ROOT)}
     try:

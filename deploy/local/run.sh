@@ -278,7 +278,9 @@ if [[ -z "$WORKERS" ]]; then
 else
     start_process api api
     for ((i = 1; i <= WORKERS; i++)); do
-        start_process "worker-$i" worker
+        # Each worker serves /metrics, /health and /ready on its own port:
+        # 9464, 9465, …
+        TTSQ_WORKER_METRICS_LISTEN="127.0.0.1:$((9463 + i))" start_process "worker-$i" worker
     done
     ((WORKERS > 0)) || say "no workers: normal-priority jobs will wait in the queue"
 fi

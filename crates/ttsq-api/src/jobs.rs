@@ -25,7 +25,10 @@ use crate::{
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// `POST /v1/tts/jobs`.
-#[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id, task_id, dialect, priority))]
+#[tracing::instrument(
+    skip_all,
+    fields(tenant = %caller.0.tenant_id, task_id, dialect, voice, priority, provider, cache_hit, latency_ms)
+)]
 pub async fn submit(
     State(context): State<ApiContext>,
     caller: Caller,
@@ -51,12 +54,42 @@ pub async fn submit(
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));
     span.record("dialect", job.dialect.as_str());
+    span.record("voice", job.voice.as_str());
     span.record("priority", job.priority.as_str());
 
+    let started = std::time::Instant::now();
     let cached = context.store.find_audio(job.hash.as_str()).await?;
-    match job.priority {
+    let response = match job.priority {
         Priority::Normal => submit_normal(&context, &task, cached).await,
         Priority::High => submit_high(&context, &task, cached, wants_json(&headers)).await,
+    };
+    span.record("latency_ms", started.elapsed().as_millis() as u64);
+    response
+}
+
+/// Records a job that finished during its submission (a cache hit, or a
+/// high-priority synthesis): metrics, and the submit span's fields.
+fn report_finished(row: &TaskRow) {
+    let succeeded = row.status() == TaskStatus::Succeeded;
+    let span = tracing::Span::current();
+    if let Some(provider) = &row.provider {
+        span.record("provider", provider.as_str());
+    }
+    span.record("cache_hit", row.cache_hit);
+    ttsq_telemetry::metrics::get().job_finished(
+        &row.dialect,
+        &row.voice,
+        succeeded,
+        row.cache_hit,
+        ttsq_worker::pipeline::submitted_at(row.id),
+    );
+    if succeeded {
+        tracing::info!("task succeeded at submission");
+    } else {
+        tracing::warn!(
+            error_code = row.error_code.as_deref(),
+            "task failed at submission"
+        );
     }
 }
 
@@ -69,17 +102,25 @@ async fn submit_normal(
     cached: Option<AudioObject>,
 ) -> Result<Response, ApiError> {
     let row = if let Some(object) = cached {
-        let (row, _) = context
+        let (row, created) = context
             .store
             .insert_finished(task, &cache_hit(&object))
             .await?;
+        if created {
+            report_finished(&row);
+        }
         row
     } else {
         let (row, created) = context.store.insert_queued(task).await?;
         if created {
-            let message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
+            let mut message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
+            // The worker continues this request's trace from here.
+            message.traceparent = ttsq_telemetry::trace_context::current_traceparent();
             match context.publisher.publish(&message).await {
-                Ok(()) => context.store.mark_published(row.id).await?,
+                Ok(()) => {
+                    context.store.mark_published(row.id).await?;
+                    tracing::debug!("task queued");
+                }
                 // The task is committed: the outbox relay publishes it once
                 // RabbitMQ is back, so the job is accepted all the same.
                 Err(err) => {
@@ -168,7 +209,9 @@ async fn submit_high(
             context.store.insert_finished(task, &outcome).await?
         }
     };
-    if !created {
+    if created {
+        report_finished(&row);
+    } else {
         tracing::debug!("idempotent repeat of an earlier submission");
     }
     respond_with_audio(context, row, json).await

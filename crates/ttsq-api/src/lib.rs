@@ -6,10 +6,13 @@
 //! - [`router`] and [`run`]: the routes and the server loop.
 //! - `auth`: the bearer-key extractor.
 //! - `jobs`: submission, status, audio.
-//! - `system`: dialects, health, readiness.
+//! - `system`: dialects, health, readiness, metrics.
+//! - [`ops`]: `/metrics`, `/health`, `/ready` over any set of dependencies,
+//!   also served alone by a worker.
 //! - [`error`]: [`ApiError`] and its problem+json rendering.
 
 pub mod error;
+pub mod ops;
 
 mod auth;
 mod jobs;
@@ -83,6 +86,18 @@ impl ApiContext {
     }
 }
 
+impl ApiContext {
+    /// The dependencies `/ready` and `/metrics` look at.
+    pub fn probes(&self) -> ops::Probes {
+        ops::Probes {
+            store: self.store.clone(),
+            broker: Arc::clone(&self.broker),
+            audio: self.audio.clone(),
+            providers: Arc::clone(&self.providers),
+        }
+    }
+}
+
 /// Every route of the API.
 pub fn router(context: ApiContext) -> Router {
     let max_body = context.max_body_bytes;
@@ -93,6 +108,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/dialects", get(system::dialects))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .route("/metrics", get(system::metrics))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())

@@ -1,8 +1,6 @@
-//! Dialect catalog, liveness and readiness.
+//! Dialect catalog, liveness, readiness and metrics.
 
-use std::{collections::BTreeMap, time::Instant};
-
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde::Serialize;
 use ttsq_core::DialectInfo;
 
@@ -28,64 +26,22 @@ pub async fn dialects(
 
 /// `GET /health`: the process is up. Dependencies are `/ready`'s business.
 pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+    crate::ops::health().await
 }
 
-#[derive(Serialize)]
-struct Check {
-    ok: bool,
-    latency_ms: u128,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-fn check<E: std::fmt::Display>(started: Instant, result: Result<(), E>) -> Check {
-    Check {
-        ok: result.is_ok(),
-        latency_ms: started.elapsed().as_millis(),
-        error: result.err().map(|e| e.to_string()),
-    }
-}
-
-/// `GET /ready`: 200 when Postgres, RabbitMQ and S3 answer, else 503; the
-/// body reports each, and each provider's last health check, with latency.
+/// `GET /ready`: 200 when Postgres, RabbitMQ (with this replica's
+/// publishing channel) and S3 answer, else 503; the body reports each, and
+/// each provider's last health check, with latency. See [`crate::ops`].
 pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<serde_json::Value>) {
-    let mut checks = BTreeMap::new();
+    context
+        .probes()
+        .readiness(context.publisher.is_connected())
+        .await
+}
 
-    let started = Instant::now();
-    checks.insert(
-        "postgres".to_owned(),
-        check(started, context.store.ping().await),
-    );
-
-    let started = Instant::now();
-    let queue = if context.broker.is_connected() && context.publisher.is_connected() {
-        Ok(())
-    } else {
-        Err("not connected")
-    };
-    checks.insert("rabbitmq".to_owned(), check(started, queue));
-
-    let started = Instant::now();
-    checks.insert("s3".to_owned(), check(started, context.audio.check().await));
-
-    // Providers are reported but do not gate readiness: with fallback chains
-    // a vendor outage degrades routing, and taking every API replica out of
-    // service for it would turn a partial outage into a total one.
-    let ready = checks.values().all(|c| c.ok);
-    for (name, result) in context.providers.health().await {
-        checks.insert(format!("provider:{name}"), check(started, result));
-    }
-
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(serde_json::json!({ "ready": ready, "checks": checks })),
-    )
+/// `GET /metrics`: every Prometheus series of this process.
+pub async fn metrics(State(context): State<ApiContext>) -> impl IntoResponse {
+    crate::ops::metrics_response(context.probes().render_metrics().await)
 }
 
 /// Any unknown route.

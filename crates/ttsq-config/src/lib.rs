@@ -43,6 +43,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Log output.
     pub log: LogSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
     /// How replicas share provider quotas.
     pub quota: QuotaSharingSettings,
     /// Per-provider circuit breakers.
@@ -330,6 +332,9 @@ pub struct WorkerSettings {
     /// A task `processing` for longer than this is presumed abandoned and
     /// queued again, even if its replica still heartbeats, in seconds.
     pub claim_timeout_secs: u64,
+    /// Where a `ttsq worker` serves `/metrics`, `/health` and `/ready`
+    /// (port 0 picks a free one); `ttsq all` serves them on the API instead.
+    pub metrics_listen: SocketAddr,
 }
 
 impl WorkerSettings {
@@ -370,6 +375,16 @@ pub struct LimitSettings {
 pub struct LogSettings {
     /// Line format.
     pub format: LogFormat,
+}
+
+/// Prometheus metrics settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Billable characters per UTC day the fleet should stay under (a
+    /// vendor plan's allowance), exported as `tts_daily_usage_limit` for the
+    /// "daily usage near limit" alert; 0 exports no limit.
+    pub daily_character_limit: u64,
 }
 
 /// How log lines are written.

@@ -7,9 +7,10 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use tracing::Instrument as _;
 use ttsq_config::{ProviderDialect, ProviderKind, ProviderSettings, RouteSettings, Settings};
 use ttsq_core::{AudioFormat, Catalog, DialectInfo};
 
@@ -298,21 +299,63 @@ impl Router {
         request: &SynthesisRequest<'_>,
         characters: u32,
     ) -> Result<Audio, ProviderError> {
+        let metrics = ttsq_telemetry::metrics::get();
         let mut attempt = 0;
         let mut rate_limited_for = Duration::ZERO;
         loop {
+            let waiting = Instant::now();
             let permit = slot.quota.acquire(characters).await;
+            metrics
+                .quota_wait
+                .with_label_values(&[name])
+                .observe(waiting.elapsed().as_secs_f64());
             slot.calls.fetch_add(1, Ordering::Relaxed);
-            let result = slot.synthesizer.synthesize(request).await;
+            let span = tracing::info_span!(
+                "provider.call",
+                provider = name,
+                attempt,
+                characters,
+                latency_ms = tracing::field::Empty,
+                error_code = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            let result = slot
+                .synthesizer
+                .synthesize(request)
+                .instrument(span.clone())
+                .await;
             drop(permit);
+            let latency = started.elapsed();
+            span.record("latency_ms", latency.as_millis() as u64);
+            metrics
+                .provider_duration
+                .with_label_values(&[name])
+                .observe(latency.as_secs_f64());
             let err = match result {
                 Ok(audio) => {
+                    metrics
+                        .provider_requests
+                        .with_label_values(&[name, "ok"])
+                        .inc();
                     slot.breaker.record_success();
                     return Ok(audio);
                 }
                 Err(err) => err,
             };
+            span.record("error_code", err.code());
+            metrics
+                .provider_requests
+                .with_label_values(&[name, "error"])
+                .inc();
+            metrics
+                .provider_errors
+                .with_label_values(&[name, err.code()])
+                .inc();
             if let ProviderError::RateLimited { retry_after, .. } = &err {
+                metrics
+                    .provider_rate_limited
+                    .with_label_values(&[name])
+                    .inc();
                 // The vendor's quota, not its health: pause this provider for
                 // every request of this replica, then try it again.
                 let pause = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
@@ -363,6 +406,20 @@ impl Router {
             .iter()
             .map(|(name, slot)| (name.clone(), slot.breaker.state()))
             .collect()
+    }
+
+    /// Copies every provider's breaker position into the
+    /// `tts_provider_circuit_state` gauge, just before a scrape.
+    pub fn export_breaker_states(&self) {
+        let gauge = &ttsq_telemetry::metrics::get().circuit_state;
+        for (name, state) in self.breaker_states() {
+            let value = match state {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
+            gauge.with_label_values(&[name.as_str()]).set(value);
+        }
     }
 
     /// Asks every provider for its health now and caches the answers, for

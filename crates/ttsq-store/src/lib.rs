@@ -8,12 +8,14 @@
 //! - [`audio`]: the audio object index.
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
+//! - [`usage_today`]: today's fleet-wide usage, for metrics.
 
 pub mod audio;
 pub mod keys;
 pub mod outbox;
 pub mod replicas;
 pub mod tasks;
+pub mod usage_today;
 
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
+pub use usage_today::UsageToday;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -144,6 +144,11 @@ impl TestApp {
             ("TTSQ_S3_BUCKET".to_owned(), TEST_BUCKET.to_owned()),
             ("TTSQ_SERVER_PUBLIC_URL".to_owned(), base_url.clone()),
             ("TTSQ_WORKER_BATCH_WINDOW_MS".to_owned(), "20".to_owned()),
+            // Worker child processes must not compete for one metrics port.
+            (
+                "TTSQ_WORKER_METRICS_LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ),
             (
                 "TTSQ_WORKER_SHUTDOWN_GRACE_SECS".to_owned(),
                 "20".to_owned(),

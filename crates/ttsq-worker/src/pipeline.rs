@@ -3,11 +3,12 @@
 use std::{
     collections::{HashMap, HashSet},
     future::Future,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
+use tracing::{Instrument as _, Span, field::Empty};
 use ttsq_core::backoff::Backoff;
 use ttsq_core::{AudioFormat, JobMessage};
 use ttsq_providers::SynthesisRequest;
@@ -77,6 +78,13 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     if let Some(first) = items.first() {
         span.record("dialect", first.message.dialect.as_str());
     }
+    let started = Instant::now();
+    let metrics = ttsq_telemetry::metrics::get();
+    metrics.batch_size.observe(items.len() as f64);
+    let jobs: HashMap<Uuid, Span> = items
+        .iter()
+        .map(|item| (item.message.task_id, job_span(item, batch_id)))
+        .collect();
 
     let ids: Vec<Uuid> = items
         .iter()
@@ -110,7 +118,13 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     let (spent, runnable): (Vec<&ClaimedTask>, Vec<&ClaimedTask>) = claimed
         .iter()
         .partition(|t| t.attempts > context.max_attempts() || last_delivery.contains(&t.id));
-    let results = resolve_hashes(context, &runnable).await;
+    let _in_flight = InFlight::add(claimed.len());
+    for task in &claimed {
+        if let Some(span) = jobs.get(&task.id) {
+            span.record("voice", task.voice.as_str());
+        }
+    }
+    let results = resolve_hashes(context, &runnable, &jobs).await;
 
     let mut finished = Vec::with_capacity(claimed.len());
     let mut retries = Vec::new();
@@ -188,11 +202,18 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         }
     }
 
-    if let Err(err) = with_storage_retry(context, "finishing the batch", || {
+    // The one commit is a step of every finished job's trace.
+    let commit_spans: Vec<Span> = finished
+        .iter()
+        .filter_map(|f| jobs.get(&f.task_id))
+        .map(|job| tracing::info_span!(parent: job, "postgres.commit", db.system = "postgresql"))
+        .collect();
+    let committed = with_storage_retry(context, "finishing the batch", || {
         context.store.finish_tasks(&finished)
     })
-    .await
-    {
+    .await;
+    drop(commit_spans);
+    if let Err(err) = committed {
         tracing::warn!(error = %err, "finishing the batch failed; requeueing it");
         requeue_all(&items).await;
         return;
@@ -205,6 +226,11 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         // Left `processing`: the claim timeout hands them back later.
         tracing::warn!(error = %err, "rescheduling retries failed");
     }
+    let retried: HashSet<Uuid> = retries.iter().map(|r| r.task_id).collect();
+    report_finished(&claimed, &finished, &retried, &jobs);
+    metrics
+        .batch_duration
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         claimed = claimed.len(),
         finished = finished.len(),
@@ -314,6 +340,106 @@ impl Transient for StoreAudioError {
     }
 }
 
+/// A job's span in this batch: a child of its submit span (through the
+/// message's `traceparent`), after a `queue.wait` span covering its time
+/// from submission until this batch picked it up.
+fn job_span(item: &Item, batch_id: Uuid) -> Span {
+    let traceparent = item
+        .delivery
+        .traceparent()
+        .or_else(|| item.message.traceparent.clone());
+    let submitted = submitted_at(item.message.task_id);
+    if let Some(at) = submitted {
+        ttsq_telemetry::trace_context::record_queue_wait(traceparent.as_deref(), at, "ttsq.jobs");
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "job",
+        task_id = %item.message.task_id,
+        tenant = %item.message.tenant_id,
+        dialect = %item.message.dialect,
+        batch_id = %batch_id,
+        attempt = item.message.attempt,
+        queue_wait_ms = submitted
+            .and_then(|at| at.elapsed().ok())
+            .map(|d| d.as_millis() as u64),
+        voice = Empty,
+        provider = Empty,
+        status = Empty,
+        cache_hit = Empty,
+        latency_ms = Empty,
+    );
+    ttsq_telemetry::trace_context::adopt(&span, traceparent.as_deref());
+    span
+}
+
+/// When a task was submitted: its id is a UUIDv7, stamped at submission.
+pub fn submitted_at(task_id: Uuid) -> Option<SystemTime> {
+    let (seconds, nanos) = task_id.get_timestamp()?.to_unix();
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos))
+}
+
+/// One log line and the metrics per finished task, with its span's fields.
+fn report_finished(
+    claimed: &[ClaimedTask],
+    finished: &[FinishedTask],
+    retry: &HashSet<Uuid>,
+    jobs: &HashMap<Uuid, Span>,
+) {
+    let metrics = ttsq_telemetry::metrics::get();
+    let by_id: HashMap<Uuid, &ClaimedTask> = claimed.iter().map(|t| (t.id, t)).collect();
+    for done in finished {
+        let Some(task) = by_id.get(&done.task_id) else {
+            continue;
+        };
+        let span = jobs.get(&done.task_id).cloned().unwrap_or_else(Span::none);
+        let submitted = submitted_at(task.id);
+        if let Some(latency) = submitted.and_then(|at| at.elapsed().ok()) {
+            span.record("latency_ms", latency.as_millis() as u64);
+        }
+        match &done.outcome {
+            TaskOutcome::Succeeded {
+                cache_hit,
+                provider,
+                ..
+            } => {
+                span.record("provider", provider.as_str());
+                span.record("status", "succeeded");
+                span.record("cache_hit", *cache_hit);
+                metrics.job_finished(&task.dialect, &task.voice, true, *cache_hit, submitted);
+                tracing::info!(parent: &span, "task succeeded");
+            }
+            TaskOutcome::Failed { code, .. } => {
+                span.record("status", "failed");
+                metrics.job_finished(&task.dialect, &task.voice, false, false, submitted);
+                tracing::warn!(parent: &span, error_code = %code, "task failed");
+            }
+        }
+    }
+    for id in retry {
+        if let Some(span) = jobs.get(id) {
+            tracing::info!(parent: span, "task returned to the queue for another attempt");
+        }
+    }
+}
+
+/// Counts tasks in `tts_tasks_in_flight` for as long as it lives.
+struct InFlight(i64);
+
+impl InFlight {
+    fn add(tasks: usize) -> Self {
+        let tasks = i64::try_from(tasks).unwrap_or(i64::MAX);
+        ttsq_telemetry::metrics::get().in_flight.add(tasks);
+        Self(tasks)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        ttsq_telemetry::metrics::get().in_flight.sub(self.0);
+    }
+}
+
 fn failed(task: &ClaimedTask, code: &str, message: &str) -> FinishedTask {
     FinishedTask {
         task_id: task.id,
@@ -354,6 +480,7 @@ pub async fn requeue_all(items: &[Item]) {
 async fn resolve_hashes<'a>(
     context: &WorkerContext,
     claimed: &[&'a ClaimedTask],
+    jobs: &HashMap<Uuid, Span>,
 ) -> HashMap<&'a str, HashResult> {
     let mut first_task: HashMap<&str, &ClaimedTask> = HashMap::new();
     for &task in claimed {
@@ -384,11 +511,14 @@ async fn resolve_hashes<'a>(
             None => missing.push((hash, task)),
         }
     }
-    let synthesized = join_all(
-        missing
-            .into_iter()
-            .map(|(hash, task)| async move { (hash, synthesize_and_store(context, task).await) }),
-    )
+    // Each distinct text is synthesized once, in the trace of the job that pays.
+    let synthesized = join_all(missing.into_iter().map(|(hash, task)| {
+        let span = jobs.get(&task.id).cloned().unwrap_or_else(Span::none);
+        async move {
+            let result = synthesize_and_store(context, task).instrument(span).await;
+            (hash, result)
+        }
+    }))
     .await;
     results.extend(synthesized);
     results
@@ -411,7 +541,10 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         format,
     };
     let (audio, provider) = match context.providers.synthesize(&request).await {
-        Ok(done) => done,
+        Ok(done) => {
+            Span::current().record("provider", done.1.as_str());
+            done
+        }
         // A vendor's quota is never the job's fault: it waits for as long as it takes.
         Err(err @ ttsq_providers::ProviderError::RateLimited { .. }) => {
             tracing::warn!(task_id = %task.id, error = %err, "still rate-limited; retrying later");
@@ -482,7 +615,10 @@ pub async fn store_audio(
         .unwrap_or_else(|| format!("audio/invalid/{content_hash}.{}", format.extension()));
     let sha256 = hex::encode(Sha256::digest(&audio.bytes));
     let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
-    bucket.put(&key, audio.bytes, format.content_type()).await?;
+    bucket
+        .put(&key, audio.bytes, format.content_type())
+        .instrument(tracing::info_span!("s3.put", s3.key = %key, bytes))
+        .await?;
     let object = AudioObject {
         hash: content_hash.to_owned(),
         s3_key: key,
@@ -493,5 +629,8 @@ pub async fn store_audio(
         sha256,
         created_at: chrono::Utc::now(),
     };
-    Ok(store.record_audio(&object).await?)
+    Ok(store
+        .record_audio(&object)
+        .instrument(tracing::info_span!("postgres.record_audio"))
+        .await?)
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod dead_letters;
+pub mod observability;
 
 use std::{sync::Arc, time::Duration};
 
@@ -70,6 +71,8 @@ impl Services {
             !providers.catalog().is_empty(),
             "no provider serves any dialect"
         );
+        ttsq_telemetry::metrics::get()
+            .set_daily_usage_limit(settings.metrics.daily_character_limit);
         Ok(Self {
             settings: Arc::new(settings),
             store,

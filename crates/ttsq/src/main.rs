@@ -132,7 +132,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let mut telemetry = None;
+    let result = runtime.block_on(run(cli, &mut telemetry));
+    drop(runtime);
+    // Flushes the spans still buffered; outside the runtime, as it blocks.
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -145,7 +150,10 @@ fn main() -> ExitCode {
     clippy::print_stdout,
     reason = "command output (a new key, the variable listing) belongs on stdout"
 )]
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli,
+    telemetry: &mut Option<ttsq_telemetry::TelemetryGuard>,
+) -> anyhow::Result<()> {
     if let Command::Config {
         command: ConfigCommand::Env,
     } = cli.command
@@ -157,7 +165,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let settings =
         Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
-    ttsq_telemetry::init(settings.log.format);
+    let service = match cli.command {
+        Command::Api => "ttsq-api",
+        Command::Worker => "ttsq-worker",
+        Command::All => "ttsq-all",
+        _ => "ttsq",
+    };
+    *telemetry = Some(ttsq_telemetry::init(
+        settings.log.format,
+        &ttsq::observability::trace_settings(service),
+    ));
 
     match cli.command {
         Command::Api | Command::Worker | Command::All => {
@@ -171,7 +188,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ReplicaRole::Api | ReplicaRole::All => Some(bind(&settings).await?),
             };
             let services = Services::connect(settings, role.as_str()).await?;
-            services.run(role, listener, shutdown_on_signal()).await
+            let shutdown = shutdown_on_signal();
+            // `ttsq all` serves the worker's metrics on the API.
+            if role == ReplicaRole::Worker {
+                let metrics = services.bind_metrics().await?;
+                let worker = async {
+                    let outcome = services.run(role, listener, shutdown.clone()).await;
+                    // A worker that stopped on its own takes its listener along.
+                    shutdown.cancel();
+                    outcome
+                };
+                let (run, metrics) =
+                    tokio::join!(worker, services.serve_metrics(metrics, shutdown.clone()));
+                return run.and(metrics);
+            }
+            services.run(role, listener, shutdown).await
         }
         Command::Migrate => {
             migrated_store(&settings).await?;

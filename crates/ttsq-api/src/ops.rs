@@ -1,0 +1,224 @@
+//! What operators' tools call: `/metrics` (Prometheus text), `/health`
+//! (liveness only) and `/ready` (each dependency with its latency). The API
+//! serves them among its routes; a worker serves them alone on
+//! `worker.metrics_listen` through [`serve`].
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, LazyLock, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use ttsq_audio::AudioStore;
+use ttsq_queue::Broker;
+use ttsq_store::{Store, UsageToday};
+
+/// Longest one readiness check or metrics sample may take: a dependency
+/// that does not answer in time is reported down, not waited for.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a read of today's usage is reused: it is fleet-wide, so every
+/// replica's scrape would otherwise repeat the same query.
+const USAGE_TTL: Duration = Duration::from_secs(10);
+
+/// The dependencies the operations endpoints look at; cheap to clone.
+#[derive(Clone)]
+pub struct Probes {
+    /// Postgres.
+    pub store: Store,
+    /// RabbitMQ.
+    pub broker: Arc<Broker>,
+    /// S3 audio.
+    pub audio: AudioStore,
+    /// Providers: health and breaker states.
+    pub providers: Arc<ttsq_providers::Router>,
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    latency_ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn check<E: std::fmt::Display>(started: Instant, result: Result<(), E>) -> Check {
+    Check {
+        ok: result.is_ok(),
+        latency_ms: started.elapsed().as_millis(),
+        error: result.err().map(|e| e.to_string()),
+    }
+}
+
+/// Runs `probe` for at most [`CHECK_TIMEOUT`].
+async fn bounded<E: std::fmt::Display>(
+    probe: impl Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+    }
+}
+
+/// RabbitMQ answers a round trip (the queue depths, which also refresh the
+/// depth gauges); `publishing` is false when the caller's own publishing
+/// channel is down although the connection is up.
+async fn rabbitmq(broker: &Broker, publishing: bool) -> Result<(), String> {
+    if !broker.is_connected() {
+        return Err("not connected".into());
+    }
+    if !publishing {
+        return Err("publishing channel closed".into());
+    }
+    let (jobs, dlq) = match tokio::time::timeout(CHECK_TIMEOUT, broker.depths()).await {
+        Ok(result) => result.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+    };
+    let metrics = ttsq_telemetry::metrics::get();
+    metrics.queue_depth.set(i64::from(jobs));
+    metrics.dlq_depth.set(i64::from(dlq));
+    Ok(())
+}
+
+impl Probes {
+    /// `/ready`'s answer: 200 when Postgres, RabbitMQ and S3 answer within
+    /// the timeout, else 503; the body reports each with its latency, and
+    /// each provider's last health check.
+    pub async fn readiness(&self, publishing: bool) -> (StatusCode, Json<serde_json::Value>) {
+        let mut checks = BTreeMap::new();
+
+        let started = Instant::now();
+        checks.insert(
+            "postgres".to_owned(),
+            check(started, bounded(self.store.ping()).await),
+        );
+
+        let started = Instant::now();
+        checks.insert(
+            "rabbitmq".to_owned(),
+            check(started, rabbitmq(&self.broker, publishing).await),
+        );
+
+        let started = Instant::now();
+        checks.insert(
+            "s3".to_owned(),
+            check(started, bounded(self.audio.check()).await),
+        );
+
+        // Providers are reported but do not gate readiness: with fallback
+        // chains a vendor outage degrades routing, and taking every replica
+        // out of service for it would turn a partial outage into a total one.
+        let ready = checks.values().all(|c| c.ok);
+        let started = Instant::now();
+        for (name, result) in self.providers.health().await {
+            checks.insert(format!("provider:{name}"), check(started, result));
+        }
+
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (
+            status,
+            Json(serde_json::json!({ "ready": ready, "checks": checks })),
+        )
+    }
+
+    /// Sets the gauges that mirror state kept elsewhere — queue depths,
+    /// breaker positions, today's usage — then renders every series.
+    pub async fn render_metrics(&self) -> String {
+        let metrics = ttsq_telemetry::metrics::get();
+        self.providers.export_breaker_states();
+        if let Err(err) = rabbitmq(&self.broker, true).await {
+            tracing::debug!(error = %err, "queue depths not sampled");
+        }
+        if let Some(usage) = usage_today(&self.store).await {
+            metrics.daily_usage.set(usage.billable_characters);
+            if usage.tasks > 0 {
+                metrics
+                    .cache_hit_ratio
+                    .set(usage.cache_hits as f64 / usage.tasks as f64);
+            }
+        }
+        ttsq_telemetry::metrics::render()
+    }
+}
+
+/// Today's usage, read at most every [`USAGE_TTL`] per process.
+async fn usage_today(store: &Store) -> Option<UsageToday> {
+    static LAST: LazyLock<Mutex<Option<(Instant, UsageToday)>>> =
+        LazyLock::new(|| Mutex::new(None));
+    let cached = LAST.lock().ok().and_then(|last| *last);
+    if let Some((at, usage)) = cached
+        && at.elapsed() < USAGE_TTL
+    {
+        return Some(usage);
+    }
+    match tokio::time::timeout(CHECK_TIMEOUT, store.usage_today()).await {
+        Ok(Ok(usage)) => {
+            if let Ok(mut last) = LAST.lock() {
+                *last = Some((Instant::now(), usage));
+            }
+            Some(usage)
+        }
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "today's usage not sampled");
+            cached.map(|(_, usage)| usage)
+        }
+        Err(_) => cached.map(|(_, usage)| usage),
+    }
+}
+
+/// `GET /metrics` of a probes-only server.
+async fn metrics(State(probes): State<Probes>) -> impl IntoResponse {
+    metrics_response(probes.render_metrics().await)
+}
+
+/// The Prometheus text with its content type.
+pub fn metrics_response(text: String) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, ttsq_telemetry::metrics::CONTENT_TYPE)],
+        text,
+    )
+}
+
+/// `GET /health`: the process is up. Dependencies are `/ready`'s business.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(probes): State<Probes>) -> (StatusCode, Json<serde_json::Value>) {
+    probes.readiness(true).await
+}
+
+/// `/metrics`, `/health` and `/ready` alone, for a worker.
+pub fn router(probes: Probes) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(probes)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves.
+pub async fn serve(
+    probes: Probes,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "metrics and health listening");
+    axum::serve(listener, router(probes))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,313 @@
+//! Every Prometheus series of ttsq, in one registry per process.
+//!
+//! Counters and histograms are updated where things happen (the API, the
+//! worker's pipeline, the provider router); gauges that mirror state kept
+//! elsewhere (queue depths, breakers, today's usage) are set just before a
+//! scrape by whoever serves `/metrics`. Histogram buckets are explicit and
+//! the same on every replica, so `histogram_quantile` over the fleet works.
+//!
+//! Labels are bounded: dialects and voices come from the configured catalog,
+//! providers and error codes from configuration and a fixed list. No task
+//! ids, no tenants.
+
+use std::{sync::LazyLock, time::SystemTime};
+
+use prometheus::{
+    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// End-to-end job latency buckets, seconds: inline jobs take tens of
+/// milliseconds, queued ones up to minutes behind a backlog.
+const JOB_BUCKETS: &[f64] = &[
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// One provider call, seconds.
+const PROVIDER_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Waiting for quota, seconds: zero when under the limit, up to the
+/// 120 s a 429 storm may hold a request.
+const QUOTA_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+/// Jobs per batch.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// One batch end to end, seconds.
+const BATCH_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// The series; see each field for its name and labels.
+pub struct Metrics {
+    registry: Registry,
+    /// `tts_requests_total{dialect,voice,status}`: jobs that reached a
+    /// terminal state (`succeeded`, `failed`), cache hits included.
+    pub requests: IntCounterVec,
+    /// `tts_request_duration_seconds{dialect}`: submission to terminal state.
+    pub request_duration: HistogramVec,
+    /// `tts_cache_hits_total`: jobs served from stored audio.
+    pub cache_hits: IntCounter,
+    /// `tts_cache_hit_ratio`: share of today's (UTC) finished jobs that were
+    /// cache hits, fleet-wide, from the usage ledger.
+    pub cache_hit_ratio: Gauge,
+    /// `tts_daily_usage`: billable characters today (UTC), fleet-wide, from
+    /// the usage ledger.
+    pub daily_usage: IntGauge,
+    /// `tts_daily_usage_limit`: the configured daily character allowance
+    /// (`metrics.daily_character_limit`); absent when none is set.
+    pub daily_usage_limit: IntGauge,
+    /// `tts_provider_requests_total{provider,outcome}`: calls to a provider,
+    /// `ok` or `error`.
+    pub provider_requests: IntCounterVec,
+    /// `tts_provider_request_duration_seconds{provider}`: one call.
+    pub provider_duration: HistogramVec,
+    /// `tts_provider_errors_total{provider,code}`: failed calls by error code.
+    pub provider_errors: IntCounterVec,
+    /// `tts_provider_rate_limited_total{provider}`: 429s received.
+    pub provider_rate_limited: IntCounterVec,
+    /// `tts_provider_circuit_state{provider}`: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// `tts_quota_wait_seconds{provider}`: time a call waited for quota.
+    pub quota_wait: HistogramVec,
+    /// `tts_batch_size`: jobs per worker batch.
+    pub batch_size: Histogram,
+    /// `tts_batch_duration_seconds`: one batch, claim to commit.
+    pub batch_duration: Histogram,
+    /// `tts_queue_depth`: messages ready in the job queue.
+    pub queue_depth: IntGauge,
+    /// `tts_dlq_depth`: messages in the dead-letter queue.
+    pub dlq_depth: IntGauge,
+    /// `tts_tasks_in_flight`: tasks being synthesized by this process now.
+    pub in_flight: IntGauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = Histogram::with_opts(opts).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+impl Metrics {
+    // The names and buckets are constants of this file: a failure here is a
+    // programming error caught by the first test that renders them.
+    fn new() -> Self {
+        let r = Registry::new();
+        let cache_hits = IntCounter::new("tts_cache_hits_total", "Jobs served from stored audio.")
+            .expect("valid metric");
+        r.register(Box::new(cache_hits.clone()))
+            .expect("metric registered once");
+        let cache_hit_ratio = Gauge::new(
+            "tts_cache_hit_ratio",
+            "Share of today's (UTC) finished jobs served from the cache, fleet-wide.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(cache_hit_ratio.clone()))
+            .expect("metric registered once");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "tts_provider_circuit_state",
+                "Circuit breaker of a provider: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(circuit_state.clone()))
+            .expect("metric registered once");
+        Self {
+            requests: counter_vec(
+                &r,
+                "tts_requests_total",
+                "Jobs that reached a terminal state, by dialect, voice and status.",
+                &["dialect", "voice", "status"],
+            ),
+            request_duration: histogram_vec(
+                &r,
+                "tts_request_duration_seconds",
+                "Submission to terminal state of a job, by dialect.",
+                &["dialect"],
+                JOB_BUCKETS,
+            ),
+            cache_hits,
+            cache_hit_ratio,
+            daily_usage: int_gauge(
+                &r,
+                "tts_daily_usage",
+                "Billable characters synthesized today (UTC), fleet-wide.",
+            ),
+            daily_usage_limit: IntGauge::new(
+                "tts_daily_usage_limit",
+                "Configured daily allowance of billable characters.",
+            )
+            .expect("valid metric"),
+            provider_requests: counter_vec(
+                &r,
+                "tts_provider_requests_total",
+                "Synthesis calls to a provider, by outcome (ok, error).",
+                &["provider", "outcome"],
+            ),
+            provider_duration: histogram_vec(
+                &r,
+                "tts_provider_request_duration_seconds",
+                "Duration of one synthesis call to a provider.",
+                &["provider"],
+                PROVIDER_BUCKETS,
+            ),
+            provider_errors: counter_vec(
+                &r,
+                "tts_provider_errors_total",
+                "Failed synthesis calls, by provider and error code.",
+                &["provider", "code"],
+            ),
+            provider_rate_limited: counter_vec(
+                &r,
+                "tts_provider_rate_limited_total",
+                "429 answers received from a provider.",
+                &["provider"],
+            ),
+            circuit_state,
+            quota_wait: histogram_vec(
+                &r,
+                "tts_quota_wait_seconds",
+                "Time a synthesis call waited for the provider's quota.",
+                &["provider"],
+                QUOTA_BUCKETS,
+            ),
+            batch_size: histogram(
+                &r,
+                "tts_batch_size",
+                "Jobs in one worker batch.",
+                BATCH_SIZE_BUCKETS,
+            ),
+            batch_duration: histogram(
+                &r,
+                "tts_batch_duration_seconds",
+                "One worker batch, claim to commit.",
+                BATCH_BUCKETS,
+            ),
+            queue_depth: int_gauge(&r, "tts_queue_depth", "Messages ready in the job queue."),
+            dlq_depth: int_gauge(&r, "tts_dlq_depth", "Messages in the dead-letter queue."),
+            in_flight: int_gauge(
+                &r,
+                "tts_tasks_in_flight",
+                "Tasks being synthesized by this process.",
+            ),
+            registry: r,
+        }
+    }
+
+    /// Counts a job that reached a terminal state; `submitted` (from its
+    /// UUIDv7 id) gives the end-to-end latency when known.
+    pub fn job_finished(
+        &self,
+        dialect: &str,
+        voice: &str,
+        succeeded: bool,
+        cache_hit: bool,
+        submitted: Option<SystemTime>,
+    ) {
+        let status = if succeeded { "succeeded" } else { "failed" };
+        self.requests
+            .with_label_values(&[dialect, voice, status])
+            .inc();
+        if cache_hit {
+            self.cache_hits.inc();
+        }
+        if let Some(elapsed) = submitted.and_then(|at| at.elapsed().ok()) {
+            self.request_duration
+                .with_label_values(&[dialect])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Sets the allowance behind `tts_daily_usage_limit`; 0 removes the series.
+    pub fn set_daily_usage_limit(&self, characters: u64) {
+        let limit = &self.daily_usage_limit;
+        let _ = self.registry.unregister(Box::new(limit.clone()));
+        if characters > 0 {
+            limit.set(i64::try_from(characters).unwrap_or(i64::MAX));
+            let _ = self.registry.register(Box::new(limit.clone()));
+        }
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// Every series in the Prometheus text format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    // Encoding in-memory series into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_renders_with_its_labels() {
+        let m = get();
+        m.job_finished("en-gb", "default", true, true, Some(SystemTime::now()));
+        m.provider_errors
+            .with_label_values(&["fake", "provider_unavailable"])
+            .inc();
+        m.set_daily_usage_limit(1_000);
+        let text = render();
+        for needle in [
+            r#"tts_requests_total{dialect="en-gb",status="succeeded",voice="default"} 1"#,
+            r#"tts_request_duration_seconds_bucket{dialect="en-gb",le="0.025"} 1"#,
+            "tts_cache_hits_total 1",
+            r#"tts_provider_errors_total{code="provider_unavailable",provider="fake"} 1"#,
+            "tts_daily_usage_limit 1000",
+            "# TYPE tts_batch_size histogram",
+            "tts_queue_depth 0",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+        }
+        m.set_daily_usage_limit(0);
+        assert!(!render().contains("tts_daily_usage_limit"));
+    }
+}
