@@ -41,12 +41,17 @@ pub async fn submit(
         }
     })?;
     let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
+    if context.content_filter.blocks(&job.text) {
+        tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
+        return Err(ApiError::ContentRejected);
+    }
     let idempotency_key = idempotency_key(&headers)?;
     let task = NewTask {
         id: Uuid::now_v7(),
         tenant_id: caller.0.tenant_id,
         job: &job,
         idempotency_key,
+        key_prefix: Some(&caller.0.key_prefix),
     };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));
@@ -71,7 +76,7 @@ async fn submit_normal(
     let row = if let Some(object) = cached {
         let (row, _) = context
             .store
-            .insert_finished(task, &cache_hit(&object))
+            .insert_finished(task, &cache_hit(context, &object))
             .await?;
         row
     } else {
@@ -109,12 +114,13 @@ fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
     response
 }
 
-fn cache_hit(object: &AudioObject) -> TaskOutcome {
+fn cache_hit(context: &ApiContext, object: &AudioObject) -> TaskOutcome {
     TaskOutcome::Succeeded {
         audio_hash: object.hash.clone(),
         cache_hit: true,
         provider: object.provider.clone(),
         price_per_1k: 0.0,
+        currency: context.providers.currency(&object.provider).to_owned(),
     }
 }
 
@@ -130,10 +136,12 @@ async fn submit_high(
         Some(object) => {
             context
                 .store
-                .insert_finished(task, &cache_hit(&object))
+                .insert_finished(task, &cache_hit(context, &object))
                 .await?
         }
         None => {
+            // Refuse before the provider is paid; the insert checks again.
+            context.store.check_limits(task).await?;
             let request = SynthesisRequest {
                 text: &job.text,
                 dialect: &job.dialect,
@@ -157,6 +165,7 @@ async fn submit_high(
                         audio_hash: object.hash,
                         cache_hit: false,
                         price_per_1k: context.providers.price_per_1k(&object.provider),
+                        currency: context.providers.currency(&object.provider).to_owned(),
                         provider: object.provider,
                     }
                 }

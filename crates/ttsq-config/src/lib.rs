@@ -51,6 +51,24 @@ pub struct Settings {
     pub providers: BTreeMap<String, ProviderSettings>,
     /// Dialect patterns to provider chains, first match wins.
     pub routes: Vec<RouteSettings>,
+    /// The admin API.
+    pub admin: AdminSettings,
+}
+
+/// The admin API (`/v1/admin/...`): tenants and keys over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer token the admin API demands (a secret); empty disables the
+    /// admin API, whose routes then answer 404.
+    pub token: SecretString,
+}
+
+impl AdminSettings {
+    /// The token, when the admin API is enabled.
+    pub fn enabled_token(&self) -> Option<&SecretString> {
+        (!self.token.expose_secret().is_empty()).then_some(&self.token)
+    }
 }
 
 /// How replicas share provider quotas.
@@ -148,6 +166,15 @@ fn default_timeout() -> u64 {
     30
 }
 
+fn default_currency() -> String {
+    "USD".to_owned()
+}
+
+/// Whether `code` looks like an ISO 4217 currency code (`USD`, `EUR`).
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 /// One upstream provider.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,9 +202,12 @@ pub struct ProviderSettings {
     /// Total timeout of one request, in seconds.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
-    /// Price per 1,000 billable characters, in the ledger's currency.
+    /// Price per 1,000 billable characters, in [`Self::currency`].
     #[serde(default)]
     pub price_per_1k_chars: f64,
+    /// ISO 4217 code of the price's currency, recorded on each ledger row.
+    #[serde(default = "default_currency")]
+    pub currency: String,
     /// The vendor account's limits.
     #[serde(default)]
     pub quota: ProviderQuota,
@@ -326,6 +356,9 @@ pub struct LimitSettings {
     pub max_text_chars: usize,
     /// Most bytes of metadata as JSON.
     pub max_metadata_bytes: usize,
+    /// Regular expressions (regex-lite syntax) a job's normalised text must
+    /// not match; a match is refused with 422 `content_rejected`.
+    pub blocked_patterns: Vec<String>,
 }
 
 /// Log output settings.
@@ -555,10 +588,24 @@ impl Settings {
             {
                 return Err(invalid(&key("quota"), "limits must be positive when set"));
             }
+            if !is_currency_code(&provider.currency) {
+                return Err(invalid(
+                    &key("currency"),
+                    "must be a three-letter ISO 4217 code such as USD",
+                ));
+            }
             if !(provider.price_per_1k_chars >= 0.0 && provider.price_per_1k_chars.is_finite()) {
                 return Err(invalid(
                     &key("price_per_1k_chars"),
                     "must be a non-negative number",
+                ));
+            }
+        }
+        for (i, pattern) in self.limits.blocked_patterns.iter().enumerate() {
+            if let Err(err) = regex_lite::Regex::new(pattern) {
+                return Err(invalid(
+                    &format!("limits.blocked_patterns.{i}"),
+                    &format!("not a valid regular expression: {err}"),
                 ));
             }
         }

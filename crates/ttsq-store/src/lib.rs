@@ -3,30 +3,42 @@
 //! # Layout
 //!
 //! - [`Store`]: the pool and migrations.
-//! - [`keys`]: tenants and API keys.
+//! - [`keys`]: tenants, their limits and API keys.
+//! - [`limits`]: admitting submissions within a tenant's limits.
+//! - [`audit`]: the append-only audit log of submissions and admin actions.
+//! - [`usage`]: the finance views, read per tenant and period.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
 
 pub mod audio;
+pub mod audit;
 pub mod keys;
+pub mod limits;
 pub mod outbox;
 pub mod replicas;
 pub mod tasks;
+pub mod usage;
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
-pub use keys::{NewApiKey, Principal, Tenant};
+pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
+pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, TaskOutcome, TaskRow};
+pub use usage::{UsagePeriod, UsageRow};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +55,20 @@ pub enum StoreError {
     /// The row named does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// A value given is out of range; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The submission would go over one of the tenant's limits.
+    #[error(transparent)]
+    LimitExceeded(#[from] LimitExceeded),
 }
 
 /// Handle to the ttsq database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Latest usage fraction per tenant and limit seen by this process.
+    fractions: Arc<Mutex<HashMap<(uuid::Uuid, LimitKind), f64>>>,
 }
 
 impl Store {
@@ -59,12 +79,15 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(settings.url.expose_secret())
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool (tests build their own).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            fractions: Arc::default(),
+        }
     }
 
     /// The underlying pool, for queries this crate does not offer (tests, tools).
