@@ -140,8 +140,15 @@ async fn submit_high(
                 .await?
         }
         None => {
-            // Refuse before the provider is paid; the insert checks again.
-            context.store.check_limits(task).await?;
+            // Refuse before the provider is paid, costed at the price of the
+            // dialect's first provider; the insert checks the actual cost.
+            let estimate = context
+                .providers
+                .catalog()
+                .get(&job.dialect)
+                .and_then(|d| d.provider_chain.first())
+                .map(|p| job.characters as f64 * context.providers.price_per_1k(p) / 1000.0);
+            context.store.check_limits(task, estimate).await?;
             let request = SynthesisRequest {
                 text: &job.text,
                 dialect: &job.dialect,

@@ -288,16 +288,21 @@ impl Store {
     }
 
     /// Checks, without writing anything, whether a billable job of `task`'s
-    /// size would be admitted now: lets an inline synthesis be refused before
-    /// the provider is paid. [`Store::insert_finished`] checks again.
-    pub async fn check_limits(&self, task: &NewTask<'_>) -> Result<(), StoreError> {
+    /// size, costing `estimated_cost` when known, would be admitted now: lets
+    /// an inline synthesis be refused before the provider is paid.
+    /// [`Store::insert_finished`] checks again with the actual cost.
+    pub async fn check_limits(
+        &self,
+        task: &NewTask<'_>,
+        estimated_cost: Option<f64>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         if idempotent_repeat(&mut tx, task).await?.is_some() {
             return Ok(());
         }
         let charge = Charge {
             characters: job_characters(task),
-            cost: None,
+            cost: estimated_cost,
             queued: false,
         };
         admit(&mut tx, task.tenant_id, &charge).await?;
