@@ -80,10 +80,7 @@ impl FromRequestParts<ApiContext> for Admin {
 /// The admin routes, to merge into the API's router.
 pub fn routes() -> Router<ApiContext> {
     Router::new()
-        .route(
-            "/v1/admin/tenants",
-            get(list_tenants).post(create_tenant),
-        )
+        .route("/v1/admin/tenants", get(list_tenants).post(create_tenant))
         .route(
             "/v1/admin/tenants/{name}",
             get(get_tenant).patch(update_tenant),

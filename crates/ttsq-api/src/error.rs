@@ -216,7 +216,10 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Self::LimitExceeded(e) = &self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(e.retry_after.as_secs()));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after.as_secs()),
+            );
         }
         match status {
             StatusCode::UNAUTHORIZED => {

@@ -245,11 +245,9 @@ impl Store {
 
     /// Every tenant, by name.
     pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, StoreError> {
-        Ok(
-            sqlx::query_as(&format!("{TENANT_SELECT} ORDER BY t.name"))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(&format!("{TENANT_SELECT} ORDER BY t.name"))
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// One tenant by name.

@@ -88,9 +88,7 @@ impl LimitUsage {
 
 /// A submission refused because it would go over a limit.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error(
-    "the tenant's {limit} limit of {max} is reached: {used} used, {requested} more requested"
-)]
+#[error("the tenant's {limit} limit of {max} is reached: {used} used, {requested} more requested")]
 pub struct LimitExceeded {
     /// Which limit.
     pub limit: LimitKind,

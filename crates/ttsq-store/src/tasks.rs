@@ -466,7 +466,7 @@ async fn finish<'e>(
 }
 
 fn job_characters(task: &NewTask<'_>) -> i64 {
-    i64::try_from(task.job.characters).unwrap_or(i64::MAX)
+    i64::from(task.job.characters)
 }
 
 /// The id of this tenant's earlier task with the same `Idempotency-Key`.

@@ -127,9 +127,16 @@ async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {
         }
     }
     assert_eq!(accepted, 25);
-    assert_eq!(count(&store, "SELECT sum(characters)::bigint FROM tasks").await, 250);
     assert_eq!(
-        count(&store, "SELECT count(*) FROM audit_log WHERE action = 'task.submit'").await,
+        count(&store, "SELECT sum(characters)::bigint FROM tasks").await,
+        250
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM audit_log WHERE action = 'task.submit'"
+        )
+        .await,
         25
     );
     // The gauge's view: this limit is full.
@@ -208,7 +215,10 @@ async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
     let (first, created) = store.insert_queued(&task(&first_job)).await.expect("first");
     assert!(created);
     // The limit is reached, yet the same key returns the first task.
-    let (again, created) = store.insert_queued(&task(&first_job)).await.expect("repeat");
+    let (again, created) = store
+        .insert_queued(&task(&first_job))
+        .await
+        .expect("repeat");
     assert!(!created);
     assert_eq!(again.id, first.id);
     // A new job is refused, and the usage says why.
@@ -220,7 +230,10 @@ async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
         })
         .await
         .expect_err("over the limit");
-    assert!(matches!(err, StoreError::LimitExceeded(ref e) if e.used == 10.0), "{err}");
+    assert!(
+        matches!(err, StoreError::LimitExceeded(ref e) if e.used == 10.0),
+        "{err}"
+    );
     let usage = store.limit_usage(tenant_id).await.expect("usage");
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].fraction(), 1.0);

@@ -284,9 +284,7 @@ pub async fn key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
 pub async fn usage(store: &Store, args: UsageArgs) -> anyhow::Result<()> {
     let today = Utc::now().date_naive();
     let to = args.to.unwrap_or(today);
-    let from = args
-        .from
-        .unwrap_or_else(|| to.with_day0(0).unwrap_or(to));
+    let from = args.from.unwrap_or_else(|| to.with_day0(0).unwrap_or(to));
     anyhow::ensure!(from <= to, "--from must not be after --to");
     let tenant_id = match &args.tenant {
         Some(name) => Some(store.tenant(name).await.map_err(explain)?.id),
@@ -405,7 +403,10 @@ mod tests {
         let out = render(
             Format::Csv,
             &["a", "b"],
-            vec![vec!["x,y".into(), "say \"hi\"".into()], vec!["1".into(), "2".into()]],
+            vec![
+                vec!["x,y".into(), "say \"hi\"".into()],
+                vec!["1".into(), "2".into()],
+            ],
             &json!([]),
         );
         assert_eq!(out, "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n1,2\r\n");

@@ -127,7 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant { command } => {
             cli_admin::tenant(&migrated_store(&settings).await?, command).await
         }
-        Command::Key { command } => cli_admin::key(&migrated_store(&settings).await?, command).await,
+        Command::Key { command } => {
+            cli_admin::key(&migrated_store(&settings).await?, command).await
+        }
         Command::Usage(args) => cli_admin::usage(&migrated_store(&settings).await?, args).await,
         Command::Config { .. } => unreachable!("handled before settings are loaded"),
     }

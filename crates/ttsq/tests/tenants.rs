@@ -62,7 +62,10 @@ async fn assert_limited(response: reqwest::Response, limit: &str, max_retry: u64
     let body: Value = response.json().await.expect("problem JSON");
     assert_eq!(body["limit"], limit, "{body}");
     assert_eq!(body["code"], "limit_exceeded", "{body}");
-    assert!(body["limit_value"].is_number() && body["usage"].is_number(), "{body}");
+    assert!(
+        body["limit_value"].is_number() && body["usage"].is_number(),
+        "{body}"
+    );
     assert_eq!(body["retry_after"].as_u64(), Some(retry));
     body
 }
@@ -170,7 +173,10 @@ async fn a_daily_character_limit_holds_under_concurrent_submission() {
         .map(|i| {
             let app = &app;
             let key = key.clone();
-            async move { app.submit_as(&key, &job(&format!("Concurrent txt {i:05}"))).await }
+            async move {
+                app.submit_as(&key, &job(&format!("Concurrent txt {i:05}")))
+                    .await
+            }
         })
         .buffer_unordered(50)
         .collect()
@@ -215,8 +221,10 @@ async fn a_daily_character_limit_holds_under_concurrent_submission() {
     assert_eq!(app.provider_calls("espeak"), 0);
     // The warning at 80 % was recorded once for the day.
     assert_eq!(
-        app.scalar("SELECT count(*) FROM tenant_limit_warnings WHERE limit_name = 'daily_characters'")
-            .await,
+        app.scalar(
+            "SELECT count(*) FROM tenant_limit_warnings WHERE limit_name = 'daily_characters'"
+        )
+        .await,
         1
     );
     // Other tenants are not held back.
@@ -246,7 +254,10 @@ async fn a_tenant_may_hold_only_max_queued_jobs_open() {
         10,
     )
     .await;
-    assert_eq!((body["limit_value"].as_i64(), body["usage"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(
+        (body["limit_value"].as_i64(), body["usage"].as_i64()),
+        (Some(3), Some(3))
+    );
     assert_eq!(tasks_of(&app, "queue").await, 3);
 
     // Once the worker works the queue off, the tenant may submit again.
@@ -275,7 +286,8 @@ async fn a_monthly_budget_refuses_billable_jobs_once_spent() {
         },
     )
     .await;
-    let high = |text: &str| json!({"text": text, "dialect": "en-gb", "format": "wav", "priority": "high"});
+    let high =
+        |text: &str| json!({"text": text, "dialect": "en-gb", "format": "wav", "priority": "high"});
     // 20 characters inline: cost 20 of 30.
     let first = app.submit_as(&key, &high("Twenty characters ok")).await;
     assert_eq!(first.status(), 200);
@@ -292,7 +304,9 @@ async fn a_monthly_budget_refuses_billable_jobs_once_spent() {
     // Refused on its estimated cost, before espeak was asked.
     assert_eq!(app.provider_calls("espeak"), 1);
     // A queued job's cost is not known yet: admitted while budget is left.
-    let response = app.submit_as(&key, &job("Queued while budget is left")).await;
+    let response = app
+        .submit_as(&key, &job("Queued while budget is left"))
+        .await;
     assert_eq!(response.status(), 202);
     app.drain(Duration::from_secs(60)).await;
     // Now 47 of 30 are spent (the overshoot is the job in flight): refused.
@@ -330,7 +344,10 @@ async fn a_revoked_key_is_refused_at_once_on_every_replica() {
             .send()
     };
     assert_eq!(usage_on(&app.base_url).await.expect("sent").status(), 200);
-    assert_eq!(usage_on(&replica.base_url).await.expect("sent").status(), 200);
+    assert_eq!(
+        usage_on(&replica.base_url).await.expect("sent").status(),
+        200
+    );
 
     let revoked = app
         .services
@@ -353,10 +370,7 @@ async fn a_revoked_key_is_refused_at_once_on_every_replica() {
         assert_eq!(submit.status(), 401, "{base}");
     }
     // The tenant's other key still works.
-    assert_eq!(
-        app.get_as(&app.api_key, "/v1/usage").await.status(),
-        200
-    );
+    assert_eq!(app.get_as(&app.api_key, "/v1/usage").await.status(), 200);
     replica.stop().await;
     app.teardown().await;
 }
@@ -367,7 +381,10 @@ async fn own_usage(app: &TestApp, key: &str) -> (i64, i64, Vec<Value>) {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("usage JSON");
     let days = body["days"].as_array().expect("days").clone();
-    let tasks: i64 = days.iter().map(|d| d["tasks"].as_i64().expect("tasks")).sum();
+    let tasks: i64 = days
+        .iter()
+        .map(|d| d["tasks"].as_i64().expect("tasks"))
+        .sum();
     let characters: i64 = days
         .iter()
         .map(|d| d["characters"].as_i64().expect("characters"))
@@ -381,10 +398,13 @@ async fn one_tenants_usage_never_appears_in_anothers() {
     let second = app.new_tenant("second").await;
     let quiet = app.new_tenant("quiet").await;
     for i in 0..3 {
-        app.submit_ok(&job(&format!("Default tenant text {i}"))).await;
+        app.submit_ok(&job(&format!("Default tenant text {i}")))
+            .await;
     }
     for i in 0..2 {
-        let response = app.submit_as(&second, &job(&format!("Second tenant words {i}"))).await;
+        let response = app
+            .submit_as(&second, &job(&format!("Second tenant words {i}")))
+            .await;
         assert_eq!(response.status(), 202);
     }
     app.drain(Duration::from_secs(60)).await;
@@ -436,19 +456,35 @@ async fn the_usage_csv_export_parses_and_sums_to_the_sql_view() {
     let today = chrono::Utc::now().date_naive().to_string();
     let output = app
         .cli_command(TTSQ)
-        .args(["usage", "--tenant", "default", "--from", &today, "--to", &today])
+        .args([
+            "usage", "--tenant", "default", "--from", &today, "--to", &today,
+        ])
         .args(["--format", "csv"])
         .output()
         .expect("ttsq usage runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let csv = String::from_utf8(output.stdout).expect("UTF-8 CSV");
     let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
     let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
     assert_eq!(
         header,
         [
-            "tenant", "day", "provider", "dialect", "currency", "tasks", "succeeded", "failed",
-            "cache_hits", "characters", "billable_characters", "cost"
+            "tenant",
+            "day",
+            "provider",
+            "dialect",
+            "currency",
+            "tasks",
+            "succeeded",
+            "failed",
+            "cache_hits",
+            "characters",
+            "billable_characters",
+            "cost"
         ]
     );
     let rows: Vec<BTreeMap<&str, &str>> = lines
@@ -466,16 +502,22 @@ async fn the_usage_csv_export_parses_and_sums_to_the_sql_view() {
         .map(|r| {
             let (units, fraction) = r["cost"].split_once('.').expect("a decimal cost");
             assert_eq!(fraction.len(), 6);
-            units.parse::<i64>().expect("units") * 1_000_000 + fraction.parse::<i64>().expect("fraction")
+            units.parse::<i64>().expect("units") * 1_000_000
+                + fraction.parse::<i64>().expect("fraction")
         })
         .sum();
     let view = |column: &str| {
-        format!("SELECT coalesce(sum({column}), 0)::bigint FROM usage_daily WHERE tenant = 'default' AND day = '{today}'")
+        format!(
+            "SELECT coalesce(sum({column}), 0)::bigint FROM usage_daily WHERE tenant = 'default' AND day = '{today}'"
+        )
     };
     assert_eq!(sum("tasks"), app.scalar(&view("tasks")).await);
     assert_eq!(sum("tasks"), 6);
     assert_eq!(sum("cache_hits"), 1);
-    assert_eq!(sum("billable_characters"), app.scalar(&view("billable_characters")).await);
+    assert_eq!(
+        sum("billable_characters"),
+        app.scalar(&view("billable_characters")).await
+    );
     assert_eq!(sum("characters"), app.scalar(&view("characters")).await);
     assert_eq!(micros, app.scalar(&view("cost * 1000000")).await);
     assert!(micros > 0);
@@ -483,7 +525,9 @@ async fn the_usage_csv_export_parses_and_sums_to_the_sql_view() {
     // JSON and the table carry the same rows.
     let json_out = app
         .cli_command(TTSQ)
-        .args(["usage", "--tenant", "default", "--format", "json", "--by", "month"])
+        .args([
+            "usage", "--tenant", "default", "--format", "json", "--by", "month",
+        ])
         .output()
         .expect("ttsq usage runs");
     assert!(json_out.status.success());
@@ -539,11 +583,15 @@ async fn the_admin_api_needs_the_token_and_manages_tenants_and_keys() {
             .expect("sent");
         assert_eq!(response.status(), 401, "{token:?}");
     }
-    let created = admin(reqwest::Method::POST, "/v1/admin/tenants", Some(ADMIN_TOKEN))
-        .json(&json!({"name": "acme", "daily_characters": 1000, "max_queued_jobs": 5}))
-        .send()
-        .await
-        .expect("sent");
+    let created = admin(
+        reqwest::Method::POST,
+        "/v1/admin/tenants",
+        Some(ADMIN_TOKEN),
+    )
+    .json(&json!({"name": "acme", "daily_characters": 1000, "max_queued_jobs": 5}))
+    .send()
+    .await
+    .expect("sent");
     assert_eq!(created.status(), 201);
     assert_eq!(created.headers()["cache-control"], "no-store");
     let created: Value = created.json().await.expect("JSON");
@@ -553,13 +601,17 @@ async fn the_admin_api_needs_the_token_and_manages_tenants_and_keys() {
     // The new key works, and its submissions count against the limits.
     let response = app.submit_as(&key, &job("Acme's first words")).await;
     assert_eq!(response.status(), 202);
-    let tenant: Value = admin(reqwest::Method::GET, "/v1/admin/tenants/acme", Some(ADMIN_TOKEN))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let tenant: Value = admin(
+        reqwest::Method::GET,
+        "/v1/admin/tenants/acme",
+        Some(ADMIN_TOKEN),
+    )
+    .send()
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("JSON");
     let daily = tenant["usage"]
         .as_array()
         .expect("usage")
@@ -571,51 +623,77 @@ async fn the_admin_api_needs_the_token_and_manages_tenants_and_keys() {
     assert_eq!(daily["fraction"].as_f64(), Some(0.018));
 
     // PATCH: null lifts a limit, left-out fields stay.
-    let patched: Value = admin(reqwest::Method::PATCH, "/v1/admin/tenants/acme", Some(ADMIN_TOKEN))
-        .json(&json!({"daily_characters": null, "monthly_budget": 12.5}))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let patched: Value = admin(
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/acme",
+        Some(ADMIN_TOKEN),
+    )
+    .json(&json!({"daily_characters": null, "monthly_budget": 12.5}))
+    .send()
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("JSON");
     assert_eq!(patched["daily_characters"], Value::Null);
     assert_eq!(patched["max_queued_jobs"], 5);
     assert_eq!(patched["monthly_budget"], 12.5);
-    let bad = admin(reqwest::Method::PATCH, "/v1/admin/tenants/acme", Some(ADMIN_TOKEN))
-        .json(&json!({"max_queued_jobs": 0}))
-        .send()
-        .await
-        .expect("sent");
+    let bad = admin(
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/acme",
+        Some(ADMIN_TOKEN),
+    )
+    .json(&json!({"max_queued_jobs": 0}))
+    .send()
+    .await
+    .expect("sent");
     assert_eq!(bad.status(), 400);
-    let missing = admin(reqwest::Method::PATCH, "/v1/admin/tenants/nobody", Some(ADMIN_TOKEN))
-        .json(&json!({"max_queued_jobs": 1}))
-        .send()
-        .await
-        .expect("sent");
+    let missing = admin(
+        reqwest::Method::PATCH,
+        "/v1/admin/tenants/nobody",
+        Some(ADMIN_TOKEN),
+    )
+    .json(&json!({"max_queued_jobs": 1}))
+    .send()
+    .await
+    .expect("sent");
     assert_eq!(missing.status(), 404);
 
     // A second key, listed by prefix, then revoked: refused at once.
-    let second: Value = admin(reqwest::Method::POST, "/v1/admin/tenants/acme/keys", Some(ADMIN_TOKEN))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let second: Value = admin(
+        reqwest::Method::POST,
+        "/v1/admin/tenants/acme/keys",
+        Some(ADMIN_TOKEN),
+    )
+    .send()
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("JSON");
     let second_key = second["api_key"].as_str().expect("key").to_owned();
-    let keys: Value = admin(reqwest::Method::GET, "/v1/admin/tenants/acme/keys", Some(ADMIN_TOKEN))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let keys: Value = admin(
+        reqwest::Method::GET,
+        "/v1/admin/tenants/acme/keys",
+        Some(ADMIN_TOKEN),
+    )
+    .send()
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("JSON");
     assert_eq!(keys["keys"].as_array().expect("keys").len(), 2);
-    assert!(!keys.to_string().contains(&second_key), "keys are never listed");
+    assert!(
+        !keys.to_string().contains(&second_key),
+        "keys are never listed"
+    );
     let revoked = admin(
         reqwest::Method::DELETE,
-        &format!("/v1/admin/keys/{}", second["key_prefix"].as_str().expect("prefix")),
+        &format!(
+            "/v1/admin/keys/{}",
+            second["key_prefix"].as_str().expect("prefix")
+        ),
         Some(ADMIN_TOKEN),
     )
     .send()
@@ -632,8 +710,10 @@ async fn the_admin_api_needs_the_token_and_manages_tenants_and_keys() {
         4
     );
     assert_eq!(
-        app.scalar(&format!("SELECT count(*) FROM audit_log a WHERE a::text LIKE '%{ADMIN_TOKEN}%'"))
-            .await,
+        app.scalar(&format!(
+            "SELECT count(*) FROM audit_log a WHERE a::text LIKE '%{ADMIN_TOKEN}%'"
+        ))
+        .await,
         0
     );
     app.teardown().await;
@@ -660,9 +740,7 @@ async fn blocked_content_is_refused_with_422_without_echoing_it() {
         &[("TTSQ_LIMITS_BLOCKED_PATTERNS", "(?i)forbidden\\s+phrase")],
     ))
     .await;
-    let response = app
-        .submit(&job("Say the Forbidden   Phrase aloud"))
-        .await;
+    let response = app.submit(&job("Say the Forbidden   Phrase aloud")).await;
     assert_eq!(response.status(), 422);
     let body = response.text().await.expect("body");
     let problem: Value = serde_json::from_str(&body).expect("problem JSON");
@@ -697,11 +775,12 @@ async fn submissions_are_audited_with_length_and_hash_never_the_text() {
         0
     );
     // The task remembers the submitting key too.
-    let key_prefix: Option<String> = ttsq_store::sqlx::query_scalar("SELECT key_prefix FROM tasks WHERE id = $1")
-        .bind(id)
-        .fetch_one(app.services.store.pool())
-        .await
-        .expect("task");
+    let key_prefix: Option<String> =
+        ttsq_store::sqlx::query_scalar("SELECT key_prefix FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_one(app.services.store.pool())
+            .await
+            .expect("task");
     assert_eq!(key_prefix.as_deref(), Some(prefix));
     app.teardown().await;
 }
@@ -710,7 +789,11 @@ async fn submissions_are_audited_with_length_and_hash_never_the_text() {
 async fn the_cli_manages_tenants_and_keys() {
     let app = TestApp::spawn_with(options(false, &[])).await;
     let run = |args: &[&str]| {
-        let output = app.cli_command(TTSQ).args(args).output().expect("ttsq runs");
+        let output = app
+            .cli_command(TTSQ)
+            .args(args)
+            .output()
+            .expect("ttsq runs");
         assert!(
             output.status.success(),
             "ttsq {args:?}: {}",
@@ -718,11 +801,22 @@ async fn the_cli_manages_tenants_and_keys() {
         );
         String::from_utf8(output.stdout).expect("UTF-8")
     };
-    let key = run(&["tenant", "create", "cli-co", "--daily-characters", "500", "--monthly-budget", "9.5", "--currency", "EUR"])
-        .trim()
-        .to_owned();
+    let key = run(&[
+        "tenant",
+        "create",
+        "cli-co",
+        "--daily-characters",
+        "500",
+        "--monthly-budget",
+        "9.5",
+        "--currency",
+        "EUR",
+    ])
+    .trim()
+    .to_owned();
     assert!(key.starts_with("ttsq_"));
-    let tenants: Value = serde_json::from_str(&run(&["tenant", "list", "--format", "json"])).expect("JSON");
+    let tenants: Value =
+        serde_json::from_str(&run(&["tenant", "list", "--format", "json"])).expect("JSON");
     let cli_co = tenants
         .as_array()
         .expect("array")
@@ -730,10 +824,27 @@ async fn the_cli_manages_tenants_and_keys() {
         .find(|t| t["name"] == "cli-co")
         .expect("listed")
         .clone();
-    assert_eq!((cli_co["daily_characters"].as_i64(), cli_co["currency"].as_str()), (Some(500), Some("EUR")));
-    run(&["tenant", "update", "cli-co", "--daily-characters", "none", "--max-queued-jobs", "7"]);
+    assert_eq!(
+        (
+            cli_co["daily_characters"].as_i64(),
+            cli_co["currency"].as_str()
+        ),
+        (Some(500), Some("EUR"))
+    );
+    run(&[
+        "tenant",
+        "update",
+        "cli-co",
+        "--daily-characters",
+        "none",
+        "--max-queued-jobs",
+        "7",
+    ]);
     let table = run(&["tenant", "list"]);
-    let line = table.lines().find(|l| l.starts_with("cli-co")).expect("a row");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("cli-co"))
+        .expect("a row");
     assert!(line.contains(" 7 ") && line.contains(" 9.5 "), "{line}");
 
     let second = run(&["key", "create", "cli-co"]).trim().to_owned();
@@ -753,7 +864,8 @@ async fn the_cli_manages_tenants_and_keys() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not found"));
     assert_eq!(
-        app.scalar("SELECT count(*) FROM audit_log WHERE actor = 'cli:testkit'").await,
+        app.scalar("SELECT count(*) FROM audit_log WHERE actor = 'cli:testkit'")
+            .await,
         4
     );
     app.teardown().await;
