@@ -8,7 +8,10 @@
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRequestParts, Path, State, rejection::BytesRejection},
+    extract::{
+        FromRequestParts, Path, Query, State,
+        rejection::{BytesRejection, QueryRejection},
+    },
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{delete, get},
@@ -17,7 +20,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use ttsq_store::{KeyInfo, LimitUsage, StoreError, TenantInfo, TenantLimits, TenantUpdate};
+use ttsq_store::{
+    KeyInfo, LimitUsage, StoreError, TenantInfo, TenantLimits, TenantUpdate, UsagePeriod, UsageRow,
+};
 
 use crate::{ApiContext, ApiError};
 
@@ -90,6 +95,7 @@ pub fn routes() -> Router<ApiContext> {
             get(list_tenant_keys).post(create_key),
         )
         .route("/v1/admin/keys", get(list_keys))
+        .route("/v1/admin/usage", get(usage))
         .route("/v1/admin/keys/{key}", delete(revoke_key))
 }
 
@@ -329,4 +335,49 @@ async fn revoke_key(
         .map_err(or_not_found("key"))?;
     tracing::info!(key_prefix = %key.prefix, tenant = %key.tenant, "key revoked through the admin API");
     Ok(Json(key).into_response())
+}
+
+/// Query of `GET /v1/admin/usage`.
+#[derive(Deserialize)]
+struct AdminUsageQuery {
+    tenant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    by: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AdminUsage {
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    rows: Vec<UsageRow>,
+}
+
+/// `GET /v1/admin/usage?tenant=&from=&to=&by=day|month`: the finance views
+/// for one tenant or all of them.
+async fn usage(
+    _: Admin,
+    State(context): State<ApiContext>,
+    query: Result<Query<AdminUsageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::field("", e.body_text()))?;
+    let (from, to) = crate::usage::range(query.from, query.to)?;
+    let period = match query.by.as_deref() {
+        None | Some("day") => UsagePeriod::Day,
+        Some("month") => UsagePeriod::Month,
+        Some(_) => return Err(ApiError::field("by", "must be `day` or `month`")),
+    };
+    let tenant_id = match &query.tenant {
+        Some(name) => Some(
+            context
+                .store
+                .tenant(name)
+                .await
+                .map_err(or_not_found("tenant"))?
+                .id,
+        ),
+        None => None,
+    };
+    let rows = context.store.usage(tenant_id, from, to, period).await?;
+    Ok(Json(AdminUsage { from, to, rows }).into_response())
 }

@@ -46,6 +46,27 @@ pub struct UsageView {
     days: Vec<DayView>,
 }
 
+/// The range of a usage query: `to` defaults to today and `from` to 29
+/// days before it; at most [`MAX_DAYS`].
+pub(crate) fn range(
+    from: Option<String>,
+    to: Option<String>,
+) -> Result<(NaiveDate, NaiveDate), ApiError> {
+    let today = Utc::now().date_naive();
+    let to = date("to", to, today)?;
+    let from = date("from", from, to - Duration::days(29))?;
+    if from > to {
+        return Err(ApiError::field("from", "must not be after `to`"));
+    }
+    if (to - from).num_days() >= MAX_DAYS {
+        return Err(ApiError::field(
+            "from",
+            format!("the range may cover at most {MAX_DAYS} days"),
+        ));
+    }
+    Ok((from, to))
+}
+
 fn date(field: &str, raw: Option<String>, default: NaiveDate) -> Result<NaiveDate, ApiError> {
     match raw {
         None => Ok(default),
@@ -63,18 +84,7 @@ pub async fn usage(
     query: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<UsageView>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::field("", e.body_text()))?;
-    let today = Utc::now().date_naive();
-    let to = date("to", query.to, today)?;
-    let from = date("from", query.from, to - Duration::days(29))?;
-    if from > to {
-        return Err(ApiError::field("from", "must not be after `to`"));
-    }
-    if (to - from).num_days() >= MAX_DAYS {
-        return Err(ApiError::field(
-            "from",
-            format!("the range may cover at most {MAX_DAYS} days"),
-        ));
-    }
+    let (from, to) = range(query.from, query.to)?;
     let rows = context
         .store
         .usage(Some(caller.0.tenant_id), from, to, UsagePeriod::Day)

@@ -981,6 +981,46 @@ chain = ["eleven", "espeak"]
     }
 
     #[test]
+    fn the_admin_api_is_off_until_a_token_is_set() {
+        let off = Settings::load(None, env(&[])).unwrap();
+        assert!(off.admin.enabled_token().is_none());
+        let on = Settings::load(None, env(&[("TTSQ_ADMIN_TOKEN", "t0ken-value")])).unwrap();
+        assert_eq!(
+            on.admin
+                .enabled_token()
+                .map(|t| t.expose_secret().to_owned()),
+            Some("t0ken-value".to_owned())
+        );
+        assert!(!format!("{on:?}").contains("t0ken-value"));
+    }
+
+    #[test]
+    fn bad_blocked_patterns_and_currencies_are_refused_by_name() {
+        let err = Settings::load(
+            None,
+            env(&[("TTSQ_LIMITS_BLOCKED_PATTERNS", "ok,(unclosed")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.blocked_patterns.1"),
+            "{err}"
+        );
+        let err =
+            Settings::load(None, env(&[("TTSQ_PROVIDERS_ESPEAK_CURRENCY", "usd")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TTSQ_PROVIDERS_ESPEAK_CURRENCY"),
+            "{err}"
+        );
+        let s = Settings::load(
+            None,
+            env(&[("TTSQ_LIMITS_BLOCKED_PATTERNS", "(?i)bad words")]),
+        )
+        .unwrap();
+        assert_eq!(s.limits.blocked_patterns, ["(?i)bad words"]);
+        assert_eq!(s.providers["espeak"].currency, "USD");
+    }
+
+    #[test]
     fn glob_patterns_match_whole_ids() {
         assert!(glob_match("*", "yue"));
         assert!(glob_match("en-*", "en-gb-scotland"));

@@ -703,6 +703,28 @@ async fn the_admin_api_needs_the_token_and_manages_tenants_and_keys() {
     assert_eq!(app.get_as(&second_key, "/v1/usage").await.status(), 401);
     assert_eq!(app.get_as(&key, "/v1/usage").await.status(), 200);
 
+    // Finance figures over HTTP: the job is still queued, so nothing is billed yet.
+    let usage = admin(
+        reqwest::Method::GET,
+        "/v1/admin/usage?tenant=acme&by=month",
+        Some(ADMIN_TOKEN),
+    )
+    .send()
+    .await
+    .expect("sent");
+    assert_eq!(usage.status(), 200);
+    let usage: Value = usage.json().await.expect("JSON");
+    assert_eq!(usage["rows"], json!([]));
+    let bad = admin(
+        reqwest::Method::GET,
+        "/v1/admin/usage?by=year",
+        Some(ADMIN_TOKEN),
+    )
+    .send()
+    .await
+    .expect("sent");
+    assert_eq!(bad.status(), 400);
+
     // Every change is in the audit log as the admin API.
     assert_eq!(
         app.scalar("SELECT count(*) FROM audit_log WHERE actor = 'admin-api' AND action IN ('tenant.create', 'tenant.update', 'key.create', 'key.revoke')")
