@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
+use serde_json::json;
 use ttsq_core::{Job, JobMessage, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
@@ -43,6 +44,7 @@ pub async fn submit(
     let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
+        audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
         return Err(ApiError::ContentRejected);
     }
     let idempotency_key = idempotency_key(&headers)?;
@@ -59,9 +61,42 @@ pub async fn submit(
     span.record("priority", job.priority.as_str());
 
     let cached = context.store.find_audio(job.hash.as_str()).await?;
-    match job.priority {
+    let result = match job.priority {
         Priority::Normal => submit_normal(&context, &task, cached).await,
         Priority::High => submit_high(&context, &task, cached, wants_json(&headers)).await,
+    };
+    if let Err(ApiError::LimitExceeded(e)) = &result {
+        tracing::info!(
+            limit = e.limit.as_str(),
+            "submission refused by a tenant limit"
+        );
+        let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
+        audit_refusal(&context, &caller, &job, "limit_exceeded", detail).await;
+    }
+    result
+}
+
+/// Records a refused submission in the audit log; a failure to do so is
+/// logged and does not change the answer.
+async fn audit_refusal(
+    context: &ApiContext,
+    caller: &Caller,
+    job: &Job,
+    reason: &str,
+    detail: serde_json::Value,
+) {
+    if let Err(err) = context
+        .store
+        .audit_refusal(
+            caller.0.tenant_id,
+            Some(&caller.0.key_prefix),
+            job,
+            reason,
+            detail,
+        )
+        .await
+    {
+        tracing::warn!(error = %err, "could not record a refused submission in the audit log");
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{StoreError, tasks::NewTask};
+use crate::{Store, StoreError, tasks::NewTask};
 
 /// An admin action to record, for [`audit_admin`].
 pub(crate) struct AdminAction<'a> {
@@ -55,6 +55,41 @@ pub(crate) async fn audit_submission(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+impl Store {
+    /// Records a submission that was refused (`reason`: `limit_exceeded`,
+    /// `content_rejected`) with the same text fingerprint as an accepted one.
+    /// Nothing else was written for it, so this stands alone.
+    pub async fn audit_refusal(
+        &self,
+        tenant_id: Uuid,
+        key_prefix: Option<&str>,
+        job: &ttsq_core::Job,
+        reason: &str,
+        detail: Value,
+    ) -> Result<(), StoreError> {
+        let actor = key_prefix.map_or_else(|| "key".to_owned(), |p| format!("key:{p}"));
+        let mut detail = detail;
+        if let Some(map) = detail.as_object_mut() {
+            map.insert("reason".into(), reason.into());
+            map.insert("priority".into(), job.priority.as_str().into());
+            map.insert("dialect".into(), job.dialect.clone().into());
+        }
+        sqlx::query(
+            "INSERT INTO audit_log (actor, tenant_id, key_prefix, action, text_chars, text_sha256, detail)
+             VALUES ($1, $2, $3, 'task.refuse', $4, $5, $6)",
+        )
+        .bind(actor)
+        .bind(tenant_id)
+        .bind(key_prefix)
+        .bind(i32::try_from(job.characters).unwrap_or(i32::MAX))
+        .bind(hex::encode(Sha256::digest(job.text.as_bytes())))
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Records an admin action.

@@ -209,6 +209,12 @@ async fn a_daily_character_limit_holds_under_concurrent_submission() {
             .await,
         10
     );
+    // Refusals are audited too, by length and hash of the text.
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM audit_log WHERE action = 'task.refuse' AND detail->>'limit' = 'daily_characters' AND text_chars = 20")
+            .await,
+        40
+    );
     // High priority is held to the same limit, before any synthesis.
     let high = app
         .submit_as(
@@ -769,6 +775,16 @@ async fn blocked_content_is_refused_with_422_without_echoing_it() {
     assert_eq!(problem["code"], "content_rejected");
     assert!(!body.to_lowercase().contains("forbidden"), "{body}");
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM audit_log WHERE action = 'task.refuse' AND detail->>'reason' = 'content_rejected' AND text_sha256 IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM audit_log a WHERE a::text ILIKE '%forbidden%'")
+            .await,
+        0
+    );
     app.submit_ok(&job("A perfectly fine phrase")).await;
     app.teardown().await;
 }
