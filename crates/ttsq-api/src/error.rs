@@ -37,6 +37,14 @@ pub enum ApiError {
     /// The request conflicts with the resource's state.
     #[error("{0}")]
     Conflict(String),
+    /// The submission would go over one of the tenant's limits; nothing was
+    /// written. Answered 429 with `Retry-After`.
+    #[error("{}", limit_detail(.0))]
+    LimitExceeded(ttsq_store::LimitExceeded),
+    /// The text matches a configured blocked pattern. The text and the
+    /// pattern are never echoed.
+    #[error("the text was refused by the content policy")]
+    ContentRejected,
     /// A dependency (queue, database, storage) is down; retry later.
     #[error("{0} is unavailable; retry later")]
     Unavailable(&'static str),
@@ -76,6 +84,8 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ContentRejected => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Synthesis {
                 retryable: true, ..
@@ -95,6 +105,8 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::Conflict(_) => "conflict",
+            Self::LimitExceeded(_) => "limit-exceeded",
+            Self::ContentRejected => "content-rejected",
             Self::Unavailable(_) => "unavailable",
             Self::Synthesis { .. } => "synthesis-failed",
             Self::Internal(_) => "internal",
@@ -115,6 +127,39 @@ struct Problem<'a> {
     task_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
+    /// Members particular to one kind of problem (a limit's figures).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn limit_detail(e: &ttsq_store::LimitExceeded) -> String {
+    let unit = match (&e.limit, &e.currency) {
+        (ttsq_store::LimitKind::MonthlyBudget, Some(currency)) => format!(" {currency}"),
+        (ttsq_store::LimitKind::DailyCharacters, _) => " characters".to_owned(),
+        (ttsq_store::LimitKind::MaxQueuedJobs, _) => " jobs".to_owned(),
+        _ => String::new(),
+    };
+    let period = match e.limit {
+        ttsq_store::LimitKind::DailyCharacters => "this UTC day",
+        ttsq_store::LimitKind::MonthlyBudget => "this UTC month",
+        ttsq_store::LimitKind::MaxQueuedJobs => "queued or processing now",
+    };
+    format!(
+        "over the tenant's {} limit: {}{unit} used {period} of {}{unit}; this job needs {}{unit}",
+        e.limit,
+        number(e.limit, e.used),
+        number(e.limit, e.max),
+        number(e.limit, e.requested)
+    )
+}
+
+/// A limit figure as JSON: whole numbers for counts, decimals for money.
+fn number(limit: ttsq_store::LimitKind, value: f64) -> serde_json::Value {
+    if limit == ttsq_store::LimitKind::MonthlyBudget {
+        serde_json::json!((value * 1e6).round() / 1e6)
+    } else {
+        serde_json::json!(value.round() as i64)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -145,6 +190,23 @@ impl IntoResponse for ApiError {
             },
             code: match &self {
                 Self::Synthesis { code, .. } => Some(code),
+                Self::LimitExceeded(_) => Some("limit_exceeded"),
+                Self::ContentRejected => Some("content_rejected"),
+                _ => None,
+            },
+            extra: match &self {
+                Self::LimitExceeded(e) => {
+                    let mut extra = serde_json::Map::new();
+                    extra.insert("limit".into(), e.limit.as_str().into());
+                    extra.insert("limit_value".into(), number(e.limit, e.max));
+                    extra.insert("usage".into(), number(e.limit, e.used));
+                    extra.insert("requested".into(), number(e.limit, e.requested));
+                    if let Some(currency) = &e.currency {
+                        extra.insert("currency".into(), currency.as_str().into());
+                    }
+                    extra.insert("retry_after".into(), e.retry_after.as_secs().into());
+                    Some(extra)
+                }
                 _ => None,
             },
         };
@@ -153,6 +215,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Self::LimitExceeded(e) = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after.as_secs()),
+            );
+        }
         match status {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -173,6 +241,12 @@ impl From<ttsq_store::StoreError> for ApiError {
                 tracing::warn!(error = %sqlx_err, "database unavailable");
                 Self::Unavailable("the database")
             }
+            ttsq_store::StoreError::LimitExceeded(e) => Self::LimitExceeded(e),
+            ttsq_store::StoreError::Conflict(message) => Self::Conflict(message),
+            ttsq_store::StoreError::Invalid(message) => match message.split_once(": ") {
+                Some((field, reason)) => Self::field(field, reason),
+                None => Self::field("", message),
+            },
             other => Self::internal(other),
         }
     }

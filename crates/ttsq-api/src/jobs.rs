@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
+use serde_json::json;
 use ttsq_core::{Job, JobMessage, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
@@ -44,12 +45,18 @@ pub async fn submit(
         }
     })?;
     let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
+    if context.content_filter.blocks(&job.text) {
+        tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
+        audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
+        return Err(ApiError::ContentRejected);
+    }
     let idempotency_key = idempotency_key(&headers)?;
     let task = NewTask {
         id: Uuid::now_v7(),
         tenant_id: caller.0.tenant_id,
         job: &job,
         idempotency_key,
+        key_prefix: Some(&caller.0.key_prefix),
     };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));
@@ -59,12 +66,20 @@ pub async fn submit(
 
     let started = std::time::Instant::now();
     let cached = context.store.find_audio(job.hash.as_str()).await?;
-    let response = match job.priority {
+    let result = match job.priority {
         Priority::Normal => submit_normal(&context, &task, cached).await,
         Priority::High => submit_high(&context, &task, cached, wants_json(&headers)).await,
     };
+    if let Err(ApiError::LimitExceeded(e)) = &result {
+        tracing::info!(
+            limit = e.limit.as_str(),
+            "submission refused by a tenant limit"
+        );
+        let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
+        audit_refusal(&context, &caller, &job, "limit_exceeded", detail).await;
+    }
     span.record("latency_ms", started.elapsed().as_millis() as u64);
-    response
+    result
 }
 
 /// Records a job that finished during its submission (a cache hit, or a
@@ -93,6 +108,30 @@ fn report_finished(row: &TaskRow) {
     }
 }
 
+/// Records a refused submission in the audit log; a failure to do so is
+/// logged and does not change the answer.
+async fn audit_refusal(
+    context: &ApiContext,
+    caller: &Caller,
+    job: &Job,
+    reason: &str,
+    detail: serde_json::Value,
+) {
+    if let Err(err) = context
+        .store
+        .audit_refusal(
+            caller.0.tenant_id,
+            Some(&caller.0.key_prefix),
+            job,
+            reason,
+            detail,
+        )
+        .await
+    {
+        tracing::warn!(error = %err, "could not record a refused submission in the audit log");
+    }
+}
+
 /// Commits the task, then publishes it and waits for the broker's confirm;
 /// should that fail, the outbox relay publishes it later and the job is
 /// accepted all the same.
@@ -104,7 +143,7 @@ async fn submit_normal(
     let row = if let Some(object) = cached {
         let (row, created) = context
             .store
-            .insert_finished(task, &cache_hit(&object))
+            .insert_finished(task, &cache_hit(context, &object))
             .await?;
         if created {
             report_finished(&row);
@@ -150,12 +189,13 @@ fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
     response
 }
 
-fn cache_hit(object: &AudioObject) -> TaskOutcome {
+fn cache_hit(context: &ApiContext, object: &AudioObject) -> TaskOutcome {
     TaskOutcome::Succeeded {
         audio_hash: object.hash.clone(),
         cache_hit: true,
         provider: object.provider.clone(),
         price_per_1k: 0.0,
+        currency: context.providers.currency(&object.provider).to_owned(),
     }
 }
 
@@ -171,10 +211,19 @@ async fn submit_high(
         Some(object) => {
             context
                 .store
-                .insert_finished(task, &cache_hit(&object))
+                .insert_finished(task, &cache_hit(context, &object))
                 .await?
         }
         None => {
+            // Refuse before the provider is paid, costed at the price of the
+            // dialect's first provider; the insert checks the actual cost.
+            let estimate = context
+                .providers
+                .catalog()
+                .get(&job.dialect)
+                .and_then(|d| d.provider_chain.first())
+                .map(|p| job.characters as f64 * context.providers.price_per_1k(p) / 1000.0);
+            context.store.check_limits(task, estimate).await?;
             let request = SynthesisRequest {
                 text: &job.text,
                 dialect: &job.dialect,
@@ -198,6 +247,7 @@ async fn submit_high(
                         audio_hash: object.hash,
                         cache_hit: false,
                         price_per_1k: context.providers.price_per_1k(&object.provider),
+                        currency: context.providers.currency(&object.provider).to_owned(),
                         provider: object.provider,
                     }
                 }

@@ -9,14 +9,21 @@
 //! - `system`: dialects, health, readiness, metrics.
 //! - [`ops`]: `/metrics`, `/health`, `/ready` over any set of dependencies,
 //!   also served alone by a worker.
+//! - `system`: dialects, health, readiness.
+//! - `admin`: tenants and keys over HTTP, behind the admin token.
+//! - `usage`: a tenant's own usage.
+//! - [`content`]: the optional content filter.
 //! - [`error`]: [`ApiError`] and its problem+json rendering.
 
+pub mod content;
 pub mod error;
 pub mod ops;
 
+mod admin;
 mod auth;
 mod jobs;
 mod system;
+mod usage;
 mod view;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -57,6 +64,10 @@ pub struct ApiContext {
     pub max_wait: Duration,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// SHA-256 of the admin token; `None` disables the admin API.
+    pub admin_token: Option<Arc<admin::TokenDigest>>,
+    /// Patterns a job's text must not match.
+    pub content_filter: Arc<content::ContentFilter>,
 }
 
 impl ApiContext {
@@ -82,6 +93,15 @@ impl ApiContext {
             public_url: settings.server.public_url.trim_end_matches('/').into(),
             max_wait: Duration::from_secs(settings.server.max_wait_secs),
             max_body_bytes: settings.server.max_body_bytes,
+            admin_token: settings
+                .admin
+                .enabled_token()
+                .map(|token| Arc::new(admin::TokenDigest::of(token))),
+            // Settings::load has compiled every pattern once already.
+            content_filter: Arc::new(
+                content::ContentFilter::new(&settings.limits.blocked_patterns)
+                    .expect("blocked patterns were validated with the settings"),
+            ),
         })
     }
 }
@@ -106,6 +126,8 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/tts/jobs/{id}", get(jobs::get))
         .route("/v1/tts/jobs/{id}/audio", get(jobs::audio))
         .route("/v1/dialects", get(system::dialects))
+        .route("/v1/usage", get(usage::usage))
+        .merge(admin::routes())
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/metrics", get(system::metrics))

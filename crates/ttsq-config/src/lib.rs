@@ -53,6 +53,24 @@ pub struct Settings {
     pub providers: BTreeMap<String, ProviderSettings>,
     /// Dialect patterns to provider chains, first match wins.
     pub routes: Vec<RouteSettings>,
+    /// The admin API.
+    pub admin: AdminSettings,
+}
+
+/// The admin API (`/v1/admin/...`): tenants and keys over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer token the admin API demands (a secret); empty disables the
+    /// admin API, whose routes then answer 404.
+    pub token: SecretString,
+}
+
+impl AdminSettings {
+    /// The token, when the admin API is enabled.
+    pub fn enabled_token(&self) -> Option<&SecretString> {
+        (!self.token.expose_secret().is_empty()).then_some(&self.token)
+    }
 }
 
 /// How replicas share provider quotas.
@@ -150,6 +168,15 @@ fn default_timeout() -> u64 {
     30
 }
 
+fn default_currency() -> String {
+    "USD".to_owned()
+}
+
+/// Whether `code` looks like an ISO 4217 currency code (`USD`, `EUR`).
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 /// One upstream provider.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,9 +204,12 @@ pub struct ProviderSettings {
     /// Total timeout of one request, in seconds.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
-    /// Price per 1,000 billable characters, in the ledger's currency.
+    /// Price per 1,000 billable characters, in [`Self::currency`].
     #[serde(default)]
     pub price_per_1k_chars: f64,
+    /// ISO 4217 code of the price's currency, recorded on each ledger row.
+    #[serde(default = "default_currency")]
+    pub currency: String,
     /// The vendor account's limits.
     #[serde(default)]
     pub quota: ProviderQuota,
@@ -367,6 +397,9 @@ pub struct LimitSettings {
     pub max_text_chars: usize,
     /// Most bytes of metadata as JSON.
     pub max_metadata_bytes: usize,
+    /// Regular expressions (regex-lite syntax) a job's normalised text must
+    /// not match; a match is refused with 422 `content_rejected`.
+    pub blocked_patterns: Vec<String>,
 }
 
 /// Log output settings.
@@ -610,10 +643,24 @@ impl Settings {
             {
                 return Err(invalid(&key("quota"), "limits must be positive when set"));
             }
+            if !is_currency_code(&provider.currency) {
+                return Err(invalid(
+                    &key("currency"),
+                    "must be a three-letter ISO 4217 code such as USD",
+                ));
+            }
             if !(provider.price_per_1k_chars >= 0.0 && provider.price_per_1k_chars.is_finite()) {
                 return Err(invalid(
                     &key("price_per_1k_chars"),
                     "must be a non-negative number",
+                ));
+            }
+        }
+        for (i, pattern) in self.limits.blocked_patterns.iter().enumerate() {
+            if let Err(err) = regex_lite::Regex::new(pattern) {
+                return Err(invalid(
+                    &format!("limits.blocked_patterns.{i}"),
+                    &format!("not a valid regular expression: {err}"),
                 ));
             }
         }
@@ -999,6 +1046,46 @@ chain = ["eleven", "espeak"]
                 ".env.example lacks {var}"
             );
         }
+    }
+
+    #[test]
+    fn the_admin_api_is_off_until_a_token_is_set() {
+        let off = Settings::load(None, env(&[])).unwrap();
+        assert!(off.admin.enabled_token().is_none());
+        let on = Settings::load(None, env(&[("TTSQ_ADMIN_TOKEN", "t0ken-value")])).unwrap();
+        assert_eq!(
+            on.admin
+                .enabled_token()
+                .map(|t| t.expose_secret().to_owned()),
+            Some("t0ken-value".to_owned())
+        );
+        assert!(!format!("{on:?}").contains("t0ken-value"));
+    }
+
+    #[test]
+    fn bad_blocked_patterns_and_currencies_are_refused_by_name() {
+        let err = Settings::load(
+            None,
+            env(&[("TTSQ_LIMITS_BLOCKED_PATTERNS", "ok,(unclosed")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.blocked_patterns.1"),
+            "{err}"
+        );
+        let err =
+            Settings::load(None, env(&[("TTSQ_PROVIDERS_ESPEAK_CURRENCY", "usd")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TTSQ_PROVIDERS_ESPEAK_CURRENCY"),
+            "{err}"
+        );
+        let s = Settings::load(
+            None,
+            env(&[("TTSQ_LIMITS_BLOCKED_PATTERNS", "(?i)bad words")]),
+        )
+        .unwrap();
+        assert_eq!(s.limits.blocked_patterns, ["(?i)bad words"]);
+        assert_eq!(s.providers["espeak"].currency, "USD");
     }
 
     #[test]

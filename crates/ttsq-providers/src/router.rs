@@ -59,6 +59,7 @@ struct Slot {
     quota: Quota,
     breaker: Breaker,
     price_per_1k: f64,
+    currency: String,
     shared_quota: bool,
     calls: AtomicU64,
 }
@@ -71,6 +72,8 @@ pub struct ProviderEntry {
     pub quota: ttsq_config::ProviderQuota,
     /// Price per 1,000 billable characters.
     pub price_per_1k: f64,
+    /// ISO 4217 code of the price's currency.
+    pub currency: String,
     /// Whether the quota belongs to a vendor account shared by all replicas
     /// (true), or to this machine, as a local engine's concurrency does (false).
     pub shared_quota: bool,
@@ -166,6 +169,7 @@ impl Router {
                     synthesizer: build(name, provider)?,
                     quota: provider.quota.clone(),
                     price_per_1k: provider.price_per_1k_chars,
+                    currency: provider.currency.clone(),
                     shared_quota: provider.kind != ProviderKind::Espeak,
                 },
             ));
@@ -212,6 +216,7 @@ impl Router {
                     quota: Quota::new(entry.quota),
                     breaker: Breaker::new(breaker.0, breaker.1),
                     price_per_1k: entry.price_per_1k,
+                    currency: entry.currency,
                     shared_quota: entry.shared_quota,
                     calls: AtomicU64::new(0),
                 },
@@ -390,6 +395,13 @@ impl Router {
     /// Price per 1,000 characters of `provider`, for the ledger's cost.
     pub fn price_per_1k(&self, provider: &str) -> f64 {
         self.providers.get(provider).map_or(0.0, |s| s.price_per_1k)
+    }
+
+    /// Currency of `provider`'s price (ISO 4217); `USD` for an unknown name.
+    pub fn currency(&self, provider: &str) -> &str {
+        self.providers
+            .get(provider)
+            .map_or("USD", |s| s.currency.as_str())
     }
 
     /// Sets every shared provider quota to `share` of the account's limits

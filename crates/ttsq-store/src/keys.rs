@@ -2,11 +2,17 @@
 //! is stored. Keys carry 192 random bits, so a fast hash is enough: there is
 //! nothing to brute-force that a slow password hash would protect.
 
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{Store, StoreError, is_unique_violation};
+use crate::{
+    Store, StoreError,
+    audit::{AdminAction, audit_admin},
+    is_unique_violation,
+};
 
 /// Characters of a key kept in clear to tell keys apart (`ttsq_` + 8 hex).
 const PREFIX_LEN: usize = 13;
@@ -54,15 +60,157 @@ fn generate_key() -> NewApiKey {
     }
 }
 
+/// A tenant's limits; `None` is unlimited. See [`crate::limits`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantLimits {
+    /// Characters per UTC day.
+    pub daily_characters: Option<i64>,
+    /// Cost per UTC month, in the tenant's currency.
+    pub monthly_budget: Option<f64>,
+    /// Jobs queued or processing at once.
+    pub max_queued_jobs: Option<i32>,
+}
+
+impl TenantLimits {
+    /// Checks the values; the reason names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        check_limits(
+            self.daily_characters,
+            self.monthly_budget,
+            self.max_queued_jobs,
+        )
+    }
+}
+
+fn check_limits(
+    daily_characters: Option<i64>,
+    monthly_budget: Option<f64>,
+    max_queued_jobs: Option<i32>,
+) -> Result<(), String> {
+    if daily_characters.is_some_and(|n| n <= 0) {
+        return Err("daily_characters: must be at least 1 (omit it for no limit)".into());
+    }
+    if monthly_budget.is_some_and(|b| !(b.is_finite() && (0.0..1e12).contains(&b))) {
+        return Err("monthly_budget: must be a number from 0 up to 10^12".into());
+    }
+    if max_queued_jobs.is_some_and(|n| n <= 0) {
+        return Err("max_queued_jobs: must be at least 1 (omit it for no limit)".into());
+    }
+    Ok(())
+}
+
+fn check_currency(currency: &str) -> Result<(), StoreError> {
+    if ttsq_config::is_currency_code(currency) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "currency: must be a three-letter ISO 4217 code such as USD".into(),
+        ))
+    }
+}
+
+/// Changes to a tenant: `None` leaves a field as it is; `Some(None)` lifts a
+/// limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantUpdate {
+    /// Characters per UTC day.
+    pub daily_characters: Option<Option<i64>>,
+    /// Cost per UTC month.
+    pub monthly_budget: Option<Option<f64>>,
+    /// Jobs queued or processing at once.
+    pub max_queued_jobs: Option<Option<i32>>,
+    /// Currency of the budget (ISO 4217).
+    pub currency: Option<String>,
+}
+
+/// A tenant with its limits, as operators see it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct TenantInfo {
+    /// Tenant id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Currency of the budget.
+    pub currency: String,
+    /// Characters per UTC day; `None` is unlimited.
+    pub daily_characters: Option<i64>,
+    /// Cost per UTC month; `None` is unlimited.
+    pub monthly_budget: Option<f64>,
+    /// Open jobs at once; `None` is unlimited.
+    pub max_queued_jobs: Option<i32>,
+    /// Keys not revoked.
+    pub active_keys: i64,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+}
+
+const TENANT_SELECT: &str = "SELECT t.id, t.name, t.currency, t.daily_characters,
+        t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs,
+        (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys,
+        t.created_at
+    FROM tenants t";
+
+/// An API key as operators see it: never the key itself.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+pub struct KeyInfo {
+    /// Key id.
+    pub id: Uuid,
+    /// Owner's name.
+    pub tenant: String,
+    /// Visible prefix.
+    pub prefix: String,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Revoked at; a revoked key is refused at once.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+const KEY_SELECT: &str = "SELECT k.id, t.name AS tenant, k.prefix, k.created_at, k.revoked_at
+    FROM api_keys k JOIN tenants t ON t.id = k.tenant_id";
+
 impl Store {
-    /// Creates a tenant and its first key.
+    /// Creates a tenant without limits and its first key.
     pub async fn create_tenant(&self, name: &str) -> Result<(Tenant, NewApiKey), StoreError> {
+        let (info, key) = self
+            .create_tenant_with(name, &TenantLimits::default(), None, "system")
+            .await?;
+        Ok((
+            Tenant {
+                id: info.id,
+                name: info.name,
+            },
+            key,
+        ))
+    }
+
+    /// Creates a tenant with `limits` (budget in `currency`, USD by default)
+    /// and its first key; `actor` is recorded in the audit log.
+    pub async fn create_tenant_with(
+        &self,
+        name: &str,
+        limits: &TenantLimits,
+        currency: Option<&str>,
+        actor: &str,
+    ) -> Result<(TenantInfo, NewApiKey), StoreError> {
+        limits.validate().map_err(StoreError::Invalid)?;
+        let currency = currency.unwrap_or("USD");
+        check_currency(currency)?;
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(StoreError::Invalid(
+                "name: must be 1 to 200 characters".into(),
+            ));
+        }
         let mut tx = self.pool.begin().await?;
-        let tenant = sqlx::query_as::<_, Tenant>(
-            "INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id, name",
+        let id: Uuid = sqlx::query_scalar(
+            "INSERT INTO tenants (id, name, daily_characters, monthly_budget, max_queued_jobs, currency)
+             VALUES ($1, $2, $3, $4::float8::numeric, $5, $6) RETURNING id",
         )
         .bind(Uuid::now_v7())
         .bind(name)
+        .bind(limits.daily_characters)
+        .bind(limits.monthly_budget)
+        .bind(limits.max_queued_jobs)
+        .bind(currency)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -72,13 +220,120 @@ impl Store {
                 e.into()
             }
         })?;
-        let key = insert_key(&mut tx, tenant.id).await?;
+        let key = insert_key(&mut tx, id).await?;
+        audit_admin(
+            &mut tx,
+            AdminAction {
+                actor,
+                tenant_id: Some(id),
+                key_prefix: Some(&key.prefix),
+                action: "tenant.create",
+                target: name,
+                detail: json!({
+                    "daily_characters": limits.daily_characters,
+                    "monthly_budget": limits.monthly_budget,
+                    "max_queued_jobs": limits.max_queued_jobs,
+                    "currency": currency,
+                }),
+            },
+        )
+        .await?;
+        let info = tenant_by_name(&mut tx, name).await?;
         tx.commit().await?;
-        Ok((tenant, key))
+        Ok((info, key))
+    }
+
+    /// Every tenant, by name.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantInfo>, StoreError> {
+        Ok(sqlx::query_as(&format!("{TENANT_SELECT} ORDER BY t.name"))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// One tenant by name.
+    pub async fn tenant(&self, name: &str) -> Result<TenantInfo, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        tenant_by_name(&mut conn, name).await
+    }
+
+    /// Applies `update` to the tenant named `name`; audited as `actor`.
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        update: &TenantUpdate,
+        actor: &str,
+    ) -> Result<TenantInfo, StoreError> {
+        check_limits(
+            update.daily_characters.flatten(),
+            update.monthly_budget.flatten(),
+            update.max_queued_jobs.flatten(),
+        )
+        .map_err(StoreError::Invalid)?;
+        if let Some(currency) = &update.currency {
+            check_currency(currency)?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let id: Uuid = sqlx::query_scalar(
+            "UPDATE tenants SET
+                daily_characters = CASE WHEN $2 THEN $3 ELSE daily_characters END,
+                monthly_budget = CASE WHEN $4 THEN $5::float8::numeric ELSE monthly_budget END,
+                max_queued_jobs = CASE WHEN $6 THEN $7 ELSE max_queued_jobs END,
+                currency = coalesce($8, currency),
+                updated_at = now()
+              WHERE name = $1 RETURNING id",
+        )
+        .bind(name)
+        .bind(update.daily_characters.is_some())
+        .bind(update.daily_characters.flatten())
+        .bind(update.monthly_budget.is_some())
+        .bind(update.monthly_budget.flatten())
+        .bind(update.max_queued_jobs.is_some())
+        .bind(update.max_queued_jobs.flatten())
+        .bind(&update.currency)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("tenant `{name}`")))?;
+        let mut detail = serde_json::Map::new();
+        if let Some(v) = update.daily_characters {
+            detail.insert("daily_characters".into(), json!(v));
+        }
+        if let Some(v) = update.monthly_budget {
+            detail.insert("monthly_budget".into(), json!(v));
+        }
+        if let Some(v) = update.max_queued_jobs {
+            detail.insert("max_queued_jobs".into(), json!(v));
+        }
+        if let Some(v) = &update.currency {
+            detail.insert("currency".into(), json!(v));
+        }
+        audit_admin(
+            &mut tx,
+            AdminAction {
+                actor,
+                tenant_id: Some(id),
+                key_prefix: None,
+                action: "tenant.update",
+                target: name,
+                detail: detail.into(),
+            },
+        )
+        .await?;
+        let info = tenant_by_name(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(info)
     }
 
     /// Adds a key to an existing tenant.
     pub async fn create_key(&self, tenant_name: &str) -> Result<NewApiKey, StoreError> {
+        self.create_key_as(tenant_name, "system").await
+    }
+
+    /// Adds a key to an existing tenant; audited as `actor`.
+    pub async fn create_key_as(
+        &self,
+        tenant_name: &str,
+        actor: &str,
+    ) -> Result<NewApiKey, StoreError> {
         let mut tx = self.pool.begin().await?;
         let tenant_id: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
             .bind(tenant_name)
@@ -86,11 +341,90 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("tenant `{tenant_name}`")))?;
         let key = insert_key(&mut tx, tenant_id).await?;
+        audit_admin(
+            &mut tx,
+            AdminAction {
+                actor,
+                tenant_id: Some(tenant_id),
+                key_prefix: Some(&key.prefix),
+                action: "key.create",
+                target: &key.prefix,
+                detail: json!({}),
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(key)
     }
 
-    /// The principal of a presented key, or `None` for an unknown or revoked key.
+    /// Keys of the tenant named `tenant` (or of all tenants), oldest first.
+    pub async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>, StoreError> {
+        if let Some(name) = tenant {
+            self.tenant(name).await?;
+        }
+        Ok(sqlx::query_as(&format!(
+            "{KEY_SELECT} WHERE $1::text IS NULL OR t.name = $1 ORDER BY t.name, k.created_at"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Revokes the key with this id or visible prefix; from the commit on,
+    /// every replica refuses it (keys are checked in Postgres on each
+    /// request). Revoking a revoked key changes nothing. A prefix two keys
+    /// share is a conflict: use the id.
+    pub async fn revoke_key(&self, id_or_prefix: &str, actor: &str) -> Result<KeyInfo, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let by_id = Uuid::parse_str(id_or_prefix).ok();
+        let matches: Vec<KeyInfo> = sqlx::query_as(&format!(
+            "{KEY_SELECT} WHERE k.id = $1 OR k.prefix = $2 FOR UPDATE OF k"
+        ))
+        .bind(by_id)
+        .bind(id_or_prefix)
+        .fetch_all(&mut *tx)
+        .await?;
+        let key = match matches.as_slice() {
+            [] => return Err(StoreError::NotFound(format!("key `{id_or_prefix}`"))),
+            [one] => one.clone(),
+            _ => {
+                return Err(StoreError::Conflict(format!(
+                    "more than one key with prefix `{id_or_prefix}`; revoke by id"
+                )));
+            }
+        };
+        if key.revoked_at.is_some() {
+            return Ok(key);
+        }
+        let tenant_id: Uuid = sqlx::query_scalar(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING tenant_id",
+        )
+        .bind(key.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        audit_admin(
+            &mut tx,
+            AdminAction {
+                actor,
+                tenant_id: Some(tenant_id),
+                key_prefix: Some(&key.prefix),
+                action: "key.revoke",
+                target: &key.id.to_string(),
+                detail: json!({}),
+            },
+        )
+        .await?;
+        let key: KeyInfo = sqlx::query_as(&format!("{KEY_SELECT} WHERE k.id = $1"))
+            .bind(key.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// The principal of a presented key, or `None` for an unknown or revoked
+    /// key. Always asks Postgres (one indexed lookup), so a revoke takes
+    /// effect on every replica at once.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
         let row: Option<(Uuid, String)> = sqlx::query_as(
             "SELECT tenant_id, prefix FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
@@ -103,6 +437,17 @@ impl Store {
             key_prefix,
         }))
     }
+}
+
+async fn tenant_by_name(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+) -> Result<TenantInfo, StoreError> {
+    sqlx::query_as(&format!("{TENANT_SELECT} WHERE t.name = $1"))
+        .bind(name)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("tenant `{name}`")))
 }
 
 async fn insert_key(

@@ -3,7 +3,10 @@
 //! # Layout
 //!
 //! - [`Store`]: the pool and migrations.
-//! - [`keys`]: tenants and API keys.
+//! - [`keys`]: tenants, their limits and API keys.
+//! - [`limits`]: admitting submissions within a tenant's limits.
+//! - [`audit`]: the append-only audit log of submissions and admin actions.
+//! - [`usage`]: the finance views, read per tenant and period.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
 //! - [`replicas`]: replica heartbeats for quota sharing.
@@ -11,24 +14,33 @@
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
 
 pub mod audio;
+pub mod audit;
 pub mod keys;
+pub mod limits;
 pub mod outbox;
 pub mod replicas;
 pub mod tasks;
+pub mod usage;
 pub mod usage_today;
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
-pub use keys::{NewApiKey, Principal, Tenant};
+pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
+pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
+pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
 
 /// Why a store operation failed.
@@ -46,6 +58,12 @@ pub enum StoreError {
     /// The row named does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// A value given is out of range; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The submission would go over one of the tenant's limits.
+    #[error(transparent)]
+    LimitExceeded(#[from] LimitExceeded),
 }
 
 impl StoreError {
@@ -79,6 +97,8 @@ impl StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Latest usage fraction per tenant and limit seen by this process.
+    fractions: Arc<Mutex<HashMap<(uuid::Uuid, LimitKind), f64>>>,
 }
 
 impl Store {
@@ -89,12 +109,15 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(settings.url.expose_secret())
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool (tests build their own).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            fractions: Arc::default(),
+        }
     }
 
     /// The underlying pool, for queries this crate does not offer (tests, tools).

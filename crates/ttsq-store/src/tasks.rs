@@ -10,7 +10,11 @@ use chrono::{DateTime, Utc};
 use ttsq_core::{Job, TaskStatus};
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{
+    Store, StoreError,
+    audit::audit_submission,
+    limits::{Charge, admit},
+};
 
 /// A task as the API shows it, joined with its audio object when it has one.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -87,6 +91,8 @@ pub struct NewTask<'a> {
     pub job: &'a Job,
     /// Client's `Idempotency-Key`, if sent.
     pub idempotency_key: Option<&'a str>,
+    /// Visible prefix of the API key that submitted it, for ledger and audit.
+    pub key_prefix: Option<&'a str>,
 }
 
 /// How a task ended.
@@ -102,6 +108,8 @@ pub enum TaskOutcome {
         provider: String,
         /// The provider's price per 1,000 characters, for the ledger's cost.
         price_per_1k: f64,
+        /// ISO 4217 code of that price.
+        currency: String,
     },
     /// Gave up.
     Failed {
@@ -174,6 +182,7 @@ struct OutcomeColumns {
     error_codes: Vec<Option<String>>,
     error_messages: Vec<Option<String>>,
     prices: Vec<f64>,
+    currencies: Vec<Option<String>>,
 }
 
 impl OutcomeColumns {
@@ -185,8 +194,10 @@ impl OutcomeColumns {
                 cache_hit,
                 provider,
                 price_per_1k,
+                currency,
             } => {
                 self.prices.push(*price_per_1k);
+                self.currencies.push(Some(currency.clone()));
                 self.statuses.push(TaskStatus::Succeeded.as_str());
                 self.audio_hashes.push(Some(audio_hash.clone()));
                 self.cache_hits.push(*cache_hit);
@@ -196,6 +207,7 @@ impl OutcomeColumns {
             }
             TaskOutcome::Failed { code, message } => {
                 self.prices.push(0.0);
+                self.currencies.push(None);
                 self.statuses.push(TaskStatus::Failed.as_str());
                 self.audio_hashes.push(None);
                 self.cache_hits.push(false);
@@ -210,30 +222,69 @@ impl OutcomeColumns {
 /// Ledger rows for the tasks a CTE named `done` just finished. Characters
 /// are billable only when audio was synthesized for that very task.
 const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
-        (task_id, tenant_id, provider, dialect, voice, status, characters, billable_characters, cache_hit, cost)
-    SELECT id, tenant_id, provider, dialect, voice, status, characters, billable, cache_hit,
-           round(billable * price / 1000.0, 6)
+        (task_id, tenant_id, key_prefix, provider, dialect, voice, status, characters,
+         billable_characters, cache_hit, cost, currency, submitted_at)
+    SELECT id, tenant_id, key_prefix, provider, dialect, voice, status, characters, billable, cache_hit,
+           round(billable * price / 1000.0, 6), currency, submitted_at
     FROM (SELECT *, CASE WHEN status = 'succeeded' AND NOT cache_hit THEN characters ELSE 0 END AS billable
             FROM done) d
     ON CONFLICT (task_id) DO NOTHING";
 
 impl Store {
-    /// Creates a `queued` task. Returns the task on file and whether it was
+    /// Creates a `queued` task within the tenant's limits, with its audit
+    /// row, in one transaction. Returns the task on file and whether it was
     /// created now; with an `Idempotency-Key` already used by this tenant it
-    /// is the earlier task, untouched.
+    /// is the earlier task, untouched (and no limit is checked). Over a limit
+    /// it is [`StoreError::LimitExceeded`] and nothing is written.
     pub async fn insert_queued(&self, task: &NewTask<'_>) -> Result<(TaskRow, bool), StoreError> {
-        let inserted = insert_task(&self.pool, task, TaskStatus::Queued).await?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(id) = idempotent_repeat(&mut tx, task).await? {
+            tx.commit().await?;
+            return self.existing(task.tenant_id, id).await;
+        }
+        let charge = Charge {
+            characters: job_characters(task),
+            cost: None,
+            queued: true,
+        };
+        let admitted = admit(&mut tx, task.tenant_id, &charge).await?;
+        let inserted = insert_task(&mut *tx, task, TaskStatus::Queued).await?;
+        if inserted {
+            audit_submission(&mut tx, task).await?;
+        }
+        tx.commit().await?;
+        self.record_usage(task.tenant_id, &admitted);
         self.created_or_existing(task, inserted).await
     }
 
     /// Creates a task that is terminal at once (a cache hit at submit, or an
-    /// inline synthesis) together with its ledger row, in one statement.
+    /// inline synthesis) together with its ledger and audit rows, in one
+    /// transaction, within the tenant's limits when it is billable. Over a
+    /// limit it is [`StoreError::LimitExceeded`] and nothing is written.
     pub async fn insert_finished(
         &self,
         task: &NewTask<'_>,
         outcome: &TaskOutcome,
     ) -> Result<(TaskRow, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(id) = idempotent_repeat(&mut tx, task).await? {
+            tx.commit().await?;
+            return self.existing(task.tenant_id, id).await;
+        }
+        let charge = match outcome {
+            TaskOutcome::Succeeded {
+                cache_hit: false,
+                price_per_1k,
+                ..
+            } => Charge {
+                characters: job_characters(task),
+                cost: Some(job_characters(task) as f64 * price_per_1k / 1000.0),
+                queued: false,
+            },
+            // Nothing billable: a cache hit, or a synthesis that failed.
+            _ => Charge::default(),
+        };
+        let admitted = admit(&mut tx, task.tenant_id, &charge).await?;
         // Inserted as `processing` so that `finish` takes it to its end state
         // and writes its ledger row exactly as for a worker-finished task.
         let inserted = insert_task(&mut *tx, task, TaskStatus::Processing).await?;
@@ -246,9 +297,42 @@ impl Store {
                 }],
             )
             .await?;
+            audit_submission(&mut tx, task).await?;
         }
         tx.commit().await?;
+        self.record_usage(task.tenant_id, &admitted);
         self.created_or_existing(task, inserted).await
+    }
+
+    /// Checks, without writing anything, whether a billable job of `task`'s
+    /// size, costing `estimated_cost` when known, would be admitted now: lets
+    /// an inline synthesis be refused before the provider is paid.
+    /// [`Store::insert_finished`] checks again with the actual cost.
+    pub async fn check_limits(
+        &self,
+        task: &NewTask<'_>,
+        estimated_cost: Option<f64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if idempotent_repeat(&mut tx, task).await?.is_some() {
+            return Ok(());
+        }
+        let charge = Charge {
+            characters: job_characters(task),
+            cost: estimated_cost,
+            queued: false,
+        };
+        admit(&mut tx, task.tenant_id, &charge).await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+
+    async fn existing(&self, tenant_id: Uuid, id: Uuid) -> Result<(TaskRow, bool), StoreError> {
+        let row = self
+            .get_task(tenant_id, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+        Ok((row, false))
     }
 
     async fn created_or_existing(
@@ -388,8 +472,8 @@ async fn insert_task<'e>(
     let row = sqlx::query(
         "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
                             speed, emotion, format, content_hash, metadata, callback_url, idempotency_key,
-                            started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                            key_prefix, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                  CASE WHEN $3 = 'processing' THEN now() END)
          ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
@@ -410,6 +494,7 @@ async fn insert_task<'e>(
     .bind(&job.metadata)
     .bind(&job.callback_url)
     .bind(task.idempotency_key)
+    .bind(task.key_prefix)
     .fetch_optional(executor)
     .await?;
     Ok(row.is_some())
@@ -429,8 +514,8 @@ async fn finish<'e>(
     let sql = format!(
         "WITH o AS (
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
-                                 $8::float8[])
-                AS o(id, status, audio_hash, cache_hit, provider, error_code, error_message, price)
+                                 $8::float8[], $9::text[])
+                AS o(id, status, audio_hash, cache_hit, provider, error_code, error_message, price, currency)
          ), done AS (
             UPDATE tasks t
                SET status = o.status, audio_hash = o.audio_hash, cache_hit = o.cache_hit,
@@ -438,8 +523,8 @@ async fn finish<'e>(
                    finished_at = now()
               FROM o
              WHERE t.id = o.id AND t.status = 'processing'
-         RETURNING t.id, t.tenant_id, t.provider, t.dialect, t.voice, t.status, t.characters, t.cache_hit,
-                   o.price::numeric AS price
+         RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status, t.characters,
+                   t.cache_hit, o.price::numeric AS price, o.currency, t.created_at AS submitted_at
          )
          {LEDGER_FROM_DONE}"
     );
@@ -452,7 +537,29 @@ async fn finish<'e>(
         .bind(&cols.error_codes)
         .bind(&cols.error_messages)
         .bind(&cols.prices)
+        .bind(&cols.currencies)
         .execute(executor)
         .await?;
     Ok(result.rows_affected())
+}
+
+fn job_characters(task: &NewTask<'_>) -> i64 {
+    i64::from(task.job.characters)
+}
+
+/// The id of this tenant's earlier task with the same `Idempotency-Key`.
+async fn idempotent_repeat(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    task: &NewTask<'_>,
+) -> Result<Option<Uuid>, StoreError> {
+    let Some(key) = task.idempotency_key else {
+        return Ok(None);
+    };
+    Ok(
+        sqlx::query_scalar("SELECT id FROM tasks WHERE tenant_id = $1 AND idempotency_key = $2")
+            .bind(task.tenant_id)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }

@@ -40,6 +40,7 @@ pub struct TestApp {
     /// An HTTP client that does not follow redirects.
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
+    config_file: Option<std::path::PathBuf>,
     database: String,
     admin_url: String,
     api_shutdown: CancellationToken,
@@ -191,6 +192,7 @@ impl TestApp {
             api_key: expose(&key.key),
             http,
             env,
+            config_file,
             database,
             admin_url,
             api_shutdown,
@@ -246,6 +248,45 @@ impl TestApp {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
         command
+    }
+
+    /// A `ttsq` command (`binary` is a test's `env!("CARGO_BIN_EXE_ttsq")`)
+    /// pointed at this stack, with nothing of the test's own environment but
+    /// `PATH`; add the subcommand's arguments and run it.
+    pub fn cli_command(&self, binary: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("USER", "testkit")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Starts a second API replica on the same database, broker and bucket,
+    /// with its own connections: what another pod of the deployment is.
+    pub async fn spawn_api_replica(&self) -> ApiReplica {
+        let settings = Settings::load(self.config_file.as_deref(), self.env.clone())
+            .expect("the test's settings load again");
+        let services = Services::connect(settings, "test-replica")
+            .await
+            .expect("replica services connect");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("replica listener binds");
+        let address = listener.local_addr().expect("replica address");
+        let shutdown = CancellationToken::new();
+        let task = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { services.run_api(listener, shutdown).await })
+        };
+        ApiReplica {
+            base_url: format!("http://{address}"),
+            shutdown,
+            task,
+        }
     }
 
     /// Creates another tenant and returns its API key.
@@ -378,6 +419,22 @@ impl TestApp {
             .execute(&mut admin)
             .await;
         }
+    }
+}
+
+/// A second API replica of a [`TestApp`].
+pub struct ApiReplica {
+    /// `http://{address}` of the replica.
+    pub base_url: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl ApiReplica {
+    /// Stops the replica and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
     }
 }
 

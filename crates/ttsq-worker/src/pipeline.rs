@@ -463,6 +463,7 @@ fn succeeded(
             cache_hit,
             provider: object.provider.clone(),
             price_per_1k: context.providers.price_per_1k(&object.provider),
+            currency: context.providers.currency(&object.provider).to_owned(),
         },
     }
 }

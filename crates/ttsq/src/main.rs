@@ -1,17 +1,18 @@
 //! `ttsq`: parse the command line, load settings, run the chosen command.
 
+mod cli_admin;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use ttsq::{Services, dead_letters};
 use ttsq_config::Settings;
 use ttsq_providers::quota::ReplicaRole;
 use ttsq_queue::Broker;
-use ttsq_store::{Store, StoreError};
+use ttsq_store::Store;
 
 /// ttsq — queue-driven batch text-to-speech.
 ///
@@ -44,15 +45,15 @@ enum Command {
     All,
     /// Apply pending database migrations, then exit.
     Migrate,
-    /// Manage tenants (customer accounts).
+    /// Manage tenants (customer accounts) and their limits.
     Tenant {
         #[command(subcommand)]
-        command: TenantCommand,
+        command: cli_admin::TenantCommand,
     },
     /// Manage API keys.
     Key {
         #[command(subcommand)]
-        command: KeyCommand,
+        command: cli_admin::KeyCommand,
     },
     /// Inspect, replay or purge the dead-letter queue.
     ///
@@ -63,29 +64,12 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Usage per tenant, provider and dialect from the finance views.
+    Usage(cli_admin::UsageArgs),
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum TenantCommand {
-    /// Create a tenant and print its first API key on stdout (shown once;
-    /// only its hash is stored).
-    Create {
-        /// Unique tenant name.
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeyCommand {
-    /// Create another API key for an existing tenant and print it on stdout.
-    Create {
-        /// The tenant's name.
-        tenant: String,
     },
 }
 
@@ -209,31 +193,14 @@ async fn run(
             eprintln!("database is up to date");
             Ok(())
         }
-        Command::Tenant {
-            command: TenantCommand::Create { name },
-        } => {
-            let store = migrated_store(&settings).await?;
-            let (tenant, key) = store.create_tenant(&name).await.map_err(explain)?;
-            eprintln!(
-                "created tenant `{}` ({}); its API key, shown only now:",
-                tenant.name, tenant.id
-            );
-            println!("{}", key.key.expose_secret());
-            Ok(())
+        Command::Tenant { command } => {
+            cli_admin::tenant(&migrated_store(&settings).await?, command).await
         }
-        Command::Key {
-            command: KeyCommand::Create { tenant },
-        } => {
-            let store = migrated_store(&settings).await?;
-            let key = store.create_key(&tenant).await.map_err(explain)?;
-            eprintln!(
-                "new API key for `{tenant}` (prefix {}), shown only now:",
-                key.prefix
-            );
-            println!("{}", key.key.expose_secret());
-            Ok(())
+        Command::Key { command } => {
+            cli_admin::key(&migrated_store(&settings).await?, command).await
         }
         Command::Dlq { command } => dlq(&settings, command).await,
+        Command::Usage(args) => cli_admin::usage(&migrated_store(&settings).await?, args).await,
         Command::Config { .. } => unreachable!("handled before settings are loaded"),
     }
 }
@@ -315,13 +282,6 @@ async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
         .await
         .context("Failed to migrate the database")?;
     Ok(store)
-}
-
-fn explain(err: StoreError) -> anyhow::Error {
-    match err {
-        StoreError::Conflict(_) | StoreError::NotFound(_) => anyhow::anyhow!("{err}"),
-        other => anyhow::Error::new(other),
-    }
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.

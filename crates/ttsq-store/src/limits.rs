@@ -1,0 +1,431 @@
+//! Per-tenant limits: characters per UTC day, a budget per UTC month (in the
+//! tenant's currency) and most open jobs. Each is optional (NULL = unlimited).
+//!
+//! A submission is admitted inside the transaction that inserts its task,
+//! after locking the tenant row (`FOR NO KEY UPDATE`): a tenant's
+//! submissions are serialized while it has any limit, so concurrent
+//! submissions never together overshoot a character or job limit. The
+//! budget is checked against the ledger, which grows when tasks finish: it
+//! can be overshot by the jobs still in flight when it is reached, never
+//! more. Tenants without limits take no lock.
+//!
+//! What counts:
+//! - daily characters: characters of the tenant's tasks accepted this UTC
+//!   day that may be billed — queued, processing or succeeded without a
+//!   cache hit (failed and cancelled ones are not billed, so do not count);
+//! - monthly budget: the ledger's cost this UTC month in the tenant's
+//!   currency; a billable job is refused once it is spent, and an inline job
+//!   whose known cost would exceed it;
+//! - max queued jobs: tasks `queued` or `processing`; only jobs that enter
+//!   the queue are refused by it.
+//!
+//! Cache hits bill nothing and are never refused by a limit.
+
+use std::{fmt, time::Duration};
+
+use chrono::{Datelike, NaiveDate, Utc};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// Seconds a client is told to wait when its queue is full: jobs finish
+/// within seconds, so retrying soon is right.
+const QUEUE_FULL_RETRY: Duration = Duration::from_secs(5);
+
+/// Fraction of a limit at which a warning is logged, once per period.
+pub const WARN_FRACTION: f64 = 0.8;
+
+/// One of a tenant's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// Characters per UTC day.
+    DailyCharacters,
+    /// Cost per UTC calendar month, in the tenant's currency.
+    MonthlyBudget,
+    /// Jobs queued or processing at once.
+    MaxQueuedJobs,
+}
+
+impl LimitKind {
+    /// The snake_case name used in responses, logs and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DailyCharacters => "daily_characters",
+            Self::MonthlyBudget => "monthly_budget",
+            Self::MaxQueuedJobs => "max_queued_jobs",
+        }
+    }
+}
+
+impl fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much of one limit is in use.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LimitUsage {
+    /// Which limit.
+    pub limit: LimitKind,
+    /// The limit.
+    pub max: f64,
+    /// In use, this submission included when it was admitted.
+    pub used: f64,
+}
+
+impl LimitUsage {
+    /// `used / max`; 1 or more means exhausted (a zero budget is always 1).
+    pub fn fraction(&self) -> f64 {
+        if self.max > 0.0 {
+            self.used / self.max
+        } else {
+            1.0
+        }
+    }
+}
+
+/// A submission refused because it would go over a limit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the tenant's {limit} limit of {max} is reached: {used} used, {requested} more requested")]
+pub struct LimitExceeded {
+    /// Which limit.
+    pub limit: LimitKind,
+    /// The limit.
+    pub max: f64,
+    /// In use before this submission.
+    pub used: f64,
+    /// What this submission would add.
+    pub requested: f64,
+    /// Currency of a budget.
+    pub currency: Option<String>,
+    /// Until the limit's period ends (next UTC day or month), or a few
+    /// seconds for a full queue.
+    pub retry_after: Duration,
+}
+
+/// What a submission would add, for [`admit`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Charge {
+    /// Billable characters; 0 for what bills nothing (cache hits, failures).
+    pub characters: i64,
+    /// Its cost when known now (an inline synthesis).
+    pub cost: Option<f64>,
+    /// Whether it enters the queue.
+    pub queued: bool,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct LimitsRow {
+    daily_characters: Option<i64>,
+    monthly_budget: Option<f64>,
+    max_queued_jobs: Option<i32>,
+    currency: String,
+}
+
+impl LimitsRow {
+    fn unlimited(&self) -> bool {
+        self.daily_characters.is_none()
+            && self.monthly_budget.is_none()
+            && self.max_queued_jobs.is_none()
+    }
+}
+
+const LIMITS_SELECT: &str = "SELECT daily_characters, monthly_budget::float8 AS monthly_budget,
+        max_queued_jobs, currency FROM tenants WHERE id = $1";
+
+/// Admits `charge` for `tenant_id` inside `tx`, or refuses it with
+/// [`StoreError::LimitExceeded`]. Locks the tenant row until `tx` ends when
+/// the tenant has limits. Returns the usage of each limit it has.
+pub(crate) async fn admit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+    charge: &Charge,
+) -> Result<Vec<LimitUsage>, StoreError> {
+    if charge.characters == 0 && !charge.queued {
+        return Ok(Vec::new());
+    }
+    let Some(limits) = sqlx::query_as::<_, LimitsRow>(LIMITS_SELECT)
+        .bind(tenant_id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    if limits.unlimited() {
+        return Ok(Vec::new());
+    }
+    // Serializes this tenant's submissions until the task is committed. NO
+    // KEY UPDATE, so foreign-key checks of other inserts are not blocked.
+    let limits = sqlx::query_as::<_, LimitsRow>(&format!("{LIMITS_SELECT} FOR NO KEY UPDATE"))
+        .bind(tenant_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let billable = charge.characters > 0;
+    let mut usage = Vec::new();
+    if let Some(max) = limits.daily_characters {
+        let used = characters_today(tx, tenant_id).await?;
+        if billable && used + charge.characters > max {
+            return Err(exceeded(
+                LimitKind::DailyCharacters,
+                max as f64,
+                used as f64,
+                charge.characters as f64,
+                None,
+                until_next_utc_day(),
+            ));
+        }
+        usage.push(LimitUsage {
+            limit: LimitKind::DailyCharacters,
+            max: max as f64,
+            used: (used + if billable { charge.characters } else { 0 }) as f64,
+        });
+    }
+    if let Some(max) = limits.monthly_budget {
+        let spent = spent_this_month(tx, tenant_id, &limits.currency).await?;
+        let cost = charge.cost.unwrap_or(0.0);
+        if billable && (spent >= max || spent + cost > max) {
+            return Err(exceeded(
+                LimitKind::MonthlyBudget,
+                max,
+                spent,
+                cost,
+                Some(limits.currency.clone()),
+                until_next_utc_month(),
+            ));
+        }
+        usage.push(LimitUsage {
+            limit: LimitKind::MonthlyBudget,
+            max,
+            used: spent + cost,
+        });
+    }
+    if let Some(max) = limits.max_queued_jobs {
+        let open = open_jobs(tx, tenant_id).await?;
+        if charge.queued && open + 1 > i64::from(max) {
+            return Err(exceeded(
+                LimitKind::MaxQueuedJobs,
+                f64::from(max),
+                open as f64,
+                1.0,
+                None,
+                QUEUE_FULL_RETRY,
+            ));
+        }
+        usage.push(LimitUsage {
+            limit: LimitKind::MaxQueuedJobs,
+            max: f64::from(max),
+            used: (open + i64::from(charge.queued)) as f64,
+        });
+    }
+    warn_once_past_threshold(tx, tenant_id, &usage).await?;
+    Ok(usage)
+}
+
+fn exceeded(
+    limit: LimitKind,
+    max: f64,
+    used: f64,
+    requested: f64,
+    currency: Option<String>,
+    retry_after: Duration,
+) -> StoreError {
+    StoreError::LimitExceeded(LimitExceeded {
+        limit,
+        max,
+        used,
+        requested,
+        currency,
+        retry_after,
+    })
+}
+
+async fn characters_today(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(characters), 0)::bigint FROM tasks
+          WHERE tenant_id = $1
+            AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+            AND NOT cache_hit AND status NOT IN ('failed', 'cancelled')",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+async fn spent_this_month(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+    currency: &str,
+) -> Result<f64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(cost), 0)::float8 FROM usage_ledger
+          WHERE tenant_id = $1 AND currency = $2
+            AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .bind(tenant_id)
+    .bind(currency)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+async fn open_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM tasks WHERE tenant_id = $1 AND status IN ('queued', 'processing')",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Logs a warning the first time in a period (UTC day; month for the
+/// budget) that a limit passes [`WARN_FRACTION`]; a row per tenant, limit
+/// and period makes it once across all replicas.
+async fn warn_once_past_threshold(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+    usage: &[LimitUsage],
+) -> Result<(), StoreError> {
+    for u in usage.iter().filter(|u| u.fraction() >= WARN_FRACTION) {
+        let period = match u.limit {
+            LimitKind::MonthlyBudget => "date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+            _ => "(now() AT TIME ZONE 'UTC')::date",
+        };
+        let first: Option<i32> = sqlx::query_scalar(&format!(
+            "INSERT INTO tenant_limit_warnings (tenant_id, limit_name, period_start)
+             VALUES ($1, $2, {period})
+             ON CONFLICT DO NOTHING RETURNING 1"
+        ))
+        .bind(tenant_id)
+        .bind(u.limit.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if first.is_some() {
+            tracing::warn!(
+                tenant = %tenant_id,
+                limit = u.limit.as_str(),
+                used = u.used,
+                max = u.max,
+                fraction = u.fraction(),
+                "tenant passed 80 % of a limit"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn until_next_utc_day() -> Duration {
+    let now = Utc::now();
+    let next = now.date_naive().succ_opt().unwrap_or(NaiveDate::MAX);
+    until(now, next)
+}
+
+fn until_next_utc_month() -> Duration {
+    let now = Utc::now();
+    let today = now.date_naive();
+    let (year, month) = if today.month() == 12 {
+        (today.year() + 1, 1)
+    } else {
+        (today.year(), today.month() + 1)
+    };
+    let next = NaiveDate::from_ymd_opt(year, month, 1).unwrap_or(NaiveDate::MAX);
+    until(now, next)
+}
+
+/// Whole seconds from `now` to the start of `day` (UTC), at least 1.
+fn until(now: chrono::DateTime<Utc>, day: NaiveDate) -> Duration {
+    let start = day.and_time(chrono::NaiveTime::MIN).and_utc();
+    let millis = u64::try_from((start - now).num_milliseconds()).unwrap_or(0);
+    Duration::from_secs(millis.div_ceil(1000).max(1))
+}
+
+impl Store {
+    /// The usage of each limit `tenant_id` has, as of now.
+    pub async fn limit_usage(&self, tenant_id: Uuid) -> Result<Vec<LimitUsage>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(limits) = sqlx::query_as::<_, LimitsRow>(LIMITS_SELECT)
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut usage = Vec::new();
+        if let Some(max) = limits.daily_characters {
+            usage.push(LimitUsage {
+                limit: LimitKind::DailyCharacters,
+                max: max as f64,
+                used: characters_today(&mut tx, tenant_id).await? as f64,
+            });
+        }
+        if let Some(max) = limits.monthly_budget {
+            usage.push(LimitUsage {
+                limit: LimitKind::MonthlyBudget,
+                max,
+                used: spent_this_month(&mut tx, tenant_id, &limits.currency).await?,
+            });
+        }
+        if let Some(max) = limits.max_queued_jobs {
+            usage.push(LimitUsage {
+                limit: LimitKind::MaxQueuedJobs,
+                max: f64::from(max),
+                used: open_jobs(&mut tx, tenant_id).await? as f64,
+            });
+        }
+        tx.rollback().await?;
+        Ok(usage)
+    }
+
+    /// The latest usage fraction of each limit of each tenant this process
+    /// admitted a job for: what a metrics gauge reports.
+    pub fn limit_fractions(&self) -> Vec<(Uuid, LimitKind, f64)> {
+        self.fractions
+            .lock()
+            .map(|map| map.iter().map(|(&(t, k), &f)| (t, k, f)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Remembers the usage an admission reported, for [`Store::limit_fractions`].
+    pub(crate) fn record_usage(&self, tenant_id: Uuid, usage: &[LimitUsage]) {
+        if usage.is_empty() {
+            return;
+        }
+        if let Ok(mut map) = self.fractions.lock() {
+            for u in usage {
+                map.insert((tenant_id, u.limit), u.fraction());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_runs_to_the_next_utc_midnight() {
+        let now = "2026-03-31T23:59:58.5Z"
+            .parse::<chrono::DateTime<Utc>>()
+            .unwrap();
+        let next_day = NaiveDate::from_ymd_opt(2026, 4, 1).unwrap();
+        assert_eq!(until(now, next_day), Duration::from_secs(2));
+        assert!(until_next_utc_day() <= Duration::from_secs(86_400));
+        assert!(until_next_utc_month() <= Duration::from_secs(31 * 86_400));
+    }
+
+    #[test]
+    fn a_zero_budget_is_exhausted() {
+        let u = LimitUsage {
+            limit: LimitKind::MonthlyBudget,
+            max: 0.0,
+            used: 0.0,
+        };
+        assert_eq!(u.fraction(), 1.0);
+    }
+}

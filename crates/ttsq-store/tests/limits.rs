@@ -1,0 +1,285 @@
+//! Admission within tenant limits, straight against the store on a real
+//! Postgres: concurrency, idempotent repeats, usage fractions.
+
+use futures::future::join_all;
+use serde_json::json;
+use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use ttsq_core::{AudioFormat, Catalog, DialectInfo, Job, JobLimits};
+use ttsq_store::{LimitKind, NewTask, Store, StoreError, TenantLimits};
+use uuid::Uuid;
+
+/// A store on a fresh, migrated database of its own; drop it with [`drop_db`].
+async fn fresh_store() -> (Store, String) {
+    let admin_url = std::env::var("TTSQ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("ttsq_test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("Postgres reachable (TTSQ_TEST_DATABASE_URL)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("test database created");
+    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database");
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&format!("{base}/{name}"))
+        .await
+        .expect("test database reachable");
+    let store = Store::from_pool(pool);
+    store.migrate().await.expect("migrations apply");
+    (store, name)
+}
+
+async fn drop_db(store: Store, name: &str) {
+    store.pool().close().await;
+    let admin_url = std::env::var("TTSQ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+fn catalog() -> Catalog {
+    Catalog::new([DialectInfo {
+        id: "en-gb".into(),
+        name: "English (UK)".into(),
+        voices: vec!["v".into()],
+        formats: vec![AudioFormat::Wav],
+        emotions: vec![],
+        provider_chain: vec!["fake".into()],
+        model: "m".into(),
+        sample_rate_hz: 22_050,
+    }])
+}
+
+/// A job of exactly `text`, which the caller sizes.
+fn job(text: &str) -> Job {
+    let body = json!({"text": text, "dialect": "en-gb", "format": "wav"}).to_string();
+    Job::parse(
+        body.as_bytes(),
+        &catalog(),
+        &JobLimits {
+            max_text_chars: 5000,
+            max_metadata_bytes: 4096,
+        },
+    )
+    .expect("a valid job")
+}
+
+async fn tenant(store: &Store, name: &str, limits: TenantLimits) -> Uuid {
+    let (info, _) = store
+        .create_tenant_with(name, &limits, None, "test")
+        .await
+        .expect("tenant created");
+    info.id
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count query")
+}
+
+#[tokio::test]
+async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {
+    let (store, db) = fresh_store().await;
+    let tenant_id = tenant(
+        &store,
+        "chars",
+        TenantLimits {
+            daily_characters: Some(250),
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    // 100 jobs of 10 characters, all at once: 25 fit.
+    let jobs: Vec<Job> = (0..100).map(|i| job(&format!("text {i:05}"))).collect();
+    let results = join_all(jobs.iter().map(|job| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_queued(&NewTask {
+                    id: Uuid::now_v7(),
+                    tenant_id,
+                    job,
+                    idempotency_key: None,
+                    key_prefix: Some("ttsq_abcdef12"),
+                })
+                .await
+        }
+    }))
+    .await;
+    let mut accepted = 0;
+    for result in results {
+        match result {
+            Ok((_, true)) => accepted += 1,
+            Err(StoreError::LimitExceeded(e)) => {
+                assert_eq!(e.limit, LimitKind::DailyCharacters);
+                assert_eq!((e.max, e.requested), (250.0, 10.0));
+                assert!(e.used + e.requested > e.max);
+                assert!(e.retry_after.as_secs() >= 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted, 25);
+    assert_eq!(
+        count(&store, "SELECT sum(characters)::bigint FROM tasks").await,
+        250
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM audit_log WHERE action = 'task.submit'"
+        )
+        .await,
+        25
+    );
+    // The gauge's view: this limit is full.
+    let fractions = store.limit_fractions();
+    assert!(
+        fractions
+            .iter()
+            .any(|&(t, k, f)| t == tenant_id && k == LimitKind::DailyCharacters && f == 1.0),
+        "{fractions:?}"
+    );
+    drop_db(store, &db).await;
+}
+
+#[tokio::test]
+async fn concurrent_submissions_never_overshoot_max_queued_jobs() {
+    let (store, db) = fresh_store().await;
+    let tenant_id = tenant(
+        &store,
+        "queue",
+        TenantLimits {
+            max_queued_jobs: Some(7),
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    let jobs: Vec<Job> = (0..40).map(|i| job(&format!("queued {i}"))).collect();
+    let results = join_all(jobs.iter().map(|job| {
+        let store = store.clone();
+        async move {
+            store
+                .insert_queued(&NewTask {
+                    id: Uuid::now_v7(),
+                    tenant_id,
+                    job,
+                    idempotency_key: None,
+                    key_prefix: None,
+                })
+                .await
+        }
+    }))
+    .await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 7);
+    for result in &results {
+        if let Err(err) = result {
+            assert!(
+                matches!(err, StoreError::LimitExceeded(e) if e.limit == LimitKind::MaxQueuedJobs),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(count(&store, "SELECT count(*) FROM tasks").await, 7);
+    drop_db(store, &db).await;
+}
+
+#[tokio::test]
+async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
+    let (store, db) = fresh_store().await;
+    let tenant_id = tenant(
+        &store,
+        "repeat",
+        TenantLimits {
+            daily_characters: Some(10),
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    let first_job = job("0123456789");
+    let task = |job| NewTask {
+        id: Uuid::now_v7(),
+        tenant_id,
+        job,
+        idempotency_key: Some("same-key"),
+        key_prefix: None,
+    };
+    let (first, created) = store.insert_queued(&task(&first_job)).await.expect("first");
+    assert!(created);
+    // The limit is reached, yet the same key returns the first task.
+    let (again, created) = store
+        .insert_queued(&task(&first_job))
+        .await
+        .expect("repeat");
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    // A new job is refused, and the usage says why.
+    let other = job("more");
+    let err = store
+        .insert_queued(&NewTask {
+            idempotency_key: None,
+            ..task(&other)
+        })
+        .await
+        .expect_err("over the limit");
+    assert!(
+        matches!(err, StoreError::LimitExceeded(ref e) if e.used == 10.0),
+        "{err}"
+    );
+    let usage = store.limit_usage(tenant_id).await.expect("usage");
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].fraction(), 1.0);
+    // Lifting the limit lets it through.
+    store
+        .update_tenant(
+            "repeat",
+            &ttsq_store::TenantUpdate {
+                daily_characters: Some(None),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .expect("limit lifted");
+    store
+        .insert_queued(&NewTask {
+            idempotency_key: None,
+            ..task(&other)
+        })
+        .await
+        .expect("admitted without a limit");
+    drop_db(store, &db).await;
+}
+
+#[tokio::test]
+async fn invalid_limits_are_refused_naming_the_field() {
+    let (store, db) = fresh_store().await;
+    let err = store
+        .create_tenant_with(
+            "bad",
+            &TenantLimits {
+                max_queued_jobs: Some(0),
+                ..TenantLimits::default()
+            },
+            None,
+            "test",
+        )
+        .await
+        .expect_err("zero jobs is no limit anyone wants");
+    assert!(err.to_string().starts_with("max_queued_jobs:"), "{err}");
+    let err = store
+        .create_tenant_with("bad", &TenantLimits::default(), Some("usd"), "test")
+        .await
+        .expect_err("currency codes are upper case");
+    assert!(err.to_string().starts_with("currency:"), "{err}");
+    assert_eq!(count(&store, "SELECT count(*) FROM tenants").await, 0);
+    drop_db(store, &db).await;
+}

@@ -1,0 +1,421 @@
+//! Operator commands on tenants, keys and usage: `ttsq tenant …`,
+//! `ttsq key …`, `ttsq usage …`. They talk to Postgres directly (migrating
+//! it first), and every change is written to the audit log as `cli:<user>`.
+
+use std::{fmt::Write as _, str::FromStr};
+
+use anyhow::Context;
+use chrono::{Datelike as _, NaiveDate, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use ttsq_store::{Store, StoreError, TenantLimits, TenantUpdate, UsagePeriod};
+
+/// How listings are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// RFC 4180 CSV with a header row, for spreadsheets.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+/// A limit on the command line: a number, or `none` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit<T>(Option<T>);
+
+impl<T: FromStr> FromStr for Limit<T> {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim() {
+            "none" | "unlimited" => Ok(Self(None)),
+            value => value
+                .parse()
+                .map(|v| Self(Some(v)))
+                .map_err(|_| format!("`{raw}` is neither a number nor `none`")),
+        }
+    }
+}
+
+/// Limits settable on a tenant.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Characters per UTC day (`none`: unlimited).
+    #[arg(long, value_name = "N|none")]
+    daily_characters: Option<Limit<i64>>,
+    /// Spend per UTC month in the tenant's currency (`none`: unlimited).
+    #[arg(long, value_name = "AMOUNT|none")]
+    monthly_budget: Option<Limit<f64>>,
+    /// Jobs queued or processing at once (`none`: unlimited).
+    #[arg(long, value_name = "N|none")]
+    max_queued_jobs: Option<Limit<i32>>,
+    /// Currency of the budget, an ISO 4217 code (default USD).
+    #[arg(long, value_name = "CODE")]
+    currency: Option<String>,
+}
+
+/// `ttsq tenant …`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its first API key on stdout (shown once;
+    /// only its hash is stored).
+    Create {
+        /// Unique tenant name.
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// List tenants with their limits.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Change a tenant's limits; options left out stay as they are.
+    Update {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// `ttsq key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create another API key for an existing tenant and print it on stdout.
+    Create {
+        /// The tenant's name.
+        tenant: String,
+    },
+    /// List keys (prefix, id, dates; never the key).
+    List {
+        /// Only this tenant's keys.
+        tenant: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Revoke a key by id or visible prefix; every replica refuses it at once.
+    Revoke {
+        /// The key's id, or its prefix (`ttsq_` and 8 hex characters).
+        key: String,
+    },
+}
+
+/// Granularity of `ttsq usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum By {
+    /// One row per UTC day (the `usage_daily` view).
+    Day,
+    /// One row per UTC month (the `usage_monthly` view).
+    Month,
+}
+
+/// `ttsq usage`: the finance views for a tenant (or all) and a date range.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Tenant name; all tenants when left out.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// First UTC day, YYYY-MM-DD (default: the first of this month).
+    #[arg(long)]
+    from: Option<NaiveDate>,
+    /// Last UTC day, inclusive, YYYY-MM-DD (default: today).
+    #[arg(long)]
+    to: Option<NaiveDate>,
+    /// One row per day or per month.
+    #[arg(long, value_enum, default_value_t = By::Day)]
+    by: By,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// Who the audit log records for changes made here.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    format!("cli:{user}")
+}
+
+fn explain(err: StoreError) -> anyhow::Error {
+    match err {
+        StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::Invalid(_) => {
+            anyhow::anyhow!("{err}")
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// Runs `ttsq tenant …`.
+#[expect(clippy::print_stdout, reason = "command output belongs on stdout")]
+pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create { name, limits } => {
+            let set = TenantLimits {
+                daily_characters: limits.daily_characters.and_then(|l| l.0),
+                monthly_budget: limits.monthly_budget.and_then(|l| l.0),
+                max_queued_jobs: limits.max_queued_jobs.and_then(|l| l.0),
+            };
+            let (tenant, key) = store
+                .create_tenant_with(&name, &set, limits.currency.as_deref(), &actor())
+                .await
+                .map_err(explain)?;
+            eprintln!(
+                "created tenant `{}` ({}); its API key, shown only now:",
+                tenant.name, tenant.id
+            );
+            println!("{}", key.key.expose_secret());
+        }
+        TenantCommand::List { format } => {
+            let tenants = store.list_tenants().await.map_err(explain)?;
+            let headers = [
+                "name",
+                "id",
+                "currency",
+                "daily_characters",
+                "monthly_budget",
+                "max_queued_jobs",
+                "active_keys",
+                "created_at",
+            ];
+            let rows = tenants
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.id.to_string(),
+                        t.currency.clone(),
+                        opt(t.daily_characters),
+                        opt(t.monthly_budget),
+                        opt(t.max_queued_jobs),
+                        t.active_keys.to_string(),
+                        t.created_at.to_rfc3339(),
+                    ]
+                })
+                .collect();
+            print!("{}", render(format, &headers, rows, &json!(tenants)));
+        }
+        TenantCommand::Update { name, limits } => {
+            let update = TenantUpdate {
+                daily_characters: limits.daily_characters.map(|l| l.0),
+                monthly_budget: limits.monthly_budget.map(|l| l.0),
+                max_queued_jobs: limits.max_queued_jobs.map(|l| l.0),
+                currency: limits.currency,
+            };
+            anyhow::ensure!(
+                update != TenantUpdate::default(),
+                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs or --currency"
+            );
+            let t = store
+                .update_tenant(&name, &update, &actor())
+                .await
+                .map_err(explain)?;
+            eprintln!(
+                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}",
+                t.name,
+                opt(t.daily_characters),
+                opt(t.monthly_budget),
+                t.currency,
+                opt(t.max_queued_jobs)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ttsq key …`.
+#[expect(clippy::print_stdout, reason = "command output belongs on stdout")]
+pub async fn key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { tenant } => {
+            let key = store
+                .create_key_as(&tenant, &actor())
+                .await
+                .map_err(explain)?;
+            eprintln!(
+                "new API key for `{tenant}` (prefix {}), shown only now:",
+                key.prefix
+            );
+            println!("{}", key.key.expose_secret());
+        }
+        KeyCommand::List { tenant, format } => {
+            let keys = store.list_keys(tenant.as_deref()).await.map_err(explain)?;
+            let headers = ["tenant", "prefix", "id", "created_at", "revoked_at"];
+            let rows = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.tenant.clone(),
+                        k.prefix.clone(),
+                        k.id.to_string(),
+                        k.created_at.to_rfc3339(),
+                        opt(k.revoked_at.map(|r| r.to_rfc3339())),
+                    ]
+                })
+                .collect();
+            print!("{}", render(format, &headers, rows, &json!(keys)));
+        }
+        KeyCommand::Revoke { key } => {
+            let key = store.revoke_key(&key, &actor()).await.map_err(explain)?;
+            eprintln!(
+                "key {} ({}) of `{}` is revoked since {}",
+                key.prefix,
+                key.id,
+                key.tenant,
+                opt(key.revoked_at.map(|r| r.to_rfc3339()))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ttsq usage`.
+#[expect(clippy::print_stdout, reason = "command output belongs on stdout")]
+pub async fn usage(store: &Store, args: UsageArgs) -> anyhow::Result<()> {
+    let today = Utc::now().date_naive();
+    let to = args.to.unwrap_or(today);
+    let from = args.from.unwrap_or_else(|| to.with_day0(0).unwrap_or(to));
+    anyhow::ensure!(from <= to, "--from must not be after --to");
+    let tenant_id = match &args.tenant {
+        Some(name) => Some(store.tenant(name).await.map_err(explain)?.id),
+        None => None,
+    };
+    let period = match args.by {
+        By::Day => UsagePeriod::Day,
+        By::Month => UsagePeriod::Month,
+    };
+    let rows = store
+        .usage(tenant_id, from, to, period)
+        .await
+        .context("Failed to read the usage views")?;
+    let first = match args.by {
+        By::Day => "day",
+        By::Month => "month",
+    };
+    let headers = [
+        "tenant",
+        first,
+        "provider",
+        "dialect",
+        "currency",
+        "tasks",
+        "succeeded",
+        "failed",
+        "cache_hits",
+        "characters",
+        "billable_characters",
+        "cost",
+    ];
+    let table = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.tenant.clone(),
+                r.period.to_string(),
+                r.provider.clone().unwrap_or_default(),
+                r.dialect.clone(),
+                r.currency.clone().unwrap_or_default(),
+                r.tasks.to_string(),
+                r.succeeded.to_string(),
+                r.failed.to_string(),
+                r.cache_hits.to_string(),
+                r.characters.to_string(),
+                r.billable_characters.to_string(),
+                r.cost.clone(),
+            ]
+        })
+        .collect();
+    print!("{}", render(args.format, &headers, table, &json!(rows)));
+    Ok(())
+}
+
+/// Renders rows as a table, CSV, or (from `as_json`) JSON.
+fn render(
+    format: Format,
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+    as_json: &serde_json::Value,
+) -> String {
+    let mut out = String::new();
+    match format {
+        Format::Json => {
+            out = serde_json::to_string_pretty(as_json).unwrap_or_else(|_| "[]".to_owned());
+            out.push('\n');
+        }
+        Format::Csv => {
+            let line = |cells: &mut dyn Iterator<Item = &str>| {
+                cells.map(csv_field).collect::<Vec<_>>().join(",") + "\r\n"
+            };
+            out.push_str(&line(&mut headers.iter().copied()));
+            for row in &rows {
+                out.push_str(&line(&mut row.iter().map(String::as_str)));
+            }
+        }
+        Format::Table => {
+            let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+                let mut text = String::new();
+                for (cell, w) in cells.zip(&widths) {
+                    let _ = write!(text, "{cell:<w$}  ");
+                }
+                out.push_str(text.trim_end());
+                out.push('\n');
+            };
+            line(&mut headers.iter().copied());
+            for row in &rows {
+                line(&mut row.iter().map(String::as_str));
+            }
+        }
+    }
+    out
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_only_what_needs_it() {
+        let out = render(
+            Format::Csv,
+            &["a", "b"],
+            vec![
+                vec!["x,y".into(), "say \"hi\"".into()],
+                vec!["1".into(), "2".into()],
+            ],
+            &json!([]),
+        );
+        assert_eq!(out, "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n1,2\r\n");
+    }
+
+    #[test]
+    fn limits_parse_numbers_and_none() {
+        assert_eq!("12".parse::<Limit<i64>>().unwrap(), Limit(Some(12)));
+        assert_eq!("none".parse::<Limit<f64>>().unwrap(), Limit(None));
+        assert!("lots".parse::<Limit<i32>>().is_err());
+    }
+}
