@@ -83,6 +83,14 @@ pub enum ProviderError {
         /// What went wrong, free of secrets.
         message: String,
     },
+    /// Every provider of the chain has its circuit open: nothing was sent.
+    /// Retryable once a breaker lets a trial through; no attempt was made,
+    /// so it does not count against the job.
+    #[error("every provider of `{chain}` is unavailable (circuit open)")]
+    CircuitOpen {
+        /// The chain, as `a>b`.
+        chain: String,
+    },
     /// The provider took longer than its timeout.
     #[error("{provider} timed out after {seconds}s")]
     Timeout {
@@ -153,7 +161,7 @@ impl ProviderError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unsupported { .. } => "provider_unsupported",
-            Self::Transient { .. } => "provider_unavailable",
+            Self::Transient { .. } | Self::CircuitOpen { .. } => "provider_unavailable",
             Self::Timeout { .. } => "provider_timeout",
             Self::Encode { .. } => "encode_failed",
             Self::NoRoute(_) => "no_route",
@@ -168,7 +176,10 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Transient { .. } | Self::Timeout { .. } | Self::RateLimited { .. }
+            Self::Transient { .. }
+                | Self::CircuitOpen { .. }
+                | Self::Timeout { .. }
+                | Self::RateLimited { .. }
         )
     }
 

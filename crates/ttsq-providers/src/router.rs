@@ -290,9 +290,8 @@ impl Router {
                 Err(err) => return Err(err),
             }
         }
-        Err(last_error.unwrap_or_else(|| ProviderError::Transient {
-            provider: dialect.provider_chain.join(">"),
-            message: "every provider of the chain is unavailable (circuit open)".into(),
+        Err(last_error.unwrap_or_else(|| ProviderError::CircuitOpen {
+            chain: dialect.provider_chain.join(">"),
         }))
     }
 

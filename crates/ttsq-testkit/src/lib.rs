@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod link;
+
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
@@ -39,6 +41,8 @@ pub struct TestApp {
     pub api_key: String,
     /// An HTTP client that does not follow redirects.
     pub http: reqwest::Client,
+    /// The links to the services, when started with `faulty_links`.
+    pub links: Option<link::Links>,
     env: Vec<(String, String)>,
     config_file: Option<std::path::PathBuf>,
     database: String,
@@ -59,6 +63,10 @@ pub struct TestOptions {
     pub env: Vec<(String, String)>,
     /// A config file's contents (providers, routes), layered under `env`.
     pub config_toml: Option<String>,
+    /// Reach Postgres, RabbitMQ and S3 through links the test can cut
+    /// ([`TestApp::links`]); the API, in-process workers and worker child
+    /// processes all go through them.
+    pub faulty_links: bool,
 }
 
 impl Default for TestOptions {
@@ -67,6 +75,7 @@ impl Default for TestOptions {
             worker: true,
             env: Vec::new(),
             config_toml: None,
+            faulty_links: false,
         }
     }
 }
@@ -156,6 +165,11 @@ impl TestApp {
             ),
         ];
         env.extend(options.env);
+        let links = if options.faulty_links {
+            Some(link::Links::interpose(&mut env).await?)
+        } else {
+            None
+        };
         let config_file = match &options.config_toml {
             Some(toml) => {
                 let path = std::env::temp_dir().join(format!("ttsq-test-{id}.toml"));
@@ -191,6 +205,7 @@ impl TestApp {
             base_url,
             api_key: expose(&key.key),
             http,
+            links,
             env,
             config_file,
             database,

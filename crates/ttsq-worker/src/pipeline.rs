@@ -39,9 +39,9 @@ enum HashResult {
         message: String,
         exhausted: bool,
     },
-    /// A passing failure: retry its tasks after a back-off. `refund`: the
-    /// failure was no fault of the job (a vendor's 429), so the attempt is
-    /// not counted.
+    /// A passing failure: retry its tasks after a back-off. `refund`: no
+    /// attempt was really made (a vendor's 429, every circuit open), so it is
+    /// not counted and the task waits the longest back-off before looking again.
     Retry {
         code: String,
         message: String,
@@ -168,7 +168,10 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
             }) => {
                 let attempts = u32::try_from(task.attempts).unwrap_or(0);
                 let (attempt, delay_index) = if *refund {
-                    (attempts.max(1), 0)
+                    (
+                        attempts.max(1),
+                        context.retry_delays.len().saturating_sub(1),
+                    )
                 } else {
                     (attempts + 1, attempts.saturating_sub(1) as usize)
                 };
@@ -547,8 +550,11 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
             done
         }
         // A vendor's quota is never the job's fault: it waits for as long as it takes.
-        Err(err @ ttsq_providers::ProviderError::RateLimited { .. }) => {
-            tracing::warn!(task_id = %task.id, error = %err, "still rate-limited; retrying later");
+        Err(
+            err @ (ttsq_providers::ProviderError::RateLimited { .. }
+            | ttsq_providers::ProviderError::CircuitOpen { .. }),
+        ) => {
+            tracing::warn!(task_id = %task.id, error = %err, "provider not taking requests; retrying later");
             return HashResult::Retry {
                 code: err.code().into(),
                 message: err.to_string(),

@@ -41,6 +41,9 @@ pub struct Services {
     pub providers: Arc<Router>,
     /// This process's id among the live replicas (its heartbeat row).
     pub replica_id: uuid::Uuid,
+    /// Since when this replica's heartbeats have succeeded without a miss;
+    /// `None` while Postgres is unreachable.
+    heartbeating_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Services {
@@ -80,6 +83,7 @@ impl Services {
             audio,
             providers: Arc::new(providers),
             replica_id: uuid::Uuid::now_v7(),
+            heartbeating_since: Arc::default(),
         })
     }
 
@@ -186,7 +190,16 @@ impl Services {
 
     async fn heartbeat(&self, id: uuid::Uuid, role: ReplicaRole, every: Duration) {
         // Three missed heartbeats and a replica is presumed gone.
-        match self.store.heartbeat(id, role.as_str(), every * 3).await {
+        let outcome = self.store.heartbeat(id, role.as_str(), every * 3).await;
+        if let Ok(mut since) = self.heartbeating_since.lock() {
+            match &outcome {
+                Ok(_) => {
+                    since.get_or_insert_with(std::time::Instant::now);
+                }
+                Err(_) => *since = None,
+            }
+        }
+        match outcome {
             Ok(live) => {
                 let share = replica_share(
                     role,
@@ -205,6 +218,18 @@ impl Services {
         }
     }
 
+    /// Whether this replica has heartbeated without a miss for a whole
+    /// replica TTL: only then can it tell a dead replica from one that, like
+    /// itself, just could not reach Postgres (after an outage every replica
+    /// looks silent until its next heartbeat).
+    fn sees_replicas_clearly(&self) -> bool {
+        let ttl = self.replica_ttl();
+        self.heartbeating_since
+            .lock()
+            .map(|since| since.is_some_and(|at| at.elapsed() >= ttl))
+            .unwrap_or(false)
+    }
+
     /// Runs the outbox relay until `shutdown`: every couple of seconds it
     /// returns tasks held by replicas that stopped heartbeating to the queue,
     /// and publishes queued tasks whose message never got a broker confirm.
@@ -221,11 +246,15 @@ impl Services {
                     () = shutdown.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                match services
-                    .store
-                    .recover_orphans(replica_ttl, claim_timeout)
-                    .await
-                {
+                let recovered = if services.sees_replicas_clearly() {
+                    services
+                        .store
+                        .recover_orphans(replica_ttl, claim_timeout)
+                        .await
+                } else {
+                    Ok(0)
+                };
+                match recovered {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         tasks = n,

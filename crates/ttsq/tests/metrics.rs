@@ -245,6 +245,7 @@ async fn spawn_with_fake(change: impl FnOnce(&mut FakeConfig)) -> (FakeProvider,
             ("TTSQ_BREAKER_COOLDOWN_SECS".into(), "600".into()),
         ],
         config_toml: Some(fake_config(&fake, "max_concurrent = 8")),
+        ..TestOptions::default()
     })
     .await;
     (fake, app)

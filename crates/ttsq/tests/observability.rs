@@ -178,6 +178,7 @@ chain = ["espeak"]
 "#,
                 fake.base_url()
             )),
+            ..TestOptions::default()
         })
         .await;
         let receiver = Receiver::start().await;

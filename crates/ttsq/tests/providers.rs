@@ -56,6 +56,7 @@ fn options(config_toml: String, worker: bool, key: &str) -> TestOptions {
             ("TTSQ_BREAKER_FAILURE_THRESHOLD".into(), "3".into()),
         ],
         config_toml: Some(config_toml),
+        ..TestOptions::default()
     }
 }
 

@@ -19,7 +19,7 @@ fn options(worker: bool, env: &[(&str, &str)]) -> TestOptions {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
-        config_toml: None,
+        ..TestOptions::default()
     }
 }
 
