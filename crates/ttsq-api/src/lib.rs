@@ -6,13 +6,19 @@
 //! - [`router`] and [`run`]: the routes and the server loop.
 //! - `auth`: the bearer-key extractor.
 //! - `jobs`: submission, status, audio.
+//! - `listing`: a tenant's task list and cancellation.
+//! - `speech`: the OpenAI-compatible `POST /v1/audio/speech`.
+//! - [`openapi`]: the OpenAPI document, served at `/openapi.json`.
 //! - `system`: dialects, health, readiness.
 //! - [`error`]: [`ApiError`] and its problem+json rendering.
 
 pub mod error;
+pub mod openapi;
 
 mod auth;
 mod jobs;
+mod listing;
+mod speech;
 mod system;
 mod view;
 
@@ -21,7 +27,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -54,6 +60,8 @@ pub struct ApiContext {
     pub max_wait: Duration,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// OpenAI voice names to dialects, for `/v1/audio/speech`.
+    pub speech: Arc<ttsq_config::SpeechSettings>,
 }
 
 impl ApiContext {
@@ -79,6 +87,7 @@ impl ApiContext {
             public_url: settings.server.public_url.trim_end_matches('/').into(),
             max_wait: Duration::from_secs(settings.server.max_wait_secs),
             max_body_bytes: settings.server.max_body_bytes,
+            speech: Arc::new(settings.speech.clone()),
         })
     }
 }
@@ -93,6 +102,11 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/dialects", get(system::dialects))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        // Clients (issue 9): listing, cancelling, OpenAI speech, the document.
+        .route("/v1/tts/jobs", get(listing::list))
+        .route("/v1/tts/jobs/{id}", delete(listing::cancel))
+        .route("/v1/audio/speech", post(speech::speech))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())

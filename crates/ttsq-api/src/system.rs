@@ -6,15 +6,28 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use ttsq_core::DialectInfo;
 
-use crate::{ApiContext, ApiError, auth::Caller};
+use crate::{ApiContext, ApiError, auth::Caller, error::Problem};
 
 /// Body of `GET /v1/dialects`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Dialects<'a> {
+    /// Every dialect this deployment serves.
+    #[schema(value_type = Vec<DialectInfo>)]
     dialects: Vec<&'a DialectInfo>,
 }
 
 /// `GET /v1/dialects`: every dialect with its voices, formats and provider chain.
+#[utoipa::path(
+    get,
+    path = "/v1/dialects",
+    operation_id = "list_dialects",
+    tag = "system",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The dialect catalog", body = Dialects),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn dialects(
     State(context): State<ApiContext>,
     _caller: Caller,
@@ -27,6 +40,13 @@ pub async fn dialects(
 }
 
 /// `GET /health`: the process is up. Dependencies are `/ready`'s business.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "system",
+    responses((status = 200, description = "The process is up", body = Object, example = json!({"status": "ok"})))
+)]
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -49,6 +69,16 @@ fn check<E: std::fmt::Display>(started: Instant, result: Result<(), E>) -> Check
 
 /// `GET /ready`: 200 when Postgres, RabbitMQ and S3 answer, else 503; the
 /// body reports each, and each provider's last health check, with latency.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "ready",
+    tag = "system",
+    responses(
+        (status = 200, description = "Postgres, RabbitMQ and S3 answer; `checks` reports each, and each provider", body = Object),
+        (status = 503, description = "A dependency does not answer; `checks` says which", body = Object),
+    )
+)]
 pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<serde_json::Value>) {
     let mut checks = BTreeMap::new();
 

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Output audio encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AudioFormat {
     /// MPEG-1 Layer III; the default.
@@ -74,7 +74,7 @@ impl FromStr for AudioFormat {
 }
 
 /// How a job is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Through the queue and a worker; the default.
@@ -128,22 +128,27 @@ pub const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.5..=2.0;
 
 /// A job exactly as a client sent it. Every field is optional here so that a
 /// missing field gets our own clear message rather than a parser's.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// Text to speak.
+    #[schema(required = true, value_type = String, min_length = 1, example = "Hello there.")]
     pub text: Option<String>,
     /// Dialect id from the catalog.
+    #[schema(required = true, value_type = String, example = "en-gb")]
     pub dialect: Option<String>,
     /// Voice id of that dialect.
     pub voice: Option<String>,
     /// Speaking rate factor.
+    #[schema(minimum = 0.5, maximum = 2.0, example = 1.0)]
     pub speed: Option<f64>,
     /// Emotion, where the dialect offers any.
     pub emotion: Option<String>,
     /// Output format name.
+    #[schema(value_type = Option<AudioFormat>)]
     pub format: Option<String>,
     /// `normal` or `high`.
+    #[schema(value_type = Option<Priority>)]
     pub priority: Option<String>,
     /// URL told of the terminal state.
     pub callback_url: Option<String>,

@@ -11,6 +11,7 @@
 
 pub mod audio;
 pub mod keys;
+pub mod listing;
 pub mod outbox;
 pub mod replicas;
 pub mod tasks;
@@ -23,6 +24,7 @@ use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
 pub use keys::{NewApiKey, Principal, Tenant};
+pub use listing::{Cancellation, TaskCursor, TaskPage};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
