@@ -9,6 +9,7 @@
 #   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database
 #   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
 #   TTSQ_S3_ENDPOINT, TTSQ_S3_ACCESS_KEY_ID, TTSQ_S3_SECRET_ACCESS_KEY
+#   TTSQ_TEST_PYTHON        a python with `openai` and `schemathesis` (made here)
 # all defaulting to the local services; values already set are kept.
 #
 # TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
@@ -75,6 +76,22 @@ else
     drop_test_databases
     delete_test_queues
 fi
+
+# --- Python tools of the client tests ------------------------------------------
+# crates/ttsq/tests/clients.rs drives the API with the official `openai` SDK
+# and fuzzes it with schemathesis, both from PyPI, in a venv made once.
+
+setup_pytools() {
+    local venv="$REPO_ROOT/.ttsq/pytools"
+    if ! "$venv/bin/python" -c 'import openai, schemathesis' 2>/dev/null; then
+        say "installing openai and schemathesis into $venv…"
+        python3 -m venv "$venv" || die "python3 -m venv failed (install python3 and python3-venv)"
+        "$venv/bin/pip" install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' ||
+            die "pip could not install openai and schemathesis"
+    fi
+    export TTSQ_TEST_PYTHON="$venv/bin/python"
+}
+setup_pytools
 
 # ttsq refuses TTSQ_* variables it does not know; keep the scripts' own out of the tests.
 unset TTSQ_HOME TTSQ_PROFILE TTSQ_SERVICES_TIMEOUT TTSQ_TEST_NO_CLEANUP

@@ -347,7 +347,8 @@ pub async fn get(
                 .ok()
                 .filter(|s: &f64| s.is_finite() && *s >= 0.0)
                 .ok_or_else(|| ApiError::field("wait", "must be a number of seconds"))?;
-            let wait = Duration::from_secs_f64(seconds);
+            // Checked before converting: a huge number would overflow a Duration.
+            let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
             if wait > context.max_wait {
                 return Err(ApiError::field(
                     "wait",

@@ -80,7 +80,7 @@ pub enum ClientError {
     #[error("{0}")]
     Api(Box<Problem>),
     /// The server could not be reached, or the transfer broke.
-    #[error("cannot reach the API: {0}")]
+    #[error("cannot reach the API")]
     Http(#[source] reqwest::Error),
     /// The server answered something this client does not understand.
     #[error("unexpected response: {0}")]
