@@ -292,7 +292,10 @@ impl Job {
 
         if let Some(url) = request.callback_url.as_deref() {
             let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-            if !scheme_ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+            if !scheme_ok
+                || url.len() > 2048
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 errors.push(
                     "callback_url",
                     "must be an http(s) URL of at most 2048 characters",
@@ -302,7 +305,10 @@ impl Job {
 
         if let Some(metadata) = &request.metadata {
             let size = metadata.to_string().len();
-            if size > limits.max_metadata_bytes {
+            if contains_nul(metadata) {
+                // Postgres cannot store U+0000 in jsonb (or text).
+                errors.push("metadata", "must not contain the character U+0000");
+            } else if size > limits.max_metadata_bytes {
                 errors.push(
                     "metadata",
                     format!(
@@ -395,6 +401,17 @@ impl Job {
             provider_route,
             hash,
         })
+    }
+}
+
+/// Whether any string or key of `value` holds U+0000.
+fn contains_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
     }
 }
 
@@ -534,6 +551,14 @@ mod tests {
             (
                 json!({"text": "hi", "dialect": "en-gb", "metadata": {"k": "v".repeat(5000)}}),
                 "metadata",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "metadata": {"a\0": [1, "\0"]}}),
+                "metadata",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "callback_url": "https://x/\0"}),
+                "callback_url",
             ),
             (json!({"text": 42, "dialect": "en-gb"}), "text"),
             (

@@ -707,12 +707,12 @@ fn print_task(task: &Task, json: bool) -> anyhow::Result<()> {
     if let Some(error) = &task.error {
         fields.push(("error", format!("{}: {}", error.code, error.message)));
     }
-    let rows: Vec<Vec<String>> = fields
+    let width = fields.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    let text: Vec<String> = fields
         .into_iter()
-        .map(|(k, v)| vec![format!("{k}:"), v])
+        .map(|(k, v)| format!("{:<width$}  {v}", format!("{k}:")))
         .collect();
-    let text = table(&["", ""], &rows);
-    out(text.trim_start_matches(|c| c == ' ' || c == '\n'))
+    out(&text.join("\n"))
 }
 
 /// `ttsq dialects`.
