@@ -82,11 +82,20 @@ fi
 # and fuzzes it with schemathesis, both from PyPI, in a venv made once.
 
 setup_pytools() {
-    local venv="$REPO_ROOT/.ttsq/pytools"
+    local venv="${TTSQ_HOME:-$REPO_ROOT/.ttsq}/pytools"
     if ! "$venv/bin/python" -c 'import openai, schemathesis' 2>/dev/null; then
-        say "installing openai and schemathesis into $venv…"
-        python3 -m venv "$venv" || die "python3 -m venv failed (install python3 and python3-venv)"
-        "$venv/bin/pip" install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' ||
+        say "installing openai and schemathesis into $venv (PyPI)…"
+        rm -rf "$venv"
+        mkdir -p "$(dirname "$venv")"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            # Debian's python3 ships venv (with ensurepip) as a separate package.
+            rm -rf "$venv"
+            as_root apt-get update -qq &&
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                    python3 python3-venv >/dev/null &&
+                python3 -m venv "$venv" || die "cannot make a Python venv (install python3 and python3-venv)"
+        fi
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' ||
             die "pip could not install openai and schemathesis"
     fi
     export TTSQ_TEST_PYTHON="$venv/bin/python"

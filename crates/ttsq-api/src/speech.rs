@@ -16,7 +16,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -211,10 +211,9 @@ fn resolve_voice(
 pub async fn speech(
     State(context): State<ApiContext>,
     caller: Result<Caller, ApiError>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match speak(context, caller, headers, body).await {
+    match speak(context, caller, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -223,7 +222,6 @@ pub async fn speech(
 async fn speak(
     context: ApiContext,
     caller: Result<Caller, ApiError>,
-    _headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SpeechError> {
     let caller = caller?;

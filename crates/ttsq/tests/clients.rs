@@ -75,6 +75,27 @@ async fn the_client_submits_waits_downloads_lists_and_reads_the_catalog() {
     );
     client.wait(first.task_id, WAIT).await.expect("finished");
 
+    let batch = [
+        ("batch-1".to_owned(), NewJob::new("One of two.", "en-gb")),
+        ("batch-2".to_owned(), NewJob::new("Two of two.", "en-gb")),
+    ];
+    let submitted: Vec<Uuid> = client
+        .submit_batch(&batch, 2)
+        .await
+        .into_iter()
+        .map(|r| r.expect("submitted").task_id)
+        .collect();
+    let resubmitted: Vec<Uuid> = client
+        .submit_batch(&batch, 2)
+        .await
+        .into_iter()
+        .map(|r| r.expect("resubmitted").task_id)
+        .collect();
+    assert_eq!(submitted, resubmitted, "a batch resubmits safely");
+    for id in &submitted {
+        client.wait(*id, WAIT).await.expect("finished");
+    }
+
     let speech = client
         .synthesize(&NewJob::new("Right away.", "en-us"))
         .await
@@ -99,9 +120,24 @@ async fn the_client_submits_waits_downloads_lists_and_reads_the_catalog() {
         })
         .await
         .expect("second page");
-    assert_eq!(second_page.jobs.len(), 1);
-    assert!(second_page.next_cursor.is_none());
-    let listed: Vec<_> = first_page.jobs.iter().chain(&second_page.jobs).collect();
+    assert_eq!(second_page.jobs.len(), 2);
+    let cursor = second_page.next_cursor.clone().expect("a third page");
+    let third_page = client
+        .list(&ListOptions {
+            limit: Some(2),
+            cursor: Some(cursor),
+            ..ListOptions::default()
+        })
+        .await
+        .expect("third page");
+    assert_eq!(third_page.jobs.len(), 1);
+    assert!(third_page.next_cursor.is_none());
+    let listed: Vec<_> = first_page
+        .jobs
+        .iter()
+        .chain(&second_page.jobs)
+        .chain(&third_page.jobs)
+        .collect();
     assert!(
         listed
             .windows(2)
@@ -111,7 +147,13 @@ async fn the_client_submits_waits_downloads_lists_and_reads_the_catalog() {
     let ids: HashSet<Uuid> = listed.iter().map(|t| t.task_id).collect();
     assert_eq!(
         ids,
-        HashSet::from([task.task_id, first.task_id, speech.task_id])
+        HashSet::from([
+            task.task_id,
+            first.task_id,
+            submitted[0],
+            submitted[1],
+            speech.task_id
+        ])
     );
     let queued = client
         .list(&ListOptions {
