@@ -230,7 +230,9 @@ async fn a_queued_task_is_cancelled_once_billed_nothing_and_skipped_by_the_worke
         .expect("list");
     assert_eq!(listed.jobs.len(), 1);
 
-    // The cancelled task's message is still queued: the worker skips it.
+    // The cancelled task's message is still queued: the worker skips it
+    // and acknowledges it.
+    assert_eq!(app.services.broker.depths().await.expect("depths"), (1, 0));
     app.start_worker();
     let next = client
         .submit(&NewJob::new("After the cancel.", "en-gb"), None)
@@ -242,6 +244,12 @@ async fn a_queued_task_is_cancelled_once_billed_nothing_and_skipped_by_the_worke
     let still = client.get(queued.task_id).await.expect("task");
     assert_eq!((still.status, still.attempts), (TaskStatus::Cancelled, 0));
     assert_eq!(ledger_rows(&app, queued.task_id, "").await, 1);
+    app.stop_workers().await;
+    assert_eq!(
+        app.services.broker.depths().await.expect("depths"),
+        (0, 0),
+        "nothing left to redeliver, nothing dead-lettered"
+    );
     let late = client
         .cancel(next.task_id)
         .await
