@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use futures::{StreamExt, stream};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -388,9 +388,16 @@ fn progress(len: usize, prefix: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>9} [{bar:40}] {pos}/{len} {per_sec:>10} ETA {eta} {msg}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {rate} ETA {eta} {msg}")
+    {
+        let style = style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                // A write into the bar's line buffer cannot fail.
+                let _ = write!(w, "{:>7.1} jobs/s", state.per_sec());
+            },
+        );
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(prefix);
