@@ -74,6 +74,17 @@ impl ApiContext {
         providers: Arc<ttsq_providers::Router>,
     ) -> Result<Self, ttsq_queue::QueueError> {
         let publisher = broker.publisher().await?;
+        if providers
+            .catalog()
+            .get(&settings.speech.default_dialect)
+            .is_none()
+        {
+            tracing::warn!(
+                dialect = %settings.speech.default_dialect,
+                "speech.default_dialect (TTSQ_SPEECH_DEFAULT_DIALECT) is not served by any provider; \
+                 /v1/audio/speech refuses voices that fall back to it"
+            );
+        }
         Ok(Self {
             store,
             broker,
