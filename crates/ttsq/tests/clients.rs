@@ -460,6 +460,65 @@ async fn ttsq_say_writes_the_audio_at_normal_and_high_priority() {
     app.teardown().await;
 }
 
+#[tokio::test]
+async fn ttsq_jobs_and_dialects_print_tables_or_json() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let queued = client(&app)
+        .submit(&NewJob::new("Waiting in line.", "en-gb"), None)
+        .await
+        .expect("submitted");
+    let id = queued.task_id.to_string();
+
+    let table = run(ttsq(&app).args(["jobs", "list"])).await;
+    let cancelled = run(ttsq(&app).args(["jobs", "cancel", &id, "--json"])).await;
+    let shown = run(ttsq(&app).args(["jobs", "get", &id])).await;
+    let again = run(ttsq(&app).args(["jobs", "cancel", &id])).await;
+    let dialects = run(ttsq(&app).args(["dialects", "--json"])).await;
+    let keyless = run(ttsq(&app).env_remove("TTSQ_API_KEY").arg("dialects")).await;
+
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.starts_with("TASK") && table.contains(&id) && table.contains("queued"),
+        "{table}"
+    );
+    let task: Value = serde_json::from_slice(&cancelled.stdout).expect("JSON task");
+    assert_eq!(
+        (task["task_id"].as_str(), task["status"].as_str()),
+        (Some(id.as_str()), Some("cancelled"))
+    );
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("status:") && l.ends_with("cancelled")),
+        "{shown}"
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).starts_with("error: 409 Conflict"),
+        "{}",
+        stderr(&again)
+    );
+    let dialects: Value = serde_json::from_slice(&dialects.stdout).expect("JSON dialects");
+    assert!(
+        dialects
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["id"] == "en-gb"))
+    );
+    assert_eq!(keyless.status.code(), Some(1));
+    assert!(
+        stderr(&keyless).contains("set TTSQ_API_KEY"),
+        "{}",
+        stderr(&keyless)
+    );
+
+    app.teardown().await;
+}
+
 fn results(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("results.jsonl"))
         .expect("results.jsonl written")
