@@ -21,6 +21,7 @@ use crate::{
     ApiContext, ApiError,
     auth::Caller,
     error::Problem,
+    openapi::AudioBody,
     view::{AcceptedView, TaskView, status_url},
 };
 
@@ -38,7 +39,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
     responses(
         (status = 202, description = "Normal priority: accepted (or already done, on a cache hit)", body = AcceptedView),
         (status = 200, description = "High priority: the audio (`X-Task-Id`, `X-Cache: hit|miss`), or the task as JSON with `Accept: application/json`", content(
-            (TaskView = "application/json"), (Vec<u8> = "audio/mpeg"), (Vec<u8> = "audio/wav"), (Vec<u8> = "audio/pcm"), (Vec<u8> = "audio/ogg")
+            (TaskView = "application/json"), (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
         )),
         (status = 400, description = "Invalid job; `errors` names each field", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
@@ -390,7 +391,7 @@ pub struct AudioQuery {
     responses(
         (status = 302, description = "Redirect to a presigned URL of the audio", headers(("location" = String, description = "Presigned URL"))),
         (status = 200, description = "With `?inline=1`: the audio", content(
-            (Vec<u8> = "audio/mpeg"), (Vec<u8> = "audio/wav"), (Vec<u8> = "audio/pcm"), (Vec<u8> = "audio/ogg")
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
         )),
         (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),

@@ -43,6 +43,16 @@ use crate::{error, jobs, listing, speech, system, view};
 )]
 struct ApiDoc;
 
+/// Audio bytes as a response body, for the document only: `audio/mpeg`,
+/// `audio/wav`, `audio/pcm` or `audio/ogg` by the task's format.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[expect(
+    dead_code,
+    reason = "a schema for the document; responses are built from bytes"
+)]
+pub struct AudioBody(Vec<u8>);
+
 /// Declares the `bearer` scheme the operations name: an API key as
 /// `Authorization: Bearer <key>`.
 struct BearerAuth;

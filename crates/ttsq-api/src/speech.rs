@@ -26,7 +26,7 @@ use ttsq_store::NewTask;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{ApiContext, ApiError, auth::Caller, jobs::submit_high};
+use crate::{ApiContext, ApiError, auth::Caller, jobs::submit_high, openapi::AudioBody};
 
 /// Formats this endpoint serves, by OpenAI's names (which are ours too).
 const FORMATS: [&str; 3] = ["mp3", "wav", "pcm"];
@@ -196,7 +196,7 @@ fn resolve_voice(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The audio", content(
-            (Vec<u8> = "audio/mpeg"), (Vec<u8> = "audio/wav"), (Vec<u8> = "audio/pcm")
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm")
         ), headers(
             ("x-task-id" = Uuid, description = "The task recorded for this request"),
             ("x-cache" = String, description = "`hit` or `miss`"),
