@@ -76,7 +76,8 @@ impl ApiError {
         Self::Validation(ValidationErrors(vec![FieldError::new(field, reason)]))
     }
 
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error is answered with.
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -114,18 +115,30 @@ impl ApiError {
     }
 }
 
-/// RFC 7807 body.
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 7807 body of every error (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:ttsq:problem:{slug}`: stable, for programs to branch on.
+    #[schema(example = "urn:ttsq:problem:validation")]
     r#type: String,
+    /// The HTTP status's reason phrase.
+    #[schema(value_type = String, example = "Bad Request")]
     title: &'a str,
+    /// The HTTP status.
+    #[schema(example = 400)]
     status: u16,
+    /// What went wrong, for a person.
     detail: String,
+    /// Each invalid field and why (validation errors only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     errors: Option<&'a [FieldError]>,
+    /// The task recorded as failed (inline synthesis failures only).
     #[serde(skip_serializing_if = "Option::is_none")]
     task_id: Option<Uuid>,
+    /// Stable error code (inline synthesis failures only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     code: Option<&'a str>,
     /// Members particular to one kind of problem (a limit's figures).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
