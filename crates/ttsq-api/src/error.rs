@@ -145,6 +145,31 @@ pub struct Problem<'a> {
     extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The 429 `limit_exceeded` problem, for the document only: a [`Problem`]
+/// with `code: "limit_exceeded"` and the figures of the limit reached. The
+/// response also carries `Retry-After`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LimitProblem {
+    /// `type`, `title`, `status`, `detail`, `code` (`limit_exceeded`).
+    #[serde(flatten)]
+    problem: Problem<'static>,
+    /// The limit reached.
+    limit: ttsq_store::LimitKind,
+    /// The limit: characters, jobs, or money in `currency`.
+    #[schema(example = 10000)]
+    limit_value: f64,
+    /// In use before this submission, in the same unit.
+    usage: f64,
+    /// What this submission would add, in the same unit.
+    requested: f64,
+    /// Currency of a `monthly_budget` limit.
+    currency: Option<String>,
+    /// Seconds until the limit's period ends (the next UTC day or month), or
+    /// a few for a full queue; the same as `Retry-After`.
+    #[schema(example = 3600)]
+    retry_after: u64,
+}
+
 fn limit_detail(e: &ttsq_store::LimitExceeded) -> String {
     let unit = match (&e.limit, &e.currency) {
         (ttsq_store::LimitKind::MonthlyBudget, Some(currency)) => format!(" {currency}"),

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     ApiContext, ApiError,
     auth::Caller,
-    error::Problem,
+    error::{LimitProblem, Problem},
     openapi::AudioBody,
     view::{AcceptedView, TaskView, status_url},
 };
@@ -46,6 +46,10 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The text is refused by the content policy (`code: content_rejected`); neither the text nor the pattern is echoed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over one of the tenant's limits (`code: limit_exceeded`); nothing was written", body = LimitProblem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds until the limit's period ends, or a few for a full queue"),
+        )),
         (status = 502, description = "High priority: synthesis failed", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     )
@@ -134,7 +138,7 @@ fn report_finished(row: &TaskRow) {
 
 /// Records a refused submission in the audit log; a failure to do so is
 /// logged and does not change the answer.
-async fn audit_refusal(
+pub(crate) async fn audit_refusal(
     context: &ApiContext,
     caller: &Caller,
     job: &Job,

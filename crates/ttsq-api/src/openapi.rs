@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use crate::{error, jobs, listing, speech, system, view};
+use crate::{admin, error, jobs, listing, speech, system, usage, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,15 +30,35 @@ use crate::{error, jobs, listing, speech, system, view};
         system::dialects,
         system::health,
         system::ready,
+        system::metrics,
         speech::speech,
+        usage::usage,
+        admin::list_tenants,
+        admin::create_tenant,
+        admin::get_tenant,
+        admin::update_tenant,
+        admin::list_tenant_keys,
+        admin::create_key,
+        admin::list_keys,
+        admin::revoke_key,
+        admin::usage,
         openapi_json,
     ),
-    components(schemas(error::Problem, ttsq_core::FieldError, view::TaskView, view::AcceptedView)),
-    modifiers(&BearerAuth),
+    components(schemas(
+        error::Problem,
+        error::LimitProblem,
+        ttsq_core::FieldError,
+        view::TaskView,
+        view::AcceptedView
+    )),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "jobs", description = "Submit jobs, read tasks and their audio"),
         (name = "openai", description = "OpenAI-compatible speech"),
-        (name = "system", description = "Catalog, health, readiness, this document"),
+        (name = "usage", description = "The calling tenant's own usage"),
+        (name = "admin", description = "Tenants, limits, keys and usage of all tenants, behind the \
+            admin token; off (404) when no admin token is configured"),
+        (name = "system", description = "Catalog, health, readiness, metrics, this document"),
     )
 )]
 struct ApiDoc;
@@ -53,16 +73,24 @@ struct ApiDoc;
 )]
 pub struct AudioBody(Vec<u8>);
 
-/// Declares the `bearer` scheme the operations name: an API key as
-/// `Authorization: Bearer <key>`.
-struct BearerAuth;
+/// Declares the schemes the operations name: `bearer`, an API key as
+/// `Authorization: Bearer <key>`, and `admin_token`, the admin token the
+/// same way.
+struct SecuritySchemes;
 
-impl Modify for BearerAuth {
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.description = Some("A ttsq API key; it names the tenant.".to_owned());
         components.add_security_scheme("bearer", SecurityScheme::Http(http));
+        let mut admin = Http::new(HttpAuthScheme::Bearer);
+        admin.description = Some(
+            "The admin token (`admin.token`, `TTSQ_ADMIN_TOKEN`) as \
+             `Authorization: Bearer <token>`; API keys are refused."
+                .to_owned(),
+        );
+        components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
     }
 }
 

@@ -20,13 +20,19 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use ttsq_config::SpeechSettings;
 use ttsq_core::{Catalog, Job, JobRequest, ValidationErrors, job::decode_json};
 use ttsq_store::NewTask;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{ApiContext, ApiError, auth::Caller, jobs::submit_high, openapi::AudioBody};
+use crate::{
+    ApiContext, ApiError,
+    auth::Caller,
+    jobs::{audit_refusal, submit_high},
+    openapi::AudioBody,
+};
 
 /// Formats this endpoint serves, by OpenAI's names (which are ours too).
 const FORMATS: [&str; 3] = ["mp3", "wav", "pcm"];
@@ -79,7 +85,9 @@ pub struct OpenAiErrorBody {
 struct SpeechError {
     status: StatusCode,
     body: OpenAiErrorBody,
-    retry_after: Option<&'static str>,
+    /// Seconds for `Retry-After`: a tenant limit's period, or a few for an
+    /// outage.
+    retry_after: Option<u64>,
 }
 
 impl SpeechError {
@@ -103,7 +111,7 @@ impl IntoResponse for SpeechError {
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static(seconds),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response
@@ -126,6 +134,11 @@ impl From<ApiError> for SpeechError {
             ApiError::Synthesis { code, .. } => Some(*code),
             _ => code,
         };
+        // A tenant limit says when it resets, as the job API does.
+        let err_retry = match &err {
+            ApiError::LimitExceeded(e) => Some(e.retry_after.as_secs()),
+            _ => None,
+        };
         // The problem+json rendering logs an internal error's cause chain;
         // this keeps that one place the only one that sees it.
         let message = if matches!(err, ApiError::Internal(_)) {
@@ -142,7 +155,10 @@ impl From<ApiError> for SpeechError {
                 param: None,
                 code: code.map(str::to_owned),
             },
-            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some("5"),
+            retry_after: match &err_retry {
+                Some(seconds) => Some(*seconds),
+                None => (status == StatusCode::SERVICE_UNAVAILABLE).then_some(5),
+            },
         }
     }
 }
@@ -201,8 +217,13 @@ fn resolve_voice(
             ("x-task-id" = Uuid, description = "The task recorded for this request"),
             ("x-cache" = String, description = "`hit` or `miss`"),
         )),
-        (status = 400, description = "Invalid request", body = OpenAiError),
+        (status = 400, description = "Invalid request; also the text refused by the content policy \
+            (`code: content_rejected`, `param: input`), where the job API answers 422", body = OpenAiError),
         (status = 401, description = "No valid API key", body = OpenAiError),
+        (status = 429, description = "Over one of the tenant's limits (`type: rate_limit_error`, \
+            `code: rate_limit_exceeded`); nothing was synthesized", body = OpenAiError, headers(
+            ("Retry-After" = u64, description = "Seconds until the limit's period ends, or a few for a full queue"),
+        )),
         (status = 502, description = "Synthesis failed", body = OpenAiError),
         (status = 503, description = "A dependency or every provider is unavailable; retry later", body = OpenAiError),
     )
@@ -279,6 +300,15 @@ async fn speak(
         &context.limits,
     )
     .map_err(|errors| from_validation(&errors))?;
+    if context.content_filter.blocks(&job.text) {
+        tracing::info!(tenant = %caller.0.tenant_id, "speech refused by the content filter");
+        audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
+        return Err(SpeechError::invalid(
+            "input",
+            "content_rejected",
+            ApiError::ContentRejected.to_string(),
+        ));
+    }
     let task = NewTask {
         id: Uuid::now_v7(),
         tenant_id: caller.0.tenant_id,
@@ -294,7 +324,13 @@ async fn speak(
         .find_audio(job.hash.as_str())
         .await
         .map_err(ApiError::from)?;
-    Ok(submit_high(&context, &task, cached, false).await?)
+    let result = submit_high(&context, &task, cached, false).await;
+    if let Err(ApiError::LimitExceeded(e)) = &result {
+        tracing::info!(limit = e.limit.as_str(), "speech refused by a tenant limit");
+        let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
+        audit_refusal(&context, &caller, &job, "limit_exceeded", detail).await;
+    }
+    Ok(result?)
 }
 
 #[cfg(test)]

@@ -70,6 +70,13 @@ pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<serde
 }
 
 /// `GET /metrics`: every Prometheus series of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "system",
+    responses((status = 200, description = "Every Prometheus series of this process, in the text exposition format", body = String, content_type = "text/plain"))
+)]
 pub async fn metrics(State(context): State<ApiContext>) -> impl IntoResponse {
     crate::ops::metrics_response(context.probes().render_metrics().await)
 }
