@@ -376,6 +376,99 @@ async fn openai_speech_answers_audio_at_high_priority_and_errors_in_openai_shape
     app.teardown().await;
 }
 
+#[tokio::test]
+async fn openai_speech_over_a_tenant_limit_is_429_with_retry_after_in_openai_shape() {
+    use secrecy::ExposeSecret;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let (_, key) = app
+        .services
+        .store
+        .create_tenant_with(
+            "small",
+            &ttsq_store::TenantLimits {
+                daily_characters: Some(5),
+                ..ttsq_store::TenantLimits::default()
+            },
+            None,
+            "test",
+        )
+        .await
+        .expect("tenant created");
+    let body = json!({"model": "tts-1", "input": "Hello there.", "voice": "alloy"});
+
+    let response = speech(&app, key.key.expose_secret(), &body).await;
+
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After on a limit's 429")
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=86_400).contains(&retry),
+        "until the UTC day ends: {retry}"
+    );
+    let error: Value = response.json().await.expect("JSON error");
+    assert_eq!(error["error"]["type"], "rate_limit_error", "{error}");
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("daily_characters")),
+        "{error}"
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM audit_log WHERE action = 'task.refuse' AND detail->>'reason' = 'limit_exceeded'")
+            .await,
+        1,
+        "refused like the job API: audited"
+    );
+
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn openai_speech_applies_the_content_filter_without_echoing_the_text() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        env: vec![(
+            "TTSQ_LIMITS_BLOCKED_PATTERNS".to_owned(),
+            "(?i)forbidden\\s+phrase".to_owned(),
+        )],
+        ..TestOptions::default()
+    })
+    .await;
+    let blocked = json!({"model": "tts-1", "input": "Say the Forbidden   Phrase aloud", "voice": "alloy"});
+
+    let response = speech(&app, &app.api_key, &blocked).await;
+
+    assert_eq!(response.status(), 400);
+    let text = response.text().await.expect("body");
+    let error: Value = serde_json::from_str(&text).expect("JSON error");
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    assert_eq!(error["error"]["code"], "content_rejected", "{error}");
+    assert_eq!(error["error"]["param"], "input", "{error}");
+    assert!(!text.to_lowercase().contains("forbidden"), "{text}");
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM audit_log WHERE action = 'task.refuse' AND detail->>'reason' = 'content_rejected'")
+            .await,
+        1
+    );
+    let fine = json!({"model": "tts-1", "input": "A perfectly fine phrase", "voice": "alloy"});
+    assert_eq!(speech(&app, &app.api_key, &fine).await.status(), 200);
+
+    app.teardown().await;
+}
+
 /// The `ttsq` binary pointed at `app`, with nothing else of the test's environment.
 fn ttsq(app: &TestApp) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ttsq"));
