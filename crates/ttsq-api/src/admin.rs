@@ -128,20 +128,23 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     /// Unique tenant name.
-    #[schema(example = "acme")]
+    #[schema(example = "acme", min_length = 1, max_length = 200)]
     name: String,
     /// Characters per UTC day; absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 1)]
     daily_characters: Option<i64>,
     /// Cost per UTC month in `currency`; absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 0, exclusive_maximum = 1e12)]
     monthly_budget: Option<f64>,
     /// Jobs queued or processing at once; absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_queued_jobs: Option<i32>,
-    /// Currency of the budget (ISO 4217); the deployment's default when absent.
+    /// Currency of the budget (ISO 4217); USD when absent.
     #[serde(default)]
-    #[schema(example = "EUR")]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 
@@ -307,18 +310,19 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 struct PatchTenant {
     /// Characters per UTC day; `null` lifts the limit.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     daily_characters: Option<Option<i64>>,
     /// Cost per UTC month; `null` lifts the limit.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, exclusive_maximum = 1e12)]
     monthly_budget: Option<Option<f64>>,
     /// Jobs queued or processing at once; `null` lifts the limit.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     max_queued_jobs: Option<Option<i32>>,
     /// Currency of the budget (ISO 4217).
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 

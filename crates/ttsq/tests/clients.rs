@@ -446,7 +446,8 @@ async fn openai_speech_applies_the_content_filter_without_echoing_the_text() {
         ..TestOptions::default()
     })
     .await;
-    let blocked = json!({"model": "tts-1", "input": "Say the Forbidden   Phrase aloud", "voice": "alloy"});
+    let blocked =
+        json!({"model": "tts-1", "input": "Say the Forbidden   Phrase aloud", "voice": "alloy"});
 
     let response = speech(&app, &app.api_key, &blocked).await;
 
@@ -772,8 +773,23 @@ async fn the_official_openai_python_package_speaks_through_ttsq() {
 async fn a_schemathesis_fuzz_pass_over_the_openapi_document_finds_no_server_error() {
     let python = test_python();
     let schemathesis = python.with_file_name("schemathesis");
-    let app = TestApp::spawn().await;
+    // The admin API is on, so its routes are fuzzed past authentication too.
+    let admin_token = format!("admin-{}", Uuid::new_v4().simple());
+    let app = TestApp::spawn_with(TestOptions {
+        env: vec![("TTSQ_ADMIN_TOKEN".to_owned(), admin_token.clone())],
+        ..TestOptions::default()
+    })
+    .await;
     let dir = tempfile::tempdir().expect("temp dir");
+    // Each security scheme of the document gets its own credential.
+    std::fs::write(
+        dir.path().join("schemathesis.toml"),
+        format!(
+            "[auth.openapi.bearer]\nbearer = \"{}\"\n\n[auth.openapi.admin_token]\nbearer = \"{admin_token}\"\n",
+            app.api_key
+        ),
+    )
+    .expect("config written");
 
     let output = tokio::time::timeout(
         Duration::from_secs(540),
@@ -794,8 +810,6 @@ async fn a_schemathesis_fuzz_pass_over_the_openapi_document_finds_no_server_erro
             .args(["--phases", "examples,coverage,fuzzing"])
             // No --max-time: with it, fuzzing repeats until the time is spent.
             .args(["--request-timeout", "60"])
-            .arg("--header")
-            .arg(format!("Authorization: Bearer {}", app.api_key))
             .env("NO_COLOR", "1")
             .output(),
     )
@@ -812,9 +826,18 @@ async fn a_schemathesis_fuzz_pass_over_the_openapi_document_finds_no_server_erro
     if let Some(cases) = report.lines().find(|l| l.contains("generated")) {
         eprintln!("schemathesis: {}", cases.trim());
     }
+    for operation in ["/v1/audio/speech", "/v1/admin/tenants"] {
+        assert!(
+            report.contains(operation),
+            "{operation} was not exercised:\n{report}"
+        );
+    }
+    // The fuzzer got past the admin token: it created tenants.
     assert!(
-        report.contains("/v1/audio/speech"),
-        "every operation was exercised:\n{report}"
+        app.scalar("SELECT count(*) FROM audit_log WHERE actor = 'admin-api'")
+            .await
+            > 0,
+        "the admin API was fuzzed with its token:\n{report}"
     );
 
     app.teardown().await;
