@@ -11,6 +11,12 @@
 //! `model` is accepted for compatibility (`tts-1`, `tts-1-hd`,
 //! `gpt-4o-mini-tts`, …) and does not choose anything: the dialect's route
 //! does. `instructions` is accepted and ignored.
+//!
+//! Refusals keep OpenAI's shape: a tenant limit is 429 `rate_limit_error`
+//! with `Retry-After` (as the job API's 429); text the content filter blocks
+//! is 400 `invalid_request_error`, `code: content_rejected`, `param: input`
+//! (OpenAI refuses policy violations with 400; the job API answers 422).
+//! Both are audited like the job API's refusals.
 
 use axum::{
     Json,
