@@ -9,6 +9,7 @@
 #   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database
 #   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
 #   TTSQ_S3_ENDPOINT, TTSQ_S3_ACCESS_KEY_ID, TTSQ_S3_SECRET_ACCESS_KEY
+#   TTSQ_TEST_PYTHON        a python with `openai` and `schemathesis` (made here)
 # all defaulting to the local services; values already set are kept.
 #
 # TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
@@ -75,6 +76,31 @@ else
     drop_test_databases
     delete_test_queues
 fi
+
+# --- Python tools of the client tests ------------------------------------------
+# crates/ttsq/tests/clients.rs drives the API with the official `openai` SDK
+# and fuzzes it with schemathesis, both from PyPI, in a venv made once.
+
+setup_pytools() {
+    local venv="${TTSQ_HOME:-$REPO_ROOT/.ttsq}/pytools"
+    if ! "$venv/bin/python" -c 'import openai, schemathesis' 2>/dev/null; then
+        say "installing openai and schemathesis into $venv (PyPI)…"
+        rm -rf "$venv"
+        mkdir -p "$(dirname "$venv")"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            # Debian's python3 ships venv (with ensurepip) as a separate package.
+            rm -rf "$venv"
+            as_root apt-get update -qq &&
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                    python3 python3-venv >/dev/null &&
+                python3 -m venv "$venv" || die "cannot make a Python venv (install python3 and python3-venv)"
+        fi
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' ||
+            die "pip could not install openai and schemathesis"
+    fi
+    export TTSQ_TEST_PYTHON="$venv/bin/python"
+}
+setup_pytools
 
 # ttsq refuses TTSQ_* variables it does not know; keep the scripts' own out of the tests.
 unset TTSQ_HOME TTSQ_PROFILE TTSQ_SERVICES_TIMEOUT TTSQ_TEST_NO_CLEANUP

@@ -23,8 +23,9 @@ use subtle::ConstantTimeEq;
 use ttsq_store::{
     KeyInfo, LimitUsage, StoreError, TenantInfo, TenantLimits, TenantUpdate, UsagePeriod, UsageRow,
 };
+use utoipa::{IntoParams, ToSchema};
 
-use crate::{ApiContext, ApiError};
+use crate::{ApiContext, ApiError, error::Problem};
 
 /// Who the admin API records as the actor of its changes.
 const ACTOR: &str = "admin-api";
@@ -123,36 +124,66 @@ fn no_store(status: StatusCode, body: impl Serialize) -> Response {
 }
 
 /// Body of `POST /v1/admin/tenants`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
+    /// Unique tenant name.
+    #[schema(example = "acme", min_length = 1, max_length = 200)]
     name: String,
+    /// Characters per UTC day; absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 1)]
     daily_characters: Option<i64>,
+    /// Cost per UTC month in `currency`; absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 0, exclusive_maximum = 1e12)]
     monthly_budget: Option<f64>,
+    /// Jobs queued or processing at once; absent or `null` is unlimited.
     #[serde(default)]
+    #[schema(minimum = 1)]
     max_queued_jobs: Option<i32>,
+    /// Currency of the budget (ISO 4217); USD when absent.
     #[serde(default)]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 
 /// A new key as answered once.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct IssuedKey<'a> {
+    /// The key itself: shown this once, never again.
     api_key: &'a str,
+    /// Its visible prefix, by which it is listed and revoked.
     key_prefix: &'a str,
 }
 
-#[derive(Serialize)]
+/// Body of `201` to `POST /v1/admin/tenants`: the tenant and its first key.
+#[derive(Serialize, ToSchema)]
 struct CreatedTenant<'a> {
+    /// The tenant created.
     tenant: TenantInfo,
+    /// Its first key.
     #[serde(flatten)]
     key: IssuedKey<'a>,
 }
 
 /// `POST /v1/admin/tenants`: a tenant with optional limits and its first key.
-async fn create_tenant(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tenants",
+    operation_id = "admin_create_tenant",
+    tag = "admin",
+    request_body = CreateTenant,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The tenant and its first key, shown once (`Cache-Control: no-store`)", body = CreatedTenant),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin API is off (no admin token configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A tenant with this name exists", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn create_tenant(
     _: Admin,
     State(context): State<ApiContext>,
     body: Result<Bytes, BytesRejection>,
@@ -180,34 +211,69 @@ async fn create_tenant(
     ))
 }
 
-#[derive(Serialize)]
+/// Body of `GET /v1/admin/tenants`.
+#[derive(Serialize, ToSchema)]
 struct Tenants {
+    /// Every tenant.
     tenants: Vec<TenantInfo>,
 }
 
 /// `GET /v1/admin/tenants`.
-async fn list_tenants(_: Admin, State(context): State<ApiContext>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants",
+    operation_id = "admin_list_tenants",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every tenant with its limits", body = Tenants),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_tenants(
+    _: Admin,
+    State(context): State<ApiContext>,
+) -> Result<Response, ApiError> {
     let tenants = context.store.list_tenants().await?;
     Ok(Json(Tenants { tenants }).into_response())
 }
 
-#[derive(Serialize)]
+/// Body of `GET /v1/admin/tenants/{name}`.
+#[derive(Serialize, ToSchema)]
 struct TenantWithUsage {
+    /// The tenant.
     #[serde(flatten)]
     tenant: TenantInfo,
+    /// How much of each limit it has is in use.
     usage: Vec<UsageView>,
 }
 
 /// A limit's usage, with the fraction a dashboard or gauge shows.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UsageView {
+    /// The limit and its use.
     #[serde(flatten)]
     usage: LimitUsage,
+    /// `used / max`; 1 or more means exhausted.
     fraction: f64,
 }
 
 /// `GET /v1/admin/tenants/{name}`: the tenant and how much of each limit is used.
-async fn get_tenant(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants/{name}",
+    operation_id = "admin_get_tenant",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant and the use of each of its limits", body = TenantWithUsage),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_tenant(
     _: Admin,
     State(context): State<ApiContext>,
     Path(name): Path<String>,
@@ -239,21 +305,44 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 
 /// Body of `PATCH /v1/admin/tenants/{name}`: fields left out stay as they
 /// are; `null` lifts a limit.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchTenant {
+    /// Characters per UTC day; `null` lifts the limit.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     daily_characters: Option<Option<i64>>,
+    /// Cost per UTC month; `null` lifts the limit.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0, exclusive_maximum = 1e12)]
     monthly_budget: Option<Option<f64>>,
+    /// Jobs queued or processing at once; `null` lifts the limit.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     max_queued_jobs: Option<Option<i32>>,
+    /// Currency of the budget (ISO 4217).
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
 }
 
 /// `PATCH /v1/admin/tenants/{name}`.
-async fn update_tenant(
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/tenants/{name}",
+    operation_id = "admin_update_tenant",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    request_body = PatchTenant,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant as updated", body = TenantInfo),
+        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn update_tenant(
     _: Admin,
     State(context): State<ApiContext>,
     Path(name): Path<String>,
@@ -276,7 +365,20 @@ async fn update_tenant(
 }
 
 /// `POST /v1/admin/tenants/{name}/keys`: another key, shown once.
-async fn create_key(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tenants/{name}/keys",
+    operation_id = "admin_create_key",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The new key, shown once (`Cache-Control: no-store`)", body = IssuedKey),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn create_key(
     _: Admin,
     State(context): State<ApiContext>,
     Path(name): Path<String>,
@@ -296,13 +398,28 @@ async fn create_key(
     ))
 }
 
-#[derive(Serialize)]
+/// Body of the key listings.
+#[derive(Serialize, ToSchema)]
 struct Keys {
+    /// The keys, never their secret part.
     keys: Vec<KeyInfo>,
 }
 
 /// `GET /v1/admin/tenants/{name}/keys`.
-async fn list_tenant_keys(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants/{name}/keys",
+    operation_id = "admin_list_tenant_keys",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's keys, revoked ones included", body = Keys),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_tenant_keys(
     _: Admin,
     State(context): State<ApiContext>,
     Path(name): Path<String>,
@@ -316,14 +433,42 @@ async fn list_tenant_keys(
 }
 
 /// `GET /v1/admin/keys`: every tenant's keys.
-async fn list_keys(_: Admin, State(context): State<ApiContext>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/admin/keys",
+    operation_id = "admin_list_keys",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every tenant's keys, revoked ones included", body = Keys),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_keys(
+    _: Admin,
+    State(context): State<ApiContext>,
+) -> Result<Response, ApiError> {
     let keys = context.store.list_keys(None).await?;
     Ok(Json(Keys { keys }).into_response())
 }
 
 /// `DELETE /v1/admin/keys/{id or prefix}`: revokes the key at once, on
 /// every replica.
-async fn revoke_key(
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/keys/{key}",
+    operation_id = "admin_revoke_key",
+    tag = "admin",
+    params(("key" = String, Path, description = "The key's id or its visible prefix")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The key as revoked", body = KeyInfo),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn revoke_key(
     _: Admin,
     State(context): State<ApiContext>,
     Path(key): Path<String>,
@@ -338,24 +483,50 @@ async fn revoke_key(
 }
 
 /// Query of `GET /v1/admin/usage`.
-#[derive(Deserialize)]
-struct AdminUsageQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AdminUsageQuery {
+    /// Only this tenant (default: all of them).
     tenant: Option<String>,
+    /// First UTC day, `YYYY-MM-DD` (default: 29 days before `to`).
+    #[param(value_type = Option<chrono::NaiveDate>)]
     from: Option<String>,
+    /// Last UTC day, inclusive (default: today); at most 366 days after `from`.
+    #[param(value_type = Option<chrono::NaiveDate>)]
     to: Option<String>,
+    /// `day` (default) or `month`.
+    #[param(value_type = Option<String>, pattern = "^(day|month)$")]
     by: Option<String>,
 }
 
-#[derive(Serialize)]
+/// Body of `GET /v1/admin/usage`.
+#[derive(Serialize, ToSchema)]
 struct AdminUsage {
+    /// First day covered.
     from: chrono::NaiveDate,
+    /// Last day covered, inclusive.
     to: chrono::NaiveDate,
+    /// One row per tenant, period, provider, dialect and currency.
     rows: Vec<UsageRow>,
 }
 
 /// `GET /v1/admin/usage?tenant=&from=&to=&by=day|month`: the finance views
 /// for one tenant or all of them.
-async fn usage(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/usage",
+    operation_id = "admin_usage",
+    tag = "admin",
+    params(AdminUsageQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Usage per day or month from the finance views", body = AdminUsage),
+        (status = 400, description = "Invalid `from`, `to` or `by`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn usage(
     _: Admin,
     State(context): State<ApiContext>,
     query: Result<Query<AdminUsageQuery>, QueryRejection>,

@@ -76,7 +76,8 @@ impl ApiError {
         Self::Validation(ValidationErrors(vec![FieldError::new(field, reason)]))
     }
 
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error is answered with.
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -114,22 +115,59 @@ impl ApiError {
     }
 }
 
-/// RFC 7807 body.
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 7807 body of every error (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `urn:ttsq:problem:{slug}`: stable, for programs to branch on.
+    #[schema(example = "urn:ttsq:problem:validation")]
     r#type: String,
+    /// The HTTP status's reason phrase.
+    #[schema(value_type = String, example = "Bad Request")]
     title: &'a str,
+    /// The HTTP status.
+    #[schema(example = 400)]
     status: u16,
+    /// What went wrong, for a person.
     detail: String,
+    /// Each invalid field and why (validation errors only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     errors: Option<&'a [FieldError]>,
+    /// The task recorded as failed (inline synthesis failures only).
     #[serde(skip_serializing_if = "Option::is_none")]
     task_id: Option<Uuid>,
+    /// Stable error code (inline synthesis failures only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     code: Option<&'a str>,
     /// Members particular to one kind of problem (a limit's figures).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The 429 `limit_exceeded` problem, for the document only: a [`Problem`]
+/// with `code: "limit_exceeded"` and the figures of the limit reached. The
+/// response also carries `Retry-After`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LimitProblem {
+    /// `type`, `title`, `status`, `detail`, `code` (`limit_exceeded`).
+    #[serde(flatten)]
+    problem: Problem<'static>,
+    /// The limit reached.
+    limit: ttsq_store::LimitKind,
+    /// The limit: characters, jobs, or money in `currency`.
+    #[schema(example = 10000)]
+    limit_value: f64,
+    /// In use before this submission, in the same unit.
+    usage: f64,
+    /// What this submission would add, in the same unit.
+    requested: f64,
+    /// Currency of a `monthly_budget` limit.
+    currency: Option<String>,
+    /// Seconds until the limit's period ends (the next UTC day or month), or
+    /// a few for a full queue; the same as `Retry-After`.
+    #[schema(example = 3600)]
+    retry_after: u64,
 }
 
 fn limit_detail(e: &ttsq_store::LimitExceeded) -> String {

@@ -11,21 +11,49 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use ttsq_core::{Job, JobMessage, Priority, TaskStatus};
+use ttsq_core::{Job, JobMessage, JobRequest, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
 use ttsq_worker::pipeline::store_audio;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::{
     ApiContext, ApiError,
     auth::Caller,
+    error::{LimitProblem, Problem},
+    openapi::AudioBody,
     view::{AcceptedView, TaskView, status_url},
 };
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// `POST /v1/tts/jobs`.
+#[utoipa::path(
+    post,
+    path = "/v1/tts/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    request_body = JobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same tenant returns the first task, never a second one")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Normal priority: accepted (or already done, on a cache hit)", body = AcceptedView),
+        (status = 200, description = "High priority: the audio (`X-Task-Id`, `X-Cache: hit|miss`), or the task as JSON with `Accept: application/json`", content(
+            (TaskView = "application/json"), (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
+        )),
+        (status = 400, description = "Invalid job; `errors` names each field", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The text is refused by the content policy (`code: content_rejected`); neither the text nor the pattern is echoed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over one of the tenant's limits (`code: limit_exceeded`); nothing was written", body = LimitProblem, content_type = "application/problem+json", headers(
+            ("Retry-After" = u64, description = "Seconds until the limit's period ends, or a few for a full queue"),
+        )),
+        (status = 502, description = "High priority: synthesis failed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(
     skip_all,
     fields(tenant = %caller.0.tenant_id, task_id, dialect, voice, priority, provider, cache_hit, latency_ms)
@@ -110,7 +138,7 @@ fn report_finished(row: &TaskRow) {
 
 /// Records a refused submission in the audit log; a failure to do so is
 /// logged and does not change the answer.
-async fn audit_refusal(
+pub(crate) async fn audit_refusal(
     context: &ApiContext,
     caller: &Caller,
     job: &Job,
@@ -200,7 +228,7 @@ fn cache_hit(context: &ApiContext, object: &AudioObject) -> TaskOutcome {
 }
 
 /// Synthesizes inline (or serves the cache) and answers with the audio.
-async fn submit_high(
+pub(crate) async fn submit_high(
     context: &ApiContext,
     task: &NewTask<'_>,
     cached: Option<AudioObject>,
@@ -361,7 +389,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     })
 }
 
-fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("task"))
 }
 
@@ -379,12 +407,29 @@ async fn find_task(
 }
 
 /// Query of `GET /v1/tts/jobs/{id}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Seconds to wait for a terminal state (at most `server.max_wait_secs`).
+    #[param(value_type = Option<f64>, minimum = 0)]
     wait: Option<String>,
 }
 
 /// `GET /v1/tts/jobs/{id}`, with `?wait=N` to long-poll up to N seconds.
+#[utoipa::path(
+    get,
+    path = "/v1/tts/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Task id"), WaitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 400, description = "Invalid `wait`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn get(
     State(context): State<ApiContext>,
@@ -400,7 +445,8 @@ pub async fn get(
                 .ok()
                 .filter(|s: &f64| s.is_finite() && *s >= 0.0)
                 .ok_or_else(|| ApiError::field("wait", "must be a number of seconds"))?;
-            let wait = Duration::from_secs_f64(seconds);
+            // Checked before converting: a huge number would overflow a Duration.
+            let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
             if wait > context.max_wait {
                 return Err(ApiError::field(
                     "wait",
@@ -422,13 +468,34 @@ pub async fn get(
 }
 
 /// Query of `GET /v1/tts/jobs/{id}/audio`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AudioQuery {
+    /// `1` answers with the bytes instead of a redirect.
+    #[param(value_type = Option<String>, example = "1")]
     inline: Option<String>,
 }
 
 /// `GET /v1/tts/jobs/{id}/audio`: a redirect to a presigned URL, or the
 /// bytes themselves with `?inline=1`.
+#[utoipa::path(
+    get,
+    path = "/v1/tts/jobs/{id}/audio",
+    operation_id = "get_job_audio",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Task id"), AudioQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 302, description = "Redirect to a presigned URL of the audio", headers(("location" = String, description = "Presigned URL"))),
+        (status = 200, description = "With `?inline=1`: the audio", content(
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
+        )),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has not succeeded", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Audio storage is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn audio(
     State(context): State<ApiContext>,

@@ -9,6 +9,9 @@
 //! - `system`: dialects, health, readiness, metrics.
 //! - [`ops`]: `/metrics`, `/health`, `/ready` over any set of dependencies,
 //!   also served alone by a worker.
+//! - `listing`: a tenant's task list and cancellation.
+//! - `speech`: the OpenAI-compatible `POST /v1/audio/speech`.
+//! - [`openapi`]: the OpenAPI document, served at `/openapi.json`.
 //! - `system`: dialects, health, readiness.
 //! - `admin`: tenants and keys over HTTP, behind the admin token.
 //! - `usage`: a tenant's own usage.
@@ -17,11 +20,14 @@
 
 pub mod content;
 pub mod error;
+pub mod openapi;
 pub mod ops;
 
 mod admin;
 mod auth;
 mod jobs;
+mod listing;
+mod speech;
 mod system;
 mod usage;
 mod view;
@@ -31,7 +37,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -68,6 +74,8 @@ pub struct ApiContext {
     pub admin_token: Option<Arc<admin::TokenDigest>>,
     /// Patterns a job's text must not match.
     pub content_filter: Arc<content::ContentFilter>,
+    /// OpenAI voice names to dialects, for `/v1/audio/speech`.
+    pub speech: Arc<ttsq_config::SpeechSettings>,
 }
 
 impl ApiContext {
@@ -80,6 +88,17 @@ impl ApiContext {
         providers: Arc<ttsq_providers::Router>,
     ) -> Result<Self, ttsq_queue::QueueError> {
         let publisher = broker.publisher().await?;
+        if providers
+            .catalog()
+            .get(&settings.speech.default_dialect)
+            .is_none()
+        {
+            tracing::warn!(
+                dialect = %settings.speech.default_dialect,
+                "speech.default_dialect (TTSQ_SPEECH_DEFAULT_DIALECT) is not served by any provider; \
+                 /v1/audio/speech refuses voices that fall back to it"
+            );
+        }
         Ok(Self {
             store,
             broker,
@@ -102,6 +121,7 @@ impl ApiContext {
                 content::ContentFilter::new(&settings.limits.blocked_patterns)
                     .expect("blocked patterns were validated with the settings"),
             ),
+            speech: Arc::new(settings.speech.clone()),
         })
     }
 }
@@ -131,6 +151,11 @@ pub fn router(context: ApiContext) -> Router {
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/metrics", get(system::metrics))
+        // Clients (issue 9): listing, cancelling, OpenAI speech, the document.
+        .route("/v1/tts/jobs", get(listing::list))
+        .route("/v1/tts/jobs/{id}", delete(listing::cancel))
+        .route("/v1/audio/speech", post(speech::speech))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(TraceLayer::new_for_http())

@@ -9,37 +9,59 @@ use uuid::Uuid;
 use crate::{ApiContext, ApiError};
 
 /// A task as clients see it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TaskView {
+    /// Task id.
     task_id: Uuid,
+    /// Where the task is in its life.
     status: TaskStatus,
+    /// `normal` or `high`.
     priority: String,
+    /// Dialect id.
     dialect: String,
+    /// Voice id.
     voice: String,
+    /// Audio format.
     format: String,
+    /// Characters of the normalised text.
     characters: i32,
+    /// Served from stored audio, not billed.
     cache_hit: bool,
+    /// Presigned URL of the audio, once succeeded.
     audio_url: Option<String>,
+    /// SHA-256 of the audio bytes.
     audio_sha256: Option<String>,
+    /// Size of the audio in bytes.
     audio_bytes: Option<i64>,
+    /// Playing time of the audio.
     duration_ms: Option<i32>,
+    /// Why it failed or was cancelled.
     error: Option<TaskErrorView>,
+    /// Times a worker claimed it.
     attempts: i32,
+    /// The client's metadata, as given.
     metadata: Option<serde_json::Value>,
+    /// Where to poll it.
     status_url: String,
+    /// Accepted at.
     created_at: DateTime<Utc>,
+    /// First claimed at.
     started_at: Option<DateTime<Utc>>,
+    /// Reached a terminal state at.
     finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+/// Why a task failed.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TaskErrorView {
+    /// Stable error code.
     code: String,
+    /// What happened, for a person.
     message: String,
 }
 
 /// The body of a `202 Accepted`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AcceptedView {
     /// The task created (or found by idempotency key).
     pub task_id: Uuid,

@@ -49,6 +49,8 @@ pub struct Settings {
     pub quota: QuotaSharingSettings,
     /// Per-provider circuit breakers.
     pub breaker: BreakerSettings,
+    /// The OpenAI-compatible `POST /v1/audio/speech` endpoint.
+    pub speech: SpeechSettings,
     /// Upstream providers by name.
     pub providers: BTreeMap<String, ProviderSettings>,
     /// Dialect patterns to provider chains, first match wins.
@@ -83,6 +85,16 @@ pub struct QuotaSharingSettings {
     pub high_priority_share: f64,
     /// Fraction of each vendor limit aimed for (headroom for jitter).
     pub target_utilisation: f64,
+}
+
+/// How `POST /v1/audio/speech` maps OpenAI voice names onto dialects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeechSettings {
+    /// Dialect for a `voice` that is neither in `voices` nor a dialect id.
+    pub default_dialect: String,
+    /// OpenAI voice name → `dialect` or `dialect/voice`.
+    pub voices: BTreeMap<String, String>,
 }
 
 /// When a provider's circuit breaker opens and for how long.

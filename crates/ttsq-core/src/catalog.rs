@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::job::AudioFormat;
 
 /// What one dialect offers and which providers serve it, in fallback order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DialectInfo {
     /// Stable id clients send as `dialect` (`en-gb`, `yue`, …).
     pub id: String,

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// One problem with one field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// JSON path of the offending field (`text`, `speed`, `metadata`, …);
     /// empty when the problem is with the body as a whole.

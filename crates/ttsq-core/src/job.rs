@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Output audio encodings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AudioFormat {
     /// MPEG-1 Layer III; the default.
@@ -74,7 +74,7 @@ impl FromStr for AudioFormat {
 }
 
 /// How a job is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// Through the queue and a worker; the default.
@@ -128,22 +128,27 @@ pub const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.5..=2.0;
 
 /// A job exactly as a client sent it. Every field is optional here so that a
 /// missing field gets our own clear message rather than a parser's.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// Text to speak.
+    #[schema(required = true, value_type = String, min_length = 1, example = "Hello there.")]
     pub text: Option<String>,
     /// Dialect id from the catalog.
+    #[schema(required = true, value_type = String, example = "en-gb")]
     pub dialect: Option<String>,
     /// Voice id of that dialect.
     pub voice: Option<String>,
     /// Speaking rate factor.
+    #[schema(minimum = 0.5, maximum = 2.0, example = 1.0)]
     pub speed: Option<f64>,
     /// Emotion, where the dialect offers any.
     pub emotion: Option<String>,
     /// Output format name.
+    #[schema(value_type = Option<AudioFormat>)]
     pub format: Option<String>,
     /// `normal` or `high`.
+    #[schema(value_type = Option<Priority>)]
     pub priority: Option<String>,
     /// URL told of the terminal state.
     pub callback_url: Option<String>,
@@ -287,7 +292,10 @@ impl Job {
 
         if let Some(url) = request.callback_url.as_deref() {
             let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
-            if !scheme_ok || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+            if !scheme_ok
+                || url.len() > 2048
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 errors.push(
                     "callback_url",
                     "must be an http(s) URL of at most 2048 characters",
@@ -297,7 +305,10 @@ impl Job {
 
         if let Some(metadata) = &request.metadata {
             let size = metadata.to_string().len();
-            if size > limits.max_metadata_bytes {
+            if contains_nul(metadata) {
+                // Postgres cannot store U+0000 in jsonb (or text).
+                errors.push("metadata", "must not contain the character U+0000");
+            } else if size > limits.max_metadata_bytes {
                 errors.push(
                     "metadata",
                     format!(
@@ -390,6 +401,17 @@ impl Job {
             provider_route,
             hash,
         })
+    }
+}
+
+/// Whether any string or key of `value` holds U+0000.
+fn contains_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
     }
 }
 
@@ -529,6 +551,14 @@ mod tests {
             (
                 json!({"text": "hi", "dialect": "en-gb", "metadata": {"k": "v".repeat(5000)}}),
                 "metadata",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "metadata": {"a\0": [1, "\0"]}}),
+                "metadata",
+            ),
+            (
+                json!({"text": "hi", "dialect": "en-gb", "callback_url": "https://x/\0"}),
+                "callback_url",
             ),
             (json!({"text": 42, "dialect": "en-gb"}), "text"),
             (

@@ -124,7 +124,7 @@ pub struct TenantUpdate {
 }
 
 /// A tenant with its limits, as operators see it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct TenantInfo {
     /// Tenant id.
     pub id: Uuid,
@@ -151,7 +151,7 @@ const TENANT_SELECT: &str = "SELECT t.id, t.name, t.currency, t.daily_characters
     FROM tenants t";
 
 /// An API key as operators see it: never the key itself.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// Key id.
     pub id: Uuid,

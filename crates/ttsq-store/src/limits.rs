@@ -36,7 +36,7 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_secs(5);
 pub const WARN_FRACTION: f64 = 0.8;
 
 /// One of a tenant's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     /// Characters per UTC day.
@@ -65,7 +65,7 @@ impl fmt::Display for LimitKind {
 }
 
 /// How much of one limit is in use.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct LimitUsage {
     /// Which limit.
     pub limit: LimitKind,

@@ -18,7 +18,7 @@ pub enum UsagePeriod {
 
 /// One row of a finance view: a tenant's usage of one provider and dialect
 /// in one period and currency.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     /// Tenant name.
     pub tenant: String,

@@ -1,6 +1,7 @@
 //! `ttsq`: parse the command line, load settings, run the chosen command.
 
 mod cli_admin;
+mod cli_client;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -71,6 +72,29 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Speak a text through a running API and save the audio:
+    /// `ttsq say "Hello" --dialect en-gb -o hello.mp3 [--priority high]`.
+    ///
+    /// Client commands (say, batch, jobs, dialects) reach the API at
+    /// TTSQ_URL (or --url) with the key in TTSQ_API_KEY (or --api-key).
+    Say(cli_client::SayArgs),
+    /// Synthesize a JSON Lines file of jobs into a directory:
+    /// `ttsq batch jobs.jsonl --out dir/`.
+    ///
+    /// Each line is one job with an `id` and the job's fields, e.g.
+    /// {"id": "intro", "text": "Welcome.", "dialect": "en-gb", "format": "wav"}.
+    /// Writes dir/{id}.{ext} and dir/results.jsonl (one line per job: status,
+    /// task id, file, error). Rerunning resumes: finished lines are skipped,
+    /// and every submission carries an Idempotency-Key derived from the
+    /// line's id and content, so nothing is synthesized twice. Exits non-zero
+    /// if any job failed.
+    Batch(cli_client::BatchArgs),
+    /// List, show or cancel your tasks.
+    Jobs(cli_client::JobsArgs),
+    /// List the dialects the API serves, with voices, formats and providers.
+    Dialects(cli_client::DialectsArgs),
+    /// Print the API's OpenAPI 3.1 document (as committed in docs/openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -147,9 +171,18 @@ async fn run(
         }
         return Ok(());
     }
+    // Client commands talk to a running API; they need no server settings.
+    let command = match cli.command {
+        Command::Say(args) => return cli_client::say(args).await,
+        Command::Batch(args) => return cli_client::batch(args).await,
+        Command::Jobs(args) => return cli_client::jobs(args).await,
+        Command::Dialects(args) => return cli_client::dialects(args).await,
+        Command::Openapi => return cli_client::openapi(),
+        other => other,
+    };
     let settings =
         Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
-    let service = match cli.command {
+    let service = match command {
         Command::Api => "ttsq-api",
         Command::Worker => "ttsq-worker",
         Command::All => "ttsq-all",
@@ -160,9 +193,9 @@ async fn run(
         &ttsq::observability::trace_settings(service),
     ));
 
-    match cli.command {
+    match command {
         Command::Api | Command::Worker | Command::All => {
-            let role = match cli.command {
+            let role = match command {
                 Command::Api => ReplicaRole::Api,
                 Command::Worker => ReplicaRole::Worker,
                 _ => ReplicaRole::All,
@@ -201,7 +234,12 @@ async fn run(
         }
         Command::Dlq { command } => dlq(&settings, command).await,
         Command::Usage(args) => cli_admin::usage(&migrated_store(&settings).await?, args).await,
-        Command::Config { .. } => unreachable!("handled before settings are loaded"),
+        Command::Config { .. }
+        | Command::Say(_)
+        | Command::Batch(_)
+        | Command::Jobs(_)
+        | Command::Dialects(_)
+        | Command::Openapi => unreachable!("handled before settings are loaded"),
     }
 }
 

@@ -1,0 +1,188 @@
+//! A tenant's own tasks: list them newest first, cancel one still queued.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use ttsq_core::TaskStatus;
+use ttsq_store::{Cancellation, TaskCursor};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    ApiContext, ApiError, auth::Caller, error::Problem, jobs::parse_task_id, view::TaskView,
+};
+
+/// Page size when `limit` is not given.
+const DEFAULT_LIMIT: u32 = 50;
+/// Largest page a client may ask for.
+const MAX_LIMIT: u32 = 200;
+
+/// Query of `GET /v1/tts/jobs`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskStatus>)]
+    status: Option<String>,
+    /// Tasks per page, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page, as given.
+    cursor: Option<String>,
+}
+
+/// One page of `GET /v1/tts/jobs`.
+#[derive(Serialize, ToSchema)]
+pub struct TaskListView {
+    /// The tasks, newest first.
+    jobs: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/tts/jobs`: the tenant's tasks, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tts/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of tasks, newest first", body = TaskListView),
+        (status = 400, description = "Invalid `status`, `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id))]
+pub async fn list(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<TaskListView>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::field("", e.body_text()))?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<TaskStatus>().map_err(|_| {
+                ApiError::field(
+                    "status",
+                    "must be one of queued, processing, succeeded, failed, cancelled",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::field(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let page = context
+        .store
+        .list_tasks(caller.0.tenant_id, status, cursor, limit)
+        .await?;
+    let mut jobs = Vec::with_capacity(page.tasks.len());
+    for row in page.tasks {
+        jobs.push(TaskView::render(&context, row).await?);
+    }
+    Ok(Json(TaskListView {
+        jobs,
+        next_cursor: page.next.map(encode_cursor),
+    }))
+}
+
+/// The cursor is opaque to clients: the hex of the sort key of the last
+/// task shown, `created_at` in microseconds (8 bytes) and its id (16).
+fn encode_cursor(cursor: TaskCursor) -> String {
+    let mut bytes = cursor.created_at.timestamp_micros().to_be_bytes().to_vec();
+    bytes.extend_from_slice(cursor.id.as_bytes());
+    hex::encode(bytes)
+}
+
+fn decode_cursor(raw: &str) -> Result<TaskCursor, ApiError> {
+    let invalid = || ApiError::field("cursor", "is not a cursor this API returned");
+    let bytes = hex::decode(raw).map_err(|_| invalid())?;
+    let (micros, id) = bytes
+        .split_first_chunk::<8>()
+        .filter(|(_, id)| id.len() == 16)
+        .ok_or_else(invalid)?;
+    let created_at =
+        DateTime::<Utc>::from_timestamp_micros(i64::from_be_bytes(*micros)).ok_or_else(invalid)?;
+    let id = Uuid::from_slice(id).map_err(|_| invalid())?;
+    Ok(TaskCursor { created_at, id })
+}
+
+/// `DELETE /v1/tts/jobs/{id}`: cancels a task that is still `queued`.
+#[utoipa::path(
+    delete,
+    path = "/v1/tts/jobs/{id}",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Task id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Cancelled; the task as it is now", body = TaskView),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task is no longer queued", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn cancel(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_task_id(&id)?;
+    match context.store.cancel_task(caller.0.tenant_id, id).await? {
+        Cancellation::Cancelled(row) => Ok(Json(TaskView::render(&context, row).await?)),
+        Cancellation::TooLate(row) => Err(ApiError::Conflict(format!(
+            "the task is {}; only a queued task can be cancelled",
+            row.status()
+        ))),
+        Cancellation::NotFound => Err(ApiError::NotFound("task")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_survives_its_round_trip() {
+        let cursor = TaskCursor {
+            created_at: DateTime::from_timestamp_micros(1_763_900_000_123_456).expect("in range"),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(
+            decode_cursor(&encode_cursor(cursor)).expect("decodes"),
+            cursor
+        );
+    }
+
+    #[test]
+    fn a_forged_cursor_is_a_bad_request() {
+        let too_long = "ab".repeat(25);
+        let far_future = format!("{}{}", hex::encode(i64::MAX.to_be_bytes()), "00".repeat(16));
+        for raw in ["", "zz", "abcd", too_long.as_str(), far_future.as_str()] {
+            assert!(
+                matches!(decode_cursor(raw), Err(ApiError::Validation(_))),
+                "{raw}"
+            );
+        }
+    }
+}

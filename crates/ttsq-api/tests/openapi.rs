@@ -1,0 +1,232 @@
+//! The committed OpenAPI document (`docs/openapi.json`) is the one the code
+//! generates. Regenerate it with `UPDATE_OPENAPI=1` on this test, or
+//! `ttsq openapi > docs/openapi.json`.
+
+use std::path::PathBuf;
+
+fn committed_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")
+}
+
+#[test]
+fn the_committed_openapi_document_matches_the_code() {
+    let generated = ttsq_api::openapi::document_json();
+    let path = committed_path();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).expect("docs/openapi.json is writable");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is out of date with the code; regenerate it with \
+         `UPDATE_OPENAPI=1 cargo nextest run -p ttsq-api --test openapi` \
+         (or `ttsq openapi > docs/openapi.json`) and commit it"
+    );
+}
+
+#[test]
+fn the_document_is_openapi_3_1_and_covers_every_route_and_the_error_shapes() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1"))
+    );
+    let routes = [
+        ("post", "/v1/tts/jobs"),
+        ("get", "/v1/tts/jobs"),
+        ("get", "/v1/tts/jobs/{id}"),
+        ("delete", "/v1/tts/jobs/{id}"),
+        ("get", "/v1/tts/jobs/{id}/audio"),
+        ("get", "/v1/dialects"),
+        ("post", "/v1/audio/speech"),
+        ("get", "/health"),
+        ("get", "/ready"),
+        ("get", "/openapi.json"),
+    ];
+    for (method, path) in routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    let schemas = &doc["components"]["schemas"];
+    for schema in [
+        "Problem",
+        "FieldError",
+        "TaskView",
+        "OpenAiError",
+        "JobRequest",
+    ] {
+        assert!(schemas[schema].is_object(), "schema {schema} is missing");
+    }
+    let not_found = &doc["paths"]["/v1/tts/jobs/{id}"]["get"]["responses"]["404"]["content"];
+    assert_eq!(
+        not_found["application/problem+json"]["schema"]["$ref"],
+        "#/components/schemas/Problem"
+    );
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+/// The sources whose routers make up the API: `lib.rs` and every module it
+/// merges in with `.merge(module::routes())`.
+const ROUTER_SOURCES: [(&str, &str); 2] = [
+    ("lib", include_str!("../src/lib.rs")),
+    ("admin", include_str!("../src/admin.rs")),
+];
+
+/// Every method of every `.route("path", get(…).post(…))` call in `source`.
+fn routes_in(source: &str) -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    for call in source.split(".route(").skip(1) {
+        let Some((path, rest)) = call
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(|c| c.split_once('"'))
+        else {
+            continue;
+        };
+        // The arguments of this call: up to its closing parenthesis.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let args = &rest[..end];
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let needle = format!("{method}(");
+            let calls = args.match_indices(&needle).filter(|(i, _)| {
+                args[..*i]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !(c.is_alphanumeric() || c == '_'))
+            });
+            for _ in calls {
+                routes.push((method.to_owned(), path.to_owned()));
+            }
+        }
+    }
+    routes
+}
+
+/// Every route of the router (in `lib.rs` and the routers it merges) is in
+/// the document, so a new route cannot ship undocumented.
+#[test]
+fn every_route_of_the_router_is_documented() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    // A router merged from a module this test does not read would escape it.
+    let lib = ROUTER_SOURCES[0].1;
+    for merged in lib.split(".merge(").skip(1) {
+        let module = merged.split("::").next().unwrap_or_default().trim();
+        assert!(
+            ROUTER_SOURCES.iter().any(|(name, _)| *name == module),
+            "lib.rs merges `{module}::routes()`; add src/{module}.rs to ROUTER_SOURCES"
+        );
+    }
+    let mut checked = 0;
+    for (module, source) in ROUTER_SOURCES {
+        let routes = routes_in(source);
+        assert!(!routes.is_empty(), "found no routes in {module}.rs");
+        for (method, path) in routes {
+            assert!(
+                doc["paths"][&path][&method].is_object(),
+                "the router serves {method} {path} ({module}.rs), but docs/openapi.json does not \
+                 document it: annotate its handler with #[utoipa::path] and list it in openapi.rs"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 21, "found only {checked} routes");
+}
+
+#[test]
+fn the_route_scanner_reads_chained_methods_across_lines() {
+    let source = r#"Router::new()
+        .route("/a", get(list).post(create))
+        .route(
+            "/a/{id}",
+            get(one).patch(update),
+        )
+        .route("/b", delete(remove))
+        .fallback(other)"#;
+    let routes = routes_in(source);
+    let pairs: Vec<(&str, &str)> = routes
+        .iter()
+        .map(|(m, p)| (m.as_str(), p.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("get", "/a"),
+            ("post", "/a"),
+            ("get", "/a/{id}"),
+            ("patch", "/a/{id}"),
+            ("delete", "/b"),
+        ]
+    );
+}
+
+/// The admin API, the tenant limits and the content filter are documented
+/// with their own security scheme and problem shapes.
+#[test]
+fn admin_limits_and_content_refusals_are_documented() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["admin_token"]["scheme"], "bearer");
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let scheme = if path.starts_with("/v1/admin/") {
+                Some("admin_token")
+            } else if path.starts_with("/v1/") {
+                Some("bearer")
+            } else {
+                None
+            };
+            if let Some(scheme) = scheme {
+                assert!(
+                    op["security"][0][scheme].is_array(),
+                    "{method} {path} does not require {scheme}"
+                );
+            }
+        }
+    }
+    for path in ["/v1/tts/jobs", "/v1/audio/speech"] {
+        let limited = &doc["paths"][path]["post"]["responses"]["429"];
+        assert!(
+            limited["headers"]["Retry-After"].is_object(),
+            "{path}: 429 without Retry-After"
+        );
+    }
+    let limited = &doc["paths"]["/v1/tts/jobs"]["post"]["responses"]["429"]["content"];
+    assert_eq!(
+        limited["application/problem+json"]["schema"]["$ref"],
+        "#/components/schemas/LimitProblem"
+    );
+    let limit_fields = &doc["components"]["schemas"]["LimitProblem"]["allOf"][1]["properties"];
+    for field in ["limit", "limit_value", "usage", "requested", "retry_after"] {
+        assert!(
+            limit_fields[field].is_object(),
+            "LimitProblem lacks {field}"
+        );
+    }
+    assert!(doc["paths"]["/v1/tts/jobs"]["post"]["responses"]["422"].is_object());
+    assert!(
+        doc["paths"]["/v1/audio/speech"]["post"]["responses"]["400"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("content_rejected"))
+    );
+}
