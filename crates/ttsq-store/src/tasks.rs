@@ -73,7 +73,7 @@ impl TaskRow {
     }
 }
 
-const TASK_SELECT: &str =
+pub(crate) const TASK_SELECT: &str =
     "SELECT t.id, t.tenant_id, t.status, t.priority, t.dialect, t.voice, t.format,
         t.characters, t.cache_hit, t.content_hash, t.provider, t.error_code, t.error_message,
         t.attempts, t.metadata, t.created_at, t.started_at, t.finished_at,
@@ -221,7 +221,7 @@ impl OutcomeColumns {
 
 /// Ledger rows for the tasks a CTE named `done` just finished. Characters
 /// are billable only when audio was synthesized for that very task.
-const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
+pub(crate) const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
         (task_id, tenant_id, key_prefix, provider, dialect, voice, status, characters,
          billable_characters, cache_hit, cost, currency, submitted_at)
     SELECT id, tenant_id, key_prefix, provider, dialect, voice, status, characters, billable, cache_hit,
@@ -500,7 +500,7 @@ async fn insert_task<'e>(
     Ok(row.is_some())
 }
 
-async fn finish<'e>(
+pub(crate) async fn finish<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     finished: &[FinishedTask],
 ) -> Result<u64, StoreError> {
