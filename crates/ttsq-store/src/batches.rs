@@ -126,6 +126,8 @@ pub struct BatchAudio {
     pub s3_key: String,
     /// Format name.
     pub format: String,
+    /// Playing time.
+    pub duration_ms: i32,
 }
 
 /// The result of joining a batch's audio, for [`Store::finish_concatenation`].
@@ -457,7 +459,7 @@ impl Store {
     /// The stored audio of a batch's succeeded items, in batch order.
     pub async fn batch_audio(&self, id: Uuid) -> Result<Vec<BatchAudio>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT t.batch_index, a.s3_key, a.format
+            "SELECT t.batch_index, a.s3_key, a.format, a.duration_ms
                FROM tasks t JOIN audio_objects a ON a.hash = t.audio_hash
               WHERE t.batch_id = $1 AND t.status = 'succeeded'
               ORDER BY t.batch_index",
