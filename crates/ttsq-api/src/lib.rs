@@ -12,6 +12,8 @@
 //! - `system`: dialects, health, readiness.
 //! - `admin`: tenants and keys over HTTP, behind the admin token.
 //! - `usage`: a tenant's own usage.
+//! - `batches`: batch submission, status with paginated items, cancel.
+//! - [`webhooks`]: webhook targets at submission; tenants' webhook settings.
 //! - [`content`]: the optional content filter.
 //! - [`error`]: [`ApiError`] and its problem+json rendering.
 
@@ -21,10 +23,12 @@ pub mod ops;
 
 mod admin;
 mod auth;
+mod batches;
 mod jobs;
 mod system;
 mod usage;
 mod view;
+pub mod webhooks;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -68,6 +72,8 @@ pub struct ApiContext {
     pub admin_token: Option<Arc<admin::TokenDigest>>,
     /// Patterns a job's text must not match.
     pub content_filter: Arc<content::ContentFilter>,
+    /// Webhook targets: enabled or not, the SSRF guard, secrets.
+    pub webhooks: Arc<webhooks::WebhookApi>,
 }
 
 impl ApiContext {
@@ -102,6 +108,7 @@ impl ApiContext {
                 content::ContentFilter::new(&settings.limits.blocked_patterns)
                     .expect("blocked patterns were validated with the settings"),
             ),
+            webhooks: Arc::new(webhooks::WebhookApi::new(settings)),
         })
     }
 }
@@ -125,6 +132,16 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/tts/jobs", post(jobs::submit))
         .route("/v1/tts/jobs/{id}", get(jobs::get))
         .route("/v1/tts/jobs/{id}/audio", get(jobs::audio))
+        // Batches and webhooks (issue 10).
+        .route(
+            "/v1/tts/batches",
+            post(batches::submit).layer(DefaultBodyLimit::max(batches::batch_body_limit(max_body))),
+        )
+        .route(
+            "/v1/tts/batches/{id}",
+            get(batches::get).delete(batches::cancel),
+        )
+        .merge(webhooks::admin_routes())
         .route("/v1/dialects", get(system::dialects))
         .route("/v1/usage", get(usage::usage))
         .merge(admin::routes())
