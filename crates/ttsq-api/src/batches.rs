@@ -120,7 +120,10 @@ pub async fn submit(
     if let Some(url) = &request.callback_url {
         context.webhooks.check_target("callback_url", url).await?;
     }
-    if jobs.iter().any(|job| context.content_filter.blocks(&job.text)) {
+    if jobs
+        .iter()
+        .any(|job| context.content_filter.blocks(&job.text))
+    {
         tracing::info!("batch refused by the content filter");
         return Err(ApiError::ContentRejected);
     }
@@ -139,13 +142,15 @@ pub async fn submit(
             task_id: Uuid::now_v7(),
             job,
             custom_id: custom_id.as_deref(),
-            cached: cached.get(job.hash.as_str()).map(|object| TaskOutcome::Succeeded {
-                audio_hash: object.hash.clone(),
-                cache_hit: true,
-                provider: object.provider.clone(),
-                price_per_1k: 0.0,
-                currency: context.providers.currency(&object.provider).to_owned(),
-            }),
+            cached: cached
+                .get(job.hash.as_str())
+                .map(|object| TaskOutcome::Succeeded {
+                    audio_hash: object.hash.clone(),
+                    cache_hit: true,
+                    provider: object.provider.clone(),
+                    price_per_1k: 0.0,
+                    currency: context.providers.currency(&object.provider).to_owned(),
+                }),
         })
         .collect();
     let to_publish: Vec<(Uuid, &str)> = items
@@ -324,18 +329,13 @@ async fn find_batch(
 }
 
 async fn summary(context: &ApiContext, batch: &BatchRow) -> Result<Value, ApiError> {
-    ttsq_worker::batches::batch_summary(
-        &context.store,
-        &context.audio,
-        &context.public_url,
-        batch,
-    )
-    .await
-    .map_err(|err| match err {
-        ttsq_worker::batches::JoinError::Store(e) => e.into(),
-        ttsq_worker::batches::JoinError::Storage(e) => e.into(),
-        other => ApiError::internal(other),
-    })
+    ttsq_worker::batches::batch_summary(&context.store, &context.audio, &context.public_url, batch)
+        .await
+        .map_err(|err| match err {
+            ttsq_worker::batches::JoinError::Store(e) => e.into(),
+            ttsq_worker::batches::JoinError::Storage(e) => e.into(),
+            other => ApiError::internal(other),
+        })
 }
 
 /// Query of `GET /v1/tts/batches/{id}`.
@@ -398,8 +398,9 @@ pub async fn get(
         }));
     }
     let next_cursor = match rows.last() {
-        Some(last) if i64::try_from(rows.len()).unwrap_or(0) == limit
-            && last.batch_index + 1 < batch.items =>
+        Some(last)
+            if i64::try_from(rows.len()).unwrap_or(0) == limit
+                && last.batch_index + 1 < batch.items =>
         {
             Some(last.batch_index.to_string())
         }

@@ -90,9 +90,11 @@ struct SetWebhook {
 }
 
 fn secret_response(context: &ApiContext, settings: &TenantWebhook) -> Result<Response, ApiError> {
-    let key = context.webhooks.signing_key.as_ref().ok_or_else(|| {
-        ApiError::Conflict("webhooks are not enabled on this server".into())
-    })?;
+    let key = context
+        .webhooks
+        .signing_key
+        .as_ref()
+        .ok_or_else(|| ApiError::Conflict("webhooks are not enabled on this server".into()))?;
     let mut response = Json(json!({
         "tenant_id": settings.tenant_id,
         "webhook_url": settings.webhook_url,

@@ -85,7 +85,10 @@ impl WebhookSettings {
 
     /// [`Self::allow_private`] parsed as (network address, prefix length).
     pub fn allowed_networks(&self) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
-        self.allow_private.iter().map(|raw| parse_cidr(raw)).collect()
+        self.allow_private
+            .iter()
+            .map(|raw| parse_cidr(raw))
+            .collect()
     }
 }
 

@@ -534,7 +534,12 @@ impl Publisher {
         self.broker.is_connected()
     }
 
-    pub(crate) async fn send(&self, queue: &str, body: &[u8], headers: FieldTable) -> Result<(), QueueError> {
+    pub(crate) async fn send(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), QueueError> {
         let channel = self.channel().await?;
         let result = publish_confirmed(&channel, queue, body, headers).await;
         if result.is_err() && !channel.status().connected() {

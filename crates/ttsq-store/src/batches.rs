@@ -146,7 +146,8 @@ pub enum Concatenated {
     Failed(String),
 }
 
-const BATCH_COLUMNS: &str = "id, tenant_id, status, items, open_items, concatenate, concatenated_key,
+const BATCH_COLUMNS: &str =
+    "id, tenant_id, status, items, open_items, concatenate, concatenated_key,
     concatenated_bytes, concatenated_duration_ms, concatenate_error, callback_url, metadata,
     created_at, cancelled_at, completed_at";
 
@@ -343,10 +344,11 @@ impl Store {
             .get_batch(tenant_id, id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("batch {id}")))?;
-        let ids = sqlx::query_scalar("SELECT id FROM tasks WHERE batch_id = $1 ORDER BY batch_index")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
+        let ids =
+            sqlx::query_scalar("SELECT id FROM tasks WHERE batch_id = $1 ORDER BY batch_index")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
         Ok((row, ids, false))
     }
 

@@ -38,6 +38,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
+pub use batches::{BatchAudio, BatchItemRow, BatchRow, Concatenated, NewBatch, NewBatchItem};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use outbox::Unpublished;
@@ -46,7 +47,6 @@ pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
-pub use batches::{BatchAudio, BatchItemRow, BatchRow, Concatenated, NewBatch, NewBatchItem};
 pub use webhooks::{AttemptOutcome, TenantWebhook, WebhookDelivery};
 
 /// Why a store operation failed.

@@ -77,10 +77,8 @@ impl Store {
               WHERE status = 'pending' AND published_at IS NULL
               ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
-        let rows: Vec<WebhookDelivery> = sqlx::query_as(&sql)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows: Vec<WebhookDelivery> =
+            sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -155,7 +155,11 @@ fn without_info_frame(bytes: &[u8]) -> &[u8] {
     };
     let frame = &rest[..length.min(rest.len())];
     let tagged = frame.windows(4).any(|w| w == b"Xing" || w == b"Info");
-    if tagged { &rest[length.min(rest.len())..] } else { rest }
+    if tagged {
+        &rest[length.min(rest.len())..]
+    } else {
+        rest
+    }
 }
 
 /// Length of the MPEG audio Layer III frame at the start of `bytes`.
@@ -167,7 +171,9 @@ fn frame_length(bytes: &[u8]) -> Option<usize> {
     let bitrate_index = usize::from(bytes[2] >> 4);
     let rate_index = usize::from((bytes[2] >> 2) & 0x3);
     let padding = usize::from((bytes[2] >> 1) & 0x1);
-    const MPEG1: [usize; 15] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+    const MPEG1: [usize; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
     const MPEG2: [usize; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
     let (kbps, rates, per_frame) = match version {
         3 => (MPEG1.get(bitrate_index)?, [44_100, 48_000, 32_000], 144),
@@ -191,16 +197,11 @@ pub async fn batch_summary(
     public_url: &str,
     batch: &BatchRow,
 ) -> Result<Value, JoinError> {
-    let mut counts: BTreeMap<&str, i64> = [
-        "queued",
-        "processing",
-        "succeeded",
-        "failed",
-        "cancelled",
-    ]
-    .into_iter()
-    .map(|s| (s, 0))
-    .collect();
+    let mut counts: BTreeMap<&str, i64> =
+        ["queued", "processing", "succeeded", "failed", "cancelled"]
+            .into_iter()
+            .map(|s| (s, 0))
+            .collect();
     let stored = store.batch_counts(batch.id).await?;
     for (status, n) in &stored {
         if let Some(slot) = counts.get_mut(status.as_str()) {

@@ -86,7 +86,9 @@ impl TargetGuard {
             return Err(TargetRefused::Malformed);
         }
         let host = url.host_str().ok_or(TargetRefused::Malformed)?.to_owned();
-        let port = url.port_or_known_default().ok_or(TargetRefused::Malformed)?;
+        let port = url
+            .port_or_known_default()
+            .ok_or(TargetRefused::Malformed)?;
         let literal = host.trim_start_matches('[').trim_end_matches(']');
         let (domain, addrs) = match literal.parse::<IpAddr>() {
             Ok(ip) => (None, vec![SocketAddr::new(ip, port)]),
@@ -181,8 +183,8 @@ pub fn tenant_secret(signing_key: &SecretString, tenant_id: Uuid, version: i32) 
 pub fn signature_header(secrets: &[String], timestamp: i64, body: &[u8]) -> String {
     let mut header = format!("t={timestamp}");
     for secret in secrets {
-        let mut mac = HmacSha256::new_from_slice(secret.as_bytes())
-            .expect("HMAC accepts any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
@@ -311,7 +313,11 @@ async fn sweep(context: &WebhookContext) {
                         delivery_id: event.id,
                         attempt: u32::try_from(event.attempts).unwrap_or(0) + 1,
                     };
-                    active.publish_webhook(&message).await.ok().map(|()| event.id)
+                    active
+                        .publish_webhook(&message)
+                        .await
+                        .ok()
+                        .map(|()| event.id)
                 }
             })
             .await;
@@ -357,9 +363,11 @@ async fn deliver(context: &WebhookContext, queued: QueuedDelivery) {
             Some(format!("the receiver answered {code}")),
             AttemptOutcome::Retrying,
         ),
-        Err(AttemptError::Refused(reason)) => {
-            (None, Some(format!("target refused: {reason}")), AttemptOutcome::Failed)
-        }
+        Err(AttemptError::Refused(reason)) => (
+            None,
+            Some(format!("target refused: {reason}")),
+            AttemptOutcome::Failed,
+        ),
         Err(AttemptError::Failed(reason)) => (None, Some(reason), AttemptOutcome::Retrying),
     };
     let outcome = if outcome == AttemptOutcome::Retrying && message.attempt as usize >= max_attempts
@@ -381,7 +389,10 @@ async fn deliver(context: &WebhookContext, queued: QueuedDelivery) {
         AttemptOutcome::Delivered => tracing::info!(status = code, "webhook delivered"),
         AttemptOutcome::Failed => tracing::warn!(error = error.as_deref(), "webhook given up"),
         AttemptOutcome::Retrying => {
-            tracing::info!(error = error.as_deref(), "webhook attempt failed; retrying later");
+            tracing::info!(
+                error = error.as_deref(),
+                "webhook attempt failed; retrying later"
+            );
             let next = WebhookMessage {
                 delivery_id: event.id,
                 attempt: message.attempt + 1,
@@ -406,7 +417,10 @@ enum AttemptError {
 }
 
 /// Checks the target, builds, signs and POSTs the payload; the status code.
-async fn attempt_once(context: &WebhookContext, event: &WebhookDelivery) -> Result<u16, AttemptError> {
+async fn attempt_once(
+    context: &WebhookContext,
+    event: &WebhookDelivery,
+) -> Result<u16, AttemptError> {
     let target = context
         .guard
         .check(&event.target_url)
@@ -528,10 +542,9 @@ async fn task_view(context: &WebhookContext, row: TaskRow) -> Result<Value, Stri
         ),
         _ => None,
     };
-    let error = row
-        .error_code
-        .as_ref()
-        .map(|code| json!({"code": code, "message": row.error_message.clone().unwrap_or_default()}));
+    let error = row.error_code.as_ref().map(
+        |code| json!({"code": code, "message": row.error_message.clone().unwrap_or_default()}),
+    );
     Ok(json!({
         "task_id": row.id,
         "status": status,
@@ -595,7 +608,10 @@ mod tests {
         let v6 = ("::1".parse().unwrap(), 128);
         assert!(in_network("::1".parse().unwrap(), v6));
         assert!(!in_network("::2".parse().unwrap(), v6));
-        assert!(in_network("10.0.0.1".parse().unwrap(), ("0.0.0.0".parse().unwrap(), 0)));
+        assert!(in_network(
+            "10.0.0.1".parse().unwrap(),
+            ("0.0.0.0".parse().unwrap(), 0)
+        ));
     }
 
     #[test]
@@ -606,7 +622,10 @@ mod tests {
         assert_eq!(parts.len(), 3);
         let mut mac = HmacSha256::new_from_slice(b"a").unwrap();
         mac.update(b"1700000000.{}");
-        assert_eq!(parts[1], format!("v1={}", hex::encode(mac.finalize().into_bytes())));
+        assert_eq!(
+            parts[1],
+            format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+        );
         assert_ne!(parts[1], parts[2]);
     }
 
@@ -615,17 +634,30 @@ mod tests {
         let key = SecretString::from("k");
         let t = Uuid::nil();
         assert_ne!(tenant_secret(&key, t, 1), tenant_secret(&key, t, 2));
-        assert_ne!(tenant_secret(&key, t, 1), tenant_secret(&key, Uuid::max(), 1));
+        assert_ne!(
+            tenant_secret(&key, t, 1),
+            tenant_secret(&key, Uuid::max(), 1)
+        );
         assert!(tenant_secret(&key, t, 1).starts_with("whsec_"));
     }
 
     #[tokio::test]
     async fn the_guard_refuses_internal_literals_unless_allowlisted() {
         let guard = TargetGuard::default();
-        for url in ["http://10.0.0.1/h", "http://169.254.169.254/latest", "http://[::1]:8080/h"] {
-            assert!(matches!(guard.check(url).await, Err(TargetRefused::Internal(_))), "{url}");
+        for url in [
+            "http://10.0.0.1/h",
+            "http://169.254.169.254/latest",
+            "http://[::1]:8080/h",
+        ] {
+            assert!(
+                matches!(guard.check(url).await, Err(TargetRefused::Internal(_))),
+                "{url}"
+            );
         }
-        assert_eq!(guard.check("ftp://x/").await.unwrap_err(), TargetRefused::Malformed);
+        assert_eq!(
+            guard.check("ftp://x/").await.unwrap_err(),
+            TargetRefused::Malformed
+        );
         let open = TargetGuard::new(vec![("::1".parse().unwrap(), 128)]);
         assert!(open.check("http://[::1]:8080/h").await.is_ok());
     }

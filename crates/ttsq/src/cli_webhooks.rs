@@ -59,7 +59,11 @@ pub enum WebhooksCommand {
 
 /// Runs `ttsq webhooks …`.
 #[expect(clippy::print_stdout, reason = "a secret asked for belongs on stdout")]
-pub async fn run(settings: &Settings, store: &Store, command: WebhooksCommand) -> anyhow::Result<()> {
+pub async fn run(
+    settings: &Settings,
+    store: &Store,
+    command: WebhooksCommand,
+) -> anyhow::Result<()> {
     let secret_of = |settings_now: &TenantWebhook| -> anyhow::Result<String> {
         let key = settings
             .webhooks

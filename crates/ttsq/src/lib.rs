@@ -313,7 +313,8 @@ impl Services {
     /// Runs a worker until `shutdown` is cancelled, then drains it; beside
     /// it, the webhook delivery service (which also joins batch audio).
     pub async fn run_worker(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let hooks = ttsq_worker::webhooks::run(self.webhook_context(), shutdown.clone().cancelled_owned());
+        let hooks =
+            ttsq_worker::webhooks::run(self.webhook_context(), shutdown.clone().cancelled_owned());
         let (worker, ()) = tokio::join!(
             ttsq_worker::run(self.worker_context(), shutdown.cancelled_owned()),
             hooks

@@ -160,7 +160,10 @@ async fn invalid_items_are_named_by_position() {
         "items[3].speed",
         "items[4].priority",
     ] {
-        assert!(fields.contains(&expected), "{expected} missing in {fields:?}");
+        assert!(
+            fields.contains(&expected),
+            "{expected} missing in {fields:?}"
+        );
     }
     assert!(
         fields.iter().any(|f| f.starts_with("items[5]")),
@@ -169,7 +172,9 @@ async fn invalid_items_are_named_by_position() {
 
     let empty = submit_batch(&app, &app.api_key, &json!({"items": []})).await;
     assert_eq!(empty.status(), 400);
-    let too_many: Vec<Value> = (0..1001).map(|i| item(&format!("t{i}"), &format!("{i}"))).collect();
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| item(&format!("t{i}"), &format!("{i}")))
+        .collect();
     let response = submit_batch(&app, &app.api_key, &json!({"items": too_many})).await;
     assert_eq!(response.status(), 400);
     let problem: Value = response.json().await.expect("problem JSON");
@@ -315,7 +320,11 @@ async fn a_batch_over_a_tenant_limit_is_refused_whole() {
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
     assert_eq!(app.scalar("SELECT count(*) FROM batches").await, 0);
     // Two fit.
-    submit_batch_ok(&app, &json!({"items": [item("one", "1"), item("two", "2")]})).await;
+    submit_batch_ok(
+        &app,
+        &json!({"items": [item("one", "1"), item("two", "2")]}),
+    )
+    .await;
     app.teardown().await;
 }
 
@@ -353,7 +362,10 @@ async fn concatenate_joins_every_item_into_one_playable_file() {
         (seconds * 1000.0 - sum as f64).abs() < 30.0,
         "joined {seconds} s, items {sum} ms"
     );
-    assert_eq!(batch["concatenated_duration_ms"].as_i64(), Some((seconds * 1000.0).round() as i64));
+    assert_eq!(
+        batch["concatenated_duration_ms"].as_i64(),
+        Some((seconds * 1000.0).round() as i64)
+    );
 
     // Mixed formats cannot be joined: refused at submit, naming the item.
     let response = submit_batch(

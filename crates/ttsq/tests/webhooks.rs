@@ -61,7 +61,11 @@ impl Receiver {
             if got.len() >= count {
                 return got;
             }
-            assert!(Instant::now() < deadline, "only {} webhooks arrived", got.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} webhooks arrived",
+                got.len()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -86,7 +90,11 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
             body,
         });
     let mut script = receiver.script.lock().expect("script lock");
-    let code = if script.is_empty() { 200 } else { script.remove(0) };
+    let code = if script.is_empty() {
+        200
+    } else {
+        script.remove(0)
+    };
     StatusCode::from_u16(code).expect("status code")
 }
 
@@ -113,7 +121,10 @@ fn verified(secret: &str, received: &Received) -> usize {
 
 async fn spawn(allow_loopback: bool) -> TestApp {
     let mut env = vec![
-        ("TTSQ_WEBHOOKS_SIGNING_KEY".to_owned(), SIGNING_KEY.to_owned()),
+        (
+            "TTSQ_WEBHOOKS_SIGNING_KEY".to_owned(),
+            SIGNING_KEY.to_owned(),
+        ),
         (
             "TTSQ_QUEUE_WEBHOOK_RETRY_DELAYS_MS".to_owned(),
             "300,600".to_owned(),
@@ -193,10 +204,7 @@ async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
     assert_eq!(replayed, 1);
     let again = receiver.wait_for(2).await;
     assert_eq!(again[1].webhook_id, got[0].webhook_id);
-    assert_eq!(
-        app.scalar("SELECT count(*) FROM webhook_attempts").await,
-        2
-    );
+    assert_eq!(app.scalar("SELECT count(*) FROM webhook_attempts").await, 2);
     app.teardown().await;
 }
 
@@ -276,7 +284,11 @@ async fn a_batch_posts_one_event_when_every_item_is_terminal() {
     let accepted: Value = response.json().await.expect("JSON");
     let got = receiver.wait_for(1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(receiver.received().len(), 1, "items send no events of their own");
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "items send no events of their own"
+    );
     assert_eq!(verified(&secret, &got[0]), 1);
     let body: Value = serde_json::from_slice(&got[0].body).expect("JSON");
     assert_eq!(body["type"], "batch.completed");
@@ -300,7 +312,10 @@ async fn internal_targets_are_refused_without_an_allowlist() {
             .await;
         assert_eq!(response.status(), 400, "{url}");
         let problem: Value = response.json().await.expect("JSON");
-        assert_eq!(problem["errors"][0]["field"], "callback_url", "{url}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["field"], "callback_url",
+            "{url}: {problem}"
+        );
         let response = app
             .http
             .post(format!("{}/v1/tts/batches", app.base_url))
@@ -386,7 +401,12 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_the_tenant_default_is_use
         .await;
     app.wait_for(task).await;
     let got = receiver.wait_for(1).await;
-    assert_eq!(got[0].signature.matches("v1=").count(), 2, "{}", got[0].signature);
+    assert_eq!(
+        got[0].signature.matches("v1=").count(),
+        2,
+        "{}",
+        got[0].signature
+    );
     assert_eq!(verified(&new, &got[0]), 1);
     assert_eq!(verified(&old, &got[0]), 1);
     // The old secret stops signing once its grace period is over.
