@@ -382,3 +382,48 @@ async fn concatenate_joins_every_item_into_one_playable_file() {
     assert_eq!(problem["errors"][0]["field"], "items[1].format");
     app.teardown().await;
 }
+
+/// Benchmark (issue 4's "batch submit"): 10,000 jobs through ten batches of
+/// 1,000, sent four at a time; prints accepted jobs per second. Run with
+/// `cargo nextest run -p ttsq --test batches --run-ignored only` (a release
+/// build gives the number to compare with the ≥ 10,000/s target).
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn batch_submit_throughput() {
+    use futures::{StreamExt, stream};
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let bodies: Vec<Value> = (0..10)
+        .map(|b| {
+            let items: Vec<Value> = (0..1000)
+                .map(|i| json!({"text": format!("Benchmark batch {b} item {i}."), "dialect": "en-us"}))
+                .collect();
+            json!({"items": items})
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let accepted: usize = stream::iter(&bodies)
+        .map(|body| async {
+            submit_batch_ok(&app, body).await["task_ids"]
+                .as_array()
+                .map_or(0, Vec::len)
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .sum();
+    let elapsed = started.elapsed();
+    let rate = accepted as f64 / elapsed.as_secs_f64();
+    eprintln!("batch submit: {accepted} jobs in {elapsed:?} = {rate:.0} jobs/s");
+    assert_eq!(accepted, 10_000);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE published_at IS NOT NULL")
+            .await,
+        10_000
+    );
+    app.teardown().await;
+}
