@@ -92,6 +92,11 @@ CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, attempt
 -- (with its `batch.completed` event) when it reaches 0.
 CREATE FUNCTION ttsq_tasks_terminal() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Most statements (publishing, claiming, rescheduling) make nothing
+    -- terminal: one scan of the new rows, and done.
+    IF NOT EXISTS (SELECT 1 FROM new_rows WHERE status IN ('succeeded', 'failed', 'cancelled')) THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO webhook_deliveries (tenant_id, event, task_id, target_url)
     SELECT n.tenant_id, 'task.completed', n.id, coalesce(n.callback_url, t.webhook_url)
       FROM new_rows n
