@@ -73,6 +73,9 @@ pub async fn submit(
         }
     })?;
     let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
+    if let Some(url) = &job.callback_url {
+        context.webhooks.check_target("callback_url", url).await?;
+    }
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
         audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
@@ -353,7 +356,7 @@ async fn audio_bytes(context: &ApiContext, row: &TaskRow) -> Result<Response, Ap
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -373,7 +376,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("application/json"))
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };

@@ -15,6 +15,8 @@
 //! - `system`: dialects, health, readiness.
 //! - `admin`: tenants and keys over HTTP, behind the admin token.
 //! - `usage`: a tenant's own usage.
+//! - `batches`: batch submission, status with paginated items, cancel.
+//! - [`webhooks`]: webhook targets at submission; tenants' webhook settings.
 //! - [`content`]: the optional content filter.
 //! - [`error`]: [`ApiError`] and its problem+json rendering.
 
@@ -25,12 +27,14 @@ pub mod ops;
 
 mod admin;
 mod auth;
+mod batches;
 mod jobs;
 mod listing;
 mod speech;
 mod system;
 mod usage;
 mod view;
+pub mod webhooks;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -76,6 +80,8 @@ pub struct ApiContext {
     pub content_filter: Arc<content::ContentFilter>,
     /// OpenAI voice names to dialects, for `/v1/audio/speech`.
     pub speech: Arc<ttsq_config::SpeechSettings>,
+    /// Webhook targets: enabled or not, the SSRF guard, secrets.
+    pub webhooks: Arc<webhooks::WebhookApi>,
 }
 
 impl ApiContext {
@@ -122,6 +128,7 @@ impl ApiContext {
                     .expect("blocked patterns were validated with the settings"),
             ),
             speech: Arc::new(settings.speech.clone()),
+            webhooks: Arc::new(webhooks::WebhookApi::new(settings)),
         })
     }
 }
@@ -145,6 +152,16 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/tts/jobs", post(jobs::submit))
         .route("/v1/tts/jobs/{id}", get(jobs::get))
         .route("/v1/tts/jobs/{id}/audio", get(jobs::audio))
+        // Batches and webhooks (issue 10).
+        .route(
+            "/v1/tts/batches",
+            post(batches::submit).layer(DefaultBodyLimit::max(batches::batch_body_limit(max_body))),
+        )
+        .route(
+            "/v1/tts/batches/{id}",
+            get(batches::get).delete(batches::cancel),
+        )
+        .merge(webhooks::admin_routes())
         .route("/v1/dialects", get(system::dialects))
         .route("/v1/usage", get(usage::usage))
         .merge(admin::routes())

@@ -57,6 +57,59 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     /// The admin API.
     pub admin: AdminSettings,
+    /// Webhook delivery.
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhook delivery: signing, SSRF guard, timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Key every tenant's signing secret is derived from (a secret); empty
+    /// disables webhooks (`callback_url` is then refused).
+    pub signing_key: SecretString,
+    /// Networks (CIDR, e.g. `127.0.0.1/32`, `::1/128`) a webhook may target
+    /// although they are loopback, private, link-local or otherwise internal.
+    pub allow_private: Vec<String>,
+    /// Longest one delivery attempt may take, in seconds.
+    pub timeout_secs: u64,
+    /// How long a rotated-out secret keeps signing beside the new one, in seconds.
+    pub secret_grace_secs: u64,
+    /// Deliveries one worker makes at once.
+    pub concurrency: u16,
+}
+
+impl WebhookSettings {
+    /// The signing key, when webhooks are enabled.
+    pub fn enabled_key(&self) -> Option<&SecretString> {
+        (!self.signing_key.expose_secret().is_empty()).then_some(&self.signing_key)
+    }
+
+    /// [`Self::allow_private`] parsed as (network address, prefix length).
+    pub fn allowed_networks(&self) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
+        self.allow_private
+            .iter()
+            .map(|raw| parse_cidr(raw))
+            .collect()
+    }
+}
+
+/// Parses `addr/len` (or a bare address: one host) into a network.
+pub fn parse_cidr(raw: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, len) = raw.trim().split_once('/').unwrap_or((raw.trim(), ""));
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("`{raw}` is not an IP network (CIDR)"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("`{raw}` has an invalid prefix length"))?
+    };
+    Ok((addr, len))
 }
 
 /// The admin API (`/v1/admin/...`): tenants and keys over HTTP.
@@ -317,6 +370,9 @@ pub struct QueueSettings {
     /// Back-off before each retry of a job whose provider call failed, in
     /// seconds; one delay queue each. A job gets `len + 1` attempts.
     pub retry_delays_secs: Vec<u64>,
+    /// Back-off before each retry of a webhook delivery, in milliseconds;
+    /// one delay queue each. A delivery gets `len + 1` attempts.
+    pub webhook_retry_delays_ms: Vec<u64>,
 }
 
 impl QueueSettings {
@@ -325,6 +381,14 @@ impl QueueSettings {
         self.retry_delays_secs
             .iter()
             .map(|s| Duration::from_secs(*s))
+            .collect()
+    }
+
+    /// [`Self::webhook_retry_delays_ms`] as durations.
+    pub fn webhook_retry_delays(&self) -> Vec<Duration> {
+        self.webhook_retry_delays_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
             .collect()
     }
 
@@ -592,6 +656,9 @@ impl Settings {
         }
         if self.s3.bucket.is_empty() {
             return Err(invalid("s3.bucket", "must not be empty"));
+        }
+        if let Err(reason) = self.webhooks.allowed_networks() {
+            return Err(invalid("webhooks.allow_private", &reason));
         }
         let positive = [
             ("server.max_body_bytes", self.server.max_body_bytes),

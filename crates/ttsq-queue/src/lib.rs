@@ -12,8 +12,10 @@
 //! - [`JobConsumer`] / [`JobDelivery`]: manual-ack consumption; a consumer
 //!   ends when its channel or connection dies and the caller re-subscribes.
 //! - [`dlq`]: operator access to the dead-letter queue.
+//! - [`webhooks`]: the webhook delivery queue, its delay queues and consumer.
 
 pub mod dlq;
+pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
@@ -75,6 +77,11 @@ pub struct QueueNames {
     /// Retry delay queues, shortest first, with their delays: a message
     /// published to one waits there and then dead-letters back into `jobs`.
     pub delays: Vec<(Duration, String)>,
+    /// Webhook delivery queue.
+    pub webhooks: String,
+    /// Webhook retry delay queues, shortest first; each dead-letters back
+    /// into `webhooks`.
+    pub webhook_delays: Vec<(Duration, String)>,
 }
 
 impl QueueNames {
@@ -88,7 +95,21 @@ impl QueueNames {
                 .iter()
                 .map(|d| (*d, format!("{prefix}ttsq.jobs.delay.{}ms", d.as_millis())))
                 .collect(),
+            webhooks: format!("{prefix}ttsq.webhooks"),
+            webhook_delays: Vec::new(),
         }
+    }
+
+    /// With one webhook delay queue per webhook retry delay.
+    pub fn with_webhook_delays(mut self, prefix: &str, delays: &[Duration]) -> Self {
+        self.webhook_delays = delays
+            .iter()
+            .map(|d| {
+                let name = format!("{prefix}ttsq.webhooks.delay.{}ms", d.as_millis());
+                (*d, name)
+            })
+            .collect();
+        self
     }
 
     /// Every queue of the topology.
@@ -96,6 +117,8 @@ impl QueueNames {
         [self.jobs.as_str(), self.dlq.as_str()]
             .into_iter()
             .chain(self.delays.iter().map(|(_, name)| name.as_str()))
+            .chain(std::iter::once(self.webhooks.as_str()))
+            .chain(self.webhook_delays.iter().map(|(_, name)| name.as_str()))
     }
 }
 
@@ -123,7 +146,7 @@ struct Inner {
     publish_channel: Mutex<Option<Channel>>,
 }
 
-fn long_string(value: &str) -> AMQPValue {
+pub(crate) fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
@@ -149,7 +172,8 @@ impl Broker {
             inner: Arc::new(Inner {
                 url: settings.url.clone(),
                 connection_name: connection_name.to_owned(),
-                names: QueueNames::new(&settings.prefix, &settings.retry_delays()),
+                names: QueueNames::new(&settings.prefix, &settings.retry_delays())
+                    .with_webhook_delays(&settings.prefix, &settings.webhook_retry_delays()),
                 delivery_limit: settings.delivery_limit,
                 connection: RwLock::new(connection),
                 reconnecting: Mutex::new(()),
@@ -285,6 +309,7 @@ impl Broker {
                 .queue_declare(name.as_str().into(), durable, args)
                 .await?;
         }
+        webhooks::declare(&channel, names).await?;
         channel.close(200, "topology declared".into()).await?;
         Ok(())
     }
@@ -388,7 +413,7 @@ impl Broker {
 
 /// Quorum queue arguments that dead-letter, losing nothing, into `target`
 /// through the default exchange.
-fn quorum_dead_lettering_to(target: &str) -> FieldTable {
+pub(crate) fn quorum_dead_lettering_to(target: &str) -> FieldTable {
     let mut args = FieldTable::default();
     // Quorum queues replicate and fsync every message: nothing accepted is
     // lost when a broker node dies, and they count deliveries.
@@ -454,7 +479,7 @@ fn job_headers(message: &JobMessage) -> FieldTable {
 
 /// Publishes one message on `channel` (confirms enabled) and waits for the
 /// broker to take responsibility for it.
-async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     channel: &Channel,
     queue: &str,
     body: &[u8],
@@ -509,7 +534,12 @@ impl Publisher {
         self.broker.is_connected()
     }
 
-    async fn send(&self, queue: &str, body: &[u8], headers: FieldTable) -> Result<(), QueueError> {
+    pub(crate) async fn send(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), QueueError> {
         let channel = self.channel().await?;
         let result = publish_confirmed(&channel, queue, body, headers).await;
         if result.is_err() && !channel.status().connected() {

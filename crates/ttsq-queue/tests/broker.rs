@@ -17,6 +17,7 @@ fn settings() -> QueueSettings {
         prefetch: 16,
         delivery_limit: 3,
         retry_delays_secs: vec![1, 2],
+        webhook_retry_delays_ms: vec![500],
     }
 }
 

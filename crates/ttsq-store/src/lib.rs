@@ -12,9 +12,12 @@
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
+//! - [`batches`]: batches of tasks, their items, cancelling, joined audio.
+//! - [`webhooks`]: webhook events, their delivery log, tenants' webhook settings.
 
 pub mod audio;
 pub mod audit;
+pub mod batches;
 pub mod keys;
 pub mod limits;
 pub mod listing;
@@ -23,6 +26,7 @@ pub mod replicas;
 pub mod tasks;
 pub mod usage;
 pub mod usage_today;
+pub mod webhooks;
 
 use std::{
     collections::HashMap,
@@ -35,6 +39,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
+pub use batches::{BatchAudio, BatchItemRow, BatchRow, Concatenated, NewBatch, NewBatchItem};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
@@ -44,6 +49,7 @@ pub use sqlx;
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
+pub use webhooks::{AttemptOutcome, TenantWebhook, WebhookDelivery};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -143,7 +143,18 @@ pub(crate) async fn admit(
     tenant_id: Uuid,
     charge: &Charge,
 ) -> Result<Vec<LimitUsage>, StoreError> {
-    if charge.characters == 0 && !charge.queued {
+    admit_jobs(tx, tenant_id, charge, i64::from(charge.queued)).await
+}
+
+/// [`admit`] for `jobs` jobs at once (a batch): all of them or none. The
+/// charge's characters are their sum; `charge.queued` is ignored.
+pub(crate) async fn admit_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+    charge: &Charge,
+    jobs: i64,
+) -> Result<Vec<LimitUsage>, StoreError> {
+    if charge.characters == 0 && jobs == 0 {
         return Ok(Vec::new());
     }
     let Some(limits) = sqlx::query_as::<_, LimitsRow>(LIMITS_SELECT)
@@ -203,12 +214,12 @@ pub(crate) async fn admit(
     }
     if let Some(max) = limits.max_queued_jobs {
         let open = open_jobs(tx, tenant_id).await?;
-        if charge.queued && open + 1 > i64::from(max) {
+        if jobs > 0 && open + jobs > i64::from(max) {
             return Err(exceeded(
                 LimitKind::MaxQueuedJobs,
                 f64::from(max),
                 open as f64,
-                1.0,
+                jobs as f64,
                 None,
                 QUEUE_FULL_RETRY,
             ));
@@ -216,7 +227,7 @@ pub(crate) async fn admit(
         usage.push(LimitUsage {
             limit: LimitKind::MaxQueuedJobs,
             max: f64::from(max),
-            used: (open + i64::from(charge.queued)) as f64,
+            used: (open + jobs) as f64,
         });
     }
     warn_once_past_threshold(tx, tenant_id, &usage).await?;

@@ -500,7 +500,7 @@ async fn insert_task<'e>(
     Ok(row.is_some())
 }
 
-async fn finish<'e>(
+pub(crate) async fn finish<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     finished: &[FinishedTask],
 ) -> Result<u64, StoreError> {

@@ -5,9 +5,13 @@
 //! - [`run`]: the consume → batch → process loop and graceful shutdown.
 //! - [`batcher`]: grouping deliveries by dialect, flushed on size or window.
 //! - [`pipeline`]: one batch end to end.
+//! - [`batches`]: joined audio of client batches, and their JSON view.
+//! - [`webhooks`]: the SSRF guard, signing and the webhook delivery service.
 
 pub mod batcher;
+pub mod batches;
 pub mod pipeline;
+pub mod webhooks;
 
 use std::{
     future::Future,

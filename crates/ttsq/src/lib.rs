@@ -316,10 +316,38 @@ impl Services {
             .context("API server failed")
     }
 
-    /// Runs a worker until `shutdown` is cancelled, then drains it.
+    /// The webhook delivery service's context.
+    pub fn webhook_context(&self) -> ttsq_worker::webhooks::WebhookContext {
+        let hooks = &self.settings.webhooks;
+        ttsq_worker::webhooks::WebhookContext {
+            store: self.store.clone(),
+            broker: Arc::clone(&self.broker),
+            audio: self.audio.clone(),
+            public_url: self.settings.server.public_url.trim_end_matches('/').into(),
+            signing_key: hooks.enabled_key().cloned(),
+            // Settings::load validated the networks.
+            guard: ttsq_worker::webhooks::TargetGuard::new(
+                hooks.allowed_networks().unwrap_or_default(),
+            ),
+            timeout: Duration::from_secs(hooks.timeout_secs),
+            concurrency: hooks.concurrency,
+            name: format!(
+                "ttsq-webhooks-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        }
+    }
+
+    /// Runs a worker until `shutdown` is cancelled, then drains it; beside
+    /// it, the webhook delivery service (which also joins batch audio).
     pub async fn run_worker(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        ttsq_worker::run(self.worker_context(), shutdown.cancelled_owned())
-            .await
-            .context("worker failed")
+        let hooks =
+            ttsq_worker::webhooks::run(self.webhook_context(), shutdown.clone().cancelled_owned());
+        let (worker, ()) = tokio::join!(
+            ttsq_worker::run(self.worker_context(), shutdown.cancelled_owned()),
+            hooks
+        );
+        worker.context("worker failed")
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli_admin;
 mod cli_client;
+mod cli_webhooks;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -67,6 +68,11 @@ enum Command {
     },
     /// Usage per tenant, provider and dialect from the finance views.
     Usage(cli_admin::UsageArgs),
+    /// Tenants' webhook URL and signing secret; replay deliveries.
+    Webhooks {
+        #[command(subcommand)]
+        command: cli_webhooks::WebhooksCommand,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -234,6 +240,9 @@ async fn run(
         }
         Command::Dlq { command } => dlq(&settings, command).await,
         Command::Usage(args) => cli_admin::usage(&migrated_store(&settings).await?, args).await,
+        Command::Webhooks { command } => {
+            cli_webhooks::run(&settings, &migrated_store(&settings).await?, command).await
+        }
         Command::Config { .. }
         | Command::Say(_)
         | Command::Batch(_)

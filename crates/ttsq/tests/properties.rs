@@ -45,9 +45,15 @@ fn job_like() -> impl Strategy<Value = Value> {
         ),
         field(
             "format",
-            prop_oneof![Just("wav"), Just("mp3"), Just("pcm"), Just("ogg_opus"), Just("flac")]
-                .prop_map(Value::from)
-                .boxed(),
+            prop_oneof![
+                Just("wav"),
+                Just("mp3"),
+                Just("pcm"),
+                Just("ogg_opus"),
+                Just("flac")
+            ]
+            .prop_map(Value::from)
+            .boxed(),
         ),
         field("speed", (0.0f64..3.0).prop_map(Value::from).boxed()),
         field(

@@ -1,0 +1,437 @@
+//! Batches: `POST /v1/tts/batches`, `GET` and `DELETE /v1/tts/batches/{id}`.
+//!
+//! A batch is written in one transaction (tasks inserted with UNNEST, within
+//! the tenant's limits for all items together: over a limit the whole batch
+//! is refused with 429), then every queued item's message is published with
+//! pipelined confirms and the confirmed ones marked in one statement; the
+//! outbox relay publishes whatever was not confirmed.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures::future::join_all;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ttsq_core::{
+    Job, JobMessage, Priority,
+    error::ValidationErrors,
+    job::{JobRequest, decode_json},
+};
+use ttsq_store::{BatchRow, NewBatch, NewBatchItem, TaskOutcome};
+use uuid::Uuid;
+
+use crate::{ApiContext, ApiError, auth::Caller};
+
+/// Most items in one batch.
+pub const MAX_ITEMS: usize = 1_000;
+
+/// Most characters of a `custom_id`.
+const MAX_CUSTOM_ID: usize = 256;
+
+/// Default and largest page of items in `GET /v1/tts/batches/{id}`.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1_000;
+
+/// A batch as sent. Items stay raw JSON so that each is decoded on its own
+/// and its errors are named `items[i].field`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    items: Option<Vec<Value>>,
+    concatenate: Option<bool>,
+    callback_url: Option<String>,
+    metadata: Option<Value>,
+}
+
+/// `POST /v1/tts/batches`.
+#[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id, batch_id, items))]
+pub async fn submit(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    crate::jobs::require_json(&headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(batch_body_limit(context.max_body_bytes))
+        } else {
+            ApiError::field("", format!("could not read the body: {rejection}"))
+        }
+    })?;
+    let request: BatchRequest = decode_json(&body)?;
+    let mut errors = ValidationErrors::default();
+    let raw_items = request.items.unwrap_or_default();
+    if raw_items.is_empty() || raw_items.len() > MAX_ITEMS {
+        errors.push("items", format!("must hold 1 to {MAX_ITEMS} jobs"));
+        return Err(errors.into());
+    }
+    if let Some(metadata) = &request.metadata {
+        let size = metadata.to_string().len();
+        if size > context.limits.max_metadata_bytes {
+            errors.push(
+                "metadata",
+                format!(
+                    "is {size} bytes as JSON; the limit is {}",
+                    context.limits.max_metadata_bytes
+                ),
+            );
+        }
+    }
+    let mut jobs = Vec::with_capacity(raw_items.len());
+    let mut custom_ids: Vec<Option<String>> = Vec::with_capacity(raw_items.len());
+    let mut seen = std::collections::HashSet::new();
+    for (index, item) in raw_items.into_iter().enumerate() {
+        let prefix = format!("items[{index}]");
+        match parse_item(&context, item, &prefix) {
+            Ok((job, custom_id)) => {
+                if let Some(id) = &custom_id
+                    && !seen.insert(id.clone())
+                {
+                    errors.push(
+                        format!("{prefix}.custom_id"),
+                        "is used by an earlier item; custom ids are unique within a batch",
+                    );
+                }
+                jobs.push(job);
+                custom_ids.push(custom_id);
+            }
+            Err(item_errors) => errors.0.extend(item_errors.0),
+        }
+    }
+    let concatenate = request.concatenate.unwrap_or(false);
+    if concatenate && let Some(first) = jobs.first() {
+        for (index, job) in jobs.iter().enumerate() {
+            if job.format != first.format {
+                errors.push(
+                    format!("items[{index}].format"),
+                    "must be the format of every other item when `concatenate` is true",
+                );
+            }
+        }
+    }
+    if !errors.0.is_empty() {
+        return Err(errors.into());
+    }
+    if let Some(url) = &request.callback_url {
+        context.webhooks.check_target("callback_url", url).await?;
+    }
+    if jobs
+        .iter()
+        .any(|job| context.content_filter.blocks(&job.text))
+    {
+        tracing::info!("batch refused by the content filter");
+        return Err(ApiError::ContentRejected);
+    }
+    let idempotency_key = crate::jobs::idempotency_key(&headers)?;
+
+    let hashes: Vec<String> = jobs.iter().map(|j| j.hash.as_str().to_owned()).collect();
+    let cached = context.store.find_audio_many(&hashes).await?;
+    let batch_id = Uuid::now_v7();
+    let span = tracing::Span::current();
+    span.record("batch_id", tracing::field::display(batch_id));
+    span.record("items", jobs.len());
+    let items: Vec<NewBatchItem<'_>> = jobs
+        .iter()
+        .zip(&custom_ids)
+        .map(|(job, custom_id)| NewBatchItem {
+            task_id: Uuid::now_v7(),
+            job,
+            custom_id: custom_id.as_deref(),
+            cached: cached
+                .get(job.hash.as_str())
+                .map(|object| TaskOutcome::Succeeded {
+                    audio_hash: object.hash.clone(),
+                    cache_hit: true,
+                    provider: object.provider.clone(),
+                    price_per_1k: 0.0,
+                    currency: context.providers.currency(&object.provider).to_owned(),
+                }),
+        })
+        .collect();
+    let to_publish: Vec<(Uuid, &str)> = items
+        .iter()
+        .filter(|i| i.cached.is_none())
+        .map(|i| (i.task_id, i.job.dialect.as_str()))
+        .collect();
+    let batch = NewBatch {
+        id: batch_id,
+        tenant_id: caller.0.tenant_id,
+        items: items.clone(),
+        concatenate,
+        callback_url: request.callback_url.as_deref(),
+        metadata: request.metadata.as_ref(),
+        idempotency_key,
+        key_prefix: Some(&caller.0.key_prefix),
+    };
+    let (row, task_ids, created) = match context.store.insert_batch(&batch).await {
+        Err(ttsq_store::StoreError::LimitExceeded(e)) => {
+            tracing::info!(limit = e.limit.as_str(), "batch refused by a tenant limit");
+            return Err(ApiError::LimitExceeded(e));
+        }
+        other => other?,
+    };
+    if created {
+        publish(&context, caller.0.tenant_id, &to_publish).await;
+        tracing::info!(
+            cache_hits = items.len() - to_publish.len(),
+            "batch accepted"
+        );
+    } else {
+        tracing::debug!("idempotent repeat of an earlier batch");
+    }
+    let url = status_url(&context, row.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "batch_id": row.id,
+            "status": row.status,
+            "task_ids": task_ids,
+            "status_url": url,
+        })),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&url) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// The largest batch body: room for [`MAX_ITEMS`] jobs of the single-job size.
+pub fn batch_body_limit(max_body_bytes: usize) -> usize {
+    max_body_bytes.saturating_mul(32)
+}
+
+/// Publishes the queued items' messages with pipelined confirms and marks
+/// the confirmed ones in one statement; the outbox relay covers the rest.
+async fn publish(context: &ApiContext, tenant_id: Uuid, tasks: &[(Uuid, &str)]) {
+    let traceparent = ttsq_telemetry::trace_context::current_traceparent();
+    let confirmed: Vec<Uuid> = join_all(tasks.iter().map(|(id, dialect)| {
+        let mut message = JobMessage::new(*id, tenant_id, *dialect);
+        message.traceparent = traceparent.clone();
+        async move { context.publisher.publish(&message).await.map(|()| *id) }
+    }))
+    .await
+    .into_iter()
+    .filter_map(|r| match r {
+        Ok(id) => Some(id),
+        Err(err) => {
+            tracing::debug!(error = %err, "publish failed; the outbox relay will publish the task");
+            None
+        }
+    })
+    .collect();
+    if confirmed.len() < tasks.len() {
+        tracing::warn!(
+            unconfirmed = tasks.len() - confirmed.len(),
+            "some batch items were not published; the outbox relay will"
+        );
+    }
+    if let Err(err) = context.store.mark_published_many(&confirmed).await {
+        tracing::warn!(error = %err, "marking batch items published failed; the relay republishes them");
+    }
+}
+
+/// Decodes and validates one item, naming its fields `{prefix}.field`.
+fn parse_item(
+    context: &ApiContext,
+    item: Value,
+    prefix: &str,
+) -> Result<(Job, Option<String>), ValidationErrors> {
+    let renamed = |errors: ValidationErrors| {
+        ValidationErrors(
+            errors
+                .0
+                .into_iter()
+                .map(|mut e| {
+                    e.field = if e.field.is_empty() {
+                        prefix.to_owned()
+                    } else {
+                        format!("{prefix}.{}", e.field)
+                    };
+                    e
+                })
+                .collect(),
+        )
+    };
+    let Value::Object(mut object) = item else {
+        let mut errors = ValidationErrors::default();
+        errors.push(prefix, "must be a job object");
+        return Err(errors);
+    };
+    let mut errors = ValidationErrors::default();
+    let custom_id = match object.remove("custom_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if (1..=MAX_CUSTOM_ID).contains(&id.chars().count()) => Some(id),
+        Some(_) => {
+            errors.push(
+                "custom_id",
+                format!("must be a string of 1 to {MAX_CUSTOM_ID} characters"),
+            );
+            None
+        }
+    };
+    if object.contains_key("callback_url") {
+        errors.push(
+            "callback_url",
+            "items of a batch have no callback of their own; set `callback_url` on the batch",
+        );
+        object.remove("callback_url");
+    }
+    let bytes = serde_json::to_vec(&Value::Object(object)).unwrap_or_default();
+    let request: JobRequest = match decode_json(&bytes) {
+        Ok(request) => request,
+        Err(more) => {
+            errors.0.extend(more.0);
+            return Err(renamed(errors));
+        }
+    };
+    let job = match Job::validate(request, context.providers.catalog(), &context.limits) {
+        Ok(job) => Some(job),
+        Err(more) => {
+            errors.0.extend(more.0);
+            None
+        }
+    };
+    if let Some(job) = &job
+        && job.priority == Priority::High
+    {
+        errors.push(
+            "priority",
+            "batches are queued; submit high-priority jobs to POST /v1/tts/jobs",
+        );
+    }
+    match job {
+        Some(job) if errors.0.is_empty() => Ok((job, custom_id)),
+        _ => Err(renamed(errors)),
+    }
+}
+
+fn status_url(context: &ApiContext, id: Uuid) -> String {
+    format!("{}/v1/tts/batches/{id}", context.public_url)
+}
+
+async fn find_batch(
+    context: &ApiContext,
+    caller: &Caller,
+    raw_id: &str,
+) -> Result<BatchRow, ApiError> {
+    let id = Uuid::parse_str(raw_id).map_err(|_| ApiError::NotFound("batch"))?;
+    context
+        .store
+        .get_batch(caller.0.tenant_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("batch"))
+}
+
+async fn summary(context: &ApiContext, batch: &BatchRow) -> Result<Value, ApiError> {
+    ttsq_worker::batches::batch_summary(&context.store, &context.audio, &context.public_url, batch)
+        .await
+        .map_err(|err| match err {
+            ttsq_worker::batches::JoinError::Store(e) => e.into(),
+            ttsq_worker::batches::JoinError::Storage(e) => e.into(),
+            other => ApiError::internal(other),
+        })
+}
+
+/// Query of `GET /v1/tts/batches/{id}`.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /v1/tts/batches/{id}`: counts per status and a page of items.
+#[tracing::instrument(skip_all, fields(batch_id = %id))]
+pub async fn get(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let query = query.map_err(|e| ApiError::field("", e.body_text()))?.0;
+    let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i32>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API returned"))?,
+        ),
+    };
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::field("limit", format!("must be 1 to {MAX_PAGE}")))?,
+    };
+    let batch = find_batch(&context, &caller, &id).await?;
+    let mut view = summary(&context, &batch).await?;
+    let rows = context.store.batch_items(batch.id, after, limit).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let status = row.status();
+        let audio_url = match (&row.s3_key, status) {
+            (Some(key), ttsq_core::TaskStatus::Succeeded) => {
+                Some(context.audio.presign_get(key).await?)
+            }
+            _ => None,
+        };
+        let error = row.error_code.as_ref().map(
+            |code| json!({"code": code, "message": row.error_message.clone().unwrap_or_default()}),
+        );
+        items.push(json!({
+            "index": row.batch_index,
+            "task_id": row.task_id,
+            "custom_id": row.custom_id,
+            "status": status,
+            "cache_hit": row.cache_hit,
+            "audio_url": audio_url,
+            "duration_ms": row.duration_ms,
+            "error": error,
+        }));
+    }
+    let next_cursor = match rows.last() {
+        Some(last)
+            if i64::try_from(rows.len()).unwrap_or(0) == limit
+                && last.batch_index + 1 < batch.items =>
+        {
+            Some(last.batch_index.to_string())
+        }
+        _ => None,
+    };
+    if let Some(object) = view.as_object_mut() {
+        object.insert("data".into(), Value::Array(items));
+        object.insert("next_cursor".into(), json!(next_cursor));
+    }
+    Ok(Json(view))
+}
+
+/// `DELETE /v1/tts/batches/{id}`: cancels the items still queued; finished
+/// and running items are kept. Answers the batch as it is then.
+#[tracing::instrument(skip_all, fields(batch_id = %id))]
+pub async fn cancel(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let batch = find_batch(&context, &caller, &id).await?;
+    let cancelled = context
+        .store
+        .cancel_batch(caller.0.tenant_id, batch.id)
+        .await?
+        .ok_or(ApiError::NotFound("batch"))?;
+    tracing::info!(cancelled, "batch cancelled");
+    let batch = find_batch(&context, &caller, &id).await?;
+    let mut view = summary(&context, &batch).await?;
+    if let Some(object) = view.as_object_mut() {
+        object.insert("cancelled_items".into(), json!(cancelled));
+    }
+    Ok(Json(view))
+}

@@ -1,0 +1,514 @@
+//! Batches: many tasks submitted, read and cancelled together.
+//!
+//! A batch and all its tasks are written in one transaction, the tasks with
+//! one UNNEST statement, within the tenant's limits for all of them at once
+//! (a batch over a limit is refused whole). Items already in the audio cache
+//! finish in that same transaction. A trigger on `tasks` (see the migration
+//! `20261124100001`) counts items down as they reach a terminal state, from
+//! whatever statement, and completes the batch at 0.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use ttsq_core::{Job, TaskStatus};
+use uuid::Uuid;
+
+use crate::{
+    Store, StoreError,
+    limits::{Charge, admit_jobs},
+    tasks::{FinishedTask, LEDGER_FROM_DONE, TaskOutcome, finish},
+};
+
+/// One item of a batch to create.
+#[derive(Debug, Clone)]
+pub struct NewBatchItem<'a> {
+    /// Id of its task.
+    pub task_id: Uuid,
+    /// The validated job.
+    pub job: &'a Job,
+    /// The client's id for it, unique within the batch.
+    pub custom_id: Option<&'a str>,
+    /// Set when its audio is already stored: it finishes at once.
+    pub cached: Option<TaskOutcome>,
+}
+
+/// A batch to create.
+#[derive(Debug, Clone)]
+pub struct NewBatch<'a> {
+    /// Id to give it.
+    pub id: Uuid,
+    /// Owner.
+    pub tenant_id: Uuid,
+    /// Its items, in order.
+    pub items: Vec<NewBatchItem<'a>>,
+    /// Whether a joined audio file is wanted once every item is terminal.
+    pub concatenate: bool,
+    /// URL told when every item is terminal.
+    pub callback_url: Option<&'a str>,
+    /// Client metadata of the batch.
+    pub metadata: Option<&'a serde_json::Value>,
+    /// Client's `Idempotency-Key`, if sent.
+    pub idempotency_key: Option<&'a str>,
+    /// Visible prefix of the submitting key.
+    pub key_prefix: Option<&'a str>,
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRow {
+    /// Batch id.
+    pub id: Uuid,
+    /// Owner.
+    pub tenant_id: Uuid,
+    /// `running`, `concatenating` or `completed`.
+    pub status: String,
+    /// Number of items.
+    pub items: i32,
+    /// Items not yet terminal.
+    pub open_items: i32,
+    /// Whether a joined audio file was asked for.
+    pub concatenate: bool,
+    /// Bucket key of the joined audio, once made.
+    pub concatenated_key: Option<String>,
+    /// Its size.
+    pub concatenated_bytes: Option<i64>,
+    /// Its playing time.
+    pub concatenated_duration_ms: Option<i32>,
+    /// Why joining failed, if it did.
+    pub concatenate_error: Option<String>,
+    /// Callback URL of the batch.
+    pub callback_url: Option<String>,
+    /// Client metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Accepted at.
+    pub created_at: DateTime<Utc>,
+    /// Cancelled at, if it was.
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// Every item terminal (and joined, if asked) at.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// One item of a batch as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchItemRow {
+    /// Position in the batch, from 0.
+    pub batch_index: i32,
+    /// Its task.
+    pub task_id: Uuid,
+    /// The client's id.
+    pub custom_id: Option<String>,
+    /// Task state.
+    pub status: String,
+    /// Stable error code.
+    pub error_code: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// Served from the cache.
+    pub cache_hit: bool,
+    /// Bucket key of the audio, when succeeded.
+    pub s3_key: Option<String>,
+    /// Playing time, when succeeded.
+    pub duration_ms: Option<i32>,
+}
+
+impl BatchItemRow {
+    /// The parsed state (see [`crate::TaskRow::status`]).
+    pub fn status(&self) -> TaskStatus {
+        self.status.parse().unwrap_or(TaskStatus::Processing)
+    }
+}
+
+/// A stored item's audio, in batch order, for joining.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchAudio {
+    /// Position in the batch.
+    pub batch_index: i32,
+    /// Bucket key.
+    pub s3_key: String,
+    /// Format name.
+    pub format: String,
+    /// Playing time.
+    pub duration_ms: i32,
+}
+
+/// The result of joining a batch's audio, for [`Store::finish_concatenation`].
+#[derive(Debug, Clone)]
+pub enum Concatenated {
+    /// Stored under `key`.
+    Stored {
+        /// Bucket key.
+        key: String,
+        /// Size.
+        bytes: i64,
+        /// Playing time.
+        duration_ms: i32,
+    },
+    /// Could not be made; the items' audio stays available.
+    Failed(String),
+}
+
+const BATCH_COLUMNS: &str =
+    "id, tenant_id, status, items, open_items, concatenate, concatenated_key,
+    concatenated_bytes, concatenated_duration_ms, concatenate_error, callback_url, metadata,
+    created_at, cancelled_at, completed_at";
+
+/// Columns of a batch's items for one UNNEST insert.
+#[derive(Default)]
+struct ItemColumns {
+    ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    texts: Vec<String>,
+    characters: Vec<i32>,
+    dialects: Vec<String>,
+    voices: Vec<String>,
+    models: Vec<String>,
+    speeds: Vec<f64>,
+    emotions: Vec<Option<String>>,
+    formats: Vec<&'static str>,
+    hashes: Vec<String>,
+    metadata: Vec<Option<String>>,
+    indexes: Vec<i32>,
+    custom_ids: Vec<Option<String>>,
+}
+
+impl Store {
+    /// Creates a batch and its tasks in one transaction, within the tenant's
+    /// limits for all of them together; items with a cache hit finish at
+    /// once (with their ledger rows). Returns the batch, its task ids in
+    /// order, and whether it was created now: with an `Idempotency-Key`
+    /// already used for a batch by this tenant, it is that batch, untouched.
+    pub async fn insert_batch(
+        &self,
+        batch: &NewBatch<'_>,
+    ) -> Result<(BatchRow, Vec<Uuid>, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = batch.idempotency_key {
+            let earlier: Option<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM batches WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(batch.tenant_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = earlier {
+                tx.commit().await?;
+                return self.existing_batch(batch.tenant_id, id).await;
+            }
+        }
+        let queued = batch.items.iter().filter(|i| i.cached.is_none()).count();
+        let charge = Charge {
+            characters: batch
+                .items
+                .iter()
+                .filter(|i| i.cached.is_none())
+                .map(|i| i64::from(i.job.characters))
+                .sum(),
+            cost: None,
+            queued: queued > 0,
+        };
+        let admitted = admit_jobs(&mut tx, batch.tenant_id, &charge, queued as i64).await?;
+        let format = batch.items.first().map(|i| i.job.format.as_str());
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO batches (id, tenant_id, status, items, open_items, concatenate, format,
+                                  callback_url, metadata, idempotency_key, key_prefix)
+             VALUES ($1, $2, 'running', $3, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(batch.id)
+        .bind(batch.tenant_id)
+        .bind(i32::try_from(batch.items.len()).unwrap_or(i32::MAX))
+        .bind(batch.concatenate)
+        .bind(format)
+        .bind(batch.callback_url)
+        .bind(batch.metadata)
+        .bind(batch.idempotency_key)
+        .bind(batch.key_prefix)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            // A concurrent submission with the same key won.
+            tx.rollback().await?;
+            let id: Uuid = sqlx::query_scalar(
+                "SELECT id FROM batches WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(batch.tenant_id)
+            .bind(batch.idempotency_key)
+            .fetch_one(&self.pool)
+            .await?;
+            return self.existing_batch(batch.tenant_id, id).await;
+        }
+
+        let mut cols = ItemColumns::default();
+        let mut finished = Vec::new();
+        for (index, item) in batch.items.iter().enumerate() {
+            let job = item.job;
+            cols.ids.push(item.task_id);
+            // Cache hits go in `processing` so that `finish` takes them to
+            // their end state and ledger row exactly as for single jobs.
+            cols.statuses.push(if item.cached.is_some() {
+                TaskStatus::Processing.as_str()
+            } else {
+                TaskStatus::Queued.as_str()
+            });
+            cols.texts.push(job.text.clone());
+            cols.characters
+                .push(i32::try_from(job.characters).unwrap_or(i32::MAX));
+            cols.dialects.push(job.dialect.clone());
+            cols.voices.push(job.voice.clone());
+            cols.models.push(job.model.clone());
+            cols.speeds.push(job.speed);
+            cols.emotions.push(job.emotion.clone());
+            cols.formats.push(job.format.as_str());
+            cols.hashes.push(job.hash.as_str().to_owned());
+            cols.metadata
+                .push(job.metadata.as_ref().map(ToString::to_string));
+            cols.indexes.push(i32::try_from(index).unwrap_or(i32::MAX));
+            cols.custom_ids.push(item.custom_id.map(str::to_owned));
+            if let Some(outcome) = &item.cached {
+                finished.push(FinishedTask {
+                    task_id: item.task_id,
+                    outcome: outcome.clone(),
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
+                                speed, emotion, format, content_hash, metadata, key_prefix,
+                                batch_id, batch_index, custom_id, started_at)
+             SELECT u.id, $1, u.status, 'normal', u.text, u.characters, u.dialect, u.voice, u.model,
+                    u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, $2,
+                    $3, u.idx, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END
+               FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::text[],
+                           $10::text[], $11::float8[], $12::text[], $13::text[], $14::text[],
+                           $15::text[], $16::int4[], $17::text[])
+                    AS u(id, status, text, characters, dialect, voice, model, speed, emotion, format,
+                         hash, metadata, idx, custom_id)",
+        )
+        .bind(batch.tenant_id)
+        .bind(batch.key_prefix)
+        .bind(batch.id)
+        .bind(&cols.ids)
+        .bind(&cols.statuses)
+        .bind(&cols.texts)
+        .bind(&cols.characters)
+        .bind(&cols.dialects)
+        .bind(&cols.voices)
+        .bind(&cols.models)
+        .bind(&cols.speeds)
+        .bind(&cols.emotions)
+        .bind(&cols.formats)
+        .bind(&cols.hashes)
+        .bind(&cols.metadata)
+        .bind(&cols.indexes)
+        .bind(&cols.custom_ids)
+        .execute(&mut *tx)
+        .await?;
+        finish(&mut *tx, &finished).await?;
+        let actor = batch
+            .key_prefix
+            .map_or_else(|| "key".to_owned(), |p| format!("key:{p}"));
+        sqlx::query(
+            "INSERT INTO audit_log (actor, tenant_id, key_prefix, action, target, text_chars, detail)
+             VALUES ($1, $2, $3, 'batch.submit', $4, $5, $6)",
+        )
+        .bind(actor)
+        .bind(batch.tenant_id)
+        .bind(batch.key_prefix)
+        .bind(batch.id.to_string())
+        .bind(
+            i32::try_from(cols.characters.iter().map(|c| i64::from(*c)).sum::<i64>())
+                .unwrap_or(i32::MAX),
+        )
+        .bind(json!({
+            "items": batch.items.len(),
+            "cache_hits": finished.len(),
+            "idempotency_key": batch.idempotency_key.is_some(),
+        }))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.record_usage(batch.tenant_id, &admitted);
+        let row = self
+            .get_batch(batch.tenant_id, batch.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("batch {}", batch.id)))?;
+        Ok((row, cols.ids, true))
+    }
+
+    async fn existing_batch(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> Result<(BatchRow, Vec<Uuid>, bool), StoreError> {
+        let row = self
+            .get_batch(tenant_id, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("batch {id}")))?;
+        let ids =
+            sqlx::query_scalar("SELECT id FROM tasks WHERE batch_id = $1 ORDER BY batch_index")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok((row, ids, false))
+    }
+
+    /// A tenant's batch; `None` when it does not exist or is another tenant's.
+    pub async fn get_batch(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<BatchRow>, StoreError> {
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND tenant_id = $2");
+        Ok(sqlx::query_as(&sql)
+            .bind(id)
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A batch by id alone, for workers and operators.
+    pub async fn batch_by_id(&self, id: Uuid) -> Result<Option<BatchRow>, StoreError> {
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1");
+        Ok(sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// How many of a batch's items are in each state.
+    pub async fn batch_counts(&self, id: Uuid) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT status, count(*) FROM tasks WHERE batch_id = $1 GROUP BY status ORDER BY status",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Up to `limit` items of a batch after position `after` (exclusive), in order.
+    pub async fn batch_items(
+        &self,
+        id: Uuid,
+        after: Option<i32>,
+        limit: i64,
+    ) -> Result<Vec<BatchItemRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT t.batch_index, t.id AS task_id, t.custom_id, t.status, t.error_code,
+                    t.error_message, t.cache_hit, a.s3_key, a.duration_ms
+               FROM tasks t LEFT JOIN audio_objects a ON a.hash = t.audio_hash
+              WHERE t.batch_id = $1 AND t.batch_index > $2
+              ORDER BY t.batch_index
+              LIMIT $3",
+        )
+        .bind(id)
+        .bind(after.unwrap_or(-1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Cancels a tenant's batch: its `queued` items become `cancelled`, each
+    /// with its ledger row (nothing billable), in one statement; items being
+    /// processed or finished are kept. Returns how many were cancelled, or
+    /// `None` when the batch is not this tenant's.
+    pub async fn cancel_batch(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE batches SET cancelled_at = coalesce(cancelled_at, now())
+              WHERE id = $1 AND tenant_id = $2 RETURNING id",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "WITH done AS (
+                UPDATE tasks t
+                   SET status = 'cancelled', finished_at = now(), error_code = 'cancelled',
+                       error_message = 'the batch was cancelled before this item started',
+                       not_before = NULL
+                 WHERE t.batch_id = $1 AND t.tenant_id = $2 AND t.status = 'queued'
+             RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status,
+                       t.characters, t.cache_hit, 0::numeric AS price, NULL::text AS currency,
+                       t.created_at AS submitted_at
+             )
+             {LEDGER_FROM_DONE}"
+        );
+        let cancelled = sqlx::query(&sql)
+            .bind(id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(Some(cancelled))
+    }
+
+    /// Batches whose items are all terminal and whose joined audio is yet to
+    /// be made, oldest first.
+    pub async fn batches_to_concatenate(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM batches WHERE status = 'concatenating' ORDER BY created_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The stored audio of a batch's succeeded items, in batch order.
+    pub async fn batch_audio(&self, id: Uuid) -> Result<Vec<BatchAudio>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT t.batch_index, a.s3_key, a.format, a.duration_ms
+               FROM tasks t JOIN audio_objects a ON a.hash = t.audio_hash
+              WHERE t.batch_id = $1 AND t.status = 'succeeded'
+              ORDER BY t.batch_index",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Completes a batch that was waiting for its joined audio, with its
+    /// `batch.completed` event when it has a target. A no-op when another
+    /// replica completed it first. Returns whether this call completed it.
+    pub async fn finish_concatenation(
+        &self,
+        id: Uuid,
+        result: &Concatenated,
+    ) -> Result<bool, StoreError> {
+        let (key, bytes, duration, error) = match result {
+            Concatenated::Stored {
+                key,
+                bytes,
+                duration_ms,
+            } => (Some(key.as_str()), Some(*bytes), Some(*duration_ms), None),
+            Concatenated::Failed(message) => (None, None, None, Some(message.as_str())),
+        };
+        let rows = sqlx::query(
+            "WITH b AS (
+                UPDATE batches
+                   SET status = 'completed', completed_at = now(), concatenated_key = $2,
+                       concatenated_bytes = $3, concatenated_duration_ms = $4, concatenate_error = $5
+                 WHERE id = $1 AND status = 'concatenating'
+             RETURNING id, tenant_id, callback_url
+             ), hook AS (
+                INSERT INTO webhook_deliveries (tenant_id, event, batch_id, target_url)
+                SELECT b.tenant_id, 'batch.completed', b.id, coalesce(b.callback_url, t.webhook_url)
+                  FROM b JOIN tenants t ON t.id = b.tenant_id
+                 WHERE coalesce(b.callback_url, t.webhook_url) IS NOT NULL
+             )
+             SELECT id FROM b",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(bytes)
+        .bind(duration)
+        .bind(error)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(!rows.is_empty())
+    }
+}

@@ -1,0 +1,424 @@
+//! Signed webhooks end to end: a local receiver (axum on port 0) gets each
+//! terminal task once with a valid signature, retries with back-off after
+//! 500s, the delivery log, batch events, replay, SSRF refusals and secret
+//! rotation.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use ttsq_testkit::{TestApp, TestOptions};
+
+const SIGNING_KEY: &str = "webhook-signing-key-for-tests";
+const ADMIN_TOKEN: &str = "admin-token-for-webhook-tests-0123";
+
+/// One request the receiver got.
+#[derive(Clone)]
+struct Received {
+    at: Instant,
+    signature: String,
+    webhook_id: String,
+    body: Bytes,
+}
+
+/// A webhook receiver answering the scripted statuses in turn (then 200).
+#[derive(Clone, Default)]
+struct Receiver {
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Receiver {
+    async fn start(script: Vec<u16>) -> (Self, String) {
+        let receiver = Self {
+            received: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+        };
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("receiver bound");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("receiver lock").clone()
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.received();
+            if got.len() >= count {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} webhooks arrived",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    receiver
+        .received
+        .lock()
+        .expect("receiver lock")
+        .push(Received {
+            at: Instant::now(),
+            signature: header("ttsq-signature"),
+            webhook_id: header("ttsq-webhook-id"),
+            body,
+        });
+    let mut script = receiver.script.lock().expect("script lock");
+    let code = if script.is_empty() {
+        200
+    } else {
+        script.remove(0)
+    };
+    StatusCode::from_u16(code).expect("status code")
+}
+
+/// What a receiver does: the `v1` signatures that verify with `secret`.
+fn verified(secret: &str, received: &Received) -> usize {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in received.signature.split(',') {
+        match part.split_once('=') {
+            Some(("t", t)) => timestamp = Some(t.to_owned()),
+            Some(("v1", sig)) => signatures.push(sig.to_owned()),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.expect("a timestamp in the signature header");
+    let age = chrono::Utc::now().timestamp() - timestamp.parse::<i64>().expect("unix time");
+    assert!(age.abs() < 300, "stale timestamp");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&received.body);
+    let expected = hex::encode(mac.finalize().into_bytes());
+    signatures.iter().filter(|s| **s == expected).count()
+}
+
+async fn spawn(allow_loopback: bool) -> TestApp {
+    let mut env = vec![
+        (
+            "TTSQ_WEBHOOKS_SIGNING_KEY".to_owned(),
+            SIGNING_KEY.to_owned(),
+        ),
+        (
+            "TTSQ_QUEUE_WEBHOOK_RETRY_DELAYS_MS".to_owned(),
+            "300,600".to_owned(),
+        ),
+        ("TTSQ_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+    ];
+    if allow_loopback {
+        env.push((
+            "TTSQ_WEBHOOKS_ALLOW_PRIVATE".to_owned(),
+            "127.0.0.1/32,::1/128".to_owned(),
+        ));
+    }
+    TestApp::spawn_with(TestOptions {
+        env,
+        ..TestOptions::default()
+    })
+    .await
+}
+
+/// The default tenant's current secret, through the admin API.
+async fn secret(app: &TestApp, rotate: bool) -> String {
+    let url = format!("{}/v1/admin/tenants/default/webhook-secret", app.base_url);
+    let request = if rotate {
+        app.http.post(url)
+    } else {
+        app.http.get(url)
+    };
+    let response = request.bearer_auth(ADMIN_TOKEN).send().await.expect("sent");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    body["webhook_secret"].as_str().expect("secret").to_owned()
+}
+
+#[tokio::test]
+async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let secret = secret(&app, false).await;
+
+    let task = app
+        .submit_ok(&json!({"text": "Tell me when done.", "dialect": "en-us", "callback_url": url}))
+        .await;
+    app.wait_for(task).await;
+    let got = receiver.wait_for(1).await;
+    // Nothing more arrives for the same task.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 1);
+
+    assert_eq!(verified(&secret, &got[0]), 1, "signature does not verify");
+    assert_eq!(verified("whsec_wrong", &got[0]), 0);
+    let body: Value = serde_json::from_slice(&got[0].body).expect("JSON body");
+    assert_eq!(body["type"], "task.completed");
+    assert_eq!(body["data"]["task_id"], task.to_string());
+    assert_eq!(body["data"]["status"], "succeeded");
+    assert!(body["data"]["audio_url"].as_str().is_some());
+    assert_eq!(body["id"].as_str(), Some(got[0].webhook_id.as_str()));
+
+    let sql = format!(
+        "SELECT count(*) FROM webhook_deliveries
+          WHERE task_id = '{task}' AND status = 'delivered' AND attempts = 1 AND last_status_code = 200"
+    );
+    assert_eq!(app.scalar(&sql).await, 1);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM webhook_attempts WHERE status_code = 200 AND attempt = 1")
+            .await,
+        1
+    );
+
+    // Replay by id: delivered again, logged as a new first attempt.
+    let id: uuid::Uuid = got[0].webhook_id.parse().expect("uuid");
+    let replayed = app
+        .services
+        .store
+        .replay_webhooks(Some(id), None)
+        .await
+        .expect("replayed");
+    assert_eq!(replayed, 1);
+    let again = receiver.wait_for(2).await;
+    assert_eq!(again[1].webhook_id, got[0].webhook_id);
+    assert_eq!(app.scalar("SELECT count(*) FROM webhook_attempts").await, 2);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_failing_receiver_is_retried_with_growing_back_off() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(vec![500, 503]).await;
+
+    let task = app
+        .submit_ok(&json!({"text": "Retry me.", "dialect": "en-us", "callback_url": url}))
+        .await;
+    let got = receiver.wait_for(3).await;
+    let first_gap = got[1].at - got[0].at;
+    let second_gap = got[2].at - got[1].at;
+    assert!(first_gap >= Duration::from_millis(280), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(580), "{second_gap:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 3);
+
+    let codes: Vec<(i32, Option<i32>)> = ttsq_store::sqlx::query_as(
+        "SELECT a.attempt, a.status_code FROM webhook_attempts a
+           JOIN webhook_deliveries d ON d.id = a.delivery_id
+          WHERE d.task_id = $1 ORDER BY a.attempt",
+    )
+    .bind(task)
+    .fetch_all(app.services.store.pool())
+    .await
+    .expect("attempts");
+    assert_eq!(codes, vec![(1, Some(500)), (2, Some(503)), (3, Some(200))]);
+    let sql = format!(
+        "SELECT count(*) FROM webhook_deliveries WHERE task_id = '{task}' AND status = 'delivered' AND attempts = 3"
+    );
+    assert_eq!(app.scalar(&sql).await, 1);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_failing_every_attempt_is_given_up() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(vec![500, 500, 500, 500]).await;
+    let task = app
+        .submit_ok(&json!({"text": "Never heard.", "dialect": "en-us", "callback_url": url}))
+        .await;
+    // Two delays: three attempts in all.
+    receiver.wait_for(3).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sql = format!(
+        "SELECT count(*) FROM webhook_deliveries WHERE task_id = '{task}' AND status = 'failed' AND attempts = 3"
+    );
+    while app.scalar(&sql).await == 0 {
+        assert!(Instant::now() < deadline, "never marked failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 3);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_batch_posts_one_event_when_every_item_is_terminal() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let secret = secret(&app, false).await;
+    let response = app
+        .http
+        .post(format!("{}/v1/tts/batches", app.base_url))
+        .bearer_auth(&app.api_key)
+        .json(&json!({"callback_url": url, "items": [
+            {"text": "One.", "dialect": "en-us"},
+            {"text": "Two.", "dialect": "en-us"},
+            {"text": "Three.", "dialect": "en-us"},
+        ]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.expect("JSON");
+    let got = receiver.wait_for(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "items send no events of their own"
+    );
+    assert_eq!(verified(&secret, &got[0]), 1);
+    let body: Value = serde_json::from_slice(&got[0].body).expect("JSON");
+    assert_eq!(body["type"], "batch.completed");
+    assert_eq!(body["data"]["batch_id"], accepted["batch_id"]);
+    assert_eq!(body["data"]["counts"]["succeeded"], 3);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn internal_targets_are_refused_without_an_allowlist() {
+    let app = spawn(false).await;
+    for url in [
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:8080/hook",
+        "http://127.0.0.1:9/hook",
+        "http://localhost:9/hook",
+    ] {
+        let response = app
+            .submit(&json!({"text": "x", "dialect": "en-us", "callback_url": url}))
+            .await;
+        assert_eq!(response.status(), 400, "{url}");
+        let problem: Value = response.json().await.expect("JSON");
+        assert_eq!(
+            problem["errors"][0]["field"], "callback_url",
+            "{url}: {problem}"
+        );
+        let response = app
+            .http
+            .post(format!("{}/v1/tts/batches", app.base_url))
+            .bearer_auth(&app.api_key)
+            .json(&json!({"callback_url": url, "items": [{"text": "x", "dialect": "en-us"}]}))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 400, "{url}");
+    }
+    // The tenant default goes through the same guard.
+    let response = app
+        .http
+        .put(format!("{}/v1/admin/tenants/default/webhook", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"webhook_url": "http://192.168.0.10/hook"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 400);
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_target_that_became_internal_is_refused_at_delivery() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let task = app
+        .submit_ok(&json!({"text": "Moved away.", "dialect": "en-us", "callback_url": url}))
+        .await;
+    app.wait_for(task).await;
+    receiver.wait_for(1).await;
+    // As if DNS now pointed at the metadata service: the stored target is
+    // re-checked on every attempt.
+    app.execute(
+        "UPDATE webhook_deliveries SET target_url = 'http://169.254.169.254/' , status = 'failed'",
+    )
+    .await;
+    let replayed = app
+        .services
+        .store
+        .replay_webhooks(None, Some(chrono::Utc::now() - chrono::Duration::hours(1)))
+        .await
+        .expect("replayed");
+    assert_eq!(replayed, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sql = "SELECT count(*) FROM webhook_attempts WHERE error LIKE 'target refused%' AND status_code IS NULL";
+    while app.scalar(sql).await == 0 {
+        assert!(Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'")
+            .await,
+        1
+    );
+    assert_eq!(receiver.received().len(), 1);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one_and_the_tenant_default_is_used() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let response = app
+        .http
+        .put(format!("{}/v1/admin/tenants/default/webhook", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"webhook_url": url}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let old = secret(&app, false).await;
+    let new = secret(&app, true).await;
+    assert_ne!(old, new);
+    assert_eq!(secret(&app, false).await, new);
+
+    // No callback_url: the tenant's default target gets the event.
+    let task = app
+        .submit_ok(&json!({"text": "Rotated.", "dialect": "en-us"}))
+        .await;
+    app.wait_for(task).await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        got[0].signature.matches("v1=").count(),
+        2,
+        "{}",
+        got[0].signature
+    );
+    assert_eq!(verified(&new, &got[0]), 1);
+    assert_eq!(verified(&old, &got[0]), 1);
+    // The old secret stops signing once its grace period is over.
+    app.execute("UPDATE tenants SET webhook_previous_until = now() - interval '1 second'")
+        .await;
+    let task = app
+        .submit_ok(&json!({"text": "After the grace period.", "dialect": "en-us"}))
+        .await;
+    app.wait_for(task).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[1].signature.matches("v1=").count(), 1);
+    assert_eq!(verified(&new, &got[1]), 1);
+    assert_eq!(verified(&old, &got[1]), 0);
+    app.teardown().await;
+}
