@@ -410,15 +410,42 @@ pub async fn get(
             wait
         }
     };
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut row = find_task(&context, &caller, &id).await?;
-    let mut pause = Duration::from_millis(50);
-    while !row.status().is_terminal() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-        row = find_task(&context, &caller, &id).await?;
-    }
+    let row = wait_for_terminal(&context, &caller, &id, wait).await?;
     Ok(Json(TaskView::render(&context, row).await?))
+}
+
+/// Reads the task, and while it is not terminal waits up to `wait` for the
+/// notification that it finished, re-reading it on each wake-up and at
+/// least every `server.wait_poll_ms` (notifications can be missed while the
+/// listener reconnects).
+async fn wait_for_terminal(
+    context: &ApiContext,
+    caller: &Caller,
+    raw_id: &str,
+    wait: Duration,
+) -> Result<TaskRow, ApiError> {
+    let mut row = find_task(context, caller, raw_id).await?;
+    if wait.is_zero() || row.status().is_terminal() {
+        return Ok(row);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let waiter = context.waiters.register(row.id);
+    loop {
+        // Enabled before the read, so a finish in between still wakes us.
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        row = find_task(context, caller, raw_id).await?;
+        let now = tokio::time::Instant::now();
+        if row.status().is_terminal() || now >= deadline {
+            return Ok(row);
+        }
+        let next_poll = (now + context.waiters.fallback()).min(deadline);
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(next_poll) => {}
+        }
+    }
 }
 
 /// Query of `GET /v1/tts/jobs/{id}/audio`.

@@ -68,6 +68,8 @@ pub struct ApiContext {
     pub admin_token: Option<Arc<admin::TokenDigest>>,
     /// Patterns a job's text must not match.
     pub content_filter: Arc<content::ContentFilter>,
+    /// Long-polls waiting for tasks to finish, woken by LISTEN/NOTIFY.
+    pub waiters: ttsq_store::TaskWaiters,
 }
 
 impl ApiContext {
@@ -80,7 +82,12 @@ impl ApiContext {
         providers: Arc<ttsq_providers::Router>,
     ) -> Result<Self, ttsq_queue::QueueError> {
         let publisher = broker.publisher().await?;
+        let waiters = ttsq_store::TaskWaiters::start(
+            store.pool().clone(),
+            Duration::from_millis(settings.server.wait_poll_ms),
+        );
         Ok(Self {
+            waiters,
             store,
             broker,
             publisher,

@@ -7,6 +7,7 @@
 //! - [`limits`]: admitting submissions within a tenant's limits.
 //! - [`audit`]: the append-only audit log of submissions and admin actions.
 //! - [`usage`]: the finance views, read per tenant and period.
+//! - [`task_events`]: waking long-polls on LISTEN/NOTIFY when tasks finish.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
 //! - [`replicas`]: replica heartbeats for quota sharing.
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod limits;
 pub mod outbox;
 pub mod replicas;
+pub mod task_events;
 pub mod tasks;
 pub mod usage;
 pub mod usage_today;
@@ -39,6 +41,7 @@ pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use sqlx;
+pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
