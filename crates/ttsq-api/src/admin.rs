@@ -250,6 +250,8 @@ struct PatchTenant {
     max_queued_jobs: Option<Option<i32>>,
     #[serde(default)]
     currency: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    retention_days: Option<Option<i32>>,
 }
 
 /// `PATCH /v1/admin/tenants/{name}`.
@@ -265,6 +267,7 @@ async fn update_tenant(
         monthly_budget: body.monthly_budget,
         max_queued_jobs: body.max_queued_jobs,
         currency: body.currency,
+        retention_days: body.retention_days,
     };
     let tenant = context
         .store

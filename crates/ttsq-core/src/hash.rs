@@ -92,6 +92,12 @@ impl ContentHash {
         &self.0
     }
 
+    /// Object key of the speech marks stored beside the audio:
+    /// `audio/{hash[0..2]}/{hash}.marks.json`.
+    pub fn marks_key(&self) -> String {
+        format!("audio/{}/{}.marks.json", &self.0[..2], self.0)
+    }
+
     /// Object key of the audio in the bucket: `audio/{hash[0..2]}/{hash}.{ext}`.
     pub fn object_key(&self, format: AudioFormat) -> String {
         format!("audio/{}/{}.{}", &self.0[..2], self.0, format.extension())

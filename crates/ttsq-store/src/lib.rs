@@ -10,6 +10,7 @@
 //! - [`task_events`]: waking long-polls on LISTEN/NOTIFY when tasks finish.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
+//! - [`retention`]: removing expired tasks and the audio only they used.
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod limits;
 pub mod outbox;
 pub mod replicas;
+pub mod retention;
 pub mod task_events;
 pub mod tasks;
 pub mod usage;
@@ -40,6 +42,7 @@ pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, 
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
+pub use retention::SweptBatch;
 pub use sqlx;
 pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
