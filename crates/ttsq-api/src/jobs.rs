@@ -44,7 +44,16 @@ pub async fn submit(
             ApiError::field("", format!("could not read the body: {rejection}"))
         }
     })?;
-    let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
+    let job =
+        Job::parse(&body, context.providers.catalog(), &context.limits).map_err(|errors| {
+            // Only the marks are wrong: the job is fine but cannot be served as
+            // asked (no timings from this dialect's provider), a 422.
+            if !errors.0.is_empty() && errors.fields().iter().all(|f| *f == "marks") {
+                ApiError::Unprocessable(errors)
+            } else {
+                ApiError::Validation(errors)
+            }
+        })?;
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
         audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
@@ -231,6 +240,7 @@ async fn submit_high(
                 speed: job.speed,
                 emotion: job.emotion.as_deref(),
                 format: job.format,
+                marks: &job.marks,
             };
             let outcome = match context.providers.synthesize(&request).await {
                 Ok((audio, provider)) => {
@@ -484,4 +494,28 @@ pub async fn audio(
     let url = context.audio.presign_get(key).await?;
     let location = HeaderValue::from_str(&url).map_err(ApiError::internal)?;
     Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}
+
+/// `GET /v1/tts/jobs/{id}/marks`: the speech marks file of a succeeded task
+/// that asked for marks, as JSON.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn marks(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = find_task(&context, &caller, &id).await?;
+    if row.marks.as_ref().is_none_or(Vec::is_empty) {
+        return Err(ApiError::NotFound("speech marks"));
+    }
+    let status = row.status();
+    if status != TaskStatus::Succeeded {
+        return Err(ApiError::Conflict(format!(
+            "the task is {status}; speech marks exist only once it has succeeded"
+        )));
+    }
+    let hash = ttsq_core::ContentHash::parse(&row.content_hash)
+        .ok_or(ApiError::NotFound("speech marks"))?;
+    let bytes = context.audio.get(&hash.marks_key()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }

@@ -132,6 +132,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/tts/jobs", post(jobs::submit))
         .route("/v1/tts/jobs/{id}", get(jobs::get))
         .route("/v1/tts/jobs/{id}/audio", get(jobs::audio))
+        .route("/v1/tts/jobs/{id}/marks", get(jobs::marks))
         .route("/v1/dialects", get(system::dialects))
         .route("/v1/usage", get(usage::usage))
         .merge(admin::routes())

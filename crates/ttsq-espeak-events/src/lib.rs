@@ -45,6 +45,21 @@ type SynthCallback = unsafe extern "C" fn(*mut c_short, c_int, *mut RawEvent) ->
 type InitializeFn = unsafe extern "C" fn(c_int, c_int, *const c_char, c_int) -> c_int;
 type SetCallbackFn = unsafe extern "C" fn(SynthCallback);
 type SetVoiceFn = unsafe extern "C" fn(*const c_char) -> c_int;
+type SetVoiceByPropertiesFn = unsafe extern "C" fn(*mut VoiceSpec) -> c_int;
+
+/// `espeak_VOICE` of `speak_lib.h`, as a selection by properties.
+#[repr(C)]
+struct VoiceSpec {
+    name: *const c_char,
+    languages: *const c_char,
+    identifier: *const c_char,
+    gender: u8,
+    age: u8,
+    variant: u8,
+    xx1: u8,
+    score: c_int,
+    spare: *mut c_void,
+}
 type SetParameterFn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 type SynthFn = unsafe extern "C" fn(
     *const c_void,
@@ -112,6 +127,7 @@ pub struct Synthesis {
 /// The loaded library's entry points.
 struct Api {
     set_voice: SetVoiceFn,
+    set_voice_by_properties: SetVoiceByPropertiesFn,
     set_parameter: SetParameterFn,
     synth: SynthFn,
     sample_rate_hz: u32,
@@ -157,8 +173,23 @@ impl Engine {
         // lock, and the pointers are valid NUL-terminated strings that
         // outlive the calls.
         unsafe {
+            // As the espeak-ng command line does for `-v`: a voice name
+            // first, else a language (`en-gb`, `en-gb+f1`).
             if (self.api.set_voice)(voice_c.as_ptr()) != EE_OK {
-                return Err(EngineError::UnknownVoice(voice.into()));
+                let mut spec = VoiceSpec {
+                    name: std::ptr::null(),
+                    languages: voice_c.as_ptr(),
+                    identifier: std::ptr::null(),
+                    gender: 0,
+                    age: 0,
+                    variant: 0,
+                    xx1: 0,
+                    score: 0,
+                    spare: std::ptr::null_mut(),
+                };
+                if (self.api.set_voice_by_properties)(&mut spec) != EE_OK {
+                    return Err(EngineError::UnknownVoice(voice.into()));
+                }
             }
             let rate = c_int::try_from(words_per_minute).unwrap_or(175);
             (self.api.set_parameter)(PARAMETER_RATE, rate, 0);
@@ -185,7 +216,9 @@ impl Engine {
                 std::ptr::null_mut(),
             )
         };
-        let collected = COLLECTING.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        let collected = COLLECTING
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_default();
         if code == EE_OK {
             Ok(collected)
         } else {
@@ -221,11 +254,11 @@ fn load() -> Result<Engine, EngineError> {
             }
         };
         let initialize: InitializeFn = std::mem::transmute(symbol(c"espeak_Initialize")?);
-        let set_callback: SetCallbackFn =
-            std::mem::transmute(symbol(c"espeak_SetSynthCallback")?);
+        let set_callback: SetCallbackFn = std::mem::transmute(symbol(c"espeak_SetSynthCallback")?);
         let set_voice: SetVoiceFn = std::mem::transmute(symbol(c"espeak_SetVoiceByName")?);
-        let set_parameter: SetParameterFn =
-            std::mem::transmute(symbol(c"espeak_SetParameter")?);
+        let set_voice_by_properties: SetVoiceByPropertiesFn =
+            std::mem::transmute(symbol(c"espeak_SetVoiceByProperties")?);
+        let set_parameter: SetParameterFn = std::mem::transmute(symbol(c"espeak_SetParameter")?);
         let synth: SynthFn = std::mem::transmute(symbol(c"espeak_Synth")?);
         let rate = initialize(
             AUDIO_OUTPUT_SYNCHRONOUS,
@@ -233,14 +266,14 @@ fn load() -> Result<Engine, EngineError> {
             std::ptr::null(),
             INITIALIZE_PHONEME_EVENTS | INITIALIZE_DONT_EXIT,
         );
-        let sample_rate_hz = u32::try_from(rate)
-            .ok()
-            .filter(|r| *r > 0)
-            .ok_or_else(|| EngineError::Unavailable(format!("espeak_Initialize returned {rate}")))?;
+        let sample_rate_hz = u32::try_from(rate).ok().filter(|r| *r > 0).ok_or_else(|| {
+            EngineError::Unavailable(format!("espeak_Initialize returned {rate}"))
+        })?;
         set_callback(collect);
         Ok(Engine {
             api: Api {
                 set_voice,
+                set_voice_by_properties,
                 set_parameter,
                 synth,
                 sample_rate_hz,
@@ -302,6 +335,21 @@ unsafe extern "C" fn collect(wav: *mut c_short, samples: c_int, events: *mut Raw
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dialect_ids_and_variants_select_voices_as_the_command_line_does() {
+        let engine = Engine::open().expect("libespeak-ng loads on this machine");
+        for voice in ["en-gb", "en-gb+f1", "en-us+m3", "fr-fr", "cmn", "es-419"] {
+            let out = engine
+                .synthesize(voice, 175, "one two")
+                .unwrap_or_else(|e| panic!("{voice}: {e}"));
+            assert!(out.samples.len() > 1_000, "{voice}");
+        }
+        assert!(matches!(
+            engine.synthesize("xx-nope", 175, "x"),
+            Err(EngineError::UnknownVoice(_))
+        ));
+    }
 
     #[test]
     fn words_and_phonemes_come_with_rising_times() {
