@@ -352,6 +352,25 @@ mod tests {
     }
 
     #[test]
+    fn word_positions_count_characters_not_bytes() {
+        let engine = Engine::open().expect("libespeak-ng loads on this machine");
+        let text = "Café naïve déjà vu";
+        let out = engine.synthesize("fr-fr", 175, text).expect("synthesis");
+        let spoken: Vec<String> = out
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::Word)
+            .map(|w| {
+                text.chars()
+                    .skip(w.text_position as usize)
+                    .take(w.length as usize)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(spoken, ["Café", "naïve", "déjà", "vu"]);
+    }
+
+    #[test]
     fn words_and_phonemes_come_with_rising_times() {
         let engine = Engine::open().expect("libespeak-ng loads on this machine");
         let text = "Hello brave world. Second sentence here.";
