@@ -2,6 +2,9 @@
 //!
 //! `POST /v1/text-to-speech/{voice_id}?output_format=…` with `xi-api-key`
 //! and `{text, model_id, voice_settings, language_code}`; answers audio.
+//! `POST /v1/text-to-speech/{voice_id}/with-timestamps` answers the same
+//! audio as JSON `{audio_base64, alignment, normalized_alignment}` with
+//! per-character start and end times.
 //! Errors are `{"detail": {"status": "…", "message": "…"}}`, except request
 //! validation errors, which are FastAPI's `{"detail": [{"type", "loc",
 //! "msg"}]}` with status 422. `GET /v1/voices` and `GET /v1/user` serve as

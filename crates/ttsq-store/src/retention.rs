@@ -56,14 +56,18 @@ impl Store {
         .bind(i64::from(batch_size))
         .fetch_one(&mut *tx)
         .await?;
-        // An index row locked elsewhere (being read for a cache hit that is
-        // about to reference it) is left for a later sweep.
+        // Audio stays while a queued or processing task will produce or
+        // reference it (a worker about to finish with this very hash), and
+        // an index row locked elsewhere is left for a later sweep.
         let audio: Vec<(String, String)> = sqlx::query_as(
             "DELETE FROM audio_objects a
               WHERE a.hash IN (
                     SELECT o.hash FROM audio_objects o
                      WHERE o.hash = ANY($1)
                        AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.audio_hash = o.hash)
+                       AND NOT EXISTS (SELECT 1 FROM tasks t
+                                        WHERE t.content_hash = o.hash
+                                          AND t.status IN ('queued', 'processing'))
                        FOR UPDATE SKIP LOCKED)
              RETURNING a.hash, a.s3_key",
         )

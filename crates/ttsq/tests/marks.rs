@@ -157,6 +157,35 @@ async fn only_word_marks_are_stored_when_only_words_are_asked_for() {
     app.teardown().await;
 }
 
+#[tokio::test]
+async fn a_high_priority_job_links_its_marks_in_the_json_answer() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .post(format!("{}/v1/tts/jobs", app.base_url))
+        .bearer_auth(&app.api_key)
+        .header("accept", "application/json")
+        .json(&json!({
+            "text": "Spoken at once, with marks.", "dialect": "en-us",
+            "priority": "high", "marks": ["sentence", "viseme"]
+        }))
+        .send()
+        .await
+        .expect("submit sent");
+    assert_eq!(response.status(), 200);
+    let task: Value = response.json().await.expect("task JSON");
+
+    let marks = marks_of(&app, &task).await;
+
+    assert_eq!(of_type(&marks, "sentence").len(), 1);
+    assert!(!of_type(&marks, "viseme").is_empty());
+    assert!(
+        of_type(&marks, "word").is_empty(),
+        "only what was asked for"
+    );
+    app.teardown().await;
+}
+
 async fn fake() -> FakeProvider {
     let mut config = FakeConfig::default();
     config.keys.openai = Some(KEY.to_owned());
