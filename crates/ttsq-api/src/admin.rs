@@ -324,6 +324,8 @@ struct PatchTenant {
     #[serde(default)]
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    retention_days: Option<Option<i32>>,
 }
 
 /// `PATCH /v1/admin/tenants/{name}`.
@@ -354,6 +356,7 @@ pub(crate) async fn update_tenant(
         monthly_budget: body.monthly_budget,
         max_queued_jobs: body.max_queued_jobs,
         currency: body.currency,
+        retention_days: body.retention_days,
     };
     let tenant = context
         .store

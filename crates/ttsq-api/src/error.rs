@@ -22,6 +22,10 @@ pub enum ApiError {
     /// The request body or query is invalid; each field says why.
     #[error(transparent)]
     Validation(#[from] ValidationErrors),
+    /// The request is well-formed but cannot be served as asked: speech
+    /// marks the dialect's provider cannot time. Answered 422.
+    #[error("{0}")]
+    Unprocessable(ValidationErrors),
     /// No, malformed, unknown or revoked API key.
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -80,6 +84,7 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) => StatusCode::BAD_REQUEST,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -101,6 +106,7 @@ impl ApiError {
     fn slug(&self) -> &'static str {
         match self {
             Self::Validation(_) => "validation",
+            Self::Unprocessable(_) => "unprocessable",
             Self::Unauthorized => "unauthorized",
             Self::NotFound(_) => "not-found",
             Self::UnsupportedMediaType => "unsupported-media-type",
@@ -219,7 +225,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             errors: match &self {
-                Self::Validation(v) => Some(&v.0),
+                Self::Validation(v) | Self::Unprocessable(v) => Some(&v.0),
                 _ => None,
             },
             task_id: match &self {

@@ -72,7 +72,16 @@ pub async fn submit(
             ApiError::field("", format!("could not read the body: {rejection}"))
         }
     })?;
-    let job = Job::parse(&body, context.providers.catalog(), &context.limits)?;
+    let job =
+        Job::parse(&body, context.providers.catalog(), &context.limits).map_err(|errors| {
+            // Only the marks are wrong: the job is fine but cannot be served as
+            // asked (no timings from this dialect's provider), a 422.
+            if !errors.0.is_empty() && errors.fields().iter().all(|f| *f == "marks") {
+                ApiError::Unprocessable(errors)
+            } else {
+                ApiError::Validation(errors)
+            }
+        })?;
     if let Some(url) = &job.callback_url {
         context.webhooks.check_target("callback_url", url).await?;
     }
@@ -262,6 +271,7 @@ pub(crate) async fn submit_high(
                 speed: job.speed,
                 emotion: job.emotion.as_deref(),
                 format: job.format,
+                marks: &job.marks,
             };
             let outcome = match context.providers.synthesize(&request).await {
                 Ok((audio, provider)) => {
@@ -459,15 +469,42 @@ pub async fn get(
             wait
         }
     };
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut row = find_task(&context, &caller, &id).await?;
-    let mut pause = Duration::from_millis(50);
-    while !row.status().is_terminal() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-        row = find_task(&context, &caller, &id).await?;
-    }
+    let row = wait_for_terminal(&context, &caller, &id, wait).await?;
     Ok(Json(TaskView::render(&context, row).await?))
+}
+
+/// Reads the task, and while it is not terminal waits up to `wait` for the
+/// notification that it finished, re-reading it on each wake-up and at
+/// least every `server.wait_poll_ms` (notifications can be missed while the
+/// listener reconnects).
+async fn wait_for_terminal(
+    context: &ApiContext,
+    caller: &Caller,
+    raw_id: &str,
+    wait: Duration,
+) -> Result<TaskRow, ApiError> {
+    let mut row = find_task(context, caller, raw_id).await?;
+    if wait.is_zero() || row.status().is_terminal() {
+        return Ok(row);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let waiter = context.waiters.register(row.id);
+    loop {
+        // Enabled before the read, so a finish in between still wakes us.
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        row = find_task(context, caller, raw_id).await?;
+        let now = tokio::time::Instant::now();
+        if row.status().is_terminal() || now >= deadline {
+            return Ok(row);
+        }
+        let next_poll = (now + context.waiters.fallback()).min(deadline);
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(next_poll) => {}
+        }
+    }
 }
 
 /// Query of `GET /v1/tts/jobs/{id}/audio`.
@@ -527,4 +564,28 @@ pub async fn audio(
     let url = context.audio.presign_get(key).await?;
     let location = HeaderValue::from_str(&url).map_err(ApiError::internal)?;
     Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}
+
+/// `GET /v1/tts/jobs/{id}/marks`: the speech marks file of a succeeded task
+/// that asked for marks, as JSON.
+#[tracing::instrument(skip_all, fields(task_id = %id))]
+pub async fn marks(
+    State(context): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = find_task(&context, &caller, &id).await?;
+    if row.marks.as_ref().is_none_or(Vec::is_empty) {
+        return Err(ApiError::NotFound("speech marks"));
+    }
+    let status = row.status();
+    if status != TaskStatus::Succeeded {
+        return Err(ApiError::Conflict(format!(
+            "the task is {status}; speech marks exist only once it has succeeded"
+        )));
+    }
+    let hash = ttsq_core::ContentHash::parse(&row.content_hash)
+        .ok_or(ApiError::NotFound("speech marks"))?;
+    let bytes = context.audio.get(&hash.marks_key()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }

@@ -82,6 +82,8 @@ pub struct ApiContext {
     pub speech: Arc<ttsq_config::SpeechSettings>,
     /// Webhook targets: enabled or not, the SSRF guard, secrets.
     pub webhooks: Arc<webhooks::WebhookApi>,
+    /// Long-polls waiting for tasks to finish, woken by LISTEN/NOTIFY.
+    pub waiters: ttsq_store::TaskWaiters,
 }
 
 impl ApiContext {
@@ -105,7 +107,12 @@ impl ApiContext {
                  /v1/audio/speech refuses voices that fall back to it"
             );
         }
+        let waiters = ttsq_store::TaskWaiters::start(
+            store.pool().clone(),
+            Duration::from_millis(settings.server.wait_poll_ms),
+        );
         Ok(Self {
+            waiters,
             store,
             broker,
             publisher,
@@ -162,6 +169,7 @@ pub fn router(context: ApiContext) -> Router {
             get(batches::get).delete(batches::cancel),
         )
         .merge(webhooks::admin_routes())
+        .route("/v1/tts/jobs/{id}/marks", get(jobs::marks))
         .route("/v1/dialects", get(system::dialects))
         .route("/v1/usage", get(usage::usage))
         .merge(admin::routes())

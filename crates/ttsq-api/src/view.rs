@@ -35,6 +35,12 @@ pub struct TaskView {
     audio_bytes: Option<i64>,
     /// Playing time of the audio.
     duration_ms: Option<i32>,
+    /// Speech marks asked for; absent when none were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marks: Option<Vec<String>>,
+    /// Presigned URL of the marks file, when succeeded with marks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marks_url: Option<String>,
     /// Why it failed or was cancelled.
     error: Option<TaskErrorView>,
     /// Times a worker claimed it.
@@ -84,6 +90,17 @@ impl TaskView {
             (Some(key), TaskStatus::Succeeded) => Some(context.audio.presign_get(key).await?),
             _ => None,
         };
+        let marks = row.marks.filter(|m| !m.is_empty());
+        let marks_url = match (
+            &marks,
+            status,
+            ttsq_core::ContentHash::parse(&row.content_hash),
+        ) {
+            (Some(_), TaskStatus::Succeeded, Some(hash)) => {
+                Some(context.audio.presign_get(&hash.marks_key()).await?)
+            }
+            _ => None,
+        };
         let error = match (row.error_code, row.error_message) {
             (Some(code), message) => Some(TaskErrorView {
                 code,
@@ -104,6 +121,8 @@ impl TaskView {
             audio_sha256: row.audio_sha256,
             audio_bytes: row.audio_bytes,
             duration_ms: row.duration_ms,
+            marks,
+            marks_url,
             error,
             attempts: row.attempts,
             metadata: row.metadata,

@@ -438,6 +438,26 @@ impl AudioStore {
         Ok(request.uri().to_owned())
     }
 
+    /// Deletes the object under `key`; a key that is already gone is fine.
+    /// Only the retention sweeper deletes, and only once no task refers to
+    /// the object any more.
+    pub async fn delete(&self, key: &str) -> Result<(), AudioStoreError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) => match self.not_found_or("DeleteObject", key, &err) {
+                AudioStoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
     /// Checks that the bucket is reachable with these credentials
     /// (`HeadBucket`), for readiness probes.
     pub async fn check(&self) -> Result<(), AudioStoreError> {

@@ -59,6 +59,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Webhook delivery.
     pub webhooks: WebhookSettings,
+    /// How long tasks and their audio are kept.
+    pub retention: RetentionSettings,
 }
 
 /// Webhook delivery: signing, SSRF guard, timeouts.
@@ -110,6 +112,26 @@ pub fn parse_cidr(raw: &str) -> Result<(std::net::IpAddr, u8), String> {
             .ok_or_else(|| format!("`{raw}` has an invalid prefix length"))?
     };
     Ok((addr, len))
+}
+
+/// Retention: the sweeper that removes old tasks and the audio only they used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a task is kept for tenants without their own `retention_days`;
+    /// 0 keeps them forever.
+    pub default_days: u32,
+    /// Seconds between sweeps.
+    pub sweep_every_secs: u64,
+    /// Tasks removed per sweep transaction.
+    pub batch_size: u32,
+}
+
+impl RetentionSettings {
+    /// The default retention, `None` when tasks are kept forever.
+    pub fn default_retention_days(&self) -> Option<u32> {
+        (self.default_days > 0).then_some(self.default_days)
+    }
 }
 
 /// The admin API (`/v1/admin/...`): tenants and keys over HTTP.
@@ -341,6 +363,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Longest long-poll a client may ask for, in seconds.
     pub max_wait_secs: u64,
+    /// How often a long-poll re-reads its task even without a notification
+    /// (notifications are lost while the listener reconnects), in ms.
+    pub wait_poll_ms: u64,
 }
 
 /// Postgres settings.
@@ -668,6 +693,15 @@ impl Settings {
             ),
             ("queue.prefetch", self.queue.prefetch as usize),
             ("worker.batch_size", self.worker.batch_size),
+            (
+                "server.wait_poll_ms",
+                usize::try_from(self.server.wait_poll_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "retention.sweep_every_secs",
+                usize::try_from(self.retention.sweep_every_secs).unwrap_or(usize::MAX),
+            ),
+            ("retention.batch_size", self.retention.batch_size as usize),
             ("worker.concurrent_batches", self.worker.concurrent_batches),
             (
                 "worker.claim_timeout_secs",

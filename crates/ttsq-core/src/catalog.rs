@@ -27,6 +27,9 @@ pub struct DialectInfo {
     pub model: String,
     /// Sample rate in Hz of `wav` and `pcm` output.
     pub sample_rate_hz: u32,
+    /// Speech marks the dialect's first provider can time; empty when it
+    /// reports no timings (a job asking for marks is then refused).
+    pub marks: Vec<crate::MarkKind>,
 }
 
 impl DialectInfo {

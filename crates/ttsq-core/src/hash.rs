@@ -31,6 +31,9 @@ struct CanonicalInputs<'a> {
     dialect: &'a str,
     emotion: Option<&'a str>,
     format: &'a str,
+    /// Absent when no marks are asked for, so such hashes are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marks: Option<Vec<&'static str>>,
     model: &'a str,
     provider_route: &'a str,
     speed: f64,
@@ -58,6 +61,9 @@ pub struct HashInputs<'a> {
     pub format: AudioFormat,
     /// Normalised text.
     pub text: &'a str,
+    /// Speech marks asked for (sorted, deduplicated); they are stored with
+    /// the audio, so a request with marks is a different object.
+    pub marks: &'a [crate::MarkKind],
 }
 
 impl ContentHash {
@@ -67,6 +73,8 @@ impl ContentHash {
             dialect: inputs.dialect,
             emotion: inputs.emotion,
             format: inputs.format.as_str(),
+            marks: (!inputs.marks.is_empty())
+                .then(|| inputs.marks.iter().map(|m| m.as_str()).collect()),
             model: inputs.model,
             provider_route: inputs.provider_route,
             speed: inputs.speed,
@@ -90,6 +98,12 @@ impl ContentHash {
     /// The hex digest.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Object key of the speech marks stored beside the audio:
+    /// `audio/{hash[0..2]}/{hash}.marks.json`.
+    pub fn marks_key(&self) -> String {
+        format!("audio/{}/{}.marks.json", &self.0[..2], self.0)
     }
 
     /// Object key of the audio in the bucket: `audio/{hash[0..2]}/{hash}.{ext}`.
@@ -118,6 +132,7 @@ mod tests {
             emotion: None,
             format: AudioFormat::Wav,
             text,
+            marks: &[],
         }
     }
 

@@ -10,6 +10,7 @@ use crate::{
     catalog::Catalog,
     error::ValidationErrors,
     hash::{ContentHash, HashInputs, normalize_text},
+    marks::MarkKind,
 };
 
 /// Output audio encodings.
@@ -154,6 +155,8 @@ pub struct JobRequest {
     pub callback_url: Option<String>,
     /// Client's own JSON, returned as given.
     pub metadata: Option<serde_json::Value>,
+    /// Speech marks to produce: any of `word`, `sentence`, `viseme`.
+    pub marks: Option<Vec<String>>,
 }
 
 /// A validated job, ready to be stored, hashed and synthesized.
@@ -185,6 +188,8 @@ pub struct Job {
     pub provider_route: String,
     /// Content hash of the audio this job produces.
     pub hash: ContentHash,
+    /// Speech marks asked for, sorted and deduplicated; empty for none.
+    pub marks: Vec<MarkKind>,
 }
 
 impl Job {
@@ -319,6 +324,22 @@ impl Job {
             }
         }
 
+        let mut marks = Vec::new();
+        for name in request.marks.iter().flatten() {
+            match name.parse::<MarkKind>() {
+                Ok(kind) => marks.push(kind),
+                Err(()) => errors.push(
+                    "marks",
+                    format!(
+                        "unknown mark type `{}`; use word, sentence or viseme",
+                        truncate(name)
+                    ),
+                ),
+            }
+        }
+        marks.sort();
+        marks.dedup();
+
         let mut voice = String::new();
         let mut emotion = None;
         if let Some(info) = dialect {
@@ -371,6 +392,28 @@ impl Job {
             }
         }
 
+        if let Some(info) = dialect
+            && let Some(missing) = marks.iter().find(|m| !info.marks.contains(m))
+        {
+            let provider = info.provider_chain.first().map_or("", String::as_str);
+            errors.push(
+                "marks",
+                if info.marks.is_empty() {
+                    format!(
+                        "dialect `{}` is served by `{provider}`, which reports no timings; speech marks are unavailable",
+                        info.id
+                    )
+                } else {
+                    let offered: Vec<_> = info.marks.iter().map(|m| m.as_str()).collect();
+                    format!(
+                        "`{missing}` marks are unavailable for dialect `{}`; available: {}",
+                        info.id,
+                        offered.join(", ")
+                    )
+                },
+            );
+        }
+
         let (Some(info), Some(format)) = (dialect, format) else {
             return Err(errors);
         };
@@ -384,6 +427,7 @@ impl Job {
             emotion: emotion.as_deref(),
             format,
             text: &text,
+            marks: &marks,
         });
         let characters = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
         errors.into_result(Job {
@@ -400,6 +444,7 @@ impl Job {
             model: info.model.clone(),
             provider_route,
             hash,
+            marks,
         })
     }
 }
@@ -472,6 +517,7 @@ mod tests {
             provider_chain: vec!["espeak".into()],
             model: "espeak-ng".into(),
             sample_rate_hz: 22_050,
+            marks: Vec::new(),
         }])
     }
 

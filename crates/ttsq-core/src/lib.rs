@@ -5,6 +5,7 @@
 //! - [`catalog`]: the dialects a deployment offers, with voices, formats and
 //!   the provider chain; validation checks requests against it.
 //! - [`job`]: the submitted job, its raw wire form and its validated form.
+//! - [`marks`]: speech marks (word, sentence, viseme timings) and the viseme table.
 //! - [`hash`]: text normalisation and the content hash that keys the cache.
 //! - [`task`]: task states and their transitions.
 //! - [`message`]: the versioned message that travels through RabbitMQ.
@@ -16,6 +17,7 @@ pub mod catalog;
 pub mod error;
 pub mod hash;
 pub mod job;
+pub mod marks;
 pub mod message;
 pub mod task;
 
@@ -23,5 +25,6 @@ pub use catalog::{Catalog, DialectInfo};
 pub use error::{FieldError, ValidationErrors};
 pub use hash::{ContentHash, normalize_text};
 pub use job::{AudioFormat, Job, JobLimits, JobRequest, Priority};
+pub use marks::{Mark, MarkKind};
 pub use message::{JobMessage, MessageDecodeError};
 pub use task::TaskStatus;

@@ -2,6 +2,9 @@
 //!
 //! `POST /v1/text-to-speech/{voice_id}?output_format=…` with `xi-api-key`
 //! and `{text, model_id, voice_settings, language_code}`; answers audio.
+//! `POST /v1/text-to-speech/{voice_id}/with-timestamps` answers the same
+//! audio as JSON `{audio_base64, alignment, normalized_alignment}` with
+//! per-character start and end times.
 //! Errors are `{"detail": {"status": "…", "message": "…"}}`, except request
 //! validation errors, which are FastAPI's `{"detail": [{"type", "loc",
 //! "msg"}]}` with status 422. `GET /v1/voices` and `GET /v1/user` serve as
@@ -75,6 +78,10 @@ const WAV_PLACEHOLDER: u32 = 0x7fff_ffff;
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/text-to-speech/{voice_id}", post(text_to_speech))
+        .route(
+            "/v1/text-to-speech/{voice_id}/with-timestamps",
+            post(text_to_speech_with_timestamps),
+        )
         .route("/v1/voices", get(voices))
         .route("/v1/user", get(user))
 }
@@ -107,6 +114,72 @@ async fn text_to_speech(
         parse(config, &voice_id, &output_format, json)
     })
     .await
+}
+
+/// `POST /v1/text-to-speech/{voice_id}/with-timestamps`: the same checks
+/// and audio, answered as JSON `{audio_base64, alignment,
+/// normalized_alignment}`; the alignment spreads the audio's length evenly
+/// over the text's characters (spaces included, as ElevenLabs does).
+async fn text_to_speech_with_timestamps(
+    State(shared): State<Arc<Shared>>,
+    Path(voice_id): Path<String>,
+    Query(query): Query<SpeechQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        vendor: Vendor::ElevenLabs,
+        route: "POST /v1/text-to-speech/{voice_id}/with-timestamps",
+        method,
+        uri,
+        headers,
+    };
+    let output_format = query
+        .output_format
+        .unwrap_or_else(|| DEFAULT_OUTPUT_FORMAT.to_owned());
+    let config = shared.config();
+    let request: Option<Value> = serde_json::from_slice(&body).ok();
+    let response = pipeline::synthesize(shared, call, &body, |config, json| {
+        parse(config, &voice_id, &output_format, json)
+    })
+    .await;
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let Ok(audio) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let text = request
+        .as_ref()
+        .and_then(|b| pipeline::string(b, "/text"))
+        .unwrap_or_default();
+    let speed = request
+        .as_ref()
+        .and_then(|b| pipeline::number(b, "/voice_settings/speed"))
+        .unwrap_or(1.0);
+    let duration_s = f64::from(crate::audio::duration_ms(
+        pipeline::characters(text),
+        config.ms_per_char,
+        speed,
+        config.max_audio_ms,
+    )) / 1000.0;
+    let characters: Vec<String> = text.chars().map(String::from).collect();
+    let step = duration_s / characters.len().max(1) as f64;
+    let starts: Vec<f64> = (0..characters.len()).map(|i| i as f64 * step).collect();
+    let ends: Vec<f64> = (1..=characters.len()).map(|i| i as f64 * step).collect();
+    let alignment = json!({
+        "characters": characters,
+        "character_start_times_seconds": starts,
+        "character_end_times_seconds": ends,
+    });
+    Json(json!({
+        "audio_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &audio),
+        "alignment": alignment,
+        "normalized_alignment": alignment,
+    }))
+    .into_response()
 }
 
 fn parse(config: &FakeConfig, voice: &str, output_format: &str, body: Option<&Value>) -> Parsed {

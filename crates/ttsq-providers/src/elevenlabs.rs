@@ -15,11 +15,20 @@
 //! `voice_settings.speed`, clamped to ElevenLabs' 0.7–1.2; at 1.0 no
 //! `voice_settings` is sent, so the voice's stored settings apply. Emotions
 //! are ignored (ElevenLabs has no such parameter), as espeak does.
+//!
+//! Speech marks: a request with marks goes to
+//! `POST {base}/v1/text-to-speech/{voice_id}/with-timestamps` instead, which
+//! answers JSON `{audio_base64, alignment: {characters,
+//! character_start_times_seconds, character_end_times_seconds}}` (same price
+//! per character). The character alignment is folded into word marks, and
+//! sentences are timed from their words; ElevenLabs gives no phonemes, so
+//! no visemes.
 
 use async_trait::async_trait;
 use reqwest::Method;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use ttsq_core::{AudioFormat, DialectInfo};
+use ttsq_core::{AudioFormat, DialectInfo, MarkKind, marks};
 
 use crate::{
     Audio, ProviderError, SynthesisRequest, Synthesizer,
@@ -37,6 +46,24 @@ const PCM_RATES_HZ: [u32; 7] = [8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 4
 
 /// `voice_settings.speed` range ElevenLabs accepts.
 const SPEED_RANGE: (f64, f64) = (0.7, 1.2);
+
+/// Marks the `/with-timestamps` endpoint can time.
+pub const MARKS: [MarkKind; 2] = [MarkKind::Word, MarkKind::Sentence];
+
+/// The answer of `/with-timestamps`.
+#[derive(Deserialize)]
+struct TimestampedAudio {
+    audio_base64: String,
+    alignment: Option<Alignment>,
+}
+
+/// Per-character timings of the text as sent.
+#[derive(Deserialize)]
+struct Alignment {
+    characters: Vec<String>,
+    character_start_times_seconds: Vec<f64>,
+    character_end_times_seconds: Vec<f64>,
+}
 
 /// The ElevenLabs adapter. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
@@ -128,24 +155,59 @@ impl Synthesizer for ElevenLabs {
                 what,
             })?,
         };
-        let mut url = self.upstream.url(&["v1", "text-to-speech", request.voice]);
+        let timed = !request.marks.is_empty();
+        let mut segments = vec!["v1", "text-to-speech", request.voice];
+        if timed {
+            segments.push("with-timestamps");
+        }
+        let mut url = self.upstream.url(&segments);
         url.query_pairs_mut()
             .append_pair("output_format", &output_format);
         let (builder, request_id) = self.upstream.request(Method::POST, url);
         let builder = builder.json(&self.body(request, dialect));
-        let reply = self.upstream.execute(builder, request_id, true).await?;
-        let payload = match request.format {
-            AudioFormat::Mp3 => Payload::Mp3(reply.bytes),
-            _ => Payload::Pcm(reply.bytes, dialect.sample_rate_hz),
+        let reply = self.upstream.execute(builder, request_id, !timed).await?;
+        let (bytes, alignment) = if timed {
+            let answer: TimestampedAudio =
+                serde_json::from_slice(&reply.bytes).map_err(|e| ProviderError::Transient {
+                    provider: self.upstream.name.clone(),
+                    message: format!("malformed /with-timestamps answer: {e}"),
+                })?;
+            let audio = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                answer.audio_base64.as_bytes(),
+            )
+            .map_err(|e| ProviderError::Transient {
+                provider: self.upstream.name.clone(),
+                message: format!("malformed audio_base64: {e}"),
+            })?;
+            (bytes::Bytes::from(audio), answer.alignment)
+        } else {
+            (reply.bytes, None)
         };
-        self.upstream
+        let payload = match request.format {
+            AudioFormat::Mp3 => Payload::Mp3(bytes),
+            _ => Payload::Pcm(bytes, dialect.sample_rate_hz),
+        };
+        let mut audio = self
+            .upstream
             .finish(
                 payload,
                 request.format,
                 dialect.sample_rate_hz,
                 reply.request_id,
             )
-            .await
+            .await?;
+        if timed {
+            let words = alignment.map_or_else(Vec::new, |a| {
+                marks::words_from_characters(
+                    &a.characters,
+                    &a.character_start_times_seconds,
+                    &a.character_end_times_seconds,
+                )
+            });
+            audio.marks = marks::build(request.marks, request.text, &words, &[], audio.duration_ms);
+        }
+        Ok(audio)
     }
 
     /// `GET {base}/v1/user`: small, and fails on a bad key.
@@ -168,6 +230,7 @@ mod tests {
             provider_chain: Vec::new(),
             model: String::new(),
             sample_rate_hz: rate,
+            marks: Vec::new(),
         }
     }
 
@@ -187,6 +250,7 @@ mod tests {
             speed,
             emotion: Some("happy"),
             format: AudioFormat::Mp3,
+            marks: &[],
         }
     }
 

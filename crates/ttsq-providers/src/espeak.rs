@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::{io::AsyncWriteExt, process::Command, sync::Semaphore};
 use ttsq_config::EspeakSettings;
-use ttsq_core::{AudioFormat, DialectInfo};
+use ttsq_core::{
+    AudioFormat, DialectInfo, MarkKind,
+    marks::{TimedPhoneme, TimedWord},
+};
 
 use crate::{
     Audio, ProviderError, SynthesisRequest, Synthesizer,
@@ -134,12 +137,60 @@ impl Espeak {
                 bytes: Bytes::from(bytes),
                 format,
                 duration_ms: waveform.duration_ms(),
+                marks: Vec::new(),
             })
         })
         .await
         .map_err(|e| ProviderError::Encode {
             format,
             message: format!("encoder task failed: {e}"),
+        })?
+    }
+
+    /// Synthesizes through libespeak-ng's C API instead of the command line,
+    /// the only way to get espeak's timed word and phoneme events (the CLI
+    /// prints no timings); the speech is the same engine's. The library is
+    /// one global instance, so these calls run one at a time.
+    async fn run_with_marks(
+        &self,
+        voice: &str,
+        words_per_minute: u32,
+        request: &SynthesisRequest<'_>,
+    ) -> Result<Audio, ProviderError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| transient("concurrency limiter closed"))?;
+        let (voice, text, format) = (voice.to_owned(), request.text.to_owned(), request.format);
+        let wanted = request.marks.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let engine = ttsq_espeak_events::Engine::open()
+                .map_err(|e| unsupported(format!("speech marks ({e})")))?;
+            let synthesis =
+                engine
+                    .synthesize(&voice, words_per_minute, &text)
+                    .map_err(|e| match e {
+                        ttsq_espeak_events::EngineError::UnknownVoice(v) => {
+                            unsupported(format!("voice `{v}`"))
+                        }
+                        other => transient(other.to_string()),
+                    })?;
+            let duration_ms =
+                encode::duration_ms(synthesis.samples.len(), synthesis.sample_rate_hz);
+            let marks = marks_from_events(&wanted, &text, &synthesis.events, duration_ms);
+            let bytes = encode::encode(&synthesis.samples, synthesis.sample_rate_hz, format)?;
+            Ok(Audio {
+                bytes: Bytes::from(bytes),
+                format,
+                duration_ms,
+                marks,
+            })
+        })
+        .await
+        .map_err(|e| ProviderError::Encode {
+            format,
+            message: format!("synthesis task failed: {e}"),
         })?
     }
 
@@ -235,6 +286,7 @@ impl Synthesizer for Espeak {
                 provider_chain: vec![NAME.to_owned()],
                 model: MODEL.to_owned(),
                 sample_rate_hz: SAMPLE_RATE_HZ,
+                marks: MarkKind::ALL.to_vec(),
             })
             .collect()
     }
@@ -251,15 +303,20 @@ impl Synthesizer for Espeak {
         if !FORMATS.contains(&request.format) {
             return Err(unsupported(format!("format `{}`", request.format)));
         }
-        let audio = tokio::time::timeout(
-            self.timeout,
-            self.run(&voice, words_per_minute(request.speed), request),
-        )
-        .await
-        .map_err(|_| ProviderError::Timeout {
-            provider: NAME.to_owned(),
-            seconds: self.timeout.as_secs(),
-        })??;
+        let wpm = words_per_minute(request.speed);
+        let work = async {
+            if request.marks.is_empty() {
+                self.run(&voice, wpm, request).await
+            } else {
+                self.run_with_marks(&voice, wpm, request).await
+            }
+        };
+        let audio = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ProviderError::Timeout {
+                provider: NAME.to_owned(),
+                seconds: self.timeout.as_secs(),
+            })??;
         tracing::debug!(
             duration_ms = audio.duration_ms,
             bytes = audio.bytes.len(),
@@ -294,6 +351,53 @@ impl Synthesizer for Espeak {
             )))
         }
     }
+}
+
+/// Turns espeak's events into marks: a word runs from its event to the
+/// next word's, or to the first pause after it, whichever comes first (the
+/// last word ends at the last pause or the end of the audio).
+fn marks_from_events(
+    wanted: &[MarkKind],
+    text: &str,
+    events: &[ttsq_espeak_events::Event],
+    duration_ms: u32,
+) -> Vec<ttsq_core::Mark> {
+    use ttsq_espeak_events::EventKind;
+    let phonemes: Vec<TimedPhoneme> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Phoneme(name) => Some(TimedPhoneme {
+                name: name.clone(),
+                start_ms: e.audio_ms,
+            }),
+            _ => None,
+        })
+        .collect();
+    let word_events: Vec<&ttsq_espeak_events::Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Word)
+        .collect();
+    let words: Vec<TimedWord> = word_events
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let next = word_events.get(i + 1).map_or(duration_ms, |n| n.audio_ms);
+            // The first pause after the word's first sound ends it early.
+            let end_ms = phonemes
+                .iter()
+                .filter(|p| p.name.starts_with('_') && p.start_ms > w.audio_ms && p.start_ms < next)
+                .map(|p| p.start_ms)
+                .next()
+                .unwrap_or(next);
+            TimedWord {
+                start: w.text_position,
+                end: w.text_position + w.length,
+                start_ms: w.audio_ms,
+                end_ms,
+            }
+        })
+        .collect();
+    ttsq_core::marks::build(wanted, text, &words, &phonemes, duration_ms)
 }
 
 /// espeak-ng's `-s` for a speed factor: 175 wpm × speed, within 80..=450.

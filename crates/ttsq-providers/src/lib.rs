@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ttsq_core::{AudioFormat, DialectInfo};
+use ttsq_core::{AudioFormat, DialectInfo, Mark, MarkKind};
 
 pub use router::Router;
 pub use upstream::{BuildError, HttpProviderConfig};
@@ -51,6 +51,9 @@ pub struct SynthesisRequest<'a> {
     pub emotion: Option<&'a str>,
     /// Output format, one the dialect offers.
     pub format: AudioFormat,
+    /// Speech marks to time; empty for none. Only providers whose dialect
+    /// lists them in `DialectInfo::marks` are asked.
+    pub marks: &'a [MarkKind],
 }
 
 /// Synthesized audio.
@@ -62,6 +65,9 @@ pub struct Audio {
     pub format: AudioFormat,
     /// Playing time in milliseconds.
     pub duration_ms: u32,
+    /// The speech marks asked for, timed against this audio; empty when
+    /// none were asked for.
+    pub marks: Vec<Mark>,
 }
 
 /// Why a provider produced no audio.

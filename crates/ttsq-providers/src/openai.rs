@@ -132,6 +132,7 @@ mod tests {
             provider_chain: Vec::new(),
             model: "gpt-4o-mini-tts".to_owned(),
             sample_rate_hz: 24_000,
+            marks: Vec::new(),
         };
         let request = SynthesisRequest {
             text: "Hi",
@@ -140,6 +141,7 @@ mod tests {
             speed: 1.5,
             emotion: Some("calm"),
             format: AudioFormat::Pcm,
+            marks: &[],
         };
 
         let body = OpenAi::body(&request, &dialect);

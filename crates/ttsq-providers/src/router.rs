@@ -129,6 +129,12 @@ fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>
                 provider_chain: vec![name.to_owned()],
                 model: model.clone(),
                 sample_rate_hz,
+                // Only ElevenLabs (`/with-timestamps`) reports timings.
+                marks: if settings.kind == ProviderKind::Elevenlabs {
+                    crate::elevenlabs::MARKS.to_vec()
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect();
@@ -272,6 +278,17 @@ impl Router {
             };
             if !slot.breaker.allow() {
                 tracing::debug!(provider = %name, "breaker open; skipping");
+                continue;
+            }
+            // Marks are stored with the audio: a provider that cannot time
+            // them cannot stand in.
+            if !request.marks.is_empty()
+                && slot
+                    .dialects
+                    .get(request.dialect)
+                    .is_some_and(|info| request.marks.iter().any(|m| !info.marks.contains(m)))
+            {
+                tracing::debug!(provider = %name, "cannot time the marks asked for; skipping");
                 continue;
             }
             let voice_owned;

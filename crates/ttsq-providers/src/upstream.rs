@@ -763,6 +763,7 @@ fn to_audio(
                 bytes,
                 format,
                 duration_ms,
+                marks: Vec::new(),
             });
         }
         Payload::Pcm(bytes, rate) => {
@@ -800,6 +801,7 @@ fn to_audio(
         bytes,
         format,
         duration_ms,
+        marks: Vec::new(),
     })
 }
 
@@ -817,6 +819,7 @@ mod tests {
             provider_chain: Vec::new(),
             model: String::new(),
             sample_rate_hz: 24_000,
+            marks: Vec::new(),
         }
     }
 
@@ -840,6 +843,7 @@ mod tests {
             speed: 1.0,
             emotion,
             format,
+            marks: &[],
         }
     }
 

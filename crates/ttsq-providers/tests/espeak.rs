@@ -56,6 +56,7 @@ fn request<'a>(text: &'a str, dialect: &'a str, format: AudioFormat) -> Synthesi
         speed: 1.0,
         emotion: None,
         format,
+        marks: &[],
     }
 }
 

@@ -31,6 +31,7 @@ fn dialect(id: &str, voices: &[&str], sample_rate_hz: u32) -> DialectInfo {
         provider_chain: Vec::new(),
         model: String::new(),
         sample_rate_hz,
+        marks: Vec::new(),
     }
 }
 
@@ -105,6 +106,7 @@ fn request(
         speed: 1.0,
         emotion: None,
         format,
+        marks: &[],
     }
 }
 

@@ -121,6 +121,8 @@ pub struct TenantUpdate {
     pub max_queued_jobs: Option<Option<i32>>,
     /// Currency of the budget (ISO 4217).
     pub currency: Option<String>,
+    /// Days tasks are kept; `Some(None)` returns to the deployment default.
+    pub retention_days: Option<Option<i32>>,
 }
 
 /// A tenant with its limits, as operators see it.
@@ -138,6 +140,8 @@ pub struct TenantInfo {
     pub monthly_budget: Option<f64>,
     /// Open jobs at once; `None` is unlimited.
     pub max_queued_jobs: Option<i32>,
+    /// Days tasks are kept; `None` is the deployment default.
+    pub retention_days: Option<i32>,
     /// Keys not revoked.
     pub active_keys: i64,
     /// Created at.
@@ -145,7 +149,7 @@ pub struct TenantInfo {
 }
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.currency, t.daily_characters,
-        t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs,
+        t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs, t.retention_days,
         (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys,
         t.created_at
     FROM tenants t";
@@ -272,6 +276,11 @@ impl Store {
         if let Some(currency) = &update.currency {
             check_currency(currency)?;
         }
+        if update.retention_days.flatten().is_some_and(|d| d < 1) {
+            return Err(StoreError::Invalid(
+                "retention_days: must be at least 1 (null for the deployment default)".into(),
+            ));
+        }
         let mut tx = self.pool.begin().await?;
         let id: Uuid = sqlx::query_scalar(
             "UPDATE tenants SET
@@ -279,6 +288,7 @@ impl Store {
                 monthly_budget = CASE WHEN $4 THEN $5::float8::numeric ELSE monthly_budget END,
                 max_queued_jobs = CASE WHEN $6 THEN $7 ELSE max_queued_jobs END,
                 currency = coalesce($8, currency),
+                retention_days = CASE WHEN $9 THEN $10 ELSE retention_days END,
                 updated_at = now()
               WHERE name = $1 RETURNING id",
         )
@@ -290,6 +300,8 @@ impl Store {
         .bind(update.max_queued_jobs.is_some())
         .bind(update.max_queued_jobs.flatten())
         .bind(&update.currency)
+        .bind(update.retention_days.is_some())
+        .bind(update.retention_days.flatten())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("tenant `{name}`")))?;
@@ -305,6 +317,9 @@ impl Store {
         }
         if let Some(v) = &update.currency {
             detail.insert("currency".into(), json!(v));
+        }
+        if let Some(v) = update.retention_days {
+            detail.insert("retention_days".into(), json!(v));
         }
         audit_admin(
             &mut tx,

@@ -7,8 +7,10 @@
 //! - [`limits`]: admitting submissions within a tenant's limits.
 //! - [`audit`]: the append-only audit log of submissions and admin actions.
 //! - [`usage`]: the finance views, read per tenant and period.
+//! - [`task_events`]: waking long-polls on LISTEN/NOTIFY when tasks finish.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`audio`]: the audio object index.
+//! - [`retention`]: removing expired tasks and the audio only they used.
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
@@ -23,6 +25,8 @@ pub mod limits;
 pub mod listing;
 pub mod outbox;
 pub mod replicas;
+pub mod retention;
+pub mod task_events;
 pub mod tasks;
 pub mod usage;
 pub mod usage_today;
@@ -45,7 +49,9 @@ pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
 pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
+pub use retention::SweptBatch;
 pub use sqlx;
+pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;

@@ -63,6 +63,9 @@ pub struct TaskRow {
     pub audio_sha256: Option<String>,
     /// Playing time of the audio, when succeeded.
     pub duration_ms: Option<i32>,
+    /// Speech marks asked for, if any; their file sits beside the audio.
+    #[sqlx(default)]
+    pub marks: Option<Vec<String>>,
 }
 
 impl TaskRow {
@@ -76,7 +79,7 @@ impl TaskRow {
 pub(crate) const TASK_SELECT: &str =
     "SELECT t.id, t.tenant_id, t.status, t.priority, t.dialect, t.voice, t.format,
         t.characters, t.cache_hit, t.content_hash, t.provider, t.error_code, t.error_message,
-        t.attempts, t.metadata, t.created_at, t.started_at, t.finished_at,
+        t.attempts, t.metadata, t.created_at, t.started_at, t.finished_at, t.marks,
         a.s3_key, a.bytes AS audio_bytes, a.sha256 AS audio_sha256, a.duration_ms
     FROM tasks t LEFT JOIN audio_objects a ON a.hash = t.audio_hash";
 
@@ -169,6 +172,8 @@ pub struct ClaimedTask {
     pub content_hash: String,
     /// Claims so far, this one included.
     pub attempts: i32,
+    /// Speech marks asked for, if any.
+    pub marks: Option<Vec<String>>,
 }
 
 /// Column vectors of a set of outcomes, for one UNNEST statement.
@@ -393,7 +398,7 @@ impl Store {
                              WHERE w.id = t.claimed_by
                                AND w.last_seen > now() - make_interval(secs => $4))))
           RETURNING id, tenant_id, text, characters, dialect, voice, speed, emotion, format,
-                    content_hash, attempts",
+                    content_hash, attempts, marks",
         )
         .bind(ids)
         .bind(batch_id)
@@ -472,9 +477,9 @@ async fn insert_task<'e>(
     let row = sqlx::query(
         "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
                             speed, emotion, format, content_hash, metadata, callback_url, idempotency_key,
-                            key_prefix, started_at)
+                            key_prefix, started_at, marks)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 CASE WHEN $3 = 'processing' THEN now() END)
+                 CASE WHEN $3 = 'processing' THEN now() END, $18)
          ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -495,6 +500,10 @@ async fn insert_task<'e>(
     .bind(&job.callback_url)
     .bind(task.idempotency_key)
     .bind(task.key_prefix)
+    .bind(
+        (!job.marks.is_empty())
+            .then(|| job.marks.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
+    )
     .fetch_optional(executor)
     .await?;
     Ok(row.is_some())

@@ -52,6 +52,7 @@ fn catalog() -> Catalog {
         provider_chain: vec!["fake".into()],
         model: "m".into(),
         sample_rate_hz: 22_050,
+        marks: Vec::new(),
     }])
 }
 

@@ -536,6 +536,12 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
             exhausted: false,
         };
     };
+    let marks: Vec<ttsq_core::MarkKind> = task
+        .marks
+        .iter()
+        .flatten()
+        .filter_map(|m| m.parse().ok())
+        .collect();
     let request = SynthesisRequest {
         text: &task.text,
         dialect: &task.dialect,
@@ -543,6 +549,7 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         speed: task.speed,
         emotion: task.emotion.as_deref(),
         format,
+        marks: &marks,
     };
     let (audio, provider) = match context.providers.synthesize(&request).await {
         Ok(done) => {
@@ -622,6 +629,17 @@ pub async fn store_audio(
         .unwrap_or_else(|| format!("audio/invalid/{content_hash}.{}", format.extension()));
     let sha256 = hex::encode(Sha256::digest(&audio.bytes));
     let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
+    // Marks first: once the audio is indexed, its marks must be there too.
+    if !audio.marks.is_empty()
+        && let Some(hash) = ttsq_core::ContentHash::parse(content_hash)
+    {
+        let marks_key = hash.marks_key();
+        let json = serde_json::to_vec(&audio.marks).unwrap_or_default();
+        bucket
+            .put(&marks_key, json.into(), "application/json")
+            .instrument(tracing::info_span!("s3.put", s3.key = %marks_key))
+            .await?;
+    }
     bucket
         .put(&key, audio.bytes, format.content_type())
         .instrument(tracing::info_span!("s3.put", s3.key = %key, bytes))

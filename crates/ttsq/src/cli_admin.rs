@@ -55,6 +55,10 @@ pub struct LimitArgs {
     /// Currency of the budget, an ISO 4217 code (default USD).
     #[arg(long, value_name = "CODE")]
     currency: Option<String>,
+    /// Days the tenant's tasks (and audio no other task uses) are kept
+    /// (`none`: the deployment's `retention.default_days`).
+    #[arg(long, value_name = "DAYS|none")]
+    retention_days: Option<Limit<i32>>,
 }
 
 /// `ttsq tenant …`.
@@ -170,6 +174,16 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 .create_tenant_with(&name, &set, limits.currency.as_deref(), &actor())
                 .await
                 .map_err(explain)?;
+            if let Some(days) = limits.retention_days {
+                let update = TenantUpdate {
+                    retention_days: Some(days.0),
+                    ..TenantUpdate::default()
+                };
+                store
+                    .update_tenant(&name, &update, &actor())
+                    .await
+                    .map_err(explain)?;
+            }
             eprintln!(
                 "created tenant `{}` ({}); its API key, shown only now:",
                 tenant.name, tenant.id
@@ -185,6 +199,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 "daily_characters",
                 "monthly_budget",
                 "max_queued_jobs",
+                "retention_days",
                 "active_keys",
                 "created_at",
             ];
@@ -198,6 +213,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                         opt(t.daily_characters),
                         opt(t.monthly_budget),
                         opt(t.max_queued_jobs),
+                        opt(t.retention_days),
                         t.active_keys.to_string(),
                         t.created_at.to_rfc3339(),
                     ]
@@ -211,22 +227,24 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 monthly_budget: limits.monthly_budget.map(|l| l.0),
                 max_queued_jobs: limits.max_queued_jobs.map(|l| l.0),
                 currency: limits.currency,
+                retention_days: limits.retention_days.map(|l| l.0),
             };
             anyhow::ensure!(
                 update != TenantUpdate::default(),
-                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs or --currency"
+                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --currency or --retention-days"
             );
             let t = store
                 .update_tenant(&name, &update, &actor())
                 .await
                 .map_err(explain)?;
             eprintln!(
-                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}",
+                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, retention_days {}",
                 t.name,
                 opt(t.daily_characters),
                 opt(t.monthly_budget),
                 t.currency,
-                opt(t.max_queued_jobs)
+                opt(t.max_queued_jobs),
+                opt(t.retention_days)
             );
         }
     }

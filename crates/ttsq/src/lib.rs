@@ -2,6 +2,7 @@
 
 pub mod dead_letters;
 pub mod observability;
+pub mod retention;
 
 use std::{sync::Arc, time::Duration};
 
@@ -138,6 +139,7 @@ impl Services {
     ) -> anyhow::Result<()> {
         let heartbeat = self.start_heartbeat(role, shutdown.clone()).await;
         let relay = self.start_outbox_relay(shutdown.clone());
+        let sweeper = self.start_retention_sweeper(shutdown.clone());
         let broker = Arc::clone(&self.broker);
         let supervisor_stop = shutdown.clone();
         let supervisor =
@@ -155,7 +157,7 @@ impl Services {
             }
         };
         let (api, worker) = tokio::join!(api, worker);
-        let _ = tokio::join!(heartbeat, relay, supervisor);
+        let _ = tokio::join!(heartbeat, relay, sweeper, supervisor);
         api.and(worker)
     }
 
