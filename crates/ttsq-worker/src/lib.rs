@@ -5,9 +5,11 @@
 //! - [`run`]: the consume → batch → process loop and graceful shutdown.
 //! - [`batcher`]: grouping deliveries by dialect, flushed on size or window.
 //! - [`pipeline`]: one batch end to end.
+//! - [`single_flight`]: one synthesis per hash across concurrent batches.
 
 pub mod batcher;
 pub mod pipeline;
+pub mod single_flight;
 
 use std::{
     future::Future,
@@ -56,6 +58,8 @@ pub struct WorkerContext {
     pub replica_ttl: Duration,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
+    /// Hashes being synthesized by this worker's batches right now.
+    pub in_flight: single_flight::InFlightHashes,
 }
 
 impl WorkerContext {

@@ -16,7 +16,7 @@ use ttsq_queue::JobDelivery;
 use ttsq_store::{AudioObject, ClaimedTask, FinishedTask, Reschedule, TaskOutcome};
 use uuid::Uuid;
 
-use crate::WorkerContext;
+use crate::{WorkerContext, single_flight::Registration};
 
 /// A delivery with its decoded message.
 pub struct Item {
@@ -488,6 +488,12 @@ async fn resolve_hashes<'a>(
         first_task.entry(task.content_hash.as_str()).or_insert(task);
     }
     let hashes: Vec<String> = first_task.keys().map(|h| (*h).to_owned()).collect();
+    // Registered before the lookup, so that a hash another batch of this
+    // worker is synthesizing is waited for, not paid for twice.
+    let registrations: HashMap<&str, Registration> = first_task
+        .keys()
+        .map(|hash| (*hash, context.in_flight.register(hash)))
+        .collect();
     let mut results = HashMap::new();
     let stored = match with_storage_retry(context, "the cache lookup", || {
         context.store.find_audio_many(&hashes)
@@ -515,8 +521,26 @@ async fn resolve_hashes<'a>(
     // Each distinct text is synthesized once, in the trace of the job that pays.
     let synthesized = join_all(missing.into_iter().map(|(hash, task)| {
         let span = jobs.get(&task.id).cloned().unwrap_or_else(Span::none);
+        let registration = registrations.get(hash);
         async move {
-            let result = synthesize_and_store(context, task).instrument(span).await;
+            let synthesize = || async {
+                match synthesize_and_store(context, task).instrument(span).await {
+                    HashResult::Synthesized(object) => Ok(object),
+                    other => Err(other),
+                }
+            };
+            let result = match registration {
+                Some(registration) => match registration.resolve(synthesize).await {
+                    Ok((object, true)) => HashResult::Synthesized(object),
+                    // Another batch paid for it while this one waited.
+                    Ok((object, false)) => HashResult::Stored(object),
+                    Err(failed) => failed,
+                },
+                None => match synthesize().await {
+                    Ok(object) => HashResult::Synthesized(object),
+                    Err(failed) => failed,
+                },
+            };
             (hash, result)
         }
     }))
