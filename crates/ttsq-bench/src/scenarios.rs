@@ -200,6 +200,12 @@ async fn start(
     Stack::start(env, name, options).await
 }
 
+/// Time for every replica to see the others' heartbeats and split the
+/// quotas (heartbeats run every second in the bench).
+fn settle_time(args: &Args) -> Duration {
+    Duration::from_millis(if args.smoke { 1_500 } else { 3_500 })
+}
+
 fn epoch_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -649,7 +655,7 @@ async fn quota(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()
         let result = async {
             stack.start_workers(workers).await?;
             // Every replica must have seen the others' heartbeats.
-            tokio::time::sleep(Duration::from_millis(3_500)).await;
+            tokio::time::sleep(settle_time(args)).await;
             submit_and_drain(args, &stack, n, Duration::from_secs(600)).await
         }
         .await;
@@ -894,7 +900,7 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
         .await?;
         let result = async {
             stack.start_workers(workers).await?;
-            tokio::time::sleep(Duration::from_millis(3_500)).await;
+            tokio::time::sleep(settle_time(args)).await;
             submit_and_drain(args, &stack, n, Duration::from_secs(1_200)).await
         }
         .await;
