@@ -225,9 +225,7 @@ async fn broker(url: &str, count: usize) -> anyhow::Result<(Duration, Duration)>
     Ok((publish, consume))
 }
 
-fn check_confirm(
-    confirmation: Option<Result<Confirmation, lapin::Error>>,
-) -> anyhow::Result<()> {
+fn check_confirm(confirmation: Option<Result<Confirmation, lapin::Error>>) -> anyhow::Result<()> {
     match confirmation {
         Some(Ok(Confirmation::Ack(_))) => Ok(()),
         Some(Ok(other)) => anyhow::bail!("the broker did not confirm: {other:?}"),
@@ -310,7 +308,13 @@ async fn s3_puts(
 /// Deletes every object of the run's bucket, then the bucket.
 pub async fn empty_bucket(env: &Env) -> anyhow::Result<()> {
     let client = s3_client(env);
-    if client.head_bucket().bucket(&env.bucket).send().await.is_err() {
+    if client
+        .head_bucket()
+        .bucket(&env.bucket)
+        .send()
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     eprintln!("emptying bucket {}", env.bucket);

@@ -90,5 +90,14 @@ pub async fn submit_jobs(
     clients: usize,
 ) -> anyhow::Result<Submitted> {
     let bodies = texts.into_iter().map(|t| job(&t)).collect();
-    post_all(http, base_url, "/v1/tts/jobs", key, bodies, clients, "submitted").await
+    post_all(
+        http,
+        base_url,
+        "/v1/tts/jobs",
+        key,
+        bodies,
+        clients,
+        "submitted",
+    )
+    .await
 }

@@ -115,7 +115,11 @@ pub struct Args {
     )]
     pub amqp_url: String,
     /// S3 endpoint.
-    #[arg(long, env = "TTSQ_S3_ENDPOINT", default_value = "http://127.0.0.1:8014")]
+    #[arg(
+        long,
+        env = "TTSQ_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:8014"
+    )]
     pub s3_endpoint: String,
     /// S3 access key id.
     #[arg(long, env = "TTSQ_S3_ACCESS_KEY_ID", default_value = "ttsq")]

@@ -27,6 +27,10 @@ const FAKE_KEY: &str = "bench-fake-key";
 /// 30-character sentence, the size of a short prompt's audio.
 const MS_PER_CHAR: u32 = 15;
 
+/// Postgres connections per process in the multi-replica scenarios: five
+/// processes at the default 16 would take most of a stock server's 100.
+const SHARED_PG_CONNECTIONS: &str = "8";
+
 /// Outcome of the sanity checks of one scenario.
 struct Checks {
     failed: Vec<String>,
@@ -71,10 +75,18 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         &'a mut Checks,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
     let all: [(u8, &str, Scenario); 8] = [
-        (1, "throughput", |a, e, b, c| Box::pin(throughput(a, e, b, c))),
-        (2, "batch submit", |a, e, _, c| Box::pin(batch_submit(a, e, c))),
-        (3, "submit latency", |a, e, _, c| Box::pin(submit_latency(a, e, c))),
-        (4, "high priority", |a, e, _, c| Box::pin(high_priority(a, e, c))),
+        (1, "throughput", |a, e, b, c| {
+            Box::pin(throughput(a, e, b, c))
+        }),
+        (2, "batch submit", |a, e, _, c| {
+            Box::pin(batch_submit(a, e, c))
+        }),
+        (3, "submit latency", |a, e, _, c| {
+            Box::pin(submit_latency(a, e, c))
+        }),
+        (4, "high priority", |a, e, _, c| {
+            Box::pin(high_priority(a, e, c))
+        }),
         (5, "quota", |a, e, _, c| Box::pin(quota(a, e, c))),
         (6, "dedupe", |a, e, _, c| Box::pin(dedupe(a, e, c))),
         (7, "memory", |a, e, _, c| Box::pin(memory(a, e, c))),
@@ -188,7 +200,10 @@ async fn start(
     extra: &[(&str, &str)],
 ) -> anyhow::Result<Stack> {
     let mut options = StackOptions {
-        env: vec![("TTSQ_PROVIDERS_FAKE_API_KEY".to_owned(), FAKE_KEY.to_owned())],
+        env: vec![(
+            "TTSQ_PROVIDERS_FAKE_API_KEY".to_owned(),
+            FAKE_KEY.to_owned(),
+        )],
         config_toml: config_toml(fake, quota),
     };
     options.env.extend(
@@ -260,7 +275,10 @@ async fn throughput(
     let (rate, submit_secs, span, succeeded) = result?;
 
     let mut table = Table::new(
-        format!("1. Throughput: {} unique normal jobs, zero-latency fake, 1 worker", int(n as f64)),
+        format!(
+            "1. Throughput: {} unique normal jobs, zero-latency fake, 1 worker",
+            int(n as f64)
+        ),
         &["measure", "value"],
     );
     table.row(vec!["jobs".into(), int(n as f64)]);
@@ -275,7 +293,10 @@ async fn throughput(
         int(per_sec(n as f64, submit_secs)),
     ]);
     table.row(vec!["first submit → last terminal, s".into(), f1(span)]);
-    table.row(vec!["**jobs/s end to end**".into(), format!("**{}**", int(rate))]);
+    table.row(vec![
+        "**jobs/s end to end**".into(),
+        format!("**{}**", int(rate)),
+    ]);
     if let Some(b) = baselines {
         table.row(vec![
             "audio object size, bytes".into(),
@@ -337,7 +358,9 @@ async fn batch_submit(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Re
     );
     match result? {
         BatchOutcome::Unavailable(reason) => {
-            table.note(format!("skipped: POST /v1/tts/batches not available ({reason})"));
+            table.note(format!(
+                "skipped: POST /v1/tts/batches not available ({reason})"
+            ));
             checks.check(&mut table, true, "skipped cleanly".to_owned());
         }
         BatchOutcome::Done {
@@ -353,7 +376,10 @@ async fn batch_submit(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Re
                 "**accepted/s**".into(),
                 format!("**{}**", int(per_sec(accepted as f64, seconds))),
             ]);
-            table.row(vec!["request p50 / p99, ms".into(), format!("{} / {}", f1(p50), f1(p99))]);
+            table.row(vec![
+                "request p50 / p99, ms".into(),
+                format!("{} / {}", f1(p50), f1(p99)),
+            ]);
             table.note("Target: ≥ 10,000 accepted/s.");
             checks.check(
                 &mut table,
@@ -499,7 +525,10 @@ async fn submit_latency(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::
         .unwrap_or_default();
     table.row(vec![
         int(submitted.accepted as f64),
-        int(per_sec(submitted.accepted as f64, submitted.elapsed.as_secs_f64())),
+        int(per_sec(
+            submitted.accepted as f64,
+            submitted.elapsed.as_secs_f64(),
+        )),
         f1(p50),
         f1(p99),
         f1(max),
@@ -524,7 +553,13 @@ async fn high_priority(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::R
     let runs = result?;
     let mut table = Table::new(
         format!("4. High priority: {n} sequential requests per case, zero-latency fake"),
-        &["case", "p50 ms", "p99 ms", "overhead p50 ms", "overhead p99 ms"],
+        &[
+            "case",
+            "p50 ms",
+            "p99 ms",
+            "overhead p50 ms",
+            "overhead p99 ms",
+        ],
     );
     let (mut direct, mut miss, mut hit, hits) = runs;
     let (d50, d99) = p50_p99(&mut direct);
@@ -578,19 +613,31 @@ async fn high_priority_runs(
     for i in 0..5 {
         direct_call(&http, fake, &text(&format!("{run}w"), i)).await?;
         let response = high(text(&format!("{run}x"), i)).send().await?;
-        anyhow::ensure!(response.status() == 200, "high priority answered {}", response.status());
+        anyhow::ensure!(
+            response.status() == 200,
+            "high priority answered {}",
+            response.status()
+        );
         let _ = response.bytes().await?;
     }
     let mut direct = Vec::with_capacity(n);
     let mut miss = Vec::with_capacity(n);
     let mut hit = Vec::with_capacity(n);
     for i in 0..n {
-        direct.push(direct_call(&http, fake, &text(&format!("{run}d"), i)).await?.1);
+        direct.push(
+            direct_call(&http, fake, &text(&format!("{run}d"), i))
+                .await?
+                .1,
+        );
     }
     for i in 0..n {
         let started = Instant::now();
         let response = high(text(&format!("{run}m"), i)).send().await?;
-        anyhow::ensure!(response.status() == 200, "high priority answered {}", response.status());
+        anyhow::ensure!(
+            response.status() == 200,
+            "high priority answered {}",
+            response.status()
+        );
         let _ = response.bytes().await?;
         miss.push(started.elapsed());
     }
@@ -599,7 +646,11 @@ async fn high_priority_runs(
     for _ in 0..n {
         let started = Instant::now();
         let response = high(repeated.clone()).send().await?;
-        anyhow::ensure!(response.status() == 200, "high priority answered {}", response.status());
+        anyhow::ensure!(
+            response.status() == 200,
+            "high priority answered {}",
+            response.status()
+        );
         if response
             .headers()
             .get("x-cache")
@@ -649,6 +700,7 @@ async fn quota(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()
             &[
                 ("TTSQ_QUEUE_PREFETCH", "48"),
                 ("TTSQ_WORKER_BATCH_SIZE", "8"),
+                ("TTSQ_DATABASE_MAX_CONNECTIONS", SHARED_PG_CONNECTIONS),
             ],
         )
         .await?;
@@ -692,7 +744,7 @@ async fn quota(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()
             ),
         );
     }
-    table.note("Target: ≥ 90 % of the quota and zero 429s at every replica count. With 4 concurrent requests of 200 ms, at most 20 req/s can be in flight: the concurrency limit binds before the 50 req/s rate. Workers run with prefetch 48 and batches of 8 so every replica keeps work to the end.");
+    table.note("Target: ≥ 90 % of the quota and zero 429s at every replica count. With 4 concurrent requests of 200 ms, at most 20 req/s can be in flight: the concurrency limit binds before the 50 req/s rate. Workers run with prefetch 48 and batches of 8 so every replica keeps work to the end; every process has 8 Postgres connections.");
     table.print();
     Ok(())
 }
@@ -714,16 +766,17 @@ async fn dedupe(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
             args.clients,
         )
         .await?;
-        let succeeded = stack.wait_terminal(n as i64, Duration::from_secs(900)).await?;
+        let succeeded = stack
+            .wait_terminal(n as i64, Duration::from_secs(900))
+            .await?;
         let hits: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE cache_hit")
             .fetch_one(&stack.db)
             .await?;
-        let billed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM usage_ledger WHERE billable_characters > 0",
-        )
-        .fetch_one(&stack.db)
-        .await
-        .unwrap_or(-1);
+        let billed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM usage_ledger WHERE billable_characters > 0")
+                .fetch_one(&stack.db)
+                .await
+                .unwrap_or(-1);
         anyhow::Ok((submitted, succeeded, hits, billed))
     }
     .await;
@@ -732,14 +785,20 @@ async fn dedupe(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
     fake.shutdown().await;
     let (submitted, succeeded, hits, billed) = result?;
     let mut table = Table::new(
-        format!("6. Dedupe: {} jobs over {distinct} distinct texts, 1 worker", int(n as f64)),
+        format!(
+            "6. Dedupe: {} jobs over {distinct} distinct texts, 1 worker",
+            int(n as f64)
+        ),
         &["measure", "value"],
     );
     table.row(vec!["jobs".into(), int(submitted.accepted as f64)]);
     table.row(vec!["succeeded".into(), int(succeeded as f64)]);
     table.row(vec!["**provider calls**".into(), format!("**{calls}**")]);
     table.row(vec!["cache hits".into(), int(hits as f64)]);
-    table.row(vec!["ledger rows billed (> 0 characters)".into(), billed.to_string()]);
+    table.row(vec![
+        "ledger rows billed (> 0 characters)".into(),
+        billed.to_string(),
+    ]);
     table.note("Target: 10 provider calls.");
     checks.check(
         &mut table,
@@ -820,7 +879,9 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         let worker_sampler = Sampler::start(worker_pid);
         let api_sampler = Sampler::start(api_pid);
         let started = Instant::now();
-        let succeeded = stack.wait_terminal(n as i64, Duration::from_secs(3_600)).await?;
+        let succeeded = stack
+            .wait_terminal(n as i64, Duration::from_secs(3_600))
+            .await?;
         let drain_secs = started.elapsed().as_secs_f64();
         let worker_hwm = memory_kib(worker_pid).map(|m| m.1).unwrap_or_default();
         let api_hwm = memory_kib(api_pid).map(|m| m.1).unwrap_or_default();
@@ -840,14 +901,30 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
     .await;
     stack.teardown().await;
     fake.shutdown().await;
-    let (api_submit, api_hwm_submit, worker_drain, worker_hwm, api_drain, api_hwm, succeeded, drain_secs) =
-        result?;
+    let (
+        api_submit,
+        api_hwm_submit,
+        worker_drain,
+        worker_hwm,
+        api_drain,
+        api_hwm,
+        succeeded,
+        drain_secs,
+    ) = result?;
     let mut table = Table::new(
         format!(
             "7. Memory: a backlog of {} jobs submitted, then drained by 1 worker (VmRSS sampled every 100 ms, MiB)",
             int(n as f64)
         ),
-        &["process, phase", "start", "25 %", "50 %", "75 %", "end", "peak (VmHWM)"],
+        &[
+            "process, phase",
+            "start",
+            "25 %",
+            "50 %",
+            "75 %",
+            "end",
+            "peak (VmHWM)",
+        ],
     );
     let mut row = |label: &str, samples: &[(f64, u64)], hwm: u64| {
         let mut cells = vec![label.to_owned()];
@@ -880,7 +957,13 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
             "8. Scaling: fake latency 100 ms, concurrency 32 (fake and ttsq quota); {} jobs per run",
             int(n as f64)
         ),
-        &["workers", "jobs/s end to end", "peak provider concurrency", "429s", "succeeded"],
+        &[
+            "workers",
+            "jobs/s end to end",
+            "peak provider concurrency",
+            "429s",
+            "succeeded",
+        ],
     );
     let mut first_rate = None;
     for workers in [1, 2, 4] {
@@ -895,7 +978,7 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
             &format!("scaling-{workers}"),
             &fake,
             "max_concurrent = 32",
-            &[],
+            &[("TTSQ_DATABASE_MAX_CONNECTIONS", SHARED_PG_CONNECTIONS)],
         )
         .await?;
         let result = async {
@@ -926,7 +1009,7 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
             format!("{workers} worker(s): all {n} jobs succeeded ({succeeded})"),
         );
     }
-    table.note("The ceiling is the quota: 32 concurrent × 10 per second per slot = 320 req/s (less ttsq's 95 % target utilisation and the API's high-priority share).");
+    table.note("The ceiling is the quota: 32 concurrent × 10 per second per slot = 320 req/s (less ttsq's 95 % target utilisation and the API's high-priority share). Every process has 8 Postgres connections.");
     table.print();
     Ok(())
 }

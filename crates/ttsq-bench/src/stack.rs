@@ -86,7 +86,10 @@ impl Stack {
             ("TTSQ_QUEUE_PREFIX".to_owned(), prefix.clone()),
             ("TTSQ_S3_ENDPOINT".to_owned(), env.s3_endpoint.clone()),
             ("TTSQ_S3_ACCESS_KEY_ID".to_owned(), env.s3_key.clone()),
-            ("TTSQ_S3_SECRET_ACCESS_KEY".to_owned(), env.s3_secret.clone()),
+            (
+                "TTSQ_S3_SECRET_ACCESS_KEY".to_owned(),
+                env.s3_secret.clone(),
+            ),
             ("TTSQ_S3_BUCKET".to_owned(), env.bucket.clone()),
             ("TTSQ_SERVER_LISTEN".to_owned(), format!("127.0.0.1:{port}")),
             ("TTSQ_SERVER_PUBLIC_URL".to_owned(), base_url.clone()),
@@ -180,7 +183,10 @@ impl Stack {
             }
             for worker in &mut self.workers {
                 if let Some(status) = worker.try_wait()? {
-                    bail!("a worker exited ({status}); logs in {}", self.log_dir.display());
+                    bail!(
+                        "a worker exited ({status}); logs in {}",
+                        self.log_dir.display()
+                    );
                 }
             }
             if Instant::now() > deadline {
@@ -256,7 +262,10 @@ impl Stack {
         terminate(&mut self.api);
         self.db.close().await;
         if let Err(err) = delete_queues(&self.amqp_url, &self.prefix).await {
-            eprintln!("    (could not delete the queues of {}: {err:#})", self.prefix);
+            eprintln!(
+                "    (could not delete the queues of {}: {err:#})",
+                self.prefix
+            );
         }
         match PgConnection::connect(&self.admin_url).await {
             Ok(mut admin) => {

@@ -32,7 +32,10 @@ fn row<'a>(stdout: &'a str, label: &str) -> Vec<&'a str> {
         .lines()
         .find(|l| l.starts_with(&format!("| {label}")))
         .unwrap_or_else(|| panic!("no row `{label}` in:\n{stdout}"));
-    line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect()
+    line.split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
 }
 
 fn number(cell: &str) -> f64 {
@@ -84,7 +87,12 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
     );
 
     // Baselines measured something.
-    for label in ["RabbitMQ publish", "RabbitMQ consume", "S3 PutObject", "Postgres INSERT … UNNEST"] {
+    for label in [
+        "RabbitMQ publish",
+        "RabbitMQ consume",
+        "S3 PutObject",
+        "Postgres INSERT … UNNEST",
+    ] {
         let cells = row(&stdout, label);
         assert!(number(cells[3]) > 0.0, "{label}: {cells:?}");
     }

@@ -136,7 +136,10 @@ mod tests {
         .await;
 
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        let paid = results.iter().filter(|r| matches!(r, Ok((_, true)))).count();
+        let paid = results
+            .iter()
+            .filter(|r| matches!(r, Ok((_, true))))
+            .count();
         assert_eq!(paid, 1, "exactly one registration paid");
         assert!(results.iter().all(|r| r.as_ref().unwrap().0.hash == "h1"));
         drop(registrations);
@@ -149,7 +152,9 @@ mod tests {
         let first = in_flight.register("h2");
         let second = in_flight.register("h2");
 
-        let failed = first.resolve(|| async { Err::<AudioObject, _>("vendor down") }).await;
+        let failed = first
+            .resolve(|| async { Err::<AudioObject, _>("vendor down") })
+            .await;
         let retried = second
             .resolve(|| async { Ok::<_, &str>(object("h2")) })
             .await;
