@@ -99,9 +99,18 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         }
         eprintln!("== scenario {n}: {name}");
         let started = Instant::now();
-        if let Err(err) = scenario(args, env, baselines.as_ref(), &mut checks).await {
+        let outcome = match ensure_disk_space(args, env, n, object_bytes) {
+            Ok(()) => scenario(args, env, baselines.as_ref(), &mut checks).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = outcome {
             eprintln!("  scenario {n} failed: {err:#}");
             errors.push(format!("scenario {n} ({name}): {err:#}"));
+        }
+        // The audio of a scenario is never needed again: free the disk
+        // before the next one (the S3 server and Postgres share it).
+        if let Err(err) = baseline::empty_bucket(env).await {
+            eprintln!("  (could not empty bucket {}: {err:#})", env.bucket);
         }
         eprintln!("  ({:.1} s)", started.elapsed().as_secs_f64());
     }
@@ -120,6 +129,40 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
             .join("; ")
     );
     Ok(())
+}
+
+/// Refuses a scenario whose audio (plus rows and WAL, counted as much
+/// again) would leave less than 4 GiB free on the disk of the temp dir —
+/// on a one-disk machine the disk of the S3 server and Postgres too. A full
+/// disk stops Postgres for everyone on the machine.
+fn ensure_disk_space(args: &Args, env: &Env, scenario: u8, object_bytes: usize) -> anyhow::Result<()> {
+    let jobs = match scenario {
+        1 => args.size(args.throughput_jobs, 200),
+        2 => args.size(args.batch_jobs, 200),
+        3 => args.size(args.latency_requests, 200),
+        7 => args.size(args.memory_jobs, 500),
+        8 => 3 * args.size(args.scaling_jobs, 100),
+        _ => 0,
+    };
+    let needed = (jobs * object_bytes * 2) as u64 + (4 << 30);
+    let output = std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(&env.work_dir)
+        .output()
+        .context("running df")?;
+    let available_kib: Option<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok());
+    match available_kib {
+        Some(kib) if kib * 1024 < needed => anyhow::bail!(
+            "not enough free disk: {} MiB available, {} MiB needed (audio of {jobs} jobs plus 4 GiB headroom)",
+            kib / 1024,
+            needed >> 20
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn fake_config() -> FakeConfig {
