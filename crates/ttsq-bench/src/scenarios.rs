@@ -135,7 +135,12 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
 /// again) would leave less than 4 GiB free on the disk of the temp dir —
 /// on a one-disk machine the disk of the S3 server and Postgres too. A full
 /// disk stops Postgres for everyone on the machine.
-fn ensure_disk_space(args: &Args, env: &Env, scenario: u8, object_bytes: usize) -> anyhow::Result<()> {
+fn ensure_disk_space(
+    args: &Args,
+    env: &Env,
+    scenario: u8,
+    object_bytes: usize,
+) -> anyhow::Result<()> {
     let jobs = match scenario {
         1 => args.size(args.throughput_jobs, 200),
         2 => args.size(args.batch_jobs, 200),
