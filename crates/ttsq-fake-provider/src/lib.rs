@@ -64,10 +64,6 @@ impl FakeProvider {
         let shared = Arc::new(Shared::new(config));
         let app = server::app(Arc::clone(&shared));
         let shutdown = shared.shutdown.clone();
-        // TCP_NODELAY: no delayed-ACK stalls on small answers.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-            let _ = stream.set_nodelay(true);
-        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
