@@ -197,7 +197,7 @@ async fn submit_normal(
             message.traceparent = ttsq_telemetry::trace_context::current_traceparent();
             match context.publisher.publish(&message).await {
                 Ok(()) => {
-                    context.store.mark_published(row.id).await?;
+                    context.published.mark(row.id);
                     tracing::debug!("task queued");
                 }
                 // The task is committed: the outbox relay publishes it once

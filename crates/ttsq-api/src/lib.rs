@@ -24,6 +24,7 @@ pub mod content;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+pub mod published;
 
 mod admin;
 mod auth;
@@ -62,6 +63,8 @@ pub struct ApiContext {
     pub broker: Arc<Broker>,
     /// Confirmed publisher of job messages.
     pub publisher: Publisher,
+    /// Marks confirmed tasks published, many per statement.
+    pub published: published::PublishedMarks,
     /// S3 audio.
     pub audio: AudioStore,
     /// Providers and the dialect catalog.
@@ -113,6 +116,7 @@ impl ApiContext {
         );
         Ok(Self {
             waiters,
+            published: published::PublishedMarks::start(store.clone()),
             store,
             broker,
             publisher,
@@ -195,6 +199,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "API listening");
+    // Without TCP_NODELAY a response written in two segments waits for the
+    // client's delayed ACK: ~40 ms on every small answer.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(context))
         .with_graceful_shutdown(shutdown)
         .await

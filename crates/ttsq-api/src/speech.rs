@@ -355,6 +355,7 @@ mod tests {
             provider_chain: vec!["espeak".to_owned()],
             model: "espeak-ng".to_owned(),
             sample_rate_hz: 22_050,
+            marks: Vec::new(),
         }
     }
 

@@ -76,4 +76,44 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
+
+    /// Records several stored objects in one statement (the first record of
+    /// a hash wins, as in [`Store::record_audio`]); returns the rows now on
+    /// file, by hash.
+    pub async fn record_audio_many(
+        &self,
+        objects: &[AudioObject],
+    ) -> Result<HashMap<String, AudioObject>, StoreError> {
+        if objects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "WITH input AS (
+                SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int4[],
+                                     $6::text[], $7::text[])
+                    AS t(hash, s3_key, bytes, format, duration_ms, provider, sha256)),
+             ins AS (
+                INSERT INTO audio_objects (hash, s3_key, bytes, format, duration_ms, provider, sha256)
+                SELECT DISTINCT ON (hash) hash, s3_key, bytes, format, duration_ms, provider, sha256
+                  FROM input
+                ON CONFLICT (hash) DO NOTHING
+                RETURNING {COLUMNS})
+             SELECT {COLUMNS} FROM ins
+             UNION ALL
+             SELECT {COLUMNS} FROM audio_objects
+              WHERE hash IN (SELECT hash FROM input) AND hash NOT IN (SELECT hash FROM ins)"
+        );
+        let column = |f: fn(&AudioObject) -> String| objects.iter().map(f).collect::<Vec<_>>();
+        let rows: Vec<AudioObject> = sqlx::query_as(&sql)
+            .bind(column(|o| o.hash.clone()))
+            .bind(column(|o| o.s3_key.clone()))
+            .bind(objects.iter().map(|o| o.bytes).collect::<Vec<_>>())
+            .bind(column(|o| o.format.clone()))
+            .bind(objects.iter().map(|o| o.duration_ms).collect::<Vec<_>>())
+            .bind(column(|o| o.provider.clone()))
+            .bind(column(|o| o.sha256.clone()))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|o| (o.hash.clone(), o)).collect())
+    }
 }

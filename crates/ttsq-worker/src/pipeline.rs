@@ -16,7 +16,7 @@ use ttsq_queue::JobDelivery;
 use ttsq_store::{AudioObject, ClaimedTask, FinishedTask, Reschedule, TaskOutcome};
 use uuid::Uuid;
 
-use crate::WorkerContext;
+use crate::{WorkerContext, single_flight::Registration};
 
 /// A delivery with its decoded message.
 pub struct Item {
@@ -491,6 +491,12 @@ async fn resolve_hashes<'a>(
         first_task.entry(task.content_hash.as_str()).or_insert(task);
     }
     let hashes: Vec<String> = first_task.keys().map(|h| (*h).to_owned()).collect();
+    // Registered before the lookup, so that a hash another batch of this
+    // worker is synthesizing is waited for, not paid for twice.
+    let registrations: HashMap<&str, Registration> = first_task
+        .keys()
+        .map(|hash| (*hash, context.in_flight.register(hash)))
+        .collect();
     let mut results = HashMap::new();
     let stored = match with_storage_retry(context, "the cache lookup", || {
         context.store.find_audio_many(&hashes)
@@ -518,13 +524,64 @@ async fn resolve_hashes<'a>(
     // Each distinct text is synthesized once, in the trace of the job that pays.
     let synthesized = join_all(missing.into_iter().map(|(hash, task)| {
         let span = jobs.get(&task.id).cloned().unwrap_or_else(Span::none);
+        let registration = registrations.get(hash);
         async move {
-            let result = synthesize_and_store(context, task).instrument(span).await;
+            let synthesize = || async {
+                match synthesize_and_store(context, task).instrument(span).await {
+                    HashResult::Synthesized(object) => Ok(object),
+                    other => Err(other),
+                }
+            };
+            let result = match registration {
+                Some(registration) => match registration.resolve(synthesize).await {
+                    Ok((object, true)) => HashResult::Synthesized(object),
+                    // Another batch paid for it while this one waited.
+                    Ok((object, false)) => HashResult::Stored(object),
+                    Err(failed) => failed,
+                },
+                None => match synthesize().await {
+                    Ok(object) => HashResult::Synthesized(object),
+                    Err(failed) => failed,
+                },
+            };
             (hash, result)
         }
     }))
     .await;
-    results.extend(synthesized);
+    // One statement indexes every object this batch uploaded or took from
+    // another batch (whose own index may not have committed yet), before
+    // the registrations are released.
+    let to_index: Vec<AudioObject> = synthesized
+        .iter()
+        .filter_map(|(_, result)| match result {
+            HashResult::Synthesized(object) | HashResult::Stored(object) => Some(object.clone()),
+            _ => None,
+        })
+        .collect();
+    let on_file = with_storage_retry(context, "indexing audio", || {
+        context.store.record_audio_many(&to_index)
+    })
+    .await;
+    for (hash, result) in synthesized {
+        let result = match (result, &on_file) {
+            (HashResult::Synthesized(_), Ok(on_file)) | (HashResult::Stored(_), Ok(on_file))
+                if !on_file.contains_key(hash) =>
+            {
+                HashResult::retry("storage_unavailable", "the audio index lost a row")
+            }
+            (HashResult::Synthesized(_), Ok(on_file)) => {
+                HashResult::Synthesized(on_file[hash].clone())
+            }
+            (HashResult::Stored(_), Ok(on_file)) => HashResult::Stored(on_file[hash].clone()),
+            (HashResult::Synthesized(_) | HashResult::Stored(_), Err(err)) => {
+                tracing::warn!(error = %err, "indexing audio failed; will retry");
+                HashResult::retry("storage_unavailable", err)
+            }
+            (other, _) => other,
+        };
+        results.insert(hash, result);
+    }
+    drop(registrations);
     results
 }
 
@@ -583,8 +640,7 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
     // The audio is paid for: keep it through a storage outage rather than
     // synthesize it again on the next attempt.
     match with_storage_retry(context, "storing audio", || {
-        store_audio(
-            &context.store,
+        upload_audio(
             &context.audio,
             &task.content_hash,
             format,
@@ -615,9 +671,26 @@ pub enum StoreAudioError {
 
 /// Uploads synthesized audio under its content hash and indexes it; returns
 /// the object on file (an earlier one, when another process won the race).
-/// Shared by the worker and the API's inline path.
+/// The API's inline path; batches upload with [`upload_audio`] and index all
+/// their objects in one statement.
 pub async fn store_audio(
     store: &ttsq_store::Store,
+    bucket: &ttsq_audio::AudioStore,
+    content_hash: &str,
+    format: AudioFormat,
+    audio: ttsq_providers::Audio,
+    provider: String,
+) -> Result<AudioObject, StoreAudioError> {
+    let object = upload_audio(bucket, content_hash, format, audio, provider).await?;
+    Ok(store
+        .record_audio(&object)
+        .instrument(tracing::info_span!("postgres.record_audio"))
+        .await?)
+}
+
+/// Uploads synthesized audio under its content hash; returns the object to
+/// index (not indexed yet).
+pub async fn upload_audio(
     bucket: &ttsq_audio::AudioStore,
     content_hash: &str,
     format: AudioFormat,
@@ -644,7 +717,7 @@ pub async fn store_audio(
         .put(&key, audio.bytes, format.content_type())
         .instrument(tracing::info_span!("s3.put", s3.key = %key, bytes))
         .await?;
-    let object = AudioObject {
+    Ok(AudioObject {
         hash: content_hash.to_owned(),
         s3_key: key,
         bytes,
@@ -653,9 +726,5 @@ pub async fn store_audio(
         provider,
         sha256,
         created_at: chrono::Utc::now(),
-    };
-    Ok(store
-        .record_audio(&object)
-        .instrument(tracing::info_span!("postgres.record_audio"))
-        .await?)
+    })
 }

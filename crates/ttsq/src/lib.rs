@@ -124,6 +124,7 @@ impl Services {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ),
+            in_flight: Default::default(),
         }
     }
 

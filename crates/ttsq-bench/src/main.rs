@@ -1,0 +1,243 @@
+//! `ttsq-bench`: runs ttsq on a live stack (RabbitMQ, Postgres, S3) with the
+//! in-process fake provider, measures the raw limits of those parts in the
+//! same run, and prints one Markdown table per scenario on stdout. Progress
+//! goes to stderr. See `docs/benchmarks.md`.
+
+mod baseline;
+mod load;
+mod report;
+mod scenarios;
+mod stack;
+
+use std::{path::PathBuf, process::ExitCode, time::Instant};
+
+use clap::Parser;
+
+const ABOUT: &str = "Benchmarks ttsq on a live stack against the raw limits of its parts.";
+
+const LONG_ABOUT: &str = "\
+Benchmarks ttsq on a live stack (real RabbitMQ, Postgres and S3 server) with the
+fake provider running inside this process, and measures in the same run the raw
+limits ttsq is compared with. Every scenario starts its own deployment: a
+database ttsq_bench_<id>, a queue prefix ttsq-bench-<id>., the API and worker
+processes from the built `ttsq` binary; all are removed at the end. One Markdown
+table per scenario goes to stdout; progress goes to stderr.
+
+Baselines (always measured first):
+  broker    lapin publish with confirms (pipelined) of persistent messages to a
+            quorum queue, then consume + ack them (prefetch 256)
+  s3        PutObject of objects the size of the fake's audio, N at once
+  postgres  batched INSERT ... SELECT FROM UNNEST(...) of task-shaped rows, one
+            transaction per 1,000 rows
+
+Scenarios (--only 1,3,… picks some):
+  1 throughput   20,000 unique normal jobs, zero-latency fake, 1 worker: jobs/s
+                 from first submit to last terminal state; ratios to the raw S3
+                 PUT rate and the raw broker rate
+  2 batch        10,000 jobs through POST /v1/tts/batches (1,000 per request):
+                 accepted/s; skipped when the endpoint answers 404
+  3 latency      single submits (normal priority) from 64 concurrent clients:
+                 p50/p99 of the 202
+  4 high         high-priority submits vs calling the fake directly with the
+                 same payload, one client: p50/p99 on a cache miss and a hit
+  5 quota        fake limited to 50 req/s and 4 concurrent, 200 ms latency;
+                 1, 2, 4 worker processes: achieved rate / quota, 429s
+  6 dedupe       10,000 jobs over 10 distinct texts: provider calls
+  7 memory       peak RSS (VmHWM) and sampled VmRSS of the API while a
+                 100,000-job backlog is submitted and of a worker draining it
+  8 scaling      fake latency 100 ms, concurrency 32: throughput with 1, 2, 4
+                 workers
+
+Sizes scale with --scale; --smoke runs every scenario with tiny sizes (well
+under a minute; CI runs it).";
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "ttsq-bench", about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Args {
+    /// Tiny sizes: every scenario in well under a minute (what CI runs).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Multiplies every size (jobs, requests, baseline operations).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Scenarios to run, by number (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<u8>,
+    /// Skip the baselines (ratios are then left out).
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// Jobs of scenario 1 (before --scale).
+    #[arg(long, default_value_t = 20_000)]
+    pub throughput_jobs: usize,
+    /// Jobs of scenario 2.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_jobs: usize,
+    /// Requests of scenario 3.
+    #[arg(long, default_value_t = 5_000)]
+    pub latency_requests: usize,
+    /// Requests per case (direct, miss, hit) of scenario 4.
+    #[arg(long, default_value_t = 300)]
+    pub high_requests: usize,
+    /// Jobs per replica count of scenario 5.
+    #[arg(long, default_value_t = 400)]
+    pub quota_jobs: usize,
+    /// Jobs of scenario 6.
+    #[arg(long, default_value_t = 10_000)]
+    pub dedupe_jobs: usize,
+    /// Backlog of scenario 7.
+    #[arg(long, default_value_t = 100_000)]
+    pub memory_jobs: usize,
+    /// Jobs per worker count of scenario 8.
+    #[arg(long, default_value_t = 3_000)]
+    pub scaling_jobs: usize,
+    /// Concurrent HTTP clients submitting jobs.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Concurrent PUTs of the S3 baseline.
+    #[arg(long, default_value_t = 64)]
+    pub s3_concurrency: usize,
+    /// The `ttsq` binary (default: `ttsq` next to this executable).
+    #[arg(long, env = "TTSQ_BENCH_TTSQ_BIN")]
+    pub ttsq_bin: Option<PathBuf>,
+    /// Postgres URL of a database to connect to for CREATE/DROP DATABASE.
+    #[arg(
+        long,
+        env = "TTSQ_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "TTSQ_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// S3 endpoint.
+    #[arg(
+        long,
+        env = "TTSQ_S3_ENDPOINT",
+        default_value = "http://127.0.0.1:8014"
+    )]
+    pub s3_endpoint: String,
+    /// S3 access key id.
+    #[arg(long, env = "TTSQ_S3_ACCESS_KEY_ID", default_value = "ttsq")]
+    pub s3_access_key: String,
+    /// S3 secret access key.
+    #[arg(
+        long,
+        env = "TTSQ_S3_SECRET_ACCESS_KEY",
+        default_value = "ttsq-local-secret",
+        hide_default_value = true
+    )]
+    pub s3_secret_key: String,
+    /// Keep the run's S3 bucket (its objects are deleted by default).
+    #[arg(long)]
+    pub keep_bucket: bool,
+}
+
+/// Where everything lives, shared by the scenarios.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The `ttsq` binary.
+    pub ttsq_bin: PathBuf,
+    /// Postgres admin URL.
+    pub admin_url: String,
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// S3 endpoint.
+    pub s3_endpoint: String,
+    /// S3 key id.
+    pub s3_key: String,
+    /// S3 secret.
+    pub s3_secret: String,
+    /// The run's bucket.
+    pub bucket: String,
+    /// Logs and config files of the run.
+    pub work_dir: PathBuf,
+}
+
+impl Args {
+    /// `n` scaled (smoke: `smoke_n`), at least 1.
+    pub fn size(&self, n: usize, smoke_n: usize) -> usize {
+        if self.smoke {
+            smoke_n
+        } else {
+            ((n as f64 * self.scale).round() as usize).max(1)
+        }
+    }
+
+    /// Whether scenario `n` runs.
+    pub fn wants(&self, n: u8) -> bool {
+        self.only.is_empty() || self.only.contains(&n)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let ttsq_bin = match &args.ttsq_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|dir| dir.join("ttsq"))
+            .unwrap_or_else(|| PathBuf::from("ttsq")),
+    };
+    anyhow::ensure!(
+        ttsq_bin.exists(),
+        "the ttsq binary {} does not exist (build it, or pass --ttsq-bin)",
+        ttsq_bin.display()
+    );
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let work_dir = std::env::temp_dir().join(format!("ttsq-bench-{}", &run_id[..8]));
+    std::fs::create_dir_all(&work_dir)?;
+    let env = Env {
+        ttsq_bin,
+        admin_url: args.database_url.clone(),
+        amqp_url: args.amqp_url.clone(),
+        s3_endpoint: args.s3_endpoint.clone(),
+        s3_key: args.s3_access_key.clone(),
+        s3_secret: args.s3_secret_key.clone(),
+        bucket: format!("ttsq-bench-{}", &run_id[..12]),
+        work_dir,
+    };
+    eprintln!(
+        "ttsq-bench: {} run, binary {}, bucket {}, logs in {}",
+        if args.smoke { "smoke" } else { "full" },
+        env.ttsq_bin.display(),
+        env.bucket,
+        env.work_dir.display()
+    );
+    let started = Instant::now();
+    let result = scenarios::run_all(&args, &env).await;
+    if !args.keep_bucket
+        && let Err(err) = baseline::empty_bucket(&env).await
+    {
+        eprintln!("(could not empty bucket {}: {err:#})", env.bucket);
+    }
+    eprintln!(
+        "ttsq-bench: finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    result
+}

@@ -1,0 +1,115 @@
+//! The benchmark in smoke mode (tiny sizes) against the local services, so
+//! that the driver cannot rot: every scenario runs, every check passes and
+//! the figures are sane. The full benchmark never runs in tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// The `ttsq` binary of the same profile, built when it is missing (it is
+/// another package's binary, so Cargo does not build it for this test).
+fn ttsq_binary() -> PathBuf {
+    let bench = Path::new(env!("CARGO_BIN_EXE_ttsq-bench"));
+    let dir = bench.parent().expect("the bench binary has a directory");
+    let ttsq = dir.join("ttsq");
+    if !ttsq.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "ttsq", "--bin", "ttsq"]);
+        if dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building ttsq failed");
+    }
+    ttsq
+}
+
+/// The numbers in the cells of the table row starting with `| {label}`.
+fn row<'a>(stdout: &'a str, label: &str) -> Vec<&'a str> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label}")))
+        .unwrap_or_else(|| panic!("no row `{label}` in:\n{stdout}"));
+    line.split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+fn number(cell: &str) -> f64 {
+    cell.trim_matches('*')
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("`{cell}` is not a number"))
+}
+
+#[test]
+fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ttsq-bench"))
+        .arg("--smoke")
+        .arg("--ttsq-bin")
+        .arg(ttsq_binary())
+        .output()
+        .expect("ttsq-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "ttsq-bench --smoke failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    for title in [
+        "### Baselines",
+        "### 1. Throughput",
+        "### 2. Batch submit",
+        "### 3. Single submit latency",
+        "### 4. High priority",
+        "### 5. Quota",
+        "### 6. Dedupe",
+        "### 7. Memory",
+        "### 8. Scaling",
+    ] {
+        assert!(stdout.contains(title), "no table `{title}`:\n{stdout}");
+    }
+    assert!(!stdout.contains("check: FAILED"), "{stdout}");
+    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 checks.
+    assert_eq!(stdout.matches("check: ok").count(), 12, "{stdout}");
+    // The batch endpoint either ran or was reported as unavailable.
+    assert!(
+        stdout.contains("skipped: POST /v1/tts/batches not available")
+            || stdout.contains("**accepted/s**"),
+        "{stdout}"
+    );
+
+    // Baselines measured something.
+    for label in [
+        "RabbitMQ publish",
+        "RabbitMQ consume",
+        "S3 PutObject",
+        "Postgres INSERT … UNNEST",
+    ] {
+        let cells = row(&stdout, label);
+        assert!(number(cells[3]) > 0.0, "{label}: {cells:?}");
+    }
+    // Scenario 1: all 200 jobs succeeded, once each at the provider, at a
+    // positive rate.
+    assert_eq!(number(row(&stdout, "succeeded")[1]), 200.0);
+    assert_eq!(number(row(&stdout, "provider calls")[1]), 200.0);
+    assert!(number(row(&stdout, "**jobs/s end to end**")[1]) > 0.0);
+    // Scenario 3: percentiles ordered.
+    let latency = row(&stdout, "200 |");
+    assert!(number(latency[2]) <= number(latency[3]), "{latency:?}");
+    // Scenario 6: one provider call per distinct text.
+    assert_eq!(number(row(&stdout, "**provider calls**")[1]), 10.0);
+    // Scenario 7: both processes were measured and stayed plausible.
+    for label in ["api, submitting", "worker, draining"] {
+        let peak = number(row(&stdout, label)[6]);
+        assert!(peak > 1.0 && peak < 1024.0, "{label}: {peak} MiB");
+    }
+    assert!(stderr.contains("checks: 12 passed, 0 failed"), "{stderr}");
+}
