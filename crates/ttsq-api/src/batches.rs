@@ -24,7 +24,11 @@ use ttsq_core::{
 use ttsq_store::{BatchRow, NewBatch, NewBatchItem, TaskOutcome};
 use uuid::Uuid;
 
-use crate::{ApiContext, ApiError, auth::Caller};
+use crate::{
+    ApiContext, ApiError,
+    auth::Caller,
+    error::{LimitProblem, Problem},
+};
 
 /// Most items in one batch.
 pub const MAX_ITEMS: usize = 1_000;
@@ -48,6 +52,24 @@ struct BatchRequest {
 }
 
 /// `POST /v1/tts/batches`.
+#[utoipa::path(
+    post,
+    path = "/v1/tts/batches",
+    operation_id = "submit_batch",
+    tag = "batches",
+    request_body(content = Object, description = "`{items: [job + optional custom_id], concatenate?, callback_url?, metadata?}`, up to 1,000 items"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same tenant returns the first batch")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: `{batch_id, status, task_ids, status_url}`", body = Object),
+        (status = 400, description = "Invalid batch; `errors` names each item field (`items[3].text`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over a tenant limit; nothing written", body = LimitProblem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id, batch_id, items))]
 pub async fn submit(
     State(context): State<ApiContext>,
@@ -346,6 +368,20 @@ pub struct PageQuery {
 }
 
 /// `GET /v1/tts/batches/{id}`: counts per status and a page of items.
+#[utoipa::path(
+    get,
+    path = "/v1/tts/batches/{id}",
+    operation_id = "get_batch",
+    tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id"), ("cursor" = Option<String>, Query, description = "The previous page's `next_cursor`"), ("limit" = Option<u32>, Query, description = "Items per page")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Counts per status, a page of items, `next_cursor`, `concatenated_audio_url`", body = Object),
+        (status = 400, description = "Bad cursor or limit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch for this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(batch_id = %id))]
 pub async fn get(
     State(context): State<ApiContext>,
@@ -415,6 +451,19 @@ pub async fn get(
 
 /// `DELETE /v1/tts/batches/{id}`: cancels the items still queued; finished
 /// and running items are kept. Answers the batch as it is then.
+#[utoipa::path(
+    delete,
+    path = "/v1/tts/batches/{id}",
+    operation_id = "cancel_batch",
+    tag = "batches",
+    params(("id" = Uuid, Path, description = "Batch id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Queued items cancelled; the batch as it is now", body = Object),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such batch for this tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(batch_id = %id))]
 pub async fn cancel(
     State(context): State<ApiContext>,

@@ -568,6 +568,20 @@ pub async fn audio(
 
 /// `GET /v1/tts/jobs/{id}/marks`: the speech marks file of a succeeded task
 /// that asked for marks, as JSON.
+#[utoipa::path(
+    get,
+    path = "/v1/tts/jobs/{id}/marks",
+    operation_id = "get_marks",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "Task id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The speech marks: `[{type, start_ms, end_ms, value, start?, end?}]`", body = Object),
+        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task, or it has no marks", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has not succeeded yet", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 #[tracing::instrument(skip_all, fields(task_id = %id))]
 pub async fn marks(
     State(context): State<ApiContext>,

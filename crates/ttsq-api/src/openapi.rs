@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use crate::{admin, error, jobs, listing, speech, system, usage, view};
+use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,13 @@ use crate::{admin, error, jobs, listing, speech, system, usage, view};
         system::ready,
         system::metrics,
         speech::speech,
+        jobs::marks,
+        batches::submit,
+        batches::get,
+        batches::cancel,
+        webhooks::set_webhook_url,
+        webhooks::rotate_secret,
+        webhooks::read_secret,
         usage::usage,
         admin::list_tenants,
         admin::create_tenant,
@@ -54,6 +61,7 @@ use crate::{admin, error, jobs, listing, speech, system, usage, view};
     modifiers(&SecuritySchemes),
     tags(
         (name = "jobs", description = "Submit jobs, read tasks and their audio"),
+        (name = "batches", description = "Up to 1,000 jobs at once, their progress and cancellation"),
         (name = "openai", description = "OpenAI-compatible speech"),
         (name = "usage", description = "The calling tenant's own usage"),
         (name = "admin", description = "Tenants, limits, keys and usage of all tenants, behind the \

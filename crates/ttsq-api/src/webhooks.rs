@@ -18,7 +18,7 @@ use ttsq_config::Settings;
 use ttsq_store::{StoreError, TenantWebhook};
 use ttsq_worker::webhooks::{TargetGuard, tenant_secret};
 
-use crate::{ApiContext, ApiError, admin::Admin};
+use crate::{ApiContext, ApiError, admin::Admin, error::Problem};
 
 /// Who the admin API records as the actor of its changes.
 const ACTOR: &str = "admin-api";
@@ -111,6 +111,21 @@ fn secret_response(context: &ApiContext, settings: &TenantWebhook) -> Result<Res
 
 /// `PUT /v1/admin/tenants/{name}/webhook`: the tenant's default target
 /// (`null` clears it).
+#[utoipa::path(
+    put,
+    path = "/v1/admin/tenants/{name}/webhook",
+    operation_id = "set_tenant_webhook",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    request_body(content = Object, description = "`{webhook_url}`; `null` clears it"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The tenant's webhook settings", body = Object),
+        (status = 400, description = "Refused target (`webhook_url`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin API off, or no such tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn set_webhook_url(
     _: Admin,
     State(context): State<ApiContext>,
@@ -139,6 +154,19 @@ async fn set_webhook_url(
 
 /// `POST /v1/admin/tenants/{name}/webhook-secret`: a new signing secret;
 /// the old one keeps signing beside it for `webhooks.secret_grace_secs`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tenants/{name}/webhook-secret",
+    operation_id = "rotate_tenant_webhook_secret",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The new secret (the old one signs beside it for the grace period)", body = Object),
+        (status = 401, description = "Wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin API off, or no such tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn rotate_secret(
     _: Admin,
     State(context): State<ApiContext>,
@@ -154,6 +182,19 @@ async fn rotate_secret(
 }
 
 /// `GET /v1/admin/tenants/{name}/webhook-secret`: the current secret.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants/{name}/webhook-secret",
+    operation_id = "read_tenant_webhook_secret",
+    tag = "admin",
+    params(("name" = String, Path, description = "Tenant name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The current secret", body = Object),
+        (status = 401, description = "Wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin API off, or no such tenant", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn read_secret(
     _: Admin,
     State(context): State<ApiContext>,

@@ -75,9 +75,10 @@ fn the_document_is_openapi_3_1_and_covers_every_route_and_the_error_shapes() {
 
 /// The sources whose routers make up the API: `lib.rs` and every module it
 /// merges in with `.merge(module::routes())`.
-const ROUTER_SOURCES: [(&str, &str); 2] = [
+const ROUTER_SOURCES: [(&str, &str); 3] = [
     ("lib", include_str!("../src/lib.rs")),
     ("admin", include_str!("../src/admin.rs")),
+    ("webhooks", include_str!("../src/webhooks.rs")),
 ];
 
 /// Every method of every `.route("path", get(…).post(…))` call in `source`.
