@@ -140,6 +140,12 @@ impl Probes {
     pub async fn render_metrics(&self) -> String {
         let metrics = ttsq_telemetry::metrics::get();
         self.providers.export_breaker_states();
+        metrics.set_tenant_limits(
+            self.store
+                .limit_fractions()
+                .into_iter()
+                .map(|(_, limit, fraction)| (limit.as_str(), fraction)),
+        );
         if let Err(err) = rabbitmq(&self.broker, true).await {
             tracing::debug!(error = %err, "queue depths not sampled");
         }

@@ -13,8 +13,8 @@
 use std::{sync::LazyLock, time::SystemTime};
 
 use prometheus::{
-    Encoder as _, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `Content-Type` of [`render`]'s output.
@@ -71,6 +71,12 @@ pub struct Metrics {
     pub provider_rate_limited: IntCounterVec,
     /// `tts_provider_circuit_state{provider}`: 0 closed, 1 half-open, 2 open.
     pub circuit_state: IntGaugeVec,
+    /// `tts_tenant_limit_usage_max{limit}`: the highest share of a tenant
+    /// limit (`daily_characters`, `monthly_budget`, `max_queued_jobs`) used
+    /// by any tenant this process admitted a job for; no tenant label.
+    pub tenant_limit_usage_max: GaugeVec,
+    /// `tts_tenants_near_limit{limit}`: tenants at 80 % or more of that limit.
+    pub tenants_near_limit: IntGaugeVec,
     /// `tts_quota_wait_seconds{provider}`: time a call waited for quota.
     pub quota_wait: HistogramVec,
     /// `tts_batch_size`: jobs per worker batch.
@@ -151,6 +157,26 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(circuit_state.clone()))
             .expect("metric registered once");
+        let tenant_limit_usage_max = GaugeVec::new(
+            Opts::new(
+                "tts_tenant_limit_usage_max",
+                "Highest share of a tenant limit used by any tenant, by limit.",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(tenant_limit_usage_max.clone()))
+            .expect("metric registered once");
+        let tenants_near_limit = IntGaugeVec::new(
+            Opts::new(
+                "tts_tenants_near_limit",
+                "Tenants at 80 % or more of a limit, by limit.",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(tenants_near_limit.clone()))
+            .expect("metric registered once");
         Self {
             requests: counter_vec(
                 &r,
@@ -203,6 +229,8 @@ impl Metrics {
                 &["provider"],
             ),
             circuit_state,
+            tenant_limit_usage_max,
+            tenants_near_limit,
             quota_wait: histogram_vec(
                 &r,
                 "tts_quota_wait_seconds",
@@ -254,6 +282,27 @@ impl Metrics {
             self.request_duration
                 .with_label_values(&[dialect])
                 .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Sets the tenant-limit gauges from `(limit, fraction used)` pairs, one
+    /// per tenant and limit.
+    pub fn set_tenant_limits<'a>(&self, fractions: impl IntoIterator<Item = (&'a str, f64)>) {
+        let mut max: std::collections::BTreeMap<&str, (f64, i64)> = Default::default();
+        for (limit, fraction) in fractions {
+            let entry = max.entry(limit).or_insert((0.0, 0));
+            entry.0 = entry.0.max(fraction);
+            if fraction >= 0.8 {
+                entry.1 += 1;
+            }
+        }
+        for (limit, (highest, near)) in max {
+            self.tenant_limit_usage_max
+                .with_label_values(&[limit])
+                .set(highest);
+            self.tenants_near_limit
+                .with_label_values(&[limit])
+                .set(near);
         }
     }
 

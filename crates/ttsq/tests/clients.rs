@@ -848,3 +848,40 @@ async fn a_schemathesis_fuzz_pass_over_the_openapi_document_finds_no_server_erro
 
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_client_reads_its_tenants_own_usage() {
+    let app = TestApp::spawn().await;
+    let client = client(&app);
+    let job = NewJob {
+        format: Some("wav".into()),
+        ..NewJob::new("Usage, as the client sees it.", "en-gb")
+    };
+    let accepted = client.submit(&job, None).await.expect("submitted");
+    let task = client.wait(accepted.task_id, WAIT).await.expect("finished");
+    assert_eq!(task.status, TaskStatus::Succeeded, "{task:?}");
+
+    let usage = client.usage(None, None).await.expect("usage");
+    let billable: i64 = usage
+        .days
+        .iter()
+        .map(|day| day["billable_characters"].as_i64().expect("a count"))
+        .sum();
+    assert_eq!(
+        billable,
+        app.scalar("SELECT sum(billable_characters)::bigint FROM usage_ledger")
+            .await
+    );
+    assert!(billable > 0);
+    let stranger = Client::new(&app.base_url, &app.new_tenant("stranger").await).expect("client");
+    assert!(
+        stranger
+            .usage(None, None)
+            .await
+            .expect("usage")
+            .days
+            .is_empty(),
+        "another tenant sees none of it"
+    );
+    app.teardown().await;
+}

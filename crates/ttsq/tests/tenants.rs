@@ -233,6 +233,24 @@ async fn a_daily_character_limit_holds_under_concurrent_submission() {
         .await,
         1
     );
+    // … and shows in the metrics, without naming the tenant.
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("tts_tenants_near_limit{limit=\"daily_characters\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tts_tenant_limit_usage_max{limit=\"daily_characters\"} 1"),
+        "{metrics}"
+    );
     // Other tenants are not held back.
     app.submit_ok(&job("The default tenant has no limit")).await;
     app.teardown().await;
