@@ -461,7 +461,7 @@ async fn run_batches(
     let probe = http
         .post(&url)
         .bearer_auth(&stack.api_key)
-        .json(&json!({"jobs": [load::job(&text(&run, 999_999_999))]}))
+        .json(&json!({"items": [load::job(&text(&run, 999_999_999))]}))
         .send()
         .await?;
     let status = probe.status().as_u16();
@@ -476,7 +476,7 @@ async fn run_batches(
     let chunks: Vec<Value> = (0..n)
         .collect::<Vec<_>>()
         .chunks(per_request)
-        .map(|chunk| json!({"jobs": chunk.iter().map(|i| load::job(&text(&run, *i))).collect::<Vec<_>>()}))
+        .map(|chunk| json!({"items": chunk.iter().map(|i| load::job(&text(&run, *i))).collect::<Vec<_>>()}))
         .collect();
     let started = Instant::now();
     let concurrency = args.clients.clamp(1, 4);
