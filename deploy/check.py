@@ -69,7 +69,7 @@ OPTIONAL_PROVIDER_KEYS = ("api_key", "base_url", "model", "auth_header")
 PROVIDER_KINDS = {"espeak", "elevenlabs", "openai", "http"}
 PROVIDER_FIELDS = {
     "kind", "base_url", "api_key", "auth_header", "model", "binary",
-    "connect_timeout_secs", "timeout_secs", "price_per_1k_chars", "quota", "dialects",
+    "connect_timeout_secs", "timeout_secs", "price_per_1k_chars", "currency", "quota", "dialects",
 }
 QUOTA_FIELDS = {"requests_per_second", "characters_per_minute", "max_concurrent"}
 
