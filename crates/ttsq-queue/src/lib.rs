@@ -327,31 +327,46 @@ impl Broker {
     /// A consumer of the job queue holding at most `prefetch` unacknowledged
     /// deliveries (per-consumer QoS: quorum queues refuse global QoS).
     pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<JobConsumer, QueueError> {
+        let (channel, consumer, side) = self
+            .open_consumer(&self.inner.names.jobs, prefetch, tag)
+            .await?;
+        Ok(JobConsumer {
+            channel,
+            tag: tag.into(),
+            consumer,
+            side,
+        })
+    }
+
+    /// A channel consuming `queue` with at most `prefetch` unacknowledged
+    /// deliveries, and the side channel its deliveries are settled with:
+    /// retries and dead letters are published there, with confirms, tied to
+    /// the consumer's connection.
+    pub(crate) async fn open_consumer(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, lapin::Consumer, SideChannel), QueueError> {
         let channel = self.channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions { global: false })
             .await?;
         let consumer = channel
             .basic_consume(
-                self.inner.names.jobs.as_str().into(),
+                queue.into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
-        // Retries and dead letters are published on a channel of their own,
-        // with confirms, tied to this consumer's connection.
         let side = self.channel().await?;
         side.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(JobConsumer {
-            channel,
-            tag: tag.into(),
-            consumer,
-            side: SideChannel {
-                channel: side,
-                names: self.inner.names.clone(),
-            },
-        })
+        let side = SideChannel {
+            channel: side,
+            names: self.inner.names.clone(),
+        };
+        Ok((channel, consumer, side))
     }
 
     /// Messages ready in the job queue and in the DLQ.
@@ -568,9 +583,73 @@ impl Publisher {
 
 /// A consumer's own confirmed publishing channel, for retries and dead letters.
 #[derive(Clone)]
-struct SideChannel {
+pub(crate) struct SideChannel {
     channel: Channel,
-    names: QueueNames,
+    pub(crate) names: QueueNames,
+}
+
+/// A delivered message and the side channel it is settled with: what job
+/// and webhook deliveries share.
+pub(crate) struct Settlement {
+    inner: Delivery,
+    pub(crate) side: SideChannel,
+}
+
+impl Settlement {
+    pub(crate) fn new(inner: Delivery, side: SideChannel) -> Self {
+        Self { inner, side }
+    }
+
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// Done: the broker forgets the message.
+    pub(crate) async fn ack(&self) -> Result<(), QueueError> {
+        self.inner.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Not done: the broker delivers it again at once.
+    pub(crate) async fn requeue(&self) -> Result<(), QueueError> {
+        self.inner
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes `body` to the delay queue for `delay_index` among `delays`
+    /// (clamped to the longest; straight to `queue` when there are none),
+    /// then acknowledges this delivery. On error nothing was acknowledged.
+    pub(crate) async fn retry_later(
+        &self,
+        delays: &[(Duration, String)],
+        queue: &str,
+        delay_index: usize,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), QueueError> {
+        let target = delays
+            .get(delay_index)
+            .or(delays.last())
+            .map_or(queue, |(_, name)| name.as_str());
+        publish_confirmed(&self.side.channel, target, body, headers).await?;
+        self.ack().await
+    }
+}
+
+/// Closes a consumer's channels; what it held unacknowledged is redelivered.
+pub(crate) async fn close_channels(consuming: &Channel, side: &SideChannel) {
+    for channel in [consuming, &side.channel] {
+        if channel.status().connected()
+            && let Err(err) = channel.close(200, "consumer closed".into()).await
+        {
+            tracing::debug!(error = %err, "closing a consumer channel");
+        }
+    }
 }
 
 /// A stream of job deliveries with manual acknowledgement.
@@ -587,8 +666,7 @@ impl JobConsumer {
     pub async fn next(&mut self) -> Option<Result<JobDelivery, QueueError>> {
         let next = self.consumer.next().await?;
         Some(next.map_err(QueueError::from).map(|inner| JobDelivery {
-            inner,
-            side: self.side.clone(),
+            settlement: Settlement::new(inner, self.side.clone()),
         }))
     }
 
@@ -608,61 +686,47 @@ impl JobConsumer {
 
     /// Closes the channels; unacknowledged deliveries are redelivered to others.
     pub async fn close(&self) {
-        for channel in [&self.channel, &self.side.channel] {
-            if channel.status().connected()
-                && let Err(err) = channel.close(200, "consumer closed".into()).await
-            {
-                tracing::debug!(error = %err, "closing a consumer channel");
-            }
-        }
+        close_channels(&self.channel, &self.side).await;
     }
 }
 
 /// One delivered message, to be settled exactly once.
 pub struct JobDelivery {
-    inner: Delivery,
-    side: SideChannel,
+    settlement: Settlement,
 }
 
 impl JobDelivery {
     /// Decodes the body.
     pub fn decode(&self) -> Result<JobMessage, MessageDecodeError> {
-        JobMessage::decode(&self.inner.data)
+        JobMessage::decode(self.settlement.data())
     }
 
     /// Whether the broker delivered it before (a consumer died holding it).
     pub fn redelivered(&self) -> bool {
-        self.inner.redelivered
+        self.settlement.inner.redelivered
     }
 
     /// Earlier unsuccessful deliveries of this message (requeues, consumers
     /// that died holding it). When it reaches [`Broker::delivery_limit`] this
     /// delivery is the last before the broker dead-letters the message.
     pub fn delivery_count(&self) -> u64 {
-        header_u64(&self.inner.properties, DELIVERY_COUNT_HEADER).unwrap_or(0)
+        header_u64(&self.settlement.inner.properties, DELIVERY_COUNT_HEADER).unwrap_or(0)
     }
 
     /// W3C trace context of the submitting request, if any.
     pub fn traceparent(&self) -> Option<String> {
-        header_str(&self.inner.properties, "traceparent")
+        header_str(&self.settlement.inner.properties, "traceparent")
     }
 
     /// Done: the broker forgets the message.
     pub async fn ack(&self) -> Result<(), QueueError> {
-        self.inner.ack(BasicAckOptions::default()).await?;
-        Ok(())
+        self.settlement.ack().await
     }
 
     /// Not done: the broker delivers it again at once (counting toward the
     /// delivery limit). For a later retry use [`JobDelivery::retry_later`].
     pub async fn requeue(&self) -> Result<(), QueueError> {
-        self.inner
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await?;
-        Ok(())
+        self.settlement.requeue().await
     }
 
     /// Retry after a back-off: publishes `next` (the message for the next
@@ -674,25 +738,34 @@ impl JobDelivery {
         next: &JobMessage,
         delay_index: usize,
     ) -> Result<(), QueueError> {
-        let delays = &self.side.names.delays;
-        let queue = match delays.get(delay_index).or(delays.last()) {
-            Some((_, name)) => name.as_str(),
-            None => self.side.names.jobs.as_str(),
-        };
-        publish_confirmed(&self.side.channel, queue, &next.encode(), job_headers(next)).await?;
-        self.ack().await
+        let names = &self.settlement.side.names;
+        self.settlement
+            .retry_later(
+                &names.delays,
+                &names.jobs,
+                delay_index,
+                &next.encode(),
+                job_headers(next),
+            )
+            .await
     }
 
     /// Never processable: a copy goes to the DLQ with `reason` in a header,
     /// then the original is acknowledged. Should the copy fail, the message is
     /// rejected so the broker dead-letters it itself (without the reason).
     pub async fn dead_letter(&self, reason: &str) -> Result<(), QueueError> {
-        let mut headers = self.inner.properties.headers().clone().unwrap_or_default();
+        let mut headers = self
+            .settlement
+            .inner
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
         headers.insert(REASON_HEADER.into(), long_string(reason));
         match publish_confirmed(
-            &self.side.channel,
-            &self.side.names.dlq,
-            &self.inner.data,
+            &self.settlement.side.channel,
+            &self.settlement.side.names.dlq,
+            self.settlement.data(),
             headers,
         )
         .await
@@ -700,7 +773,8 @@ impl JobDelivery {
             Ok(()) => self.ack().await,
             Err(err) => {
                 tracing::warn!(error = %err, "copy to the DLQ failed; rejecting instead");
-                self.inner
+                self.settlement
+                    .inner
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
                 Ok(())

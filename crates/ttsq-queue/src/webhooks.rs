@@ -9,19 +9,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::{
     Channel,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions,
-    },
+    options::QueueDeclareOptions,
     types::{AMQPValue, FieldTable},
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    Broker, Publisher, QueueError, QueueNames, long_string, publish_confirmed,
-    quorum_dead_lettering_to,
+    Broker, Publisher, QueueError, QueueNames, Settlement, SideChannel, close_channels,
+    long_string, quorum_dead_lettering_to,
 };
 
 /// Redeliveries (a worker dying mid-delivery every time) after which the
@@ -97,25 +93,13 @@ impl Broker {
         prefetch: u16,
         tag: &str,
     ) -> Result<WebhookConsumer, QueueError> {
-        let channel = self.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
+        let (channel, consumer, side) = self
+            .open_consumer(&self.inner.names.webhooks, prefetch, tag)
             .await?;
-        let consumer = channel
-            .basic_consume(
-                self.inner.names.webhooks.as_str().into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let side = self.channel().await?;
-        side.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(WebhookConsumer {
             channel,
             consumer,
             side,
-            names: self.inner.names.clone(),
         })
     }
 }
@@ -124,8 +108,7 @@ impl Broker {
 pub struct WebhookConsumer {
     channel: Channel,
     consumer: lapin::Consumer,
-    side: Channel,
-    names: QueueNames,
+    side: SideChannel,
 }
 
 impl WebhookConsumer {
@@ -133,52 +116,35 @@ impl WebhookConsumer {
     pub async fn next(&mut self) -> Option<Result<WebhookDelivery, QueueError>> {
         let next = self.consumer.next().await?;
         Some(next.map_err(QueueError::from).map(|inner| WebhookDelivery {
-            inner,
-            side: self.side.clone(),
-            names: self.names.clone(),
+            settlement: Settlement::new(inner, self.side.clone()),
         }))
     }
 
     /// Closes the channels; unacknowledged deliveries are redelivered.
     pub async fn close(&self) {
-        for channel in [&self.channel, &self.side] {
-            if channel.status().connected()
-                && let Err(err) = channel.close(200, "consumer closed".into()).await
-            {
-                tracing::debug!(error = %err, "closing a webhook consumer channel");
-            }
-        }
+        close_channels(&self.channel, &self.side).await;
     }
 }
 
 /// One delivered webhook message, to be settled exactly once.
 pub struct WebhookDelivery {
-    inner: Delivery,
-    side: Channel,
-    names: QueueNames,
+    settlement: Settlement,
 }
 
 impl WebhookDelivery {
     /// The message; `None` when undecodable (it is then acknowledged and dropped).
     pub fn message(&self) -> Option<WebhookMessage> {
-        serde_json::from_slice(&self.inner.data).ok()
+        serde_json::from_slice(self.settlement.data()).ok()
     }
 
     /// Done: the broker forgets the message.
     pub async fn ack(&self) -> Result<(), QueueError> {
-        self.inner.ack(BasicAckOptions::default()).await?;
-        Ok(())
+        self.settlement.ack().await
     }
 
     /// Not done; delivered again at once.
     pub async fn requeue(&self) -> Result<(), QueueError> {
-        self.inner
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await?;
-        Ok(())
+        self.settlement.requeue().await
     }
 
     /// Publishes `next` to the delay queue for `delay_index` (clamped to the
@@ -189,12 +155,15 @@ impl WebhookDelivery {
         next: &WebhookMessage,
         delay_index: usize,
     ) -> Result<(), QueueError> {
-        let delays = &self.names.webhook_delays;
-        let queue = match delays.get(delay_index).or(delays.last()) {
-            Some((_, name)) => name.as_str(),
-            None => self.names.webhooks.as_str(),
-        };
-        publish_confirmed(&self.side, queue, &encode(next), FieldTable::default()).await?;
-        self.ack().await
+        let names = &self.settlement.side.names;
+        self.settlement
+            .retry_later(
+                &names.webhook_delays,
+                &names.webhooks,
+                delay_index,
+                &encode(next),
+                FieldTable::default(),
+            )
+            .await
     }
 }
