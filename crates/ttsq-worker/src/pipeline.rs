@@ -80,7 +80,6 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     }
     let started = Instant::now();
     let metrics = ttsq_telemetry::metrics::get();
-    metrics.batch_size.observe(items.len() as f64);
     let jobs: HashMap<Uuid, Span> = items
         .iter()
         .map(|item| (item.message.task_id, job_span(item, batch_id)))
@@ -115,6 +114,9 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         .filter(|i| i.delivery.delivery_count() >= u64::from(context.delivery_limit))
         .map(|i| i.message.task_id)
         .collect();
+    // Jobs worked on, not messages: a duplicate message (an outbox republish,
+    // a redelivery) of a task that is already done claims nothing.
+    metrics.batch_size.observe(claimed.len() as f64);
     let (spent, runnable): (Vec<&ClaimedTask>, Vec<&ClaimedTask>) = claimed
         .iter()
         .partition(|t| t.attempts > context.max_attempts() || last_delivery.contains(&t.id));
