@@ -341,6 +341,9 @@ async fn a_429_is_rate_limited_with_the_retry_after() {
     adapters[0].0.synthesize(&adapters[0].1).await.unwrap();
 
     for (adapter, request) in &adapters {
+        // Fills the one-second window again should a slow machine have let
+        // it expire since the last request (answered or refused).
+        let _ = adapter.synthesize(request).await;
         let err = adapter.synthesize(request).await.unwrap_err();
 
         assert!(
@@ -352,7 +355,8 @@ async fn a_429_is_rate_limited_with_the_retry_after() {
         assert!(err.is_retryable());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
     }
-    assert_eq!(fake.stats().rate_limited, 3);
+    let refused = fake.stats().rate_limited;
+    assert!((3..=6).contains(&refused), "{refused} requests refused");
 }
 
 #[tokio::test]
