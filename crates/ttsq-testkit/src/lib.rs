@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod link;
+pub mod restart;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -18,6 +19,9 @@ use uuid::Uuid;
 /// Bucket shared by all tests: objects are content-addressed, and the cache
 /// index that decides hits lives in each test's own database.
 const TEST_BUCKET: &str = "ttsq-test";
+
+/// The admin URL of the test Postgres when `TTSQ_TEST_DATABASE_URL` is unset.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -108,10 +112,7 @@ impl TestApp {
     async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
         init_logs();
         let id = Uuid::new_v4().simple().to_string();
-        let admin_url = env_or(
-            "TTSQ_TEST_DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/postgres",
-        );
+        let admin_url = env_or("TTSQ_TEST_DATABASE_URL", DEFAULT_DATABASE_URL);
         let database = format!("ttsq_test_{id}");
         let mut admin = PgConnection::connect(&admin_url)
             .await

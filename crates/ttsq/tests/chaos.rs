@@ -7,10 +7,14 @@
 //! - the provider produced audio at most once per distinct text (plus, when
 //!   a worker is killed, what it held in flight), however often jobs retried.
 //!
-//! Outages of Postgres, RabbitMQ and S3 cut this test's own links to them
-//! (see `ttsq_testkit::link`), so the suite runs beside every other test on
-//! the shared servers. Workers are `ttsq worker` child processes. The number
-//! of jobs per case is `TTSQ_CHAOS_JOBS` (default 2000).
+//! Outages of Postgres, RabbitMQ and S3 come two ways: a cut of this test's
+//! own links to them (`ttsq_testkit::link`: the network fails, the server
+//! lives on), and for Postgres and RabbitMQ a real restart of the shared
+//! server (`ttsq_testkit::restart`: every connection closed by the server,
+//! nothing kept but what it persisted). Restarts need root and stop the
+//! servers every test uses, so each case of this binary runs alone
+//! (`.config/nextest.toml`). Workers are `ttsq worker` child processes. The
+//! number of jobs per case is `TTSQ_CHAOS_JOBS` (default 2000).
 
 use std::{
     collections::HashSet,
@@ -121,6 +125,18 @@ chain = ["fake"]
         count: usize,
         case: &str,
     ) -> (tokio::task::JoinHandle<Vec<Uuid>>, Arc<AtomicUsize>) {
+        self.submit_paced(count, case, None)
+    }
+
+    /// [`Chaos::submit`], at most `per_second` submissions a second when
+    /// given: spreads the submissions over a known time, so that an outage
+    /// started a little after the first surely falls while submitting.
+    fn submit_paced(
+        &self,
+        count: usize,
+        case: &str,
+        per_second: Option<f64>,
+    ) -> (tokio::task::JoinHandle<Vec<Uuid>>, Arc<AtomicUsize>) {
         let http = self.app.http.clone();
         let url = format!("{}/v1/tts/jobs", self.app.base_url);
         let key = self.app.api_key.clone();
@@ -128,6 +144,7 @@ chain = ["fake"]
         let sent = Arc::new(AtomicUsize::new(0));
         let progress = Arc::clone(&sent);
         let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
             stream::iter(0..count)
                 .map(|i| {
                     let (http, url, key, case, sent) = (
@@ -138,6 +155,10 @@ chain = ["fake"]
                         Arc::clone(&sent),
                     );
                     async move {
+                        if let Some(rate) = per_second {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate);
+                            tokio::time::sleep_until(due).await;
+                        }
                         let body = json!({
                             "text": format!("Chaos {case}: sentence number {i}."),
                             "dialect": "en-gb", "voice": "rachel", "format": "wav"
@@ -344,6 +365,57 @@ async fn postgres_lost_while_workers_finish_batches_loses_nothing() {
 
     let outcome = chaos.settle_and_check(&accepted, 0).await;
     assert_eq!(outcome.succeeded, n as i64, "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarted_while_submitting_and_consuming_loses_nothing() {
+    let n = jobs_per_case();
+    let chaos = Chaos::start(2).await;
+    // Paced to last about 7 s, so the restart (~10 s) falls mid-submission.
+    let rate = n as f64 / 7.0;
+    let (submitting, sent) = chaos.submit_paced(n, "rabbitmq-restart", Some(rate));
+    while sent.load(Ordering::Relaxed) < n / 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The real server stops: every connection is closed by the broker, and
+    // only what it persisted (the quorum queues' messages) comes back.
+    restart(|| ttsq_testkit::restart::rabbitmq(Duration::from_secs(3))).await;
+
+    let accepted = submitting.await.expect("submitter");
+    assert_eq!(accepted.len(), n, "every submission accepted");
+    let outcome = chaos.settle_and_check(&accepted, 0).await;
+    assert_eq!(outcome.succeeded, n as i64, "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_while_workers_finish_batches_loses_nothing() {
+    let n = jobs_per_case();
+    let chaos = Chaos::start(2).await;
+    let (submitting, _) = chaos.submit(n, "postgres-restart");
+    let accepted = submitting.await.expect("submitter");
+    assert_eq!(accepted.len(), n);
+    chaos.until_terminal(n / 3).await;
+    assert!(
+        chaos.terminal().await < n as i64,
+        "workers still busy when the server goes down"
+    );
+    // A fast shutdown rolls back the batches' open transactions and closes
+    // every connection, the test's own included.
+    restart(|| ttsq_testkit::restart::postgres(Duration::from_secs(3))).await;
+
+    let outcome = chaos.settle_and_check(&accepted, 0).await;
+    assert_eq!(outcome.succeeded, n as i64, "{outcome:?}");
+}
+
+/// Runs a blocking server restart off the runtime, failing the test if it
+/// could not be carried out.
+async fn restart(
+    how: impl FnOnce() -> Result<(), ttsq_testkit::restart::RestartError> + Send + 'static,
+) {
+    tokio::task::spawn_blocking(how)
+        .await
+        .expect("restart thread")
+        .expect("the server restarts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
