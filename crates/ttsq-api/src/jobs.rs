@@ -11,6 +11,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use ttsq_core::{Job, JobMessage, JobRequest, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
@@ -247,6 +248,9 @@ pub(crate) async fn submit_high(
     json: bool,
 ) -> Result<Response, ApiError> {
     let job = task.job;
+    // The audio synthesized just now, when it is the stored object: answered
+    // as it is, without reading back from S3 what was just written there.
+    let mut synthesized = None;
     let (row, created) = match cached {
         Some(object) => {
             context
@@ -275,6 +279,7 @@ pub(crate) async fn submit_high(
             };
             let outcome = match context.providers.synthesize(&request).await {
                 Ok((audio, provider)) => {
+                    let bytes = audio.bytes.clone();
                     let object = store_audio(
                         &context.store,
                         &context.audio,
@@ -284,6 +289,11 @@ pub(crate) async fn submit_high(
                         provider,
                     )
                     .await?;
+                    // Another replica may have stored this hash first, with
+                    // other bytes (another provider): then those are served.
+                    if object.sha256 == hex::encode(Sha256::digest(&bytes)) {
+                        synthesized = Some(bytes);
+                    }
                     TaskOutcome::Succeeded {
                         audio_hash: object.hash,
                         cache_hit: false,
@@ -303,15 +313,20 @@ pub(crate) async fn submit_high(
     if created {
         report_finished(&row);
     } else {
+        // An earlier task's answer, whose audio may be other bytes.
+        synthesized = None;
         tracing::debug!("idempotent repeat of an earlier submission");
     }
-    respond_with_audio(context, row, json).await
+    respond_with_audio(context, row, json, synthesized).await
 }
 
+/// Answers with a finished task's audio: `held` when given (the bytes of
+/// the task's own audio object), otherwise read from S3.
 async fn respond_with_audio(
     context: &ApiContext,
     row: TaskRow,
     json: bool,
+    held: Option<Bytes>,
 ) -> Result<Response, ApiError> {
     match row.status() {
         TaskStatus::Succeeded => {}
@@ -342,7 +357,10 @@ async fn respond_with_audio(
     }
     let cache = if row.cache_hit { "hit" } else { "miss" };
     let task_id = row.id;
-    let mut response = audio_bytes(context, &row).await?;
+    let mut response = match held {
+        Some(bytes) => audio_response(&row, bytes),
+        None => audio_bytes(context, &row).await?,
+    };
     let headers = response.headers_mut();
     headers.insert(
         "x-task-id",
@@ -358,12 +376,17 @@ async fn audio_bytes(context: &ApiContext, row: &TaskRow) -> Result<Response, Ap
         .as_deref()
         .ok_or_else(|| ApiError::Conflict("the task has no audio".into()))?;
     let bytes = context.audio.get(key).await?;
+    Ok(audio_response(row, bytes))
+}
+
+/// `bytes` with the content type of the task's format.
+fn audio_response(row: &TaskRow, bytes: Bytes) -> Response {
     let content_type = row
         .format
         .parse::<ttsq_core::AudioFormat>()
         .map(|f| f.content_type())
         .unwrap_or("application/octet-stream");
-    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
 }
 
 pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod transport;
+
 use std::{fmt, time::Duration};
 
 use aws_sdk_s3::{
@@ -24,7 +26,7 @@ const DEFAULT_REGION: &str = "us-east-1";
 /// Longest a presigned URL may live: SigV4 refuses more than seven days.
 const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-/// Time allowed to open a TCP/TLS connection to the S3 server.
+/// Time allowed to open a TCP connection to the S3 server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Time allowed for one attempt, body included; audio objects are at most a
@@ -235,6 +237,8 @@ impl AudioStore {
         );
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            // Acknowledges response data at once: see `transport`.
+            .http_client(transport::Transport::new(CONNECT_TIMEOUT)?)
             .region(Region::new(region.clone()))
             .credentials_provider(credentials)
             // Path-style (`endpoint/bucket/key`): S3-compatible servers on a
@@ -246,8 +250,8 @@ impl AudioStore {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .timeout_config(
+                // The connect timeout is the transport's.
                 TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .operation_timeout(OPERATION_TIMEOUT)
                     .build(),
