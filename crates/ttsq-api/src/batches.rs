@@ -21,7 +21,7 @@ use ttsq_core::{
     error::ValidationErrors,
     job::{JobRequest, decode_json},
 };
-use ttsq_store::{BatchRow, NewBatch, NewBatchItem, TaskOutcome};
+use ttsq_store::{BatchRow, NewBatch, NewBatchItem};
 use uuid::Uuid;
 
 use crate::{
@@ -166,13 +166,7 @@ pub async fn submit(
             custom_id: custom_id.as_deref(),
             cached: cached
                 .get(job.hash.as_str())
-                .map(|object| TaskOutcome::Succeeded {
-                    audio_hash: object.hash.clone(),
-                    cache_hit: true,
-                    provider: object.provider.clone(),
-                    price_per_1k: 0.0,
-                    currency: context.providers.currency(&object.provider).to_owned(),
-                }),
+                .map(|object| crate::jobs::cache_hit(&context.providers, object)),
         })
         .collect();
     let to_publish: Vec<(Uuid, &str)> = items

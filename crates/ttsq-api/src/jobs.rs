@@ -1,6 +1,6 @@
 //! Submitting jobs and reading tasks and their audio.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::{
     ApiContext, ApiError,
     auth::Caller,
+    coalescer::PendingSubmission,
     error::{LimitProblem, Problem},
     openapi::AudioBody,
     view::{AcceptedView, TaskView, status_url},
@@ -83,6 +84,8 @@ pub async fn submit(
                 ApiError::Validation(errors)
             }
         })?;
+    // Shared with the group that writes it (normal priority).
+    let job = Arc::new(job);
     if let Some(url) = &job.callback_url {
         context.webhooks.check_target("callback_url", url).await?;
     }
@@ -106,10 +109,12 @@ pub async fn submit(
     span.record("priority", job.priority.as_str());
 
     let started = std::time::Instant::now();
-    let cached = context.store.find_audio(job.hash.as_str()).await?;
     let result = match job.priority {
-        Priority::Normal => submit_normal(&context, &task, cached).await,
-        Priority::High => submit_high(&context, &task, cached, wants_json(&headers)).await,
+        Priority::Normal => submit_normal(&context, &task, &job).await,
+        Priority::High => {
+            let cached = context.store.find_audio(job.hash.as_str()).await?;
+            submit_high(&context, &task, cached, wants_json(&headers)).await
+        }
     };
     if let Err(ApiError::LimitExceeded(e)) = &result {
         tracing::info!(
@@ -173,43 +178,45 @@ pub(crate) async fn audit_refusal(
     }
 }
 
-/// Commits the task, then publishes it and waits for the broker's confirm;
-/// should that fail, the outbox relay publishes it later and the job is
-/// accepted all the same.
+/// Commits the task together with the other submissions waiting (a cache
+/// hit finishes at once), then publishes it and waits for the broker's
+/// confirm; should that fail, the outbox relay publishes it later and the
+/// job is accepted all the same.
 async fn submit_normal(
     context: &ApiContext,
     task: &NewTask<'_>,
-    cached: Option<AudioObject>,
+    job: &Arc<Job>,
 ) -> Result<Response, ApiError> {
-    let row = if let Some(object) = cached {
-        let (row, created) = context
-            .store
-            .insert_finished(task, &cache_hit(context, &object))
-            .await?;
-        if created {
-            report_finished(&row);
-        }
-        row
+    let (row, created) = context
+        .submissions
+        .submit(PendingSubmission {
+            id: task.id,
+            tenant_id: task.tenant_id,
+            job: Arc::clone(job),
+            idempotency_key: task.idempotency_key.map(str::to_owned),
+            key_prefix: task.key_prefix.map(str::to_owned),
+        })
+        .await?;
+    if !created {
+        tracing::debug!("idempotent repeat of an earlier submission");
+    } else if row.status().is_terminal() {
+        report_finished(&row);
     } else {
-        let (row, created) = context.store.insert_queued(task).await?;
-        if created {
-            let mut message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
-            // The worker continues this request's trace from here.
-            message.traceparent = ttsq_telemetry::trace_context::current_traceparent();
-            match context.publisher.publish(&message).await {
-                Ok(()) => {
-                    context.published.mark(row.id);
-                    tracing::debug!("task queued");
-                }
-                // The task is committed: the outbox relay publishes it once
-                // RabbitMQ is back, so the job is accepted all the same.
-                Err(err) => {
-                    tracing::warn!(error = %err, "publish failed; the outbox relay will publish the task")
-                }
+        let mut message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
+        // The worker continues this request's trace from here.
+        message.traceparent = ttsq_telemetry::trace_context::current_traceparent();
+        match context.publisher.publish(&message).await {
+            Ok(()) => {
+                context.published.mark(row.id);
+                tracing::debug!("task queued");
+            }
+            // The task is committed: the outbox relay publishes it once
+            // RabbitMQ is back, so the job is accepted all the same.
+            Err(err) => {
+                tracing::warn!(error = %err, "publish failed; the outbox relay will publish the task")
             }
         }
-        row
-    };
+    }
     Ok(accepted(context, &row))
 }
 
@@ -230,13 +237,15 @@ fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
     response
 }
 
-fn cache_hit(context: &ApiContext, object: &AudioObject) -> TaskOutcome {
+/// The outcome of a job whose audio is stored already: succeeded at once,
+/// nothing billable, priced in the currency of the provider that made it.
+pub(crate) fn cache_hit(providers: &ttsq_providers::Router, object: &AudioObject) -> TaskOutcome {
     TaskOutcome::Succeeded {
         audio_hash: object.hash.clone(),
         cache_hit: true,
         provider: object.provider.clone(),
         price_per_1k: 0.0,
-        currency: context.providers.currency(&object.provider).to_owned(),
+        currency: providers.currency(&object.provider).to_owned(),
     }
 }
 
@@ -255,7 +264,7 @@ pub(crate) async fn submit_high(
         Some(object) => {
             context
                 .store
-                .insert_finished(task, &cache_hit(context, &object))
+                .insert_finished(task, &cache_hit(&context.providers, &object))
                 .await?
         }
         None => {

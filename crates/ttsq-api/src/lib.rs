@@ -6,6 +6,7 @@
 //! - [`router`] and [`run`]: the routes and the server loop.
 //! - `auth`: the bearer-key extractor.
 //! - `jobs`: submission, status, audio.
+//! - [`coalescer`]: single submissions written many to a transaction.
 //! - `system`: dialects, health, readiness, metrics.
 //! - [`ops`]: `/metrics`, `/health`, `/ready` over any set of dependencies,
 //!   also served alone by a worker.
@@ -20,6 +21,7 @@
 //! - [`content`]: the optional content filter.
 //! - [`error`]: [`ApiError`] and its problem+json rendering.
 
+pub mod coalescer;
 pub mod content;
 pub mod error;
 pub mod openapi;
@@ -65,6 +67,8 @@ pub struct ApiContext {
     pub publisher: Publisher,
     /// Marks confirmed tasks published, many per statement.
     pub published: published::PublishedMarks,
+    /// Writes normal-priority single submissions, many per transaction.
+    pub submissions: coalescer::SubmitCoalescer,
     /// S3 audio.
     pub audio: AudioStore,
     /// Providers and the dialect catalog.
@@ -117,6 +121,11 @@ impl ApiContext {
         Ok(Self {
             waiters,
             published: published::PublishedMarks::start(store.clone()),
+            submissions: coalescer::SubmitCoalescer::start(
+                store.clone(),
+                Arc::clone(&providers),
+                settings.database.submit_committers as usize,
+            ),
             store,
             broker,
             publisher,

@@ -376,6 +376,10 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     /// Pool size per process.
     pub max_connections: u32,
+    /// Transactions an API process runs at once to write single submissions,
+    /// each holding one pooled connection; every submission that arrives
+    /// meanwhile joins the next group (group commit).
+    pub submit_committers: u32,
     /// Apply pending migrations at start.
     pub run_migrations: bool,
 }
@@ -690,6 +694,10 @@ impl Settings {
             (
                 "database.max_connections",
                 self.database.max_connections as usize,
+            ),
+            (
+                "database.submit_committers",
+                self.database.submit_committers as usize,
             ),
             ("queue.prefetch", self.queue.prefetch as usize),
             ("worker.batch_size", self.worker.batch_size),

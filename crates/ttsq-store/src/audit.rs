@@ -5,7 +5,7 @@
 //! is recorded by the length and SHA-256 of its normalised text, never the
 //! text itself.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -27,31 +27,49 @@ pub(crate) struct AdminAction<'a> {
     pub detail: Value,
 }
 
-/// Records an accepted submission.
-pub(crate) async fn audit_submission(
+/// Records accepted submissions, one row each, in one statement.
+pub(crate) async fn audit_submissions(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    task: &NewTask<'_>,
+    tasks: &[&NewTask<'_>],
 ) -> Result<(), StoreError> {
-    let job = task.job;
-    let actor = task
-        .key_prefix
-        .map_or_else(|| "key".to_owned(), |p| format!("key:{p}"));
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let text = |f: fn(&NewTask<'_>) -> String| tasks.iter().map(|t| f(t)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO audit_log (actor, tenant_id, key_prefix, action, target, text_chars, text_sha256, detail)
-         VALUES ($1, $2, $3, 'task.submit', $4, $5, $6, $7)",
+         SELECT coalesce('key:' || u.key_prefix, 'key'), u.tenant_id, u.key_prefix, 'task.submit',
+                u.id::text, u.characters, u.sha256,
+                jsonb_build_object('priority', u.priority, 'dialect', u.dialect, 'voice', u.voice,
+                                   'idempotency_key', u.keyed)
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::bool[])
+                AS u(id, tenant_id, key_prefix, characters, sha256, priority, dialect, voice, keyed)",
     )
-    .bind(actor)
-    .bind(task.tenant_id)
-    .bind(task.key_prefix)
-    .bind(task.id.to_string())
-    .bind(i32::try_from(job.characters).unwrap_or(i32::MAX))
-    .bind(hex::encode(Sha256::digest(job.text.as_bytes())))
-    .bind(json!({
-        "priority": job.priority.as_str(),
-        "dialect": job.dialect,
-        "voice": job.voice,
-        "idempotency_key": task.idempotency_key.is_some(),
-    }))
+    .bind(tasks.iter().map(|t| t.id).collect::<Vec<_>>())
+    .bind(tasks.iter().map(|t| t.tenant_id).collect::<Vec<_>>())
+    .bind(
+        tasks
+            .iter()
+            .map(|t| t.key_prefix.map(str::to_owned))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        tasks
+            .iter()
+            .map(|t| i32::try_from(t.job.characters).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(text(|t| hex::encode(Sha256::digest(t.job.text.as_bytes()))))
+    .bind(text(|t| t.job.priority.as_str().to_owned()))
+    .bind(text(|t| t.job.dialect.clone()))
+    .bind(text(|t| t.job.voice.clone()))
+    .bind(
+        tasks
+            .iter()
+            .map(|t| t.idempotency_key.is_some())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

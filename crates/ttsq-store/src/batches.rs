@@ -15,7 +15,9 @@ use uuid::Uuid;
 use crate::{
     Store, StoreError,
     limits::{Charge, admit_jobs},
-    tasks::{FinishedTask, LEDGER_FROM_DONE, TaskOutcome, finish},
+    tasks::{
+        BatchPlace, FinishedTask, LEDGER_FROM_DONE, NewTask, TaskColumns, TaskOutcome, finish,
+    },
 };
 
 /// One item of a batch to create.
@@ -151,25 +153,6 @@ const BATCH_COLUMNS: &str =
     concatenated_bytes, concatenated_duration_ms, concatenate_error, callback_url, metadata,
     created_at, cancelled_at, completed_at";
 
-/// Columns of a batch's items for one UNNEST insert.
-#[derive(Default)]
-struct ItemColumns {
-    ids: Vec<Uuid>,
-    statuses: Vec<&'static str>,
-    texts: Vec<String>,
-    characters: Vec<i32>,
-    dialects: Vec<String>,
-    voices: Vec<String>,
-    models: Vec<String>,
-    speeds: Vec<f64>,
-    emotions: Vec<Option<String>>,
-    formats: Vec<&'static str>,
-    hashes: Vec<String>,
-    metadata: Vec<Option<String>>,
-    indexes: Vec<i32>,
-    custom_ids: Vec<Option<String>>,
-}
-
 impl Store {
     /// Creates a batch and its tasks in one transaction, within the tenant's
     /// limits for all of them together; items with a cache hit finish at
@@ -238,32 +221,29 @@ impl Store {
             return self.existing_batch(batch.tenant_id, id).await;
         }
 
-        let mut cols = ItemColumns::default();
+        let mut cols = TaskColumns::default();
         let mut finished = Vec::new();
         for (index, item) in batch.items.iter().enumerate() {
-            let job = item.job;
-            cols.ids.push(item.task_id);
+            let task = NewTask {
+                id: item.task_id,
+                tenant_id: batch.tenant_id,
+                job: item.job,
+                idempotency_key: None,
+                key_prefix: batch.key_prefix,
+            };
             // Cache hits go in `processing` so that `finish` takes them to
             // their end state and ledger row exactly as for single jobs.
-            cols.statuses.push(if item.cached.is_some() {
-                TaskStatus::Processing.as_str()
+            let status = if item.cached.is_some() {
+                TaskStatus::Processing
             } else {
-                TaskStatus::Queued.as_str()
-            });
-            cols.texts.push(job.text.clone());
-            cols.characters
-                .push(i32::try_from(job.characters).unwrap_or(i32::MAX));
-            cols.dialects.push(job.dialect.clone());
-            cols.voices.push(job.voice.clone());
-            cols.models.push(job.model.clone());
-            cols.speeds.push(job.speed);
-            cols.emotions.push(job.emotion.clone());
-            cols.formats.push(job.format.as_str());
-            cols.hashes.push(job.hash.as_str().to_owned());
-            cols.metadata
-                .push(job.metadata.as_ref().map(ToString::to_string));
-            cols.indexes.push(i32::try_from(index).unwrap_or(i32::MAX));
-            cols.custom_ids.push(item.custom_id.map(str::to_owned));
+                TaskStatus::Queued
+            };
+            let place = BatchPlace {
+                batch_id: batch.id,
+                index: i32::try_from(index).unwrap_or(i32::MAX),
+                custom_id: item.custom_id,
+            };
+            cols.push(&task, status, Some(place));
             if let Some(outcome) = &item.cached {
                 finished.push(FinishedTask {
                     task_id: item.task_id,
@@ -271,38 +251,7 @@ impl Store {
                 });
             }
         }
-        sqlx::query(
-            "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
-                                speed, emotion, format, content_hash, metadata, key_prefix,
-                                batch_id, batch_index, custom_id, started_at)
-             SELECT u.id, $1, u.status, 'normal', u.text, u.characters, u.dialect, u.voice, u.model,
-                    u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, $2,
-                    $3, u.idx, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END
-               FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::int4[], $8::text[], $9::text[],
-                           $10::text[], $11::float8[], $12::text[], $13::text[], $14::text[],
-                           $15::text[], $16::int4[], $17::text[])
-                    AS u(id, status, text, characters, dialect, voice, model, speed, emotion, format,
-                         hash, metadata, idx, custom_id)",
-        )
-        .bind(batch.tenant_id)
-        .bind(batch.key_prefix)
-        .bind(batch.id)
-        .bind(&cols.ids)
-        .bind(&cols.statuses)
-        .bind(&cols.texts)
-        .bind(&cols.characters)
-        .bind(&cols.dialects)
-        .bind(&cols.voices)
-        .bind(&cols.models)
-        .bind(&cols.speeds)
-        .bind(&cols.emotions)
-        .bind(&cols.formats)
-        .bind(&cols.hashes)
-        .bind(&cols.metadata)
-        .bind(&cols.indexes)
-        .bind(&cols.custom_ids)
-        .execute(&mut *tx)
-        .await?;
+        cols.insert(&mut *tx).await?;
         finish(&mut *tx, &finished).await?;
         let actor = batch
             .key_prefix
@@ -315,10 +264,7 @@ impl Store {
         .bind(batch.tenant_id)
         .bind(batch.key_prefix)
         .bind(batch.id.to_string())
-        .bind(
-            i32::try_from(cols.characters.iter().map(|c| i64::from(*c)).sum::<i64>())
-                .unwrap_or(i32::MAX),
-        )
+        .bind(i32::try_from(cols.total_characters()).unwrap_or(i32::MAX))
         .bind(json!({
             "items": batch.items.len(),
             "cache_hits": finished.len(),
@@ -332,7 +278,7 @@ impl Store {
             .get_batch(batch.tenant_id, batch.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("batch {}", batch.id)))?;
-        Ok((row, cols.ids, true))
+        Ok((row, cols.ids().to_vec(), true))
     }
 
     async fn existing_batch(

@@ -9,6 +9,8 @@
 //! - [`usage`]: the finance views, read per tenant and period.
 //! - [`task_events`]: waking long-polls on LISTEN/NOTIFY when tasks finish.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
+//! - [`submissions`]: single submissions written many to a transaction
+//!   (group commit).
 //! - [`audio`]: the audio object index.
 //! - [`retention`]: removing expired tasks and the audio only they used.
 //! - [`replicas`]: replica heartbeats for quota sharing.
@@ -26,6 +28,7 @@ pub mod listing;
 pub mod outbox;
 pub mod replicas;
 pub mod retention;
+pub mod submissions;
 pub mod task_events;
 pub mod tasks;
 pub mod usage;
@@ -51,6 +54,7 @@ pub use outbox::Unpublished;
 pub use replicas::LiveReplicas;
 pub use retention::SweptBatch;
 pub use sqlx;
+pub use submissions::{Submission, Submitted};
 pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};

@@ -154,84 +154,154 @@ pub(crate) async fn admit_jobs(
     charge: &Charge,
     jobs: i64,
 ) -> Result<Vec<LimitUsage>, StoreError> {
-    if charge.characters == 0 && jobs == 0 {
+    if charge.is_free(jobs) {
         return Ok(Vec::new());
     }
-    let Some(limits) = sqlx::query_as::<_, LimitsRow>(LIMITS_SELECT)
-        .bind(tenant_id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
+    let Some(mut headroom) = Headroom::lock(tx, tenant_id).await? else {
         return Ok(Vec::new());
     };
-    if limits.unlimited() {
-        return Ok(Vec::new());
-    }
-    // Serializes this tenant's submissions until the task is committed. NO
-    // KEY UPDATE, so foreign-key checks of other inserts are not blocked.
-    let limits = sqlx::query_as::<_, LimitsRow>(&format!("{LIMITS_SELECT} FOR NO KEY UPDATE"))
-        .bind(tenant_id)
-        .fetch_one(&mut **tx)
-        .await?;
-    let billable = charge.characters > 0;
-    let mut usage = Vec::new();
-    if let Some(max) = limits.daily_characters {
-        let used = characters_today(tx, tenant_id).await?;
-        if billable && used + charge.characters > max {
-            return Err(exceeded(
-                LimitKind::DailyCharacters,
-                max as f64,
-                used as f64,
-                charge.characters as f64,
-                None,
-                until_next_utc_day(),
-            ));
-        }
-        usage.push(LimitUsage {
-            limit: LimitKind::DailyCharacters,
-            max: max as f64,
-            used: (used + if billable { charge.characters } else { 0 }) as f64,
-        });
-    }
-    if let Some(max) = limits.monthly_budget {
-        let spent = spent_this_month(tx, tenant_id, &limits.currency).await?;
-        let cost = charge.cost.unwrap_or(0.0);
-        if billable && (spent >= max || spent + cost > max) {
-            return Err(exceeded(
-                LimitKind::MonthlyBudget,
-                max,
-                spent,
-                cost,
-                Some(limits.currency.clone()),
-                until_next_utc_month(),
-            ));
-        }
-        usage.push(LimitUsage {
-            limit: LimitKind::MonthlyBudget,
-            max,
-            used: spent + cost,
-        });
-    }
-    if let Some(max) = limits.max_queued_jobs {
-        let open = open_jobs(tx, tenant_id).await?;
-        if jobs > 0 && open + jobs > i64::from(max) {
-            return Err(exceeded(
-                LimitKind::MaxQueuedJobs,
-                f64::from(max),
-                open as f64,
-                jobs as f64,
-                None,
-                QUEUE_FULL_RETRY,
-            ));
-        }
-        usage.push(LimitUsage {
-            limit: LimitKind::MaxQueuedJobs,
-            max: f64::from(max),
-            used: (open + jobs) as f64,
-        });
-    }
+    let usage = headroom.admit(charge, jobs)?;
     warn_once_past_threshold(tx, tenant_id, &usage).await?;
     Ok(usage)
+}
+
+impl Charge {
+    /// Whether it touches no limit at all (a cache hit, a failure), so the
+    /// tenant need not even be looked at.
+    pub(crate) fn is_free(&self, jobs: i64) -> bool {
+        self.characters == 0 && jobs == 0
+    }
+}
+
+/// A tenant's limits and what is in use, read under its row lock: admits a
+/// run of submissions in memory with the outcomes they would have one after
+/// another, each admitted one counting against the next.
+#[derive(Debug)]
+pub(crate) struct Headroom {
+    limits: LimitsRow,
+    /// Billable characters today (0 when there is no daily limit).
+    characters: i64,
+    /// Cost this month in the tenant's currency (0 when there is no budget).
+    spent: f64,
+    /// Jobs queued or processing (0 when there is no queue limit).
+    open: i64,
+}
+
+impl Headroom {
+    /// Locks the tenant row (`FOR NO KEY UPDATE`) and reads what is in use
+    /// of each limit it has; `None`, taking no lock, when it has none.
+    pub(crate) async fn lock(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tenant_id: Uuid,
+    ) -> Result<Option<Self>, StoreError> {
+        let Some(limits) = sqlx::query_as::<_, LimitsRow>(LIMITS_SELECT)
+            .bind(tenant_id)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if limits.unlimited() {
+            return Ok(None);
+        }
+        // Serializes this tenant's submissions until the task is committed. NO
+        // KEY UPDATE, so foreign-key checks of other inserts are not blocked.
+        let limits = sqlx::query_as::<_, LimitsRow>(&format!("{LIMITS_SELECT} FOR NO KEY UPDATE"))
+            .bind(tenant_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let characters = match limits.daily_characters {
+            Some(_) => characters_today(tx, tenant_id).await?,
+            None => 0,
+        };
+        let spent = match limits.monthly_budget {
+            Some(_) => spent_this_month(tx, tenant_id, &limits.currency).await?,
+            None => 0.0,
+        };
+        let open = match limits.max_queued_jobs {
+            Some(_) => open_jobs(tx, tenant_id).await?,
+            None => 0,
+        };
+        Ok(Some(Self {
+            limits,
+            characters,
+            spent,
+            open,
+        }))
+    }
+
+    /// Admits `charge` for `jobs` queued jobs, or refuses it; an admitted
+    /// charge is counted as in use. Returns the usage of each limit.
+    pub(crate) fn admit(
+        &mut self,
+        charge: &Charge,
+        jobs: i64,
+    ) -> Result<Vec<LimitUsage>, LimitExceeded> {
+        let billable = charge.characters > 0;
+        let characters = if billable { charge.characters } else { 0 };
+        let cost = charge.cost.unwrap_or(0.0);
+        let mut usage = Vec::new();
+        if let Some(max) = self.limits.daily_characters {
+            let used = self.characters;
+            if billable && used + characters > max {
+                return Err(exceeded(
+                    LimitKind::DailyCharacters,
+                    max as f64,
+                    used as f64,
+                    characters as f64,
+                    None,
+                    until_next_utc_day(),
+                ));
+            }
+            usage.push(LimitUsage {
+                limit: LimitKind::DailyCharacters,
+                max: max as f64,
+                used: (used + characters) as f64,
+            });
+        }
+        if let Some(max) = self.limits.monthly_budget {
+            let spent = self.spent;
+            if billable && (spent >= max || spent + cost > max) {
+                return Err(exceeded(
+                    LimitKind::MonthlyBudget,
+                    max,
+                    spent,
+                    cost,
+                    Some(self.limits.currency.clone()),
+                    until_next_utc_month(),
+                ));
+            }
+            usage.push(LimitUsage {
+                limit: LimitKind::MonthlyBudget,
+                max,
+                used: spent + cost,
+            });
+        }
+        if let Some(max) = self.limits.max_queued_jobs {
+            let open = self.open;
+            if jobs > 0 && open + jobs > i64::from(max) {
+                return Err(exceeded(
+                    LimitKind::MaxQueuedJobs,
+                    f64::from(max),
+                    open as f64,
+                    jobs as f64,
+                    None,
+                    QUEUE_FULL_RETRY,
+                ));
+            }
+            usage.push(LimitUsage {
+                limit: LimitKind::MaxQueuedJobs,
+                max: f64::from(max),
+                used: (open + jobs) as f64,
+            });
+        }
+        self.characters += characters;
+        if billable {
+            self.spent += cost;
+        }
+        self.open += jobs;
+        Ok(usage)
+    }
 }
 
 fn exceeded(
@@ -241,15 +311,15 @@ fn exceeded(
     requested: f64,
     currency: Option<String>,
     retry_after: Duration,
-) -> StoreError {
-    StoreError::LimitExceeded(LimitExceeded {
+) -> LimitExceeded {
+    LimitExceeded {
         limit,
         max,
         used,
         requested,
         currency,
         retry_after,
-    })
+    }
 }
 
 async fn characters_today(
@@ -298,7 +368,7 @@ async fn open_jobs(
 /// Logs a warning the first time in a period (UTC day; month for the
 /// budget) that a limit passes [`WARN_FRACTION`]; a row per tenant, limit
 /// and period makes it once across all replicas.
-async fn warn_once_past_threshold(
+pub(crate) async fn warn_once_past_threshold(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant_id: Uuid,
     usage: &[LimitUsage],

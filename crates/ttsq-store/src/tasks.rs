@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::{
     Store, StoreError,
-    audit::audit_submission,
     limits::{Charge, admit},
+    submissions::{Submission, tasks_by_key},
 };
 
 /// A task as the API shows it, joined with its audio object when it has one.
@@ -176,6 +176,152 @@ pub struct ClaimedTask {
     pub marks: Option<Vec<String>>,
 }
 
+/// Column vectors of tasks to create, for one UNNEST statement: single
+/// submissions grouped together and the items of a batch alike.
+#[derive(Default)]
+pub(crate) struct TaskColumns {
+    ids: Vec<Uuid>,
+    tenant_ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    priorities: Vec<&'static str>,
+    texts: Vec<String>,
+    characters: Vec<i32>,
+    dialects: Vec<String>,
+    voices: Vec<String>,
+    models: Vec<String>,
+    speeds: Vec<f64>,
+    emotions: Vec<Option<String>>,
+    formats: Vec<&'static str>,
+    hashes: Vec<String>,
+    metadata: Vec<Option<String>>,
+    callback_urls: Vec<Option<String>>,
+    idempotency_keys: Vec<Option<String>>,
+    key_prefixes: Vec<Option<String>>,
+    /// Mark kinds joined by commas: a column of arrays cannot be unnested.
+    marks: Vec<Option<String>>,
+    batch_ids: Vec<Option<Uuid>>,
+    batch_indexes: Vec<Option<i32>>,
+    custom_ids: Vec<Option<String>>,
+}
+
+/// Where a task sits in its batch, for [`TaskColumns::push`].
+pub(crate) struct BatchPlace<'a> {
+    /// The batch.
+    pub batch_id: Uuid,
+    /// Position in it, from 0.
+    pub index: i32,
+    /// The client's id for the item.
+    pub custom_id: Option<&'a str>,
+}
+
+impl TaskColumns {
+    /// Adds `task` in state `status` (`queued`, or `processing` for one that
+    /// [`finish`] takes to its end state in the same transaction).
+    pub(crate) fn push(
+        &mut self,
+        task: &NewTask<'_>,
+        status: TaskStatus,
+        place: Option<BatchPlace<'_>>,
+    ) {
+        let job = task.job;
+        self.ids.push(task.id);
+        self.tenant_ids.push(task.tenant_id);
+        self.statuses.push(status.as_str());
+        self.priorities.push(job.priority.as_str());
+        self.texts.push(job.text.clone());
+        self.characters
+            .push(i32::try_from(job.characters).unwrap_or(i32::MAX));
+        self.dialects.push(job.dialect.clone());
+        self.voices.push(job.voice.clone());
+        self.models.push(job.model.clone());
+        self.speeds.push(job.speed);
+        self.emotions.push(job.emotion.clone());
+        self.formats.push(job.format.as_str());
+        self.hashes.push(job.hash.as_str().to_owned());
+        self.metadata
+            .push(job.metadata.as_ref().map(ToString::to_string));
+        self.callback_urls.push(job.callback_url.clone());
+        self.idempotency_keys
+            .push(task.idempotency_key.map(str::to_owned));
+        self.key_prefixes.push(task.key_prefix.map(str::to_owned));
+        self.marks.push((!job.marks.is_empty()).then(|| {
+            job.marks
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        }));
+        self.batch_ids.push(place.as_ref().map(|p| p.batch_id));
+        self.batch_indexes.push(place.as_ref().map(|p| p.index));
+        self.custom_ids
+            .push(place.and_then(|p| p.custom_id.map(str::to_owned)));
+    }
+
+    /// The ids, in the order pushed.
+    pub(crate) fn ids(&self) -> &[Uuid] {
+        &self.ids
+    }
+
+    /// Total characters of the tasks.
+    pub(crate) fn total_characters(&self) -> i64 {
+        self.characters.iter().map(|c| i64::from(*c)).sum()
+    }
+
+    /// Inserts every task in one statement. A task whose tenant already has
+    /// a task with its `Idempotency-Key` is skipped; returns the ids of
+    /// those inserted.
+    pub(crate) async fn insert<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        if self.ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
+                                speed, emotion, format, content_hash, metadata, callback_url,
+                                idempotency_key, key_prefix, marks, batch_id, batch_index, custom_id,
+                                started_at)
+             SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
+                    u.model, u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, u.callback_url,
+                    u.idempotency_key, u.key_prefix, string_to_array(u.marks, ','), u.batch_id,
+                    u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                           $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], $12::text[],
+                           $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+                           $19::uuid[], $20::int4[], $21::text[])
+                    AS u(id, tenant_id, status, priority, text, characters, dialect, voice, model, speed,
+                         emotion, format, hash, metadata, callback_url, idempotency_key, key_prefix,
+                         marks, batch_id, batch_index, custom_id)
+             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(&self.ids)
+        .bind(&self.tenant_ids)
+        .bind(&self.statuses)
+        .bind(&self.priorities)
+        .bind(&self.texts)
+        .bind(&self.characters)
+        .bind(&self.dialects)
+        .bind(&self.voices)
+        .bind(&self.models)
+        .bind(&self.speeds)
+        .bind(&self.emotions)
+        .bind(&self.formats)
+        .bind(&self.hashes)
+        .bind(&self.metadata)
+        .bind(&self.callback_urls)
+        .bind(&self.idempotency_keys)
+        .bind(&self.key_prefixes)
+        .bind(&self.marks)
+        .bind(&self.batch_ids)
+        .bind(&self.batch_indexes)
+        .bind(&self.custom_ids)
+        .fetch_all(executor)
+        .await?)
+    }
+}
+
 /// Column vectors of a set of outcomes, for one UNNEST statement.
 #[derive(Default)]
 struct OutcomeColumns {
@@ -242,24 +388,11 @@ impl Store {
     /// is the earlier task, untouched (and no limit is checked). Over a limit
     /// it is [`StoreError::LimitExceeded`] and nothing is written.
     pub async fn insert_queued(&self, task: &NewTask<'_>) -> Result<(TaskRow, bool), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(id) = idempotent_repeat(&mut tx, task).await? {
-            tx.commit().await?;
-            return self.existing(task.tenant_id, id).await;
-        }
-        let charge = Charge {
-            characters: job_characters(task),
-            cost: None,
-            queued: true,
-        };
-        let admitted = admit(&mut tx, task.tenant_id, &charge).await?;
-        let inserted = insert_task(&mut *tx, task, TaskStatus::Queued).await?;
-        if inserted {
-            audit_submission(&mut tx, task).await?;
-        }
-        tx.commit().await?;
-        self.record_usage(task.tenant_id, &admitted);
-        self.created_or_existing(task, inserted).await
+        self.insert_one(Submission {
+            task: *task,
+            finished: None,
+        })
+        .await
     }
 
     /// Creates a task that is terminal at once (a cache hit at submit, or an
@@ -271,42 +404,19 @@ impl Store {
         task: &NewTask<'_>,
         outcome: &TaskOutcome,
     ) -> Result<(TaskRow, bool), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(id) = idempotent_repeat(&mut tx, task).await? {
-            tx.commit().await?;
-            return self.existing(task.tenant_id, id).await;
-        }
-        let charge = match outcome {
-            TaskOutcome::Succeeded {
-                cache_hit: false,
-                price_per_1k,
-                ..
-            } => Charge {
-                characters: job_characters(task),
-                cost: Some(job_characters(task) as f64 * price_per_1k / 1000.0),
-                queued: false,
-            },
-            // Nothing billable: a cache hit, or a synthesis that failed.
-            _ => Charge::default(),
-        };
-        let admitted = admit(&mut tx, task.tenant_id, &charge).await?;
-        // Inserted as `processing` so that `finish` takes it to its end state
-        // and writes its ledger row exactly as for a worker-finished task.
-        let inserted = insert_task(&mut *tx, task, TaskStatus::Processing).await?;
-        if inserted {
-            finish(
-                &mut *tx,
-                &[FinishedTask {
-                    task_id: task.id,
-                    outcome: outcome.clone(),
-                }],
-            )
-            .await?;
-            audit_submission(&mut tx, task).await?;
-        }
-        tx.commit().await?;
-        self.record_usage(task.tenant_id, &admitted);
-        self.created_or_existing(task, inserted).await
+        self.insert_one(Submission {
+            task: *task,
+            finished: Some(outcome.clone()),
+        })
+        .await
+    }
+
+    /// One submission as a group of one.
+    async fn insert_one(&self, submission: Submission<'_>) -> Result<(TaskRow, bool), StoreError> {
+        self.insert_submissions(std::slice::from_ref(&submission))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::NotFound(format!("task {}", submission.task.id))))
     }
 
     /// Checks, without writing anything, whether a billable job of `task`'s
@@ -319,44 +429,21 @@ impl Store {
         estimated_cost: Option<f64>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if idempotent_repeat(&mut tx, task).await?.is_some() {
+        if let Some(key) = task.idempotency_key
+            && !tasks_by_key(&mut tx, &[(task.tenant_id, key)])
+                .await?
+                .is_empty()
+        {
             return Ok(());
         }
         let charge = Charge {
-            characters: job_characters(task),
+            characters: i64::from(task.job.characters),
             cost: estimated_cost,
             queued: false,
         };
         admit(&mut tx, task.tenant_id, &charge).await?;
         tx.rollback().await?;
         Ok(())
-    }
-
-    async fn existing(&self, tenant_id: Uuid, id: Uuid) -> Result<(TaskRow, bool), StoreError> {
-        let row = self
-            .get_task(tenant_id, id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
-        Ok((row, false))
-    }
-
-    async fn created_or_existing(
-        &self,
-        task: &NewTask<'_>,
-        inserted: bool,
-    ) -> Result<(TaskRow, bool), StoreError> {
-        let row = if inserted {
-            self.get_task(task.tenant_id, task.id).await?
-        } else {
-            let sql = format!("{TASK_SELECT} WHERE t.tenant_id = $1 AND t.idempotency_key = $2");
-            sqlx::query_as(&sql)
-                .bind(task.tenant_id)
-                .bind(task.idempotency_key)
-                .fetch_optional(&self.pool)
-                .await?
-        };
-        let row = row.ok_or_else(|| StoreError::NotFound(format!("task {}", task.id)))?;
-        Ok((row, inserted))
     }
 
     /// A tenant's task; `None` when it does not exist or is another tenant's.
@@ -468,47 +555,6 @@ impl Store {
     }
 }
 
-async fn insert_task<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    task: &NewTask<'_>,
-    status: TaskStatus,
-) -> Result<bool, StoreError> {
-    let job = task.job;
-    let row = sqlx::query(
-        "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
-                            speed, emotion, format, content_hash, metadata, callback_url, idempotency_key,
-                            key_prefix, started_at, marks)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 CASE WHEN $3 = 'processing' THEN now() END, $18)
-         ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id",
-    )
-    .bind(task.id)
-    .bind(task.tenant_id)
-    .bind(status.as_str())
-    .bind(job.priority.as_str())
-    .bind(&job.text)
-    .bind(i32::try_from(job.characters).unwrap_or(i32::MAX))
-    .bind(&job.dialect)
-    .bind(&job.voice)
-    .bind(&job.model)
-    .bind(job.speed)
-    .bind(&job.emotion)
-    .bind(job.format.as_str())
-    .bind(job.hash.as_str())
-    .bind(&job.metadata)
-    .bind(&job.callback_url)
-    .bind(task.idempotency_key)
-    .bind(task.key_prefix)
-    .bind(
-        (!job.marks.is_empty())
-            .then(|| job.marks.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
-    )
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.is_some())
-}
-
 pub(crate) async fn finish<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     finished: &[FinishedTask],
@@ -550,25 +596,4 @@ pub(crate) async fn finish<'e>(
         .execute(executor)
         .await?;
     Ok(result.rows_affected())
-}
-
-fn job_characters(task: &NewTask<'_>) -> i64 {
-    i64::from(task.job.characters)
-}
-
-/// The id of this tenant's earlier task with the same `Idempotency-Key`.
-async fn idempotent_repeat(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    task: &NewTask<'_>,
-) -> Result<Option<Uuid>, StoreError> {
-    let Some(key) = task.idempotency_key else {
-        return Ok(None);
-    };
-    Ok(
-        sqlx::query_scalar("SELECT id FROM tasks WHERE tenant_id = $1 AND idempotency_key = $2")
-            .bind(task.tenant_id)
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?,
-    )
 }

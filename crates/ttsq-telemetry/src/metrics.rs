@@ -36,6 +36,9 @@ const QUOTA_BUCKETS: &[f64] = &[
 ];
 /// Jobs per batch.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Single submissions written by one transaction (group commit); the API
+/// gathers at most 512.
+const SUBMIT_GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 /// One batch end to end, seconds.
 const BATCH_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
@@ -83,6 +86,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// `tts_batch_duration_seconds`: one batch, claim to commit.
     pub batch_duration: Histogram,
+    /// `tts_submit_group_size`: single submissions (`POST /v1/tts/jobs`,
+    /// normal priority) written together by one transaction.
+    pub submit_group_size: Histogram,
     /// `tts_queue_depth`: messages ready in the job queue.
     pub queue_depth: IntGauge,
     /// `tts_dlq_depth`: messages in the dead-letter queue.
@@ -250,6 +256,12 @@ impl Metrics {
                 "One worker batch, claim to commit.",
                 BATCH_BUCKETS,
             ),
+            submit_group_size: histogram(
+                &r,
+                "tts_submit_group_size",
+                "Single submissions written by one transaction (group commit).",
+                SUBMIT_GROUP_BUCKETS,
+            ),
             queue_depth: int_gauge(&r, "tts_queue_depth", "Messages ready in the job queue."),
             dlq_depth: int_gauge(&r, "tts_dlq_depth", "Messages in the dead-letter queue."),
             in_flight: int_gauge(
@@ -352,6 +364,7 @@ mod tests {
             r#"tts_provider_errors_total{code="provider_unavailable",provider="fake"} 1"#,
             "tts_daily_usage_limit 1000",
             "# TYPE tts_batch_size histogram",
+            "# TYPE tts_submit_group_size histogram",
             "tts_queue_depth 0",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in\n{text}");

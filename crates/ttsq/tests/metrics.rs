@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::{StreamExt, future::join_all};
 use serde_json::json;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
 use ttsq_testkit::{TestApp, TestOptions};
@@ -316,5 +316,42 @@ async fn a_provider_429_is_counted_and_the_job_still_succeeds() {
     assert!(fake.stats().rate_limited >= limited as u64);
     // The pause after a 429 is spent waiting for quota.
     assert!(m.value("tts_quota_wait_seconds_sum", &[("provider", "fake")]) >= 0.5);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn concurrent_single_submits_are_written_many_to_a_transaction() {
+    let (_fake, app) = spawn_with_fake(|_| {}).await;
+    let jobs: Vec<_> = (0..500)
+        .map(|i| json!({"text": format!("Grouped submit {i}."), "dialect": "en-gb", "voice": "rachel", "format": "wav"}))
+        .collect();
+
+    // 64 clients, each sending its next job as soon as it has an answer.
+    let ids: Vec<_> = futures::stream::iter(jobs.iter())
+        .map(|job| app.submit_ok(job))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    app.drain(Duration::from_secs(120)).await;
+
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 500, "every submit got a task of its own");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
+            .await,
+        500
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM audit_log WHERE action = 'task.submit'")
+            .await,
+        500
+    );
+    let m = Scrape::of(&app).await;
+    let groups = m.value("tts_submit_group_size_count", &[]);
+    assert_eq!(m.value("tts_submit_group_size_sum", &[]), 500.0);
+    assert!(
+        groups < 500.0,
+        "{groups} transactions for 500 submits: none were grouped"
+    );
     app.teardown().await;
 }

@@ -1,0 +1,310 @@
+//! Group commit: many single submissions in one transaction.
+//!
+//! A commit flushes the WAL, and one per job capped single submits at a few
+//! hundred a second. [`Store::insert_submissions`] takes every submission a
+//! caller gathered and writes them in one transaction with a fixed number
+//! of statements, whatever their number:
+//!
+//! 1. lock each tenant with limits (in id order, so concurrent groups never
+//!    deadlock) and read what is in use, once per tenant;
+//! 2. find the earlier tasks of the `Idempotency-Key`s sent;
+//! 3. admit the submissions in memory, in order, exactly as one after
+//!    another would be: a job over a limit is refused alone, the rest go on;
+//!    a key repeated within the group answers with its first task;
+//! 4. insert the admitted tasks in one UNNEST statement, finish the cache
+//!    hits and inline jobs with their ledger rows, write the audit rows in
+//!    one statement, and read every task back with one `= ANY` query.
+//!
+//! [`Store::insert_queued`] and [`Store::insert_finished`] are a group of one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use uuid::Uuid;
+
+use crate::{
+    Store, StoreError,
+    audit::audit_submissions,
+    limits::{Charge, Headroom, LimitUsage, warn_once_past_threshold},
+    tasks::{FinishedTask, NewTask, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish},
+};
+use ttsq_core::TaskStatus;
+
+/// One submission of a group: a task, and how it ends at once if it does.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    /// The task to create.
+    pub task: NewTask<'a>,
+    /// `None`: the task is queued. `Some`: it is terminal at once with this
+    /// outcome and its ledger row (a cache hit, or an inline synthesis).
+    pub finished: Option<TaskOutcome>,
+}
+
+impl Submission<'_> {
+    /// What it adds to the tenant's limits, and how many queued jobs.
+    fn charge(&self) -> (Charge, i64) {
+        let characters = i64::from(self.task.job.characters);
+        match &self.finished {
+            None => (
+                Charge {
+                    characters,
+                    cost: None,
+                    queued: true,
+                },
+                1,
+            ),
+            Some(TaskOutcome::Succeeded {
+                cache_hit: false,
+                price_per_1k,
+                ..
+            }) => (
+                Charge {
+                    characters,
+                    cost: Some(characters as f64 * price_per_1k / 1000.0),
+                    queued: false,
+                },
+                0,
+            ),
+            // Nothing billable: a cache hit, or a synthesis that failed.
+            Some(_) => (Charge::default(), 0),
+        }
+    }
+
+    fn key(&self) -> Option<(Uuid, &str)> {
+        self.task
+            .idempotency_key
+            .map(|key| (self.task.tenant_id, key))
+    }
+}
+
+/// What became of one submission: the task on file and whether it was
+/// created now (`false`: an earlier task with the same `Idempotency-Key`),
+/// or why it was refused.
+pub type Submitted = Result<(TaskRow, bool), StoreError>;
+
+/// What step 3 decided for one submission.
+enum Plan {
+    /// Admitted: to insert.
+    Insert,
+    /// Its key is taken: answered with the task holding it.
+    Repeat,
+    /// Over a limit: nothing is written for it.
+    Refused(StoreError),
+}
+
+impl Store {
+    /// Creates the tasks of `group` in one transaction, each within its
+    /// tenant's limits and with its audit row, with the outcomes they would
+    /// have submitted one after another in this order. Returns one answer
+    /// per submission, in order: a refusal over a limit concerns that one
+    /// alone.
+    ///
+    /// When the transaction fails for a reason that may clear up (Postgres
+    /// unreachable, a deadlock) the error is returned for the whole group.
+    /// Any other failure can only be one bad row: the submissions are then
+    /// written one transaction each, so that it fails alone.
+    pub async fn insert_submissions(
+        &self,
+        group: &[Submission<'_>],
+    ) -> Result<Vec<Submitted>, StoreError> {
+        match self.insert_group(group).await {
+            Ok(answers) => Ok(answers),
+            Err(err) if err.is_transient() || group.len() <= 1 => Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, submissions = group.len(), "a group of submissions failed; writing them one by one");
+                let mut answers = Vec::with_capacity(group.len());
+                for submission in group {
+                    let answer = match self.insert_group(std::slice::from_ref(submission)).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(StoreError::NotFound(format!("task {}", submission.task.id)))
+                        }),
+                        Err(err) => Err(err),
+                    };
+                    answers.push(answer);
+                }
+                Ok(answers)
+            }
+        }
+    }
+
+    async fn insert_group(&self, group: &[Submission<'_>]) -> Result<Vec<Submitted>, StoreError> {
+        if group.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+
+        // 1. Tenants with limits, locked in id order.
+        let mut tenants: Vec<Uuid> = group
+            .iter()
+            .filter(|s| {
+                let (charge, jobs) = s.charge();
+                !charge.is_free(jobs)
+            })
+            .map(|s| s.task.tenant_id)
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        let mut headroom = HashMap::new();
+        for tenant_id in tenants {
+            if let Some(h) = Headroom::lock(&mut tx, tenant_id).await? {
+                headroom.insert(tenant_id, h);
+            }
+        }
+
+        // 2. Earlier tasks holding the keys sent. Read after the locks, so a
+        // limited tenant's concurrent group has committed its keys by now.
+        let keys: Vec<(Uuid, &str)> = group.iter().filter_map(Submission::key).collect();
+        let mut holders = tasks_by_key(&mut tx, &keys).await?;
+
+        // 3. Admission, in order.
+        let mut usage: BTreeMap<Uuid, Vec<LimitUsage>> = BTreeMap::new();
+        let mut taken: HashSet<(Uuid, &str)> = HashSet::new();
+        let mut plans = Vec::with_capacity(group.len());
+        for submission in group {
+            let key = submission.key();
+            let repeat = key.is_some_and(|k| {
+                taken.contains(&k) || holders.contains_key(&(k.0, k.1.to_owned()))
+            });
+            if repeat {
+                plans.push(Plan::Repeat);
+                continue;
+            }
+            let (charge, jobs) = submission.charge();
+            let admitted = match headroom.get_mut(&submission.task.tenant_id) {
+                Some(h) if !charge.is_free(jobs) => h.admit(&charge, jobs),
+                _ => Ok(Vec::new()),
+            };
+            match admitted {
+                Ok(admitted) => {
+                    if !admitted.is_empty() {
+                        usage.insert(submission.task.tenant_id, admitted);
+                    }
+                    if let Some(k) = key {
+                        taken.insert(k);
+                    }
+                    plans.push(Plan::Insert);
+                }
+                Err(refused) => plans.push(Plan::Refused(refused.into())),
+            }
+        }
+
+        // 4. Writes. Sorted by tenant and key, so that groups committing at
+        // once meet on the idempotency index in one order (no deadlock).
+        let mut order: Vec<&Submission<'_>> = group
+            .iter()
+            .zip(&plans)
+            .filter(|(_, plan)| matches!(plan, Plan::Insert))
+            .map(|(s, _)| s)
+            .collect();
+        order.sort_by_key(|s| (s.task.tenant_id, s.task.idempotency_key));
+        let mut columns = TaskColumns::default();
+        for s in &order {
+            // Finished ones go in `processing` so that `finish` takes them to
+            // their end state and ledger row exactly as a worker's.
+            let status = match s.finished {
+                None => TaskStatus::Queued,
+                Some(_) => TaskStatus::Processing,
+            };
+            columns.push(&s.task, status, None);
+        }
+        let inserted: HashSet<Uuid> = columns.insert(&mut *tx).await?.into_iter().collect();
+        let created: Vec<&Submission<'_>> = order
+            .into_iter()
+            .filter(|s| inserted.contains(&s.task.id))
+            .collect();
+        let finished: Vec<FinishedTask> = created
+            .iter()
+            .filter_map(|s| {
+                s.finished.as_ref().map(|outcome| FinishedTask {
+                    task_id: s.task.id,
+                    outcome: outcome.clone(),
+                })
+            })
+            .collect();
+        finish(&mut *tx, &finished).await?;
+        let audited: Vec<&NewTask<'_>> = created.iter().map(|s| &s.task).collect();
+        audit_submissions(&mut tx, &audited).await?;
+        for (tenant_id, used) in &usage {
+            warn_once_past_threshold(&mut tx, *tenant_id, used).await?;
+        }
+
+        // An admitted task not inserted lost its key to a group committed
+        // meanwhile: it is answered with that group's task.
+        let lost: Vec<(Uuid, &str)> = group
+            .iter()
+            .zip(&plans)
+            .filter(|(s, plan)| matches!(plan, Plan::Insert) && !inserted.contains(&s.task.id))
+            .filter_map(|(s, _)| s.key())
+            .collect();
+        holders.extend(tasks_by_key(&mut tx, &lost).await?);
+        for s in &created {
+            if let Some((tenant_id, key)) = s.key() {
+                holders.insert((tenant_id, key.to_owned()), s.task.id);
+            }
+        }
+
+        // Every task answered with, read once.
+        let ids: Vec<Uuid> = created
+            .iter()
+            .map(|s| s.task.id)
+            .chain(holders.values().copied())
+            .collect();
+        let sql = format!("{TASK_SELECT} WHERE t.id = ANY($1)");
+        let rows: Vec<TaskRow> = sqlx::query_as(&sql).bind(&ids).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        for (tenant_id, used) in &usage {
+            self.record_usage(*tenant_id, used);
+        }
+
+        let rows: HashMap<Uuid, TaskRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+        let row = |id: Uuid| {
+            // The same task can answer several submissions (repeats).
+            rows.get(&id)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(format!("task {id}")))
+        };
+        Ok(group
+            .iter()
+            .zip(plans)
+            .map(|(s, plan)| match plan {
+                Plan::Refused(err) => Err(err),
+                Plan::Insert if inserted.contains(&s.task.id) => row(s.task.id).map(|r| (r, true)),
+                Plan::Insert | Plan::Repeat => {
+                    let holder = s
+                        .key()
+                        .and_then(|(tenant_id, key)| holders.get(&(tenant_id, key.to_owned())));
+                    match holder {
+                        Some(id) => row(*id).map(|r| (r, false)),
+                        None => Err(StoreError::NotFound(format!("task {}", s.task.id))),
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// The tasks holding each of `keys` (tenant, `Idempotency-Key`), by key.
+pub(crate) async fn tasks_by_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    keys: &[(Uuid, &str)],
+) -> Result<HashMap<(Uuid, String), Uuid>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let tenants: Vec<Uuid> = keys.iter().map(|(t, _)| *t).collect();
+    let names: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
+    let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+        "SELECT t.tenant_id, t.idempotency_key, t.id
+           FROM tasks t
+           JOIN UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, idempotency_key)
+             ON t.tenant_id = k.tenant_id AND t.idempotency_key = k.idempotency_key
+          WHERE t.idempotency_key IS NOT NULL",
+    )
+    .bind(&tenants)
+    .bind(&names)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant_id, key, id)| ((tenant_id, key), id))
+        .collect())
+}
