@@ -164,16 +164,22 @@ impl Gate {
         }
     }
 
-    /// Waits for this replica's turn, then polls `coordinator` until it
-    /// grants a request of `characters` to `provider`. Fails as soon as the
+    /// Waits for this replica's turn to poll for the provider; the others
+    /// queue behind it in order.
+    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turn.lock().await
+    }
+
+    /// Polls `coordinator`, during this replica's `_turn`, until it grants a
+    /// request of `characters` to `provider`. Fails as soon as the
     /// coordinator does, so the caller can fall back.
     pub(crate) async fn acquire(
         &self,
+        _turn: &tokio::sync::MutexGuard<'_, ()>,
         coordinator: &Arc<dyn QuotaCoordinator>,
         provider: &Arc<str>,
         characters: u32,
     ) -> Result<SharedPermit, CoordinatorError> {
-        let _turn = self.turn.lock().await;
         loop {
             let answer = tokio::time::timeout(
                 CALL_TIMEOUT,

@@ -368,16 +368,29 @@ impl Router {
     async fn acquire(&self, slot: &Slot, characters: u32) -> Permit {
         // A 429 seen here holds this replica at once, before any round trip.
         slot.quota.wait_out_pause().await;
-        if let (Some(gate), Some(coordinator)) = (&slot.gate, self.live_coordinator()) {
-            match gate.acquire(coordinator, &slot.name, characters).await {
-                Ok(permit) => {
+        if let (Some(gate), Some(_)) = (&slot.gate, self.live_coordinator()) {
+            let turn = gate.turn().await;
+            // Asked again after the wait for the turn: when the coordinator
+            // failed meanwhile, the callers queued here fall back at once
+            // instead of trying it one after another.
+            let answer = match self.live_coordinator() {
+                Some(coordinator) => Some(
+                    gate.acquire(&turn, coordinator, &slot.name, characters)
+                        .await,
+                ),
+                None => None,
+            };
+            drop(turn);
+            match answer {
+                None => {}
+                Some(Ok(permit)) => {
                     self.coordinator_answered(None);
                     return Permit {
                         _shared: Some(permit),
                         _local: None,
                     };
                 }
-                Err(err) => self.coordinator_answered(Some(&err)),
+                Some(Err(err)) => self.coordinator_answered(Some(&err)),
             }
         }
         Permit {
@@ -826,19 +839,28 @@ mod tests {
             down: true,
             ..Slots::default()
         });
-        let router = router(2, Duration::ZERO).with_quota_coordinator(slots.clone());
-        for i in 0..3 {
-            let text = format!("text {i}");
-            router
-                .synthesize(&request(&text))
-                .await
+        let router =
+            Arc::new(router(2, Duration::from_millis(10)).with_quota_coordinator(slots.clone()));
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let router = Arc::clone(&router);
+                tokio::spawn(async move {
+                    let text = format!("text {i}");
+                    router.synthesize(&request(&text)).await.map(|_| ())
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await
+                .expect("call finished")
                 .expect("no job fails because the coordinator is down");
         }
-        assert_eq!(router.calls("vendor"), 3);
+        assert_eq!(router.calls("vendor"), 6);
         assert_eq!(
             slots.tries.load(Ordering::SeqCst),
             1,
-            "after a failure the coordinator is left alone for a while"
+            "after a failure the coordinator is left alone for a while, \
+             also by the calls that queued for it meanwhile"
         );
     }
 }
