@@ -1057,7 +1057,7 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
             format!("{workers} worker(s): all {n} jobs succeeded ({succeeded})"),
         );
     }
-    table.note("The ceiling is the quota: 32 concurrent × 10 per second per slot = 320 req/s (less ttsq's 95 % target utilisation and the API's high-priority share). Every process has 8 Postgres connections.");
+    table.note("The ceiling is the quota: 32 concurrent × 10 per second per slot = 320 req/s (concurrency slots are shared by all replicas through Postgres and used whole). Every process has 8 Postgres connections.");
     table.print();
     Ok(())
 }

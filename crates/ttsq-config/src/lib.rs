@@ -156,9 +156,11 @@ impl AdminSettings {
 pub struct QuotaSharingSettings {
     /// Seconds between replica heartbeats.
     pub heartbeat_secs: u64,
-    /// Share of each quota kept for high-priority jobs while an API runs.
+    /// Share of each quota kept for high-priority jobs while an API runs;
+    /// used by the static shares a replica falls back on while the quota
+    /// coordinator (Postgres) is unreachable.
     pub high_priority_share: f64,
-    /// Fraction of each vendor limit aimed for (headroom for jitter).
+    /// Fraction of each vendor rate limit aimed for (headroom for jitter).
     pub target_utilisation: f64,
 }
 

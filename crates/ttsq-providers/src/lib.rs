@@ -6,7 +6,10 @@
 //! - [`espeak`]: the embedded espeak-ng adapter.
 //! - [`encode`]: PCM samples to WAV, raw PCM or MP3 bytes.
 //! - [`router`]: dialect → provider chain with fallback, and per-provider call counts.
-//! - [`quota`]: this replica's share of a provider's rate and concurrency limits.
+//! - [`coordinator`]: provider quotas shared by all replicas (the contract;
+//!   `ttsq-store` implements it on Postgres).
+//! - [`quota`]: this replica's share of a provider's rate and concurrency
+//!   limits, the fallback while the coordinator is unreachable.
 //! - [`breaker`]: per-provider circuit breaker.
 //! - [`elevenlabs`], [`openai`], [`generic_http`]: HTTP adapters for the
 //!   ElevenLabs REST API, OpenAI-compatible speech servers and the generic
@@ -16,6 +19,7 @@
 //! - `probe`: reading what vendors send back (MP3 length, lenient WAV).
 
 pub mod breaker;
+pub mod coordinator;
 pub mod elevenlabs;
 pub mod encode;
 pub mod espeak;

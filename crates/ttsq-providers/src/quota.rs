@@ -6,6 +6,11 @@
 //! share of it, set by [`Quota::set_share`] as replicas come and go. Rates are
 //! scaled by the share and bursts are kept small, so the sum over replicas
 //! stays under the vendor's limit in every window, not just on average.
+//!
+//! Vendor quotas normally go through the fleet-wide limiter of
+//! [`crate::coordinator`] instead; this local share is what a replica falls
+//! back on while that limiter is unreachable, and what local engines
+//! (espeak) always use.
 
 use std::{
     num::NonZeroU32,
@@ -108,9 +113,13 @@ impl Quota {
         }
     }
 
-    /// Waits until a request of `characters` may be sent, then holds a
-    /// concurrency slot until the permit is dropped.
-    pub async fn acquire(&self, characters: u32) -> QuotaPermit {
+    /// The account's limits this quota was built from.
+    pub fn limits(&self) -> &ProviderQuota {
+        &self.limits
+    }
+
+    /// Returns once no pause set by [`Quota::pause`] is in force.
+    pub async fn wait_out_pause(&self) {
         loop {
             let until = self.paused_until.lock().ok().and_then(|u| *u);
             match until {
@@ -118,6 +127,12 @@ impl Quota {
                 _ => break,
             }
         }
+    }
+
+    /// Waits until a request of `characters` may be sent, then holds a
+    /// concurrency slot until the permit is dropped.
+    pub async fn acquire(&self, characters: u32) -> QuotaPermit {
+        self.wait_out_pause().await;
         let (requests, chars, in_flight) = match self.shared.read() {
             Ok(s) => (
                 s.requests.clone(),

@@ -1,11 +1,12 @@
-//! Routes a dialect to its provider chain: per-provider quota share, circuit
-//! breaker and retries, falling back along the chain.
+//! Routes a dialect to its provider chain: per-provider quota (coordinated
+//! across replicas, or this replica's share), circuit breaker and retries,
+//! falling back along the chain.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -17,11 +18,12 @@ use ttsq_core::{AudioFormat, Catalog, DialectInfo};
 use crate::{
     Audio, ProviderError, SynthesisRequest, Synthesizer,
     breaker::{Breaker, BreakerState},
+    coordinator::{CALL_TIMEOUT, Gate, QuotaCoordinator, SharedLimits, SharedPermit},
     elevenlabs::ElevenLabs,
     espeak::Espeak,
     generic_http::GenericHttp,
     openai::OpenAi,
-    quota::Quota,
+    quota::{Quota, QuotaPermit},
     upstream::HttpProviderConfig,
 };
 
@@ -36,6 +38,14 @@ const TRANSIENT_RETRIES: u32 = 2;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest back-off between transient retries.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a concurrency lease outlives the provider's request timeout
+/// before it expires on its own (its holder died without releasing it).
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
+/// Request timeout assumed for a provider entry that names none.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the quota coordinator failed, how long this replica keeps to its
+/// local share before trying the coordinator again.
+const COORDINATOR_RETRY: Duration = Duration::from_secs(5);
 
 /// Why the router could not be built from settings.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +66,28 @@ struct Slot {
     /// What the provider declared it serves, by dialect id; read once at
     /// start so requests need not ask the adapter again.
     dialects: HashMap<String, DialectInfo>,
+    /// This replica's share of the quota: used for local engines, and for
+    /// vendors while the coordinator is unreachable.
     quota: Quota,
+    /// The fleet-wide quota, when a coordinator is set and the provider's
+    /// quota is a vendor account's with some limit.
+    gate: Option<Gate>,
+    /// The provider's name, shared with the leases that name it.
+    name: Arc<str>,
     breaker: Breaker,
     price_per_1k: f64,
     currency: String,
     shared_quota: bool,
+    /// The adapter's whole-request timeout: leases outlive it by a margin.
+    request_timeout: Duration,
     calls: AtomicU64,
+}
+
+/// What a call holds while it is in flight: a lease of the fleet-wide quota
+/// or a slot of this replica's share. Dropping it gives the slot back.
+struct Permit {
+    _shared: Option<SharedPermit>,
+    _local: Option<QuotaPermit>,
 }
 
 /// A provider to put behind the router, with its limits and price.
@@ -77,6 +103,9 @@ pub struct ProviderEntry {
     /// Whether the quota belongs to a vendor account shared by all replicas
     /// (true), or to this machine, as a local engine's concurrency does (false).
     pub shared_quota: bool,
+    /// Longest one request to the provider may take (its adapter's timeout);
+    /// a coordinated lease expires this long plus a margin after it was taken.
+    pub request_timeout: Duration,
 }
 
 /// Routes requests to providers and builds the catalog of what they serve.
@@ -85,6 +114,13 @@ pub struct Router {
     providers: HashMap<String, Slot>,
     /// Fraction of every shared vendor limit aimed for.
     utilisation: f64,
+    /// The limiter shared by all replicas, when one is set.
+    coordinator: Option<Arc<dyn QuotaCoordinator>>,
+    /// Until when the coordinator is skipped after a failure.
+    coordinator_down_until: Mutex<Option<Instant>>,
+    /// Whether the last try of the coordinator failed; logs the switch to
+    /// the local share, and back, once each.
+    coordinator_degraded: AtomicBool,
     catalog: Catalog,
     health: std::sync::RwLock<Option<BTreeMap<String, Result<(), String>>>>,
 }
@@ -177,6 +213,7 @@ impl Router {
                     price_per_1k: provider.price_per_1k_chars,
                     currency: provider.currency.clone(),
                     shared_quota: provider.kind != ProviderKind::Espeak,
+                    request_timeout: Duration::from_secs(provider.timeout_secs),
                 },
             ));
         }
@@ -214,16 +251,24 @@ impl Router {
                     .or_default()
                     .push((name.clone(), dialect.clone()));
             }
+            let request_timeout = if entry.request_timeout.is_zero() {
+                DEFAULT_REQUEST_TIMEOUT
+            } else {
+                entry.request_timeout
+            };
             slots.insert(
-                name,
+                name.clone(),
                 Slot {
                     synthesizer: entry.synthesizer,
                     dialects: served,
                     quota: Quota::new(entry.quota),
+                    gate: None,
+                    name: Arc::from(name.as_str()),
                     breaker: Breaker::new(breaker.0, breaker.1),
                     price_per_1k: entry.price_per_1k,
                     currency: entry.currency,
                     shared_quota: entry.shared_quota,
+                    request_timeout,
                     calls: AtomicU64::new(0),
                 },
             );
@@ -248,8 +293,126 @@ impl Router {
         Self {
             providers: slots,
             utilisation: 1.0,
+            coordinator: None,
+            coordinator_down_until: Mutex::new(None),
+            coordinator_degraded: AtomicBool::new(false),
             catalog: Catalog::new(dialects),
             health: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// Takes every vendor quota (`shared_quota` providers with some limit)
+    /// from `coordinator`, shared by all replicas, instead of this replica's
+    /// static share; the share stays as the fallback while the coordinator
+    /// is unreachable. Local engines keep their local limiter.
+    pub fn with_quota_coordinator(mut self, coordinator: Arc<dyn QuotaCoordinator>) -> Self {
+        let utilisation = self.utilisation;
+        for slot in self.providers.values_mut().filter(|s| s.shared_quota) {
+            let limits = SharedLimits::new(
+                slot.quota.limits(),
+                utilisation,
+                slot.request_timeout + LEASE_MARGIN,
+            );
+            slot.gate = limits.is_limited().then(|| Gate::new(limits));
+        }
+        self.coordinator = Some(coordinator);
+        self
+    }
+
+    /// Whether `provider`'s quota is taken from the coordinator (rather than
+    /// from this replica's share).
+    pub fn is_coordinated(&self, provider: &str) -> bool {
+        self.coordinator.is_some()
+            && self
+                .providers
+                .get(provider)
+                .is_some_and(|slot| slot.gate.is_some())
+    }
+
+    /// The coordinator, unless it failed within the last few seconds.
+    fn live_coordinator(&self) -> Option<&Arc<dyn QuotaCoordinator>> {
+        let coordinator = self.coordinator.as_ref()?;
+        let down = self
+            .coordinator_down_until
+            .lock()
+            .ok()
+            .and_then(|until| *until)
+            .is_some_and(|until| until > Instant::now());
+        (!down).then_some(coordinator)
+    }
+
+    /// Notes that the coordinator answered (or not); logs only changes.
+    fn coordinator_answered(&self, failure: Option<&dyn std::fmt::Display>) {
+        match failure {
+            None => {
+                if self.coordinator_degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        "quota coordinator reachable again; provider quotas are shared by all replicas"
+                    );
+                }
+            }
+            Some(err) => {
+                if let Ok(mut until) = self.coordinator_down_until.lock() {
+                    *until = Some(Instant::now() + COORDINATOR_RETRY);
+                }
+                if !self.coordinator_degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, "quota coordinator unavailable; using this replica's static share of provider quotas");
+                }
+            }
+        }
+    }
+
+    /// Waits until `slot`'s quota lets a request of `characters` go: from
+    /// the coordinator when the provider has one and it answers, else from
+    /// this replica's share. Never fails.
+    async fn acquire(&self, slot: &Slot, characters: u32) -> Permit {
+        // A 429 seen here holds this replica at once, before any round trip.
+        slot.quota.wait_out_pause().await;
+        if let (Some(gate), Some(_)) = (&slot.gate, self.live_coordinator()) {
+            let turn = gate.turn().await;
+            // Asked again after the wait for the turn: when the coordinator
+            // failed meanwhile, the callers queued here fall back at once
+            // instead of trying it one after another.
+            let answer = match self.live_coordinator() {
+                Some(coordinator) => Some(
+                    gate.acquire(&turn, coordinator, &slot.name, characters)
+                        .await,
+                ),
+                None => None,
+            };
+            drop(turn);
+            match answer {
+                None => {}
+                Some(Ok(permit)) => {
+                    self.coordinator_answered(None);
+                    return Permit {
+                        _shared: Some(permit),
+                        _local: None,
+                    };
+                }
+                Some(Err(err)) => self.coordinator_answered(Some(&err)),
+            }
+        }
+        Permit {
+            _shared: None,
+            _local: Some(slot.quota.acquire(characters).await),
+        }
+    }
+
+    /// Pauses `slot`'s provider after a 429: here at once, and for every
+    /// replica through the coordinator.
+    async fn pause(&self, slot: &Slot, pause: Duration) {
+        slot.quota.pause(pause);
+        if slot.gate.is_none() {
+            return;
+        }
+        let Some(coordinator) = self.live_coordinator() else {
+            return;
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, coordinator.pause(&slot.name, pause)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => self.coordinator_answered(Some(&err)),
+            Err(_) => self.coordinator_answered(Some(&"pausing timed out")),
         }
     }
 
@@ -325,7 +488,7 @@ impl Router {
         let mut rate_limited_for = Duration::ZERO;
         loop {
             let waiting = Instant::now();
-            let permit = slot.quota.acquire(characters).await;
+            let permit = self.acquire(slot, characters).await;
             metrics
                 .quota_wait
                 .with_label_values(&[name])
@@ -378,9 +541,9 @@ impl Router {
                     .with_label_values(&[name])
                     .inc();
                 // The vendor's quota, not its health: pause this provider for
-                // every request of this replica, then try it again.
+                // every request of every replica, then try it again.
                 let pause = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
-                slot.quota.pause(pause);
+                self.pause(slot, pause).await;
                 rate_limited_for += pause;
                 tracing::info!(provider = %name, pause_ms = pause.as_millis() as u64, "provider rate-limited us; pausing");
                 if rate_limited_for <= MAX_RATE_LIMIT_WAIT {
@@ -421,7 +584,8 @@ impl Router {
     }
 
     /// Sets every shared provider quota to `share` of the account's limits
-    /// (times the target utilisation).
+    /// (times the target utilisation). With a coordinator this share is
+    /// only the fallback for when the coordinator is unreachable.
     pub fn set_quota_share(&self, share: f64) {
         for slot in self.providers.values().filter(|s| s.shared_quota) {
             slot.quota.set_share(share * self.utilisation);
@@ -489,4 +653,214 @@ impl Router {
 
 fn backoff(attempt: u32) -> Duration {
     ttsq_core::backoff::backoff_delay(BACKOFF_BASE, BACKOFF_MAX, attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use ttsq_config::ProviderQuota;
+
+    use super::*;
+    use crate::coordinator::{Acquired, CoordinatorError, Lease, WaitReason};
+
+    /// A vendor that answers after `latency`.
+    struct Slow {
+        latency: Duration,
+    }
+
+    #[async_trait]
+    impl Synthesizer for Slow {
+        fn name(&self) -> &str {
+            "vendor"
+        }
+
+        fn dialects(&self) -> Vec<DialectInfo> {
+            vec![DialectInfo {
+                id: "en".into(),
+                name: "English".into(),
+                voices: vec!["v".into()],
+                formats: vec![AudioFormat::Pcm],
+                emotions: Vec::new(),
+                provider_chain: vec!["vendor".into()],
+                model: "m".into(),
+                sample_rate_hz: 16_000,
+                marks: Vec::new(),
+            }]
+        }
+
+        async fn synthesize(&self, _: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
+            tokio::time::sleep(self.latency).await;
+            Ok(Audio {
+                bytes: Bytes::new(),
+                format: AudioFormat::Pcm,
+                duration_ms: 0,
+                marks: Vec::new(),
+            })
+        }
+
+        async fn health(&self) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    fn router(max_concurrent: u32, latency: Duration) -> Router {
+        let entry = ProviderEntry {
+            synthesizer: Arc::new(Slow { latency }),
+            quota: ProviderQuota {
+                max_concurrent: Some(max_concurrent),
+                ..ProviderQuota::default()
+            },
+            price_per_1k: 0.0,
+            currency: "USD".into(),
+            shared_quota: true,
+            request_timeout: Duration::from_secs(5),
+        };
+        let routes = [RouteSettings {
+            dialects: vec!["*".into()],
+            chain: vec!["vendor".into()],
+        }];
+        Router::new(
+            [("vendor".to_owned(), entry)],
+            &routes,
+            (5, Duration::from_secs(1)),
+        )
+    }
+
+    fn request(text: &str) -> SynthesisRequest<'_> {
+        SynthesisRequest {
+            text,
+            dialect: "en",
+            voice: "v",
+            speed: 1.0,
+            emotion: None,
+            format: AudioFormat::Pcm,
+            marks: &[],
+        }
+    }
+
+    /// Slots in memory, counting how many tries run at once.
+    #[derive(Default)]
+    struct Slots {
+        held: Mutex<u32>,
+        polling: AtomicUsize,
+        peak_polling: AtomicUsize,
+        peak_held: AtomicUsize,
+        tries: AtomicUsize,
+        down: bool,
+    }
+
+    #[async_trait]
+    impl QuotaCoordinator for Slots {
+        async fn try_acquire(
+            &self,
+            _: &str,
+            _: u32,
+            limits: &SharedLimits,
+        ) -> Result<Acquired, CoordinatorError> {
+            self.tries.fetch_add(1, Ordering::SeqCst);
+            if self.down {
+                return Err(CoordinatorError("connection refused".into()));
+            }
+            let polling = self.polling.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak_polling.fetch_max(polling, Ordering::SeqCst);
+            // A round trip.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.polling.fetch_sub(1, Ordering::SeqCst);
+            let mut held = self
+                .held
+                .lock()
+                .map_err(|_| CoordinatorError("poisoned".into()))?;
+            if *held < limits.max_concurrent.unwrap_or(u32::MAX) {
+                *held += 1;
+                self.peak_held.fetch_max(*held as usize, Ordering::SeqCst);
+                return Ok(Acquired::Granted(Lease {
+                    slot: Some(*held),
+                    token: uuid::Uuid::new_v4(),
+                }));
+            }
+            Ok(Acquired::Wait {
+                wait: Duration::from_secs(1),
+                reason: WaitReason::Concurrency,
+            })
+        }
+
+        async fn release(&self, _: &str, _: &Lease) -> Result<(), CoordinatorError> {
+            let mut held = self
+                .held
+                .lock()
+                .map_err(|_| CoordinatorError("poisoned".into()))?;
+            *held -= 1;
+            Ok(())
+        }
+
+        async fn pause(&self, _: &str, _: Duration) -> Result<(), CoordinatorError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_task_per_provider_polls_and_every_slot_is_used() {
+        let slots = Arc::new(Slots::default());
+        let router =
+            Arc::new(router(3, Duration::from_millis(40)).with_quota_coordinator(slots.clone()));
+        assert!(router.is_coordinated("vendor"));
+        let start = Instant::now();
+        let calls: Vec<_> = (0..12)
+            .map(|i| {
+                let router = Arc::clone(&router);
+                tokio::spawn(async move {
+                    let text = format!("text {i}");
+                    router.synthesize(&request(&text)).await.map(|_| ())
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await
+                .expect("call finished")
+                .expect("synthesized through the coordinator");
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(slots.peak_polling.load(Ordering::SeqCst), 1);
+        assert_eq!(slots.peak_held.load(Ordering::SeqCst), 3);
+        // Four rounds of 40 ms over three slots; a slot released here wakes
+        // the poller instead of waiting out the 1 s hint.
+        assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+        // Releases run in the background.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(slots.held.lock().map(|h| *h).unwrap_or(99), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_falls_back_to_the_local_share() {
+        let slots = Arc::new(Slots {
+            down: true,
+            ..Slots::default()
+        });
+        let router =
+            Arc::new(router(2, Duration::from_millis(10)).with_quota_coordinator(slots.clone()));
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let router = Arc::clone(&router);
+                tokio::spawn(async move {
+                    let text = format!("text {i}");
+                    router.synthesize(&request(&text)).await.map(|_| ())
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await
+                .expect("call finished")
+                .expect("no job fails because the coordinator is down");
+        }
+        assert_eq!(router.calls("vendor"), 6);
+        assert_eq!(
+            slots.tries.load(Ordering::SeqCst),
+            1,
+            "after a failure the coordinator is left alone for a while, \
+             also by the calls that queued for it meanwhile"
+        );
+    }
 }

@@ -14,6 +14,7 @@
 //! - [`audio`]: the audio object index.
 //! - [`retention`]: removing expired tasks and the audio only they used.
 //! - [`replicas`]: replica heartbeats for quota sharing.
+//! - [`quota`]: provider quotas shared by all replicas (the quota coordinator).
 //! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
 //! - [`batches`]: batches of tasks, their items, cancelling, joined audio.
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod limits;
 pub mod listing;
 pub mod outbox;
+pub mod quota;
 pub mod replicas;
 pub mod retention;
 pub mod submissions;
@@ -51,6 +53,7 @@ pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, 
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
 pub use outbox::Unpublished;
+pub use quota::PgQuotaCoordinator;
 pub use replicas::LiveReplicas;
 pub use retention::SweptBatch;
 pub use sqlx;

@@ -69,8 +69,15 @@ impl Services {
         let audio = AudioStore::connect(&settings.s3)
             .await
             .context("Failed to connect to S3 (TTSQ_S3_ENDPOINT)")?;
-        let providers =
-            Router::from_settings(&settings).context("invalid provider configuration")?;
+        let replica_id = uuid::Uuid::now_v7();
+        // Vendor quotas are taken from one limiter in Postgres shared by all
+        // replicas; the heartbeat's static share is only the fallback.
+        let coordinator =
+            ttsq_store::PgQuotaCoordinator::connect_lazy(&settings.database, replica_id)
+                .context("Failed to set up the quota coordinator's pool (TTSQ_DATABASE_URL)")?;
+        let providers = Router::from_settings(&settings)
+            .context("invalid provider configuration")?
+            .with_quota_coordinator(Arc::new(coordinator));
         anyhow::ensure!(
             !providers.catalog().is_empty(),
             "no provider serves any dialect"
@@ -83,7 +90,7 @@ impl Services {
             broker: Arc::new(broker),
             audio,
             providers: Arc::new(providers),
-            replica_id: uuid::Uuid::now_v7(),
+            replica_id,
             heartbeating_since: Arc::default(),
         })
     }
@@ -162,10 +169,11 @@ impl Services {
         api.and(worker)
     }
 
-    /// Registers this process as a live replica and keeps its share of the
-    /// provider quotas current: one heartbeat now (so the first request is
-    /// already within the share), then one every `quota.heartbeat_secs` until
-    /// `shutdown`, when it deregisters so the others take up its share.
+    /// Registers this process as a live replica and keeps its fallback share
+    /// of the provider quotas current (used only while the quota coordinator
+    /// in Postgres is unreachable): one heartbeat now (so the first request
+    /// is already within the share), then one every `quota.heartbeat_secs`
+    /// until `shutdown`, when it deregisters so the others take up its share.
     pub async fn start_heartbeat(
         &self,
         role: ReplicaRole,

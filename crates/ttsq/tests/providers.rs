@@ -161,6 +161,77 @@ async fn two_workers_and_the_api_share_one_quota_without_a_single_429() {
     fake.shutdown().await;
 }
 
+/// Waits until `count` worker replicas heartbeat, then a little longer so
+/// every replica has seen the others.
+async fn wait_for_workers(app: &TestApp, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .scalar("SELECT count(*) FROM workers WHERE role = 'worker'")
+        .await
+        < count
+    {
+        assert!(Instant::now() < deadline, "workers never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+}
+
+#[tokio::test]
+async fn workers_use_every_concurrency_slot_of_the_account_and_never_more() {
+    // 4 slots of 200 ms: a static share per replica would floor 4 × 0.95 ×
+    // 0.475 to 1 slot per worker, 2 in all; the coordinator hands out all 4.
+    let fake = fake(|c| {
+        c.latency.fixed_ms = 200;
+        c.quota.max_concurrent = Some(4);
+        c.log_capacity = 1_000;
+    })
+    .await;
+    let mut options = options(config(&fake, "max_concurrent = 4"), false, KEY);
+    options
+        .env
+        .push(("TTSQ_QUEUE_PREFETCH".into(), "48".into()));
+    options
+        .env
+        .push(("TTSQ_WORKER_BATCH_SIZE".into(), "8".into()));
+    let app = TestApp::spawn_with(options).await;
+    let mut workers = vec![spawn_worker(&app, None), spawn_worker(&app, None)];
+    wait_for_workers(&app, 2).await;
+
+    submit_all(&app, 80, "Two workers sentence").await;
+    app.drain(Duration::from_secs(120)).await;
+    let two = fake.stats();
+    assert_eq!(two.rate_limited, 0, "429s with 2 workers: {two:?}");
+    assert_eq!(
+        two.peak_concurrency, 4,
+        "2 workers and the API together fill the 4 slots"
+    );
+    assert_eq!(two.audio_responses, 80);
+
+    fake.reset_stats();
+    workers.push(spawn_worker(&app, None));
+    wait_for_workers(&app, 3).await;
+    submit_all(&app, 80, "Three workers sentence").await;
+    app.drain(Duration::from_secs(120)).await;
+    for worker in workers {
+        stop(worker);
+    }
+    let three = fake.stats();
+    assert_eq!(three.rate_limited, 0, "429s with 3 workers: {three:?}");
+    assert!(
+        three.peak_concurrency <= 4,
+        "peak concurrency {} over the 4 allowed",
+        three.peak_concurrency
+    );
+    assert_eq!(three.audio_responses, 80);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded' AND provider = 'fake'")
+            .await,
+        160
+    );
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_429_storm_delays_jobs_but_fails_none() {
     // The fake allows far less than ttsq believes: every burst meets 429s.
