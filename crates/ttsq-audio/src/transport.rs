@@ -128,11 +128,7 @@ fn tls_config() -> Result<&'static rustls::ClientConfig, AudioStoreError> {
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
-            .map(|builder| {
-                builder
-                    .with_root_certificates(roots)
-                    .with_no_client_auth()
-            })
+            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
             .map_err(|err| format!("TLS setup for S3: {err}"))
         })
         .as_ref()
