@@ -461,6 +461,9 @@ pub struct WorkerSettings {
     pub batch_window_ms: u64,
     /// Batches processed at once.
     pub concurrent_batches: usize,
+    /// Provider calls one batch makes at once; with `concurrent_batches` it
+    /// bounds how much audio a worker holds.
+    pub syntheses_per_batch: usize,
     /// Drain deadline on shutdown, in seconds.
     pub shutdown_grace_secs: u64,
     /// How long a batch keeps retrying Postgres and S3 through an outage
@@ -713,6 +716,7 @@ impl Settings {
             ),
             ("retention.batch_size", self.retention.batch_size as usize),
             ("worker.concurrent_batches", self.worker.concurrent_batches),
+            ("worker.syntheses_per_batch", self.worker.syntheses_per_batch),
             (
                 "worker.claim_timeout_secs",
                 usize::try_from(self.worker.claim_timeout_secs).unwrap_or(usize::MAX),

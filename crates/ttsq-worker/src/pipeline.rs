@@ -8,6 +8,7 @@ use std::{
 
 use futures::future::join_all;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tracing::{Instrument as _, Span, field::Empty};
 use ttsq_core::backoff::Backoff;
 use ttsq_core::{AudioFormat, JobMessage};
@@ -523,12 +524,18 @@ async fn resolve_hashes<'a>(
             None => missing.push((hash, task)),
         }
     }
-    // Each distinct text is synthesized once, in the trace of the job that pays.
+    // Each distinct text is synthesized once, in the trace of the job that
+    // pays. Only the calls themselves take a permit: a hash waited for on
+    // another batch holds none, so two batches waiting on each other's
+    // hashes cannot starve each other.
+    let permits = Semaphore::new(context.settings.syntheses_per_batch.max(1));
     let synthesized = join_all(missing.into_iter().map(|(hash, task)| {
         let span = jobs.get(&task.id).cloned().unwrap_or_else(Span::none);
         let registration = registrations.get(hash);
+        let permits = &permits;
         async move {
             let synthesize = || async {
+                let _permit = permits.acquire().await.ok();
                 match synthesize_and_store(context, task).instrument(span).await {
                     HashResult::Synthesized(object) => Ok(object),
                     other => Err(other),
