@@ -244,7 +244,12 @@ start_rabbitmq() {
         if has_systemd; then
             as_root systemctl start rabbitmq-server
         else
-            as_root rabbitmq-server -detached
+            # Every quorum queue and connection takes file descriptors; the
+            # default limit of 1024 leaves the broker room for only ~800.
+            (
+                ulimit -n 65536 2>/dev/null || true
+                as_root rabbitmq-server -detached
+            )
         fi
     fi
     wait_until "RabbitMQ (127.0.0.1:$AMQP_PORT)" rabbitmq_ready

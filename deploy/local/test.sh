@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real local services: brings them up with
 # services.sh, removes what killed test runs left behind (databases
-# ttsq_test_*, RabbitMQ queues ttsq-test-*), then runs every test of the
-# workspace. Extra arguments go to `cargo nextest run` (or `cargo test` where
+# ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*), then runs
+# every test of the workspace. Extra arguments go to `cargo nextest run` (or `cargo test` where
 # nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
 #
 # The tests read:
@@ -58,9 +58,15 @@ drop_test_databases() {
     done <<<"$dbs"
 }
 
+# Test queues, and the queues of benchmark runs that were killed (those no
+# process consumes from). Every quorum queue holds a few of the broker's file
+# descriptors, which are few (about 900 where the broker runs with the
+# default limit of 1024 open files): left to pile up over runs, they end up
+# keeping the broker from accepting connections.
 delete_test_queues() {
     local queues queue
-    queues="$(as_root rabbitmqctl -q list_queues --no-table-headers name | grep '^ttsq-test-' || true)"
+    queues="$(as_root rabbitmqctl -q list_queues --no-table-headers name consumers |
+        awk '$1 ~ /^ttsq-test-/ || ($1 ~ /^ttsq-bench-/ && $2 == 0) { print $1 }' || true)"
     [[ -n "$queues" ]] || return 0
     say "deleting $(wc -l <<<"$queues") leftover test queue(s)…"
     while IFS= read -r queue; do
@@ -122,9 +128,29 @@ else
     cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
 
+# What the shared services looked like after a failed run: a broker that
+# stopped answering, a full disk or a saturated machine shows up here.
+service_diagnostics() {
+    say "state of the machine and the services after the failure:"
+    uptime >&2 || true
+    df -h "$REPO_ROOT" >&2 || true
+    as_root timeout 20 rabbitmqctl -q status 2>&1 |
+        grep -E -A3 'Alarms|File Descriptors|Total memory used' >&2 || true
+    printf 'RabbitMQ connections open: %s, queues: %s\n' \
+        "$(as_root timeout 20 rabbitmqctl -q list_connections --no-table-headers name 2>/dev/null | wc -l)" \
+        "$(as_root timeout 20 rabbitmqctl -q list_queues --no-table-headers name 2>/dev/null | wc -l)" >&2 || true
+    local log
+    for log in /var/log/rabbitmq/rabbit@*.log /var/log/postgresql/postgresql-*.log; do
+        [[ -f "$log" ]] || continue
+        say "last errors in $log:"
+        grep -iE 'error|fatal|panic|alarm|limit' "$log" | tail -n 15 >&2 || true
+    done
+}
+
 if ((status == 0)); then
     say "all tests passed"
 else
+    service_diagnostics
     say "tests failed (exit status $status)"
 fi
 exit "$status"

@@ -9,7 +9,11 @@ mod report;
 mod scenarios;
 mod stack;
 
-use std::{path::PathBuf, process::ExitCode, time::Instant};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::Parser;
 
@@ -166,6 +170,13 @@ impl Args {
         } else {
             ((n as f64 * self.scale).round() as usize).max(1)
         }
+    }
+
+    /// How long a scenario waits for its jobs to finish: `full_secs` in a
+    /// real run, two minutes in smoke mode, whose few hundred jobs take
+    /// seconds — a stalled smoke run fails fast instead of eating CI's time.
+    pub fn drain_limit(&self, full_secs: u64) -> Duration {
+        Duration::from_secs(if self.smoke { 120 } else { full_secs })
     }
 
     /// Whether scenario `n` runs.

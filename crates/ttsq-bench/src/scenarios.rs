@@ -316,7 +316,7 @@ async fn throughput(
     let fake = FakeProvider::start(fake_config()).await?;
     let mut stack = start(env, "throughput", &fake, "", &[]).await?;
     stack.start_workers(1).await?;
-    let result = submit_and_drain(args, &stack, n, Duration::from_secs(1_800)).await;
+    let result = submit_and_drain(args, &stack, n, args.drain_limit(1_800)).await;
     let calls = fake.stats().synthesis_requests;
     stack.teardown().await;
     fake.shutdown().await;
@@ -548,7 +548,7 @@ async fn submit_latency(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::
     };
     let drained = match &result {
         Ok(_) => stack
-            .wait_terminal((n + args.clients) as i64, Duration::from_secs(600))
+            .wait_terminal((n + args.clients) as i64, args.drain_limit(600))
             .await
             .map(Some),
         Err(_) => Ok(None),
@@ -756,7 +756,7 @@ async fn quota(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()
             stack.start_workers(workers).await?;
             // Every replica must have seen the others' heartbeats.
             tokio::time::sleep(settle_time(args)).await;
-            submit_and_drain(args, &stack, n, Duration::from_secs(600)).await
+            submit_and_drain(args, &stack, n, args.drain_limit(600)).await
         }
         .await;
         let stats = fake.stats();
@@ -815,7 +815,7 @@ async fn dedupe(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         )
         .await?;
         let succeeded = stack
-            .wait_terminal(n as i64, Duration::from_secs(900))
+            .wait_terminal(n as i64, args.drain_limit(900))
             .await?;
         let hits: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE cache_hit")
             .fetch_one(&stack.db)
@@ -928,7 +928,7 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         let api_sampler = Sampler::start(api_pid);
         let started = Instant::now();
         let succeeded = stack
-            .wait_terminal(n as i64, Duration::from_secs(3_600))
+            .wait_terminal(n as i64, args.drain_limit(3_600))
             .await?;
         let drain_secs = started.elapsed().as_secs_f64();
         let worker_hwm = memory_kib(worker_pid).map(|m| m.1).unwrap_or_default();
@@ -1032,7 +1032,7 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
         let result = async {
             stack.start_workers(workers).await?;
             tokio::time::sleep(settle_time(args)).await;
-            submit_and_drain(args, &stack, n, Duration::from_secs(1_200)).await
+            submit_and_drain(args, &stack, n, args.drain_limit(1_200)).await
         }
         .await;
         let stats = fake.stats();

@@ -14,9 +14,6 @@ use uuid::Uuid;
 
 use crate::Env;
 
-/// Retry delays the stack runs with (the defaults), to name its queues.
-const RETRY_DELAYS_SECS: [u64; 3] = [2, 10, 30];
-
 /// What a stack is started with.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
@@ -261,7 +258,7 @@ impl Stack {
         self.stop_workers();
         terminate(&mut self.api);
         self.db.close().await;
-        if let Err(err) = delete_queues(&self.amqp_url, &self.prefix).await {
+        if let Err(err) = delete_queues(&self.env, &self.config_path).await {
             eprintln!(
                 "    (could not delete the queues of {}: {err:#})",
                 self.prefix
@@ -331,25 +328,13 @@ pub fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
-async fn delete_queues(amqp_url: &str, prefix: &str) -> anyhow::Result<()> {
-    let delays: Vec<Duration> = RETRY_DELAYS_SECS
-        .iter()
-        .map(|s| Duration::from_secs(*s))
-        .collect();
-    let names = ttsq_queue::QueueNames::new(prefix, &delays);
-    let connection =
-        lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let mut all = vec![names.jobs.clone(), names.dlq.clone()];
-    all.extend(names.delays.iter().map(|(_, name)| name.clone()));
-    for name in all {
-        channel
-            .queue_delete(
-                name.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await?;
-    }
-    connection.close(200, "bench done".into()).await?;
+/// Deletes every queue the stack's processes declared — job, retry, dead
+/// letter and webhook queues — named from the same settings they ran with.
+async fn delete_queues(env: &[(String, String)], config_path: &Path) -> anyhow::Result<()> {
+    let env = env.iter().filter(|(name, _)| name != "TTSQ_CONFIG").cloned();
+    let settings = ttsq_config::Settings::load(Some(config_path), env)?;
+    let broker = ttsq_queue::Broker::connect(&settings.queue, "ttsq-bench-teardown").await?;
+    broker.delete_queues().await?;
+    broker.close().await;
     Ok(())
 }
