@@ -814,9 +814,7 @@ async fn dedupe(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
             args.clients,
         )
         .await?;
-        let succeeded = stack
-            .wait_terminal(n as i64, args.drain_limit(900))
-            .await?;
+        let succeeded = stack.wait_terminal(n as i64, args.drain_limit(900)).await?;
         let hits: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE cache_hit")
             .fetch_one(&stack.db)
             .await?;

@@ -39,7 +39,6 @@ pub struct Stack {
     env: Vec<(String, String)>,
     database: String,
     prefix: String,
-    amqp_url: String,
     admin_url: String,
     log_dir: PathBuf,
     config_path: PathBuf,
@@ -125,7 +124,6 @@ impl Stack {
             env: all_env,
             database,
             prefix,
-            amqp_url: env.amqp_url.clone(),
             admin_url: env.admin_url.clone(),
             log_dir,
             config_path,
@@ -331,7 +329,10 @@ pub fn terminate(child: &mut Child) {
 /// Deletes every queue the stack's processes declared — job, retry, dead
 /// letter and webhook queues — named from the same settings they ran with.
 async fn delete_queues(env: &[(String, String)], config_path: &Path) -> anyhow::Result<()> {
-    let env = env.iter().filter(|(name, _)| name != "TTSQ_CONFIG").cloned();
+    let env = env
+        .iter()
+        .filter(|(name, _)| name != "TTSQ_CONFIG")
+        .cloned();
     let settings = ttsq_config::Settings::load(Some(config_path), env)?;
     let broker = ttsq_queue::Broker::connect(&settings.queue, "ttsq-bench-teardown").await?;
     broker.delete_queues().await?;

@@ -716,7 +716,10 @@ impl Settings {
             ),
             ("retention.batch_size", self.retention.batch_size as usize),
             ("worker.concurrent_batches", self.worker.concurrent_batches),
-            ("worker.syntheses_per_batch", self.worker.syntheses_per_batch),
+            (
+                "worker.syntheses_per_batch",
+                self.worker.syntheses_per_batch,
+            ),
             (
                 "worker.claim_timeout_secs",
                 usize::try_from(self.worker.claim_timeout_secs).unwrap_or(usize::MAX),
