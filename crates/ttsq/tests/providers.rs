@@ -233,6 +233,39 @@ async fn workers_use_every_concurrency_slot_of_the_account_and_never_more() {
 }
 
 #[tokio::test]
+async fn a_batch_makes_at_most_syntheses_per_batch_provider_calls_at_once() {
+    // The account allows 32 calls at once; the worker's own cap is what binds.
+    let fake = fake(|c| {
+        c.latency.fixed_ms = 100;
+        c.log_capacity = 1_000;
+    })
+    .await;
+    let mut options = options(config(&fake, "max_concurrent = 32"), false, KEY);
+    for (name, value) in [
+        ("TTSQ_WORKER_BATCH_SIZE", "16"),
+        ("TTSQ_WORKER_CONCURRENT_BATCHES", "1"),
+        ("TTSQ_WORKER_SYNTHESES_PER_BATCH", "3"),
+    ] {
+        options.env.push((name.into(), value.into()));
+    }
+    let app = TestApp::spawn_with(options).await;
+    let worker = spawn_worker(&app, None);
+    wait_for_workers(&app, 1).await;
+
+    submit_all(&app, 32, "Capped batch sentence").await;
+    app.drain(Duration::from_secs(120)).await;
+    stop(worker);
+    let stats = fake.stats();
+    assert_eq!(stats.audio_responses, 32);
+    assert_eq!(
+        stats.peak_concurrency, 3,
+        "one batch of 16 keeps exactly its 3 calls in flight: {stats:?}"
+    );
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_429_storm_delays_jobs_but_fails_none() {
     // The fake allows far less than ttsq believes: every burst meets 429s.
     let fake = fake(|c| c.quota.requests_per_second = Some(3)).await;
