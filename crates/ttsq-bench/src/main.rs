@@ -139,6 +139,23 @@ pub struct Args {
     /// Keep the run's S3 bucket (its objects are deleted by default).
     #[arg(long)]
     pub keep_bucket: bool,
+    /// A ttsq setting for every API and worker process, as
+    /// `TTSQ_SECTION_KEY=value`, applied after the scenario's own (repeat it
+    /// for several), e.g. `--set TTSQ_WORKER_SYNTHESES_PER_BATCH=64` to
+    /// compare a tuning against the defaults.
+    #[arg(long = "set", value_name = "TTSQ_KEY=VALUE", value_parser = parse_setting)]
+    pub settings: Vec<(String, String)>,
+}
+
+/// `--set` values: a `TTSQ_` variable and its value.
+fn parse_setting(raw: &str) -> Result<(String, String), String> {
+    let (name, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("`{raw}` is not TTSQ_KEY=VALUE"))?;
+    if !name.starts_with("TTSQ_") {
+        return Err(format!("`{name}` is not a ttsq setting (TTSQ_…)"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// Where everything lives, shared by the scenarios.
@@ -158,6 +175,8 @@ pub struct Env {
     pub s3_secret: String,
     /// The run's bucket.
     pub bucket: String,
+    /// `--set` settings of every ttsq process.
+    pub settings: Vec<(String, String)>,
     /// Logs and config files of the run.
     pub work_dir: PathBuf,
 }
@@ -230,6 +249,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         s3_key: args.s3_access_key.clone(),
         s3_secret: args.s3_secret_key.clone(),
         bucket: format!("ttsq-bench-{}", &run_id[..12]),
+        settings: args.settings.clone(),
         work_dir,
     };
     eprintln!(

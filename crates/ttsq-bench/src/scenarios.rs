@@ -259,6 +259,7 @@ async fn start(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
+    options.env.extend(env.settings.iter().cloned());
     eprintln!("  starting a stack ({name})");
     Stack::start(env, name, options).await
 }
