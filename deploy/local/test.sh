@@ -2,8 +2,8 @@
 # Runs the whole test suite against real local services: brings them up with
 # services.sh, removes what killed test runs left behind (databases
 # ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*), then runs
-# every test of the workspace. Extra arguments go to `cargo nextest run` (or `cargo test` where
-# nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
+# every test of the workspace. Extra arguments go to `cargo nextest run` (or
+# `cargo test` where nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
 #
 # The tests read:
 #   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database
