@@ -257,15 +257,27 @@ pub(crate) async fn submit_high(
     json: bool,
 ) -> Result<Response, ApiError> {
     let job = task.job;
-    // The audio synthesized just now, when it is the stored object: answered
-    // as it is, without reading back from S3 what was just written there.
-    let mut synthesized = None;
+    // The task's audio when this request already holds it — synthesized
+    // just now, or read from S3 while a hit's task row committed — answered
+    // as it is instead of read (again) from S3 afterwards.
+    let mut held = None;
     let (row, created) = match cached {
         Some(object) => {
-            context
-                .store
-                .insert_finished(task, &cache_hit(&context.providers, &object))
-                .await?
+            let outcome = cache_hit(&context.providers, &object);
+            let finish = context.store.insert_finished(task, &outcome);
+            if json {
+                finish.await?
+            } else {
+                // A hit waits for the slower of the commit and the read, not
+                // for both in turn.
+                let (finished, audio) = tokio::join!(finish, context.audio.get(&object.s3_key));
+                let (row, created) = finished?;
+                if row.s3_key.as_deref() == Some(object.s3_key.as_str()) {
+                    // A failed read is retried, and reported, by the read below.
+                    held = audio.ok();
+                }
+                (row, created)
+            }
         }
         None => {
             // Refuse before the provider is paid, costed at the price of the
@@ -301,7 +313,7 @@ pub(crate) async fn submit_high(
                     // Another replica may have stored this hash first, with
                     // other bytes (another provider): then those are served.
                     if object.sha256 == hex::encode(Sha256::digest(&bytes)) {
-                        synthesized = Some(bytes);
+                        held = Some(bytes);
                     }
                     TaskOutcome::Succeeded {
                         audio_hash: object.hash,
@@ -323,10 +335,10 @@ pub(crate) async fn submit_high(
         report_finished(&row);
     } else {
         // An earlier task's answer, whose audio may be other bytes.
-        synthesized = None;
+        held = None;
         tracing::debug!("idempotent repeat of an earlier submission");
     }
-    respond_with_audio(context, row, json, synthesized).await
+    respond_with_audio(context, row, json, held).await
 }
 
 /// Answers with a finished task's audio: `held` when given (the bytes of

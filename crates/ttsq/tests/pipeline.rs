@@ -190,6 +190,12 @@ async fn the_same_text_twice_is_synthesized_and_billed_once() {
         "hit",
         "normalised text hits the cache too"
     );
+    assert_eq!(high.headers()["content-type"], "audio/mpeg");
+    assert_eq!(
+        Value::String(hex::encode(Sha256::digest(high.bytes().await.unwrap()))),
+        first["audio_sha256"],
+        "the hit answers with the stored audio"
+    );
     assert_eq!(app.provider_calls("espeak"), 1, "the provider ran once");
     let characters = first["characters"].as_i64().unwrap();
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 3);
