@@ -26,7 +26,7 @@ use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -403,13 +403,13 @@ impl Broker {
             .await
     }
 
-    /// Deletes every queue and everything in them (tests and teardown only).
+    /// Deletes every queue and everything in them (tests and teardown
+    /// only). A queue that is already gone is no error for RabbitMQ's
+    /// `queue.delete` (a purge of it would be, and would close the channel
+    /// before the remaining queues are deleted).
     pub async fn delete_queues(&self) -> Result<(), QueueError> {
         let channel = self.channel().await?;
         for name in self.inner.names.all() {
-            channel
-                .queue_purge(name.into(), QueuePurgeOptions::default())
-                .await?;
             channel
                 .queue_delete(name.into(), QueueDeleteOptions::default())
                 .await?;
