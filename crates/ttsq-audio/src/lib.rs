@@ -51,6 +51,8 @@ pub struct AudioStore {
     bucket: String,
     /// Lifetime of presigned URLs, already checked against SigV4's limit.
     presign_ttl: Duration,
+    /// Whether a HeadObject guards every upload (`s3.conditional_writes` off).
+    head_before_put: bool,
 }
 
 impl fmt::Debug for AudioStore {
@@ -270,6 +272,7 @@ impl AudioStore {
             client: Client::from_conf(config.build()),
             bucket: settings.bucket.clone(),
             presign_ttl,
+            head_before_put: !settings.conditional_writes,
         };
         if settings.create_bucket {
             store.ensure_bucket(&region).await?;
@@ -335,7 +338,8 @@ impl AudioStore {
     ///    `412 Precondition Failed` means [`PutOutcome::AlreadyExisted`].
     ///    AWS S3 checks this atomically. s3s-fs 0.14.1 honours it too, but
     ///    checks before it writes, so it is not atomic there;
-    /// 2. a `HeadObject` runs first, because some S3-compatible servers
+    /// 2. unless `s3.conditional_writes` says the server honours guard 1, a
+    ///    `HeadObject` runs first, because some S3-compatible servers
     ///    ignore conditional writes. An existing key returns
     ///    [`PutOutcome::AlreadyExisted`] without uploading anything. That
     ///    keeps the object immutable on those servers, and it costs one small
@@ -351,7 +355,7 @@ impl AudioStore {
         bytes: Bytes,
         content_type: &str,
     ) -> Result<PutOutcome, AudioStoreError> {
-        if self.exists(key).await? {
+        if self.head_before_put && self.exists(key).await? {
             tracing::debug!(key, "audio object already stored");
             return Ok(PutOutcome::AlreadyExisted);
         }

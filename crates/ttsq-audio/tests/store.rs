@@ -35,13 +35,23 @@ fn fresh_settings() -> S3Settings {
         )),
         create_bucket: true,
         presign_ttl_secs: 300,
+        conditional_writes: false,
     }
 }
 
 async fn fresh_store() -> AudioStore {
-    AudioStore::connect(&fresh_settings())
-        .await
-        .expect("connect to the test S3 server (is s3s-fs running?)")
+    fresh_store_with(false).await
+}
+
+/// A store in a fresh bucket, with `s3.conditional_writes` as given: with
+/// it, only the server's `If-None-Match` check keeps an object immutable.
+async fn fresh_store_with(conditional_writes: bool) -> AudioStore {
+    AudioStore::connect(&S3Settings {
+        conditional_writes,
+        ..fresh_settings()
+    })
+    .await
+    .expect("connect to the test S3 server (is s3s-fs running?)")
 }
 
 /// A content-addressed key of the shape ttsq uses.
@@ -82,43 +92,55 @@ async fn put_then_get_returns_identical_bytes() {
 
 #[tokio::test]
 async fn second_put_of_a_key_is_already_existed_and_keeps_the_first_bytes() {
-    let store = fresh_store().await;
-    let key = audio_key("b2");
-    let original = Bytes::from_static(b"first audio bytes");
-    store
-        .put(&key, original.clone(), "audio/mpeg")
-        .await
-        .expect("first put");
+    for conditional_writes in [false, true] {
+        let store = fresh_store_with(conditional_writes).await;
+        let key = audio_key("b2");
+        let original = Bytes::from_static(b"first audio bytes");
+        store
+            .put(&key, original.clone(), "audio/mpeg")
+            .await
+            .expect("first put");
 
-    let outcome = store
-        .put(&key, Bytes::from_static(b"DIFFERENT bytes"), "audio/mpeg")
-        .await
-        .expect("second put");
+        let outcome = store
+            .put(&key, Bytes::from_static(b"DIFFERENT bytes"), "audio/mpeg")
+            .await
+            .expect("second put");
 
-    assert_eq!(outcome, PutOutcome::AlreadyExisted);
-    assert_eq!(store.get(&key).await.expect("get"), original);
+        assert_eq!(
+            outcome,
+            PutOutcome::AlreadyExisted,
+            "conditional_writes = {conditional_writes}"
+        );
+        assert_eq!(
+            store.get(&key).await.expect("get"),
+            original,
+            "conditional_writes = {conditional_writes}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn concurrent_puts_of_one_key_store_it_once() {
-    let store = fresh_store().await;
-    let key = audio_key("c3");
-    let audio = Bytes::from(vec![7u8; 4096]);
+    for conditional_writes in [false, true] {
+        let store = fresh_store_with(conditional_writes).await;
+        let key = audio_key("c3");
+        let audio = Bytes::from(vec![7u8; 4096]);
 
-    let outcomes = await_outcomes((0..8).map(|_| {
-        let store = store.clone();
-        let key = key.clone();
-        let audio = audio.clone();
-        tokio::spawn(async move { store.put(&key, audio, "audio/mpeg").await })
-    }))
-    .await;
+        let outcomes = await_outcomes((0..8).map(|_| {
+            let store = store.clone();
+            let key = key.clone();
+            let audio = audio.clone();
+            tokio::spawn(async move { store.put(&key, audio, "audio/mpeg").await })
+        }))
+        .await;
 
-    let stored = outcomes
-        .iter()
-        .filter(|outcome| **outcome == PutOutcome::Stored)
-        .count();
-    assert!(stored >= 1, "at least one put stores the object");
-    assert_eq!(store.get(&key).await.expect("get"), audio);
+        let stored = outcomes
+            .iter()
+            .filter(|outcome| **outcome == PutOutcome::Stored)
+            .count();
+        assert!(stored >= 1, "at least one put stores the object");
+        assert_eq!(store.get(&key).await.expect("get"), audio);
+    }
 }
 
 /// Awaits spawned tasks in order, failing the test on any error.

@@ -449,6 +449,9 @@ pub struct S3Settings {
     pub create_bucket: bool,
     /// Lifetime of presigned URLs, in seconds.
     pub presign_ttl_secs: u64,
+    /// The server honours `If-None-Match: *` on PutObject, so no HeadObject
+    /// needs to guard an upload against overwriting stored audio.
+    pub conditional_writes: bool,
 }
 
 /// Worker settings.
