@@ -528,7 +528,7 @@ async fn resolve_hashes<'a>(
     // pays. Only the calls themselves take a permit: a hash waited for on
     // another batch holds none, so two batches waiting on each other's
     // hashes cannot starve each other.
-    let permits = Semaphore::new(context.settings.syntheses_per_batch.max(1));
+    let permits = Semaphore::new(context.settings.syntheses_per_batch);
     let synthesized = join_all(missing.into_iter().map(|(hash, task)| {
         let span = jobs.get(&task.id).cloned().unwrap_or_else(Span::none);
         let registration = registrations.get(hash);
