@@ -72,6 +72,8 @@ pub struct WebhookSettings {
     pub signing_key: SecretString,
     /// Networks (CIDR, e.g. `127.0.0.1/32`, `::1/128`) a webhook may target
     /// although they are loopback, private, link-local or otherwise internal.
+    /// An IPv4-mapped entry (`::ffff:10.1.2.0/120`) is the IPv4 network it
+    /// maps (`10.1.2.0/24`); one wider than /96 is refused.
     pub allow_private: Vec<String>,
     /// Longest one delivery attempt may take, in seconds.
     pub timeout_secs: u64,
@@ -96,22 +98,48 @@ impl WebhookSettings {
     }
 }
 
-/// Parses `addr/len` (or a bare address: one host) into a network.
+/// Parses `addr/len` (or a bare address: one host) into a network, in the
+/// canonical form of [`canonical_network`].
 pub fn parse_cidr(raw: &str) -> Result<(std::net::IpAddr, u8), String> {
     let (addr, len) = raw.trim().split_once('/').unwrap_or((raw.trim(), ""));
     let addr: std::net::IpAddr = addr
         .parse()
         .map_err(|_| format!("`{raw}` is not an IP network (CIDR)"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = if len.is_empty() {
-        max
+        if addr.is_ipv4() { 32 } else { 128 }
     } else {
         len.parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("`{raw}` has an invalid prefix length"))?
+            .map_err(|_| format!("`{raw}` has an invalid prefix length"))?
     };
-    Ok((addr, len))
+    canonical_network(addr, len).map_err(|reason| format!("`{raw}` {reason}"))
+}
+
+/// A network (address, prefix length) in the form addresses are compared
+/// in: an IPv4-mapped IPv6 network (`::ffff:10.1.2.0/120`) is the IPv4
+/// network it maps (`10.1.2.0/24`), because connections to mapped addresses
+/// are checked as IPv4 ones. Refuses a prefix longer than the address, and a
+/// mapped prefix shorter than 96, which would span more than the mapped range.
+pub fn canonical_network(
+    addr: std::net::IpAddr,
+    len: u8,
+) -> Result<(std::net::IpAddr, u8), String> {
+    use std::net::IpAddr;
+    match addr {
+        IpAddr::V4(_) if len > 32 => Err("has a prefix length above 32".to_owned()),
+        IpAddr::V6(_) if len > 128 => Err("has a prefix length above 128".to_owned()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => match len.checked_sub(96) {
+                Some(v4_len) => Ok((IpAddr::V4(v4), v4_len)),
+                None => Err(
+                    "is an IPv4-mapped network, so its prefix length must be at least 96; \
+                     write the IPv4 network instead"
+                        .to_owned(),
+                ),
+            },
+            None => Ok((addr, len)),
+        },
+        IpAddr::V4(_) => Ok((addr, len)),
+    }
 }
 
 /// Retention: the sweeper that removes old tasks and the audio only they used.
@@ -1219,6 +1247,37 @@ chain = ["eleven", "espeak"]
         .unwrap();
         assert_eq!(s.limits.blocked_patterns, ["(?i)bad words"]);
         assert_eq!(s.providers["espeak"].currency, "USD");
+    }
+
+    #[test]
+    fn an_ipv4_mapped_allowlist_entry_is_the_ipv4_network_it_names() {
+        let s = Settings::load(
+            None,
+            env(&[(
+                "TTSQ_WEBHOOKS_ALLOW_PRIVATE",
+                "::ffff:10.1.2.0/120,::ffff:127.0.0.1",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.webhooks.allowed_networks().unwrap(),
+            [
+                ("10.1.2.0".parse().unwrap(), 24),
+                ("127.0.0.1".parse().unwrap(), 32)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_prefix_wider_than_the_mapped_range_is_refused_by_name() {
+        for raw in ["::ffff:0.0.0.0/64", "::ffff:10.0.0.0/95"] {
+            let err =
+                Settings::load(None, env(&[("TTSQ_WEBHOOKS_ALLOW_PRIVATE", raw)])).unwrap_err();
+            assert!(
+                err.to_string().contains("TTSQ_WEBHOOKS_ALLOW_PRIVATE"),
+                "{raw}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -154,8 +154,16 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
 }
 
+/// Whether `ip` lies in the network. A network that is not valid (a prefix
+/// longer than its address, an IPv4-mapped one shorter than /96) contains
+/// nothing: an allowlist entry never opens more than it names.
 fn in_network(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
-    match (ip, net.to_canonical()) {
+    let Ok((net, len)) = ttsq_config::canonical_network(net, len) else {
+        return false;
+    };
+    // `canonical_network` bounds `len` by the address width, so the
+    // subtractions below cannot underflow; a /0 shifts by the full width.
+    match (ip.to_canonical(), net) {
         (IpAddr::V4(ip), IpAddr::V4(net)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
             u32::from(ip) & mask == u32::from(net) & mask
@@ -611,6 +619,37 @@ mod tests {
         assert!(in_network(
             "10.0.0.1".parse().unwrap(),
             ("0.0.0.0".parse().unwrap(), 0)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_mapped_allowlist_entry_opens_only_its_own_network() {
+        let net = ttsq_config::parse_cidr("::ffff:10.1.2.0/120").unwrap();
+        let guard = TargetGuard::new(vec![net]);
+        assert!(guard.check("http://10.1.2.7/h").await.is_ok());
+        for url in [
+            "http://169.254.169.254/latest",
+            "http://10.1.3.1/h",
+            "http://127.0.0.1/h",
+        ] {
+            assert!(
+                matches!(guard.check(url).await, Err(TargetRefused::Internal(_))),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_network_given_unparsed_never_panics_nor_widens() {
+        let metadata: IpAddr = "169.254.169.254".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.0".parse().unwrap();
+        assert!(in_network("10.1.2.9".parse().unwrap(), (mapped, 120)));
+        assert!(!in_network(metadata, (mapped, 120)));
+        assert!(!in_network(metadata, (mapped, 64)));
+        assert!(!in_network(metadata, ("10.0.0.0".parse().unwrap(), 200)));
+        assert!(!in_network(
+            "fd00::1".parse().unwrap(),
+            ("fd00::".parse().unwrap(), 200)
         ));
     }
 
