@@ -51,6 +51,9 @@ Scenarios (--only 1,3,… picks some):
                  100,000-job backlog is submitted and of a worker draining it
   8 scaling      fake latency 100 ms, concurrency 32: throughput with 1, 2, 4
                  workers
+  9 fleet dedupe 10,000 jobs over 100 distinct texts, 4 worker processes, fake
+                 latency 100 ms: provider calls and billed ledger rows (both
+                 one per text: the single flight is fleet-wide), jobs/s
 
 Sizes scale with --scale; --smoke runs every scenario with tiny sizes (well
 under a minute; CI runs it).";
@@ -95,6 +98,9 @@ pub struct Args {
     /// Jobs per worker count of scenario 8.
     #[arg(long, default_value_t = 3_000)]
     pub scaling_jobs: usize,
+    /// Jobs of scenario 9.
+    #[arg(long, default_value_t = 10_000)]
+    pub fleet_dedupe_jobs: usize,
     /// Concurrent HTTP clients submitting jobs.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

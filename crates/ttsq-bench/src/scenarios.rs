@@ -1,4 +1,4 @@
-//! The eight scenarios of the benchmark, each on its own deployment.
+//! The nine scenarios of the benchmark, each on its own deployment.
 
 use std::{
     sync::{
@@ -74,7 +74,7 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         Option<&'a Baselines>,
         &'a mut Checks,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
-    let all: [(u8, &str, Scenario); 8] = [
+    let all: [(u8, &str, Scenario); 9] = [
         (1, "throughput", |a, e, b, c| {
             Box::pin(throughput(a, e, b, c))
         }),
@@ -91,6 +91,9 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         (6, "dedupe", |a, e, _, c| Box::pin(dedupe(a, e, c))),
         (7, "memory", |a, e, _, c| Box::pin(memory(a, e, c))),
         (8, "scaling", |a, e, _, c| Box::pin(scaling(a, e, c))),
+        (9, "dedupe across replicas", |a, e, _, c| {
+            Box::pin(dedupe_across_replicas(a, e, c))
+        }),
     ];
     let mut errors = Vec::new();
     for (n, name, scenario) in all {
@@ -1057,6 +1060,100 @@ async fn scaling(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<
         );
     }
     table.note("The ceiling is the quota: 32 concurrent × 10 per second per slot = 320 req/s (concurrency slots are shared by all replicas through Postgres and used whole). Every process has 8 Postgres connections.");
+    table.print();
+    Ok(())
+}
+
+/// Distinct texts of scenario 9: a hundred (twenty in smoke mode).
+fn fleet_texts(args: &Args) -> usize {
+    if args.smoke { 20 } else { 100 }
+}
+
+async fn dedupe_across_replicas(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()> {
+    let n = args.size(args.fleet_dedupe_jobs, 400);
+    let distinct = fleet_texts(args);
+    let workers = 4;
+    let fake = FakeProvider::start(fake_config()).await?;
+    // A vendor's answer takes time: copies of a text picked up by several
+    // replicas meanwhile are what a fleet-wide single flight must absorb.
+    fake.update(|c| c.latency.fixed_ms = 100);
+    let mut stack = start(
+        env,
+        "fleet-dedupe",
+        &fake,
+        "",
+        &[("TTSQ_DATABASE_MAX_CONNECTIONS", SHARED_PG_CONNECTIONS)],
+    )
+    .await?;
+    let result = async {
+        stack.start_workers(workers).await?;
+        tokio::time::sleep(settle_time(args)).await;
+        let http = load::client(args.clients)?;
+        let run = run_tag();
+        let first_submit = epoch_now();
+        let submitted = load::submit_jobs(
+            &http,
+            &stack.base_url,
+            &stack.api_key,
+            (0..n).map(|i| text(&run, i % distinct)),
+            args.clients,
+        )
+        .await?;
+        let succeeded = stack.wait_terminal(n as i64, args.drain_limit(900)).await?;
+        let span = (stack.last_finished_epoch().await? - first_submit)
+            .max(submitted.elapsed.as_secs_f64());
+        let (objects, billed, billed_twice): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM audio_objects),
+                    (SELECT count(*) FROM usage_ledger WHERE NOT cache_hit),
+                    (SELECT count(*) FROM (
+                        SELECT t.audio_hash FROM usage_ledger l JOIN tasks t ON t.id = l.task_id
+                         WHERE NOT l.cache_hit GROUP BY t.audio_hash HAVING count(*) > 1) twice)",
+        )
+        .fetch_one(&stack.db)
+        .await?;
+        anyhow::Ok((submitted, succeeded, span, objects, billed, billed_twice))
+    }
+    .await;
+    let calls = fake.stats().synthesis_requests;
+    stack.teardown().await;
+    fake.shutdown().await;
+    let (submitted, succeeded, span, objects, billed, billed_twice) = result?;
+    let mut table = Table::new(
+        format!(
+            "9. Dedupe across replicas: {} jobs over {distinct} distinct texts, {workers} workers, fake latency 100 ms",
+            int(n as f64)
+        ),
+        &["measure", "value"],
+    );
+    table.row(vec!["jobs".into(), int(submitted.accepted as f64)]);
+    table.row(vec!["succeeded".into(), int(succeeded as f64)]);
+    table.row(vec![
+        format!("**provider calls, {workers} workers**"),
+        format!("**{calls}**"),
+    ]);
+    table.row(vec!["audio objects stored".into(), int(objects as f64)]);
+    table.row(vec![
+        "billed ledger rows (cache_hit = false)".into(),
+        int(billed as f64),
+    ]);
+    table.row(vec![
+        "audio objects billed more than once".into(),
+        int(billed_twice as f64),
+    ]);
+    table.row(vec![
+        "jobs/s, first submit → last terminal".into(),
+        int(per_sec(n as f64, span)),
+    ]);
+    table.note(format!(
+        "Target: {distinct} provider calls and {distinct} billed ledger rows, one per distinct text whichever replica picks up its copies first."
+    ));
+    checks.check(
+        &mut table,
+        calls == distinct as u64 && billed == distinct as i64 && succeeded == n as i64,
+        format!(
+            "provider calls ({calls}) == billed rows ({billed}) == distinct texts ({distinct}); all {n} succeeded ({succeeded})"
+        ),
+    );
     table.print();
     Ok(())
 }

@@ -73,12 +73,13 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         "### 6. Dedupe",
         "### 7. Memory",
         "### 8. Scaling",
+        "### 9. Dedupe across replicas",
     ] {
         assert!(stdout.contains(title), "no table `{title}`:\n{stdout}");
     }
     assert!(!stdout.contains("check: FAILED"), "{stdout}");
-    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 checks.
-    assert_eq!(stdout.matches("check: ok").count(), 12, "{stdout}");
+    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 checks.
+    assert_eq!(stdout.matches("check: ok").count(), 13, "{stdout}");
     // The batch endpoint ran.
     assert!(stdout.contains("**accepted/s**"), "{stdout}");
 
@@ -107,5 +108,15 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         let peak = number(row(&stdout, label)[6]);
         assert!(peak > 1.0 && peak < 1024.0, "{label}: {peak} MiB");
     }
-    assert!(stderr.contains("checks: 12 passed, 0 failed"), "{stderr}");
+    // Scenario 9: one provider call and one bill per distinct text across
+    // four worker processes.
+    assert_eq!(
+        number(row(&stdout, "**provider calls, 4 workers**")[1]),
+        20.0
+    );
+    assert_eq!(
+        number(row(&stdout, "billed ledger rows (cache_hit = false)")[1]),
+        20.0
+    );
+    assert!(stderr.contains("checks: 13 passed, 0 failed"), "{stderr}");
 }
