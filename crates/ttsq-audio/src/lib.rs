@@ -76,6 +76,16 @@ pub enum PutOutcome {
     AlreadyExisted,
 }
 
+/// What [`AudioStore::head`] learns of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectHead {
+    /// Size in bytes.
+    pub bytes: i64,
+    /// User metadata given to [`AudioStore::put_with_metadata`], by name
+    /// (lower case, without the `x-amz-meta-` prefix).
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
 /// Why an audio store operation failed.
 ///
 /// Messages name the operation, the bucket or key and what the server said;
@@ -355,21 +365,35 @@ impl AudioStore {
         bytes: Bytes,
         content_type: &str,
     ) -> Result<PutOutcome, AudioStoreError> {
+        self.put_with_metadata(key, bytes, content_type, &[]).await
+    }
+
+    /// [`AudioStore::put`] with user metadata (`x-amz-meta-*`) stored
+    /// atomically with the bytes, so that whoever finds the object later
+    /// ([`AudioStore::head`]) learns facts about exactly these bytes.
+    pub async fn put_with_metadata(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<PutOutcome, AudioStoreError> {
         if self.head_before_put && self.exists(key).await? {
             tracing::debug!(key, "audio object already stored");
             return Ok(PutOutcome::AlreadyExisted);
         }
         let size = bytes.len();
-        let result = self
+        let mut request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .if_none_match("*")
-            .body(ByteStream::from(bytes))
-            .send()
-            .await;
+            .if_none_match("*");
+        for (name, value) in metadata {
+            request = request.metadata(*name, *value);
+        }
+        let result = request.body(ByteStream::from(bytes)).send().await;
         match result {
             Ok(_) => {
                 tracing::debug!(key, size, "stored audio object");
@@ -382,6 +406,26 @@ impl AudioStore {
                 Ok(PutOutcome::AlreadyExisted)
             }
             Err(err) => Err(AudioStoreError::from_sdk("PutObject", &err)),
+        }
+    }
+
+    /// The size and user metadata of the object under `key`, or `None` when
+    /// no object has that key.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, AudioStoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectHead {
+                bytes: head.content_length().unwrap_or(0),
+                metadata: head.metadata().cloned().unwrap_or_default(),
+            })),
+            Err(err) if http_status(&err) == Some(404) => Ok(None),
+            Err(err) => Err(AudioStoreError::from_sdk("HeadObject", &err)),
         }
     }
 
