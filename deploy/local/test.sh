@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real local services: brings them up with
 # services.sh, removes what killed test runs left behind (databases
-# ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*), then runs
+# ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*, buckets
+# ttsq-test-* of the local S3 server), then runs
 # every test of the workspace. Extra arguments go to `cargo nextest run` (or
 # `cargo test` where nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
 #
@@ -76,11 +77,21 @@ delete_test_queues() {
     done <<<"$queues"
 }
 
+# Each test has its own bucket (ttsq-test-<id>) on the local S3 server,
+# which keeps a bucket as a folder of its data directory.
+delete_test_buckets() {
+    local data="${TTSQ_HOME:-$REPO_ROOT/.ttsq}/s3"
+    compgen -G "$data/ttsq-test-*" >/dev/null || return 0
+    say "deleting leftover test buckets…"
+    rm -rf "$data"/ttsq-test-*
+}
+
 if [[ "${TTSQ_TEST_NO_CLEANUP:-}" == 1 ]]; then
-    say "TTSQ_TEST_NO_CLEANUP=1: keeping leftover test databases and queues"
+    say "TTSQ_TEST_NO_CLEANUP=1: keeping leftover test databases, queues and buckets"
 else
     drop_test_databases
     delete_test_queues
+    delete_test_buckets
 fi
 
 # --- Python tools of the client tests ------------------------------------------

@@ -172,6 +172,7 @@ async fn write(
             finished: stored
                 .get(w.submission.job.hash.as_str())
                 .map(|object| cache_hit(providers, object)),
+            claim: None,
         })
         .collect();
     store.insert_submissions(&submissions).await

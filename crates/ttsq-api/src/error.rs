@@ -314,12 +314,3 @@ impl From<ttsq_audio::AudioStoreError> for ApiError {
         }
     }
 }
-
-impl From<ttsq_worker::pipeline::StoreAudioError> for ApiError {
-    fn from(err: ttsq_worker::pipeline::StoreAudioError) -> Self {
-        match err {
-            ttsq_worker::pipeline::StoreAudioError::Upload(e) => e.into(),
-            ttsq_worker::pipeline::StoreAudioError::Index(e) => e.into(),
-        }
-    }
-}

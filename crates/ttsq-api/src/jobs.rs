@@ -11,11 +11,14 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use tracing::Instrument as _;
+use ttsq_core::backoff::Backoff;
 use ttsq_core::{Job, JobMessage, JobRequest, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
-use ttsq_store::{AudioObject, NewTask, TaskOutcome, TaskRow};
-use ttsq_worker::pipeline::store_audio;
+use ttsq_store::{
+    AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
+};
+use ttsq_worker::synthesis::{MakeAudioError, make_audio};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -280,55 +283,29 @@ pub(crate) async fn submit_high(
             }
         }
         None => {
-            // Refuse before the provider is paid, costed at the price of the
-            // dialect's first provider; the insert checks the actual cost.
+            // Admitted durably before the provider is paid, costed at the
+            // price of the dialect's first provider; the ledger row written
+            // with the audio carries the actual cost.
             let estimate = context
                 .providers
                 .catalog()
                 .get(&job.dialect)
                 .and_then(|d| d.provider_chain.first())
                 .map(|p| job.characters as f64 * context.providers.price_per_1k(p) / 1000.0);
-            context.store.check_limits(task, estimate).await?;
-            let request = SynthesisRequest {
-                text: &job.text,
-                dialect: &job.dialect,
-                voice: &job.voice,
-                speed: job.speed,
-                emotion: job.emotion.as_deref(),
-                format: job.format,
-                marks: &job.marks,
+            let token = Uuid::now_v7();
+            let claim = InlineClaim {
+                replica_id: context.inline.replica_id,
+                token,
+                estimated_cost: estimate,
             };
-            let outcome = match context.providers.synthesize(&request).await {
-                Ok((audio, provider)) => {
-                    let bytes = audio.bytes.clone();
-                    let object = store_audio(
-                        &context.store,
-                        &context.audio,
-                        job.hash.as_str(),
-                        job.format,
-                        audio,
-                        provider,
-                    )
-                    .await?;
-                    // Another replica may have stored this hash first, with
-                    // other bytes (another provider): then those are served.
-                    if object.sha256 == hex::encode(Sha256::digest(&bytes)) {
-                        held = Some(bytes);
-                    }
-                    TaskOutcome::Succeeded {
-                        audio_hash: object.hash,
-                        cache_hit: false,
-                        price_per_1k: context.providers.price_per_1k(&object.provider),
-                        currency: context.providers.currency(&object.provider).to_owned(),
-                        provider: object.provider,
-                    }
-                }
-                Err(err) => TaskOutcome::Failed {
-                    code: err.code().to_owned(),
-                    message: err.to_string(),
-                },
-            };
-            context.store.insert_finished(task, &outcome).await?
+            let (row, created) = context.store.insert_claimed(task, claim).await?;
+            if created {
+                let (row, bytes) = synthesize_claimed(context, task, token).await?;
+                held = bytes;
+                (row, true)
+            } else {
+                (row, false)
+            }
         }
     };
     if created {
@@ -339,6 +316,153 @@ pub(crate) async fn submit_high(
         tracing::debug!("idempotent repeat of an earlier submission");
     }
     respond_with_audio(context, row, json, held).await
+}
+
+/// Makes the audio of a task this request has just claimed, under the
+/// hash's fleet-wide lease, and ends the task with it (billed when the audio
+/// was made for it). Another claim synthesizing the same hash is waited for
+/// and its audio taken as a cache hit; should that take longer than
+/// [`InlineClaims::hash_wait`](crate::InlineClaims), or S3 fail after the
+/// provider was paid, the task goes to the queue and a worker finishes it.
+/// Returns the task as it ended, and the audio bytes when this request
+/// stored them.
+async fn synthesize_claimed(
+    context: &ApiContext,
+    task: &NewTask<'_>,
+    token: Uuid,
+) -> Result<(TaskRow, Option<Bytes>), ApiError> {
+    let job = task.job;
+    let hash = job.hash.as_str().to_owned();
+    let inline = context.inline;
+    let deadline = std::time::Instant::now() + inline.hash_wait;
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    let mut held = None;
+    let mut forget_key = false;
+    loop {
+        let leased = context
+            .store
+            .acquire_leases(
+                std::slice::from_ref(&hash),
+                inline.replica_id,
+                token,
+                inline.lease_ttl,
+                inline.replica_ttl,
+            )
+            .await?
+            .contains(&hash);
+        let found = context.store.find_audio(&hash).await?;
+        let mut made = Vec::new();
+        let mut finished = Vec::new();
+        let mut retries = Vec::new();
+        match found {
+            Some(object) => finished.push(cache_hit(&context.providers, &object)),
+            None if leased => {
+                let request = SynthesisRequest {
+                    text: &job.text,
+                    dialect: &job.dialect,
+                    voice: &job.voice,
+                    speed: job.speed,
+                    emotion: job.emotion.as_deref(),
+                    format: job.format,
+                    marks: &job.marks,
+                };
+                match make_audio(
+                    &context.audio,
+                    &context.providers,
+                    &hash,
+                    &request,
+                    inline.storage_retry,
+                )
+                .await
+                {
+                    Ok(done) => {
+                        let object = &done.audio.object;
+                        finished.push(TaskOutcome::Succeeded {
+                            audio_hash: object.hash.clone(),
+                            cache_hit: false,
+                            price_per_1k: context.providers.price_per_1k(&object.provider),
+                            currency: context.providers.currency(&object.provider).to_owned(),
+                            provider: object.provider.clone(),
+                        });
+                        held = done.bytes;
+                        made.push(done.audio);
+                    }
+                    Err(MakeAudioError::Provider(err)) => {
+                        // A passing failure answered now must not be answered
+                        // again to a retry with the same key once it is over.
+                        forget_key = err.is_retryable();
+                        finished.push(TaskOutcome::Failed {
+                            code: err.code().to_owned(),
+                            message: err.to_string(),
+                        });
+                    }
+                    Err(MakeAudioError::Storage(err)) => {
+                        tracing::warn!(error = %err, "storing inline audio failed; the queue takes the task");
+                        retries.push(hand_to_queue(task.id, "storage_unavailable", &err));
+                    }
+                }
+            }
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            None => retries.push(hand_to_queue(
+                task.id,
+                "synthesis_in_progress",
+                "another replica is still synthesizing this text",
+            )),
+        }
+        let finished: Vec<FinishedTask> = finished
+            .into_iter()
+            .map(|outcome| FinishedTask {
+                task_id: task.id,
+                outcome,
+            })
+            .collect();
+        let committed = context
+            .store
+            .commit_claim(ClaimCommit {
+                token,
+                made: &made,
+                finished: &finished,
+                retries: &retries,
+            })
+            .instrument(tracing::info_span!(
+                "postgres.commit",
+                db.system = "postgresql"
+            ))
+            .await?;
+        if committed.lease_lost.contains(&task.id) {
+            // Presumed dead while it synthesized: the new holder's audio is
+            // the one indexed; wait for it.
+            held = None;
+            continue;
+        }
+        if forget_key {
+            context.store.forget_idempotency_key(task.id).await?;
+        }
+        let row = context
+            .store
+            .get_task(task.tenant_id, task.id)
+            .await?
+            .ok_or(ApiError::NotFound("task"))?;
+        // Bytes are answered only when they are the task's own audio.
+        if row.audio_sha256.is_none() || !committed.billed.contains(&task.id) {
+            held = None;
+        }
+        return Ok((row, held));
+    }
+}
+
+/// A claimed task handed to the queue: the outbox relay publishes it at once.
+fn hand_to_queue(task_id: Uuid, code: &str, message: impl ToString) -> Reschedule {
+    Reschedule {
+        task_id,
+        not_before: chrono::Utc::now(),
+        error_code: code.to_owned(),
+        error_message: message.to_string(),
+        refund_attempt: true,
+    }
 }
 
 /// Answers with a finished task's audio: `held` when given (the bytes of

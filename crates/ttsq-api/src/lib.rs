@@ -91,6 +91,8 @@ pub struct ApiContext {
     pub webhooks: Arc<webhooks::WebhookApi>,
     /// Long-polls waiting for tasks to finish, woken by LISTEN/NOTIFY.
     pub waiters: ttsq_store::TaskWaiters,
+    /// How high-priority requests take part in the fleet-wide single flight.
+    pub inline: InlineClaims,
 }
 
 impl ApiContext {
@@ -101,6 +103,7 @@ impl ApiContext {
         broker: Arc<Broker>,
         audio: AudioStore,
         providers: Arc<ttsq_providers::Router>,
+        replica_id: uuid::Uuid,
     ) -> Result<Self, ttsq_queue::QueueError> {
         let publisher = broker.publisher().await?;
         if providers
@@ -120,6 +123,13 @@ impl ApiContext {
         );
         Ok(Self {
             waiters,
+            inline: InlineClaims {
+                replica_id,
+                replica_ttl: Duration::from_secs(settings.quota.heartbeat_secs * 3),
+                lease_ttl: settings.worker.claim_timeout(),
+                storage_retry: settings.worker.storage_retry(),
+                hash_wait: Duration::from_secs(settings.server.max_wait_secs.clamp(1, 30)),
+            },
             published: published::PublishedMarks::start(store.clone()),
             submissions: coalescer::SubmitCoalescer::start(
                 store.clone(),
@@ -151,6 +161,23 @@ impl ApiContext {
             webhooks: Arc::new(webhooks::WebhookApi::new(settings)),
         })
     }
+}
+
+/// What a high-priority request needs to claim its task and its hash's
+/// lease like a worker batch does.
+#[derive(Debug, Clone, Copy)]
+pub struct InlineClaims {
+    /// This replica's id (its heartbeat row): its claims' holder.
+    pub replica_id: uuid::Uuid,
+    /// A replica silent for this long is presumed dead; its leases are taken over.
+    pub replica_ttl: Duration,
+    /// Longest a hash lease lasts, whatever the holder's heartbeat.
+    pub lease_ttl: Duration,
+    /// How long a paid-for synthesis keeps retrying S3.
+    pub storage_retry: Duration,
+    /// How long a request waits for a hash another claim is synthesizing
+    /// before it hands its task to the queue.
+    pub hash_wait: Duration,
 }
 
 impl ApiContext {

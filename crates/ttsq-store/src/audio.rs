@@ -76,44 +76,35 @@ impl Store {
             .fetch_one(&self.pool)
             .await?)
     }
+}
 
-    /// Records several stored objects in one statement (the first record of
-    /// a hash wins, as in [`Store::record_audio`]); returns the rows now on
-    /// file, by hash.
-    pub async fn record_audio_many(
-        &self,
-        objects: &[AudioObject],
-    ) -> Result<HashMap<String, AudioObject>, StoreError> {
-        if objects.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = format!(
-            "WITH input AS (
-                SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int4[],
-                                     $6::text[], $7::text[])
-                    AS t(hash, s3_key, bytes, format, duration_ms, provider, sha256)),
-             ins AS (
-                INSERT INTO audio_objects (hash, s3_key, bytes, format, duration_ms, provider, sha256)
-                SELECT DISTINCT ON (hash) hash, s3_key, bytes, format, duration_ms, provider, sha256
-                  FROM input
-                ON CONFLICT (hash) DO NOTHING
-                RETURNING {COLUMNS})
-             SELECT {COLUMNS} FROM ins
-             UNION ALL
-             SELECT {COLUMNS} FROM audio_objects
-              WHERE hash IN (SELECT hash FROM input) AND hash NOT IN (SELECT hash FROM ins)"
-        );
-        let column = |f: fn(&AudioObject) -> String| objects.iter().map(f).collect::<Vec<_>>();
-        let rows: Vec<AudioObject> = sqlx::query_as(&sql)
-            .bind(column(|o| o.hash.clone()))
-            .bind(column(|o| o.s3_key.clone()))
-            .bind(objects.iter().map(|o| o.bytes).collect::<Vec<_>>())
-            .bind(column(|o| o.format.clone()))
-            .bind(objects.iter().map(|o| o.duration_ms).collect::<Vec<_>>())
-            .bind(column(|o| o.provider.clone()))
-            .bind(column(|o| o.sha256.clone()))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|o| (o.hash.clone(), o)).collect())
+/// Inserts index rows for `objects` (the first record of a hash wins);
+/// returns the hashes inserted now, not those found on file.
+pub(crate) async fn insert_audio<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    objects: &[AudioObject],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if objects.is_empty() {
+        return Ok(Default::default());
     }
+    let column = |f: fn(&AudioObject) -> String| objects.iter().map(f).collect::<Vec<_>>();
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO audio_objects (hash, s3_key, bytes, format, duration_ms, provider, sha256)
+         SELECT DISTINCT ON (hash) hash, s3_key, bytes, format, duration_ms, provider, sha256
+           FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::text[])
+                AS t(hash, s3_key, bytes, format, duration_ms, provider, sha256)
+          ORDER BY hash
+         ON CONFLICT (hash) DO NOTHING
+         RETURNING hash",
+    )
+    .bind(column(|o| o.hash.clone()))
+    .bind(column(|o| o.s3_key.clone()))
+    .bind(objects.iter().map(|o| o.bytes).collect::<Vec<_>>())
+    .bind(column(|o| o.format.clone()))
+    .bind(objects.iter().map(|o| o.duration_ms).collect::<Vec<_>>())
+    .bind(column(|o| o.provider.clone()))
+    .bind(column(|o| o.sha256.clone()))
+    .fetch_all(executor)
+    .await?;
+    Ok(inserted.into_iter().collect())
 }

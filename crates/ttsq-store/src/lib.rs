@@ -12,6 +12,8 @@
 //! - [`submissions`]: single submissions written many to a transaction
 //!   (group commit).
 //! - [`audio`]: the audio object index.
+//! - [`leases`]: fleet-wide single flight per content hash, and the commit
+//!   that indexes audio with the task that pays for it.
 //! - [`retention`]: removing expired tasks and the audio only they used.
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`quota`]: provider quotas shared by all replicas (the quota coordinator).
@@ -24,6 +26,7 @@ pub mod audio;
 pub mod audit;
 pub mod batches;
 pub mod keys;
+pub mod leases;
 pub mod limits;
 pub mod listing;
 pub mod outbox;
@@ -50,14 +53,15 @@ use ttsq_config::DatabaseSettings;
 pub use audio::AudioObject;
 pub use batches::{BatchAudio, BatchItemRow, BatchRow, Concatenated, NewBatch, NewBatchItem};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
+pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
 pub use outbox::Unpublished;
 pub use quota::PgQuotaCoordinator;
 pub use replicas::LiveReplicas;
-pub use retention::SweptBatch;
+pub use retention::{SweepLease, SweptBatch};
 pub use sqlx;
-pub use submissions::{Submission, Submitted};
+pub use submissions::{InlineClaim, Submission, Submitted};
 pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};

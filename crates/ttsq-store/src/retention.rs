@@ -17,6 +17,17 @@ pub struct SweptBatch {
     pub audio: Vec<(String, String)>,
 }
 
+/// Who holds the leases of the hashes a sweep batch removes.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepLease {
+    /// The sweeping replica (its heartbeat row).
+    pub holder: uuid::Uuid,
+    /// This batch's token, to release with.
+    pub token: uuid::Uuid,
+    /// Longest the leases last should the sweeper die holding them.
+    pub ttl: std::time::Duration,
+}
+
 impl Store {
     /// Deletes up to `batch_size` finished tasks older than their tenant's
     /// `retention_days` (or `default_days` for tenants without one; `None`
@@ -26,10 +37,17 @@ impl Store {
     /// Rows locked by someone else are skipped (`SKIP LOCKED`), so replicas
     /// sweeping at once share the work. Age counts from when a task
     /// finished. Queued and processing tasks are never removed.
+    ///
+    /// The hashes whose index rows go are leased to `lease` in the same
+    /// transaction, so nobody synthesizes them again until the caller has
+    /// deleted their objects and released the lease
+    /// ([`Store::release_leases`]): a new object indexed meanwhile would be
+    /// deleted under its index row.
     pub async fn sweep_expired_tasks(
         &self,
         default_days: Option<u32>,
         batch_size: u32,
+        lease: SweepLease,
     ) -> Result<SweptBatch, StoreError> {
         let default_days = default_days.map(|d| i32::try_from(d).unwrap_or(i32::MAX));
         let mut tx = self.pool.begin().await?;
@@ -73,6 +91,21 @@ impl Store {
         )
         .bind(&hashes)
         .fetch_all(&mut *tx)
+        .await?;
+        let mut gone: Vec<&str> = audio.iter().map(|(hash, _)| hash.as_str()).collect();
+        gone.sort_unstable();
+        sqlx::query(
+            "INSERT INTO synthesis_leases AS l (hash, holder, token, expires_at)
+             SELECT h, $2, $3, now() + make_interval(secs => $4) FROM UNNEST($1::text[]) AS h
+             ON CONFLICT (hash) DO UPDATE
+                SET holder = EXCLUDED.holder, token = EXCLUDED.token,
+                    acquired_at = now(), expires_at = EXCLUDED.expires_at",
+        )
+        .bind(&gone)
+        .bind(lease.holder)
+        .bind(lease.token)
+        .bind(lease.ttl.as_secs_f64())
+        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(SweptBatch {

@@ -34,15 +34,41 @@ use ttsq_core::TaskStatus;
 pub struct Submission<'a> {
     /// The task to create.
     pub task: NewTask<'a>,
-    /// `None`: the task is queued. `Some`: it is terminal at once with this
-    /// outcome and its ledger row (a cache hit, or an inline synthesis).
+    /// `None`: the task is queued (or claimed, with `claim`). `Some`: it is
+    /// terminal at once with this outcome and its ledger row (a cache hit).
     pub finished: Option<TaskOutcome>,
+    /// `Some`: the task is created `processing`, claimed by a high-priority
+    /// request that synthesizes it inline and ends it with
+    /// [`Store::commit_claim`]. Admitted durably before the provider is paid.
+    pub claim: Option<InlineClaim>,
+}
+
+/// A high-priority request's claim on the task it creates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InlineClaim {
+    /// The replica serving the request (its heartbeat row): should it die,
+    /// the task goes to the queue and a worker finishes it.
+    pub replica_id: Uuid,
+    /// The claim's token (`worker_batch_id`, and its leases' token).
+    pub token: Uuid,
+    /// What the synthesis is expected to cost, admitted against the budget.
+    pub estimated_cost: Option<f64>,
 }
 
 impl Submission<'_> {
     /// What it adds to the tenant's limits, and how many queued jobs.
     fn charge(&self) -> (Charge, i64) {
         let characters = i64::from(self.task.job.characters);
+        if let Some(claim) = &self.claim {
+            return (
+                Charge {
+                    characters,
+                    cost: claim.estimated_cost,
+                    queued: false,
+                },
+                0,
+            );
+        }
         match &self.finished {
             None => (
                 Charge {
@@ -200,9 +226,9 @@ impl Store {
         for s in &order {
             // Finished ones go in `processing` so that `finish` takes them to
             // their end state and ledger row exactly as a worker's.
-            let status = match s.finished {
-                None => TaskStatus::Queued,
-                Some(_) => TaskStatus::Processing,
+            let status = match (&s.finished, &s.claim) {
+                (None, None) => TaskStatus::Queued,
+                _ => TaskStatus::Processing,
             };
             columns.push(&s.task, status, None);
         }
@@ -221,6 +247,7 @@ impl Store {
             })
             .collect();
         finish(&mut *tx, &finished).await?;
+        claim_inline(&mut tx, &created).await?;
         let audited: Vec<&NewTask<'_>> = created.iter().map(|s| &s.task).collect();
         audit_submissions(&mut tx, &audited).await?;
         for (tenant_id, used) in &usage {
@@ -307,4 +334,34 @@ pub(crate) async fn tasks_by_key(
         .into_iter()
         .map(|(tenant_id, key, id)| ((tenant_id, key), id))
         .collect())
+}
+
+/// Stamps the claim of the tasks created for inline synthesis, as a
+/// worker's claim would.
+async fn claim_inline(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    created: &[&Submission<'_>],
+) -> Result<(), StoreError> {
+    let (ids, claims): (Vec<Uuid>, Vec<&InlineClaim>) = created
+        .iter()
+        .filter_map(|s| s.claim.as_ref().map(|c| (s.task.id, c)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let replicas: Vec<Uuid> = claims.iter().map(|c| c.replica_id).collect();
+    let tokens: Vec<Uuid> = claims.iter().map(|c| c.token).collect();
+    sqlx::query(
+        "UPDATE tasks t
+            SET claimed_by = c.replica, worker_batch_id = c.token, claimed_at = now(),
+                attempts = 1, published_at = now()
+           FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[]) AS c(id, replica, token)
+          WHERE t.id = c.id",
+    )
+    .bind(&ids)
+    .bind(&replicas)
+    .bind(&tokens)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

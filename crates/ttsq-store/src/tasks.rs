@@ -391,6 +391,7 @@ impl Store {
         self.insert_one(Submission {
             task: *task,
             finished: None,
+            claim: None,
         })
         .await
     }
@@ -407,8 +408,39 @@ impl Store {
         self.insert_one(Submission {
             task: *task,
             finished: Some(outcome.clone()),
+            claim: None,
         })
         .await
+    }
+
+    /// Creates a task `processing` under a high-priority request's `claim`,
+    /// within the tenant's limits (charged the estimated cost), with its
+    /// audit row: the admission is durable before the provider is paid, and
+    /// [`Store::commit_claim`] ends the task with its ledger row. Returns the
+    /// task on file and whether it was created now, as
+    /// [`Store::insert_queued`] does.
+    pub async fn insert_claimed(
+        &self,
+        task: &NewTask<'_>,
+        claim: crate::InlineClaim,
+    ) -> Result<(TaskRow, bool), StoreError> {
+        self.insert_one(Submission {
+            task: *task,
+            finished: None,
+            claim: Some(claim),
+        })
+        .await
+    }
+
+    /// Frees the `Idempotency-Key` of a task that failed for a passing
+    /// reason, so that a retry with the same key makes a new attempt instead
+    /// of being answered with the old failure.
+    pub async fn forget_idempotency_key(&self, task_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tasks SET idempotency_key = NULL WHERE id = $1 AND status = 'failed'")
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// One submission as a group of one.
@@ -511,48 +543,46 @@ impl Store {
             .filter_map(|(id, status)| status.parse().ok().map(|s| (id, s)))
             .collect())
     }
+}
 
-    /// Hands claimed tasks back for a later attempt: `queued` again, not to be
-    /// republished by the outbox before `not_before` (their message waits in a
-    /// delay queue meanwhile), with the error that caused the retry. A task
-    /// whose failure was no fault of its own (a vendor's 429) gets its
-    /// attempt back. Tasks no longer `processing` are left alone.
-    pub async fn reschedule(&self, retries: &[Reschedule]) -> Result<u64, StoreError> {
-        if retries.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<Uuid> = retries.iter().map(|r| r.task_id).collect();
-        let not_before: Vec<DateTime<Utc>> = retries.iter().map(|r| r.not_before).collect();
-        let codes: Vec<&str> = retries.iter().map(|r| r.error_code.as_str()).collect();
-        let messages: Vec<&str> = retries.iter().map(|r| r.error_message.as_str()).collect();
-        let refunds: Vec<i32> = retries
-            .iter()
-            .map(|r| i32::from(r.refund_attempt))
-            .collect();
-        let result = sqlx::query(
-            "UPDATE tasks t
-                SET status = 'queued', claimed_by = NULL, published_at = NULL,
-                    not_before = r.not_before, error_code = r.code, error_message = r.message,
-                    attempts = greatest(t.attempts - r.refund, 0)
-               FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int4[])
-                    AS r(id, not_before, code, message, refund)
-              WHERE t.id = r.id AND t.status = 'processing'",
-        )
-        .bind(&ids)
-        .bind(&not_before)
-        .bind(&codes)
-        .bind(&messages)
-        .bind(&refunds)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+/// Hands claimed tasks back for a later attempt: `queued` again, not to be
+/// republished by the outbox before `not_before` (their message waits in a
+/// delay queue meanwhile), with the error that caused the retry. A task
+/// whose failure was no fault of its own (a vendor's 429) gets its attempt
+/// back. Tasks no longer `processing` are left alone; callers fence on the
+/// claim ([`Store::commit_claim`]).
+pub(crate) async fn reschedule<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    retries: &[Reschedule],
+) -> Result<u64, StoreError> {
+    if retries.is_empty() {
+        return Ok(0);
     }
-
-    /// Finishes claimed tasks and writes their ledger rows in one statement.
-    /// Tasks no longer `processing` are left alone. Returns how many finished.
-    pub async fn finish_tasks(&self, finished: &[FinishedTask]) -> Result<u64, StoreError> {
-        finish(&self.pool, finished).await
-    }
+    let ids: Vec<Uuid> = retries.iter().map(|r| r.task_id).collect();
+    let not_before: Vec<DateTime<Utc>> = retries.iter().map(|r| r.not_before).collect();
+    let codes: Vec<&str> = retries.iter().map(|r| r.error_code.as_str()).collect();
+    let messages: Vec<&str> = retries.iter().map(|r| r.error_message.as_str()).collect();
+    let refunds: Vec<i32> = retries
+        .iter()
+        .map(|r| i32::from(r.refund_attempt))
+        .collect();
+    let result = sqlx::query(
+        "UPDATE tasks t
+            SET status = 'queued', claimed_by = NULL, published_at = NULL,
+                not_before = r.not_before, error_code = r.code, error_message = r.message,
+                attempts = greatest(t.attempts - r.refund, 0)
+           FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int4[])
+                AS r(id, not_before, code, message, refund)
+          WHERE t.id = r.id AND t.status = 'processing'",
+    )
+    .bind(&ids)
+    .bind(&not_before)
+    .bind(&codes)
+    .bind(&messages)
+    .bind(&refunds)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 pub(crate) async fn finish<'e>(

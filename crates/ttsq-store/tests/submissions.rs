@@ -21,6 +21,7 @@ fn queued<'a>(tenant_id: Uuid, job: &'a Job, key: Option<&'a str>) -> Submission
             key_prefix: Some("ttsq_abcdef12"),
         },
         finished: None,
+        claim: None,
     }
 }
 

@@ -18,7 +18,10 @@ use uuid::Uuid;
 
 /// Bucket shared by all tests: objects are content-addressed, and the cache
 /// index that decides hits lives in each test's own database.
-const TEST_BUCKET: &str = "ttsq-test";
+/// Prefix of the test buckets: each test has its own, as it has its own
+/// database, so that audio one test stored is never found by another (a
+/// holder of a hash's lease adopts an object it finds under its key).
+const TEST_BUCKET_PREFIX: &str = "ttsq-test-";
 
 /// The admin URL of the test Postgres when `TTSQ_TEST_DATABASE_URL` is unset.
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -152,7 +155,10 @@ impl TestApp {
                 "TTSQ_S3_SECRET_ACCESS_KEY".to_owned(),
                 env_or("TTSQ_S3_SECRET_ACCESS_KEY", "ttsq-local-secret"),
             ),
-            ("TTSQ_S3_BUCKET".to_owned(), TEST_BUCKET.to_owned()),
+            (
+                "TTSQ_S3_BUCKET".to_owned(),
+                format!("{TEST_BUCKET_PREFIX}{id}"),
+            ),
             ("TTSQ_SERVER_PUBLIC_URL".to_owned(), base_url.clone()),
             ("TTSQ_WORKER_BATCH_WINDOW_MS".to_owned(), "20".to_owned()),
             // Worker child processes must not compete for one metrics port.

@@ -7,12 +7,13 @@
 //! - [`pipeline`]: one batch end to end.
 //! - [`batches`]: joined audio of client batches, and their JSON view.
 //! - [`webhooks`]: the SSRF guard, signing and the webhook delivery service.
-//! - [`single_flight`]: one synthesis per hash across concurrent batches.
+//! - [`synthesis`]: making one hash's audio under its fleet-wide lease,
+//!   shared with the API's high-priority path.
 
 pub mod batcher;
 pub mod batches;
 pub mod pipeline;
-pub mod single_flight;
+pub mod synthesis;
 pub mod webhooks;
 
 use std::{
@@ -62,8 +63,6 @@ pub struct WorkerContext {
     pub replica_ttl: Duration,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
-    /// Hashes being synthesized by this worker's batches right now.
-    pub in_flight: single_flight::InFlightHashes,
 }
 
 impl WorkerContext {

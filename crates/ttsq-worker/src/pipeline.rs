@@ -7,17 +7,21 @@ use std::{
 };
 
 use futures::future::join_all;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tracing::{Instrument as _, Span, field::Empty};
-use ttsq_core::backoff::Backoff;
-use ttsq_core::{AudioFormat, JobMessage};
-use ttsq_providers::SynthesisRequest;
+use ttsq_core::{AudioFormat, JobMessage, backoff::Backoff};
+use ttsq_providers::{ProviderError, SynthesisRequest};
 use ttsq_queue::JobDelivery;
-use ttsq_store::{AudioObject, ClaimedTask, FinishedTask, Reschedule, TaskOutcome};
+use ttsq_store::{
+    AudioObject, ClaimCommit, ClaimCommitted, ClaimedTask, FinishedTask, MadeAudio, Reschedule,
+    TaskOutcome,
+};
 use uuid::Uuid;
 
-use crate::{WorkerContext, single_flight::Registration};
+use crate::{
+    WorkerContext,
+    synthesis::{MakeAudioError, make_audio},
+};
 
 /// A delivery with its decoded message.
 pub struct Item {
@@ -25,39 +29,6 @@ pub struct Item {
     pub delivery: JobDelivery,
     /// Its decoded body.
     pub message: JobMessage,
-}
-
-/// What became of one content hash in this batch.
-enum HashResult {
-    /// Already stored before this batch: every task is a cache hit.
-    Stored(AudioObject),
-    /// Synthesized now: the first task pays, the rest are cache hits.
-    Synthesized(AudioObject),
-    /// Gave up on it; its tasks fail with this error. `exhausted`: it was a
-    /// passing failure with no attempts left, worth a copy in the DLQ.
-    Failed {
-        code: String,
-        message: String,
-        exhausted: bool,
-    },
-    /// A passing failure: retry its tasks after a back-off. `refund`: no
-    /// attempt was really made (a vendor's 429, every circuit open), so it is
-    /// not counted and the task waits the longest back-off before looking again.
-    Retry {
-        code: String,
-        message: String,
-        refund: bool,
-    },
-}
-
-impl HashResult {
-    fn retry(code: &str, message: impl ToString) -> Self {
-        Self::Retry {
-            code: code.to_owned(),
-            message: message.to_string(),
-            refund: false,
-        }
-    }
 }
 
 /// How each delivery of the batch is settled once its tasks are written.
@@ -68,9 +39,21 @@ enum Settle {
     Requeue,
 }
 
+/// How long a batch waits, at most, for hashes another claim is
+/// synthesizing, before it hands their tasks back for a later attempt.
+const HASH_WAIT: Duration = Duration::from_secs(30);
+
 /// Runs a batch end to end. Never returns an error: whatever cannot be
 /// finished goes back to the queue (or, failing that, to the outbox) and
 /// comes back.
+///
+/// The batch's id is its claim token: it is stamped on the tasks it claims
+/// and on the hash leases it takes, and every write checks it, so a batch
+/// whose replica was presumed dead (paused, cut off) and taken over changes
+/// nothing its successor holds. Hashes another claim is synthesizing are
+/// waited for in rounds: the rest of the batch is committed and acknowledged
+/// first, then those tasks finish as cache hits once the other claim's audio
+/// is indexed (or this batch takes the lease over should that claim die).
 #[tracing::instrument(skip_all, fields(batch_id, dialect, size = items.len()))]
 pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     let batch_id = Uuid::now_v7();
@@ -118,7 +101,7 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     // Jobs worked on, not messages: a duplicate message (an outbox republish,
     // a redelivery) of a task that is already done claims nothing.
     metrics.batch_size.observe(claimed.len() as f64);
-    let (spent, runnable): (Vec<&ClaimedTask>, Vec<&ClaimedTask>) = claimed
+    let (spent, mut pending): (Vec<&ClaimedTask>, Vec<&ClaimedTask>) = claimed
         .iter()
         .partition(|t| t.attempts > context.max_attempts() || last_delivery.contains(&t.id));
     let _in_flight = InFlight::add(claimed.len());
@@ -127,12 +110,8 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
             span.record("voice", task.voice.as_str());
         }
     }
-    let results = resolve_hashes(context, &runnable, &jobs).await;
 
-    let mut finished = Vec::with_capacity(claimed.len());
-    let mut retries = Vec::new();
-    let mut settle: HashMap<Uuid, Settle> = HashMap::new();
-    let mut paid: HashSet<&str> = HashSet::new();
+    let mut round = Round::default();
     for task in spent {
         let (code, message) = if last_delivery.contains(&task.id) {
             ("delivery_limit", "the queue gave up redelivering this job")
@@ -142,108 +121,219 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
                 "every attempt at this job was interrupted",
             )
         };
-        finished.push(failed(task, code, message));
-        settle.insert(task.id, Settle::DeadLetter(code.to_owned()));
+        round.finished.push(failed(task, code, message));
+        round
+            .settle
+            .insert(task.id, Settle::DeadLetter(code.to_owned()));
     }
-    for task in runnable {
-        match results.get(task.content_hash.as_str()) {
-            Some(HashResult::Stored(object)) => {
-                finished.push(succeeded(context, task, object, true));
-            }
-            Some(HashResult::Synthesized(object)) => {
-                let first = paid.insert(task.content_hash.as_str());
-                finished.push(succeeded(context, task, object, !first));
-            }
-            Some(HashResult::Failed {
-                code,
-                message,
-                exhausted,
-            }) => {
-                finished.push(failed(task, code, message));
-                if *exhausted {
-                    settle.insert(task.id, Settle::DeadLetter(code.clone()));
+    let mut settled_items = vec![false; items.len()];
+    let wait_until = Instant::now() + HASH_WAIT;
+    let mut wait = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        let results = resolve_hashes(context, batch_id, &pending, &jobs).await;
+        let mut waiting = Vec::new();
+        for task in pending {
+            match results.get(task.content_hash.as_str()) {
+                Some(HashResult::Elsewhere) if Instant::now() < wait_until => waiting.push(task),
+                Some(HashResult::Elsewhere) => round.retry(
+                    context,
+                    task,
+                    &HashResult::Retry {
+                        code: "synthesis_in_progress".into(),
+                        message: "another replica is still synthesizing this text".into(),
+                        refund: true,
+                    },
+                ),
+                Some(result) => round.resolve(context, task, result),
+                // Every hash has a result; should one be missing, the task is
+                // still `processing` and comes back through the outbox.
+                None => {
+                    round.settle.insert(task.id, Settle::Requeue);
                 }
             }
-            Some(HashResult::Retry {
-                code,
-                message,
-                refund,
-            }) => {
-                let attempts = u32::try_from(task.attempts).unwrap_or(0);
-                let (attempt, delay_index) = if *refund {
-                    (
-                        attempts.max(1),
-                        context.retry_delays.len().saturating_sub(1),
-                    )
-                } else {
-                    (attempts + 1, attempts.saturating_sub(1) as usize)
-                };
-                let delay = context
-                    .retry_delays
-                    .get(delay_index)
-                    .or(context.retry_delays.last())
-                    .copied()
-                    .unwrap_or_default();
-                retries.push(Reschedule {
-                    task_id: task.id,
-                    not_before: chrono::Utc::now()
-                        + chrono::Duration::from_std(delay).unwrap_or_default(),
-                    error_code: code.clone(),
-                    error_message: message.clone(),
-                    refund_attempt: *refund,
-                });
-                settle.insert(
-                    task.id,
-                    Settle::Retry {
-                        attempt,
-                        delay_index,
-                    },
-                );
-            }
-            // Every claimed hash has a result; should one be missing, the
-            // task is still `processing` and comes back through the outbox.
-            None => {
-                settle.insert(task.id, Settle::Requeue);
-            }
         }
-    }
+        round.made = results
+            .into_values()
+            .filter_map(|r| match r {
+                HashResult::Made(made) => Some(made),
+                _ => None,
+            })
+            .collect();
 
-    // The one commit is a step of every finished job's trace.
-    let commit_spans: Vec<Span> = finished
-        .iter()
-        .filter_map(|f| jobs.get(&f.task_id))
-        .map(|job| tracing::info_span!(parent: job, "postgres.commit", db.system = "postgresql"))
-        .collect();
-    let committed = with_storage_retry(context, "finishing the batch", || {
-        context.store.finish_tasks(&finished)
-    })
-    .await;
-    drop(commit_spans);
-    if let Err(err) = committed {
-        tracing::warn!(error = %err, "finishing the batch failed; requeueing it");
-        requeue_all(&items).await;
-        return;
+        // The one commit is a step of every finished job's trace.
+        let commit_spans: Vec<Span> = round
+            .finished
+            .iter()
+            .filter_map(|f| jobs.get(&f.task_id))
+            .map(
+                |job| tracing::info_span!(parent: job, "postgres.commit", db.system = "postgresql"),
+            )
+            .collect();
+        let committed = with_storage_retry(context, "finishing the batch", || {
+            context.store.commit_claim(ClaimCommit {
+                token: batch_id,
+                made: &round.made,
+                finished: &round.finished,
+                retries: &round.retries,
+            })
+        })
+        .await;
+        drop(commit_spans);
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(err) => {
+                tracing::warn!(error = %err, "finishing the batch failed; requeueing it");
+                if let Err(err) = context.store.release_leases(batch_id).await {
+                    tracing::debug!(error = %err, "releasing the batch's leases failed; they expire");
+                }
+                let left: Vec<&Item> = items
+                    .iter()
+                    .zip(&settled_items)
+                    .filter(|(_, done)| !**done)
+                    .map(|(item, _)| item)
+                    .collect();
+                for item in left {
+                    if let Err(err) = item.delivery.requeue().await {
+                        tracing::warn!(error = %err, "requeueing failed; the delivery returns when the channel closes");
+                    }
+                }
+                return;
+            }
+        };
+        if !committed.fenced.is_empty() {
+            tracing::warn!(
+                tasks = committed.fenced.len(),
+                "tasks were claimed by another replica meanwhile; left to it"
+            );
+        }
+        report_finished(&claimed, &round.finished, &committed, &jobs);
+        // Tasks whose audio lease was lost wait for the new holder's audio.
+        let lease_lost: Vec<&ClaimedTask> = claimed
+            .iter()
+            .filter(|t| committed.lease_lost.contains(&t.id))
+            .collect();
+        waiting.extend(lease_lost);
+        // Only what this claim wrote is settled as it decided; a task taken
+        // over by another claim is that claim's to settle.
+        let mut settle: HashMap<Uuid, Settle> = HashMap::new();
+        for id in &committed.settled {
+            settle.insert(*id, round.settle.remove(id).unwrap_or(Settle::Ack));
+        }
+        for id in &committed.fenced {
+            settle.insert(*id, Settle::Ack);
+        }
+        settle.extend(
+            round
+                .settle
+                .drain()
+                .filter(|(_, s)| matches!(s, Settle::Requeue)),
+        );
+        let now_settled: Vec<(usize, &Item)> = items
+            .iter()
+            .enumerate()
+            .filter(|(i, item)| {
+                !settled_items[*i]
+                    && (waiting.is_empty() || settle.contains_key(&item.message.task_id))
+            })
+            .collect();
+        for (i, _) in &now_settled {
+            settled_items[*i] = true;
+        }
+        let now_settled: Vec<&Item> = now_settled.into_iter().map(|(_, item)| item).collect();
+        settle_deliveries(context, &now_settled, settle).await;
+        round = Round::default();
+        if waiting.is_empty() {
+            break;
+        }
+        pending = waiting;
+        tokio::time::sleep(wait.next_delay()).await;
     }
-    if let Err(err) = with_storage_retry(context, "rescheduling retries", || {
-        context.store.reschedule(&retries)
-    })
-    .await
-    {
-        // Left `processing`: the claim timeout hands them back later.
-        tracing::warn!(error = %err, "rescheduling retries failed");
-    }
-    let retried: HashSet<Uuid> = retries.iter().map(|r| r.task_id).collect();
-    report_finished(&claimed, &finished, &retried, &jobs);
     metrics
         .batch_duration
         .observe(started.elapsed().as_secs_f64());
-    tracing::info!(
-        claimed = claimed.len(),
-        finished = finished.len(),
-        retried = retries.len(),
-        "batch done"
-    );
-    settle_deliveries(context, &items, settle).await;
+    tracing::info!(claimed = claimed.len(), "batch done");
+}
+
+/// The outcomes of one round of a batch, committed together.
+#[derive(Default)]
+struct Round {
+    made: Vec<MadeAudio>,
+    finished: Vec<FinishedTask>,
+    retries: Vec<Reschedule>,
+    settle: HashMap<Uuid, Settle>,
+}
+
+impl Round {
+    /// Records what `result` means for `task`.
+    fn resolve(&mut self, context: &WorkerContext, task: &ClaimedTask, result: &HashResult) {
+        match result {
+            HashResult::Stored(object) => {
+                self.finished.push(succeeded(context, task, object, true))
+            }
+            // The store bills the first task it still holds; the rest are hits.
+            HashResult::Made(made) => {
+                self.finished
+                    .push(succeeded(context, task, &made.object, false));
+            }
+            HashResult::Failed {
+                code,
+                message,
+                exhausted,
+            } => {
+                self.finished.push(failed(task, code, message));
+                if *exhausted {
+                    self.settle
+                        .insert(task.id, Settle::DeadLetter(code.clone()));
+                }
+            }
+            HashResult::Retry { .. } | HashResult::Elsewhere => self.retry(context, task, result),
+        }
+    }
+
+    /// Hands `task` back for a later attempt after a back-off.
+    fn retry(&mut self, context: &WorkerContext, task: &ClaimedTask, result: &HashResult) {
+        let (code, message, refund) = match result {
+            HashResult::Retry {
+                code,
+                message,
+                refund,
+            } => (code.clone(), message.clone(), *refund),
+            _ => (
+                "synthesis_in_progress".to_owned(),
+                "another replica is synthesizing this text".to_owned(),
+                true,
+            ),
+        };
+        let attempts = u32::try_from(task.attempts).unwrap_or(0);
+        let (attempt, delay_index) = if refund {
+            (
+                attempts.max(1),
+                context.retry_delays.len().saturating_sub(1),
+            )
+        } else {
+            (attempts + 1, attempts.saturating_sub(1) as usize)
+        };
+        let delay = context
+            .retry_delays
+            .get(delay_index)
+            .or(context.retry_delays.last())
+            .copied()
+            .unwrap_or_default();
+        self.retries.push(Reschedule {
+            task_id: task.id,
+            not_before: chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            error_code: code,
+            error_message: message,
+            refund_attempt: refund,
+        });
+        self.settle.insert(
+            task.id,
+            Settle::Retry {
+                attempt,
+                delay_index,
+            },
+        );
+    }
 }
 
 /// Acknowledges, retries or dead-letters every delivery of a batch whose
@@ -251,7 +341,7 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
 /// batch held several deliveries of it.
 async fn settle_deliveries(
     context: &WorkerContext,
-    items: &[Item],
+    items: &[&Item],
     mut settle: HashMap<Uuid, Settle>,
 ) {
     let mut published = Vec::new();
@@ -337,15 +427,6 @@ impl Transient for ttsq_store::StoreError {
     }
 }
 
-impl Transient for StoreAudioError {
-    fn is_transient(&self) -> bool {
-        match self {
-            Self::Upload(err) => err.is_transient(),
-            Self::Index(err) => err.is_transient(),
-        }
-    }
-}
-
 /// A job's span in this batch: a child of its submit span (through the
 /// message's `traceparent`), after a `queue.wait` span covering its time
 /// from submission until this batch picked it up.
@@ -385,16 +466,20 @@ pub fn submitted_at(task_id: Uuid) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos))
 }
 
-/// One log line and the metrics per finished task, with its span's fields.
+/// One log line and the metrics per task a commit settled, with its span's
+/// fields.
 fn report_finished(
     claimed: &[ClaimedTask],
     finished: &[FinishedTask],
-    retry: &HashSet<Uuid>,
+    committed: &ClaimCommitted,
     jobs: &HashMap<Uuid, Span>,
 ) {
     let metrics = ttsq_telemetry::metrics::get();
     let by_id: HashMap<Uuid, &ClaimedTask> = claimed.iter().map(|t| (t.id, t)).collect();
-    for done in finished {
+    for done in finished
+        .iter()
+        .filter(|f| committed.settled.contains(&f.task_id))
+    {
         let Some(task) = by_id.get(&done.task_id) else {
             continue;
         };
@@ -404,11 +489,8 @@ fn report_finished(
             span.record("latency_ms", latency.as_millis() as u64);
         }
         match &done.outcome {
-            TaskOutcome::Succeeded {
-                cache_hit,
-                provider,
-                ..
-            } => {
+            TaskOutcome::Succeeded { provider, .. } => {
+                let cache_hit = &!committed.billed.contains(&done.task_id);
                 span.record("provider", provider.as_str());
                 span.record("status", "succeeded");
                 span.record("cache_hit", *cache_hit);
@@ -422,7 +504,8 @@ fn report_finished(
             }
         }
     }
-    for id in retry {
+    let finished_ids: HashSet<Uuid> = finished.iter().map(|f| f.task_id).collect();
+    for id in committed.settled.difference(&finished_ids) {
         if let Some(span) = jobs.get(id) {
             tracing::info!(parent: span, "task returned to the queue for another attempt");
         }
@@ -483,25 +566,64 @@ pub async fn requeue_all(items: &[Item]) {
     }
 }
 
-/// Looks every distinct hash up once and synthesizes the missing ones, once each.
+/// What became of one content hash in a round of a batch.
+enum HashResult {
+    /// Indexed already: every task is a cache hit.
+    Stored(AudioObject),
+    /// Made now under this batch's lease: the store bills one task.
+    Made(MadeAudio),
+    /// Another claim holds the hash's lease: wait for its audio.
+    Elsewhere,
+    /// Gave up on it; its tasks fail with this error. `exhausted`: it was a
+    /// passing failure with no attempts left, worth a copy in the DLQ.
+    Failed {
+        code: String,
+        message: String,
+        exhausted: bool,
+    },
+    /// A passing failure: retry its tasks after a back-off. `refund`: no
+    /// attempt was really made (a vendor's 429, every circuit open), so it is
+    /// not counted and the task waits the longest back-off before looking again.
+    Retry {
+        code: String,
+        message: String,
+        refund: bool,
+    },
+}
+
+impl HashResult {
+    fn retry(code: &str, message: impl ToString) -> Self {
+        Self::Retry {
+            code: code.to_owned(),
+            message: message.to_string(),
+            refund: false,
+        }
+    }
+}
+
+/// Looks every distinct hash up once, takes the fleet-wide lease of each
+/// missing one, and makes those whose lease it got, once each.
 async fn resolve_hashes<'a>(
     context: &WorkerContext,
+    token: Uuid,
     claimed: &[&'a ClaimedTask],
     jobs: &HashMap<Uuid, Span>,
 ) -> HashMap<&'a str, HashResult> {
+    if claimed.is_empty() {
+        return HashMap::new();
+    }
     let mut first_task: HashMap<&str, &ClaimedTask> = HashMap::new();
     for &task in claimed {
         first_task.entry(task.content_hash.as_str()).or_insert(task);
     }
     let hashes: Vec<String> = first_task.keys().map(|h| (*h).to_owned()).collect();
-    // Registered before the lookup, so that a hash another batch of this
-    // worker is synthesizing is waited for, not paid for twice.
-    let registrations: HashMap<&str, Registration> = first_task
-        .keys()
-        .map(|hash| (*hash, context.in_flight.register(hash)))
-        .collect();
-    let mut results = HashMap::new();
-    let stored = match with_storage_retry(context, "the cache lookup", || {
+    let all_retry = |first_task: HashMap<&'a str, &ClaimedTask>, err: &dyn std::fmt::Display| {
+        first_task
+            .into_keys()
+            .map(|h| (h, HashResult::retry("storage_unavailable", err)))
+            .collect()
+    };
+    let mut stored = match with_storage_retry(context, "the cache lookup", || {
         context.store.find_audio_many(&hashes)
     })
     .await
@@ -509,92 +631,74 @@ async fn resolve_hashes<'a>(
         Ok(stored) => stored,
         Err(err) => {
             tracing::warn!(error = %err, "cache lookup failed");
-            return first_task
-                .into_keys()
-                .map(|h| (h, HashResult::retry("storage_unavailable", &err)))
-                .collect();
+            return all_retry(first_task, &err);
         }
     };
-    let mut missing = Vec::new();
-    for (hash, task) in first_task {
-        match stored.get(hash) {
-            Some(object) => {
-                results.insert(hash, HashResult::Stored(object.clone()));
-            }
-            None => missing.push((hash, task)),
+    let missing: Vec<String> = hashes
+        .iter()
+        .filter(|h| !stored.contains_key(*h))
+        .cloned()
+        .collect();
+    let leased = match with_storage_retry(context, "taking hash leases", || {
+        context.store.acquire_leases(
+            &missing,
+            context.replica_id,
+            token,
+            context.settings.claim_timeout(),
+            context.replica_ttl,
+        )
+    })
+    .await
+    {
+        Ok(leased) => leased,
+        Err(err) => {
+            tracing::warn!(error = %err, "taking hash leases failed");
+            return all_retry(first_task, &err);
+        }
+    };
+    // Indexed by another claim between the lookup and the lease.
+    let leased_list: Vec<String> = leased.iter().cloned().collect();
+    match with_storage_retry(context, "the cache lookup", || {
+        context.store.find_audio_many(&leased_list)
+    })
+    .await
+    {
+        Ok(found) => stored.extend(found),
+        Err(err) => {
+            tracing::warn!(error = %err, "cache lookup failed");
+            return all_retry(first_task, &err);
         }
     }
-    // Each distinct text is synthesized once, in the trace of the job that
-    // pays. Only the calls themselves take a permit: a hash waited for on
-    // another batch holds none, so two batches waiting on each other's
-    // hashes cannot starve each other.
+
+    let mut results = HashMap::new();
+    let mut to_make = Vec::new();
+    for (hash, task) in first_task {
+        if let Some(object) = stored.remove(hash) {
+            results.insert(hash, HashResult::Stored(object));
+        } else if leased.contains(hash) {
+            to_make.push((hash, task));
+        } else {
+            results.insert(hash, HashResult::Elsewhere);
+        }
+    }
+    // Each distinct text is made once, in the trace of the first job that
+    // needs it, at most `syntheses_per_batch` at a time.
     let permits = Semaphore::new(context.settings.syntheses_per_batch);
-    let synthesized = join_all(missing.into_iter().map(|(hash, task)| {
+    let made = join_all(to_make.into_iter().map(|(hash, task)| {
         let span = jobs.get(&task.id).cloned().unwrap_or_else(Span::none);
-        let registration = registrations.get(hash);
         let permits = &permits;
         async move {
-            let synthesize = || async {
-                let _permit = permits.acquire().await.ok();
-                match synthesize_and_store(context, task).instrument(span).await {
-                    HashResult::Synthesized(object) => Ok(object),
-                    other => Err(other),
-                }
-            };
-            let result = match registration {
-                Some(registration) => match registration.resolve(synthesize).await {
-                    Ok((object, true)) => HashResult::Synthesized(object),
-                    // Another batch paid for it while this one waited.
-                    Ok((object, false)) => HashResult::Stored(object),
-                    Err(failed) => failed,
-                },
-                None => match synthesize().await {
-                    Ok(object) => HashResult::Synthesized(object),
-                    Err(failed) => failed,
-                },
-            };
-            (hash, result)
+            let _permit = permits.acquire().await.ok();
+            (hash, make(context, task).instrument(span).await)
         }
     }))
     .await;
-    // One statement indexes every object this batch uploaded or took from
-    // another batch (whose own index may not have committed yet), before
-    // the registrations are released.
-    let to_index: Vec<AudioObject> = synthesized
-        .iter()
-        .filter_map(|(_, result)| match result {
-            HashResult::Synthesized(object) | HashResult::Stored(object) => Some(object.clone()),
-            _ => None,
-        })
-        .collect();
-    let on_file = with_storage_retry(context, "indexing audio", || {
-        context.store.record_audio_many(&to_index)
-    })
-    .await;
-    for (hash, result) in synthesized {
-        let result = match (result, &on_file) {
-            (HashResult::Synthesized(_), Ok(on_file)) | (HashResult::Stored(_), Ok(on_file))
-                if !on_file.contains_key(hash) =>
-            {
-                HashResult::retry("storage_unavailable", "the audio index lost a row")
-            }
-            (HashResult::Synthesized(_), Ok(on_file)) => {
-                HashResult::Synthesized(on_file[hash].clone())
-            }
-            (HashResult::Stored(_), Ok(on_file)) => HashResult::Stored(on_file[hash].clone()),
-            (HashResult::Synthesized(_) | HashResult::Stored(_), Err(err)) => {
-                tracing::warn!(error = %err, "indexing audio failed; will retry");
-                HashResult::retry("storage_unavailable", err)
-            }
-            (other, _) => other,
-        };
-        results.insert(hash, result);
-    }
-    drop(registrations);
+    results.extend(made);
     results
 }
 
-async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> HashResult {
+/// Makes the audio of `task`'s hash, whose lease the batch holds.
+async fn make(context: &WorkerContext, task: &ClaimedTask) -> HashResult {
     let Ok(format) = task.format.parse::<AudioFormat>() else {
         return HashResult::Failed {
             code: "invalid_task".into(),
@@ -617,123 +721,43 @@ async fn synthesize_and_store(context: &WorkerContext, task: &ClaimedTask) -> Ha
         format,
         marks: &marks,
     };
-    let (audio, provider) = match context.providers.synthesize(&request).await {
-        Ok(done) => {
-            Span::current().record("provider", done.1.as_str());
-            done
-        }
+    let made = make_audio(
+        &context.audio,
+        &context.providers,
+        &task.content_hash,
+        &request,
+        context.settings.storage_retry(),
+    )
+    .await;
+    match made {
+        Ok(made) => HashResult::Made(made.audio),
         // A vendor's quota is never the job's fault: it waits for as long as it takes.
-        Err(
-            err @ (ttsq_providers::ProviderError::RateLimited { .. }
-            | ttsq_providers::ProviderError::CircuitOpen { .. }),
-        ) => {
+        Err(MakeAudioError::Provider(
+            err @ (ProviderError::RateLimited { .. } | ProviderError::CircuitOpen { .. }),
+        )) => {
             tracing::warn!(task_id = %task.id, error = %err, "provider not taking requests; retrying later");
-            return HashResult::Retry {
+            HashResult::Retry {
                 code: err.code().into(),
                 message: err.to_string(),
                 refund: true,
-            };
+            }
         }
-        Err(err) if err.is_retryable() && task.attempts < context.max_attempts() => {
+        Err(MakeAudioError::Provider(err))
+            if err.is_retryable() && task.attempts < context.max_attempts() =>
+        {
             tracing::warn!(task_id = %task.id, attempt = task.attempts, error = %err, "provider failed; will retry");
-            return HashResult::retry(err.code(), &err);
+            HashResult::retry(err.code(), &err)
         }
-        Err(err) => {
-            return HashResult::Failed {
-                code: err.code().into(),
-                message: err.to_string(),
-                exhausted: err.is_retryable(),
-            };
-        }
-    };
-    // The audio is paid for: keep it through a storage outage rather than
-    // synthesize it again on the next attempt.
-    match with_storage_retry(context, "storing audio", || {
-        upload_audio(
-            &context.audio,
-            &task.content_hash,
-            format,
-            audio.clone(),
-            provider.clone(),
-        )
-    })
-    .await
-    {
-        Ok(on_file) => HashResult::Synthesized(on_file),
-        Err(err) => {
+        Err(MakeAudioError::Provider(err)) => HashResult::Failed {
+            code: err.code().into(),
+            message: err.to_string(),
+            exhausted: err.is_retryable(),
+        },
+        // The audio may be paid for: keep the task for a later attempt, which
+        // finds the object if it was stored after all.
+        Err(MakeAudioError::Storage(err)) => {
             tracing::warn!(task_id = %task.id, error = %err, "storing audio failed; will retry");
             HashResult::retry("storage_unavailable", &err)
         }
     }
-}
-
-/// Why synthesized audio could not be stored.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreAudioError {
-    /// The upload to S3 failed.
-    #[error(transparent)]
-    Upload(#[from] ttsq_audio::AudioStoreError),
-    /// Indexing it in Postgres failed.
-    #[error(transparent)]
-    Index(#[from] ttsq_store::StoreError),
-}
-
-/// Uploads synthesized audio under its content hash and indexes it; returns
-/// the object on file (an earlier one, when another process won the race).
-/// The API's inline path; batches upload with [`upload_audio`] and index all
-/// their objects in one statement.
-pub async fn store_audio(
-    store: &ttsq_store::Store,
-    bucket: &ttsq_audio::AudioStore,
-    content_hash: &str,
-    format: AudioFormat,
-    audio: ttsq_providers::Audio,
-    provider: String,
-) -> Result<AudioObject, StoreAudioError> {
-    let object = upload_audio(bucket, content_hash, format, audio, provider).await?;
-    Ok(store
-        .record_audio(&object)
-        .instrument(tracing::info_span!("postgres.record_audio"))
-        .await?)
-}
-
-/// Uploads synthesized audio under its content hash; returns the object to
-/// index (not indexed yet).
-pub async fn upload_audio(
-    bucket: &ttsq_audio::AudioStore,
-    content_hash: &str,
-    format: AudioFormat,
-    audio: ttsq_providers::Audio,
-    provider: String,
-) -> Result<AudioObject, StoreAudioError> {
-    let key = ttsq_core::ContentHash::parse(content_hash)
-        .map(|h| h.object_key(format))
-        .unwrap_or_else(|| format!("audio/invalid/{content_hash}.{}", format.extension()));
-    let sha256 = hex::encode(Sha256::digest(&audio.bytes));
-    let bytes = i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX);
-    // Marks first: once the audio is indexed, its marks must be there too.
-    if !audio.marks.is_empty()
-        && let Some(hash) = ttsq_core::ContentHash::parse(content_hash)
-    {
-        let marks_key = hash.marks_key();
-        let json = serde_json::to_vec(&audio.marks).unwrap_or_default();
-        bucket
-            .put(&marks_key, json.into(), "application/json")
-            .instrument(tracing::info_span!("s3.put", s3.key = %marks_key))
-            .await?;
-    }
-    bucket
-        .put(&key, audio.bytes, format.content_type())
-        .instrument(tracing::info_span!("s3.put", s3.key = %key, bytes))
-        .await?;
-    Ok(AudioObject {
-        hash: content_hash.to_owned(),
-        s3_key: key,
-        bytes,
-        format: format.as_str().to_owned(),
-        duration_ms: i32::try_from(audio.duration_ms).unwrap_or(i32::MAX),
-        provider,
-        sha256,
-        created_at: chrono::Utc::now(),
-    })
 }

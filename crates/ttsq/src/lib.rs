@@ -103,6 +103,7 @@ impl Services {
             Arc::clone(&self.broker),
             self.audio.clone(),
             Arc::clone(&self.providers),
+            self.replica_id,
         )
         .await
         .context("Failed to open a publishing channel")
@@ -131,7 +132,6 @@ impl Services {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ),
-            in_flight: Default::default(),
         }
     }
 

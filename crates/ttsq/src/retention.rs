@@ -3,10 +3,12 @@
 //! deletes from S3 the audio (and speech marks) no remaining task uses.
 //!
 //! Postgres goes first: the index row of an object is deleted in the same
-//! transaction as its last task, and only after the commit is the object
-//! deleted from S3. Should that delete fail, the object stays behind as
-//! unreferenced garbage, which is harmless: a later synthesis of the same
-//! hash finds it already stored, with the very same content.
+//! transaction as its last task, which also takes the hash's synthesis
+//! lease; only after the commit is the object deleted from S3, and then the
+//! lease released. No replica synthesizes the hash in between, so none
+//! indexes an object that is about to be deleted. Should the delete fail,
+//! the object stays behind unindexed, which is harmless: the next synthesis
+//! of the hash finds it and indexes it from the facts it carries.
 
 use std::time::Duration;
 
@@ -59,9 +61,18 @@ impl Services {
         let settings = &self.settings.retention;
         let mut report = SweepReport::default();
         loop {
+            let lease = ttsq_store::SweepLease {
+                holder: self.replica_id,
+                token: uuid::Uuid::now_v7(),
+                ttl: self.settings.worker.claim_timeout(),
+            };
             let batch = self
                 .store
-                .sweep_expired_tasks(settings.default_retention_days(), settings.batch_size)
+                .sweep_expired_tasks(
+                    settings.default_retention_days(),
+                    settings.batch_size,
+                    lease,
+                )
                 .await?;
             report.tasks += batch.tasks;
             for (hash, key) in &batch.audio {
@@ -81,6 +92,9 @@ impl Services {
                         "could not delete an expired audio object; it stays as unreferenced garbage"
                     ),
                 }
+            }
+            if let Err(err) = self.store.release_leases(lease.token).await {
+                tracing::warn!(error = %err, "releasing the swept hashes' leases failed; they expire");
             }
             if batch.tasks < u64::from(settings.batch_size) {
                 return Ok(report);

@@ -1,0 +1,20 @@
+-- Fleet-wide single flight: one synthesis per content hash at a time,
+-- across every replica (workers and the API's high-priority path).
+--
+-- A replica inserts the hash's row before it calls a provider and deletes
+-- it in the very transaction that indexes the audio and bills the task that
+-- paid for it. Everyone else needing the hash waits for that commit and
+-- takes the audio as a cache hit. A lease is taken over when its holder
+-- stops heartbeating (see `workers`) or when it expires, so the hashes of a
+-- replica killed mid-call come back; `token` fences the old holder out:
+-- only the token that holds the row may index the hash.
+CREATE TABLE synthesis_leases (
+    hash        text PRIMARY KEY,
+    -- The replica holding it (`workers.id`).
+    holder      uuid NOT NULL,
+    -- The claim that holds it: a worker batch, or a high-priority request.
+    token       uuid NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX synthesis_leases_token ON synthesis_leases (token);
