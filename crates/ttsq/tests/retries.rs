@@ -76,9 +76,18 @@ chain = ["fake"]
         .await,
         1
     );
-    let (ok, stdout, stderr) = dlq(&app, &["list", "--json"]);
-    assert!(ok, "{stderr}");
-    let letters = listed(&stdout);
+    // The copy is published once the task's end is committed, so it may
+    // trail the status a client sees by a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (stdout, letters) = loop {
+        let (ok, stdout, stderr) = dlq(&app, &["list", "--json"]);
+        assert!(ok, "{stderr}");
+        let letters = listed(&stdout);
+        if !letters.is_empty() || std::time::Instant::now() > deadline {
+            break (stdout, letters);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(letters.len(), 1, "{stdout}");
     assert_eq!(letters[0]["task_id"], id.to_string());
     assert_eq!(letters[0]["reason"], "provider_unavailable");
