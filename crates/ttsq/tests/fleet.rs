@@ -161,11 +161,6 @@ impl Drift {
         });
         Self { stop, task }
     }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
 }
 
 /// One job to submit: which text, and whether it is high priority.
@@ -595,12 +590,20 @@ chain = ["fake"]
         (count, mismatches.into_iter().take(5).collect())
     }
 
-    /// Stops the workers, the drift and the stack; drops the test database.
-    async fn teardown(mut self) {
-        self.drift.stop().await;
+    /// Stops the drift and the workers (SIGTERM: each finishes what it
+    /// holds), so that the fake's counters include every call any worker
+    /// ever made.
+    fn stop_workers(&mut self) {
+        self.drift.stop.cancel();
         for mut worker in std::mem::take(&mut self.workers.live) {
             signal_and_wait(&mut worker.child, "-TERM");
         }
+    }
+
+    /// Stops everything; drops the test database.
+    async fn teardown(mut self) {
+        self.stop_workers();
+        let _ = self.drift.task.await;
         self.app.teardown().await;
     }
 }
@@ -700,7 +703,7 @@ fn common_checks(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_workers_and_high_priority_submits_synthesize_each_text_once_and_bill_it_once() {
     let (jobs, texts) = (2_000, 200);
-    let fleet = Fleet::start(FleetOptions {
+    let mut fleet = Fleet::start(FleetOptions {
         workers: 4,
         latency_ms: 100,
         env: Vec::new(),
@@ -713,6 +716,7 @@ async fn four_workers_and_high_priority_submits_synthesize_each_text_once_and_bi
         .await
         .expect("submitter");
     fleet.settle(submitted.accepted.len()).await;
+    fleet.stop_workers();
     let outcome = fleet.outcome().await;
     fleet.teardown().await;
 
@@ -765,6 +769,7 @@ async fn workers_killed_with_sigkill_mid_run_cost_at_most_their_calls_in_flight_
     }
     let submitted = submitting.await.expect("submitter");
     fleet.settle(submitted.accepted.len()).await;
+    fleet.stop_workers();
     let outcome = fleet.outcome().await;
     fleet.teardown().await;
 
@@ -792,7 +797,7 @@ async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_h
     // at once.
     let (jobs, texts) = (90, 45);
     let pause = Duration::from_secs(8);
-    let fleet = Fleet::start(FleetOptions {
+    let mut fleet = Fleet::start(FleetOptions {
         workers: 3,
         latency_ms: 200,
         env: Vec::new(),
@@ -833,6 +838,7 @@ async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_h
 
     let submitted = submitting.await.expect("submitter");
     fleet.settle(submitted.accepted.len()).await;
+    fleet.stop_workers();
     // A write that takes a task out of `processing` (finish, fail, requeue)
     // made by the victim over a claim it did not make.
     let stale: Vec<(Uuid, String, String, Option<String>)> = ttsq_store::sqlx::query_as(
