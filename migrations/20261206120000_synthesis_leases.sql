@@ -18,3 +18,9 @@ CREATE TABLE synthesis_leases (
     expires_at  timestamptz NOT NULL
 );
 CREATE INDEX synthesis_leases_token ON synthesis_leases (token);
+
+-- An index row whose object was found missing from the bucket (deleted by
+-- hand or by a bucket lifecycle rule). Lookups treat it as absent, so the
+-- next job for the text synthesizes it again; that synthesis restores the
+-- object under the same key and revives the row (and is billed as usual).
+ALTER TABLE audio_objects ADD COLUMN lost_at timestamptz;

@@ -264,23 +264,38 @@ pub(crate) async fn submit_high(
     // just now, or read from S3 while a hit's task row committed — answered
     // as it is instead of read (again) from S3 afterwards.
     let mut held = None;
-    let (row, created) = match cached {
+    // A hit never hands out a dead URL: its object is looked at (read, when
+    // the audio is the answer) before the task is written. One found
+    // missing is marked lost and synthesized again for this request.
+    let cached = match cached {
         Some(object) => {
-            let outcome = cache_hit(&context.providers, &object);
-            let finish = context.store.insert_finished(task, &outcome);
-            if json {
-                finish.await?
+            let present = if json {
+                context.audio.head(&object.s3_key).await?.map(|_| None)
             } else {
-                // A hit waits for the slower of the commit and the read, not
-                // for both in turn.
-                let (finished, audio) = tokio::join!(finish, context.audio.get(&object.s3_key));
-                let (row, created) = finished?;
-                if row.s3_key.as_deref() == Some(object.s3_key.as_str()) {
-                    // A failed read is retried, and reported, by the read below.
-                    held = audio.ok();
+                match context.audio.get(&object.s3_key).await {
+                    Ok(bytes) => Some(Some(bytes)),
+                    Err(err) if err.is_not_found() => None,
+                    Err(err) => return Err(err.into()),
                 }
-                (row, created)
+            };
+            match present {
+                Some(bytes) => Some((object, bytes)),
+                None => {
+                    context.store.mark_audio_lost(&object.hash).await?;
+                    None
+                }
             }
+        }
+        None => None,
+    };
+    let (row, created) = match cached {
+        Some((object, bytes)) => {
+            let outcome = cache_hit(&context.providers, &object);
+            let (row, created) = context.store.insert_finished(task, &outcome).await?;
+            if row.s3_key.as_deref() == Some(object.s3_key.as_str()) {
+                held = bytes;
+            }
+            (row, created)
         }
         None => {
             // Admitted durably before the provider is paid, costed at the
@@ -371,7 +386,7 @@ async fn synthesize_claimed(
                     &context.providers,
                     &hash,
                     &request,
-                    inline.storage_retry,
+                    inline.make,
                 )
                 .await
                 {

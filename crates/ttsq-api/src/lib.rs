@@ -127,7 +127,10 @@ impl ApiContext {
                 replica_id,
                 replica_ttl: Duration::from_secs(settings.quota.heartbeat_secs * 3),
                 lease_ttl: settings.worker.claim_timeout(),
-                storage_retry: settings.worker.storage_retry(),
+                make: ttsq_worker::synthesis::MakeOptions {
+                    storage_retry: settings.worker.storage_retry(),
+                    serve_fallback_audio: settings.cache.serve_fallback_audio,
+                },
                 hash_wait: Duration::from_secs(settings.server.max_wait_secs.clamp(1, 30)),
             },
             published: published::PublishedMarks::start(store.clone()),
@@ -173,8 +176,8 @@ pub struct InlineClaims {
     pub replica_ttl: Duration,
     /// Longest a hash lease lasts, whatever the holder's heartbeat.
     pub lease_ttl: Duration,
-    /// How long a paid-for synthesis keeps retrying S3.
-    pub storage_retry: Duration,
+    /// How the audio is stored.
+    pub make: ttsq_worker::synthesis::MakeOptions,
     /// How long a request waits for a hash another claim is synthesizing
     /// before it hands its task to the queue.
     pub hash_wait: Duration,

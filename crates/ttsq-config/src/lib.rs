@@ -61,6 +61,19 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// How long tasks and their audio are kept.
     pub retention: RetentionSettings,
+    /// What the audio cache serves.
+    pub cache: CacheSettings,
+}
+
+/// What the audio cache serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Serve audio a fallback provider made to later requests for the same
+    /// text. Off (the default), such audio answers only the tasks it was
+    /// made for, and the dialect's first provider synthesizes the text again
+    /// once it is back.
+    pub serve_fallback_audio: bool,
 }
 
 /// Webhook delivery: signing, SSRF guard, timeouts.

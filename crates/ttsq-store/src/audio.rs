@@ -30,21 +30,24 @@ pub struct AudioObject {
 const COLUMNS: &str = "hash, s3_key, bytes, format, duration_ms, provider, sha256, created_at";
 
 impl Store {
-    /// The object stored for `hash`, if any.
+    /// The object stored for `hash`, if any (and not found lost).
     pub async fn find_audio(&self, hash: &str) -> Result<Option<AudioObject>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = $1");
+        let sql =
+            format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = $1 AND lost_at IS NULL");
         Ok(sqlx::query_as(&sql)
             .bind(hash)
             .fetch_optional(&self.pool)
             .await?)
     }
 
-    /// The stored objects among `hashes`, by hash; one round trip.
+    /// The stored objects among `hashes`, by hash, except those found lost;
+    /// one round trip.
     pub async fn find_audio_many(
         &self,
         hashes: &[String],
     ) -> Result<HashMap<String, AudioObject>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = ANY($1)");
+        let sql =
+            format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = ANY($1) AND lost_at IS NULL");
         let rows: Vec<AudioObject> = sqlx::query_as(&sql)
             .bind(hashes)
             .fetch_all(&self.pool)
@@ -78,8 +81,26 @@ impl Store {
     }
 }
 
-/// Inserts index rows for `objects` (the first record of a hash wins);
-/// returns the hashes inserted now, not those found on file.
+impl Store {
+    /// Records that the object of `hash` is missing from the bucket: lookups
+    /// no longer find it, so the next job for the text synthesizes it again,
+    /// which restores the object and the row.
+    pub async fn mark_audio_lost(&self, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE audio_objects SET lost_at = now() WHERE hash = $1 AND lost_at IS NULL")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        tracing::warn!(
+            hash,
+            "audio object missing from the bucket; it is synthesized again on next use"
+        );
+        Ok(())
+    }
+}
+
+/// Inserts index rows for `objects` (the first record of a hash wins, but a
+/// row found lost is replaced); returns the hashes written now, not those
+/// found on file.
 pub(crate) async fn insert_audio<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     objects: &[AudioObject],
@@ -94,7 +115,11 @@ pub(crate) async fn insert_audio<'e>(
            FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[], $7::text[])
                 AS t(hash, s3_key, bytes, format, duration_ms, provider, sha256)
           ORDER BY hash
-         ON CONFLICT (hash) DO NOTHING
+         ON CONFLICT (hash) DO UPDATE
+            SET s3_key = EXCLUDED.s3_key, bytes = EXCLUDED.bytes, format = EXCLUDED.format,
+                duration_ms = EXCLUDED.duration_ms, provider = EXCLUDED.provider,
+                sha256 = EXCLUDED.sha256, lost_at = NULL
+          WHERE audio_objects.lost_at IS NOT NULL
          RETURNING hash",
     )
     .bind(column(|o| o.hash.clone()))

@@ -63,6 +63,9 @@ pub struct WorkerContext {
     pub replica_ttl: Duration,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
+    /// Whether fallback providers' audio answers for the text
+    /// (`cache.serve_fallback_audio`).
+    pub serve_fallback_audio: bool,
 }
 
 impl WorkerContext {

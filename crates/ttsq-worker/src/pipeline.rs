@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     WorkerContext,
-    synthesis::{MakeAudioError, make_audio},
+    synthesis::{MakeAudioError, MakeOptions, make_audio},
 };
 
 /// A delivery with its decoded message.
@@ -721,12 +721,16 @@ async fn make(context: &WorkerContext, task: &ClaimedTask) -> HashResult {
         format,
         marks: &marks,
     };
+    let options = MakeOptions {
+        storage_retry: context.settings.storage_retry(),
+        serve_fallback_audio: context.serve_fallback_audio,
+    };
     let made = make_audio(
         &context.audio,
         &context.providers,
         &task.content_hash,
         &request,
-        context.settings.storage_retry(),
+        options,
     )
     .await;
     match made {

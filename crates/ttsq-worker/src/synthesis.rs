@@ -48,17 +48,33 @@ pub struct Made {
     pub bytes: Option<Bytes>,
 }
 
+/// How [`make_audio`] stores what it makes.
+#[derive(Debug, Clone, Copy)]
+pub struct MakeOptions {
+    /// How long a paid-for synthesis keeps retrying S3.
+    pub storage_retry: Duration,
+    /// Whether audio of a fallback provider may answer for the text
+    /// (`cache.serve_fallback_audio`).
+    pub serve_fallback_audio: bool,
+}
+
 /// Makes the audio of `request`, whose content hash is `content_hash` and
 /// whose lease the caller holds: adopts an unindexed object already under
 /// its key, or synthesizes and uploads it. Storage failures are retried for
-/// up to `storage_retry` (the audio may be paid for already).
+/// up to `options.storage_retry` (the audio may be paid for already).
+///
+/// Audio of a fallback provider is stored under a hash of its own, unique to
+/// this synthesis, unless `options.serve_fallback_audio`: it answers the
+/// tasks it was made for, and the text's own hash stays free for the
+/// dialect's first provider once it is back.
 pub async fn make_audio(
     bucket: &AudioStore,
     providers: &Router,
     content_hash: &str,
     request: &SynthesisRequest<'_>,
-    storage_retry: Duration,
+    options: MakeOptions,
 ) -> Result<Made, MakeAudioError> {
+    let storage_retry = options.storage_retry;
     let format = request.format;
     let key = object_key(content_hash, format);
     let found = retry_storage(storage_retry, "looking for an unindexed object", || {
@@ -81,10 +97,24 @@ pub async fn make_audio(
 
     let (audio, provider) = providers.synthesize(request).await?;
     tracing::Span::current().record("provider", provider.as_str());
+    let primary = providers
+        .catalog()
+        .get(request.dialect)
+        .and_then(|d| d.provider_chain.first());
+    let object_hash = if options.serve_fallback_audio || primary == Some(&provider) {
+        content_hash.to_owned()
+    } else {
+        tracing::info!(
+            provider,
+            "fallback audio kept apart from the text's cache entry"
+        );
+        fallback_hash(content_hash, &provider)
+    };
+    let key = object_key(&object_hash, format);
     let sha256 = hex::encode(Sha256::digest(&audio.bytes));
     let duration_ms = i32::try_from(audio.duration_ms).unwrap_or(i32::MAX);
     let ours = AudioObject {
-        hash: content_hash.to_owned(),
+        hash: object_hash.clone(),
         s3_key: key.clone(),
         bytes: i64::try_from(audio.bytes.len()).unwrap_or(i64::MAX),
         format: format.as_str().to_owned(),
@@ -95,7 +125,7 @@ pub async fn make_audio(
     };
     // Marks first: once the audio is indexed, its marks must be there too.
     if !audio.marks.is_empty()
-        && let Some(hash) = ContentHash::parse(content_hash)
+        && let Some(hash) = ContentHash::parse(&object_hash)
     {
         let marks_key = hash.marks_key();
         let json = Bytes::from(serde_json::to_vec(&audio.marks).unwrap_or_default());
@@ -192,6 +222,19 @@ fn object_from_head(
         sha256: sha256.clone(),
         created_at: chrono::Utc::now(),
     })
+}
+
+/// A hash for fallback audio of `content_hash`, unique to one synthesis: a
+/// content hash no request computes, so no later request finds it.
+fn fallback_hash(content_hash: &str, provider: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"fallback\0");
+    digest.update(content_hash.as_bytes());
+    digest.update(b"\0");
+    digest.update(provider.as_bytes());
+    digest.update(b"\0");
+    digest.update(uuid::Uuid::now_v7().as_bytes());
+    hex::encode(digest.finalize())
 }
 
 /// The bucket key of a content hash's audio.

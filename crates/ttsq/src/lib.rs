@@ -127,6 +127,7 @@ impl Services {
             delivery_limit: self.settings.queue.delivery_limit,
             replica_id: self.replica_id,
             replica_ttl: self.replica_ttl(),
+            serve_fallback_audio: self.settings.cache.serve_fallback_audio,
             name: format!(
                 "ttsq-worker-{}-{}",
                 std::process::id(),

@@ -349,3 +349,108 @@ async fn inline_audio_and_the_dialect_catalog_are_served() {
     }
     app.teardown().await;
 }
+
+/// The content hash and audio key of the task `id`.
+async fn hash_and_key(app: &TestApp, id: &str) -> (String, String) {
+    let (hash, format): (String, String) =
+        ttsq_store::sqlx::query_as("SELECT content_hash, format FROM tasks WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(app.services.store.pool())
+            .await
+            .expect("task read");
+    let format: ttsq_core::AudioFormat = format.parse().expect("a known format");
+    let key = ttsq_core::ContentHash::parse(&hash)
+        .expect("a content hash")
+        .object_key(format);
+    (hash, key)
+}
+
+#[tokio::test]
+async fn an_object_already_under_the_key_is_what_the_index_records() {
+    let mut app = ttsq_testkit::TestApp::spawn_with(ttsq_testkit::TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .submit_ok(
+            &json!({"text": "Someone stored me first.", "dialect": "en-us", "format": "wav"}),
+        )
+        .await;
+    let (_, key) = hash_and_key(&app, &id.to_string()).await;
+    // Left by an attempt that crashed after its upload (other bytes, no facts).
+    let stored = b"RIFF audio a crashed attempt uploaded".to_vec();
+    app.services
+        .audio
+        .put(&key, stored.clone().into(), "audio/wav")
+        .await
+        .expect("object stored");
+
+    app.start_worker();
+    let task = app.wait_for(id).await;
+
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(
+        task["audio_sha256"],
+        hex::encode(Sha256::digest(&stored)),
+        "the index records the bytes stored, not the discarded ones"
+    );
+    assert_eq!(task["audio_bytes"], stored.len());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_cache_hit_whose_object_is_gone_is_synthesized_again_not_a_dead_url() {
+    let app = TestApp::spawn().await;
+    let body = json!({"text": "Deleted behind our back.", "dialect": "en-us", "format": "wav", "priority": "high"});
+    let first: Value = app
+        .http
+        .post(format!("{}/v1/tts/jobs", app.base_url))
+        .bearer_auth(&app.api_key)
+        .header("accept", "application/json")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, key) = hash_and_key(&app, first["task_id"].as_str().unwrap()).await;
+    app.services
+        .audio
+        .delete(&key)
+        .await
+        .expect("object deleted");
+
+    let again: Value = app
+        .http
+        .post(format!("{}/v1/tts/jobs", app.base_url))
+        .bearer_auth(&app.api_key)
+        .header("accept", "application/json")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let download = reqwest::get(again["audio_url"].as_str().expect("an audio URL"))
+        .await
+        .unwrap();
+
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["cache_hit"], false, "synthesized again: {again}");
+    assert_eq!(app.provider_calls("espeak"), 2);
+    assert!(download.status().is_success(), "{}", download.status());
+    assert_eq!(
+        hex::encode(Sha256::digest(download.bytes().await.unwrap())),
+        again["audio_sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM usage_ledger WHERE NOT cache_hit")
+            .await,
+        2,
+        "each synthesis is billed"
+    );
+    app.teardown().await;
+}

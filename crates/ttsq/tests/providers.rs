@@ -386,3 +386,127 @@ async fn a_wrong_key_fails_tasks_with_provider_auth_and_is_never_logged() {
     app.teardown().await;
     fake.shutdown().await;
 }
+
+/// Whether `task` (a task as JSON) was made by `provider`.
+async fn made_by(app: &TestApp, task: &serde_json::Value, provider: &str) -> bool {
+    let id = task["task_id"].as_str().expect("a task id");
+    app.scalar(&format!(
+        "SELECT count(*) FROM tasks WHERE id = '{id}' AND provider = '{provider}'"
+    ))
+    .await
+        == 1
+}
+
+/// Submits one high-priority job as JSON; returns the task.
+async fn submit_high(app: &TestApp, text: &str, key: Option<&str>) -> serde_json::Value {
+    let mut request = app
+        .http
+        .post(format!("{}/v1/tts/jobs", app.base_url))
+        .bearer_auth(&app.api_key)
+        .header("accept", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request
+        .json(&json!({"text": text, "dialect": "en-gb", "voice": "rachel", "format": "wav", "priority": "high"}))
+        .send()
+        .await
+        .expect("submit answers")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn fallback_audio_is_not_served_for_the_text_once_the_primary_is_back() {
+    let fake = fake(|c| c.down = true).await;
+    let app = TestApp::spawn_with(options(config(&fake, ""), false, KEY)).await;
+    let text = "Made by the fallback while the primary was down.";
+
+    let during = submit_high(&app, text, None).await;
+    fake.update(|c| c.down = false);
+    fake.reset_stats();
+    // The breaker of the primary closes again after its cooldown.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = submit_high(&app, text, None).await;
+
+    assert_eq!(during["status"], "succeeded", "{during}");
+    assert!(made_by(&app, &during, "espeak").await, "{during}");
+    assert_eq!(after["status"], "succeeded", "{after}");
+    assert!(made_by(&app, &after, "fake").await, "{after}");
+    assert_eq!(after["cache_hit"], false, "{after}");
+    assert_eq!(fake.stats().synthesis_requests, 1);
+    let again = submit_high(&app, text, None).await;
+    assert_eq!(
+        again["cache_hit"], true,
+        "the primary's audio is cached: {again}"
+    );
+    assert!(made_by(&app, &again, "fake").await, "{again}");
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_serve_fallback_audio_the_fallback_audio_stays_the_texts_cache_entry() {
+    let fake = fake(|c| c.down = true).await;
+    let mut options = options(config(&fake, ""), false, KEY);
+    options
+        .env
+        .push(("TTSQ_CACHE_SERVE_FALLBACK_AUDIO".into(), "true".into()));
+    let app = TestApp::spawn_with(options).await;
+    let text = "Kept from the fallback on purpose.";
+
+    submit_high(&app, text, None).await;
+    fake.update(|c| c.down = false);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = submit_high(&app, text, None).await;
+
+    assert_eq!(after["cache_hit"], true, "{after}");
+    assert!(made_by(&app, &after, "espeak").await, "{after}");
+    app.teardown().await;
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_passing_failure_is_not_replayed_to_a_retry_with_the_same_idempotency_key() {
+    // The fake alone serves the dialect: when it is down the job fails.
+    let fake = fake(|c| c.down = true).await;
+    let config = format!(
+        r#"
+[providers.fake]
+kind = "openai"
+base_url = "{}"
+dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
+
+[[routes]]
+dialects = ["*"]
+chain = ["fake"]
+"#,
+        fake.base_url()
+    );
+    let app = TestApp::spawn_with(options(config, false, KEY)).await;
+    let text = "Try me again later.";
+
+    let first = app
+        .http
+        .post(format!("{}/v1/tts/jobs", app.base_url))
+        .bearer_auth(&app.api_key)
+        .header("idempotency-key", "retry-me")
+        .json(&json!({"text": text, "dialect": "en-gb", "voice": "rachel", "format": "wav", "priority": "high"}))
+        .send()
+        .await
+        .expect("submit answers");
+    fake.update(|c| c.down = false);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let retried = submit_high(&app, text, Some("retry-me")).await;
+    let repeated = submit_high(&app, text, Some("retry-me")).await;
+
+    assert!(first.status().is_server_error(), "{}", first.status());
+    assert_eq!(retried["status"], "succeeded", "{retried}");
+    assert_eq!(
+        repeated["task_id"], retried["task_id"],
+        "the key now names the task that succeeded"
+    );
+    app.teardown().await;
+    fake.shutdown().await;
+}
