@@ -24,3 +24,10 @@ CREATE INDEX synthesis_leases_token ON synthesis_leases (token);
 -- next job for the text synthesizes it again; that synthesis restores the
 -- object under the same key and revives the row (and is billed as usual).
 ALTER TABLE audio_objects ADD COLUMN lost_at timestamptz;
+
+-- Since when a replica has heartbeated without a gap longer than its TTL.
+-- After a Postgres outage every replica looks silent until its next
+-- heartbeat; a replica takes over a silent holder's lease only once its own
+-- heartbeats have run unbroken for a whole TTL, so it never mistakes a live
+-- holder that could not reach Postgres either for a dead one.
+ALTER TABLE workers ADD COLUMN heartbeating_since timestamptz NOT NULL DEFAULT now();

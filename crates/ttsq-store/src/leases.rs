@@ -74,10 +74,12 @@ pub struct ClaimCommitted {
 
 impl Store {
     /// Takes the leases of `hashes` for `token` held by replica `holder`:
-    /// those nobody holds, those whose lease has expired, those whose holder
-    /// has not heartbeated within `replica_ttl`, and those `token` holds
-    /// already. Returns the hashes `token` now holds; a lease lasts
-    /// `lease_ttl` at most.
+    /// those nobody holds, those whose lease has expired, those `token` holds
+    /// already, and those whose holder has not heartbeated within
+    /// `replica_ttl` — the last only when `holder` itself has heartbeated
+    /// without a gap for a whole `replica_ttl` (after a Postgres outage
+    /// every replica looks silent for a moment). Returns the hashes `token`
+    /// now holds; a lease lasts `lease_ttl` at most.
     pub async fn acquire_leases(
         &self,
         hashes: &[String],
@@ -103,9 +105,12 @@ impl Store {
                     acquired_at = now(), expires_at = EXCLUDED.expires_at
               WHERE l.token = EXCLUDED.token
                  OR l.expires_at < now()
-                 OR NOT EXISTS (SELECT 1 FROM workers w
-                                 WHERE w.id = l.holder
-                                   AND w.last_seen > now() - make_interval(secs => $5))
+                 OR (NOT EXISTS (SELECT 1 FROM workers w
+                                  WHERE w.id = l.holder
+                                    AND w.last_seen > now() - make_interval(secs => $5))
+                     AND EXISTS (SELECT 1 FROM workers me
+                                  WHERE me.id = $2
+                                    AND me.heartbeating_since < now() - make_interval(secs => $5)))
              RETURNING hash",
         )
         .bind(&sorted)

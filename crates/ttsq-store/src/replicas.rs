@@ -16,8 +16,9 @@ pub struct LiveReplicas {
 }
 
 impl Store {
-    /// Records that replica `id` is alive, then counts the replicas seen
-    /// within `ttl` (itself included).
+    /// Records that replica `id` is alive (a gap longer than `ttl` since its
+    /// last heartbeat restarts its unbroken run), then counts the replicas
+    /// seen within `ttl` (itself included).
     pub async fn heartbeat(
         &self,
         id: Uuid,
@@ -26,11 +27,16 @@ impl Store {
     ) -> Result<LiveReplicas, StoreError> {
         sqlx::query(
             "INSERT INTO workers (id, role, pid) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+             ON CONFLICT (id) DO UPDATE
+                SET heartbeating_since = CASE
+                        WHEN workers.last_seen < now() - make_interval(secs => $4) THEN now()
+                        ELSE workers.heartbeating_since END,
+                    last_seen = now()",
         )
         .bind(id)
         .bind(role)
         .bind(i32::try_from(std::process::id()).unwrap_or(0))
+        .bind(ttl.as_secs_f64())
         .execute(&self.pool)
         .await?;
         let (apis, workers): (i64, i64) = sqlx::query_as(

@@ -18,13 +18,20 @@ use uuid::Uuid;
 const TTL: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_secs(600);
 
-/// A live replica: one heartbeat now.
+/// A live replica that has heartbeated without a gap for a minute.
 async fn replica(store: &Store) -> Uuid {
     let id = Uuid::now_v7();
     store
         .heartbeat(id, "worker", TTL)
         .await
         .expect("heartbeat recorded");
+    sqlx::query(
+        "UPDATE workers SET heartbeating_since = now() - interval '1 minute' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(store.pool())
+    .await
+    .expect("heartbeat run aged");
     id
 }
 
@@ -167,6 +174,36 @@ async fn a_hash_lease_is_held_by_one_claim_until_its_holder_dies() {
         after_death.expect("acquire").len(),
         1,
         "a dead holder's lease is taken over"
+    );
+    drop_db(store, &db).await;
+}
+
+#[tokio::test]
+async fn a_replica_back_from_an_outage_takes_over_no_silent_holders_lease_at_once() {
+    let (store, db) = fresh_store().await;
+    let (holder, other) = (replica(&store).await, replica(&store).await);
+    let hash = vec![job("outage").hash.as_str().to_owned()];
+    store
+        .acquire_leases(&hash, holder, Uuid::now_v7(), LEASE, TTL)
+        .await
+        .expect("acquire");
+    // Postgres was away longer than the TTL: both look silent, and the
+    // other replica's first heartbeat after it restarts its run.
+    silence(&store, holder).await;
+    silence(&store, other).await;
+    store
+        .heartbeat(other, "worker", TTL)
+        .await
+        .expect("heartbeat recorded");
+
+    let taken = store
+        .acquire_leases(&hash, other, Uuid::now_v7(), LEASE, TTL)
+        .await
+        .expect("acquire");
+
+    assert!(
+        taken.is_empty(),
+        "the holder may be alive and just as cut off"
     );
     drop_db(store, &db).await;
 }
