@@ -83,6 +83,25 @@ impl FromRequestParts<ApiContext> for Admin {
     }
 }
 
+/// A tenant name or key prefix from the path. One holding U+0000 names
+/// nothing (Postgres cannot store that character, and refuses it in a query
+/// too), so it is a 404 before any lookup.
+pub(crate) struct NamePath(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NamePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::field("", rejection.body_text()))?;
+        if name.contains('\0') {
+            return Err(ApiError::NotFound("name"));
+        }
+        Ok(Self(name))
+    }
+}
+
 /// The admin routes, to merge into the API's router.
 pub fn routes() -> Router<ApiContext> {
     Router::new()
@@ -276,7 +295,7 @@ struct UsageView {
 pub(crate) async fn get_tenant(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
 ) -> Result<Response, ApiError> {
     let tenant = context
         .store
@@ -347,7 +366,7 @@ struct PatchTenant {
 pub(crate) async fn update_tenant(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: PatchTenant = parse(body)?;
@@ -384,7 +403,7 @@ pub(crate) async fn update_tenant(
 pub(crate) async fn create_key(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
 ) -> Result<Response, ApiError> {
     let key = context
         .store
@@ -425,7 +444,7 @@ struct Keys {
 pub(crate) async fn list_tenant_keys(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
 ) -> Result<Response, ApiError> {
     let keys = context
         .store
@@ -474,7 +493,7 @@ pub(crate) async fn list_keys(
 pub(crate) async fn revoke_key(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(key): Path<String>,
+    NamePath(key): NamePath,
 ) -> Result<Response, ApiError> {
     let key = context
         .store
@@ -491,11 +510,13 @@ pub(crate) async fn revoke_key(
 pub(crate) struct AdminUsageQuery {
     /// Only this tenant (default: all of them).
     tenant: Option<String>,
-    /// First UTC day, `YYYY-MM-DD` (default: 29 days before `to`).
-    #[param(value_type = Option<chrono::NaiveDate>)]
+    /// First UTC day, `YYYY-MM-DD` from 0001-01-01 to 9999-12-31 (default:
+    /// 29 days before `to`).
+    #[param(value_type = Option<chrono::NaiveDate>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
-    /// Last UTC day, inclusive (default: today); at most 366 days after `from`.
-    #[param(value_type = Option<chrono::NaiveDate>)]
+    /// Last UTC day, inclusive, `YYYY-MM-DD` from 0001-01-01 to 9999-12-31
+    /// (default: today); at most 366 days after `from`.
+    #[param(value_type = Option<chrono::NaiveDate>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
     /// `day` (default) or `month`.
     #[param(value_type = Option<String>, pattern = "^(day|month)$")]
@@ -542,6 +563,8 @@ pub(crate) async fn usage(
         Some(_) => return Err(ApiError::field("by", "must be `day` or `month`")),
     };
     let tenant_id = match &query.tenant {
+        // No tenant's name holds U+0000 (nor can Postgres be asked for one).
+        Some(name) if name.contains('\0') => return Err(ApiError::NotFound("tenant")),
         Some(name) => Some(
             context
                 .store

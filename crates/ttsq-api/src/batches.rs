@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use ttsq_core::{
     Job, JobMessage, Priority,
     error::ValidationErrors,
-    job::{JobRequest, decode_json},
+    job::{JobRequest, check_metadata, decode_json},
 };
 use ttsq_store::{BatchRow, NewBatch, NewBatchItem};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -51,13 +52,72 @@ struct BatchRequest {
     metadata: Option<Value>,
 }
 
+/// Body of `POST /v1/tts/batches`, for the document: the body is decoded
+/// as [`BatchRequest`], each item on its own.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "a schema for the document; the body is decoded as `BatchRequest`"
+)]
+struct BatchSubmission {
+    /// The jobs, 1 to 1,000.
+    #[schema(min_items = 1, max_items = 1000)]
+    items: Vec<BatchItem>,
+    /// Join the items' audio into one file, in order (every item in one format).
+    concatenate: Option<bool>,
+    /// URL told once, when every item is terminal.
+    callback_url: Option<String>,
+    /// Client's own JSON, returned with the batch: at most
+    /// `limits.max_metadata_bytes` as JSON, no U+0000.
+    metadata: Option<Value>,
+}
+
+/// One job of a batch: a job's fields but `callback_url` (the batch has
+/// the one callback) and `priority` other than `normal` (batches are
+/// queued), with an optional `custom_id`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "a schema for the document; items are decoded as `JobRequest`"
+)]
+struct BatchItem {
+    /// Text to speak.
+    #[schema(min_length = 1, example = "Hello there.")]
+    text: String,
+    /// Dialect id from the catalog.
+    #[schema(example = "en-gb")]
+    dialect: String,
+    /// Voice id of that dialect.
+    voice: Option<String>,
+    /// Speaking rate factor.
+    #[schema(minimum = 0.5, maximum = 2.0, example = 1.0)]
+    speed: Option<f64>,
+    /// Emotion, where the dialect offers any.
+    emotion: Option<String>,
+    /// Output format.
+    format: Option<ttsq_core::AudioFormat>,
+    /// Only `normal`.
+    priority: Option<Priority>,
+    /// Client's own JSON, returned as given: at most
+    /// `limits.max_metadata_bytes` as JSON, no U+0000.
+    metadata: Option<Value>,
+    /// Speech marks to produce: any of `word`, `sentence`, `viseme`.
+    marks: Option<Vec<String>>,
+    /// The client's own id of the item, unique within the batch and
+    /// returned with it: 1 to 256 characters, no control characters.
+    #[schema(min_length = 1, max_length = 256)]
+    custom_id: Option<String>,
+}
+
 /// `POST /v1/tts/batches`.
 #[utoipa::path(
     post,
     path = "/v1/tts/batches",
     operation_id = "submit_batch",
     tag = "batches",
-    request_body(content = Object, description = "`{items: [job + optional custom_id], concatenate?, callback_url?, metadata?}`, up to 1,000 items"),
+    request_body = BatchSubmission,
     params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same tenant returns the first batch")),
     security(("bearer" = [])),
     responses(
@@ -92,17 +152,10 @@ pub async fn submit(
         errors.push("items", format!("must hold 1 to {MAX_ITEMS} jobs"));
         return Err(errors.into());
     }
-    if let Some(metadata) = &request.metadata {
-        let size = metadata.to_string().len();
-        if size > context.limits.max_metadata_bytes {
-            errors.push(
-                "metadata",
-                format!(
-                    "is {size} bytes as JSON; the limit is {}",
-                    context.limits.max_metadata_bytes
-                ),
-            );
-        }
+    if let Some(metadata) = &request.metadata
+        && let Err(reason) = check_metadata(metadata, context.limits.max_metadata_bytes)
+    {
+        errors.push("metadata", reason);
     }
     let mut jobs = Vec::with_capacity(raw_items.len());
     let mut custom_ids: Vec<Option<String>> = Vec::with_capacity(raw_items.len());
@@ -282,11 +335,20 @@ fn parse_item(
     let mut errors = ValidationErrors::default();
     let custom_id = match object.remove("custom_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) if (1..=MAX_CUSTOM_ID).contains(&id.chars().count()) => Some(id),
+        // No control characters: Postgres refuses U+0000 in text, and an
+        // id is for matching, not for laying out.
+        Some(Value::String(id))
+            if (1..=MAX_CUSTOM_ID).contains(&id.chars().count())
+                && !id.chars().any(char::is_control) =>
+        {
+            Some(id)
+        }
         Some(_) => {
             errors.push(
                 "custom_id",
-                format!("must be a string of 1 to {MAX_CUSTOM_ID} characters"),
+                format!(
+                    "must be a string of 1 to {MAX_CUSTOM_ID} characters without control characters"
+                ),
             );
             None
         }
@@ -367,7 +429,11 @@ pub struct PageQuery {
     path = "/v1/tts/batches/{id}",
     operation_id = "get_batch",
     tag = "batches",
-    params(("id" = Uuid, Path, description = "Batch id"), ("cursor" = Option<String>, Query, description = "The previous page's `next_cursor`"), ("limit" = Option<u32>, Query, description = "Items per page")),
+    params(
+        ("id" = Uuid, Path, description = "Batch id"),
+        ("cursor" = Option<String>, Query, description = "The previous page's `next_cursor`", pattern = "^[0-9]{1,9}$"),
+        ("limit" = Option<u32>, Query, description = "Items per page, 1 to 1,000 (default 100)", minimum = 1, maximum = 1000),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Counts per status, a page of items, `next_cursor`, `concatenated_audio_url`", body = Object),

@@ -4,7 +4,7 @@ use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use ttsq_core::TaskStatus;
 use ttsq_store::{Cancellation, TaskCursor};
@@ -30,7 +30,8 @@ pub struct ListQuery {
     /// Tasks per page, 1 to 200 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
-    /// `next_cursor` of the previous page, as given.
+    /// `next_cursor` of the previous page, as given (48 hex digits).
+    #[param(pattern = "^[0-9a-fA-F]{48}$")]
     cursor: Option<String>,
 }
 
@@ -120,8 +121,11 @@ fn decode_cursor(raw: &str) -> Result<TaskCursor, ApiError> {
         .split_first_chunk::<8>()
         .filter(|(_, id)| id.len() == 16)
         .ok_or_else(invalid)?;
-    let created_at =
-        DateTime::<Utc>::from_timestamp_micros(i64::from_be_bytes(*micros)).ok_or_else(invalid)?;
+    // Only times Postgres holds (years 4713 BC to 294276 AD) can be compared
+    // with `created_at`; a real cursor is well inside years 1 to 9999.
+    let created_at = DateTime::<Utc>::from_timestamp_micros(i64::from_be_bytes(*micros))
+        .filter(|at| (1..=9999).contains(&at.year()))
+        .ok_or_else(invalid)?;
     let id = Uuid::from_slice(id).map_err(|_| invalid())?;
     Ok(TaskCursor { created_at, id })
 }
@@ -178,7 +182,20 @@ mod tests {
     fn a_forged_cursor_is_a_bad_request() {
         let too_long = "ab".repeat(25);
         let far_future = format!("{}{}", hex::encode(i64::MAX.to_be_bytes()), "00".repeat(16));
-        for raw in ["", "zz", "abcd", too_long.as_str(), far_future.as_str()] {
+        // Year -5000: chrono holds it, Postgres does not.
+        let far_past = format!(
+            "{}{}",
+            hex::encode((-220_000_000_000_000_000_i64).to_be_bytes()),
+            "00".repeat(16)
+        );
+        for raw in [
+            "",
+            "zz",
+            "abcd",
+            too_long.as_str(),
+            far_future.as_str(),
+            far_past.as_str(),
+        ] {
             assert!(
                 matches!(decode_cursor(raw), Err(ApiError::Validation(_))),
                 "{raw}"

@@ -5,8 +5,9 @@ use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
 };
-use chrono::{Duration, NaiveDate, Utc};
+use chrono::{Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use ttsq_core::ValidationErrors;
 use ttsq_store::{UsagePeriod, UsageRow};
 use utoipa::{IntoParams, ToSchema};
 
@@ -19,12 +20,13 @@ const MAX_DAYS: i64 = 366;
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// First UTC day, `YYYY-MM-DD` (default: 29 days before `to`).
-    #[param(value_type = Option<NaiveDate>)]
+    /// First UTC day, `YYYY-MM-DD` from 0001-01-01 to 9999-12-31 (default:
+    /// 29 days before `to`).
+    #[param(value_type = Option<NaiveDate>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
-    /// Last UTC day, inclusive, `YYYY-MM-DD` (default: today); at most 366
-    /// days after `from`.
-    #[param(value_type = Option<NaiveDate>)]
+    /// Last UTC day, inclusive, `YYYY-MM-DD` from 0001-01-01 to 9999-12-31
+    /// (default: today); at most 366 days after `from`.
+    #[param(value_type = Option<NaiveDate>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
 }
 
@@ -69,14 +71,28 @@ pub struct UsageView {
 }
 
 /// The range of a usage query: `to` defaults to today and `from` to 29
-/// days before it; at most [`MAX_DAYS`].
+/// days before it; at most [`MAX_DAYS`], within [`DAYS`].
 pub(crate) fn range(
     from: Option<String>,
     to: Option<String>,
 ) -> Result<(NaiveDate, NaiveDate), ApiError> {
-    let today = Utc::now().date_naive();
-    let to = date("to", to, today)?;
-    let from = date("from", from, to - Duration::days(29))?;
+    let mut errors = ValidationErrors::default();
+    let mut parse = |field: &str, raw: Option<String>| match day(raw.as_deref()) {
+        Ok(day) => day,
+        Err(reason) => {
+            errors.push(field, reason);
+            None
+        }
+    };
+    let (from, to) = (parse("from", from), parse("to", to));
+    if !errors.0.is_empty() {
+        return Err(errors.into());
+    }
+    let to = to.unwrap_or_else(|| Utc::now().date_naive());
+    let from = from.unwrap_or_else(|| {
+        to.checked_sub_days(Days::new(29))
+            .map_or(*DAYS.start(), |day| day.max(*DAYS.start()))
+    });
     if from > to {
         return Err(ApiError::field("from", "must not be after `to`"));
     }
@@ -89,12 +105,26 @@ pub(crate) fn range(
     Ok((from, to))
 }
 
-fn date(field: &str, raw: Option<String>, default: NaiveDate) -> Result<NaiveDate, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(raw) => NaiveDate::parse_from_str(&raw, "%Y-%m-%d")
-            .map_err(|_| ApiError::field(field, "must be a date as YYYY-MM-DD")),
-    }
+/// The days a usage query may name. Postgres dates start in 4713 BC and
+/// chrono's arithmetic overflows near year ±262,143, so a query must stay
+/// between; no ledger row is older than year 1 or newer than 9999.
+const DAYS: std::ops::RangeInclusive<NaiveDate> = {
+    // Both are valid calendar days, so neither `expect` can fire (and a
+    // const is evaluated at compile time).
+    let first = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid day");
+    let last = NaiveDate::from_ymd_opt(9999, 12, 31).expect("a valid day");
+    first..=last
+};
+
+/// A day given as `YYYY-MM-DD` within [`DAYS`], if given.
+fn day(raw: Option<&str>) -> Result<Option<NaiveDate>, &'static str> {
+    raw.map(|raw| {
+        NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .ok()
+            .filter(|day| DAYS.contains(day))
+            .ok_or("must be a date as YYYY-MM-DD from 0001-01-01 to 9999-12-31")
+    })
+    .transpose()
 }
 
 /// `GET /v1/usage?from=YYYY-MM-DD&to=YYYY-MM-DD` (UTC days, inclusive;

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State, rejection::BytesRejection},
+    extract::{State, rejection::BytesRejection},
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
     routing::{post, put},
@@ -18,7 +18,11 @@ use ttsq_config::Settings;
 use ttsq_store::{StoreError, TenantWebhook};
 use ttsq_worker::webhooks::{TargetGuard, tenant_secret};
 
-use crate::{ApiContext, ApiError, admin::Admin, error::Problem};
+use crate::{
+    ApiContext, ApiError,
+    admin::{Admin, NamePath},
+    error::Problem,
+};
 
 /// Who the admin API records as the actor of its changes.
 const ACTOR: &str = "admin-api";
@@ -56,6 +60,14 @@ impl WebhookApi {
         }
         if url.len() > 2048 {
             return Err(ApiError::field(field, "must be at most 2048 characters"));
+        }
+        // The URL parser would percent-encode these, but the URL is stored
+        // as given (and Postgres refuses U+0000 in text).
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ApiError::field(
+                field,
+                "must not contain whitespace or control characters",
+            ));
         }
         self.guard
             .check(url)
@@ -129,7 +141,7 @@ fn secret_response(context: &ApiContext, settings: &TenantWebhook) -> Result<Res
 async fn set_webhook_url(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::field("", format!("could not read the body: {r}")))?;
@@ -170,7 +182,7 @@ async fn set_webhook_url(
 async fn rotate_secret(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
 ) -> Result<Response, ApiError> {
     let settings = context
         .store
@@ -198,7 +210,7 @@ async fn rotate_secret(
 async fn read_secret(
     _: Admin,
     State(context): State<ApiContext>,
-    Path(name): Path<String>,
+    NamePath(name): NamePath,
 ) -> Result<Response, ApiError> {
     let id = context
         .store

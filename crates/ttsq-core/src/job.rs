@@ -308,20 +308,10 @@ impl Job {
             }
         }
 
-        if let Some(metadata) = &request.metadata {
-            let size = metadata.to_string().len();
-            if contains_nul(metadata) {
-                // Postgres cannot store U+0000 in jsonb (or text).
-                errors.push("metadata", "must not contain the character U+0000");
-            } else if size > limits.max_metadata_bytes {
-                errors.push(
-                    "metadata",
-                    format!(
-                        "is {size} bytes as JSON; the limit is {}",
-                        limits.max_metadata_bytes
-                    ),
-                );
-            }
+        if let Some(metadata) = &request.metadata
+            && let Err(reason) = check_metadata(metadata, limits.max_metadata_bytes)
+        {
+            errors.push("metadata", reason);
         }
 
         let mut marks = Vec::new();
@@ -446,6 +436,20 @@ impl Job {
             hash,
             marks,
         })
+    }
+}
+
+/// Checks client metadata (a job's or a batch's): at most `max_bytes` as
+/// compact JSON, and no U+0000 in any string or key, which Postgres cannot
+/// store in `jsonb`. The error is the reason, for the field `metadata`.
+pub fn check_metadata(metadata: &serde_json::Value, max_bytes: usize) -> Result<(), String> {
+    let size = metadata.to_string().len();
+    if contains_nul(metadata) {
+        Err("must not contain the character U+0000".to_owned())
+    } else if size > max_bytes {
+        Err(format!("is {size} bytes as JSON; the limit is {max_bytes}"))
+    } else {
+        Ok(())
     }
 }
 

@@ -199,9 +199,11 @@ impl Store {
         limits.validate().map_err(StoreError::Invalid)?;
         let currency = currency.unwrap_or("USD");
         check_currency(currency)?;
-        if name.trim().is_empty() || name.len() > 200 {
+        // Control characters: U+0000 cannot be stored, the others cannot
+        // be typed back into a URL or a shell.
+        if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
             return Err(StoreError::Invalid(
-                "name: must be 1 to 200 characters".into(),
+                "name: must be 1 to 200 characters without control characters".into(),
             ));
         }
         let mut tx = self.pool.begin().await?;

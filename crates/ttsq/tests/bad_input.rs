@@ -4,6 +4,8 @@
 use serde_json::{Value, json};
 use ttsq_testkit::{TestApp, TestOptions};
 
+const ADMIN_TOKEN: &str = "admin-token-for-bad-input-tests-0123";
+
 struct Case {
     name: &'static str,
     content_type: Option<&'static str>,
@@ -315,5 +317,178 @@ async fn concurrent_duplicates_of_an_idempotency_key_create_one_task() {
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1);
     app.drain(std::time::Duration::from_secs(30)).await;
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 1);
+    app.teardown().await;
+}
+
+/// What a hostile request got: the status, or the transport error when the
+/// server dropped the connection (a panicking handler), and the fields its
+/// problem names.
+async fn answer(request: reqwest::RequestBuilder) -> Result<(u16, Vec<String>, Value), String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 400 {
+        assert_eq!(content_type, "application/problem+json", "{body}");
+    }
+    let fields = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["field"].as_str().map(str::to_owned))
+        .collect();
+    Ok((status, fields, body))
+}
+
+/// The hex cursor of `GET /v1/tts/jobs` for a `created_at` of `micros`.
+fn cursor_at(micros: i64) -> String {
+    format!("{:016x}{}", micros, "00".repeat(16))
+}
+
+#[tokio::test]
+async fn hostile_batch_usage_and_listing_inputs_are_problems_naming_the_field() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        // Batch callbacks are only checked (and stored) with webhooks on.
+        env: vec![
+            (
+                "TTSQ_WEBHOOKS_SIGNING_KEY".into(),
+                "webhook-signing-key-for-tests".into(),
+            ),
+            ("TTSQ_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // Year -5000: chrono holds it, Postgres (from 4713 BC) does not.
+    let year_minus_5000 = -(7_000 * 365 * 86_400 * 1_000_000_i64 + 62_000_000_000_000);
+    let gets = [
+        ("/v1/usage?to=-262143-01-01".to_owned(), "to"),
+        ("/v1/usage?from=-262143-01-01".to_owned(), "from"),
+        ("/v1/usage?from=-5000-01-01&to=-5000-01-02".to_owned(), "to"),
+        ("/v1/usage?from=0000-12-01&to=0000-12-31".to_owned(), "to"),
+        ("/v1/usage?to=%2B262143-12-31".to_owned(), "to"),
+        (
+            format!("/v1/tts/jobs?cursor={}", cursor_at(year_minus_5000)),
+            "cursor",
+        ),
+    ];
+    let item = |extra: Value| {
+        let mut item = json!({"text": "hello", "dialect": "en-gb"});
+        item.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        item
+    };
+    let batches = [
+        (
+            json!({"items": [item(json!({"custom_id": "a\u{0}"}))]}),
+            "items[0].custom_id",
+        ),
+        (
+            json!({"items": [item(json!({"custom_id": "line\nbreak"}))]}),
+            "items[0].custom_id",
+        ),
+        (
+            json!({"items": [item(json!({"metadata": {"k": "\u{0}"}}))]}),
+            "items[0].metadata",
+        ),
+        (
+            json!({"items": [item(json!({}))], "metadata": {"k": "a\u{0}b"}}),
+            "metadata",
+        ),
+        (
+            json!({"items": [item(json!({}))], "metadata": {"k\u{0}": 1}}),
+            "metadata",
+        ),
+        (
+            json!({"items": [item(json!({}))], "callback_url": "http://93.184.216.34/a\u{0}"}),
+            "callback_url",
+        ),
+    ];
+
+    let mut wrong = Vec::new();
+    for (path, field) in &gets {
+        let request = app
+            .http
+            .get(format!("{}{path}", app.base_url))
+            .bearer_auth(&app.api_key);
+        match answer(request).await {
+            Ok((400, fields, _)) if fields.iter().any(|f| f == field) => {}
+            other => wrong.push(format!("GET {path}: {other:?}")),
+        }
+    }
+    for (body, field) in &batches {
+        let request = app
+            .http
+            .post(format!("{}/v1/tts/batches", app.base_url))
+            .bearer_auth(&app.api_key)
+            .json(body);
+        match answer(request).await {
+            Ok((400, fields, _)) if fields.iter().any(|f| f == field) => {}
+            other => wrong.push(format!("POST /v1/tts/batches {body}: {other:?}")),
+        }
+    }
+    // The admin API takes tenant names and key prefixes in paths and bodies.
+    let admin = [
+        ("GET", "/v1/admin/tenants/a%00b", Value::Null),
+        (
+            "PATCH",
+            "/v1/admin/tenants/a%00b",
+            json!({"daily_characters": 5}),
+        ),
+        ("POST", "/v1/admin/tenants/a%00b/keys", Value::Null),
+        ("GET", "/v1/admin/tenants/a%00b/keys", Value::Null),
+        ("GET", "/v1/admin/usage?tenant=a%00b", Value::Null),
+        ("DELETE", "/v1/admin/keys/ttsq_%00", Value::Null),
+        (
+            "PUT",
+            "/v1/admin/tenants/a%00b/webhook",
+            json!({"url": "http://93.184.216.34/h"}),
+        ),
+        (
+            "POST",
+            "/v1/admin/tenants/a%00b/webhook-secret",
+            Value::Null,
+        ),
+        ("POST", "/v1/admin/tenants", json!({"name": "a\u{0}b"})),
+    ];
+    for (method, path, body) in &admin {
+        let mut request = app
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", app.base_url))
+            .bearer_auth(ADMIN_TOKEN);
+        if !body.is_null() {
+            request = request.json(body);
+        }
+        match answer(request).await {
+            Ok((400 | 404, _, _)) => {}
+            other => wrong.push(format!("{method} {path} {body}: {other:?}")),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not a 400 naming the field (404 for an admin path):\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+
+    // The limits of the accepted ranges are served, so the refusals above are
+    // the inputs' own.
+    for path in [
+        "/v1/usage?from=0001-01-01&to=0001-01-31",
+        "/v1/usage?from=9999-12-01&to=9999-12-31",
+    ] {
+        let response = app.get_as(&app.api_key, path).await;
+        assert_eq!(response.status(), 200, "{path}");
+    }
     app.teardown().await;
 }
