@@ -345,6 +345,11 @@ struct PatchTenant {
     currency: Option<String>,
     #[serde(default, deserialize_with = "present")]
     retention_days: Option<Option<i32>>,
+    /// The shared audio cache pool to join (only tenants in the same pool
+    /// see each other's cache hits); `null` makes the cache private again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    cache_pool: Option<Option<String>>,
 }
 
 /// `PATCH /v1/admin/tenants/{name}`.
@@ -376,6 +381,7 @@ pub(crate) async fn update_tenant(
         max_queued_jobs: body.max_queued_jobs,
         currency: body.currency,
         retention_days: body.retention_days,
+        cache_pool: body.cache_pool,
     };
     let tenant = context
         .store

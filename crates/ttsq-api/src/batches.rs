@@ -203,6 +203,10 @@ pub async fn submit(
         return Err(ApiError::ContentRejected);
     }
     let idempotency_key = crate::jobs::idempotency_key(&headers)?;
+    let scope = caller.0.cache_scope();
+    for job in &mut jobs {
+        job.scope_cache(&scope);
+    }
 
     let hashes: Vec<String> = jobs.iter().map(|j| j.hash.as_str().to_owned()).collect();
     let cached = context.store.find_audio_many(&hashes).await?;

@@ -87,6 +87,10 @@ pub async fn submit(
                 ApiError::Validation(errors)
             }
         })?;
+    // The cache is the tenant's own (or its pool's): nothing about another
+    // scope's texts is observable.
+    let mut job = job;
+    job.scope_cache(&caller.0.cache_scope());
     // Shared with the group that writes it (normal priority).
     let job = Arc::new(job);
     if let Some(url) = &job.callback_url {

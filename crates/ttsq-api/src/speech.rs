@@ -292,7 +292,7 @@ async fn speak(
         ));
     }
     let (dialect, voice) = resolve_voice(&voice, &context.speech, context.providers.catalog());
-    let job = Job::validate(
+    let mut job = Job::validate(
         JobRequest {
             text: Some(input),
             dialect: Some(dialect),
@@ -306,6 +306,7 @@ async fn speak(
         &context.limits,
     )
     .map_err(|errors| from_validation(&errors))?;
+    job.scope_cache(&caller.0.cache_scope());
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "speech refused by the content filter");
         audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;

@@ -86,6 +86,18 @@ impl ContentHash {
         Self(hex::encode(Sha256::digest(&json)))
     }
 
+    /// This hash within a cache scope (`tenant:{id}` or `pool:{name}`): the
+    /// hash of the scope and this hash, so equal jobs of different scopes
+    /// never share audio, nor reveal to each other that it exists.
+    pub fn scoped(&self, scope: &str) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"ttsq-cache-scope\0");
+        digest.update(scope.as_bytes());
+        digest.update(b"\0");
+        digest.update(self.0.as_bytes());
+        Self(hex::encode(digest.finalize()))
+    }
+
     /// Wraps a hash read back from storage; `None` unless 64 lowercase hex digits.
     pub fn parse(hex_digest: &str) -> Option<Self> {
         let valid = hex_digest.len() == 64

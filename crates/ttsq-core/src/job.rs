@@ -193,6 +193,14 @@ pub struct Job {
 }
 
 impl Job {
+    /// Puts the job's content hash in `scope` (see [`ContentHash::scoped`]);
+    /// done once, at submission, with the submitting tenant's scope.
+    pub fn scope_cache(&mut self, scope: &str) {
+        self.hash = self.hash.scoped(scope);
+    }
+}
+
+impl Job {
     /// Decodes and validates a JSON request body in one step, reporting every
     /// problem with the field it concerns.
     pub fn parse(

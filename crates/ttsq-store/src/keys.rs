@@ -42,6 +42,18 @@ pub struct Principal {
     pub tenant_id: Uuid,
     /// The key's visible prefix, for audit and logs.
     pub key_prefix: String,
+    /// The shared cache pool the tenant opted into, if any.
+    pub cache_pool: Option<String>,
+}
+
+impl Principal {
+    /// The audio cache scope of the tenant's jobs: its own, or its pool's.
+    pub fn cache_scope(&self) -> String {
+        match &self.cache_pool {
+            Some(pool) => format!("pool:{pool}"),
+            None => format!("tenant:{}", self.tenant_id),
+        }
+    }
 }
 
 fn hash_key(key: &str) -> Vec<u8> {
@@ -99,6 +111,17 @@ fn check_limits(
     Ok(())
 }
 
+/// Whether `name` may name a cache pool (the column's CHECK, said once here
+/// so the error names the field).
+fn is_pool_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
 fn check_currency(currency: &str) -> Result<(), StoreError> {
     if ttsq_config::is_currency_code(currency) {
         Ok(())
@@ -123,6 +146,9 @@ pub struct TenantUpdate {
     pub currency: Option<String>,
     /// Days tasks are kept; `Some(None)` returns to the deployment default.
     pub retention_days: Option<Option<i32>>,
+    /// The shared cache pool to join; `Some(None)` makes the cache private
+    /// to the tenant again.
+    pub cache_pool: Option<Option<String>>,
 }
 
 /// A tenant with its limits, as operators see it.
@@ -142,6 +168,8 @@ pub struct TenantInfo {
     pub max_queued_jobs: Option<i32>,
     /// Days tasks are kept; `None` is the deployment default.
     pub retention_days: Option<i32>,
+    /// The shared cache pool it is in; `None`: its cache is its own.
+    pub cache_pool: Option<String>,
     /// Keys not revoked.
     pub active_keys: i64,
     /// Created at.
@@ -150,6 +178,7 @@ pub struct TenantInfo {
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.currency, t.daily_characters,
         t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs, t.retention_days,
+        t.cache_pool,
         (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys,
         t.created_at
     FROM tenants t";
@@ -278,6 +307,13 @@ impl Store {
         if let Some(currency) = &update.currency {
             check_currency(currency)?;
         }
+        if let Some(Some(pool)) = &update.cache_pool
+            && !is_pool_name(pool)
+        {
+            return Err(StoreError::Invalid(
+                "cache_pool: 1 to 63 lowercase letters, digits, `-` or `_`, starting with a letter or digit".into(),
+            ));
+        }
         if update.retention_days.flatten().is_some_and(|d| d < 1) {
             return Err(StoreError::Invalid(
                 "retention_days: must be at least 1 (null for the deployment default)".into(),
@@ -291,6 +327,7 @@ impl Store {
                 max_queued_jobs = CASE WHEN $6 THEN $7 ELSE max_queued_jobs END,
                 currency = coalesce($8, currency),
                 retention_days = CASE WHEN $9 THEN $10 ELSE retention_days END,
+                cache_pool = CASE WHEN $11 THEN $12 ELSE cache_pool END,
                 updated_at = now()
               WHERE name = $1 RETURNING id",
         )
@@ -304,6 +341,8 @@ impl Store {
         .bind(&update.currency)
         .bind(update.retention_days.is_some())
         .bind(update.retention_days.flatten())
+        .bind(update.cache_pool.is_some())
+        .bind(update.cache_pool.clone().flatten())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("tenant `{name}`")))?;
@@ -322,6 +361,9 @@ impl Store {
         }
         if let Some(v) = update.retention_days {
             detail.insert("retention_days".into(), json!(v));
+        }
+        if let Some(v) = &update.cache_pool {
+            detail.insert("cache_pool".into(), json!(v));
         }
         audit_admin(
             &mut tx,
@@ -443,15 +485,18 @@ impl Store {
     /// key. Always asks Postgres (one indexed lookup), so a revoke takes
     /// effect on every replica at once.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, StoreError> {
-        let row: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT tenant_id, prefix FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        let row: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+            "SELECT k.tenant_id, k.prefix, t.cache_pool
+               FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash_key(presented))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(tenant_id, key_prefix)| Principal {
+        Ok(row.map(|(tenant_id, key_prefix, cache_pool)| Principal {
             tenant_id,
             key_prefix,
+            cache_pool,
         }))
     }
 }

@@ -59,6 +59,26 @@ pub struct LimitArgs {
     /// (`none`: the deployment's `retention.default_days`).
     #[arg(long, value_name = "DAYS|none")]
     retention_days: Option<Limit<i32>>,
+    /// Share the audio cache with the tenants in this named pool (`none`:
+    /// the tenant's cache is its own, the default). Tenants in one pool can
+    /// tell from cache hits what texts the others synthesized.
+    #[arg(long, value_name = "POOL|none")]
+    cache_pool: Option<CachePool>,
+}
+
+/// A cache pool on the command line: a name, or `none` for a private cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePool(Option<String>);
+
+impl FromStr for CachePool {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(Self(match raw.trim() {
+            "none" => None,
+            name => Some(name.to_owned()),
+        }))
+    }
 }
 
 /// `ttsq tenant …`.
@@ -174,9 +194,10 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 .create_tenant_with(&name, &set, limits.currency.as_deref(), &actor())
                 .await
                 .map_err(explain)?;
-            if let Some(days) = limits.retention_days {
+            if limits.retention_days.is_some() || limits.cache_pool.is_some() {
                 let update = TenantUpdate {
-                    retention_days: Some(days.0),
+                    retention_days: limits.retention_days.map(|d| d.0),
+                    cache_pool: limits.cache_pool.map(|p| p.0),
                     ..TenantUpdate::default()
                 };
                 store
@@ -200,6 +221,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 "monthly_budget",
                 "max_queued_jobs",
                 "retention_days",
+                "cache_pool",
                 "active_keys",
                 "created_at",
             ];
@@ -214,6 +236,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                         opt(t.monthly_budget),
                         opt(t.max_queued_jobs),
                         opt(t.retention_days),
+                        t.cache_pool.clone().unwrap_or_else(|| "-".to_owned()),
                         t.active_keys.to_string(),
                         t.created_at.to_rfc3339(),
                     ]
@@ -228,23 +251,25 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 max_queued_jobs: limits.max_queued_jobs.map(|l| l.0),
                 currency: limits.currency,
                 retention_days: limits.retention_days.map(|l| l.0),
+                cache_pool: limits.cache_pool.map(|p| p.0),
             };
             anyhow::ensure!(
                 update != TenantUpdate::default(),
-                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --currency or --retention-days"
+                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --currency, --retention-days or --cache-pool"
             );
             let t = store
                 .update_tenant(&name, &update, &actor())
                 .await
                 .map_err(explain)?;
             eprintln!(
-                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, retention_days {}",
+                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, retention_days {}, cache_pool {}",
                 t.name,
                 opt(t.daily_characters),
                 opt(t.monthly_budget),
                 t.currency,
                 opt(t.max_queued_jobs),
-                opt(t.retention_days)
+                opt(t.retention_days),
+                t.cache_pool.as_deref().unwrap_or("-")
             );
         }
     }

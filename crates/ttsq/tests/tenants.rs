@@ -926,3 +926,71 @@ async fn the_cli_manages_tenants_and_keys() {
     );
     app.teardown().await;
 }
+
+/// The `X-Cache` header of a high-priority answer.
+fn x_cache(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn another_tenants_audio_is_neither_served_nor_revealed_unless_both_joined_one_pool() {
+    let app = TestApp::spawn().await;
+    let alice = app.new_tenant("alice").await;
+    let mallory = app.new_tenant("mallory").await;
+    let carol = app.new_tenant("carol").await;
+    let secret = "Your code is 4 8 2 9 1 3";
+    let high = json!({"text": secret, "dialect": "en-us", "format": "wav", "priority": "high"});
+    let normal = json!({"text": secret, "dialect": "en-us", "format": "wav"});
+
+    let first = app.submit_as(&alice, &high).await;
+    assert_eq!(x_cache(&first), "miss");
+    // Mallory guesses Alice's text: queued like any new text, and made anew.
+    let guessed: Value = app.submit_as(&mallory, &normal).await.json().await.unwrap();
+    let inline = app.submit_as(&carol, &high).await;
+
+    assert_eq!(guessed["status"], "queued", "{guessed}");
+    assert_eq!(x_cache(&inline), "miss");
+    app.drain(Duration::from_secs(60)).await;
+    assert_eq!(
+        app.provider_calls("espeak"),
+        3,
+        "each tenant's audio is its own"
+    );
+
+    // Tenants that opt into one pool share their hits, and only they.
+    for name in ["alice", "carol"] {
+        app.services
+            .store
+            .update_tenant(
+                name,
+                &ttsq_store::TenantUpdate {
+                    cache_pool: Some(Some("shared".into())),
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await
+            .expect("pool joined");
+    }
+    let seeded = app.submit_as(&alice, &high).await;
+    let shared = app.submit_as(&carol, &high).await;
+    let still_apart: Value = app
+        .submit_as(
+            &mallory,
+            &json!({"text": secret, "dialect": "en-gb", "format": "wav"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    assert_eq!(x_cache(&seeded), "miss", "the pool's cache starts empty");
+    assert_eq!(x_cache(&shared), "hit");
+    assert_eq!(still_apart["status"], "queued", "{still_apart}");
+    app.teardown().await;
+}
