@@ -808,6 +808,38 @@ async fn blocked_content_is_refused_with_422_without_echoing_it() {
 }
 
 #[tokio::test]
+async fn blocked_content_hidden_by_invisible_characters_is_refused_too() {
+    let app = TestApp::spawn_with(options(
+        false,
+        &[("TTSQ_LIMITS_BLOCKED_PATTERNS", "(?i)forbidden\\s+phrase")],
+    ))
+    .await;
+    // A soft hyphen, a zero-width space and a tag character render as
+    // nothing; the synthesizer reads the phrase all the same.
+    for text in [
+        "Say the forb\u{ad}idden phrase aloud",
+        "Say the forbid\u{200b}den phrase aloud",
+        "Say the forbidden\u{e0020} phrase aloud",
+    ] {
+        let response = app.submit(&job(text)).await;
+        assert_eq!(response.status(), 422, "{}", text.escape_unicode());
+        let problem: Value = response.json().await.expect("problem JSON");
+        assert_eq!(problem["code"], "content_rejected");
+    }
+    let batch = app
+        .http
+        .post(format!("{}/v1/tts/batches", app.base_url))
+        .bearer_auth(&app.api_key)
+        .json(&json!({"items": [job("fine"), job("the FORB\u{2060}IDDEN phrase")]}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(batch.status(), 422);
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn submissions_are_audited_with_length_and_hash_never_the_text() {
     let app = TestApp::spawn_with(options(false, &[])).await;
     let text = "Confidential sentence for the audit test";
