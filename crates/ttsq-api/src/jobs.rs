@@ -205,6 +205,7 @@ async fn submit_normal(
         })
         .await?;
     if !created {
+        same_request(&row, job)?;
         tracing::debug!("idempotent repeat of an earlier submission");
     } else if row.status().is_terminal() {
         report_finished(&row);
@@ -225,6 +226,25 @@ async fn submit_normal(
         }
     }
     Ok(accepted(context, &row))
+}
+
+/// Refuses a repeat of an `Idempotency-Key` whose body asks for something
+/// else than the task the key names (another text, voice, format, priority
+/// or metadata): answering with that task would hand out other audio.
+fn same_request(row: &TaskRow, job: &Job) -> Result<(), ApiError> {
+    let same = row.content_hash == job.hash.as_str()
+        && row.priority == job.priority.as_str()
+        && row.metadata == job.metadata;
+    if same {
+        Ok(())
+    } else {
+        let mut errors = ttsq_core::ValidationErrors::default();
+        errors.push(
+            "Idempotency-Key",
+            "was already used with a different request; send a new key for a new request",
+        );
+        Err(ApiError::Unprocessable(errors))
+    }
 }
 
 fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
@@ -330,6 +350,7 @@ pub(crate) async fn submit_high(
     if created {
         report_finished(&row);
     } else {
+        same_request(&row, job)?;
         // An earlier task's answer, whose audio may be other bytes.
         held = None;
         tracing::debug!("idempotent repeat of an earlier submission");

@@ -454,3 +454,52 @@ async fn a_cache_hit_whose_object_is_gone_is_synthesized_again_not_a_dead_url() 
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_is_a_422_not_the_first_tasks_audio() {
+    let app = TestApp::spawn().await;
+    let send = |key: &'static str, body: Value| {
+        app.http
+            .post(format!("{}/v1/tts/jobs", app.base_url))
+            .bearer_auth(&app.api_key)
+            .header("idempotency-key", key)
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+    };
+    let first = json!({"text": "The first request.", "dialect": "en-us", "format": "wav"});
+    let other = json!({"text": "Another request entirely.", "dialect": "en-us", "format": "wav"});
+    let high =
+        |text: &str| json!({"text": text, "dialect": "en-us", "format": "wav", "priority": "high"});
+
+    let accepted: Value = send("key-normal", first.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let repeat: Value = send("key-normal", first)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reused = send("key-normal", other).await.unwrap();
+    let inline = send("key-high", high("Spoken now.")).await.unwrap();
+    let reused_inline = send("key-high", high("Something else now.")).await.unwrap();
+
+    assert_eq!(
+        repeat["task_id"], accepted["task_id"],
+        "the same request is the same task"
+    );
+    assert_eq!(inline.status(), 200);
+    for refused in [reused, reused_inline] {
+        assert_eq!(refused.status(), 422);
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(
+            problem["errors"][0]["field"], "Idempotency-Key",
+            "{problem}"
+        );
+    }
+    app.teardown().await;
+}
