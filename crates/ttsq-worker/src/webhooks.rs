@@ -40,6 +40,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Most bytes of a receiver's answer kept in the log.
 const ERROR_SNIPPET: usize = 200;
 
+/// Most bytes of a receiver's answer read at all: the rest is never taken
+/// off the socket (the connection is dropped), so an answer of any size
+/// costs a worker this much memory and no more.
+const MAX_ANSWER_READ: usize = 4 * 1024;
+
 /// Why a webhook target is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetRefused {
@@ -474,10 +479,27 @@ async fn attempt_once(
         .map_err(|e| AttemptError::Failed(format!("request failed: {}", without_url(&e))))?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
-        let text = response.text().await.unwrap_or_default();
+        let answer = read_prefix(response, MAX_ANSWER_READ).await;
+        let text = String::from_utf8_lossy(&answer);
         tracing::debug!(status, body = %text.chars().take(ERROR_SNIPPET).collect::<String>(), "receiver refused");
     }
     Ok(status)
+}
+
+/// The first `limit` bytes of `response`'s body (fewer if it is shorter or
+/// breaks off); the rest is left unread and dropped with the response.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    while kept.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - kept.len();
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    kept
 }
 
 /// A reqwest error's description without the URL (which may carry tokens).

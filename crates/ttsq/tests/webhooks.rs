@@ -422,3 +422,112 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_the_tenant_default_is_use
     assert_eq!(verified(&old, &got[1]), 0);
     app.teardown().await;
 }
+
+/// A receiver that answers its first request `500` with a body of `len`
+/// bytes, streamed as fast as the worker takes it, and later ones `200`.
+/// Returns the bytes of that body the worker took off the socket (those
+/// written before the worker hung up), and the URL.
+async fn flooding_receiver(len: u64) -> (Arc<std::sync::atomic::AtomicU64>, String) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("receiver bound");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let flood = std::mem::take(&mut first);
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // Read the request: headers, then its content-length of body.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                if !flood {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n"
+                );
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = len;
+                while left > 0 {
+                    let n = usize::try_from(left.min(chunk.len() as u64)).expect("small");
+                    if socket.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    (written, url)
+}
+
+#[tokio::test]
+async fn a_receiver_cannot_make_a_worker_read_an_endless_error_body() {
+    use std::sync::atomic::Ordering;
+
+    let app = spawn(true).await;
+    // 256 MiB: held whole, it would take a worker's memory; the worker
+    // should keep a few KiB for its log and hang up.
+    let (written, url) = flooding_receiver(256 * 1024 * 1024).await;
+    let task = app
+        .submit_ok(&json!({"text": "Flood me.", "dialect": "en-us", "callback_url": url}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sql = format!(
+        "SELECT count(*) FROM webhook_deliveries WHERE task_id = '{task}' AND status = 'delivered'"
+    );
+    while app.scalar(&sql).await == 0 {
+        assert!(Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM webhook_attempts WHERE status_code = 500")
+            .await,
+        1,
+        "the flooding answer was logged as a failed attempt"
+    );
+    // What the socket buffers hold is all a receiver gets out before the
+    // worker hangs up: a few MiB at most on loopback.
+    let taken = written.load(Ordering::Relaxed);
+    assert!(
+        taken < 16 * 1024 * 1024,
+        "the worker read {taken} bytes of the error body"
+    );
+    app.teardown().await;
+}
