@@ -431,18 +431,7 @@ impl AudioStore {
 
     /// Whether an object has `key`.
     async fn exists(&self, key: &str) -> Result<bool, AudioStoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(err) if http_status(&err) == Some(404) => Ok(false),
-            Err(err) => Err(AudioStoreError::from_sdk("HeadObject", &err)),
-        }
+        Ok(self.head(key).await?.is_some())
     }
 
     /// Reads the whole object stored under `key`.

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     WorkerContext,
-    synthesis::{MakeAudioError, MakeOptions, make_audio},
+    synthesis::{MakeAudioError, MakeOptions, Transient, make_audio, retry_transient},
 };
 
 /// A delivery with its decoded message.
@@ -390,41 +390,14 @@ async fn settle_deliveries(
 pub async fn with_storage_retry<T, E, F, Fut>(
     context: &WorkerContext,
     what: &str,
-    mut operation: F,
+    operation: F,
 ) -> Result<T, E>
 where
     E: std::fmt::Display + Transient,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let deadline = Instant::now() + context.settings.storage_retry();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        match operation().await {
-            Ok(value) => return Ok(value),
-            Err(err) if err.is_transient() => {
-                let wait = backoff.next_delay();
-                if Instant::now() + wait >= deadline {
-                    return Err(err);
-                }
-                tracing::warn!(error = %err, retry_in = ?wait, "{what} failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-/// Errors that may clear up by themselves.
-pub trait Transient {
-    /// Whether trying again later may succeed.
-    fn is_transient(&self) -> bool;
-}
-
-impl Transient for ttsq_store::StoreError {
-    fn is_transient(&self) -> bool {
-        ttsq_store::StoreError::is_transient(self)
-    }
+    retry_transient(context.settings.storage_retry(), what, operation).await
 }
 
 /// A job's span in this batch: a child of its submit span (through the

@@ -77,7 +77,7 @@ pub async fn make_audio(
     let storage_retry = options.storage_retry;
     let format = request.format;
     let key = object_key(content_hash, format);
-    let found = retry_storage(storage_retry, "looking for an unindexed object", || {
+    let found = retry_transient(storage_retry, "looking for an unindexed object", || {
         bucket.head(&key)
     })
     .await?;
@@ -129,7 +129,7 @@ pub async fn make_audio(
     {
         let marks_key = hash.marks_key();
         let json = Bytes::from(serde_json::to_vec(&audio.marks).unwrap_or_default());
-        retry_storage(storage_retry, "storing marks", || {
+        retry_transient(storage_retry, "storing marks", || {
             bucket
                 .put(&marks_key, json.clone(), "application/json")
                 .instrument(tracing::info_span!("s3.put", s3.key = %marks_key))
@@ -143,7 +143,7 @@ pub async fn make_audio(
         (META_PROVIDER, provider.as_str()),
     ];
     let bytes = ours.bytes;
-    let outcome = retry_storage(storage_retry, "storing audio", || {
+    let outcome = retry_transient(storage_retry, "storing audio", || {
         bucket
             .put_with_metadata(&key, audio.bytes.clone(), format.content_type(), &metadata)
             .instrument(tracing::info_span!("s3.put", s3.key = %key, bytes))
@@ -179,7 +179,7 @@ async fn stored_object(
     storage_retry: Duration,
 ) -> Result<AudioObject, AudioStoreError> {
     let format: AudioFormat = ours.format.parse().unwrap_or(AudioFormat::Mp3);
-    let head = retry_storage(storage_retry, "reading a stored object", || {
+    let head = retry_transient(storage_retry, "reading a stored object", || {
         bucket.head(key)
     })
     .await?;
@@ -188,7 +188,8 @@ async fn stored_object(
     {
         return Ok(object);
     }
-    let bytes = retry_storage(storage_retry, "reading a stored object", || bucket.get(key)).await?;
+    let bytes =
+        retry_transient(storage_retry, "reading a stored object", || bucket.get(key)).await?;
     Ok(AudioObject {
         bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
         sha256: hex::encode(Sha256::digest(&bytes)),
@@ -244,16 +245,17 @@ pub fn object_key(content_hash: &str, format: AudioFormat) -> String {
         .unwrap_or_else(|| format!("audio/invalid/{content_hash}.{}", format.extension()))
 }
 
-/// Runs an S3 operation until it succeeds, fails for good, or `limit` has
-/// passed, backing off in between.
-async fn retry_storage<T, F, Fut>(
+/// Runs an S3 or Postgres operation until it succeeds, fails for good, or
+/// `limit` has passed, backing off in between.
+pub async fn retry_transient<T, E, F, Fut>(
     limit: Duration,
     what: &str,
     mut operation: F,
-) -> Result<T, AudioStoreError>
+) -> Result<T, E>
 where
+    E: std::fmt::Display + Transient,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, AudioStoreError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + limit;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -270,5 +272,23 @@ where
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Errors that may clear up by themselves.
+pub trait Transient {
+    /// Whether trying again later may succeed.
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for ttsq_store::StoreError {
+    fn is_transient(&self) -> bool {
+        ttsq_store::StoreError::is_transient(self)
+    }
+}
+
+impl Transient for AudioStoreError {
+    fn is_transient(&self) -> bool {
+        AudioStoreError::is_transient(self)
     }
 }

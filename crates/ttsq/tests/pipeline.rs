@@ -403,18 +403,20 @@ async fn an_object_already_under_the_key_is_what_the_index_records() {
 async fn a_cache_hit_whose_object_is_gone_is_synthesized_again_not_a_dead_url() {
     let app = TestApp::spawn().await;
     let body = json!({"text": "Deleted behind our back.", "dialect": "en-us", "format": "wav", "priority": "high"});
-    let first: Value = app
-        .http
-        .post(format!("{}/v1/tts/jobs", app.base_url))
-        .bearer_auth(&app.api_key)
-        .header("accept", "application/json")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let submit = || async {
+        app.http
+            .post(format!("{}/v1/tts/jobs", app.base_url))
+            .bearer_auth(&app.api_key)
+            .header("accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let first = submit().await;
     let (_, key) = hash_and_key(&app, first["task_id"].as_str().unwrap()).await;
     app.services
         .audio
@@ -422,18 +424,7 @@ async fn a_cache_hit_whose_object_is_gone_is_synthesized_again_not_a_dead_url() 
         .await
         .expect("object deleted");
 
-    let again: Value = app
-        .http
-        .post(format!("{}/v1/tts/jobs", app.base_url))
-        .bearer_auth(&app.api_key)
-        .header("accept", "application/json")
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = submit().await;
     let download = reqwest::get(again["audio_url"].as_str().expect("an audio URL"))
         .await
         .unwrap();
