@@ -621,6 +621,21 @@ impl Settlement {
         Ok(())
     }
 
+    /// Publishes a copy of the message, its headers and `reason` (in
+    /// [`REASON_HEADER`]) to the dead-letter queue, with a confirm; the
+    /// delivery itself is left to settle.
+    pub(crate) async fn copy_to_dlq(&self, reason: &str) -> Result<(), QueueError> {
+        let mut headers = self.inner.properties.headers().clone().unwrap_or_default();
+        headers.insert(REASON_HEADER.into(), long_string(reason));
+        publish_confirmed(
+            &self.side.channel,
+            &self.side.names.dlq,
+            self.data(),
+            headers,
+        )
+        .await
+    }
+
     /// Publishes `body` to the delay queue for `delay_index` among `delays`
     /// (clamped to the longest; straight to `queue` when there are none),
     /// then acknowledges this delivery. On error nothing was acknowledged.
@@ -754,22 +769,7 @@ impl JobDelivery {
     /// then the original is acknowledged. Should the copy fail, the message is
     /// rejected so the broker dead-letters it itself (without the reason).
     pub async fn dead_letter(&self, reason: &str) -> Result<(), QueueError> {
-        let mut headers = self
-            .settlement
-            .inner
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
-        headers.insert(REASON_HEADER.into(), long_string(reason));
-        match publish_confirmed(
-            &self.settlement.side.channel,
-            &self.settlement.side.names.dlq,
-            self.settlement.data(),
-            headers,
-        )
-        .await
-        {
+        match self.settlement.copy_to_dlq(reason).await {
             Ok(()) => self.ack().await,
             Err(err) => {
                 tracing::warn!(error = %err, "copy to the DLQ failed; rejecting instead");

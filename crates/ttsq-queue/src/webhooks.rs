@@ -76,6 +76,15 @@ impl Publisher {
 }
 
 impl Broker {
+    /// Publishes raw bytes straight to the webhook queue, bypassing
+    /// encoding; used by tests and operators to inject a message as it arrived.
+    pub async fn publish_raw_webhook(&self, body: &[u8]) -> Result<(), QueueError> {
+        self.publisher()
+            .await?
+            .send(&self.inner.names.webhooks, body, FieldTable::default())
+            .await
+    }
+
     /// The webhook retry delays, shortest first.
     pub fn webhook_delays(&self) -> Vec<Duration> {
         self.inner
@@ -132,9 +141,30 @@ pub struct WebhookDelivery {
 }
 
 impl WebhookDelivery {
-    /// The message; `None` when undecodable (it is then acknowledged and dropped).
+    /// The message; `None` when undecodable (see [`Self::dead_letter`]).
     pub fn message(&self) -> Option<WebhookMessage> {
         serde_json::from_slice(self.settlement.data()).ok()
+    }
+
+    /// The `delivery_id` an undecodable message still names, if any: a JSON
+    /// object whose `delivery_id` is a UUID, whatever else is wrong with it.
+    pub fn named_delivery_id(&self) -> Option<Uuid> {
+        #[derive(Deserialize)]
+        struct Named {
+            delivery_id: Uuid,
+        }
+        serde_json::from_slice::<Named>(self.settlement.data())
+            .ok()
+            .map(|named| named.delivery_id)
+    }
+
+    /// Never processable: a copy goes to the dead-letter queue (the jobs'
+    /// DLQ, which lists it as undecodable and never replays it) with
+    /// `reason` in a header, then this delivery is acknowledged. On error
+    /// nothing was acknowledged.
+    pub async fn dead_letter(&self, reason: &str) -> Result<(), QueueError> {
+        self.settlement.copy_to_dlq(reason).await?;
+        self.ack().await
     }
 
     /// Done: the broker forgets the message.

@@ -344,8 +344,7 @@ async fn sweep(context: &WebhookContext) {
 #[tracing::instrument(skip_all, fields(delivery_id, attempt))]
 async fn deliver(context: &WebhookContext, queued: QueuedDelivery) {
     let Some(message) = queued.message() else {
-        tracing::warn!("undecodable webhook message dropped");
-        let _ = queued.ack().await;
+        undecodable(context, &queued).await;
         return;
     };
     let span = tracing::Span::current();
@@ -420,6 +419,52 @@ async fn deliver(context: &WebhookContext, queued: QueuedDelivery) {
         }
     }
     let _ = queued.ack().await;
+}
+
+/// Reason header of an undecodable webhook message in the dead-letter queue.
+pub const MALFORMED_WEBHOOK: &str = "malformed-webhook";
+
+/// Settles a message that is no [`WebhookMessage`]: the event it still
+/// names, if pending, is failed (nothing else would ever settle it: its
+/// message is out of the relay's hands), and the message goes to the
+/// dead-letter queue for an operator to look at. Whatever cannot be done now
+/// is requeued, to be tried again.
+async fn undecodable(context: &WebhookContext, queued: &QueuedDelivery) {
+    if let Some(id) = queued.named_delivery_id() {
+        tracing::Span::current().record("delivery_id", tracing::field::display(id));
+        let failed = match context.store.webhook_delivery(id).await {
+            Ok(Some(event)) if event.status == "pending" => {
+                let attempt = event.attempts.saturating_add(1);
+                context
+                    .store
+                    .record_webhook_attempt(
+                        &event,
+                        attempt,
+                        chrono::Utc::now(),
+                        None,
+                        Some("its queue message could not be decoded (dead-lettered); replay the event to send it again"),
+                        AttemptOutcome::Failed,
+                    )
+                    .await
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = failed {
+            tracing::warn!(error = %err, "failing the event of an undecodable webhook message failed; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = queued.requeue().await;
+            return;
+        }
+    }
+    match queued.dead_letter(MALFORMED_WEBHOOK).await {
+        Ok(()) => tracing::warn!("undecodable webhook message dead-lettered"),
+        Err(err) => {
+            tracing::warn!(error = %err, "dead-lettering an undecodable webhook message failed; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = queued.requeue().await;
+        }
+    }
 }
 
 enum AttemptError {

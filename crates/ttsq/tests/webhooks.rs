@@ -531,3 +531,79 @@ async fn a_receiver_cannot_make_a_worker_read_an_endless_error_body() {
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_undecodable_webhook_message_is_dead_lettered_and_its_event_failed() {
+    let app = spawn(true).await;
+    let tenant: uuid::Uuid =
+        ttsq_store::sqlx::query_scalar("SELECT id FROM tenants WHERE name = 'default'")
+            .fetch_one(app.services.store.pool())
+            .await
+            .expect("the default tenant");
+    // An event the relay already published (so only its message can settle
+    // it), and a message for it that names the event but is not one.
+    let event = uuid::Uuid::now_v7();
+    ttsq_store::sqlx::query(
+        "INSERT INTO webhook_deliveries (id, tenant_id, event, target_url, published_at)
+         VALUES ($1, $2, 'task.completed', 'http://127.0.0.1:9/hook', now())",
+    )
+    .bind(event)
+    .bind(tenant)
+    .execute(app.services.store.pool())
+    .await
+    .expect("event inserted");
+    let named = json!({"delivery_id": event, "attempt": "first"}).to_string();
+    app.services
+        .broker
+        .publish_raw_webhook(named.as_bytes())
+        .await
+        .expect("published");
+    app.services
+        .broker
+        .publish_raw_webhook(b"not even JSON")
+        .await
+        .expect("published");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let sql = format!(
+        "SELECT count(*) FROM webhook_deliveries WHERE id = '{event}' AND status = 'failed'"
+    );
+    while app.scalar(&sql).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the event is still {:?}",
+            ttsq_store::sqlx::query_scalar::<_, String>(
+                "SELECT status FROM webhook_deliveries WHERE id = $1"
+            )
+            .bind(event)
+            .fetch_one(app.services.store.pool())
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut dead = Vec::new();
+    while dead.len() < 2 {
+        match app
+            .services
+            .broker
+            .take_dead_letter()
+            .await
+            .expect("DLQ read")
+        {
+            Some((body, reason)) => dead.push((body, reason)),
+            None => {
+                assert!(Instant::now() < deadline, "dead letters: {dead:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let bodies: Vec<&[u8]> = dead.iter().map(|(b, _)| b.as_slice()).collect();
+    assert!(bodies.contains(&named.as_bytes()), "{dead:?}");
+    assert!(bodies.contains(&b"not even JSON".as_slice()), "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|(_, reason)| reason.as_deref() == Some("malformed-webhook")),
+        "{dead:?}"
+    );
+    app.teardown().await;
+}
