@@ -58,9 +58,10 @@ const SYNTHESES_PER_BATCH: u64 = 8;
 const IN_FLIGHT_PER_WORKER: u64 = CONCURRENT_BATCHES * BATCH_SIZE;
 
 /// Logs every UPDATE of `tasks` that changes its status or its claim, with
-/// the writer's `application_name` (`fleet-w1`, … for the workers) and the
-/// claim (`worker_batch_id`) before and after. Test scaffolding in the test's
-/// own database, never part of the schema.
+/// the writer's `application_name` (`fleet-w1`, … for the workers; empty for
+/// the API in the test process) and the claim (`worker_batch_id`) before and
+/// after, and who wrote each `audio_objects` row. Test scaffolding in the
+/// test's own database, never part of the schema.
 const WRITE_LOG: &str = "
 CREATE TABLE fleet_task_writes (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -86,6 +87,20 @@ CREATE TRIGGER fleet_log_task_write
     WHEN (OLD.status IS DISTINCT FROM NEW.status
           OR OLD.worker_batch_id IS DISTINCT FROM NEW.worker_batch_id)
     EXECUTE FUNCTION fleet_log_task_write();
+CREATE TABLE fleet_audio_writes (
+    at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    hash    text NOT NULL,
+    app     text NOT NULL
+);
+CREATE FUNCTION fleet_log_audio_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fleet_audio_writes (hash, app) VALUES (NEW.hash, current_setting('application_name'));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER fleet_log_audio_write
+    AFTER INSERT OR UPDATE ON audio_objects
+    FOR EACH ROW EXECUTE FUNCTION fleet_log_audio_write();
 CREATE VIEW fleet_claims AS
     SELECT DISTINCT new_batch AS batch, app
       FROM fleet_task_writes
@@ -98,8 +113,6 @@ struct FleetOptions {
     workers: usize,
     /// Fixed part of the fake's answer time, in milliseconds.
     latency_ms: u64,
-    /// Extra `TTSQ_*` settings.
-    env: Vec<(&'static str, &'static str)>,
 }
 
 /// The API in process, worker child processes, the fake vendor.
@@ -170,17 +183,25 @@ struct Planned {
     high: bool,
 }
 
+/// Which copies of which texts are submitted at high priority: copy `copy`
+/// (from 0) of every `every`-th text.
+#[derive(Debug, Clone, Copy)]
+struct HighPriority {
+    every: usize,
+    copy: usize,
+}
+
 /// `jobs` jobs over `texts` distinct texts, the copies of each text next to
 /// each other (so that they are submitted, and picked up by different
-/// workers, at the same moment), and `high_every`-th copy of each text high
-/// priority (so that the API synthesizes inline what workers are
-/// synthesizing too).
-fn plan(jobs: usize, texts: usize, high_every: Option<usize>) -> Vec<Planned> {
+/// workers, at the same moment), some copies high priority (so that the
+/// API synthesizes inline what workers are about to synthesize too).
+fn plan(jobs: usize, texts: usize, high: Option<HighPriority>) -> Vec<Planned> {
     let copies = jobs.div_ceil(texts);
     (0..jobs)
         .map(|i| Planned {
             text: i / copies,
-            high: high_every.is_some_and(|every| i % copies % every == every / 2),
+            high: high
+                .is_some_and(|h| (i / copies).is_multiple_of(h.every) && i % copies == h.copy),
         })
         .collect()
 }
@@ -258,11 +279,13 @@ chain = ["fake"]
 "#,
             fake.base_url()
         );
-        let mut env: Vec<(String, String)> = vec![
+        let env: Vec<(String, String)> = vec![
             ("TTSQ_PROVIDERS_FAKE_API_KEY".into(), KEY.into()),
             // A replica silent for 3 s is presumed dead.
             ("TTSQ_QUOTA_HEARTBEAT_SECS".into(), "1".into()),
             ("TTSQ_QUEUE_PREFETCH".into(), "64".into()),
+            // Retries (a job whose text a dead replica held) come back soon.
+            ("TTSQ_QUEUE_RETRY_DELAYS_SECS".into(), "1,2,4,8".into()),
             ("TTSQ_WORKER_BATCH_SIZE".into(), BATCH_SIZE.to_string()),
             (
                 "TTSQ_WORKER_CONCURRENT_BATCHES".into(),
@@ -275,12 +298,6 @@ chain = ["fake"]
             // Five processes share the Postgres server with other tests.
             ("TTSQ_DATABASE_MAX_CONNECTIONS".into(), "6".into()),
         ];
-        env.extend(
-            options
-                .env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
         let app = TestApp::spawn_with(TestOptions {
             worker: false,
             env,
@@ -358,12 +375,67 @@ chain = ["fake"]
         }
     }
 
-    /// Kills worker `index` with SIGKILL and starts a replacement.
-    fn kill_and_replace(&mut self, index: usize) -> String {
+    /// Content-hash leases (`synthesis_leases`, the fleet-wide single
+    /// flight) held by the worker process `pid`: hashes it is synthesizing
+    /// right now. `None` where the schema has no such table.
+    async fn leases_held(&self, pid: i32) -> Option<i64> {
+        let pool = self.app.services.store.pool();
+        let has_leases: bool =
+            ttsq_store::sqlx::query_scalar("SELECT to_regclass('synthesis_leases') IS NOT NULL")
+                .fetch_one(pool)
+                .await
+                .expect("catalog readable");
+        if !has_leases {
+            return None;
+        }
+        ttsq_store::sqlx::query_scalar(
+            "SELECT count(*) FROM synthesis_leases l JOIN workers w ON w.id = l.holder
+              WHERE w.pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .ok()
+    }
+
+    /// Waits (up to `limit`) until worker `index` is synthesizing: it holds
+    /// content-hash leases where the schema has them; otherwise it holds
+    /// tasks while the vendor has at least 8 calls in hand.
+    async fn until_synthesizing(&self, index: usize, limit: Duration) {
+        let worker = &self.workers.live[index];
+        let pid = i32::try_from(worker.child.id()).expect("a pid");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let busy = match self.leases_held(pid).await {
+                Some(leases) => leases > 0,
+                None => {
+                    self.processing_under(&worker.name).await > 0
+                        && self.fake.stats().in_flight >= 8
+                }
+            };
+            if busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Kills worker `index` with SIGKILL and starts a replacement; says
+    /// what the victim held (tasks; content-hash leases, where the schema
+    /// has them) and how many calls the vendor had in hand at that moment.
+    async fn kill_and_replace(&mut self, index: usize) -> String {
+        let name = self.workers.live[index].name.clone();
+        let pid = i32::try_from(self.workers.live[index].child.id()).expect("a pid");
+        let tasks = self.processing_under(&name).await;
+        let leases = self.leases_held(pid).await;
+        let calls = self.fake.stats().in_flight;
         let mut victim = self.workers.live.remove(index);
         signal_and_wait(&mut victim.child, "-KILL");
         self.spawn_worker();
-        victim.name
+        format!(
+            "{name}: {tasks} tasks, {} leases held; {calls} calls at the vendor",
+            leases.map_or_else(|| "no".to_owned(), |n| n.to_string())
+        )
     }
 
     /// Submits `plan`, 48 at a time, in the background; at most
@@ -377,7 +449,9 @@ chain = ["fake"]
         let http = self.app.http.clone();
         let url = format!("{}/v1/tts/jobs", self.app.base_url);
         let key = self.app.api_key.clone();
-        let case = case.to_owned();
+        // Texts of this run only: audio an earlier run left in the bucket
+        // must not make a text a cache hit (or an upload find its key taken).
+        let case = format!("{case} {}", &Uuid::new_v4().simple().to_string()[..8]);
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             let answers: Vec<Result<(Uuid, bool), String>> =
@@ -474,8 +548,36 @@ chain = ["fake"]
         .expect("claims readable")
     }
 
-    /// Waits (up to `limit`) until worker `name` holds tasks and the vendor
-    /// is answering calls: a moment when it surely has work in flight.
+    /// The writes to the tasks worker `name` claimed, oldest first per task:
+    /// what happened to them, for a failure's message.
+    async fn history(&self, name: &str) -> Vec<String> {
+        let rows: Vec<(String, String, String, String, String, String, String)> =
+            ttsq_store::sqlx::query_as(
+                "SELECT to_char(w.at, 'HH24:MI:SS.MS'), right(w.task_id::text, 12), w.app,
+                        w.old_status, w.new_status,
+                        coalesce((SELECT c.app FROM fleet_claims c WHERE c.batch = w.old_batch), '-'),
+                        coalesce((SELECT c.app FROM fleet_claims c WHERE c.batch = w.new_batch), '-')
+                   FROM fleet_task_writes w
+                  WHERE w.task_id IN (SELECT w2.task_id FROM fleet_task_writes w2
+                                        JOIN fleet_claims c ON c.batch = w2.new_batch AND c.app = $1)
+                  ORDER BY w.task_id, w.id
+                  LIMIT 60",
+            )
+            .bind(name)
+            .fetch_all(self.app.services.store.pool())
+            .await
+            .expect("write log readable");
+        rows.into_iter()
+            .map(|(at, task, app, from, to, old_claim, new_claim)| {
+                format!(
+                    "{at} {task}… by {app:?}: {from} → {to}, claim of {old_claim} → {new_claim}"
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (up to `limit`) until worker `name` holds tasks while the
+    /// vendor is answering calls.
     async fn until_busy(&self, name: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -561,21 +663,25 @@ chain = ["fake"]
     /// Reads every indexed object back from S3 (with the test's own S3
     /// settings) and compares its size and SHA-256 with the index row.
     async fn s3_mismatches(&self) -> (usize, Vec<String>) {
-        let rows: Vec<(String, String, i64, String)> =
-            ttsq_store::sqlx::query_as("SELECT hash, s3_key, bytes, sha256 FROM audio_objects")
-                .fetch_all(self.app.services.store.pool())
-                .await
-                .expect("audio index readable");
+        let rows: Vec<(String, String, i64, String, Option<String>)> = ttsq_store::sqlx::query_as(
+            "SELECT a.hash, a.s3_key, a.bytes, a.sha256,
+                        (SELECT string_agg(w.app, ',' ORDER BY w.at) FROM fleet_audio_writes w
+                          WHERE w.hash = a.hash)
+                   FROM audio_objects a",
+        )
+        .fetch_all(self.app.services.store.pool())
+        .await
+        .expect("audio index readable");
         let audio = &self.app.services.audio;
         let mismatches: Vec<String> = stream::iter(rows)
-            .map(|(hash, key, bytes, sha256)| async move {
+            .map(|(hash, key, bytes, sha256, writers)| async move {
                 match audio.get(&key).await {
                     Ok(stored) => {
                         let actual = hex::encode(Sha256::digest(&stored));
                         let size = i64::try_from(stored.len()).expect("small");
                         (actual != sha256 || size != bytes).then(|| {
                             format!(
-                                "{hash}: index {bytes} B {sha256:.12}…, S3 {size} B {actual:.12}…"
+                                "{hash:.12}…: index {bytes} B {sha256:.12}… (written by {writers:?}), S3 {size} B {actual:.12}…"
                             )
                         })
                     }
@@ -630,6 +736,9 @@ impl Violations {
     }
 
     fn assert_none(self, outcome: &Outcome) {
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("{outcome:#?}");
+        }
         assert!(
             self.0.is_empty(),
             "{} violation(s):\n  - {}\n{outcome:#?}",
@@ -706,13 +815,16 @@ async fn four_workers_and_high_priority_submits_synthesize_each_text_once_and_bi
     let mut fleet = Fleet::start(FleetOptions {
         workers: 4,
         latency_ms: 100,
-        env: Vec::new(),
     })
     .await;
 
-    // Ten copies of each text at once; one of each ten is high priority.
+    // Ten copies of each text at once. Of every other text, the sixth copy
+    // is high priority: the API, which synthesizes inline at once, mostly
+    // wins those texts and the workers wait for it; the workers race each
+    // other for the rest.
+    let high = HighPriority { every: 2, copy: 5 };
     let submitted = fleet
-        .submit(plan(jobs, texts, Some(10)), "once", None)
+        .submit(plan(jobs, texts, Some(high)), "once", None)
         .await
         .expect("submitter");
     fleet.settle(submitted.accepted.len()).await;
@@ -722,10 +834,11 @@ async fn four_workers_and_high_priority_submits_synthesize_each_text_once_and_bi
 
     let mut violations = common_checks(&submitted, jobs, texts, &outcome);
     violations.check(
-        submitted.high == texts,
+        submitted.high == texts / high.every,
         format!(
-            "{} high-priority jobs answered 200, of {texts}",
-            submitted.high
+            "{} high-priority jobs answered 200, of {}",
+            submitted.high,
+            texts / high.every
         ),
     );
     violations.check(
@@ -750,22 +863,24 @@ async fn workers_killed_with_sigkill_mid_run_cost_at_most_their_calls_in_flight_
  {
     let (jobs, texts) = (2_000, 200);
     let kills = 2;
+    // Calls slow enough that a couple of dozen are in flight at any moment,
+    // a few of them the victim's.
     let mut fleet = Fleet::start(FleetOptions {
         workers: 4,
-        latency_ms: 150,
-        env: Vec::new(),
+        latency_ms: 600,
     })
     .await;
 
     // Spread over about 8 s, so that both kills fall while texts are still
-    // being synthesized.
-    let submitting = fleet.submit(plan(jobs, texts, Some(10)), "kill", Some(250.0));
+    // being synthesized. High priority only for the last copy of every
+    // tenth text: the workers synthesize (and die holding) the rest.
+    let high = HighPriority { every: 10, copy: 9 };
+    let submitting = fleet.submit(plan(jobs, texts, Some(high)), "kill", Some(250.0));
     let mut killed = Vec::new();
     for k in 1..=kills {
         fleet.until_terminal(jobs * k / (kills + 1)).await;
-        let victim = fleet.workers.live[0].name.clone();
-        fleet.until_busy(&victim, Duration::from_secs(10)).await;
-        killed.push(fleet.kill_and_replace(0));
+        fleet.until_synthesizing(0, Duration::from_secs(10)).await;
+        killed.push(fleet.kill_and_replace(0).await);
     }
     let submitted = submitting.await.expect("submitter");
     fleet.settle(submitted.accepted.len()).await;
@@ -787,6 +902,9 @@ async fn workers_killed_with_sigkill_mid_run_cost_at_most_their_calls_in_flight_
             outcome.provider_calls
         ),
     );
+    if std::env::var_os("TEST_LOG").is_some() {
+        eprintln!("killed: {killed:#?}");
+    }
     violations.assert_none(&outcome);
 }
 
@@ -794,13 +912,13 @@ async fn workers_killed_with_sigkill_mid_run_cost_at_most_their_calls_in_flight_
 async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_holds() {
     // Few enough jobs that the other workers are done with theirs before
     // the paused one's tasks come back to them, so that they take those up
-    // at once.
-    let (jobs, texts) = (90, 45);
+    // at once; every text distinct, so that none of theirs waits for a text
+    // the paused one is synthesizing.
+    let (jobs, texts) = (60, 60);
     let pause = Duration::from_secs(8);
     let mut fleet = Fleet::start(FleetOptions {
         workers: 3,
         latency_ms: 200,
-        env: Vec::new(),
     })
     .await;
     let victim = fleet.workers.live[0].name.clone();
@@ -821,17 +939,27 @@ async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_h
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     fleet.fake.update(|c| c.latency.fixed_ms = 7_000);
     tokio::time::sleep_until((stopped + pause).into()).await;
-    let taken_over = ttsq_store::sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM tasks t
-          WHERE t.status = 'processing'
-            AND t.worker_batch_id IN (SELECT batch FROM fleet_claims WHERE app <> $1)
-            AND t.id IN (SELECT w.task_id FROM fleet_task_writes w
-                           JOIN fleet_claims c ON c.batch = w.new_batch AND c.app = $1)",
-    )
-    .bind(&victim)
-    .fetch_one(fleet.app.services.store.pool())
-    .await
-    .expect("claims readable");
+    // Woken up once another worker holds some of its tasks: at 8 s, or a
+    // little later on a slow machine.
+    let taken_over = loop {
+        let taken_over = ttsq_store::sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM tasks t
+              WHERE t.status = 'processing'
+                AND t.worker_batch_id IN (SELECT batch FROM fleet_claims WHERE app <> $1)
+                AND t.id IN (SELECT w.task_id FROM fleet_task_writes w
+                               JOIN fleet_claims c ON c.batch = w.new_batch AND c.app = $1)",
+        )
+        .bind(&victim)
+        .fetch_one(fleet.app.services.store.pool())
+        .await
+        .expect("claims readable");
+        if taken_over > 0 || stopped.elapsed() > pause + Duration::from_secs(4) {
+            break taken_over;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let paused_for = stopped.elapsed();
+    let history_at_wake_up = fleet.history(&victim).await;
     // Fast again for whatever the victim calls once it is woken up.
     fleet.fake.update(|c| c.latency.fixed_ms = 200);
     signal(&fleet.workers.live[0], "-CONT");
@@ -859,7 +987,9 @@ async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_h
     assert!(
         taken_over > 0,
         "the case did not happen: nothing {victim} held was claimed by another worker \
-         after {pause:?} paused ({outcome:#?})"
+         after {:?} paused ({outcome:#?})\nits tasks when it woke up:\n{}",
+        paused_for,
+        history_at_wake_up.join("\n")
     );
     let mut violations = common_checks(&submitted, jobs, texts, &outcome);
     violations.check(
