@@ -147,6 +147,10 @@ impl ApiContext {
             limits: JobLimits {
                 max_text_chars: settings.limits.max_text_chars,
                 max_metadata_bytes: settings.limits.max_metadata_bytes,
+                audit_key: settings
+                    .audit
+                    .enabled_text_key()
+                    .map(|key| ttsq_core::AuditKey::new(secrecy::ExposeSecret::expose_secret(key))),
             },
             public_url: settings.server.public_url.trim_end_matches('/').into(),
             max_wait: Duration::from_secs(settings.server.max_wait_secs),

@@ -57,6 +57,8 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     /// The admin API.
     pub admin: AdminSettings,
+    /// The audit log.
+    pub audit: AuditSettings,
     /// Webhook delivery.
     pub webhooks: WebhookSettings,
     /// How long tasks and their audio are kept.
@@ -74,6 +76,23 @@ pub struct CacheSettings {
     /// made for, and the dialect's first provider synthesizes the text again
     /// once it is back.
     pub serve_fallback_audio: bool,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Key of the text fingerprints (a secret): a submission's audit row
+    /// holds the HMAC-SHA256 of its text under it, which a plain hash of a
+    /// guessed short text cannot match. Empty: no fingerprint, the length only.
+    pub text_key: SecretString,
+}
+
+impl AuditSettings {
+    /// The fingerprint key, when one is set.
+    pub fn enabled_text_key(&self) -> Option<&SecretString> {
+        (!self.text_key.expose_secret().is_empty()).then_some(&self.text_key)
+    }
 }
 
 /// Webhook delivery: signing, SSRF guard, timeouts.

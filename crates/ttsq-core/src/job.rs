@@ -4,7 +4,9 @@
 
 use std::{fmt, str::FromStr};
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{
     catalog::Catalog,
@@ -106,13 +108,16 @@ impl FromStr for Priority {
     }
 }
 
-/// Limits a job is checked against; configurable per deployment.
+/// What a job is checked against and derived with; configurable per
+/// deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobLimits {
     /// Most characters (Unicode scalar values, after normalisation) in `text`.
     pub max_text_chars: usize,
     /// Most bytes of `metadata` as compact JSON.
     pub max_metadata_bytes: usize,
+    /// Key of [`Job::text_fingerprint`]; `None`: jobs get no fingerprint.
+    pub audit_key: Option<AuditKey>,
 }
 
 impl Default for JobLimits {
@@ -120,7 +125,36 @@ impl Default for JobLimits {
         Self {
             max_text_chars: 5_000,
             max_metadata_bytes: 4 * 1024,
+            audit_key: None,
         }
+    }
+}
+
+/// The deployment's key of the audit log's text fingerprints
+/// (`audit.text_key`). A plain SHA-256 of a short text (a voice one-time
+/// code) is reversed by hashing every guess; an HMAC under this key is not,
+/// unless one holds the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AuditKey([u8; 32]);
+
+impl AuditKey {
+    /// From the configured secret, of any length (its SHA-256 is the key).
+    pub fn new(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Hex HMAC-SHA256 of `text` under this key.
+    pub fn fingerprint(&self, text: &str) -> String {
+        // HMAC takes keys of any length.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length");
+        mac.update(text.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey([REDACTED])")
     }
 }
 
@@ -190,6 +224,9 @@ pub struct Job {
     pub hash: ContentHash,
     /// Speech marks asked for, sorted and deduplicated; empty for none.
     pub marks: Vec<MarkKind>,
+    /// Hex HMAC-SHA256 of the normalised text under the deployment's
+    /// [`AuditKey`], for the audit log; `None` without a key.
+    pub text_fingerprint: Option<String>,
 }
 
 impl Job {
@@ -428,7 +465,9 @@ impl Job {
             marks: &marks,
         });
         let characters = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
+        let text_fingerprint = limits.audit_key.map(|key| key.fingerprint(&text));
         errors.into_result(Job {
+            text_fingerprint,
             text,
             characters,
             dialect: info.id.clone(),
@@ -539,6 +578,41 @@ mod tests {
             &catalog(),
             &JobLimits::default(),
         )
+    }
+
+    #[test]
+    fn the_text_fingerprint_is_keyed_and_absent_without_a_key() {
+        let body = json!({"text": "Your code is  4 8 2", "dialect": "en-gb"}).to_string();
+        let keyed = |secret: &str| {
+            let limits = JobLimits {
+                audit_key: Some(AuditKey::new(secret)),
+                ..JobLimits::default()
+            };
+            Job::parse(body.as_bytes(), &catalog(), &limits)
+                .unwrap()
+                .text_fingerprint
+                .unwrap()
+        };
+        let one = keyed("key one");
+        assert_eq!(one.len(), 64);
+        assert_eq!(one, keyed("key one"));
+        assert_ne!(one, keyed("key two"));
+        // Not the plain hash a guess would be checked against.
+        assert_ne!(
+            one,
+            hex::encode(Sha256::digest("Your code is 4 8 2".as_bytes()))
+        );
+        assert_eq!(
+            one,
+            AuditKey::new("key one").fingerprint("Your code is 4 8 2")
+        );
+        assert_eq!(
+            parse(json!({"text": "hi", "dialect": "en-gb"}))
+                .unwrap()
+                .text_fingerprint,
+            None
+        );
+        assert!(!format!("{:?}", AuditKey::new("key one")).contains("key one"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod task;
 pub use catalog::{Catalog, DialectInfo};
 pub use error::{FieldError, ValidationErrors};
 pub use hash::{ContentHash, normalize_text};
-pub use job::{AudioFormat, Job, JobLimits, JobRequest, Priority};
+pub use job::{AudioFormat, AuditKey, Job, JobLimits, JobRequest, Priority};
 pub use marks::{Mark, MarkKind};
 pub use message::{JobMessage, MessageDecodeError};
 pub use task::TaskStatus;

@@ -2,11 +2,12 @@
 //!
 //! Rows are written in the transaction of the action they record and are
 //! append-only (a trigger refuses UPDATE, DELETE and TRUNCATE). A submission
-//! is recorded by the length and SHA-256 of its normalised text, never the
-//! text itself.
+//! is recorded by the length of its normalised text and, with an
+//! `audit.text_key`, its keyed fingerprint ([`ttsq_core::Job::text_fingerprint`],
+//! an HMAC-SHA256 kept in the `text_sha256` column), never the text itself:
+//! a plain hash of a short text would give it away to anyone hashing guesses.
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{Store, StoreError, tasks::NewTask};
@@ -60,7 +61,12 @@ pub(crate) async fn audit_submissions(
             .map(|t| i32::try_from(t.job.characters).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
-    .bind(text(|t| hex::encode(Sha256::digest(t.job.text.as_bytes()))))
+    .bind(
+        tasks
+            .iter()
+            .map(|t| t.job.text_fingerprint.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(text(|t| t.job.priority.as_str().to_owned()))
     .bind(text(|t| t.job.dialect.clone()))
     .bind(text(|t| t.job.voice.clone()))
@@ -102,7 +108,7 @@ impl Store {
         .bind(tenant_id)
         .bind(key_prefix)
         .bind(i32::try_from(job.characters).unwrap_or(i32::MAX))
-        .bind(hex::encode(Sha256::digest(job.text.as_bytes())))
+        .bind(job.text_fingerprint.as_deref())
         .bind(detail)
         .execute(&self.pool)
         .await?;

@@ -783,7 +783,10 @@ async fn without_a_token_the_admin_api_does_not_exist() {
 async fn blocked_content_is_refused_with_422_without_echoing_it() {
     let app = TestApp::spawn_with(options(
         false,
-        &[("TTSQ_LIMITS_BLOCKED_PATTERNS", "(?i)forbidden\\s+phrase")],
+        &[
+            ("TTSQ_LIMITS_BLOCKED_PATTERNS", "(?i)forbidden\\s+phrase"),
+            ("TTSQ_AUDIT_TEXT_KEY", AUDIT_KEY),
+        ],
     ))
     .await;
     let response = app.submit(&job("Say the Forbidden   Phrase aloud")).await;
@@ -839,13 +842,44 @@ async fn blocked_content_hidden_by_invisible_characters_is_refused_too() {
     app.teardown().await;
 }
 
+/// Key of the audit log's text fingerprints in the tests that set one.
+const AUDIT_KEY: &str = "audit-text-key-for-tests-0123456789";
+
+/// Hex HMAC-SHA256 of `text` under `key`: what an operator holding the key
+/// computes to find a text in the audit log.
+fn fingerprint(key: &str, text: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let key = Sha256::digest(key.as_bytes());
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(text.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn a_short_text_cannot_be_found_in_the_audit_log_by_hashing_guesses() {
+    let app = TestApp::spawn_with(options(false, &[])).await;
+    // A voice one-time code: a million guesses, each one SHA-256 away.
+    let code = "Your code is 4 8 2 9 1 3";
+    app.submit_ok(&job(code)).await;
+    let guessed = hex::encode(Sha256::digest(code.as_bytes()));
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) FROM audit_log WHERE text_sha256 = '{guessed}'"
+        ))
+        .await,
+        0,
+        "the audit log holds the plain SHA-256 of the text"
+    );
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn submissions_are_audited_with_length_and_hash_never_the_text() {
-    let app = TestApp::spawn_with(options(false, &[])).await;
+    let app = TestApp::spawn_with(options(false, &[("TTSQ_AUDIT_TEXT_KEY", AUDIT_KEY)])).await;
     let text = "Confidential sentence for the audit test";
     let id = app.submit_ok(&job(text)).await;
     let prefix = &app.api_key[..13];
-    let row: (String, String, Option<String>, i32, String) = ttsq_store::sqlx::query_as(
+    let row: (String, String, Option<String>, i32, Option<String>) = ttsq_store::sqlx::query_as(
         "SELECT actor, action, key_prefix, text_chars, text_sha256 FROM audit_log WHERE target = $1",
     )
     .bind(id.to_string())
@@ -856,7 +890,8 @@ async fn submissions_are_audited_with_length_and_hash_never_the_text() {
     assert_eq!(row.1, "task.submit");
     assert_eq!(row.2.as_deref(), Some(prefix));
     assert_eq!(row.3, 40);
-    assert_eq!(row.4, hex::encode(Sha256::digest(text.as_bytes())));
+    // Keyed: whoever holds the key can match a text; no one else can.
+    assert_eq!(row.4, Some(fingerprint(AUDIT_KEY, text)));
     assert_eq!(
         app.scalar("SELECT count(*) FROM audit_log a WHERE a::text ILIKE '%confidential%'")
             .await,

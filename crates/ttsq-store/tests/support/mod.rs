@@ -64,6 +64,7 @@ pub fn job(text: &str) -> Job {
         &JobLimits {
             max_text_chars: 5000,
             max_metadata_bytes: 4096,
+            ..JobLimits::default()
         },
     )
     .expect("a valid job")
