@@ -168,7 +168,7 @@ impl Drift {
                     _ = ticks.tick() => {}
                 }
                 tick = tick.wrapping_add(1);
-                // 10 to 30 ms per character: 10 to 16 KB of WAV per text.
+                // 10 to 30 ms per character: 15 to 50 KB of WAV per sentence.
                 fake.update(|c| c.ms_per_char = 10 + (tick * 7) % 21);
             }
         });
