@@ -471,7 +471,19 @@ async fn synthesize_claimed(
                 "postgres.commit",
                 db.system = "postgresql"
             ))
-            .await?;
+            .await;
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(err) => {
+                // Waiters for the hash take over at once instead of after
+                // the lease expires; the task returns to the queue through
+                // orphan recovery (claim timeout).
+                if let Err(release) = context.store.release_leases(token).await {
+                    tracing::debug!(error = %release, "releasing the request's lease failed; it expires");
+                }
+                return Err(err.into());
+            }
+        };
         if committed.lease_lost.contains(&task.id) {
             // Presumed dead while it synthesized: the new holder's audio is
             // the one indexed; wait for it.
