@@ -31,3 +31,6 @@ ALTER TABLE audio_objects ADD COLUMN lost_at timestamptz;
 -- heartbeats have run unbroken for a whole TTL, so it never mistakes a live
 -- holder that could not reach Postgres either for a dead one.
 ALTER TABLE workers ADD COLUMN heartbeating_since timestamptz NOT NULL DEFAULT now();
+
+COMMENT ON COLUMN tasks.worker_batch_id IS
+    'The claim that holds the task: a worker batch, or a high-priority request. Every write of a claim checks it (fencing).';
