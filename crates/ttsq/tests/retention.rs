@@ -37,7 +37,22 @@ async fn expired_tasks_and_their_unshared_audio_are_swept_and_the_ledger_stays()
     })
     .await;
     let other_key = app.new_tenant("other").await;
-    // Texts unique to this test: the test bucket is shared by every test.
+    // Both in one cache pool, so that they share the audio of a text.
+    for name in ["default", "other"] {
+        app.services
+            .store
+            .update_tenant(
+                name,
+                &ttsq_store::TenantUpdate {
+                    cache_pool: Some(Some("retention-test".into())),
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await
+            .expect("pool joined");
+    }
+    // Texts unique to this test.
     let run = Uuid::new_v4().simple().to_string();
     let job =
         |text: &str| json!({"text": format!("{text} {run}"), "dialect": "en-us", "format": "wav"});
