@@ -123,7 +123,7 @@ pub enum TaskOutcome {
     },
 }
 
-/// A claimed task to retry later, for [`Store::reschedule`].
+/// A claimed task to retry later, for [`Store::commit_claim`](crate::Store::commit_claim).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reschedule {
     /// Task id.
@@ -138,7 +138,7 @@ pub struct Reschedule {
     pub refund_attempt: bool,
 }
 
-/// A claimed task's outcome, for [`Store::finish_tasks`].
+/// A claimed task's outcome, for [`Store::commit_claim`](crate::Store::commit_claim).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FinishedTask {
     /// The task.
