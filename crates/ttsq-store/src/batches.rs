@@ -186,7 +186,6 @@ impl Store {
                 .map(|i| i64::from(i.job.characters))
                 .sum(),
             cost: None,
-            queued: queued > 0,
         };
         let admitted = admit_jobs(&mut tx, batch.tenant_id, &charge, queued as i64).await?;
         let format = batch.items.first().map(|i| i.job.format.as_str());

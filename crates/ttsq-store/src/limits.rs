@@ -105,15 +105,13 @@ pub struct LimitExceeded {
     pub retry_after: Duration,
 }
 
-/// What a submission would add, for [`admit`].
+/// What a submission would add, for [`admit_jobs`] and [`Headroom::admit`].
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Charge {
     /// Billable characters; 0 for what bills nothing (cache hits, failures).
     pub characters: i64,
     /// Its cost when known now (an inline synthesis).
     pub cost: Option<f64>,
-    /// Whether it enters the queue.
-    pub queued: bool,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -135,19 +133,10 @@ impl LimitsRow {
 const LIMITS_SELECT: &str = "SELECT daily_characters, monthly_budget::float8 AS monthly_budget,
         max_queued_jobs, currency FROM tenants WHERE id = $1";
 
-/// Admits `charge` for `tenant_id` inside `tx`, or refuses it with
-/// [`StoreError::LimitExceeded`]. Locks the tenant row until `tx` ends when
-/// the tenant has limits. Returns the usage of each limit it has.
-pub(crate) async fn admit(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    tenant_id: Uuid,
-    charge: &Charge,
-) -> Result<Vec<LimitUsage>, StoreError> {
-    admit_jobs(tx, tenant_id, charge, i64::from(charge.queued)).await
-}
-
-/// [`admit`] for `jobs` jobs at once (a batch): all of them or none. The
-/// charge's characters are their sum; `charge.queued` is ignored.
+/// Admits `charge` for `jobs` jobs at once (a batch) for `tenant_id` inside
+/// `tx`: all of them or none, or [`StoreError::LimitExceeded`]. The charge's
+/// characters are their sum. Locks the tenant row until `tx` ends when the
+/// tenant has limits; returns the usage of each limit it has.
 pub(crate) async fn admit_jobs(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant_id: Uuid,

@@ -64,7 +64,6 @@ impl Submission<'_> {
                 Charge {
                     characters,
                     cost: claim.estimated_cost,
-                    queued: false,
                 },
                 0,
             );
@@ -74,7 +73,6 @@ impl Submission<'_> {
                 Charge {
                     characters,
                     cost: None,
-                    queued: true,
                 },
                 1,
             ),
@@ -86,7 +84,6 @@ impl Submission<'_> {
                 Charge {
                     characters,
                     cost: Some(characters as f64 * price_per_1k / 1000.0),
-                    queued: false,
                 },
                 0,
             ),

@@ -10,11 +10,7 @@ use chrono::{DateTime, Utc};
 use ttsq_core::{Job, TaskStatus};
 use uuid::Uuid;
 
-use crate::{
-    Store, StoreError,
-    limits::{Charge, admit},
-    submissions::{Submission, tasks_by_key},
-};
+use crate::{Store, StoreError, submissions::Submission};
 
 /// A task as the API shows it, joined with its audio object when it has one.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -449,33 +445,6 @@ impl Store {
             .await?
             .pop()
             .unwrap_or_else(|| Err(StoreError::NotFound(format!("task {}", submission.task.id))))
-    }
-
-    /// Checks, without writing anything, whether a billable job of `task`'s
-    /// size, costing `estimated_cost` when known, would be admitted now: lets
-    /// an inline synthesis be refused before the provider is paid.
-    /// [`Store::insert_finished`] checks again with the actual cost.
-    pub async fn check_limits(
-        &self,
-        task: &NewTask<'_>,
-        estimated_cost: Option<f64>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if let Some(key) = task.idempotency_key
-            && !tasks_by_key(&mut tx, &[(task.tenant_id, key)])
-                .await?
-                .is_empty()
-        {
-            return Ok(());
-        }
-        let charge = Charge {
-            characters: i64::from(task.job.characters),
-            cost: estimated_cost,
-            queued: false,
-        };
-        admit(&mut tx, task.tenant_id, &charge).await?;
-        tx.rollback().await?;
-        Ok(())
     }
 
     /// A tenant's task; `None` when it does not exist or is another tenant's.
