@@ -18,7 +18,7 @@ use ttsq_providers::SynthesisRequest;
 use ttsq_store::{
     AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
 };
-use ttsq_worker::synthesis::{MakeAudioError, make_audio};
+use ttsq_worker::synthesis::{MakeAudioError, SYNTHESIS_IN_PROGRESS, make_audio};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -448,8 +448,8 @@ async fn synthesize_claimed(
             }
             None => retries.push(hand_to_queue(
                 task.id,
-                "synthesis_in_progress",
-                "another replica is still synthesizing this text",
+                SYNTHESIS_IN_PROGRESS.0,
+                SYNTHESIS_IN_PROGRESS.1,
             )),
         }
         let finished: Vec<FinishedTask> = finished

@@ -20,7 +20,9 @@ use uuid::Uuid;
 
 use crate::{
     WorkerContext,
-    synthesis::{MakeAudioError, MakeOptions, Transient, make_audio, retry_transient},
+    synthesis::{
+        MakeAudioError, MakeOptions, SYNTHESIS_IN_PROGRESS, Transient, make_audio, retry_transient,
+    },
 };
 
 /// A delivery with its decoded message.
@@ -135,15 +137,7 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
         for task in pending {
             match results.get(task.content_hash.as_str()) {
                 Some(HashResult::Elsewhere) if Instant::now() < wait_until => waiting.push(task),
-                Some(HashResult::Elsewhere) => round.retry(
-                    context,
-                    task,
-                    &HashResult::Retry {
-                        code: "synthesis_in_progress".into(),
-                        message: "another replica is still synthesizing this text".into(),
-                        refund: true,
-                    },
-                ),
+                Some(HashResult::Elsewhere) => round.retry(context, task, &HashResult::Elsewhere),
                 Some(result) => round.resolve(context, task, result),
                 // Every hash has a result; should one be missing, the task is
                 // still `processing` and comes back through the outbox.
@@ -192,11 +186,7 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
                     .filter(|(_, done)| !**done)
                     .map(|(item, _)| item)
                     .collect();
-                for item in left {
-                    if let Err(err) = item.delivery.requeue().await {
-                        tracing::warn!(error = %err, "requeueing failed; the delivery returns when the channel closes");
-                    }
-                }
+                requeue(left).await;
                 return;
             }
         };
@@ -298,9 +288,11 @@ impl Round {
                 message,
                 refund,
             } => (code.clone(), message.clone(), *refund),
+            // Waited for another claim's audio for too long; no fault of
+            // the job, so the attempt is given back.
             _ => (
-                "synthesis_in_progress".to_owned(),
-                "another replica is synthesizing this text".to_owned(),
+                SYNTHESIS_IN_PROGRESS.0.to_owned(),
+                SYNTHESIS_IN_PROGRESS.1.to_owned(),
                 true,
             ),
         };
@@ -532,6 +524,11 @@ fn succeeded(
 
 /// Hands every delivery back to the broker for another worker.
 pub async fn requeue_all(items: &[Item]) {
+    requeue(items.iter().collect()).await;
+}
+
+/// Hands these deliveries back to the broker.
+async fn requeue(items: Vec<&Item>) {
     for item in items {
         if let Err(err) = item.delivery.requeue().await {
             tracing::warn!(error = %err, "requeueing failed; the delivery returns when the channel closes");

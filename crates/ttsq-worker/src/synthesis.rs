@@ -24,6 +24,13 @@ const META_SHA256: &str = "ttsq-sha256";
 const META_DURATION_MS: &str = "ttsq-duration-ms";
 const META_PROVIDER: &str = "ttsq-provider";
 
+/// The error code and message of a task handed back because another claim
+/// was still synthesizing its text when it stopped waiting.
+pub const SYNTHESIS_IN_PROGRESS: (&str, &str) = (
+    "synthesis_in_progress",
+    "another replica is still synthesizing this text",
+);
+
 /// Why no audio was made.
 #[derive(Debug, thiserror::Error)]
 pub enum MakeAudioError {
