@@ -55,33 +55,6 @@ impl Store {
         Ok(rows.into_iter().map(|o| (o.hash.clone(), o)).collect())
     }
 
-    /// Records a stored object. The first record of a hash wins and is never
-    /// changed; returns the row now on file, which may be an earlier one.
-    pub async fn record_audio(&self, object: &AudioObject) -> Result<AudioObject, StoreError> {
-        let sql = format!(
-            "WITH ins AS (
-                INSERT INTO audio_objects (hash, s3_key, bytes, format, duration_ms, provider, sha256)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                ON CONFLICT (hash) DO NOTHING
-                RETURNING {COLUMNS})
-             SELECT {COLUMNS} FROM ins
-             UNION ALL
-             SELECT {COLUMNS} FROM audio_objects WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
-        );
-        Ok(sqlx::query_as(&sql)
-            .bind(&object.hash)
-            .bind(&object.s3_key)
-            .bind(object.bytes)
-            .bind(&object.format)
-            .bind(object.duration_ms)
-            .bind(&object.provider)
-            .bind(&object.sha256)
-            .fetch_one(&self.pool)
-            .await?)
-    }
-}
-
-impl Store {
     /// Records that the object of `hash` is missing from the bucket: lookups
     /// no longer find it, so the next job for the text synthesizes it again,
     /// which restores the object and the row.

@@ -157,19 +157,30 @@ async fn cache_hits_in_a_group_finish_with_their_ledger_rows_and_misses_queue() 
     )
     .await;
     let hit = job("stored already");
-    let object = store
-        .record_audio(&AudioObject {
-            hash: hit.hash.as_str().to_owned(),
-            s3_key: "audio/ab/stored.wav".into(),
-            bytes: 1_000,
-            format: "wav".into(),
-            duration_ms: 500,
-            provider: "fake".into(),
-            sha256: "00".repeat(32),
-            created_at: chrono::Utc::now(),
-        })
-        .await
-        .expect("audio recorded");
+    let object = AudioObject {
+        hash: hit.hash.as_str().to_owned(),
+        s3_key: "audio/ab/stored.wav".into(),
+        bytes: 1_000,
+        format: "wav".into(),
+        duration_ms: 500,
+        provider: "fake".into(),
+        sha256: "00".repeat(32),
+        created_at: chrono::Utc::now(),
+    };
+    sqlx::query(
+        "INSERT INTO audio_objects (hash, s3_key, bytes, format, duration_ms, provider, sha256)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&object.hash)
+    .bind(&object.s3_key)
+    .bind(object.bytes)
+    .bind(&object.format)
+    .bind(object.duration_ms)
+    .bind(&object.provider)
+    .bind(&object.sha256)
+    .execute(store.pool())
+    .await
+    .expect("audio recorded");
     let outcome = TaskOutcome::Succeeded {
         audio_hash: object.hash.clone(),
         cache_hit: true,
