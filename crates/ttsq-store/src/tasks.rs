@@ -467,6 +467,9 @@ impl Store {
     /// Finished and cancelled tasks are not returned, nor tasks a live replica
     /// is working on: a redelivered message for them is acknowledged, as the
     /// live holder finishes them or hands them back through the outbox.
+    /// Claiming again with the same `batch_id` (a retry after the answer to
+    /// a claim that did commit was lost) returns those tasks again without
+    /// counting another attempt.
     pub async fn claim(
         &self,
         ids: &[Uuid],
@@ -476,11 +479,13 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         Ok(sqlx::query_as(
             "UPDATE tasks t
-                SET status = 'processing', attempts = attempts + 1,
+                SET status = 'processing',
+                    attempts = attempts + CASE WHEN t.worker_batch_id = $2 THEN 0 ELSE 1 END,
                     started_at = coalesce(started_at, now()), claimed_at = now(),
                     worker_batch_id = $2, claimed_by = $3, not_before = NULL
               WHERE t.id = ANY($1)
                 AND (t.status = 'queued'
+                     OR (t.status = 'processing' AND t.worker_batch_id = $2)
                      OR (t.status = 'processing' AND NOT EXISTS (
                             SELECT 1 FROM workers w
                              WHERE w.id = t.claimed_by

@@ -420,3 +420,33 @@ async fn a_swept_hash_stays_leased_until_its_object_is_deleted() {
     assert_eq!(after.len(), 1);
     drop_db(store, &db).await;
 }
+
+#[tokio::test]
+async fn a_claim_retried_after_its_answer_was_lost_gets_its_tasks_back_once() {
+    let (store, db) = fresh_store().await;
+    let tenant_id = tenant(&store, "retried", TenantLimits::default()).await;
+    let job = job("claimed twice");
+    let task = queued(&store, tenant_id, &job).await;
+    let holder = replica(&store).await;
+    let claim = Uuid::now_v7();
+
+    let first = store
+        .claim(&[task], claim, holder, TTL)
+        .await
+        .expect("claim");
+    // The commit reached Postgres but its answer did not: the same claim again.
+    let again = store
+        .claim(&[task], claim, holder, TTL)
+        .await
+        .expect("claim");
+    let other = store
+        .claim(&[task], Uuid::now_v7(), holder, TTL)
+        .await
+        .expect("claim");
+
+    assert_eq!(first.len(), 1);
+    assert_eq!(again.len(), 1, "the batch still finds its own task");
+    assert_eq!(again[0].attempts, 1, "one attempt, however often claimed");
+    assert!(other.is_empty(), "another batch of a live holder does not");
+    drop_db(store, &db).await;
+}
