@@ -15,7 +15,7 @@ use axum::{
 };
 use futures::future::join_all;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Value, json, value::RawValue};
 use ttsq_core::{
     Job, JobMessage, Priority,
     error::ValidationErrors,
@@ -41,15 +41,65 @@ const MAX_CUSTOM_ID: usize = 256;
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
 
-/// A batch as sent. Items stay raw JSON so that each is decoded on its own
-/// and its errors are named `items[i].field`.
+/// A batch as sent. Items stay raw JSON, borrowed from the body, so that
+/// each is decoded on its own (its errors named `items[i].field`) and no
+/// more than [`MAX_ITEMS`] of them are ever read: decoding stops at the
+/// first item past the bound, and memory follows the body, not the shape of
+/// the JSON in it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchRequest {
-    items: Option<Vec<Value>>,
+struct BatchRequest<'a> {
+    #[serde(borrow, default, deserialize_with = "bounded_items")]
+    items: Option<Vec<&'a RawValue>>,
     concatenate: Option<bool>,
     callback_url: Option<String>,
-    metadata: Option<Value>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+/// Reads at most [`MAX_ITEMS`] items, each as its raw JSON, and fails on
+/// the next one without reading further.
+fn bounded_items<'de, D>(deserializer: D) -> Result<Option<Vec<&'de RawValue>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Items;
+    impl<'de> serde::de::Visitor<'de> for Items {
+        type Value = Option<Vec<&'de RawValue>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of 1 to {MAX_ITEMS} jobs")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                if items.len() == MAX_ITEMS {
+                    return Err(serde::de::Error::custom(format!(
+                        "must hold 1 to {MAX_ITEMS} jobs"
+                    )));
+                }
+                items.push(item);
+            }
+            Ok(Some(items))
+        }
+    }
+    deserializer.deserialize_option(Items)
 }
 
 /// Body of `POST /v1/tts/batches`, for the document: the body is decoded
@@ -145,18 +195,29 @@ pub async fn submit(
             ApiError::field("", format!("could not read the body: {rejection}"))
         }
     })?;
-    let request: BatchRequest = decode_json(&body)?;
+    let request: BatchRequest<'_> = decode_json(&body)?;
     let mut errors = ValidationErrors::default();
     let raw_items = request.items.unwrap_or_default();
     if raw_items.is_empty() || raw_items.len() > MAX_ITEMS {
         errors.push("items", format!("must hold 1 to {MAX_ITEMS} jobs"));
         return Err(errors.into());
     }
-    if let Some(metadata) = &request.metadata
-        && let Err(reason) = check_metadata(metadata, context.limits.max_metadata_bytes)
-    {
-        errors.push("metadata", reason);
-    }
+    let metadata = match request.metadata {
+        Some(raw) => match decode_bounded::<Value>(raw, context.max_body_bytes) {
+            Ok(Value::Null) => None,
+            Ok(metadata) => {
+                if let Err(reason) = check_metadata(&metadata, context.limits.max_metadata_bytes) {
+                    errors.push("metadata", reason);
+                }
+                Some(metadata)
+            }
+            Err(reason) => {
+                errors.push("metadata", reason);
+                None
+            }
+        },
+        None => None,
+    };
     let mut jobs = Vec::with_capacity(raw_items.len());
     let mut custom_ids: Vec<Option<String>> = Vec::with_capacity(raw_items.len());
     let mut seen = std::collections::HashSet::new();
@@ -237,7 +298,7 @@ pub async fn submit(
         items: items.clone(),
         concatenate,
         callback_url: request.callback_url.as_deref(),
-        metadata: request.metadata.as_ref(),
+        metadata: metadata.as_ref(),
         idempotency_key,
         key_prefix: Some(&caller.0.key_prefix),
     };
@@ -309,10 +370,25 @@ async fn publish(context: &ApiContext, tenant_id: Uuid, tasks: &[(Uuid, &str)]) 
     }
 }
 
+/// Decodes a part of a batch body that may be at most `max_bytes` long, the
+/// size of a single job's whole body: one part cannot take more memory than
+/// a request of its own could.
+fn decode_bounded<T: serde::de::DeserializeOwned>(
+    raw: &RawValue,
+    max_bytes: usize,
+) -> Result<T, String> {
+    if raw.get().len() > max_bytes {
+        return Err(format!(
+            "is larger than {max_bytes} bytes of JSON, the most a single job's body may be"
+        ));
+    }
+    serde_json::from_str(raw.get()).map_err(|err| err.to_string())
+}
+
 /// Decodes and validates one item, naming its fields `{prefix}.field`.
 fn parse_item(
     context: &ApiContext,
-    item: Value,
+    raw: &RawValue,
     prefix: &str,
 ) -> Result<(Job, Option<String>), ValidationErrors> {
     let renamed = |errors: ValidationErrors| {
@@ -330,6 +406,14 @@ fn parse_item(
                 })
                 .collect(),
         )
+    };
+    let item = match decode_bounded::<Value>(raw, context.max_body_bytes) {
+        Ok(item) => item,
+        Err(reason) => {
+            let mut errors = ValidationErrors::default();
+            errors.push(prefix, reason);
+            return Err(errors);
+        }
     };
     let Value::Object(mut object) = item else {
         let mut errors = ValidationErrors::default();

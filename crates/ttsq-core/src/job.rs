@@ -518,7 +518,7 @@ pub fn decode_request(body: &[u8]) -> Result<JobRequest, ValidationErrors> {
 
 /// Parses any JSON request body, reporting the path of a mistyped field, or
 /// the line and column of a syntax error.
-pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ValidationErrors> {
+pub fn decode_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ValidationErrors> {
     let mut errors = ValidationErrors::default();
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize(deserializer) {

@@ -492,3 +492,110 @@ async fn hostile_batch_usage_and_listing_inputs_are_problems_naming_the_field() 
     }
     app.teardown().await;
 }
+
+/// Peak resident memory of process `pid`, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in kB");
+    kib * 1024
+}
+
+/// Finding 5 of the hostile-tenant review: a batch body of millions of tiny
+/// items (`[0,0,…]`, 32 MiB, the body limit) was parsed whole into a
+/// `Vec<Value>` of ~1 GB before its size was checked. Eight such requests at
+/// once must leave an API process (the real binary, alone in its process)
+/// within what their bodies take, and each is refused naming `items`.
+#[tokio::test]
+async fn batch_bodies_of_millions_of_items_are_refused_while_parsing_and_memory_stays_bounded() {
+    const PARALLEL: usize = 8;
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = app
+        .cli_command(env!("CARGO_BIN_EXE_ttsq"))
+        .arg("api")
+        .env("TTSQ_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ttsq api starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.http.get(format!("{base}/health")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ttsq api did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let baseline = peak_rss(api.id());
+
+    // 32,000,014 bytes: under the batch body limit (32 × 1 MiB).
+    let mut body = Vec::with_capacity(32_000_016);
+    body.extend_from_slice(b"{\"items\":[");
+    for _ in 0..15_999_999 {
+        body.extend_from_slice(b"0,");
+    }
+    body.extend_from_slice(b"0]}");
+    let requests = (0..PARALLEL).map(|_| {
+        app.http
+            .post(format!("{base}/v1/tts/batches"))
+            .bearer_auth(&app.api_key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    });
+    let answers = futures::future::join_all(requests).await;
+    let peak = peak_rss(api.id());
+    let _ = api.kill();
+    let _ = api.wait();
+
+    let mut wrong = Vec::new();
+    for answer in answers {
+        match answer {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let problem: Value = response.json().await.unwrap_or_default();
+                let fields: Vec<&str> = problem["errors"]
+                    .as_array()
+                    .map(|e| e.iter().filter_map(|e| e["field"].as_str()).collect())
+                    .unwrap_or_default();
+                if status != 400 || fields != ["items"] {
+                    wrong.push(format!("{status} {problem}"));
+                }
+            }
+            Err(err) => wrong.push(format!("no answer: {err}")),
+        }
+    }
+    // Each request may hold its body twice while reading it (the chunks,
+    // then one buffer); nothing may grow with the number of items.
+    let allowed = PARALLEL as u64 * 2 * body.len() as u64;
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "API peak RSS {} MiB, {} MiB over its idle peak; allowed {} MiB",
+        peak >> 20,
+        grew >> 20,
+        allowed >> 20
+    );
+    app.teardown().await;
+    assert!(
+        wrong.is_empty(),
+        "answers that are not a 400 naming `items`: {wrong:?}"
+    );
+    assert!(
+        grew <= allowed,
+        "the API grew by {} MiB for {PARALLEL} batch bodies of {} MiB (allowed {} MiB)",
+        grew >> 20,
+        body.len() >> 20,
+        allowed >> 20
+    );
+}
