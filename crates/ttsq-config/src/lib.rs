@@ -113,6 +113,11 @@ pub struct WebhookSettings {
     pub secret_grace_secs: u64,
     /// Deliveries one worker makes at once.
     pub concurrency: u16,
+    /// Most deliveries of one tenant in flight across the fleet (published
+    /// and not yet settled, retries waiting included): a tenant whose
+    /// endpoint is slow or failing holds at most this many of the workers'
+    /// delivery slots, and the other tenants' webhooks go past it.
+    pub per_tenant_in_flight: u16,
 }
 
 impl WebhookSettings {
@@ -821,6 +826,11 @@ impl Settings {
                 usize::try_from(self.worker.claim_timeout_secs).unwrap_or(usize::MAX),
             ),
             ("limits.max_text_chars", self.limits.max_text_chars),
+            ("webhooks.concurrency", self.webhooks.concurrency as usize),
+            (
+                "webhooks.per_tenant_in_flight",
+                self.webhooks.per_tenant_in_flight as usize,
+            ),
             ("quota.heartbeat_secs", self.quota.heartbeat_secs as usize),
             (
                 "breaker.failure_threshold",

@@ -66,19 +66,44 @@ impl Store {
     /// Publishes up to `limit` pending events whose message is not known to
     /// be published, with `publish` (returns the id when confirmed), and
     /// marks those that went out; rows are locked with `SKIP LOCKED`.
-    pub async fn relay_webhooks<F, Fut>(&self, limit: i64, publish: F) -> Result<usize, StoreError>
+    ///
+    /// A tenant never has more than `per_tenant` events published and not
+    /// yet settled (in the queue, being delivered, or waiting for a retry):
+    /// its next events stay here until one settles. The oldest events of
+    /// each tenant go first, so relays running at once on several replicas
+    /// pick the same rows and skip each other's.
+    pub async fn relay_webhooks<F, Fut>(
+        &self,
+        limit: i64,
+        per_tenant: i64,
+        publish: F,
+    ) -> Result<usize, StoreError>
     where
         F: Fn(WebhookDelivery) -> Fut,
         Fut: Future<Output = Option<Uuid>>,
     {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
-              WHERE status = 'pending' AND published_at IS NULL
+            "WITH in_flight AS (
+                 SELECT tenant_id, count(*) AS n FROM webhook_deliveries
+                  WHERE status = 'pending' AND published_at IS NOT NULL
+                  GROUP BY tenant_id
+             ), ranked AS (
+                 SELECT d.id, coalesce(f.n, 0)
+                          + row_number() OVER (PARTITION BY d.tenant_id ORDER BY d.created_at) AS slot
+                   FROM webhook_deliveries d
+                   LEFT JOIN in_flight f ON f.tenant_id = d.tenant_id
+                  WHERE d.status = 'pending' AND d.published_at IS NULL
+             )
+             SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+              WHERE id IN (SELECT id FROM ranked WHERE slot <= $2)
               ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
-        let rows: Vec<WebhookDelivery> =
-            sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?;
+        let rows: Vec<WebhookDelivery> = sqlx::query_as(&sql)
+            .bind(limit)
+            .bind(per_tenant)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -226,6 +226,8 @@ pub struct WebhookContext {
     pub timeout: Duration,
     /// Deliveries at once.
     pub concurrency: u16,
+    /// Most deliveries of one tenant published and not yet settled, fleet-wide.
+    pub per_tenant_in_flight: u16,
     /// Consumer tag.
     pub name: String,
 }
@@ -319,7 +321,7 @@ async fn sweep(context: &WebhookContext) {
         };
         let relayed = context
             .store
-            .relay_webhooks(500, |event| {
+            .relay_webhooks(500, i64::from(context.per_tenant_in_flight), |event| {
                 let active = active.clone();
                 async move {
                     let message = WebhookMessage {

@@ -343,6 +343,7 @@ impl Services {
             ),
             timeout: Duration::from_secs(hooks.timeout_secs),
             concurrency: hooks.concurrency,
+            per_tenant_in_flight: hooks.per_tenant_in_flight,
             name: format!(
                 "ttsq-webhooks-{}-{}",
                 std::process::id(),

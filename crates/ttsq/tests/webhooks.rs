@@ -607,3 +607,119 @@ async fn an_undecodable_webhook_message_is_dead_lettered_and_its_event_failed() 
     );
     app.teardown().await;
 }
+
+/// Requests a [`slow_receiver`] got, and the most it held at once.
+#[derive(Default)]
+struct SlowCounts {
+    got: std::sync::atomic::AtomicU64,
+    now: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+/// A receiver that holds every request `delay` before answering 200.
+async fn slow_receiver(delay: Duration) -> (Arc<SlowCounts>, String) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let counts = Arc::new(SlowCounts::default());
+    let seen = Arc::clone(&counts);
+    let app = Router::new().route(
+        "/slow",
+        post(move || {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.got.fetch_add(1, SeqCst);
+                let now = seen.now.fetch_add(1, SeqCst) + 1;
+                seen.peak.fetch_max(now, SeqCst);
+                tokio::time::sleep(delay).await;
+                seen.now.fetch_sub(1, SeqCst);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("receiver bound");
+    let url = format!("http://{}/slow", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (counts, url)
+}
+
+/// Finding 4 of the hostile-tenant review: one tenant's slow endpoint took
+/// every delivery slot, and the other tenants' webhooks waited behind it.
+/// With 4 slots and at most 2 per tenant, tenant A's 8 events to an
+/// endpoint taking 6 s each leave room for tenant B's.
+#[tokio::test]
+async fn a_slow_endpoint_of_one_tenant_does_not_delay_another_tenants_webhooks() {
+    let mut app = TestApp::spawn_with(TestOptions {
+        env: vec![
+            ("TTSQ_WEBHOOKS_SIGNING_KEY".into(), SIGNING_KEY.into()),
+            ("TTSQ_WEBHOOKS_ALLOW_PRIVATE".into(), "127.0.0.1/32".into()),
+            ("TTSQ_WEBHOOKS_CONCURRENCY".into(), "4".into()),
+            ("TTSQ_WEBHOOKS_PER_TENANT_IN_FLIGHT".into(), "2".into()),
+            ("TTSQ_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ],
+        ..TestOptions::default()
+    })
+    .await;
+    let (slow_got, slow_url) = slow_receiver(Duration::from_secs(6)).await;
+    let (fast, fast_url) = Receiver::start(Vec::new()).await;
+    let other = app.new_tenant("other").await;
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        tasks.push(
+            app.submit_ok(&json!({"text": format!("Slow news {i}."), "dialect": "en-us", "callback_url": slow_url}))
+                .await,
+        );
+    }
+    for task in &tasks {
+        app.wait_for(*task).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow_got.got.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the slow endpoint got nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let response = app
+        .submit_as(
+            &other,
+            &json!({"text": "Quick news.", "dialect": "en-us", "callback_url": fast_url}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("JSON");
+    let task: uuid::Uuid = body["task_id"]
+        .as_str()
+        .expect("task id")
+        .parse()
+        .expect("uuid");
+    let started = Instant::now();
+    let done = loop {
+        let status = app
+            .scalar(&format!(
+                "SELECT count(*) FROM tasks WHERE id = '{task}' AND status = 'succeeded'"
+            ))
+            .await;
+        if status == 1 {
+            break Instant::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the other tenant's task never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let got = fast.wait_for(1).await;
+    let waited = got[0].at.saturating_duration_since(done);
+    let slow_peak = slow_got.peak.load(std::sync::atomic::Ordering::SeqCst);
+    app.stop_workers().await;
+    app.teardown().await;
+    assert!(
+        waited < Duration::from_secs(3),
+        "tenant B's webhook waited {waited:?} behind tenant A's slow endpoint"
+    );
+    assert!(
+        slow_peak <= 2,
+        "tenant A had {slow_peak} deliveries in flight at once; at most 2 are allowed"
+    );
+}
