@@ -161,6 +161,11 @@ struct CreateTenant {
     #[serde(default)]
     #[schema(minimum = 1)]
     max_queued_jobs: Option<i32>,
+    /// Tasks submitted per UTC day, cache hits included; absent or `null`
+    /// is unlimited.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    daily_requests: Option<i64>,
     /// Currency of the budget (ISO 4217); USD when absent.
     #[serde(default)]
     #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
@@ -212,6 +217,7 @@ pub(crate) async fn create_tenant(
         daily_characters: body.daily_characters,
         monthly_budget: body.monthly_budget,
         max_queued_jobs: body.max_queued_jobs,
+        daily_requests: body.daily_requests,
     };
     let (tenant, key) = context
         .store
@@ -339,6 +345,11 @@ struct PatchTenant {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>, minimum = 1)]
     max_queued_jobs: Option<Option<i32>>,
+    /// Tasks submitted per UTC day, cache hits included; `null` lifts the
+    /// limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    daily_requests: Option<Option<i64>>,
     /// Currency of the budget (ISO 4217).
     #[serde(default)]
     #[schema(pattern = "^[A-Z]{3}$")]
@@ -379,6 +390,7 @@ pub(crate) async fn update_tenant(
         daily_characters: body.daily_characters,
         monthly_budget: body.monthly_budget,
         max_queued_jobs: body.max_queued_jobs,
+        daily_requests: body.daily_requests,
         currency: body.currency,
         retention_days: body.retention_days,
         cache_pool: body.cache_pool,

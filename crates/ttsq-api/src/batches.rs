@@ -285,6 +285,7 @@ pub async fn submit(
             cached: cached
                 .get(job.hash.as_str())
                 .map(|object| crate::jobs::cache_hit(&context.providers, object)),
+            estimate: crate::jobs::estimate_cost(&context.providers, job),
         })
         .collect();
     let to_publish: Vec<(Uuid, &str)> = items

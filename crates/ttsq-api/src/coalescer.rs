@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use ttsq_core::Job;
-use ttsq_store::{NewTask, Store, StoreError, Submission, Submitted, TaskRow};
+use ttsq_store::{CostEstimate, NewTask, Store, StoreError, Submission, Submitted, TaskRow};
 use uuid::Uuid;
 
 use crate::{ApiError, jobs::cache_hit};
@@ -40,6 +40,8 @@ pub struct PendingSubmission {
     pub idempotency_key: Option<String>,
     /// Visible prefix of the submitting API key.
     pub key_prefix: Option<String>,
+    /// Its expected cost and that cost's currency, reserved while it is queued.
+    pub estimate: Option<(f64, String)>,
 }
 
 impl PendingSubmission {
@@ -50,6 +52,10 @@ impl PendingSubmission {
             job: &self.job,
             idempotency_key: self.idempotency_key.as_deref(),
             key_prefix: self.key_prefix.as_deref(),
+            estimate: self.estimate.as_ref().map(|(cost, currency)| CostEstimate {
+                cost: *cost,
+                currency,
+            }),
         }
     }
 }

@@ -180,13 +180,18 @@ fn limit_detail(e: &ttsq_store::LimitExceeded) -> String {
     let unit = match (&e.limit, &e.currency) {
         (ttsq_store::LimitKind::MonthlyBudget, Some(currency)) => format!(" {currency}"),
         (ttsq_store::LimitKind::DailyCharacters, _) => " characters".to_owned(),
-        (ttsq_store::LimitKind::MaxQueuedJobs, _) => " jobs".to_owned(),
+        (ttsq_store::LimitKind::MaxQueuedJobs | ttsq_store::LimitKind::DailyRequests, _) => {
+            " jobs".to_owned()
+        }
         _ => String::new(),
     };
     let period = match e.limit {
         ttsq_store::LimitKind::DailyCharacters => "this UTC day",
-        ttsq_store::LimitKind::MonthlyBudget => "this UTC month",
+        ttsq_store::LimitKind::MonthlyBudget => {
+            "this UTC month (billed, or reserved by jobs still open)"
+        }
         ttsq_store::LimitKind::MaxQueuedJobs => "queued or processing now",
+        ttsq_store::LimitKind::DailyRequests => "submitted this UTC day",
     };
     format!(
         "over the tenant's {} limit: {}{unit} used {period} of {}{unit}; this job needs {}{unit}",

@@ -16,7 +16,8 @@ use ttsq_core::backoff::Backoff;
 use ttsq_core::{Job, JobMessage, JobRequest, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{
-    AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
+    AudioObject, ClaimCommit, CostEstimate, FinishedTask, InlineClaim, NewTask, Reschedule,
+    TaskOutcome, TaskRow,
 };
 use ttsq_worker::synthesis::{MakeAudioError, SYNTHESIS_IN_PROGRESS, make_audio};
 use utoipa::IntoParams;
@@ -108,6 +109,7 @@ pub async fn submit(
         job: &job,
         idempotency_key,
         key_prefix: Some(&caller.0.key_prefix),
+        estimate: estimate_cost(&context.providers, &job),
     };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));
@@ -185,6 +187,23 @@ pub(crate) async fn audit_refusal(
     }
 }
 
+/// What `job` is expected to cost: its characters at the price of its
+/// dialect's first provider, in that provider's currency. Reserved against
+/// the tenant's budget while the task is open.
+pub(crate) fn estimate_cost<'a>(
+    providers: &'a ttsq_providers::Router,
+    job: &Job,
+) -> Option<CostEstimate<'a>> {
+    let provider = providers
+        .catalog()
+        .get(&job.dialect)
+        .and_then(|d| d.provider_chain.first())?;
+    Some(CostEstimate {
+        cost: f64::from(job.characters) * providers.price_per_1k(provider) / 1000.0,
+        currency: providers.currency(provider),
+    })
+}
+
 /// Commits the task together with the other submissions waiting (a cache
 /// hit finishes at once), then publishes it and waits for the broker's
 /// confirm; should that fail, the outbox relay publishes it later and the
@@ -202,6 +221,7 @@ async fn submit_normal(
             job: Arc::clone(job),
             idempotency_key: task.idempotency_key.map(str::to_owned),
             key_prefix: task.key_prefix.map(str::to_owned),
+            estimate: task.estimate.map(|e| (e.cost, e.currency.to_owned())),
         })
         .await?;
     if !created {
@@ -322,20 +342,13 @@ pub(crate) async fn submit_high(
             (row, created)
         }
         None => {
-            // Admitted durably before the provider is paid, costed at the
-            // price of the dialect's first provider; the ledger row written
-            // with the audio carries the actual cost.
-            let estimate = context
-                .providers
-                .catalog()
-                .get(&job.dialect)
-                .and_then(|d| d.provider_chain.first())
-                .map(|p| job.characters as f64 * context.providers.price_per_1k(p) / 1000.0);
+            // Admitted durably before the provider is paid, with the task's
+            // estimate reserved; the ledger row written with the audio
+            // carries the actual cost.
             let token = Uuid::now_v7();
             let claim = InlineClaim {
                 replica_id: context.inline.replica_id,
                 token,
-                estimated_cost: estimate,
             };
             let (row, created) = context.store.insert_claimed(task, claim).await?;
             if created {

@@ -322,6 +322,7 @@ async fn speak(
         job: &job,
         idempotency_key: None,
         key_prefix: Some(&caller.0.key_prefix),
+        estimate: crate::jobs::estimate_cost(&context.providers, &job),
     };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));

@@ -16,7 +16,8 @@ use crate::{
     Store, StoreError,
     limits::{Charge, admit_jobs},
     tasks::{
-        BatchPlace, FinishedTask, LEDGER_FROM_DONE, NewTask, TaskColumns, TaskOutcome, finish,
+        BatchPlace, CostEstimate, FinishedTask, LEDGER_FROM_DONE, NewTask, TaskColumns,
+        TaskOutcome, finish,
     },
 };
 
@@ -31,6 +32,8 @@ pub struct NewBatchItem<'a> {
     pub custom_id: Option<&'a str>,
     /// Set when its audio is already stored: it finishes at once.
     pub cached: Option<TaskOutcome>,
+    /// What it is expected to cost when queued, reserved against the budget.
+    pub estimate: Option<CostEstimate<'a>>,
 }
 
 /// A batch to create.
@@ -185,7 +188,13 @@ impl Store {
                 .filter(|i| i.cached.is_none())
                 .map(|i| i64::from(i.job.characters))
                 .sum(),
-            cost: None,
+            costs: batch
+                .items
+                .iter()
+                .filter(|i| i.cached.is_none())
+                .filter_map(|i| i.estimate)
+                .collect(),
+            requests: batch.items.len() as i64,
         };
         let admitted = admit_jobs(&mut tx, batch.tenant_id, &charge, queued as i64).await?;
         let format = batch.items.first().map(|i| i.job.format.as_str());
@@ -229,6 +238,7 @@ impl Store {
                 job: item.job,
                 idempotency_key: None,
                 key_prefix: batch.key_prefix,
+                estimate: item.estimate.filter(|_| item.cached.is_none()),
             };
             // Cache hits go in `processing` so that `finish` takes them to
             // their end state and ledger row exactly as for single jobs.

@@ -81,6 +81,8 @@ pub struct TenantLimits {
     pub monthly_budget: Option<f64>,
     /// Jobs queued or processing at once.
     pub max_queued_jobs: Option<i32>,
+    /// Tasks submitted per UTC day, cache hits included.
+    pub daily_requests: Option<i64>,
 }
 
 impl TenantLimits {
@@ -90,6 +92,7 @@ impl TenantLimits {
             self.daily_characters,
             self.monthly_budget,
             self.max_queued_jobs,
+            self.daily_requests,
         )
     }
 }
@@ -98,6 +101,7 @@ fn check_limits(
     daily_characters: Option<i64>,
     monthly_budget: Option<f64>,
     max_queued_jobs: Option<i32>,
+    daily_requests: Option<i64>,
 ) -> Result<(), String> {
     if daily_characters.is_some_and(|n| n <= 0) {
         return Err("daily_characters: must be at least 1 (omit it for no limit)".into());
@@ -107,6 +111,9 @@ fn check_limits(
     }
     if max_queued_jobs.is_some_and(|n| n <= 0) {
         return Err("max_queued_jobs: must be at least 1 (omit it for no limit)".into());
+    }
+    if daily_requests.is_some_and(|n| n <= 0) {
+        return Err("daily_requests: must be at least 1 (omit it for no limit)".into());
     }
     Ok(())
 }
@@ -142,6 +149,8 @@ pub struct TenantUpdate {
     pub monthly_budget: Option<Option<f64>>,
     /// Jobs queued or processing at once.
     pub max_queued_jobs: Option<Option<i32>>,
+    /// Tasks submitted per UTC day, cache hits included.
+    pub daily_requests: Option<Option<i64>>,
     /// Currency of the budget (ISO 4217).
     pub currency: Option<String>,
     /// Days tasks are kept; `Some(None)` returns to the deployment default.
@@ -166,6 +175,8 @@ pub struct TenantInfo {
     pub monthly_budget: Option<f64>,
     /// Open jobs at once; `None` is unlimited.
     pub max_queued_jobs: Option<i32>,
+    /// Tasks submitted per UTC day, cache hits included; `None` is unlimited.
+    pub daily_requests: Option<i64>,
     /// Days tasks are kept; `None` is the deployment default.
     pub retention_days: Option<i32>,
     /// The shared cache pool it is in; `None`: its cache is its own.
@@ -177,8 +188,8 @@ pub struct TenantInfo {
 }
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.currency, t.daily_characters,
-        t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs, t.retention_days,
-        t.cache_pool,
+        t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs, t.daily_requests,
+        t.retention_days, t.cache_pool,
         (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys,
         t.created_at
     FROM tenants t";
@@ -237,14 +248,16 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO tenants (id, name, daily_characters, monthly_budget, max_queued_jobs, currency)
-             VALUES ($1, $2, $3, $4::float8::numeric, $5, $6) RETURNING id",
+            "INSERT INTO tenants (id, name, daily_characters, monthly_budget, max_queued_jobs,
+                                  daily_requests, currency)
+             VALUES ($1, $2, $3, $4::float8::numeric, $5, $6, $7) RETURNING id",
         )
         .bind(Uuid::now_v7())
         .bind(name)
         .bind(limits.daily_characters)
         .bind(limits.monthly_budget)
         .bind(limits.max_queued_jobs)
+        .bind(limits.daily_requests)
         .bind(currency)
         .fetch_one(&mut *tx)
         .await
@@ -268,6 +281,7 @@ impl Store {
                     "daily_characters": limits.daily_characters,
                     "monthly_budget": limits.monthly_budget,
                     "max_queued_jobs": limits.max_queued_jobs,
+                    "daily_requests": limits.daily_requests,
                     "currency": currency,
                 }),
             },
@@ -302,6 +316,7 @@ impl Store {
             update.daily_characters.flatten(),
             update.monthly_budget.flatten(),
             update.max_queued_jobs.flatten(),
+            update.daily_requests.flatten(),
         )
         .map_err(StoreError::Invalid)?;
         if let Some(currency) = &update.currency {
@@ -328,6 +343,7 @@ impl Store {
                 currency = coalesce($8, currency),
                 retention_days = CASE WHEN $9 THEN $10 ELSE retention_days END,
                 cache_pool = CASE WHEN $11 THEN $12 ELSE cache_pool END,
+                daily_requests = CASE WHEN $13 THEN $14 ELSE daily_requests END,
                 updated_at = now()
               WHERE name = $1 RETURNING id",
         )
@@ -343,6 +359,8 @@ impl Store {
         .bind(update.retention_days.flatten())
         .bind(update.cache_pool.is_some())
         .bind(update.cache_pool.clone().flatten())
+        .bind(update.daily_requests.is_some())
+        .bind(update.daily_requests.flatten())
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("tenant `{name}`")))?;
@@ -355,6 +373,9 @@ impl Store {
         }
         if let Some(v) = update.max_queued_jobs {
             detail.insert("max_queued_jobs".into(), json!(v));
+        }
+        if let Some(v) = update.daily_requests {
+            detail.insert("daily_requests".into(), json!(v));
         }
         if let Some(v) = &update.currency {
             detail.insert("currency".into(), json!(v));

@@ -63,7 +63,9 @@ pub use retention::{SweepLease, SweptBatch};
 pub use sqlx;
 pub use submissions::{InlineClaim, Submission, Submitted};
 pub use task_events::{TaskWaiters, Waiter};
-pub use tasks::{ClaimedTask, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow};
+pub use tasks::{
+    ClaimedTask, CostEstimate, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow,
+};
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
 pub use webhooks::{AttemptOutcome, TenantWebhook, WebhookDelivery};

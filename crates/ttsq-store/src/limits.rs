@@ -1,32 +1,40 @@
 //! Per-tenant limits: characters per UTC day, a budget per UTC month (in the
-//! tenant's currency) and most open jobs. Each is optional (NULL = unlimited).
+//! tenant's currency), most open jobs and requests per UTC day. Each is
+//! optional (NULL = unlimited).
 //!
 //! A submission is admitted inside the transaction that inserts its task,
 //! after locking the tenant row (`FOR NO KEY UPDATE`): a tenant's
 //! submissions are serialized while it has any limit, so concurrent
-//! submissions never together overshoot a character or job limit. The
-//! budget is checked against the ledger, which grows when tasks finish: it
-//! can be overshot by the jobs still in flight when it is reached, never
-//! more. Tenants without limits take no lock.
+//! submissions never together overshoot a limit. Tenants without limits
+//! take no lock.
 //!
 //! What counts:
 //! - daily characters: characters of the tenant's tasks accepted this UTC
 //!   day that may be billed — queued, processing or succeeded without a
 //!   cache hit (failed and cancelled ones are not billed, so do not count);
 //! - monthly budget: the ledger's cost this UTC month in the tenant's
-//!   currency; a billable job is refused once it is spent, and an inline job
-//!   whose known cost would exceed it;
+//!   currency, plus what the tenant's open (queued or processing) tasks
+//!   reserved when they were accepted: their characters at the price of
+//!   their route's first provider. A job is refused when its own estimate
+//!   would pass the budget, so accepted work never overshoots it by more
+//!   than what its providers charge beyond their estimates (a fallback to a
+//!   dearer provider). A reservation ends with its task: the ledger row
+//!   then carries the actual cost, or nothing is billed (failed, cancelled,
+//!   a cache hit);
 //! - max queued jobs: tasks `queued` or `processing`; only jobs that enter
-//!   the queue are refused by it.
+//!   the queue are refused by it;
+//! - daily requests: tasks accepted this UTC day, whatever became of them.
+//!   Cache hits bill nothing, but every task still writes rows (task,
+//!   ledger, audit, webhook): this is the limit that bounds them.
 //!
-//! Cache hits bill nothing and are never refused by a limit.
+//! Cache hits are refused by the request limit only.
 
 use std::{fmt, time::Duration};
 
 use chrono::{Datelike, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, tasks::CostEstimate};
 
 /// Seconds a client is told to wait when its queue is full: jobs finish
 /// within seconds, so retrying soon is right.
@@ -45,6 +53,8 @@ pub enum LimitKind {
     MonthlyBudget,
     /// Jobs queued or processing at once.
     MaxQueuedJobs,
+    /// Tasks submitted per UTC day, cache hits included.
+    DailyRequests,
 }
 
 impl LimitKind {
@@ -54,6 +64,7 @@ impl LimitKind {
             Self::DailyCharacters => "daily_characters",
             Self::MonthlyBudget => "monthly_budget",
             Self::MaxQueuedJobs => "max_queued_jobs",
+            Self::DailyRequests => "daily_requests",
         }
     }
 }
@@ -106,12 +117,16 @@ pub struct LimitExceeded {
 }
 
 /// What a submission would add, for [`admit_jobs`] and [`Headroom::admit`].
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Charge {
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Charge<'a> {
     /// Billable characters; 0 for what bills nothing (cache hits, failures).
     pub characters: i64,
-    /// Its cost when known now (an inline synthesis).
-    pub cost: Option<f64>,
+    /// What it costs, or is expected to: the actual cost of an inline
+    /// synthesis, the estimates of queued or claimed jobs. Only amounts in
+    /// the tenant's currency count against its budget.
+    pub costs: Vec<CostEstimate<'a>>,
+    /// Tasks submitted.
+    pub requests: i64,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -119,6 +134,7 @@ struct LimitsRow {
     daily_characters: Option<i64>,
     monthly_budget: Option<f64>,
     max_queued_jobs: Option<i32>,
+    daily_requests: Option<i64>,
     currency: String,
 }
 
@@ -127,11 +143,12 @@ impl LimitsRow {
         self.daily_characters.is_none()
             && self.monthly_budget.is_none()
             && self.max_queued_jobs.is_none()
+            && self.daily_requests.is_none()
     }
 }
 
 const LIMITS_SELECT: &str = "SELECT daily_characters, monthly_budget::float8 AS monthly_budget,
-        max_queued_jobs, currency FROM tenants WHERE id = $1";
+        max_queued_jobs, daily_requests, currency FROM tenants WHERE id = $1";
 
 /// Admits `charge` for `jobs` jobs at once (a batch) for `tenant_id` inside
 /// `tx`: all of them or none, or [`StoreError::LimitExceeded`]. The charge's
@@ -140,26 +157,15 @@ const LIMITS_SELECT: &str = "SELECT daily_characters, monthly_budget::float8 AS 
 pub(crate) async fn admit_jobs(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant_id: Uuid,
-    charge: &Charge,
+    charge: &Charge<'_>,
     jobs: i64,
 ) -> Result<Vec<LimitUsage>, StoreError> {
-    if charge.is_free(jobs) {
-        return Ok(Vec::new());
-    }
     let Some(mut headroom) = Headroom::lock(tx, tenant_id).await? else {
         return Ok(Vec::new());
     };
     let usage = headroom.admit(charge, jobs)?;
     warn_once_past_threshold(tx, tenant_id, &usage).await?;
     Ok(usage)
-}
-
-impl Charge {
-    /// Whether it touches no limit at all (a cache hit, a failure), so the
-    /// tenant need not even be looked at.
-    pub(crate) fn is_free(&self, jobs: i64) -> bool {
-        self.characters == 0 && jobs == 0
-    }
 }
 
 /// A tenant's limits and what is in use, read under its row lock: admits a
@@ -174,6 +180,8 @@ pub(crate) struct Headroom {
     spent: f64,
     /// Jobs queued or processing (0 when there is no queue limit).
     open: i64,
+    /// Tasks submitted today (0 when there is no request limit).
+    requests: i64,
 }
 
 impl Headroom {
@@ -211,11 +219,16 @@ impl Headroom {
             Some(_) => open_jobs(tx, tenant_id).await?,
             None => 0,
         };
+        let requests = match limits.daily_requests {
+            Some(_) => requests_today(tx, tenant_id).await?,
+            None => 0,
+        };
         Ok(Some(Self {
             limits,
             characters,
             spent,
             open,
+            requests,
         }))
     }
 
@@ -223,13 +236,36 @@ impl Headroom {
     /// charge is counted as in use. Returns the usage of each limit.
     pub(crate) fn admit(
         &mut self,
-        charge: &Charge,
+        charge: &Charge<'_>,
         jobs: i64,
     ) -> Result<Vec<LimitUsage>, LimitExceeded> {
         let billable = charge.characters > 0;
         let characters = if billable { charge.characters } else { 0 };
-        let cost = charge.cost.unwrap_or(0.0);
+        let cost: f64 = charge
+            .costs
+            .iter()
+            .filter(|c| c.currency == self.limits.currency)
+            .map(|c| c.cost)
+            .sum();
         let mut usage = Vec::new();
+        if let Some(max) = self.limits.daily_requests {
+            let used = self.requests;
+            if used + charge.requests > max {
+                return Err(exceeded(
+                    LimitKind::DailyRequests,
+                    max as f64,
+                    used as f64,
+                    charge.requests as f64,
+                    None,
+                    until_next_utc_day(),
+                ));
+            }
+            usage.push(LimitUsage {
+                limit: LimitKind::DailyRequests,
+                max: max as f64,
+                used: (used + charge.requests) as f64,
+            });
+        }
         if let Some(max) = self.limits.daily_characters {
             let used = self.characters;
             if billable && used + characters > max {
@@ -289,6 +325,7 @@ impl Headroom {
             self.spent += cost;
         }
         self.open += jobs;
+        self.requests += charge.requests;
         Ok(usage)
     }
 }
@@ -326,18 +363,37 @@ async fn characters_today(
     .await?)
 }
 
+/// The ledger's cost this UTC month in `currency`, plus what the tenant's
+/// open tasks reserved in it.
 async fn spent_this_month(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     tenant_id: Uuid,
     currency: &str,
 ) -> Result<f64, StoreError> {
     Ok(sqlx::query_scalar(
-        "SELECT coalesce(sum(cost), 0)::float8 FROM usage_ledger
-          WHERE tenant_id = $1 AND currency = $2
-            AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+        "SELECT ((SELECT coalesce(sum(cost), 0) FROM usage_ledger
+                   WHERE tenant_id = $1 AND currency = $2
+                     AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+               + (SELECT coalesce(sum(reserved_cost), 0) FROM tasks
+                   WHERE tenant_id = $1 AND status IN ('queued', 'processing')
+                     AND reserved_currency = $2))::float8",
     )
     .bind(tenant_id)
     .bind(currency)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+async fn requests_today(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant_id: Uuid,
+) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM tasks
+          WHERE tenant_id = $1
+            AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .bind(tenant_id)
     .fetch_one(&mut **tx)
     .await?)
 }
@@ -446,6 +502,13 @@ impl Store {
                 limit: LimitKind::MaxQueuedJobs,
                 max: f64::from(max),
                 used: open_jobs(&mut tx, tenant_id).await? as f64,
+            });
+        }
+        if let Some(max) = limits.daily_requests {
+            usage.push(LimitUsage {
+                limit: LimitKind::DailyRequests,
+                max: max as f64,
+                used: requests_today(&mut tx, tenant_id).await? as f64,
             });
         }
         tx.rollback().await?;

@@ -25,7 +25,9 @@ use crate::{
     Store, StoreError,
     audit::audit_submissions,
     limits::{Charge, Headroom, LimitUsage, warn_once_past_threshold},
-    tasks::{FinishedTask, NewTask, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish},
+    tasks::{
+        CostEstimate, FinishedTask, NewTask, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish,
+    },
 };
 use ttsq_core::TaskStatus;
 
@@ -51,44 +53,46 @@ pub struct InlineClaim {
     pub replica_id: Uuid,
     /// The claim's token (`worker_batch_id`, and its leases' token).
     pub token: Uuid,
-    /// What the synthesis is expected to cost, admitted against the budget.
-    pub estimated_cost: Option<f64>,
 }
 
 impl Submission<'_> {
     /// What it adds to the tenant's limits, and how many queued jobs.
-    fn charge(&self) -> (Charge, i64) {
+    fn charge(&self) -> (Charge<'_>, i64) {
         let characters = i64::from(self.task.job.characters);
-        if let Some(claim) = &self.claim {
-            return (
-                Charge {
-                    characters,
-                    cost: claim.estimated_cost,
-                },
-                0,
-            );
+        let reserved = Charge {
+            characters,
+            costs: self.task.estimate.into_iter().collect(),
+            requests: 1,
+        };
+        if self.claim.is_some() {
+            return (reserved, 0);
         }
         match &self.finished {
-            None => (
-                Charge {
-                    characters,
-                    cost: None,
-                },
-                1,
-            ),
+            None => (reserved, 1),
             Some(TaskOutcome::Succeeded {
                 cache_hit: false,
                 price_per_1k,
+                currency,
                 ..
             }) => (
                 Charge {
                     characters,
-                    cost: Some(characters as f64 * price_per_1k / 1000.0),
+                    costs: vec![CostEstimate {
+                        cost: characters as f64 * price_per_1k / 1000.0,
+                        currency,
+                    }],
+                    requests: 1,
                 },
                 0,
             ),
             // Nothing billable: a cache hit, or a synthesis that failed.
-            Some(_) => (Charge::default(), 0),
+            Some(_) => (
+                Charge {
+                    requests: 1,
+                    ..Charge::default()
+                },
+                0,
+            ),
         }
     }
 
@@ -156,14 +160,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
 
         // 1. Tenants with limits, locked in id order.
-        let mut tenants: Vec<Uuid> = group
-            .iter()
-            .filter(|s| {
-                let (charge, jobs) = s.charge();
-                !charge.is_free(jobs)
-            })
-            .map(|s| s.task.tenant_id)
-            .collect();
+        let mut tenants: Vec<Uuid> = group.iter().map(|s| s.task.tenant_id).collect();
         tenants.sort_unstable();
         tenants.dedup();
         let mut headroom = HashMap::new();
@@ -193,8 +190,8 @@ impl Store {
             }
             let (charge, jobs) = submission.charge();
             let admitted = match headroom.get_mut(&submission.task.tenant_id) {
-                Some(h) if !charge.is_free(jobs) => h.admit(&charge, jobs),
-                _ => Ok(Vec::new()),
+                Some(h) => h.admit(&charge, jobs),
+                None => Ok(Vec::new()),
             };
             match admitted {
                 Ok(admitted) => {
@@ -227,7 +224,15 @@ impl Store {
                 (None, None) => TaskStatus::Queued,
                 _ => TaskStatus::Processing,
             };
-            columns.push(&s.task, status, None);
+            // What finishes at once reserves nothing.
+            let task = match s.finished {
+                Some(_) => NewTask {
+                    estimate: None,
+                    ..s.task
+                },
+                None => s.task,
+            };
+            columns.push(&task, status, None);
         }
         let inserted: HashSet<Uuid> = columns.insert(&mut *tx).await?.into_iter().collect();
         let created: Vec<&Submission<'_>> = order

@@ -92,6 +92,20 @@ pub struct NewTask<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Visible prefix of the API key that submitted it, for ledger and audit.
     pub key_prefix: Option<&'a str>,
+    /// What it is expected to cost, reserved against the tenant's monthly
+    /// budget while it is queued or processing; `None`: nothing to reserve
+    /// (a cache hit, or a route without a price).
+    pub estimate: Option<CostEstimate<'a>>,
+}
+
+/// What a task is expected to cost: its characters at the price of the
+/// first provider of its dialect's route, in that provider's currency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostEstimate<'a> {
+    /// The amount.
+    pub cost: f64,
+    /// ISO 4217 code of the amount.
+    pub currency: &'a str,
 }
 
 /// How a task ended.
@@ -198,6 +212,8 @@ pub(crate) struct TaskColumns {
     batch_ids: Vec<Option<Uuid>>,
     batch_indexes: Vec<Option<i32>>,
     custom_ids: Vec<Option<String>>,
+    reserved_costs: Vec<Option<f64>>,
+    reserved_currencies: Vec<Option<String>>,
 }
 
 /// Where a task sits in its batch, for [`TaskColumns::push`].
@@ -251,6 +267,9 @@ impl TaskColumns {
         self.batch_indexes.push(place.as_ref().map(|p| p.index));
         self.custom_ids
             .push(place.and_then(|p| p.custom_id.map(str::to_owned)));
+        self.reserved_costs.push(task.estimate.map(|e| e.cost));
+        self.reserved_currencies
+            .push(task.estimate.map(|e| e.currency.to_owned()));
     }
 
     /// The ids, in the order pushed.
@@ -277,18 +296,19 @@ impl TaskColumns {
             "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
                                 speed, emotion, format, content_hash, metadata, callback_url,
                                 idempotency_key, key_prefix, marks, batch_id, batch_index, custom_id,
-                                started_at)
+                                started_at, reserved_cost, reserved_currency)
              SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
                     u.model, u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, u.callback_url,
                     u.idempotency_key, u.key_prefix, string_to_array(u.marks, ','), u.batch_id,
-                    u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END
+                    u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END,
+                    round(u.reserved_cost::numeric, 6), u.reserved_currency
                FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
                            $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], $12::text[],
                            $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
-                           $19::uuid[], $20::int4[], $21::text[])
+                           $19::uuid[], $20::int4[], $21::text[], $22::float8[], $23::text[])
                     AS u(id, tenant_id, status, priority, text, characters, dialect, voice, model, speed,
                          emotion, format, hash, metadata, callback_url, idempotency_key, key_prefix,
-                         marks, batch_id, batch_index, custom_id)
+                         marks, batch_id, batch_index, custom_id, reserved_cost, reserved_currency)
              ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -313,6 +333,8 @@ impl TaskColumns {
         .bind(&self.batch_ids)
         .bind(&self.batch_indexes)
         .bind(&self.custom_ids)
+        .bind(&self.reserved_costs)
+        .bind(&self.reserved_currencies)
         .fetch_all(executor)
         .await?)
     }

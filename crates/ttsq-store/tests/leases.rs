@@ -51,6 +51,7 @@ async fn queued(store: &Store, tenant_id: Uuid, job: &Job) -> Uuid {
         job,
         idempotency_key: None,
         key_prefix: None,
+        estimate: None,
     };
     store.insert_queued(&task).await.expect("task queued");
     task.id

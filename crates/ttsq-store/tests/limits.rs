@@ -33,6 +33,7 @@ async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {
                     job,
                     idempotency_key: None,
                     key_prefix: Some("ttsq_abcdef12"),
+                    estimate: None,
                 })
                 .await
         }
@@ -98,6 +99,7 @@ async fn concurrent_submissions_never_overshoot_max_queued_jobs() {
                     job,
                     idempotency_key: None,
                     key_prefix: None,
+                    estimate: None,
                 })
                 .await
         }
@@ -136,6 +138,7 @@ async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
         job,
         idempotency_key: Some("same-key"),
         key_prefix: None,
+        estimate: None,
     };
     let (first, created) = store.insert_queued(&task(&first_job)).await.expect("first");
     assert!(created);

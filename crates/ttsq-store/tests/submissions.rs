@@ -19,6 +19,7 @@ fn queued<'a>(tenant_id: Uuid, job: &'a Job, key: Option<&'a str>) -> Submission
             job,
             idempotency_key: key,
             key_prefix: Some("ttsq_abcdef12"),
+            estimate: None,
         },
         finished: None,
         claim: None,

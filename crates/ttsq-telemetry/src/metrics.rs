@@ -75,7 +75,8 @@ pub struct Metrics {
     /// `tts_provider_circuit_state{provider}`: 0 closed, 1 half-open, 2 open.
     pub circuit_state: IntGaugeVec,
     /// `tts_tenant_limit_usage_max{limit}`: the highest share of a tenant
-    /// limit (`daily_characters`, `monthly_budget`, `max_queued_jobs`) used
+    /// limit (`daily_characters`, `monthly_budget`, `max_queued_jobs`,
+    /// `daily_requests`) used
     /// by any tenant this process admitted a job for; no tenant label.
     pub tenant_limit_usage_max: GaugeVec,
     /// `tts_tenants_near_limit{limit}`: tenants at 80 % or more of that limit.

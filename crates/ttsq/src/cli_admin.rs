@@ -52,6 +52,11 @@ pub struct LimitArgs {
     /// Jobs queued or processing at once (`none`: unlimited).
     #[arg(long, value_name = "N|none")]
     max_queued_jobs: Option<Limit<i32>>,
+    /// Tasks submitted per UTC day, cache hits and failures included
+    /// (`none`: unlimited). Bounds what a tenant can make the service store
+    /// even when nothing it asks for is billable.
+    #[arg(long, value_name = "N|none")]
+    daily_requests: Option<Limit<i64>>,
     /// Currency of the budget, an ISO 4217 code (default USD).
     #[arg(long, value_name = "CODE")]
     currency: Option<String>,
@@ -189,6 +194,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 daily_characters: limits.daily_characters.and_then(|l| l.0),
                 monthly_budget: limits.monthly_budget.and_then(|l| l.0),
                 max_queued_jobs: limits.max_queued_jobs.and_then(|l| l.0),
+                daily_requests: limits.daily_requests.and_then(|l| l.0),
             };
             let (tenant, key) = store
                 .create_tenant_with(&name, &set, limits.currency.as_deref(), &actor())
@@ -220,6 +226,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 "daily_characters",
                 "monthly_budget",
                 "max_queued_jobs",
+                "daily_requests",
                 "retention_days",
                 "cache_pool",
                 "active_keys",
@@ -235,6 +242,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                         opt(t.daily_characters),
                         opt(t.monthly_budget),
                         opt(t.max_queued_jobs),
+                        opt(t.daily_requests),
                         opt(t.retention_days),
                         t.cache_pool.clone().unwrap_or_else(|| "-".to_owned()),
                         t.active_keys.to_string(),
@@ -249,25 +257,27 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 daily_characters: limits.daily_characters.map(|l| l.0),
                 monthly_budget: limits.monthly_budget.map(|l| l.0),
                 max_queued_jobs: limits.max_queued_jobs.map(|l| l.0),
+                daily_requests: limits.daily_requests.map(|l| l.0),
                 currency: limits.currency,
                 retention_days: limits.retention_days.map(|l| l.0),
                 cache_pool: limits.cache_pool.map(|p| p.0),
             };
             anyhow::ensure!(
                 update != TenantUpdate::default(),
-                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --currency, --retention-days or --cache-pool"
+                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --daily-requests, --currency, --retention-days or --cache-pool"
             );
             let t = store
                 .update_tenant(&name, &update, &actor())
                 .await
                 .map_err(explain)?;
             eprintln!(
-                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, retention_days {}, cache_pool {}",
+                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, daily_requests {}, retention_days {}, cache_pool {}",
                 t.name,
                 opt(t.daily_characters),
                 opt(t.monthly_budget),
                 t.currency,
                 opt(t.max_queued_jobs),
+                opt(t.daily_requests),
                 opt(t.retention_days),
                 t.cache_pool.as_deref().unwrap_or("-")
             );

@@ -327,23 +327,185 @@ async fn a_monthly_budget_refuses_billable_jobs_once_spent() {
     assert_eq!(tasks_of(&app, "budget").await, 1);
     // Refused on its estimated cost, before espeak was asked.
     assert_eq!(app.provider_calls("espeak"), 1);
-    // A queued job's cost is not known yet: admitted while budget is left.
-    let response = app
-        .submit_as(&key, &job("Queued while budget is left"))
-        .await;
+    // A queued job reserves its estimated cost: 10 more make 30 of 30.
+    let response = app.submit_as(&key, &job("Ten chars!")).await;
     assert_eq!(response.status(), 202);
-    app.drain(Duration::from_secs(60)).await;
-    // Now 47 of 30 are spent (the overshoot is the job in flight): refused.
+    // Nothing more fits, neither before that job is billed nor after.
     assert_limited(
         app.submit_as(&key, &job("Nothing more this month")).await,
         "monthly_budget",
         31 * 86_400,
     )
     .await;
+    app.drain(Duration::from_secs(60)).await;
+    let body = assert_limited(
+        app.submit_as(&key, &job("Nothing more this month")).await,
+        "monthly_budget",
+        31 * 86_400,
+    )
+    .await;
+    assert_eq!(body["usage"].as_f64(), Some(30.0), "{body}");
     // A cache hit bills nothing and is still served.
     let again = app.submit_as(&key, &high("Twenty characters ok")).await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.headers()["x-cache"], "hit");
+    app.teardown().await;
+}
+
+/// Finding 6 of the hostile-tenant review: queued work was admitted at no
+/// cost and the budget checked against the ledger alone, so batch after
+/// batch passed a budget that the first one already used up. Queued jobs
+/// now reserve their estimated cost (characters at the route's first
+/// provider's price) until they end.
+#[tokio::test]
+async fn queued_work_reserves_its_estimate_so_batches_cannot_overshoot_a_budget() {
+    // One currency unit per character, so costs are easy to follow.
+    let mut app = TestApp::spawn_with(options(
+        false,
+        &[("TTSQ_PROVIDERS_ESPEAK_PRICE_PER_1K_CHARS", "1000")],
+    ))
+    .await;
+    let key = limited_tenant(
+        &app,
+        "reserve",
+        TenantLimits {
+            monthly_budget: Some(100.0),
+            ..TenantLimits::default()
+        },
+    )
+    .await;
+    let batch = |tag: &str| {
+        let items: Vec<Value> = (0..10)
+            .map(|i| json!({"text": format!("{tag} {i:03}"), "dialect": "en-gb", "format": "wav"}))
+            .collect();
+        json!({ "items": items })
+    };
+    let post_batch = |body: Value| {
+        app.http
+            .post(format!("{}/v1/tts/batches", app.base_url))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    // Ten items of 8 characters: 80 of 100 reserved, nothing billed yet.
+    let first = post_batch(batch("Item")).await.expect("sent");
+    assert_eq!(first.status(), 202);
+    // Ten more would make 160: refused whole, nothing written.
+    let body = assert_limited(
+        post_batch(batch("Next")).await.expect("sent"),
+        "monthly_budget",
+        31 * 86_400,
+    )
+    .await;
+    assert_eq!(body["usage"].as_f64(), Some(80.0), "{body}");
+    assert_eq!(tasks_of(&app, "reserve").await, 10);
+    // 20 characters fit exactly; one more does not.
+    let fits = app.submit_as(&key, &job("Twenty characters ok")).await;
+    assert_eq!(fits.status(), 202);
+    let fits: Value = fits.json().await.expect("JSON");
+    assert_limited(
+        app.submit_as(&key, &job("x")).await,
+        "monthly_budget",
+        31 * 86_400,
+    )
+    .await;
+    // Cancelling releases what the job reserved.
+    let cancelled = app
+        .http
+        .delete(format!(
+            "{}/v1/tts/jobs/{}",
+            app.base_url,
+            fits["task_id"].as_str().expect("task id")
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("DELETE sent");
+    assert_eq!(cancelled.status(), 200);
+    let response = app.submit_as(&key, &job("Twenty again, fits!!")).await;
+    assert_eq!(response.status(), 202);
+    // The work done is billed within the budget.
+    app.start_worker();
+    app.drain(Duration::from_secs(120)).await;
+    let billed: f64 = ttsq_store::sqlx::query_scalar(
+        "SELECT coalesce(sum(l.cost), 0)::float8 FROM usage_ledger l
+           JOIN tenants n ON n.id = l.tenant_id WHERE n.name = 'reserve'",
+    )
+    .fetch_one(app.services.store.pool())
+    .await
+    .expect("ledger total");
+    assert_eq!(billed, 100.0, "80 for the batch and 20 for the last job");
+    app.teardown().await;
+}
+
+/// Finding 7 of the hostile-tenant review: cache hits skipped every limit,
+/// so a tenant could create tasks without end (each writes a task, a ledger
+/// row, an audit row, maybe a webhook) for nothing. `daily_requests` counts
+/// every task accepted this UTC day, cache hits included, single or batched.
+#[tokio::test]
+async fn a_daily_request_limit_counts_cache_hits_too() {
+    let app = TestApp::spawn_with(options(true, &[("TTSQ_ADMIN_TOKEN", ADMIN_TOKEN)])).await;
+    let key = limited_tenant(&app, "requests", TenantLimits::default()).await;
+    let patched = app
+        .http
+        .patch(format!("{}/v1/admin/tenants/requests", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"daily_requests": 4}))
+        .send()
+        .await
+        .expect("PATCH sent");
+    assert_eq!(patched.status(), 200);
+    let patched: Value = patched.json().await.expect("JSON");
+    assert_eq!(patched["daily_requests"], 4, "{patched}");
+
+    let high = json!({"text": "Said once, heard often.", "dialect": "en-gb", "format": "wav", "priority": "high"});
+    let first = app.submit_as(&key, &high).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cache"], "miss");
+    for _ in 0..2 {
+        let again = app.submit_as(&key, &high).await;
+        assert_eq!(again.status(), 200);
+        assert_eq!(again.headers()["x-cache"], "hit");
+    }
+    // A batch of two cache hits would make 5 of 4: refused whole.
+    let item = json!({"text": "Said once, heard often.", "dialect": "en-gb", "format": "wav"});
+    let batch = app
+        .http
+        .post(format!("{}/v1/tts/batches", app.base_url))
+        .bearer_auth(&key)
+        .json(&json!({"items": [item, item]}))
+        .send()
+        .await
+        .expect("batch sent");
+    let body = assert_limited(batch, "daily_requests", 86_400).await;
+    assert_eq!(
+        (
+            body["limit_value"].as_i64(),
+            body["usage"].as_i64(),
+            body["requested"].as_i64()
+        ),
+        (Some(4), Some(3), Some(2)),
+        "{body}"
+    );
+    // The fourth, a queued-priority cache hit, fits; the fifth does not.
+    let fourth = app.submit_as(&key, &item).await;
+    assert_eq!(fourth.status(), 202);
+    let fourth: Value = fourth.json().await.expect("JSON");
+    assert_eq!(fourth["status"], "succeeded", "{fourth}");
+    assert_limited(app.submit_as(&key, &high).await, "daily_requests", 86_400).await;
+    assert_eq!(tasks_of(&app, "requests").await, 4);
+    // Operators see the limit and its use.
+    let admin: Value = app
+        .http
+        .get(format!("{}/v1/admin/tenants/requests", app.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(admin.to_string().contains("daily_requests"), "{admin}");
     app.teardown().await;
 }
 
