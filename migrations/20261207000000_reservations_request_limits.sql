@@ -16,3 +16,8 @@ ALTER TABLE tenants ADD COLUMN daily_requests bigint CHECK (daily_requests > 0);
 
 COMMENT ON COLUMN tenants.daily_requests IS
     'Most tasks the tenant may submit per UTC day, cache hits and failures included; NULL: unlimited.';
+
+-- The audit log's text digest is keyed (audit.text_key), so short texts
+-- cannot be found by hashing guesses; the column keeps its first name.
+COMMENT ON COLUMN audit_log.text_sha256 IS
+    'HMAC-SHA256 of the normalised text under audit.text_key (hex); never the text, nor a plain hash of it.';
