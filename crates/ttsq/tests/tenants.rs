@@ -1124,13 +1124,18 @@ async fn the_cli_manages_tenants_and_keys() {
         "none",
         "--max-queued-jobs",
         "7",
+        "--daily-requests",
+        "12345",
     ]);
     let table = run(&["tenant", "list"]);
     let line = table
         .lines()
         .find(|l| l.starts_with("cli-co"))
         .expect("a row");
-    assert!(line.contains(" 7 ") && line.contains(" 9.5 "), "{line}");
+    assert!(
+        line.contains(" 7 ") && line.contains(" 9.5 ") && line.contains(" 12345 "),
+        "{line}"
+    );
 
     let second = run(&["key", "create", "cli-co"]).trim().to_owned();
     let keys = run(&["key", "list", "cli-co", "--format", "csv"]);
