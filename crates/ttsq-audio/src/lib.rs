@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod streaming;
 mod transport;
 
 use std::{fmt, time::Duration};
@@ -18,6 +19,8 @@ use aws_sdk_s3::{
 use bytes::Bytes;
 use secrecy::ExposeSecret;
 use ttsq_config::S3Settings;
+
+pub use crate::streaming::{MultipartWriter, ObjectReader};
 
 /// Region used when the settings leave it empty; also the one region where
 /// `CreateBucket` must not name a location constraint.
