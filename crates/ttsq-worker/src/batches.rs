@@ -2,190 +2,113 @@
 //!
 //! When the last item of such a batch reaches a terminal state, the trigger
 //! on `tasks` leaves the batch `concatenating`. A sweeper in every worker
-//! ([`concatenate_pending`], run by the webhook service every half second)
-//! joins the succeeded items' audio in batch order, stores it under
-//! `batches/{id}/joined.{ext}` and completes the batch, which also queues its
-//! `batch.completed` webhook. Two replicas may join the same batch at once:
-//! both write the same bytes and only one completes it.
-//!
-//! Items of one batch share a format. WAV is decoded and its samples joined
-//! (one header, rates must agree); PCM is joined as is; MP3 frames are
-//! joined after dropping each file's leading Info/Xing frame, which would
-//! otherwise tell players the length of the first file only.
+//! ([`Joiner::sweep`], run by the webhook service every half second) joins
+//! the succeeded items' audio in batch order (streamed, see [`crate::join`]),
+//! stores it under `batches/{id}/joined.{ext}` and completes the batch,
+//! which also queues its `batch.completed` webhook. Audio that cannot be
+//! joined completes the batch with `concatenate_error` instead.
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
 use ttsq_audio::AudioStore;
+use ttsq_config::BatchSettings;
 use ttsq_core::AudioFormat;
-use ttsq_providers::encode::{encode, read_wav};
-use ttsq_store::{BatchAudio, BatchRow, Concatenated, Store, StoreError};
+use ttsq_store::{BatchRow, Concatenated, Store, StoreError};
 use uuid::Uuid;
 
-/// Why a batch's audio could not be joined.
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    /// The items' audio cannot be joined (format, rates).
-    #[error("{0}")]
-    Incompatible(String),
-    /// Storage failed; tried again on the next sweep.
-    #[error(transparent)]
-    Storage(#[from] ttsq_audio::AudioStoreError),
-    /// Postgres failed; tried again on the next sweep.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+pub use crate::join::{JoinError, JoinLimits, Joined};
+
+/// Joins the audio of batches waiting for it; every worker runs one.
+#[derive(Clone)]
+pub struct Joiner {
+    /// Postgres: the batches and their items.
+    store: Store,
+    /// S3: the items' audio and the joined files.
+    audio: AudioStore,
+    /// What bounds a join.
+    limits: JoinLimits,
 }
 
-/// Joins the audio of batches waiting for it (up to `limit`); returns how
-/// many this call completed.
-pub async fn concatenate_pending(
-    store: &Store,
-    audio: &AudioStore,
-    limit: i64,
-) -> Result<usize, StoreError> {
-    let mut done = 0;
-    for id in store.batches_to_concatenate(limit).await? {
-        let result = match join_batch(store, audio, id).await {
-            Ok(stored) => stored,
-            Err(JoinError::Incompatible(reason)) => Concatenated::Failed(reason),
-            Err(err) => {
-                tracing::warn!(batch_id = %id, error = %err, "joining a batch's audio failed; retrying later");
-                continue;
-            }
-        };
-        if store.finish_concatenation(id, &result).await? {
-            tracing::info!(batch_id = %id, "batch audio joined");
-            done += 1;
+impl std::fmt::Debug for Joiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joiner")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one [`Joiner::sweep`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Joined files it stored.
+    pub joined: usize,
+    /// Batches it completed, with joined audio or a `concatenate_error`.
+    pub completed: usize,
+}
+
+impl Joiner {
+    /// A joiner within `settings`, for the replica `holder`.
+    pub fn new(store: Store, audio: AudioStore, settings: &BatchSettings, _holder: Uuid) -> Self {
+        Self {
+            store,
+            audio,
+            limits: JoinLimits {
+                part_bytes: usize::try_from(settings.join_part_bytes).unwrap_or(usize::MAX),
+                max_bytes: settings.max_joined_bytes,
+            },
         }
     }
-    Ok(done)
-}
 
-async fn join_batch(
-    store: &Store,
-    audio: &AudioStore,
-    id: Uuid,
-) -> Result<Concatenated, JoinError> {
-    let items = store.batch_audio(id).await?;
-    let Some(first) = items.first() else {
-        return Ok(Concatenated::Failed(
-            "no item succeeded; there is no audio to join".into(),
-        ));
-    };
-    let format: AudioFormat = first
-        .format
-        .parse()
-        .map_err(|()| JoinError::Incompatible(format!("unknown format `{}`", first.format)))?;
-    if items.iter().any(|i| i.format != first.format) {
-        return Err(JoinError::Incompatible(
-            "the items have different formats".into(),
-        ));
-    }
-    let mut parts = Vec::with_capacity(items.len());
-    for item in &items {
-        parts.push(audio.get(&item.s3_key).await?);
-    }
-    let (bytes, duration_ms) = join(format, &items, &parts)?;
-    let key = format!("batches/{id}/joined.{}", format.extension());
-    let size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-    audio
-        .put(&key, Bytes::from(bytes), format.content_type())
-        .await?;
-    Ok(Concatenated::Stored {
-        key,
-        bytes: size,
-        duration_ms,
-    })
-}
-
-/// Joins the audio files `parts` (of `items`, in order) of one `format`.
-pub fn join(
-    format: AudioFormat,
-    items: &[BatchAudio],
-    parts: &[Bytes],
-) -> Result<(Vec<u8>, i32), JoinError> {
-    let listed_ms: i32 = items.iter().map(|i| i.duration_ms).sum();
-    match format {
-        AudioFormat::Wav => {
-            let mut samples = Vec::new();
-            let mut rate = None;
-            for part in parts {
-                let wave = read_wav(part).map_err(|e| JoinError::Incompatible(e.to_string()))?;
-                if *rate.get_or_insert(wave.sample_rate_hz) != wave.sample_rate_hz {
-                    return Err(JoinError::Incompatible(
-                        "the items have different sample rates".into(),
-                    ));
+    /// Joins the audio of up to `limit` batches waiting for it.
+    pub async fn sweep(&self, limit: i64) -> Result<Sweep, StoreError> {
+        let mut sweep = Sweep::default();
+        for id in self.store.batches_to_concatenate(limit).await? {
+            let result = match self.join(id).await {
+                Ok(stored) => {
+                    sweep.joined += 1;
+                    stored
                 }
-                samples.extend_from_slice(&wave.samples);
+                Err(JoinError::Unjoinable(reason)) => Concatenated::Failed(reason),
+                Err(err) => {
+                    tracing::warn!(batch_id = %id, error = %err, "joining a batch's audio failed; retrying later");
+                    continue;
+                }
+            };
+            if self.store.finish_concatenation(id, &result).await? {
+                tracing::info!(batch_id = %id, "batch audio joined");
+                sweep.completed += 1;
             }
-            let rate = rate.unwrap_or(22_050);
-            let bytes = encode(&samples, rate, AudioFormat::Wav)
-                .map_err(|e| JoinError::Incompatible(e.to_string()))?;
-            let ms = ttsq_providers::encode::duration_ms(samples.len(), rate);
-            Ok((bytes, i32::try_from(ms).unwrap_or(i32::MAX)))
         }
-        AudioFormat::Pcm => Ok((parts.concat(), listed_ms)),
-        AudioFormat::Mp3 => {
-            let mut out = Vec::new();
-            for part in parts {
-                out.extend_from_slice(without_info_frame(part));
-            }
-            Ok((out, listed_ms))
+        Ok(sweep)
+    }
+
+    /// Joins a batch's succeeded items into its joined file.
+    async fn join(&self, id: Uuid) -> Result<Concatenated, JoinError> {
+        let items = self.store.batch_audio(id).await?;
+        let Some(first) = items.first() else {
+            return Err(JoinError::Unjoinable(
+                "no item succeeded; there is no audio to join".into(),
+            ));
+        };
+        let format: AudioFormat = first
+            .format
+            .parse()
+            .map_err(|()| JoinError::Unjoinable(format!("unknown format `{}`", first.format)))?;
+        if items.iter().any(|i| i.format != first.format) {
+            return Err(JoinError::Unjoinable(
+                "the items have different formats".into(),
+            ));
         }
-        AudioFormat::OggOpus => Err(JoinError::Incompatible(
-            "ogg_opus audio cannot be joined".into(),
-        )),
+        let key = format!("batches/{id}/joined.{}", format.extension());
+        let joined =
+            crate::join::join_items(&self.audio, &key, format, &items, self.limits).await?;
+        Ok(Concatenated::Stored {
+            key,
+            bytes: i64::try_from(joined.bytes).unwrap_or(i64::MAX),
+            duration_ms: joined.duration_ms,
+        })
     }
-}
-
-/// The MP3 stream after an ID3v2 tag and a leading Info/Xing frame, when
-/// present; the whole input otherwise.
-fn without_info_frame(bytes: &[u8]) -> &[u8] {
-    let mut start = 0;
-    if bytes.len() >= 10 && &bytes[..3] == b"ID3" {
-        let size = bytes[6..10]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f));
-        start = (10 + size).min(bytes.len());
-    }
-    let rest = &bytes[start..];
-    let Some(length) = frame_length(rest) else {
-        return rest;
-    };
-    let frame = &rest[..length.min(rest.len())];
-    let tagged = frame.windows(4).any(|w| w == b"Xing" || w == b"Info");
-    if tagged {
-        &rest[length.min(rest.len())..]
-    } else {
-        rest
-    }
-}
-
-/// Length of the MPEG audio Layer III frame at the start of `bytes`.
-fn frame_length(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 4 || bytes[0] != 0xff || bytes[1] & 0xe0 != 0xe0 {
-        return None;
-    }
-    let version = (bytes[1] >> 3) & 0x3; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
-    let bitrate_index = usize::from(bytes[2] >> 4);
-    let rate_index = usize::from((bytes[2] >> 2) & 0x3);
-    let padding = usize::from((bytes[2] >> 1) & 0x1);
-    const MPEG1: [usize; 15] = [
-        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
-    ];
-    const MPEG2: [usize; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
-    let (kbps, rates, per_frame) = match version {
-        3 => (MPEG1.get(bitrate_index)?, [44_100, 48_000, 32_000], 144),
-        2 => (MPEG2.get(bitrate_index)?, [22_050, 24_000, 16_000], 72),
-        0 => (MPEG2.get(bitrate_index)?, [11_025, 12_000, 8_000], 72),
-        _ => return None,
-    };
-    let rate: usize = *rates.get(rate_index)?;
-    if *kbps == 0 {
-        return None;
-    }
-    Some(per_frame * kbps * 1000 / rate + padding)
 }
 
 /// The JSON view of a batch, without its items: what `GET

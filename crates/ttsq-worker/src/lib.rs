@@ -6,12 +6,15 @@
 //! - [`batcher`]: grouping deliveries by dialect, flushed on size or window.
 //! - [`pipeline`]: one batch end to end.
 //! - [`batches`]: joined audio of client batches, and their JSON view.
+//! - [`join`]: joining audio files by streaming them through a multipart
+//!   upload, format by format.
 //! - [`webhooks`]: the SSRF guard, signing and the webhook delivery service.
 //! - [`synthesis`]: making one hash's audio under its fleet-wide lease,
 //!   shared with the API's high-priority path.
 
 pub mod batcher;
 pub mod batches;
+pub mod join;
 pub mod pipeline;
 pub mod synthesis;
 pub mod webhooks;

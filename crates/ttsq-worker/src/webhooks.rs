@@ -37,6 +37,9 @@ use uuid::Uuid;
 /// How often pending events are relayed and joins swept.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
+/// Most batches one sweep joins; the rest wait for the next sweep.
+const JOINS_PER_SWEEP: i64 = 16;
+
 /// Most bytes of a receiver's answer kept in the log.
 const ERROR_SNIPPET: usize = 200;
 
@@ -214,8 +217,10 @@ pub struct WebhookContext {
     pub store: Store,
     /// RabbitMQ.
     pub broker: Arc<Broker>,
-    /// S3, for audio links in payloads and joined batch audio.
+    /// S3, for audio links in payloads.
     pub audio: AudioStore,
+    /// Joins the audio of batches that asked for it, on the sweeper.
+    pub joiner: crate::batches::Joiner,
     /// Base URL of the API, for `status_url` links.
     pub public_url: Arc<str>,
     /// Signing key; `None`: webhooks are off (events stay pending).
@@ -302,9 +307,7 @@ async fn sweep(context: &WebhookContext) {
     let mut publisher = None;
     loop {
         ticks.tick().await;
-        if let Err(err) =
-            crate::batches::concatenate_pending(&context.store, &context.audio, 16).await
-        {
+        if let Err(err) = context.joiner.sweep(JOINS_PER_SWEEP).await {
             tracing::warn!(error = %err, "sweeping batches to join failed");
         }
         if context.signing_key.is_none() {

@@ -335,6 +335,12 @@ impl Services {
             store: self.store.clone(),
             broker: Arc::clone(&self.broker),
             audio: self.audio.clone(),
+            joiner: ttsq_worker::batches::Joiner::new(
+                self.store.clone(),
+                self.audio.clone(),
+                &self.settings.batches,
+                self.replica_id,
+            ),
             public_url: self.settings.server.public_url.trim_end_matches('/').into(),
             signing_key: hooks.enabled_key().cloned(),
             // Settings::load validated the networks.

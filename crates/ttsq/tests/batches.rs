@@ -383,6 +383,215 @@ async fn concatenate_joins_every_item_into_one_playable_file() {
     app.teardown().await;
 }
 
+/// A text of about a thousand characters: at speed 0.5 espeak-ng speaks it
+/// for about two minutes, some 5 MB of 22.05 kHz WAV.
+fn long_text() -> String {
+    "The quick brown fox jumps over the lazy dog while the patient narrator \
+     reads another long chapter of the story aloud. "
+        .repeat(9)
+}
+
+/// The largest resident set this test process has had, in bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM in kB");
+    kib * 1024
+}
+
+/// Polls a batch until it is `completed`, for at most `limit`.
+async fn wait_for_batch_within(app: &TestApp, id: &str, limit: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let batch = get_batch(app, id, "").await;
+        if batch["status"] == "completed" {
+            return batch;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch not completed within {limit:?}: {batch}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Synthesizes `text` (WAV, speed 0.5) once so that batch items of it are
+/// cache hits at submit, then stops the workers; returns the audio's key.
+async fn store_once_and_stop_workers(app: &mut TestApp, text: &str) -> String {
+    let task = app
+        .submit_ok(&json!({"text": text, "dialect": "en-us", "format": "wav", "speed": 0.5}))
+        .await;
+    let done = app.wait_for(task).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    app.stop_workers().await;
+    // The presigned URL's path is `/{bucket}/{key}`.
+    let url = done["audio_url"].as_str().expect("audio_url");
+    let path = url.split('?').next().expect("a path");
+    let bucket = format!("/{}/", app.services.audio.bucket());
+    let (_, key) = path.split_once(&bucket).expect("the bucket in the URL");
+    key.to_owned()
+}
+
+#[tokio::test]
+async fn a_joined_batch_is_streamed_in_parts_without_holding_it_in_memory() {
+    const PART: u64 = 5 * 1024 * 1024;
+    let mut app = TestApp::spawn_with(TestOptions {
+        env: vec![("TTSQ_BATCHES_JOIN_PART_BYTES".to_owned(), PART.to_string())],
+        ..TestOptions::default()
+    })
+    .await;
+    let text = long_text();
+    store_once_and_stop_workers(&mut app, &text).await;
+    // Eight items of one stored clip: one synthesis, about 40 MB to join.
+    let items: Vec<Value> = (0..8)
+        .map(|i| json!({"text": text, "dialect": "en-us", "format": "wav", "speed": 0.5, "custom_id": i.to_string()}))
+        .collect();
+    let accepted = submit_batch_ok(&app, &json!({"concatenate": true, "items": items})).await;
+    let id = accepted["batch_id"].as_str().expect("batch_id").to_owned();
+
+    let peak_before = peak_rss_bytes();
+    app.start_worker();
+    let batch = wait_for_batch_within(&app, &id, Duration::from_secs(60)).await;
+    let peak_after = peak_rss_bytes();
+
+    let joined_bytes = batch["concatenated_audio_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no joined audio: {batch}"));
+    assert!(joined_bytes > 6 * PART, "joined only {joined_bytes} bytes");
+    // The join held about one part, never the file (nor its samples).
+    let grown = peak_after.saturating_sub(peak_before);
+    assert!(
+        grown < 4 * PART,
+        "the peak resident set grew by {grown} bytes joining {joined_bytes} bytes"
+    );
+    let url = batch["concatenated_audio_url"].as_str().expect("url");
+    let response = reqwest::get(url).await.expect("download");
+    // A multipart upload's ETag ends in `-{parts}`.
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned();
+    let parts: u64 = etag
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a multipart upload: ETag {etag}"));
+    assert_eq!(parts, joined_bytes.div_ceil(PART), "ETag {etag}");
+    let bytes = response.bytes().await.expect("bytes");
+    assert_eq!(bytes.len() as u64, joined_bytes);
+    let item_ms = app
+        .scalar("SELECT max(duration_ms)::bigint FROM audio_objects")
+        .await;
+    let seconds = wav_seconds(&bytes);
+    assert!(
+        (seconds * 1000.0 - 8.0 * item_ms as f64).abs() < 10.0,
+        "joined {seconds} s, items 8 × {item_ms} ms"
+    );
+    assert_eq!(
+        batch["concatenated_duration_ms"].as_i64(),
+        Some((seconds * 1000.0).round() as i64)
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn mp3_and_pcm_batches_join_their_items_in_order() {
+    let app = TestApp::spawn().await;
+    for format in ["mp3", "pcm"] {
+        let items: Vec<Value> = ["One little sentence.", "And another one after it."]
+            .iter()
+            .map(|t| json!({"text": t, "dialect": "en-us", "format": format}))
+            .collect();
+        let accepted = submit_batch_ok(&app, &json!({"concatenate": true, "items": items})).await;
+        let id = accepted["batch_id"].as_str().expect("batch_id").to_owned();
+        let batch = wait_for_batch(&app, &id).await;
+        let mut parts = Vec::new();
+        let mut listed_ms = 0;
+        for item in batch["data"].as_array().expect("data") {
+            listed_ms += item["duration_ms"].as_i64().expect("duration");
+            let url = item["audio_url"].as_str().expect("audio_url");
+            parts.push(
+                reqwest::get(url)
+                    .await
+                    .expect("get")
+                    .bytes()
+                    .await
+                    .expect("bytes"),
+            );
+        }
+        let url = batch["concatenated_audio_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no joined {format}: {batch}"));
+        let joined = reqwest::get(url)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        assert_eq!(batch["concatenated_duration_ms"].as_i64(), Some(listed_ms));
+        assert_eq!(
+            batch["concatenated_audio_bytes"].as_u64(),
+            Some(joined.len() as u64)
+        );
+        if format == "pcm" {
+            assert_eq!(
+                joined.as_ref(),
+                [parts[0].as_ref(), parts[1].as_ref()].concat()
+            );
+        } else {
+            // Each file's leading tag and Info frame are gone; the frames stay.
+            let sum: usize = parts.iter().map(|p| p.len()).sum();
+            assert!(
+                joined.len() < sum && joined.len() + 4 * 2048 > sum,
+                "{} of {sum}",
+                joined.len()
+            );
+            assert_eq!(joined[0], 0xff, "joined MP3 starts with a frame");
+            assert!(
+                !joined[..2048]
+                    .windows(4)
+                    .any(|w| w == b"Xing" || w == b"Info")
+            );
+            let tail = &parts[1][parts[1].len() - 1024..];
+            assert!(joined.ends_with(tail));
+        }
+    }
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_item_audio_is_gone_completes_with_concatenate_error() {
+    let mut app = TestApp::spawn().await;
+    let text = "This audio will be deleted from the bucket.";
+    let key = store_once_and_stop_workers(&mut app, text).await;
+    app.services.audio.delete(&key).await.expect("deleted");
+    let item = json!({"text": text, "dialect": "en-us", "format": "wav", "speed": 0.5});
+    let accepted = submit_batch_ok(
+        &app,
+        &json!({"concatenate": true, "items": [item.clone(), item]}),
+    )
+    .await;
+    let id = accepted["batch_id"].as_str().expect("batch_id").to_owned();
+
+    app.start_worker();
+    let batch = wait_for_batch_within(&app, &id, Duration::from_secs(20)).await;
+    assert!(batch["concatenated_audio_url"].is_null(), "{batch}");
+    let error = batch["concatenate_error"]
+        .as_str()
+        .expect("concatenate_error");
+    assert!(error.contains("missing"), "{error}");
+    app.teardown().await;
+}
+
 /// Benchmark (issue 4's "batch submit"): 10,000 jobs through ten batches of
 /// 1,000, sent four at a time; prints accepted jobs per second. Run with
 /// `cargo nextest run -p ttsq --test batches --run-ignored only` (a release

@@ -1,0 +1,646 @@
+//! A batch's audio files joined into one, streamed: each item's object is
+//! read as it arrives and written through a multipart upload that holds one
+//! part, so a join's memory does not grow with the batch or its files.
+//!
+//! - PCM: the items' bytes, one after the other.
+//! - MP3: each file's frames without its leading ID3v2 tag and Info/Xing
+//!   frame, which would tell players the length of the first file only.
+//! - WAV: one header whose data length is the sum of the items' data
+//!   chunks, learnt first from each item's header (a ranged GET of its
+//!   first KiBs), then each item's data chunk. Sample rates and layouts
+//!   must agree.
+//!
+//! Every byte written counts against the joined file's cap; a join that
+//! would pass it stops, and its upload is aborted.
+
+use bytes::Bytes;
+use ttsq_audio::{AudioStore, AudioStoreError, MultipartWriter, ObjectReader};
+use ttsq_core::AudioFormat;
+use ttsq_store::{BatchAudio, StoreError};
+
+/// Bytes of a WAV header as the join writes it (RIFF, `fmt `, `data`).
+const WAV_HEADER_BYTES: u64 = 44;
+
+/// How much of an item's start is read to find its WAV header: the first
+/// range fits the usual 44-byte header with room for metadata chunks, the
+/// second a header with large ones.
+const WAV_HEADER_READS: [u64; 2] = [4 * 1024, 64 * 1024];
+
+/// Why a batch's audio could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The items' audio cannot be joined (formats, layouts, a missing
+    /// object, the size cap); the batch completes with this as its
+    /// `concatenate_error`.
+    #[error("{0}")]
+    Unjoinable(String),
+    /// Storage failed; the join is tried again, a bounded number of times.
+    #[error(transparent)]
+    Storage(#[from] AudioStoreError),
+    /// Postgres failed; the join is tried again, a bounded number of times.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another replica took the batch over (this one's lease expired).
+    #[error("the lease on the batch was lost to another replica")]
+    LeaseLost,
+}
+
+/// What bounds one join.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinLimits {
+    /// Length of the upload's parts: about what a join holds in memory.
+    pub part_bytes: usize,
+    /// Largest joined file.
+    pub max_bytes: u64,
+}
+
+/// A joined file, stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Its size.
+    pub bytes: u64,
+    /// Its playing time.
+    pub duration_ms: i32,
+}
+
+/// Joins the audio of `items` (in order, all of `format`) into the object
+/// `key`.
+pub async fn join_items(
+    audio: &AudioStore,
+    key: &str,
+    format: AudioFormat,
+    items: &[BatchAudio],
+    limits: JoinLimits,
+) -> Result<Joined, JoinError> {
+    match format {
+        AudioFormat::Wav => join_wav(audio, key, items, limits).await,
+        AudioFormat::Pcm | AudioFormat::Mp3 => {
+            let mut out = Output::start(audio, key, format, limits).await?;
+            let written = async {
+                for item in items {
+                    let mut stream = ItemStream::open(audio, item).await?;
+                    if format == AudioFormat::Mp3 {
+                        drop_mp3_preamble(&mut stream).await?;
+                    }
+                    stream.copy_to(&mut out, None).await?;
+                }
+                Ok(())
+            }
+            .await;
+            let bytes = out.finish(written).await?;
+            let listed: i64 = items.iter().map(|i| i64::from(i.duration_ms)).sum();
+            Ok(Joined {
+                bytes,
+                duration_ms: i32::try_from(listed).unwrap_or(i32::MAX),
+            })
+        }
+        AudioFormat::OggOpus => Err(JoinError::Unjoinable(
+            "ogg_opus audio cannot be joined".into(),
+        )),
+    }
+}
+
+/// Joins WAV items: their headers first (the joined header needs the total
+/// data length), then their data chunks.
+async fn join_wav(
+    audio: &AudioStore,
+    key: &str,
+    items: &[BatchAudio],
+    limits: JoinLimits,
+) -> Result<Joined, JoinError> {
+    let mut sections = Vec::with_capacity(items.len());
+    let mut data_bytes: u64 = 0;
+    for item in items {
+        let section = wav_section(audio, item).await?;
+        if let Some(first) = sections.first().map(|s: &WavSection| s.layout)
+            && first != section.layout
+        {
+            return Err(JoinError::Unjoinable(format!(
+                "item {} is {} but item {} is {}: WAV items must share a sample rate and layout",
+                item.batch_index, section.layout, items[0].batch_index, first
+            )));
+        }
+        data_bytes += section.len;
+        if WAV_HEADER_BYTES + data_bytes > limits.max_bytes {
+            return Err(too_large(limits.max_bytes));
+        }
+        sections.push(section);
+    }
+    let Some(layout) = sections.first().map(|s| s.layout) else {
+        return Err(JoinError::Unjoinable("there is no audio to join".into()));
+    };
+    let data_len = u32::try_from(data_bytes + WAV_HEADER_BYTES - 8)
+        .map(|_| data_bytes as u32)
+        .map_err(|_| {
+            JoinError::Unjoinable("the joined WAV would pass 4 GiB, the format's limit".into())
+        })?;
+    let mut out = Output::start(audio, key, AudioFormat::Wav, limits).await?;
+    let written = async {
+        out.write(&wav_header(layout, data_len)).await?;
+        for (item, section) in items.iter().zip(&sections) {
+            let mut stream = ItemStream::open(audio, item).await?;
+            let skipped = stream.skip(section.offset).await?;
+            let copied = stream.copy_to(&mut out, Some(section.len)).await?;
+            if skipped < section.offset || copied < section.len {
+                return Err(JoinError::Unjoinable(format!(
+                    "item {}'s audio is shorter than its WAV header says",
+                    item.batch_index
+                )));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let bytes = out.finish(written).await?;
+    Ok(Joined {
+        bytes,
+        duration_ms: layout.duration_ms(data_bytes),
+    })
+}
+
+/// Finds an item's WAV data chunk from the first KiBs of its object.
+async fn wav_section(audio: &AudioStore, item: &BatchAudio) -> Result<WavSection, JoinError> {
+    for read in WAV_HEADER_READS {
+        let reader = audio
+            .open_range(&item.s3_key, 0, Some(read - 1))
+            .await
+            .map_err(|err| missing_or(err, item))?;
+        let object_bytes = reader.object_bytes();
+        let mut stream = ItemStream::new(reader);
+        let head = stream
+            .read_up_to(usize::try_from(read).unwrap_or(usize::MAX))
+            .await?;
+        match parse_wav_header(&head, object_bytes) {
+            Ok(Some(section)) => return Ok(section),
+            Ok(None) if (head.len() as u64) < object_bytes => continue,
+            Ok(None) => {
+                return Err(JoinError::Unjoinable(format!(
+                    "item {}'s WAV file has no data chunk",
+                    item.batch_index
+                )));
+            }
+            Err(reason) => {
+                return Err(JoinError::Unjoinable(format!(
+                    "item {}: {reason}",
+                    item.batch_index
+                )));
+            }
+        }
+    }
+    Err(JoinError::Unjoinable(format!(
+        "item {}'s WAV data chunk does not start in its first {} KiB",
+        item.batch_index,
+        WAV_HEADER_READS[WAV_HEADER_READS.len() - 1] / 1024
+    )))
+}
+
+/// Drops an MP3 file's leading ID3v2 tag and Info/Xing frame, when present,
+/// from the front of `stream`.
+async fn drop_mp3_preamble(stream: &mut ItemStream) -> Result<(), JoinError> {
+    let head = stream.read_up_to(10).await?;
+    if head.len() == 10 && &head[..3] == b"ID3" {
+        let size = head[6..10]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 7) | u64::from(b & 0x7f));
+        let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
+        stream.skip(size + footer).await?;
+    } else {
+        stream.put_back(head);
+    }
+    let header = stream.read_up_to(4).await?;
+    let Some(length) = frame_length(&header) else {
+        stream.put_back(header);
+        return Ok(());
+    };
+    let mut frame = header;
+    let rest = stream.read_up_to(length.saturating_sub(4)).await?;
+    frame.extend_from_slice(&rest);
+    if !frame.windows(4).any(|w| w == b"Xing" || w == b"Info") {
+        stream.put_back(frame);
+    }
+    Ok(())
+}
+
+/// Length of the MPEG audio Layer III frame at the start of `bytes`.
+fn frame_length(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 4 || bytes[0] != 0xff || bytes[1] & 0xe0 != 0xe0 {
+        return None;
+    }
+    let version = (bytes[1] >> 3) & 0x3; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
+    let bitrate_index = usize::from(bytes[2] >> 4);
+    let rate_index = usize::from((bytes[2] >> 2) & 0x3);
+    let padding = usize::from((bytes[2] >> 1) & 0x1);
+    const MPEG1: [usize; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
+    const MPEG2: [usize; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+    let (kbps, rates, per_frame) = match version {
+        3 => (MPEG1.get(bitrate_index)?, [44_100, 48_000, 32_000], 144),
+        2 => (MPEG2.get(bitrate_index)?, [22_050, 24_000, 16_000], 72),
+        0 => (MPEG2.get(bitrate_index)?, [11_025, 12_000, 8_000], 72),
+        _ => return None,
+    };
+    let rate: usize = *rates.get(rate_index)?;
+    if *kbps == 0 {
+        return None;
+    }
+    Some(per_frame * kbps * 1000 / rate + padding)
+}
+
+/// How a WAV file's samples are laid out; joined files must agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WavLayout {
+    /// 1: integer PCM, 3: IEEE float.
+    encoding: u16,
+    channels: u16,
+    sample_rate: u32,
+    bits_per_sample: u16,
+    /// Bytes per frame (one sample of every channel).
+    block_align: u16,
+}
+
+impl WavLayout {
+    /// Playing time of `data_bytes` of samples, rounded to the millisecond.
+    fn duration_ms(&self, data_bytes: u64) -> i32 {
+        let frames = u128::from(data_bytes / u64::from(self.block_align.max(1)));
+        let rate = u128::from(self.sample_rate.max(1));
+        i32::try_from((frames * 1000 + rate / 2) / rate).unwrap_or(i32::MAX)
+    }
+}
+
+impl std::fmt::Display for WavLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.encoding == 3 { "float" } else { "PCM" };
+        write!(
+            f,
+            "{} Hz, {} channel(s) of {}-bit {kind}",
+            self.sample_rate, self.channels, self.bits_per_sample
+        )
+    }
+}
+
+/// Where a WAV file's samples are: its data chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WavSection {
+    layout: WavLayout,
+    /// Offset of the first sample byte in the file.
+    offset: u64,
+    /// Bytes of whole frames in the chunk.
+    len: u64,
+}
+
+/// Reads the WAV header at the start of a file of `object_bytes` bytes
+/// whose first bytes are `head`: `Ok(None)` when `head` ends before the data
+/// chunk starts. A data chunk whose size says more than the file holds (or
+/// 0, as streaming writers leave it) runs to the end of the file.
+fn parse_wav_header(head: &[u8], object_bytes: u64) -> Result<Option<WavSection>, String> {
+    let u16_at = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    if head.len() < 12 {
+        return if (head.len() as u64) < object_bytes {
+            Ok(None)
+        } else {
+            Err("not a WAV file".into())
+        };
+    }
+    if &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Err("not a WAV file".into());
+    }
+    let mut layout = None;
+    let mut at = 12usize;
+    loop {
+        if at + 8 > head.len() {
+            return Ok(None);
+        }
+        let id = &head[at..at + 4];
+        let size = u32_at(at + 4);
+        let body = at + 8;
+        if id == b"fmt " {
+            let needed = if size >= 26 { 26 } else { 16 };
+            if body + needed > head.len() {
+                return Ok(None);
+            }
+            let mut encoding = u16_at(body);
+            if encoding == 0xfffe && size >= 26 {
+                // WAVE_FORMAT_EXTENSIBLE: the encoding opens the sub-format GUID.
+                encoding = u16_at(body + 24);
+            }
+            let found = WavLayout {
+                encoding,
+                channels: u16_at(body + 2),
+                sample_rate: u32_at(body + 4),
+                block_align: u16_at(body + 12),
+                bits_per_sample: u16_at(body + 14),
+            };
+            if !matches!(found.encoding, 1 | 3) {
+                return Err(format!(
+                    "WAV encoding {:#06x} is not PCM; only PCM and float WAV files are joined",
+                    found.encoding
+                ));
+            }
+            let frame = u32::from(found.channels) * u32::from(found.bits_per_sample).div_ceil(8);
+            if found.channels == 0
+                || found.sample_rate == 0
+                || found.bits_per_sample == 0
+                || u32::from(found.block_align) != frame
+            {
+                return Err(format!("WAV format chunk is inconsistent ({found})"));
+            }
+            layout = Some(found);
+        } else if id == b"data" {
+            let Some(layout) = layout else {
+                return Err("WAV data chunk comes before its format chunk".into());
+            };
+            let offset = body as u64;
+            let available = object_bytes.saturating_sub(offset);
+            let declared = u64::from(size);
+            let len = if declared == 0 || declared > available {
+                available
+            } else {
+                declared
+            };
+            let len = len - len % u64::from(layout.block_align);
+            return Ok(Some(WavSection {
+                layout,
+                offset,
+                len,
+            }));
+        }
+        // Chunks are padded to an even length.
+        let next = body as u64 + u64::from(size) + u64::from(size & 1);
+        if next >= object_bytes {
+            return Err("WAV file has no data chunk".into());
+        }
+        match usize::try_from(next) {
+            Ok(next) => at = next,
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// The 44-byte header of a WAV file of `data_len` bytes of `layout` samples.
+fn wav_header(layout: WavLayout, data_len: u32) -> [u8; 44] {
+    let mut header = [0u8; 44];
+    let byte_rate = layout.sample_rate * u32::from(layout.block_align);
+    header[..4].copy_from_slice(b"RIFF");
+    header[4..8].copy_from_slice(&(data_len + 36).to_le_bytes());
+    header[8..12].copy_from_slice(b"WAVE");
+    header[12..16].copy_from_slice(b"fmt ");
+    header[16..20].copy_from_slice(&16u32.to_le_bytes());
+    header[20..22].copy_from_slice(&layout.encoding.to_le_bytes());
+    header[22..24].copy_from_slice(&layout.channels.to_le_bytes());
+    header[24..28].copy_from_slice(&layout.sample_rate.to_le_bytes());
+    header[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+    header[32..34].copy_from_slice(&layout.block_align.to_le_bytes());
+    header[34..36].copy_from_slice(&layout.bits_per_sample.to_le_bytes());
+    header[36..40].copy_from_slice(b"data");
+    header[40..44].copy_from_slice(&data_len.to_le_bytes());
+    header
+}
+
+fn too_large(max_bytes: u64) -> JoinError {
+    JoinError::Unjoinable(format!(
+        "the joined audio would be larger than {max_bytes} bytes \
+         (batches.max_joined_bytes); its items' audio is available one by one"
+    ))
+}
+
+/// A missing object is the item's audio gone for good; anything else may pass.
+fn missing_or(err: AudioStoreError, item: &BatchAudio) -> JoinError {
+    if err.is_not_found() {
+        JoinError::Unjoinable(format!(
+            "item {}'s audio is missing from storage",
+            item.batch_index
+        ))
+    } else {
+        JoinError::Storage(err)
+    }
+}
+
+/// The joined file being uploaded, within its byte cap.
+struct Output {
+    upload: MultipartWriter,
+    max_bytes: u64,
+}
+
+impl Output {
+    async fn start(
+        audio: &AudioStore,
+        key: &str,
+        format: AudioFormat,
+        limits: JoinLimits,
+    ) -> Result<Self, JoinError> {
+        let upload = audio
+            .create_multipart(key, format.content_type(), limits.part_bytes)
+            .await?;
+        Ok(Self {
+            upload,
+            max_bytes: limits.max_bytes,
+        })
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), JoinError> {
+        if self.upload.bytes_written() + data.len() as u64 > self.max_bytes {
+            return Err(too_large(self.max_bytes));
+        }
+        Ok(self.upload.write(data).await?)
+    }
+
+    /// Completes the upload after `written` went well, else aborts it.
+    async fn finish(self, written: Result<(), JoinError>) -> Result<u64, JoinError> {
+        match written {
+            Ok(()) => Ok(self.upload.complete().await?),
+            Err(err) => {
+                if let Err(abort) = self.upload.abort().await {
+                    tracing::warn!(error = %abort, "aborting a failed join's upload failed");
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// An item's object read as a stream, with a look-ahead that can be put back.
+struct ItemStream {
+    reader: ObjectReader,
+    /// Bytes read from `reader` (or put back) and not yet consumed.
+    pending: Bytes,
+}
+
+impl ItemStream {
+    fn new(reader: ObjectReader) -> Self {
+        Self {
+            reader,
+            pending: Bytes::new(),
+        }
+    }
+
+    async fn open(audio: &AudioStore, item: &BatchAudio) -> Result<Self, JoinError> {
+        let reader = audio
+            .open(&item.s3_key)
+            .await
+            .map_err(|err| missing_or(err, item))?;
+        Ok(Self::new(reader))
+    }
+
+    /// The next bytes, `None` at the end.
+    async fn next(&mut self) -> Result<Option<Bytes>, JoinError> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.pending)));
+        }
+        loop {
+            match self.reader.next_chunk().await? {
+                Some(chunk) if chunk.is_empty() => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Up to `n` bytes; fewer only at the end.
+    async fn read_up_to(&mut self, n: usize) -> Result<Vec<u8>, JoinError> {
+        let mut out = Vec::with_capacity(n.min(64 * 1024));
+        while out.len() < n {
+            let Some(mut chunk) = self.next().await? else {
+                break;
+            };
+            let take = (n - out.len()).min(chunk.len());
+            out.extend_from_slice(&chunk.split_to(take));
+            self.pending = chunk;
+        }
+        Ok(out)
+    }
+
+    /// Puts `bytes` back in front of what is still to read.
+    fn put_back(&mut self, bytes: Vec<u8>) {
+        if self.pending.is_empty() {
+            self.pending = Bytes::from(bytes);
+        } else {
+            let mut joined = bytes;
+            joined.extend_from_slice(&self.pending);
+            self.pending = Bytes::from(joined);
+        }
+    }
+
+    /// Skips `n` bytes; returns how many there were.
+    async fn skip(&mut self, n: u64) -> Result<u64, JoinError> {
+        let mut skipped = 0;
+        while skipped < n {
+            let Some(mut chunk) = self.next().await? else {
+                break;
+            };
+            let take = usize::try_from(n - skipped)
+                .unwrap_or(usize::MAX)
+                .min(chunk.len());
+            let _ = chunk.split_to(take);
+            skipped += take as u64;
+            self.pending = chunk;
+        }
+        Ok(skipped)
+    }
+
+    /// Copies the rest (at most `limit` bytes) to `out`; returns how many.
+    async fn copy_to(&mut self, out: &mut Output, limit: Option<u64>) -> Result<u64, JoinError> {
+        let mut copied = 0;
+        while limit.is_none_or(|l| copied < l) {
+            let Some(mut chunk) = self.next().await? else {
+                break;
+            };
+            if let Some(limit) = limit {
+                let take = usize::try_from(limit - copied)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                self.pending = chunk.split_off(take);
+            }
+            out.write(&chunk).await?;
+            copied += chunk.len() as u64;
+        }
+        Ok(copied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(rate: u32) -> WavLayout {
+        WavLayout {
+            encoding: 1,
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            block_align: 2,
+        }
+    }
+
+    /// A WAV file: the join's own header, optionally a LIST chunk before
+    /// the data, and `samples` bytes of data.
+    fn wav(rate: u32, samples: usize, list: bool) -> Vec<u8> {
+        let header = wav_header(layout(rate), samples as u32);
+        let mut file = header[..36].to_vec();
+        if list {
+            file.extend_from_slice(b"LIST");
+            file.extend_from_slice(&5u32.to_le_bytes());
+            file.extend_from_slice(b"INFOx\0");
+        }
+        file.extend_from_slice(&header[36..]);
+        file.extend(std::iter::repeat_n(7u8, samples));
+        file
+    }
+
+    #[test]
+    fn the_data_chunk_is_found_after_other_chunks() {
+        let file = wav(22_050, 1000, true);
+        let section = parse_wav_header(&file[..100], file.len() as u64)
+            .expect("a WAV file")
+            .expect("a whole header");
+        assert_eq!(section.layout, layout(22_050));
+        assert_eq!(section.offset, 44 + 14);
+        assert_eq!(section.len, 1000);
+    }
+
+    #[test]
+    fn a_header_cut_short_asks_for_more_and_a_stranger_is_refused() {
+        let file = wav(16_000, 10, false);
+        assert_eq!(parse_wav_header(&file[..30], file.len() as u64), Ok(None));
+        assert!(parse_wav_header(b"ID3\x04\0\0\0\0\0\0\0\0", 100).is_err());
+        assert!(parse_wav_header(b"", 0).is_err());
+    }
+
+    #[test]
+    fn a_data_size_past_the_file_or_unset_runs_to_its_end_in_whole_frames() {
+        let mut file = wav(8_000, 101, false);
+        file[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let section = parse_wav_header(&file, file.len() as u64)
+            .expect("WAV")
+            .expect("header");
+        assert_eq!(section.len, 100);
+        file[40..44].copy_from_slice(&0u32.to_le_bytes());
+        let section = parse_wav_header(&file, file.len() as u64)
+            .expect("WAV")
+            .expect("header");
+        assert_eq!(section.len, 100);
+    }
+
+    #[test]
+    fn the_joined_header_reads_back_with_its_length_and_duration() {
+        let header = wav_header(layout(22_050), 44_100);
+        let section = parse_wav_header(&header, 44 + 44_100)
+            .expect("WAV")
+            .expect("header");
+        assert_eq!(section.len, 44_100);
+        assert_eq!(section.layout.duration_ms(section.len), 1000);
+        let reader = hound::WavReader::new(std::io::Cursor::new(
+            [header.to_vec(), vec![0; 44_100]].concat(),
+        ))
+        .expect("hound reads it");
+        assert_eq!(reader.duration(), 22_050);
+    }
+
+    #[test]
+    fn mp3_frame_lengths_follow_bitrate_and_rate() {
+        // MPEG-2 Layer III, 64 kbps, 22.05 kHz, no padding: 72 × 64000 / 22050.
+        assert_eq!(frame_length(&[0xff, 0xf3, 0x80, 0xc4]), Some(208));
+        assert_eq!(frame_length(b"ID3\x04"), None);
+    }
+}
