@@ -114,7 +114,13 @@ struct BatchSubmission {
     /// The jobs, 1 to 1,000.
     #[schema(min_items = 1, max_items = 1000)]
     items: Vec<BatchItem>,
-    /// Join the items' audio into one file, in order (every item in one format).
+    /// Join the items' audio into one file, in order (every item in one
+    /// format). The joined audio's length, estimated at submit as the sum
+    /// of each item's characters × `batches.estimated_ms_per_char` ÷ its
+    /// speed, must stay within `batches.max_joined_duration_secs` (4 hours
+    /// by default); over it the batch is a `400` naming `concatenate`. A
+    /// joined file over `batches.max_joined_bytes` is not made: the batch
+    /// completes with `concatenate_error`.
     concatenate: Option<bool>,
     /// URL told once, when every item is terminal.
     callback_url: Option<String>,
@@ -172,7 +178,7 @@ struct BatchItem {
     security(("bearer" = [])),
     responses(
         (status = 202, description = "Accepted: `{batch_id, status, task_ids, status_url}`", body = Object),
-        (status = 400, description = "Invalid batch; `errors` names each item field (`items[3].text`)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid batch; `errors` names each item field (`items[3].text`), or `concatenate` when the joined audio would be too long", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
@@ -249,6 +255,9 @@ pub async fn submit(
                 );
             }
         }
+    }
+    if concatenate && let Some(reason) = joined_too_long(&context.batches, &jobs) {
+        errors.push("concatenate", reason);
     }
     if !errors.0.is_empty() {
         return Err(errors.into());
@@ -334,6 +343,26 @@ pub async fn submit(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// Why the joined audio of `jobs` would be too long, if it would: its
+/// length is estimated from each item's characters and speed, since the
+/// audio does not exist yet, and bounded so that one batch cannot ask the
+/// workers for hours of joined audio (the join is checked in bytes too).
+fn joined_too_long(settings: &ttsq_config::BatchSettings, jobs: &[Job]) -> Option<String> {
+    let estimated_ms: f64 = jobs
+        .iter()
+        .map(|job| settings.estimated_ms(job.characters, job.speed))
+        .sum();
+    let max_secs = settings.max_joined_duration_secs;
+    (estimated_ms > max_secs as f64 * 1000.0).then(|| {
+        format!(
+            "the joined audio would last about {:.0} seconds (estimated from the items' \
+             characters and speed), over the limit of {max_secs} seconds for a concatenated \
+             batch; split the batch, or submit it without `concatenate`",
+            estimated_ms / 1000.0
+        )
+    })
 }
 
 /// The largest batch body: room for [`MAX_ITEMS`] jobs of the single-job size.

@@ -75,6 +75,8 @@ pub struct ApiContext {
     pub providers: Arc<ttsq_providers::Router>,
     /// Job validation limits.
     pub limits: JobLimits,
+    /// What bounds a batch whose audio is joined: its estimated length.
+    pub batches: Arc<ttsq_config::BatchSettings>,
     /// Base URL for links in responses, without a trailing slash.
     pub public_url: Arc<str>,
     /// Longest long-poll allowed.
@@ -152,6 +154,7 @@ impl ApiContext {
                     .enabled_text_key()
                     .map(|key| ttsq_core::AuditKey::new(secrecy::ExposeSecret::expose_secret(key))),
             },
+            batches: Arc::new(settings.batches.clone()),
             public_url: settings.server.public_url.trim_end_matches('/').into(),
             max_wait: Duration::from_secs(settings.server.max_wait_secs),
             max_body_bytes: settings.server.max_body_bytes,

@@ -569,6 +569,45 @@ async fn mp3_and_pcm_batches_join_their_items_in_order() {
 }
 
 #[tokio::test]
+async fn a_concatenated_batch_longer_than_the_cap_is_refused_naming_concatenate() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    // The attack: 1,000 items of 5,000 characters at half speed,
+    // one synthesis and some 190 hours to join.
+    let text = "a".repeat(5000);
+    let items: Vec<Value> = (0..1000)
+        .map(|_| json!({"text": text, "dialect": "en-us", "speed": 0.5}))
+        .collect();
+    let response = submit_batch(
+        &app,
+        &app.api_key,
+        &json!({"concatenate": true, "items": items}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("problem JSON");
+    assert_eq!(problem["errors"][0]["field"], "concatenate", "{problem}");
+    let message = problem["errors"][0]["reason"].as_str().expect("reason");
+    assert!(message.contains("14400"), "{message}");
+    assert_eq!(app.scalar("SELECT count(*) FROM batches").await, 0);
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
+
+    // Under the cap, or not joined, the same items are fine.
+    let few: Vec<Value> = items.iter().take(2).cloned().collect();
+    submit_batch_ok(&app, &json!({"concatenate": true, "items": few})).await;
+    let unjoined: Vec<Value> = items.iter().take(20).cloned().collect();
+    submit_batch_ok(&app, &json!({"items": unjoined})).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn a_batch_whose_item_audio_is_gone_completes_with_concatenate_error() {
     let mut app = TestApp::spawn().await;
     let text = "This audio will be deleted from the bucket.";
