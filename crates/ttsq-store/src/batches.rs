@@ -5,7 +5,13 @@
 //! (a batch over a limit is refused whole). Items already in the audio cache
 //! finish in that same transaction. A trigger on `tasks` (see the migration
 //! `20261124100001`) counts items down as they reach a terminal state, from
-//! whatever statement, and completes the batch at 0.
+//! whatever statement, and completes the batch at 0 — or leaves it
+//! `concatenating` when its audio is to be joined. One replica at a time
+//! joins such a batch, under a lease taken with one conditional UPDATE
+//! ([`Store::take_join_lease`]); every take counts as an attempt (see the
+//! migration `20261207100000`).
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -150,6 +156,27 @@ pub enum Concatenated {
     /// Could not be made; the items' audio stays available.
     Failed(String),
 }
+
+/// A replica's hold on a batch whose audio it joins (see
+/// [`Store::take_join_lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinLease {
+    /// The batch.
+    pub batch_id: Uuid,
+    /// This take's token: only its holder may renew, release or complete.
+    pub token: Uuid,
+    /// Which take of the batch this is, from 1; interrupted takes count.
+    pub attempt: i32,
+}
+
+/// Completes the batches in the CTE `b` (`id, tenant_id, callback_url`)
+/// with their `batch.completed` events, when they have a target.
+const COMPLETED_BATCH_EVENTS: &str = "hook AS (
+    INSERT INTO webhook_deliveries (tenant_id, event, batch_id, target_url)
+    SELECT b.tenant_id, 'batch.completed', b.id, coalesce(b.callback_url, t.webhook_url)
+      FROM b JOIN tenants t ON t.id = b.tenant_id
+     WHERE coalesce(b.callback_url, t.webhook_url) IS NOT NULL
+ )";
 
 const BATCH_COLUMNS: &str =
     "id, tenant_id, status, items, open_items, concatenate, concatenated_key,
@@ -402,15 +429,91 @@ impl Store {
         Ok(Some(cancelled))
     }
 
-    /// Batches whose items are all terminal and whose joined audio is yet to
-    /// be made, oldest first.
-    pub async fn batches_to_concatenate(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM batches WHERE status = 'concatenating' ORDER BY created_at LIMIT $1",
+    /// Takes the oldest batch waiting for its joined audio that no replica
+    /// holds (or whose holder's lease expired: it died or stalled) and that
+    /// has attempts left, for `token` of replica `holder`, for `ttl`. One
+    /// conditional UPDATE, so two replicas never hold one batch at once.
+    /// The take counts as an attempt, also if its holder never comes back.
+    pub async fn take_join_lease(
+        &self,
+        holder: Uuid,
+        token: Uuid,
+        ttl: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<JoinLease>, StoreError> {
+        let taken: Option<(Uuid, i32)> = sqlx::query_as(
+            "WITH next AS (
+                SELECT id FROM batches
+                 WHERE status = 'concatenating'
+                   AND (join_expires_at IS NULL OR join_expires_at < now())
+                   AND join_attempts < $4
+                 ORDER BY created_at
+                 LIMIT 1
+                   FOR UPDATE SKIP LOCKED
+             )
+             UPDATE batches b
+                SET join_holder = $1, join_token = $2,
+                    join_expires_at = now() + make_interval(secs => $3),
+                    join_attempts = b.join_attempts + 1, join_error = NULL
+               FROM next
+              WHERE b.id = next.id
+          RETURNING b.id, b.join_attempts",
         )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .bind(holder)
+        .bind(token)
+        .bind(ttl.as_secs_f64())
+        .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(taken.map(|(batch_id, attempt)| JoinLease {
+            batch_id,
+            token,
+            attempt,
+        }))
+    }
+
+    /// Extends a join lease to `ttl` from now; false when `lease` no longer
+    /// holds the batch (it expired and another replica took it, or the
+    /// batch completed).
+    pub async fn renew_join_lease(
+        &self,
+        lease: &JoinLease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE batches SET join_expires_at = now() + make_interval(secs => $3)
+              WHERE id = $1 AND join_token = $2 AND status = 'concatenating'",
+        )
+        .bind(lease.batch_id)
+        .bind(lease.token)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed > 0)
+    }
+
+    /// Gives a join lease up after a failure that may pass, noting `error`;
+    /// no replica takes the batch again for `retry_after`.
+    pub async fn release_join_lease(
+        &self,
+        lease: &JoinLease,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE batches
+                SET join_holder = NULL, join_token = NULL, join_error = $3,
+                    join_expires_at = now() + make_interval(secs => $4)
+              WHERE id = $1 AND join_token = $2 AND status = 'concatenating'",
+        )
+        .bind(lease.batch_id)
+        .bind(lease.token)
+        .bind(error)
+        .bind(retry_after.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The stored audio of a batch's succeeded items, in batch order.
@@ -427,11 +530,11 @@ impl Store {
     }
 
     /// Completes a batch that was waiting for its joined audio, with its
-    /// `batch.completed` event when it has a target. A no-op when another
-    /// replica completed it first. Returns whether this call completed it.
+    /// `batch.completed` event when it has a target, if `lease` still holds
+    /// it. Returns whether this call completed it.
     pub async fn finish_concatenation(
         &self,
-        id: Uuid,
+        lease: &JoinLease,
         result: &Concatenated,
     ) -> Result<bool, StoreError> {
         let (key, bytes, duration, error) = match result {
@@ -442,28 +545,26 @@ impl Store {
             } => (Some(key.as_str()), Some(*bytes), Some(*duration_ms), None),
             Concatenated::Failed(message) => (None, None, None, Some(message.as_str())),
         };
-        let rows = sqlx::query(
+        let sql = format!(
             "WITH b AS (
                 UPDATE batches
-                   SET status = 'completed', completed_at = now(), concatenated_key = $2,
-                       concatenated_bytes = $3, concatenated_duration_ms = $4, concatenate_error = $5
-                 WHERE id = $1 AND status = 'concatenating'
+                   SET status = 'completed', completed_at = now(), concatenated_key = $3,
+                       concatenated_bytes = $4, concatenated_duration_ms = $5,
+                       concatenate_error = $6, join_expires_at = NULL
+                 WHERE id = $1 AND join_token = $2 AND status = 'concatenating'
              RETURNING id, tenant_id, callback_url
-             ), hook AS (
-                INSERT INTO webhook_deliveries (tenant_id, event, batch_id, target_url)
-                SELECT b.tenant_id, 'batch.completed', b.id, coalesce(b.callback_url, t.webhook_url)
-                  FROM b JOIN tenants t ON t.id = b.tenant_id
-                 WHERE coalesce(b.callback_url, t.webhook_url) IS NOT NULL
-             )
-             SELECT id FROM b",
-        )
-        .bind(id)
-        .bind(key)
-        .bind(bytes)
-        .bind(duration)
-        .bind(error)
-        .fetch_all(&self.pool)
-        .await?;
+             ), {COMPLETED_BATCH_EVENTS}
+             SELECT id FROM b"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(lease.batch_id)
+            .bind(lease.token)
+            .bind(key)
+            .bind(bytes)
+            .bind(duration)
+            .bind(error)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(!rows.is_empty())
     }
 }

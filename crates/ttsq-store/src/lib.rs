@@ -51,7 +51,9 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use ttsq_config::DatabaseSettings;
 
 pub use audio::AudioObject;
-pub use batches::{BatchAudio, BatchItemRow, BatchRow, Concatenated, NewBatch, NewBatchItem};
+pub use batches::{
+    BatchAudio, BatchItemRow, BatchRow, Concatenated, JoinLease, NewBatch, NewBatchItem,
+};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};

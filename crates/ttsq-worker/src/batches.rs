@@ -8,32 +8,49 @@
 //! which also queues its `batch.completed` webhook. Audio that cannot be
 //! joined completes the batch with `concatenate_error` instead.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
 use ttsq_audio::AudioStore;
 use ttsq_config::BatchSettings;
 use ttsq_core::AudioFormat;
-use ttsq_store::{BatchRow, Concatenated, Store, StoreError};
+use ttsq_store::{BatchRow, Concatenated, JoinLease, Store, StoreError};
 use uuid::Uuid;
 
 pub use crate::join::{JoinError, JoinLimits, Joined};
 
-/// Joins the audio of batches waiting for it; every worker runs one.
+/// Wait before a join that failed in a way that may pass (S3, Postgres) is
+/// tried again; doubled at each attempt, up to [`MAX_JOIN_RETRY_DELAY`].
+const JOIN_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Longest wait between two attempts at a join.
+const MAX_JOIN_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// Joins the audio of batches waiting for it; every worker runs one, and
+/// one replica at a time joins a batch, under its lease.
 #[derive(Clone)]
 pub struct Joiner {
-    /// Postgres: the batches and their items.
+    /// Postgres: the batches, their items and leases.
     store: Store,
     /// S3: the items' audio and the joined files.
     audio: AudioStore,
     /// What bounds a join.
     limits: JoinLimits,
+    /// Takes of a batch before it completes with `concatenate_error`.
+    attempts: u32,
+    /// How long a lease lasts unrenewed.
+    lease_ttl: Duration,
+    /// This replica (its heartbeat id), named on the leases it takes.
+    holder: Uuid,
 }
 
 impl std::fmt::Debug for Joiner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Joiner")
             .field("limits", &self.limits)
+            .field("attempts", &self.attempts)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("holder", &self.holder)
             .finish_non_exhaustive()
     }
 }
@@ -49,7 +66,7 @@ pub struct Sweep {
 
 impl Joiner {
     /// A joiner within `settings`, for the replica `holder`.
-    pub fn new(store: Store, audio: AudioStore, settings: &BatchSettings, _holder: Uuid) -> Self {
+    pub fn new(store: Store, audio: AudioStore, settings: &BatchSettings, holder: Uuid) -> Self {
         Self {
             store,
             audio,
@@ -57,30 +74,80 @@ impl Joiner {
                 part_bytes: usize::try_from(settings.join_part_bytes).unwrap_or(usize::MAX),
                 max_bytes: settings.max_joined_bytes,
             },
+            attempts: settings.join_attempts,
+            lease_ttl: settings.join_lease(),
+            holder,
         }
     }
 
-    /// Joins the audio of up to `limit` batches waiting for it.
-    pub async fn sweep(&self, limit: i64) -> Result<Sweep, StoreError> {
+    /// Joins the audio of up to `limit` batches waiting for it, one at a
+    /// time, each under its lease.
+    pub async fn sweep(&self, limit: usize) -> Result<Sweep, StoreError> {
         let mut sweep = Sweep::default();
-        for id in self.store.batches_to_concatenate(limit).await? {
-            let result = match self.join(id).await {
+        for _ in 0..limit {
+            let token = Uuid::now_v7();
+            let Some(lease) = self
+                .store
+                .take_join_lease(self.holder, token, self.lease_ttl, self.attempts)
+                .await?
+            else {
+                break;
+            };
+            let id = lease.batch_id;
+            let result = match self.join_holding(&lease).await {
                 Ok(stored) => {
                     sweep.joined += 1;
                     stored
                 }
                 Err(JoinError::Unjoinable(reason)) => Concatenated::Failed(reason),
+                Err(JoinError::LeaseLost) => {
+                    tracing::warn!(batch_id = %id, "another replica took over a batch this one was joining");
+                    continue;
+                }
                 Err(err) => {
-                    tracing::warn!(batch_id = %id, error = %err, "joining a batch's audio failed; retrying later");
+                    let retry_in = retry_delay(lease.attempt);
+                    tracing::warn!(
+                        batch_id = %id, attempt = lease.attempt, error = %err, ?retry_in,
+                        "joining a batch's audio failed; retrying later"
+                    );
+                    self.store
+                        .release_join_lease(&lease, &err.to_string(), retry_in)
+                        .await?;
                     continue;
                 }
             };
-            if self.store.finish_concatenation(id, &result).await? {
-                tracing::info!(batch_id = %id, "batch audio joined");
+            if self.store.finish_concatenation(&lease, &result).await? {
+                match &result {
+                    Concatenated::Stored { bytes, .. } => {
+                        tracing::info!(batch_id = %id, bytes, "batch audio joined");
+                    }
+                    Concatenated::Failed(reason) => {
+                        tracing::info!(batch_id = %id, %reason, "batch audio cannot be joined");
+                    }
+                }
                 sweep.completed += 1;
             }
         }
         Ok(sweep)
+    }
+
+    /// Joins a batch while renewing its lease; stops when the lease is lost.
+    async fn join_holding(&self, lease: &JoinLease) -> Result<Concatenated, JoinError> {
+        let join = self.join(lease.batch_id);
+        tokio::pin!(join);
+        let every = self.lease_ttl / 3;
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut join => return result,
+                _ = renewals.tick() => {
+                    if !self.store.renew_join_lease(lease, self.lease_ttl).await? {
+                        // Dropping the join aborts its upload.
+                        return Err(JoinError::LeaseLost);
+                    }
+                }
+            }
+        }
     }
 
     /// Joins a batch's succeeded items into its joined file.
@@ -109,6 +176,16 @@ impl Joiner {
             duration_ms: joined.duration_ms,
         })
     }
+}
+
+/// Wait before the attempt after `attempt` (from 1) at a join.
+fn retry_delay(attempt: i32) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(16);
+    JOIN_RETRY_DELAY
+        .saturating_mul(1 << doublings)
+        .min(MAX_JOIN_RETRY_DELAY)
 }
 
 /// The JSON view of a batch, without its items: what `GET

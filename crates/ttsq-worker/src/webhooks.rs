@@ -38,7 +38,7 @@ use uuid::Uuid;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// Most batches one sweep joins; the rest wait for the next sweep.
-const JOINS_PER_SWEEP: i64 = 16;
+const JOINS_PER_SWEEP: usize = 16;
 
 /// Most bytes of a receiver's answer kept in the log.
 const ERROR_SNIPPET: usize = 200;
@@ -245,6 +245,10 @@ pub async fn run(context: WebhookContext, shutdown: impl std::future::Future<Out
         let context = context.clone();
         tokio::spawn(async move { sweep(&context).await })
     };
+    let joins = {
+        let joiner = context.joiner.clone();
+        tokio::spawn(async move { join_batches(&joiner).await })
+    };
     let mut backoff =
         ttsq_core::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut in_flight = JoinSet::new();
@@ -294,22 +298,35 @@ pub async fn run(context: WebhookContext, shutdown: impl std::future::Future<Out
         }
     }
     sweeper.abort();
+    // A join cut short aborts its upload; its lease expires and another
+    // replica takes the batch over (the cut take counts as an attempt).
+    joins.abort();
     let _ = tokio::time::timeout(context.timeout, async {
         while in_flight.join_next().await.is_some() {}
     })
     .await;
 }
 
-/// Every [`SWEEP_EVERY`]: publishes pending events and joins batch audio.
+/// Every [`SWEEP_EVERY`]: joins the audio of batches waiting for it. Apart
+/// from the relay, so that a long join never holds back webhook events.
+async fn join_batches(joiner: &crate::batches::Joiner) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = joiner.sweep(JOINS_PER_SWEEP).await {
+            tracing::warn!(error = %err, "sweeping batches to join failed");
+        }
+    }
+}
+
+/// Every [`SWEEP_EVERY`]: publishes pending events.
 async fn sweep(context: &WebhookContext) {
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publisher = None;
     loop {
         ticks.tick().await;
-        if let Err(err) = context.joiner.sweep(JOINS_PER_SWEEP).await {
-            tracing::warn!(error = %err, "sweeping batches to join failed");
-        }
         if context.signing_key.is_none() {
             continue;
         }

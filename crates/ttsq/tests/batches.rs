@@ -631,6 +631,97 @@ async fn a_batch_whose_item_audio_is_gone_completes_with_concatenate_error() {
     app.teardown().await;
 }
 
+/// Submits a concatenated batch of `count` items of `text` (WAV, speed
+/// 0.5), stored already: the batch waits for its join at once.
+async fn submit_joined_batch(app: &TestApp, text: &str, count: usize) -> Uuid {
+    let items: Vec<Value> = (0..count)
+        .map(|_| json!({"text": text, "dialect": "en-us", "format": "wav", "speed": 0.5}))
+        .collect();
+    let accepted = submit_batch_ok(app, &json!({"concatenate": true, "items": items})).await;
+    let id = accepted["batch_id"].as_str().expect("batch_id");
+    let id: Uuid = id.parse().expect("uuid");
+    let status = app
+        .scalar(&format!(
+            "SELECT count(*) FROM batches WHERE id = '{id}' AND status = 'concatenating'"
+        ))
+        .await;
+    assert_eq!(status, 1, "the batch waits for its join");
+    id
+}
+
+/// A sweeper of joins as a worker replica `holder` runs it.
+fn joiner(app: &TestApp, holder: Uuid) -> ttsq_worker::batches::Joiner {
+    ttsq_worker::batches::Joiner::new(
+        app.services.store.clone(),
+        app.services.audio.clone(),
+        &app.services.settings.batches,
+        holder,
+    )
+}
+
+#[tokio::test]
+async fn two_sweepers_at_once_join_a_batch_once() {
+    let mut app = TestApp::spawn().await;
+    let text = long_text();
+    store_once_and_stop_workers(&mut app, &text).await;
+    let id = submit_joined_batch(&app, &text, 3).await;
+
+    let (first, second) = (joiner(&app, Uuid::new_v4()), joiner(&app, Uuid::new_v4()));
+    let (a, b) = tokio::join!(first.sweep(16), second.sweep(16));
+    let (a, b) = (a.expect("first sweep"), b.expect("second sweep"));
+
+    assert_eq!(a.joined + b.joined, 1, "joins made: {a:?} and {b:?}");
+    assert_eq!(a.completed + b.completed, 1);
+    let batch = get_batch(&app, &id.to_string(), "").await;
+    assert_eq!(batch["status"], "completed");
+    assert!(batch["concatenated_audio_url"].is_string(), "{batch}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_batch_held_by_a_replica_that_died_is_taken_over_once_its_lease_expires() {
+    let mut app = TestApp::spawn().await;
+    let text = "A short line to join twice.";
+    store_once_and_stop_workers(&mut app, text).await;
+    let id = submit_joined_batch(&app, text, 2).await;
+    // A replica takes the batch and dies (it never renews nor completes).
+    let settings = &app.services.settings.batches;
+    let dead = app
+        .services
+        .store
+        .take_join_lease(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Duration::from_secs(2),
+            settings.join_attempts,
+        )
+        .await
+        .expect("take")
+        .expect("the batch was free");
+    assert_eq!((dead.batch_id, dead.attempt), (id, 1));
+
+    let live = joiner(&app, Uuid::new_v4());
+    let held = live.sweep(16).await.expect("sweep");
+    assert_eq!(held.joined, 0, "a live lease is left alone");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let taken_over = live.sweep(16).await.expect("sweep");
+
+    assert_eq!((taken_over.joined, taken_over.completed), (1, 1));
+    let sql = format!("SELECT join_attempts::bigint FROM batches WHERE id = '{id}'");
+    assert_eq!(app.scalar(&sql).await, 2, "the dead replica's take counted");
+    // The dead holder's token can no longer complete the batch.
+    let late = app
+        .services
+        .store
+        .finish_concatenation(&dead, &ttsq_store::Concatenated::Failed("late".into()))
+        .await
+        .expect("finish");
+    assert!(!late);
+    let batch = get_batch(&app, &id.to_string(), "").await;
+    assert!(batch["concatenate_error"].is_null(), "{batch}");
+    app.teardown().await;
+}
+
 /// Benchmark (issue 4's "batch submit"): 10,000 jobs through ten batches of
 /// 1,000, sent four at a time; prints accepted jobs per second. Run with
 /// `cargo nextest run -p ttsq --test batches --run-ignored only` (a release
