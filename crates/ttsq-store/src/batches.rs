@@ -493,8 +493,9 @@ impl Store {
         Ok(renewed > 0)
     }
 
-    /// Gives a join lease up after a failure that may pass, noting `error`;
-    /// no replica takes the batch again for `retry_after`.
+    /// Gives a join lease up after a failure that may pass, noting `error`
+    /// (shown to the tenant if no attempt is left); no replica takes the
+    /// batch again for `retry_after`.
     pub async fn release_join_lease(
         &self,
         lease: &JoinLease,
@@ -514,6 +515,32 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Completes every batch waiting for its joined audio whose
+    /// `max_attempts` takes are all used up and none of which still holds
+    /// (their replicas died or failed), with a `concatenate_error` saying so
+    /// and its `batch.completed` event. Returns how many it completed.
+    pub async fn fail_exhausted_joins(&self, max_attempts: u32) -> Result<u64, StoreError> {
+        let sql = format!(
+            "WITH b AS (
+                UPDATE batches
+                   SET status = 'completed', completed_at = now(), join_expires_at = NULL,
+                       concatenate_error = 'the joined audio could not be made in '
+                           || join_attempts || ' attempts: '
+                           || coalesce(join_error,
+                                       'the replicas joining it stopped before they finished')
+                 WHERE status = 'concatenating' AND join_attempts >= $1
+                   AND (join_expires_at IS NULL OR join_expires_at < now())
+             RETURNING id, tenant_id, callback_url
+             ), {COMPLETED_BATCH_EVENTS}
+             SELECT id FROM b"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i32::try_from(max_attempts).unwrap_or(i32::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.len() as u64)
     }
 
     /// The stored audio of a batch's succeeded items, in batch order.

@@ -81,9 +81,18 @@ impl Joiner {
     }
 
     /// Joins the audio of up to `limit` batches waiting for it, one at a
-    /// time, each under its lease.
+    /// time, each under its lease; first completes those whose attempts are
+    /// used up, with `concatenate_error`.
     pub async fn sweep(&self, limit: usize) -> Result<Sweep, StoreError> {
         let mut sweep = Sweep::default();
+        let exhausted = self.store.fail_exhausted_joins(self.attempts).await?;
+        if exhausted > 0 {
+            tracing::warn!(
+                batches = exhausted,
+                "batches whose joins were interrupted on every attempt completed without joined audio"
+            );
+            sweep.completed += usize::try_from(exhausted).unwrap_or(usize::MAX);
+        }
         for _ in 0..limit {
             let token = Uuid::now_v7();
             let Some(lease) = self
@@ -104,6 +113,17 @@ impl Joiner {
                     tracing::warn!(batch_id = %id, "another replica took over a batch this one was joining");
                     continue;
                 }
+                Err(err) if lease.attempt >= i32::try_from(self.attempts).unwrap_or(i32::MAX) => {
+                    tracing::warn!(
+                        batch_id = %id, attempt = lease.attempt, error = %err,
+                        "joining a batch's audio failed on its last attempt"
+                    );
+                    Concatenated::Failed(format!(
+                        "the joined audio could not be made in {} attempts: {}",
+                        lease.attempt,
+                        err.public_reason()
+                    ))
+                }
                 Err(err) => {
                     let retry_in = retry_delay(lease.attempt);
                     tracing::warn!(
@@ -111,7 +131,7 @@ impl Joiner {
                         "joining a batch's audio failed; retrying later"
                     );
                     self.store
-                        .release_join_lease(&lease, &err.to_string(), retry_in)
+                        .release_join_lease(&lease, &err.public_reason(), retry_in)
                         .await?;
                     continue;
                 }

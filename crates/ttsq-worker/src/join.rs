@@ -45,6 +45,19 @@ pub enum JoinError {
     LeaseLost,
 }
 
+impl JoinError {
+    /// What the tenant is told (`concatenate_error`): the reason when the
+    /// audio cannot be joined, else what failed, without internal detail.
+    pub fn public_reason(&self) -> String {
+        match self {
+            Self::Unjoinable(reason) => reason.clone(),
+            Self::Storage(_) => "the audio storage was unavailable".into(),
+            Self::Store(_) => "the database was unavailable".into(),
+            Self::LeaseLost => "another replica took the join over".into(),
+        }
+    }
+}
+
 /// What bounds one join.
 #[derive(Debug, Clone, Copy)]
 pub struct JoinLimits {

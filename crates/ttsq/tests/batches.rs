@@ -722,6 +722,120 @@ async fn a_batch_held_by_a_replica_that_died_is_taken_over_once_its_lease_expire
     app.teardown().await;
 }
 
+#[tokio::test]
+async fn a_batch_abandoned_by_every_attempt_completes_with_concatenate_error() {
+    let mut app = TestApp::spawn_with(TestOptions {
+        env: vec![("TTSQ_BATCHES_JOIN_ATTEMPTS".to_owned(), "3".to_owned())],
+        ..TestOptions::default()
+    })
+    .await;
+    let text = "Three replicas will die joining this.";
+    store_once_and_stop_workers(&mut app, text).await;
+    app.execute("UPDATE tenants SET webhook_url = 'https://hooks.example.com/tts'")
+        .await;
+    let id = submit_joined_batch(&app, text, 2).await;
+    // Three replicas take the batch in turn and die (OOM-killed, say).
+    for attempt in 1..=3 {
+        let lease = app
+            .services
+            .store
+            .take_join_lease(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                Duration::from_millis(200),
+                3,
+            )
+            .await
+            .expect("take")
+            .expect("the lease is free again");
+        assert_eq!(lease.attempt, attempt);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let sweep = joiner(&app, Uuid::new_v4()).sweep(16).await.expect("sweep");
+
+    assert_eq!((sweep.joined, sweep.completed), (0, 1));
+    let batch = get_batch(&app, &id.to_string(), "").await;
+    assert_eq!(batch["status"], "completed");
+    assert!(batch["concatenated_audio_url"].is_null());
+    let error = batch["concatenate_error"]
+        .as_str()
+        .expect("concatenate_error");
+    assert!(error.contains("3 attempts"), "{error}");
+    let sql = format!(
+        "SELECT count(*) FROM webhook_deliveries WHERE batch_id = '{id}' AND event = 'batch.completed'"
+    );
+    assert_eq!(app.scalar(&sql).await, 1, "its webhook is queued");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_join_that_fails_on_its_last_attempt_completes_the_batch_with_the_reason() {
+    let mut app = TestApp::spawn_with(TestOptions {
+        env: vec![("TTSQ_BATCHES_JOIN_ATTEMPTS".to_owned(), "1".to_owned())],
+        faulty_links: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let text = "S3 goes away while this is joined.";
+    store_once_and_stop_workers(&mut app, text).await;
+    let id = submit_joined_batch(&app, text, 2).await;
+    let links = app.links.as_ref().expect("links");
+
+    links.s3.cut();
+    let sweep = joiner(&app, Uuid::new_v4()).sweep(16).await;
+    links.s3.restore();
+
+    let sweep = sweep.expect("sweep");
+    assert_eq!((sweep.joined, sweep.completed), (0, 1));
+    let batch = get_batch(&app, &id.to_string(), "").await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let error = batch["concatenate_error"]
+        .as_str()
+        .expect("concatenate_error");
+    assert!(error.contains("storage was unavailable"), "{error}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_join_that_outgrows_the_byte_cap_stops_and_stores_nothing() {
+    let app = TestApp::spawn_with(TestOptions {
+        env: vec![(
+            "TTSQ_BATCHES_MAX_JOINED_BYTES".to_owned(),
+            "50000".to_owned(),
+        )],
+        ..TestOptions::default()
+    })
+    .await;
+    // Well within the estimate at submit, but some 100 kB of PCM joined.
+    let items: Vec<Value> = [
+        "The first line of this batch.",
+        "And the second line of it.",
+    ]
+    .iter()
+    .map(|t| json!({"text": t, "dialect": "en-us", "format": "pcm"}))
+    .collect();
+    let accepted = submit_batch_ok(&app, &json!({"concatenate": true, "items": items})).await;
+    let id = accepted["batch_id"].as_str().expect("batch_id").to_owned();
+
+    let batch = wait_for_batch(&app, &id).await;
+
+    assert_eq!(batch["counts"]["succeeded"], 2, "{batch}");
+    assert!(batch["concatenated_audio_url"].is_null(), "{batch}");
+    let error = batch["concatenate_error"]
+        .as_str()
+        .expect("concatenate_error");
+    assert!(error.contains("larger than 50000 bytes"), "{error}");
+    let joined = app
+        .services
+        .audio
+        .head(&format!("batches/{id}/joined.pcm"))
+        .await
+        .expect("head");
+    assert!(joined.is_none(), "the aborted upload made no object");
+    app.teardown().await;
+}
+
 /// Benchmark (issue 4's "batch submit"): 10,000 jobs through ten batches of
 /// 1,000, sent four at a time; prints accepted jobs per second. Run with
 /// `cargo nextest run -p ttsq --test batches --run-ignored only` (a release
