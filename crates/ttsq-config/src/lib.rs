@@ -1454,6 +1454,23 @@ chain = ["eleven", "espeak"]
     }
 
     #[test]
+    fn batch_join_settings_s3_cannot_honour_are_refused_by_name() {
+        for (var, value) in [
+            ("TTSQ_BATCHES_JOIN_PART_BYTES", "1048576"),
+            ("TTSQ_BATCHES_MAX_JOINED_BYTES", "0"),
+            ("TTSQ_BATCHES_MAX_JOINED_BYTES", "52428800000000"),
+            ("TTSQ_BATCHES_JOIN_ATTEMPTS", "0"),
+            ("TTSQ_BATCHES_MAX_JOINED_DURATION_SECS", "0"),
+        ] {
+            let err = Settings::load(None, env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(var), "{var}={value}: {err}");
+        }
+        let s = Settings::load(None, env(&[])).unwrap();
+        // 1,000 characters at half speed, 60 ms each: two minutes.
+        assert_eq!(s.batches.estimated_ms(1000, 0.5), 120_000.0);
+    }
+
+    #[test]
     fn the_local_s3_secret_is_the_default_one() {
         let s = Settings::load(None, env(&[])).unwrap();
         assert_eq!(s.s3.secret_access_key.expose_secret(), LOCAL_S3_SECRET);
