@@ -2,11 +2,17 @@
 //!
 //! When the last item of such a batch reaches a terminal state, the trigger
 //! on `tasks` leaves the batch `concatenating`. A sweeper in every worker
-//! ([`Joiner::sweep`], run by the webhook service every half second) joins
-//! the succeeded items' audio in batch order (streamed, see [`crate::join`]),
+//! ([`Joiner::sweep`], run beside the webhook relay every 250 ms) takes the
+//! batch under a lease, so one replica at a time joins it, joins the
+//! succeeded items' audio in batch order (streamed, see [`crate::join`]),
 //! stores it under `batches/{id}/joined.{ext}` and completes the batch,
-//! which also queues its `batch.completed` webhook. Audio that cannot be
-//! joined completes the batch with `concatenate_error` instead.
+//! which also queues its `batch.completed` webhook.
+//!
+//! Audio that cannot be joined completes the batch with `concatenate_error`
+//! at once. Other failures (S3, Postgres) release the lease to be tried
+//! again later; every take counts as an attempt, a replica killed mid-join
+//! included, and once `batches.join_attempts` are used up the batch
+//! completes with `concatenate_error` too.
 
 use std::{collections::BTreeMap, time::Duration};
 
