@@ -738,6 +738,8 @@ class Kube:
                     listen = env.get("TTSQ_SERVER_LISTEN") or settings["server"]["listen"]
                     port = int(str(listen).rsplit(":", 1)[1])
                     problems += probe_problems(where, container, port)
+                    ops = env.get("TTSQ_SERVER_OPS_LISTEN") or settings["server"]["ops_listen"]
+                    problems += scrape_problems(where, obj, container, port, int(str(ops).rsplit(":", 1)[1]))
                 if not run_as_non_root(pod, container):
                     problems.append(f"{where}: runAsNonRoot is not set")
                 resources = container.get("resources") or {}
@@ -765,7 +767,7 @@ class Kube:
                         problems.append(f"{kind_name(obj)}: watches queue {queue!r}; the workers "
                                         f"consume {prefix}ttsq.jobs")
         raise_if(problems)
-        return "env known to ttsq, migrations off, drain < grace, probes, non-root, resources"
+        return "env known to ttsq, migrations off, drain < grace, probes, scrape port, non-root, resources"
 
     def check_config_file(self) -> str:
         configmaps = [o for o in self.require_objects() if o["kind"] == "ConfigMap"]
@@ -861,6 +863,21 @@ def probe_problems(where: str, container: dict, listen_port: int) -> list[str]:
         if port != listen_port:
             problems.append(f"{where}: {probe} probes port {http.get('port')}, ttsq listens on {listen_port}")
     return problems
+
+
+def scrape_problems(where: str, obj: dict, container: dict, listen_port: int, ops_port: int) -> list[str]:
+    """Prometheus scrapes the API's operations port: the public one serves no /metrics."""
+    annotations = obj["spec"]["template"]["metadata"].get("annotations") or {}
+    if annotations.get("prometheus.io/scrape") != "true":
+        return []
+    scraped = int(annotations.get("prometheus.io/port", listen_port))
+    ports = {p["containerPort"] for p in container.get("ports") or []}
+    if scraped != ops_port:
+        return [f"{where}: prometheus.io/port {scraped} is not the operations port {ops_port} "
+                "(TTSQ_SERVER_OPS_LISTEN); the public port serves no /metrics"]
+    if ops_port not in ports:
+        return [f"{where}: containerPort {ops_port} (TTSQ_SERVER_OPS_LISTEN) is not declared"]
+    return []
 
 
 def run_as_non_root(pod: dict, container: dict) -> bool:

@@ -102,6 +102,11 @@ API_URL="${API_URL%/}"
 listen_host="${LISTEN%:*}" listen_port="${LISTEN##*:}"
 case "$listen_host" in "" | 0.0.0.0 | "[::]") listen_host=127.0.0.1 ;; esac
 LOCAL_URL="http://$listen_host:$listen_port"
+# The API's operations endpoints (/metrics, /health, the detailed /ready).
+OPS_LISTEN="${TTSQ_SERVER_OPS_LISTEN:-127.0.0.1:9463}"
+ops_host="${OPS_LISTEN%:*}"
+case "$ops_host" in "" | 0.0.0.0 | "[::]") ops_host=127.0.0.1 ;; esac
+OPS_URL="http://$ops_host:${OPS_LISTEN##*:}"
 
 GRACE=$((${TTSQ_WORKER_SHUTDOWN_GRACE_SECS:-30} + 10))
 HAVE_CURL=0
@@ -279,7 +284,7 @@ else
     start_process api api
     for ((i = 1; i <= WORKERS; i++)); do
         # Each worker serves /metrics, /health and /ready on its own port:
-        # 9464, 9465, …
+        # 9464, 9465, … (the API's are on server.ops_listen, 9463)
         TTSQ_WORKER_METRICS_LISTEN="127.0.0.1:$((9463 + i))" start_process "worker-$i" worker
     done
     ((WORKERS > 0)) || say "no workers: normal-priority jobs will wait in the queue"
@@ -332,6 +337,11 @@ Paste into another terminal:
     # (-L follows the 302 to a presigned S3 URL; add ?inline=1 to get the bytes from the API instead)
 
     aplay hello.wav queued.wav    # or any audio player
+
+Metrics and each dependency's readiness are off the public port, on
+$OPS_URL/metrics and $OPS_URL/ready$(
+    if [[ -n "$WORKERS" ]] && ((WORKERS > 0)); then echo " (workers: 127.0.0.1:9464 and up)"; fi
+).
 
 Ctrl-C stops ttsq; PostgreSQL, RabbitMQ and s3s-fs stay up.
 

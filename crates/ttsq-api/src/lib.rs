@@ -7,13 +7,13 @@
 //! - `auth`: the bearer-key extractor.
 //! - `jobs`: submission, status, audio.
 //! - [`coalescer`]: single submissions written many to a transaction.
-//! - `system`: dialects, health, readiness, metrics.
-//! - [`ops`]: `/metrics`, `/health`, `/ready` over any set of dependencies,
-//!   also served alone by a worker.
+//! - [`ops`]: `/metrics`, `/health` and the detailed `/ready` over any set
+//!   of dependencies, served on an operations listener of their own; the
+//!   cached readiness behind the public `/ready`.
 //! - `listing`: a tenant's task list and cancellation.
 //! - `speech`: the OpenAI-compatible `POST /v1/audio/speech`.
 //! - [`openapi`]: the OpenAPI document, served at `/openapi.json`.
-//! - `system`: dialects, health, readiness.
+//! - `system`: dialects, health, readiness (its status only).
 //! - `admin`: tenants and keys over HTTP, behind the admin token.
 //! - `usage`: a tenant's own usage.
 //! - `batches`: batch submission, status with paginated items, cancel.
@@ -95,6 +95,9 @@ pub struct ApiContext {
     pub waiters: ttsq_store::TaskWaiters,
     /// How high-priority requests take part in the fleet-wide single flight.
     pub inline: InlineClaims,
+    /// The public `/ready`'s answer, checked at most once per interval
+    /// however many callers ask.
+    pub readiness: Arc<ops::ReadinessCache>,
 }
 
 impl ApiContext {
@@ -123,7 +126,15 @@ impl ApiContext {
             store.pool().clone(),
             Duration::from_millis(settings.server.wait_poll_ms),
         );
+        let readiness = Arc::new(ops::ReadinessCache::new(ops::Probes {
+            store: store.clone(),
+            broker: Arc::clone(&broker),
+            audio: audio.clone(),
+            providers: Arc::clone(&providers),
+            publisher: Some(publisher.clone()),
+        }));
         Ok(Self {
+            readiness,
             waiters,
             inline: InlineClaims {
                 replica_id,
@@ -191,18 +202,21 @@ pub struct InlineClaims {
 }
 
 impl ApiContext {
-    /// The dependencies `/ready` and `/metrics` look at.
+    /// The dependencies the operations endpoints look at, this replica's
+    /// publishing channel among them.
     pub fn probes(&self) -> ops::Probes {
         ops::Probes {
             store: self.store.clone(),
             broker: Arc::clone(&self.broker),
             audio: self.audio.clone(),
             providers: Arc::clone(&self.providers),
+            publisher: Some(self.publisher.clone()),
         }
     }
 }
 
-/// Every route of the API.
+/// Every public route of the API. The operations endpoints (`/metrics`, the
+/// detailed `/ready`) are not among them: see [`ops::serve`].
 pub fn router(context: ApiContext) -> Router {
     let max_body = context.max_body_bytes;
     Router::new()
@@ -225,7 +239,6 @@ pub fn router(context: ApiContext) -> Router {
         .merge(admin::routes())
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
-        .route("/metrics", get(system::metrics))
         // Clients (issue 9): listing, cancelling, OpenAI speech, the document.
         .route("/v1/tts/jobs", get(listing::list))
         .route("/v1/tts/jobs/{id}", delete(listing::cancel))

@@ -30,7 +30,6 @@ use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, w
         system::dialects,
         system::health,
         system::ready,
-        system::metrics,
         speech::speech,
         jobs::marks,
         batches::submit,
@@ -66,7 +65,7 @@ use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, w
         (name = "usage", description = "The calling tenant's own usage"),
         (name = "admin", description = "Tenants, limits, keys and usage of all tenants, behind the \
             admin token; off (404) when no admin token is configured"),
-        (name = "system", description = "Catalog, health, readiness, metrics, this document"),
+        (name = "system", description = "Catalog, health, readiness, this document"),
     )
 )]
 struct ApiDoc;

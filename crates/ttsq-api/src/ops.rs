@@ -1,7 +1,9 @@
 //! What operators' tools call: `/metrics` (Prometheus text), `/health`
-//! (liveness only) and `/ready` (each dependency with its latency). The API
-//! serves them among its routes; a worker serves them alone on
-//! `worker.metrics_listen` through [`serve`].
+//! (liveness only) and `/ready` (each dependency with its latency and
+//! error). They are served by [`serve`] on a listener of their own, kept off
+//! the public network: an API process on `server.ops_listen`, a worker on
+//! `worker.metrics_listen`. The public address answers `/ready` with its
+//! status only, from a [`ReadinessCache`].
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +22,7 @@ use axum::{
 use serde::Serialize;
 use tokio::net::TcpListener;
 use ttsq_audio::AudioStore;
-use ttsq_queue::Broker;
+use ttsq_queue::{Broker, Publisher};
 use ttsq_store::{Store, UsageToday};
 
 /// Longest one readiness check or metrics sample may take: a dependency
@@ -42,6 +44,9 @@ pub struct Probes {
     pub audio: AudioStore,
     /// Providers: health and breaker states.
     pub providers: Arc<ttsq_providers::Router>,
+    /// The API's publishing channel, whose loss makes an API replica unready
+    /// although its broker connection is up; `None` in a worker.
+    pub publisher: Option<Publisher>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +63,13 @@ fn check<E: std::fmt::Display>(started: Instant, result: Result<(), E>) -> Check
         latency_ms: started.elapsed().as_millis(),
         error: result.err().map(|e| e.to_string()),
     }
+}
+
+/// Runs `probe` and reports it with its latency.
+async fn timed(probe: impl Future<Output = Result<(), String>>) -> Check {
+    let started = Instant::now();
+    let result = probe.await;
+    check(started, result)
 }
 
 /// Runs `probe` for at most [`CHECK_TIMEOUT`].
@@ -90,31 +102,31 @@ async fn rabbitmq(broker: &Broker, publishing: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// One round of readiness checks.
+pub struct Readiness {
+    /// Postgres, RabbitMQ and S3 all answered.
+    pub ready: bool,
+    /// Each dependency, and each provider's last health check.
+    checks: BTreeMap<String, Check>,
+}
+
 impl Probes {
-    /// `/ready`'s answer: 200 when Postgres, RabbitMQ and S3 answer within
-    /// the timeout, else 503; the body reports each with its latency, and
-    /// each provider's last health check.
-    pub async fn readiness(&self, publishing: bool) -> (StatusCode, Json<serde_json::Value>) {
-        let mut checks = BTreeMap::new();
-
-        let started = Instant::now();
-        checks.insert(
-            "postgres".to_owned(),
-            check(started, bounded(self.store.ping()).await),
+    /// Checks Postgres, RabbitMQ and S3 at once, each for at most the
+    /// timeout, and reads each provider's last health check. Ready when the
+    /// three answer; providers are reported but do not gate it.
+    pub async fn check(&self) -> Readiness {
+        ttsq_telemetry::metrics::get().readiness_checks.inc();
+        let publishing = self.publisher.as_ref().is_none_or(Publisher::is_connected);
+        let (postgres, rabbitmq, s3) = tokio::join!(
+            timed(bounded(self.store.ping())),
+            timed(rabbitmq(&self.broker, publishing)),
+            timed(bounded(self.audio.check())),
         );
-
-        let started = Instant::now();
-        checks.insert(
-            "rabbitmq".to_owned(),
-            check(started, rabbitmq(&self.broker, publishing).await),
-        );
-
-        let started = Instant::now();
-        checks.insert(
-            "s3".to_owned(),
-            check(started, bounded(self.audio.check()).await),
-        );
-
+        let mut checks = BTreeMap::from([
+            ("postgres".to_owned(), postgres),
+            ("rabbitmq".to_owned(), rabbitmq),
+            ("s3".to_owned(), s3),
+        ]);
         // Providers are reported but do not gate readiness: with fallback
         // chains a vendor outage degrades routing, and taking every replica
         // out of service for it would turn a partial outage into a total one.
@@ -123,14 +135,17 @@ impl Probes {
         for (name, result) in self.providers.health().await {
             checks.insert(format!("provider:{name}"), check(started, result));
         }
+        Readiness { ready, checks }
+    }
 
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
+    /// The detailed `/ready` of the operations listener: 200 when Postgres,
+    /// RabbitMQ and S3 answer within the timeout, else 503; the body reports
+    /// each with its latency and error, and each provider's last health
+    /// check.
+    pub async fn readiness(&self) -> (StatusCode, Json<serde_json::Value>) {
+        let Readiness { ready, checks } = self.check().await;
         (
-            status,
+            status_code(ready),
             Json(serde_json::json!({ "ready": ready, "checks": checks })),
         )
     }
@@ -205,10 +220,57 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(probes): State<Probes>) -> (StatusCode, Json<serde_json::Value>) {
-    probes.readiness(true).await
+    probes.readiness().await
 }
 
-/// `/metrics`, `/health` and `/ready` alone, for a worker.
+/// 200 when ready, else 503.
+pub fn status_code(ready: bool) -> StatusCode {
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Readiness for the public `/ready`: one round of checks is shared by
+/// every caller for [`ReadinessCache::TTL`] after it ends, and callers that
+/// arrive while a round runs wait for it, so no number of callers makes the
+/// process check its dependencies more than once per interval.
+pub struct ReadinessCache {
+    probes: Probes,
+    /// When the last round ended, and whether it found the process ready.
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl ReadinessCache {
+    /// How long a round's answer is reused.
+    pub const TTL: Duration = Duration::from_secs(2);
+
+    /// A cache over `probes`, empty until the first call.
+    pub fn new(probes: Probes) -> Self {
+        Self {
+            probes,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether Postgres, RabbitMQ and S3 answered in the latest round,
+    /// running a round first when the last one is older than the TTL.
+    pub async fn is_ready(&self) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, ready)) = *last
+            && at.elapsed() < Self::TTL
+        {
+            return ready;
+        }
+        let ready = self.probes.check().await.ready;
+        *last = Some((Instant::now(), ready));
+        ready
+    }
+}
+
+/// `/metrics`, `/health` and the detailed `/ready`: the operations
+/// listener of every process.
 pub fn router(probes: Probes) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -223,7 +285,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(address = %listener.local_addr()?, "metrics and health listening");
+    tracing::info!(address = %listener.local_addr()?, "operations endpoints listening");
     axum::serve(listener, router(probes))
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,6 +1,7 @@
-//! Dialect catalog, liveness, readiness and metrics.
+//! Dialect catalog, liveness and readiness (its status only: the detail is
+//! on the operations listener, see [`crate::ops`]).
 
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use ttsq_core::DialectInfo;
 
@@ -49,36 +50,45 @@ pub async fn health() -> Json<serde_json::Value> {
     crate::ops::health().await
 }
 
+/// Whether this replica can serve: the public `/ready`'s body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadyStatus {
+    /// `ready`, or `not_ready` (with a 503).
+    status: ReadyState,
+}
+
+/// The public readiness states.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyState {
+    /// Postgres, RabbitMQ and S3 answer.
+    Ready,
+    /// One of them does not.
+    NotReady,
+}
+
 /// `GET /ready`: 200 when Postgres, RabbitMQ (with this replica's
-/// publishing channel) and S3 answer, else 503; the body reports each, and
-/// each provider's last health check, with latency. See [`crate::ops`].
+/// publishing channel) and S3 answered the latest check, else 503. The
+/// check is shared by all callers for a couple of seconds, and which
+/// dependency failed is told only on the operations listener.
 #[utoipa::path(
     get,
     path = "/ready",
     operation_id = "ready",
     tag = "system",
     responses(
-        (status = 200, description = "Postgres, RabbitMQ and S3 answer; `checks` reports each, and each provider", body = Object),
-        (status = 503, description = "A dependency does not answer; `checks` says which", body = Object),
+        (status = 200, description = "Postgres, RabbitMQ and S3 answer", body = ReadyStatus, example = json!({"status": "ready"})),
+        (status = 503, description = "A dependency does not answer", body = ReadyStatus, example = json!({"status": "not_ready"})),
     )
 )]
-pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<serde_json::Value>) {
-    context
-        .probes()
-        .readiness(context.publisher.is_connected())
-        .await
-}
-
-/// `GET /metrics`: every Prometheus series of this process.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "metrics",
-    tag = "system",
-    responses((status = 200, description = "Every Prometheus series of this process, in the text exposition format", body = String, content_type = "text/plain"))
-)]
-pub async fn metrics(State(context): State<ApiContext>) -> impl IntoResponse {
-    crate::ops::metrics_response(context.probes().render_metrics().await)
+pub async fn ready(State(context): State<ApiContext>) -> (StatusCode, Json<ReadyStatus>) {
+    let ready = context.readiness.is_ready().await;
+    let status = if ready {
+        ReadyState::Ready
+    } else {
+        ReadyState::NotReady
+    };
+    (crate::ops::status_code(ready), Json(ReadyStatus { status }))
 }
 
 /// Any unknown route.

@@ -93,6 +93,10 @@ impl Stack {
                 "TTSQ_WORKER_METRICS_LISTEN".to_owned(),
                 "127.0.0.1:0".to_owned(),
             ),
+            (
+                "TTSQ_SERVER_OPS_LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ),
             ("TTSQ_QUOTA_HEARTBEAT_SECS".to_owned(), "1".to_owned()),
         ];
         all_env.extend(options.env);

@@ -449,6 +449,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct ServerSettings {
     /// Address the API listens on.
     pub listen: SocketAddr,
+    /// Where an API process (`ttsq api`, `ttsq all`) serves its operations
+    /// endpoints: `/metrics`, `/health` and the detailed `/ready`. Kept off
+    /// the public address because they show dependency hosts and errors.
+    pub ops_listen: SocketAddr,
     /// Base URL clients reach the API at, without a trailing slash.
     pub public_url: String,
     /// Largest request body accepted, in bytes.
@@ -567,7 +571,8 @@ pub struct WorkerSettings {
     /// queued again, even if its replica still heartbeats, in seconds.
     pub claim_timeout_secs: u64,
     /// Where a `ttsq worker` serves `/metrics`, `/health` and `/ready`
-    /// (port 0 picks a free one); `ttsq all` serves them on the API instead.
+    /// (port 0 picks a free one); `ttsq all` serves them on
+    /// `server.ops_listen` instead.
     pub metrics_listen: SocketAddr,
 }
 

@@ -96,6 +96,10 @@ pub struct Metrics {
     pub dlq_depth: IntGauge,
     /// `tts_tasks_in_flight`: tasks being synthesized by this process now.
     pub in_flight: IntGauge,
+    /// `tts_readiness_checks_total`: rounds of readiness checks this process
+    /// made against Postgres, RabbitMQ and S3 (public `/ready` answers share
+    /// one round per interval, so this grows with time, not with callers).
+    pub readiness_checks: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -146,6 +150,13 @@ impl Metrics {
         let cache_hits = IntCounter::new("tts_cache_hits_total", "Jobs served from stored audio.")
             .expect("valid metric");
         r.register(Box::new(cache_hits.clone()))
+            .expect("metric registered once");
+        let readiness_checks = IntCounter::new(
+            "tts_readiness_checks_total",
+            "Rounds of readiness checks against Postgres, RabbitMQ and S3.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(readiness_checks.clone()))
             .expect("metric registered once");
         let cache_hit_ratio = Gauge::new(
             "tts_cache_hit_ratio",
@@ -199,6 +210,7 @@ impl Metrics {
                 JOB_BUCKETS,
             ),
             cache_hits,
+            readiness_checks,
             cache_hit_ratio,
             daily_usage: int_gauge(
                 &r,

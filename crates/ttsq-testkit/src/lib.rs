@@ -44,6 +44,9 @@ pub struct TestApp {
     pub address: SocketAddr,
     /// `http://{address}`.
     pub base_url: String,
+    /// `http://…` of the API's operations listener: `/metrics`, `/health`
+    /// and the detailed `/ready`.
+    pub ops_url: String,
     /// A key of the test's default tenant.
     pub api_key: String,
     /// An HTTP client that does not follow redirects.
@@ -132,6 +135,8 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let base_url = format!("http://{address}");
+        let ops_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let ops_url = format!("http://{}", ops_listener.local_addr()?);
         let mut env = vec![
             ("TTSQ_DATABASE_URL".to_owned(), format!("{base}/{database}")),
             ("TTSQ_DATABASE_MAX_CONNECTIONS".to_owned(), "8".to_owned()),
@@ -161,9 +166,13 @@ impl TestApp {
             ),
             ("TTSQ_SERVER_PUBLIC_URL".to_owned(), base_url.clone()),
             ("TTSQ_WORKER_BATCH_WINDOW_MS".to_owned(), "20".to_owned()),
-            // Worker child processes must not compete for one metrics port.
+            // Child processes must not compete for one operations port.
             (
                 "TTSQ_WORKER_METRICS_LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ),
+            (
+                "TTSQ_SERVER_OPS_LISTEN".to_owned(),
                 "127.0.0.1:0".to_owned(),
             ),
             (
@@ -200,7 +209,7 @@ impl TestApp {
         let api_task = {
             let services = services.clone();
             let shutdown = api_shutdown.clone();
-            tokio::spawn(async move { services.run_api(listener, shutdown).await })
+            tokio::spawn(async move { services.run_api(listener, ops_listener, shutdown).await })
         };
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -210,6 +219,7 @@ impl TestApp {
             services,
             address,
             base_url,
+            ops_url,
             api_key: expose(&key.key),
             http,
             links,
@@ -299,13 +309,18 @@ impl TestApp {
             .await
             .expect("replica listener binds");
         let address = listener.local_addr().expect("replica address");
+        let ops = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("replica operations listener binds");
+        let ops_url = format!("http://{}", ops.local_addr().expect("replica ops address"));
         let shutdown = CancellationToken::new();
         let task = {
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { services.run_api(listener, shutdown).await })
+            tokio::spawn(async move { services.run_api(listener, ops, shutdown).await })
         };
         ApiReplica {
             base_url: format!("http://{address}"),
+            ops_url,
             shutdown,
             task,
         }
@@ -448,6 +463,8 @@ impl TestApp {
 pub struct ApiReplica {
     /// `http://{address}` of the replica.
     pub base_url: String,
+    /// `http://…` of the replica's operations listener.
+    pub ops_url: String,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }

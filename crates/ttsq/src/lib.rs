@@ -138,12 +138,14 @@ impl Services {
 
     /// Runs a replica until `shutdown`: registers it (heartbeat and quota
     /// share), runs the outbox relay, serves the API on `listener` when the
-    /// role has one and consumes the queue when the role does; returns once
-    /// all of it has stopped.
+    /// role has one and consumes the queue when the role does, and serves
+    /// the operations endpoints on `ops` (with the API's probes when there
+    /// is an API); returns once all of it has stopped.
     pub async fn run(
         &self,
         role: ReplicaRole,
         listener: Option<TcpListener>,
+        ops: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let heartbeat = self.start_heartbeat(role, shutdown.clone()).await;
@@ -153,21 +155,28 @@ impl Services {
         let supervisor_stop = shutdown.clone();
         let supervisor =
             tokio::spawn(async move { broker.supervise(supervisor_stop.cancelled()).await });
-        let api = async {
+        let serving = async {
             match listener {
-                Some(listener) => self.run_api(listener, shutdown.clone()).await,
-                None => Ok(()),
+                Some(listener) => self.run_api(listener, ops, shutdown.clone()).await,
+                None => self.serve_ops(self.probes(), ops, shutdown.clone()).await,
             }
         };
         let worker = async {
             match role {
-                ReplicaRole::Worker | ReplicaRole::All => self.run_worker(shutdown.clone()).await,
+                ReplicaRole::Worker | ReplicaRole::All => {
+                    let outcome = self.run_worker(shutdown.clone()).await;
+                    // A worker that stopped on its own takes its listener along.
+                    if role == ReplicaRole::Worker {
+                        shutdown.cancel();
+                    }
+                    outcome
+                }
                 ReplicaRole::Api => Ok(()),
             }
         };
-        let (api, worker) = tokio::join!(api, worker);
+        let (serving, worker) = tokio::join!(serving, worker);
         let _ = tokio::join!(heartbeat, relay, sweeper, supervisor);
-        api.and(worker)
+        serving.and(worker)
     }
 
     /// Registers this process as a live replica and keeps its fallback share
@@ -304,11 +313,14 @@ impl Services {
         })
     }
 
-    /// Serves the API on `listener` until `shutdown` is cancelled; provider
-    /// health for `/ready` is refreshed in the background meanwhile.
+    /// Serves the API on `listener` and its operations endpoints on `ops`
+    /// until `shutdown` is cancelled; provider health for `/ready` is
+    /// refreshed in the background meanwhile. An API server that stops on
+    /// its own cancels `shutdown`, taking the operations listener along.
     pub async fn run_api(
         &self,
         listener: TcpListener,
+        ops: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let context = self.api_context().await?;
@@ -323,9 +335,16 @@ impl Services {
                 }
             }
         });
-        ttsq_api::run(context, listener, shutdown.cancelled_owned())
-            .await
-            .context("API server failed")
+        let probes = context.probes();
+        let api = async {
+            let outcome = ttsq_api::run(context, listener, shutdown.clone().cancelled_owned())
+                .await
+                .context("API server failed");
+            shutdown.cancel();
+            outcome
+        };
+        let (api, ops) = tokio::join!(api, self.serve_ops(probes, ops, shutdown.clone()));
+        api.and(ops)
     }
 
     /// The webhook delivery service's context.

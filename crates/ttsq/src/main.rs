@@ -35,15 +35,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API (submit, poll, download) on server.listen.
+    /// Serve the HTTP API (submit, poll, download) on server.listen, and
+    /// /metrics, /health and the detailed /ready on server.ops_listen.
     Api,
     /// Consume queued jobs: batch by dialect, synthesize, store, finish.
     ///
     /// Run as many replicas as the providers' quotas allow. SIGTERM stops
     /// consuming and finishes in-flight batches within
-    /// worker.shutdown_grace_secs; the rest is redelivered.
+    /// worker.shutdown_grace_secs; the rest is redelivered. /metrics,
+    /// /health and /ready are served on worker.metrics_listen.
     Worker,
-    /// API and one worker in one process, for a single machine.
+    /// API and one worker in one process, for a single machine (operations
+    /// endpoints on server.ops_listen).
     All,
     /// Apply pending database migrations, then exit.
     Migrate,
@@ -211,21 +214,10 @@ async fn run(
                 ReplicaRole::Api | ReplicaRole::All => Some(bind(&settings).await?),
             };
             let services = Services::connect(settings, role.as_str()).await?;
-            let shutdown = shutdown_on_signal();
-            // `ttsq all` serves the worker's metrics on the API.
-            if role == ReplicaRole::Worker {
-                let metrics = services.bind_metrics().await?;
-                let worker = async {
-                    let outcome = services.run(role, listener, shutdown.clone()).await;
-                    // A worker that stopped on its own takes its listener along.
-                    shutdown.cancel();
-                    outcome
-                };
-                let (run, metrics) =
-                    tokio::join!(worker, services.serve_metrics(metrics, shutdown.clone()));
-                return run.and(metrics);
-            }
-            services.run(role, listener, shutdown).await
+            let ops = services.bind_ops(role).await?;
+            services
+                .run(role, listener, ops, shutdown_on_signal())
+                .await
         }
         Command::Migrate => {
             migrated_store(&settings).await?;

@@ -1,12 +1,14 @@
 //! The binary's side of observability: where traces go (read from the
-//! standard `OTEL_*` variables) and a worker's own `/metrics`, `/health` and
-//! `/ready` listener.
+//! standard `OTEL_*` variables) and every process's operations listener
+//! (`/metrics`, `/health`, the detailed `/ready`): `server.ops_listen` for a
+//! process that serves the API, `worker.metrics_listen` for a worker.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use ttsq_providers::quota::ReplicaRole;
 use ttsq_telemetry::TraceSettings;
 
 use crate::Services;
@@ -23,33 +25,46 @@ pub fn trace_settings(service: &str) -> TraceSettings {
 }
 
 impl Services {
-    /// The dependencies `/ready` and `/metrics` look at.
+    /// The dependencies a worker's operations endpoints look at (an API's
+    /// add its publishing channel: [`ttsq_api::ApiContext::probes`]).
     pub fn probes(&self) -> ttsq_api::ops::Probes {
         ttsq_api::ops::Probes {
             store: self.store.clone(),
             broker: Arc::clone(&self.broker),
             audio: self.audio.clone(),
             providers: Arc::clone(&self.providers),
+            publisher: None,
         }
     }
 
-    /// Binds `worker.metrics_listen`; failing names the variable.
-    pub async fn bind_metrics(&self) -> anyhow::Result<TcpListener> {
-        let address = self.settings.worker.metrics_listen;
+    /// Binds the operations listener of `role`: `server.ops_listen` when it
+    /// serves the API, else `worker.metrics_listen`; failing names the
+    /// variable.
+    pub async fn bind_ops(&self, role: ReplicaRole) -> anyhow::Result<TcpListener> {
+        let (address, var) = match role {
+            ReplicaRole::Api | ReplicaRole::All => {
+                (self.settings.server.ops_listen, "TTSQ_SERVER_OPS_LISTEN")
+            }
+            ReplicaRole::Worker => (
+                self.settings.worker.metrics_listen,
+                "TTSQ_WORKER_METRICS_LISTEN",
+            ),
+        };
         TcpListener::bind(address)
             .await
-            .with_context(|| format!("Failed to listen on {address} (TTSQ_WORKER_METRICS_LISTEN)"))
+            .with_context(|| format!("Failed to listen on {address} ({var})"))
     }
 
-    /// Serves a worker's `/metrics`, `/health` and `/ready` on `listener`
-    /// until `shutdown`.
-    pub async fn serve_metrics(
+    /// Serves `/metrics`, `/health` and the detailed `/ready` over `probes`
+    /// on `listener` until `shutdown`.
+    pub async fn serve_ops(
         &self,
+        probes: ttsq_api::ops::Probes,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        ttsq_api::ops::serve(self.probes(), listener, shutdown.cancelled_owned())
+        ttsq_api::ops::serve(probes, listener, shutdown.cancelled_owned())
             .await
-            .context("metrics listener failed")
+            .context("operations listener failed")
     }
 }

@@ -1,49 +1,157 @@
-//! `/health` is liveness only; `/ready` reports every dependency with its
-//! latency and turns 503 while Postgres or RabbitMQ is unreachable. The
-//! shared services are never stopped: the outages are a pool pointed at a
-//! closed port, and this test's own RabbitMQ connection closed.
+//! `/health` is liveness only. The detailed `/ready` (every dependency with
+//! its latency and error) and `/metrics` are on the operations listener
+//! only; the public `/ready` says `ready` or `not_ready` and nothing else,
+//! from a check shared by all its callers. The detailed `/ready` turns 503
+//! while Postgres or RabbitMQ is unreachable. The shared services are never
+//! stopped: the outages are a pool pointed at a closed port, and this test's
+//! own RabbitMQ connection closed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use futures::future::join_all;
+use serde_json::{Value, json};
+use ttsq_api::ops::ReadinessCache;
 use ttsq_store::{Store, sqlx::postgres::PgPoolOptions};
 use ttsq_testkit::{TestApp, TestOptions};
 
-async fn get(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app
-        .http
-        .get(format!("{}{path}", app.base_url))
-        .send()
-        .await
-        .expect("request sent");
+async fn get(app: &TestApp, url: &str) -> (u16, Value) {
+    let response = app.http.get(url).send().await.expect("request sent");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
 }
 
-#[tokio::test]
-async fn ready_reports_each_dependency_with_its_latency() {
-    let app = TestApp::spawn_with(TestOptions {
+async fn api_only() -> TestApp {
+    TestApp::spawn_with(TestOptions {
         worker: false,
         ..TestOptions::default()
     })
-    .await;
-    let (status, body) = get(&app, "/ready").await;
+    .await
+}
+
+/// `tts_readiness_checks_total` as the operations listener reports it.
+async fn readiness_checks(app: &TestApp) -> u64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.ops_url))
+        .send()
+        .await
+        .expect("scrape sent")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("tts_readiness_checks_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tts_readiness_checks_total in\n{text}"))
+}
+
+#[tokio::test]
+async fn the_operations_listener_reports_each_dependency_with_its_latency() {
+    let app = api_only().await;
+    let (status, body) = get(&app, &format!("{}/ready", app.ops_url)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ready"], true);
     for dependency in ["postgres", "rabbitmq", "s3", "provider:espeak"] {
         assert_eq!(body["checks"][dependency]["ok"], true, "{body}");
         assert!(body["checks"][dependency]["latency_ms"].is_u64(), "{body}");
     }
+    let (status, body) = get(&app, &format!("{}/health", app.ops_url)).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_public_port_serves_no_metrics() {
+    let app = api_only().await;
+    let public = app
+        .http
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(public.status(), 404);
+    let body = public.text().await.expect("body");
+    assert!(!body.contains("tts_"), "{body}");
+
+    let ops = app
+        .http
+        .get(format!("{}/metrics", app.ops_url))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(ops.status(), 200);
+    assert!(ops.text().await.expect("body").contains("tts_queue_depth"));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_public_ready_tells_its_status_and_nothing_else() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        faulty_links: true,
+        ..TestOptions::default()
+    })
+    .await;
+    let (status, body) = get(&app, &format!("{}/ready", app.base_url)).await;
+    assert_eq!((status, body), (200, json!({"status": "ready"})));
+
+    // Postgres and S3 become unreachable for this stack.
+    let links = app.links.as_ref().expect("the stack has links");
+    links.postgres.cut();
+    links.s3.cut();
+
+    // The public answer is reused for a moment: wait until it turns.
+    let deadline = Instant::now() + ReadinessCache::TTL * 3 + Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = get(&app, &format!("{}/ready", app.base_url)).await;
+        if status != 200 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (status, body),
+        (503, json!({"status": "not_ready"})),
+        "no dependency, host or error on the public port"
+    );
+    let (status, body) = get(&app, &format!("{}/ready", app.ops_url)).await;
+    assert_eq!(status, 503, "{body}");
+    for dependency in ["postgres", "s3"] {
+        assert_eq!(body["checks"][dependency]["ok"], false, "{body}");
+        assert!(body["checks"][dependency]["error"].is_string(), "{body}");
+    }
+    links.postgres.restore();
+    links.s3.restore();
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn many_public_ready_calls_at_once_cost_one_dependency_check() {
+    let app = api_only().await;
+    let before = readiness_checks(&app).await;
+
+    let calls = (0..64).map(|_| async {
+        app.http
+            .get(format!("{}/ready", app.base_url))
+            .send()
+            .await
+            .expect("request sent")
+            .status()
+    });
+    let statuses = join_all(calls).await;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        readiness_checks(&app).await - before,
+        1,
+        "64 callers within the interval share one round of checks"
+    );
     app.teardown().await;
 }
 
 #[tokio::test]
 async fn ready_is_503_without_postgres_and_names_it() {
-    let app = TestApp::spawn_with(TestOptions {
-        worker: false,
-        ..TestOptions::default()
-    })
-    .await;
+    let app = api_only().await;
     // Nothing listens on port 1: every connection attempt is refused.
     let unreachable = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
@@ -52,7 +160,7 @@ async fn ready_is_503_without_postgres_and_names_it() {
     let mut probes = app.services.probes();
     probes.store = Store::from_pool(unreachable);
 
-    let (status, axum::Json(body)) = probes.readiness(true).await;
+    let (status, axum::Json(body)) = probes.readiness().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["ready"], false);
     assert_eq!(body["checks"]["postgres"]["ok"], false, "{body}");
@@ -64,21 +172,19 @@ async fn ready_is_503_without_postgres_and_names_it() {
 
 #[tokio::test]
 async fn ready_is_503_without_rabbitmq_while_health_stays_200() {
-    let app = TestApp::spawn_with(TestOptions {
-        worker: false,
-        ..TestOptions::default()
-    })
-    .await;
-    assert_eq!(get(&app, "/ready").await.0, 200);
+    let app = api_only().await;
+    assert_eq!(get(&app, &format!("{}/ready", app.ops_url)).await.0, 200);
 
     // The process's one connection to RabbitMQ goes away.
     app.services.broker.close().await;
 
-    let (status, body) = get(&app, "/ready").await;
+    let (status, body) = get(&app, &format!("{}/ready", app.ops_url)).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["rabbitmq"]["ok"], false, "{body}");
     assert_eq!(body["checks"]["postgres"]["ok"], true, "{body}");
-    let (status, body) = get(&app, "/health").await;
-    assert_eq!(status, 200, "liveness ignores dependencies: {body}");
+    for base in [&app.base_url, &app.ops_url] {
+        let (status, body) = get(&app, &format!("{base}/health")).await;
+        assert_eq!(status, 200, "liveness ignores dependencies: {body}");
+    }
     app.teardown().await;
 }

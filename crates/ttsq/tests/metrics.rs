@@ -16,7 +16,7 @@ impl Scrape {
     async fn of(app: &TestApp) -> Self {
         let response = app
             .http
-            .get(format!("{}/metrics", app.base_url))
+            .get(format!("{}/metrics", app.ops_url))
             .send()
             .await
             .expect("scrape sent");

@@ -333,7 +333,7 @@ async fn inline_audio_and_the_dialect_catalog_are_served() {
     assert_eq!(health.status(), 200);
     let ready: Value = app
         .http
-        .get(format!("{}/ready", app.base_url))
+        .get(format!("{}/ready", app.ops_url))
         .send()
         .await
         .unwrap()

@@ -236,7 +236,7 @@ async fn a_daily_character_limit_holds_under_concurrent_submission() {
     // … and shows in the metrics, without naming the tenant.
     let metrics = app
         .http
-        .get(format!("{}/metrics", app.base_url))
+        .get(format!("{}/metrics", app.ops_url))
         .send()
         .await
         .expect("metrics answer")
