@@ -510,7 +510,8 @@ class Kube:
         self.kubectl = kubectl
         self.kustomization: dict = {}
         self.objects: list[dict] | None = None
-        self.secret: dict = {}
+        # The Secrets of secret.example.yaml, by name.
+        self.secrets: dict[str, dict] = {}
 
     # -- files
 
@@ -554,8 +555,8 @@ class Kube:
         if SECRET_EXAMPLE.name in named:
             problems.append(f"{SECRET_EXAMPLE.name} is a template and must stay out of the kustomization")
         try:
-            docs = load_yaml_docs(SECRET_EXAMPLE)
-            self.secret = docs[0] if docs else {}
+            self.secrets = {doc.get("metadata", {}).get("name"): doc
+                            for doc in load_yaml_docs(SECRET_EXAMPLE)}
         except (OSError, yaml.YAMLError) as err:
             problems.append(f"{rel(SECRET_EXAMPLE)}: {err}")
         raise_if(problems)
@@ -613,8 +614,8 @@ class Kube:
             if obj["kind"] not in CLUSTER_SCOPED and obj["metadata"].get("namespace") != "check-ns":
                 problems.append(f"{kind_name(obj)} did not take the overlay's namespace")
         # Broken references of the base itself are the next check's to report.
-        if not reference_problems(self.objects or [], self.secret):
-            problems += reference_problems(objects, self.secret, prefix="x-")
+        if not reference_problems(self.objects or [], self.secrets):
+            problems += reference_problems(objects, self.secrets, prefix="x-")
         raise_if(problems)
         return "namespace and namePrefix applied, references intact"
 
@@ -627,7 +628,7 @@ class Kube:
 
     def check_references(self) -> str:
         objects = self.require_objects()
-        raise_if(reference_problems(objects, self.secret))
+        raise_if(reference_problems(objects, self.secrets))
         return "ConfigMap, Secret, Service, HPA, PDB and KEDA references resolve"
 
     def check_schemas(self) -> str:
@@ -637,7 +638,7 @@ class Kube:
         except ImportError as err:
             raise Skip(f"kubernetes-validate is not installed ({err})") from err
         problems, checked, crds = [], 0, 0
-        for obj in objects + ([self.secret] if self.secret else []):
+        for obj in objects + list(self.secrets.values()):
             if obj.get("apiVersion", "").startswith("keda.sh/"):
                 crds += 1
                 continue
@@ -685,9 +686,11 @@ class Kube:
         objects = self.require_objects()
         problems = []
         configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
-        secret_keys = set((self.secret.get("stringData") or {}) | (self.secret.get("data") or {}))
-        secret_name = self.secret.get("metadata", {}).get("name")
         commands_seen: set[str] = set()
+        # Secrets the services read, and the one the migration reads its
+        # database URL (the owner's) from: they must differ.
+        service_secrets: set[str] = set()
+        owner_secrets: list[tuple[str, str]] = []
         for obj in objects:
             pod = pod_spec(obj)
             if pod is None:
@@ -706,8 +709,8 @@ class Kube:
                 names = list(env)
                 for source in container.get("envFrom") or []:
                     ref = source.get("secretRef") or source.get("configMapRef") or {}
-                    if source.get("secretRef") and ref.get("name") == secret_name:
-                        names += sorted(secret_keys)
+                    if source.get("secretRef") and ref.get("name") in self.secrets:
+                        names += sorted(secret_keys(self.secrets[ref["name"]]))
                     elif source.get("configMapRef") and ref.get("name") in configmaps:
                         names += sorted(configmaps[ref["name"]].get("data") or {})
                 config_path = env.get("TTSQ_CONFIG")
@@ -747,6 +750,23 @@ class Kube:
                     for resource in ("cpu", "memory"):
                         if resource not in (resources.get(kind) or {}):
                             problems.append(f"{where}: no {kind}.{resource}")
+                read = {s["secretRef"]["name"] for s in container.get("envFrom") or [] if "secretRef" in s}
+                read |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env") or []
+                         if "secretKeyRef" in (e.get("valueFrom") or {})}
+                if command == "migrate":
+                    if "--grant-to" not in args:
+                        problems.append(f"{where}: without --grant-to the service role gets no "
+                                        "privileges on what the migration creates")
+                    for e in container.get("env") or []:
+                        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                        if e["name"] == "TTSQ_DATABASE_URL" and ref:
+                            owner_secrets.append((where, ref["name"]))
+                else:
+                    service_secrets |= read
+        for where, secret in owner_secrets:
+            if secret in service_secrets:
+                problems.append(f"{where}: reads the owner's database URL from Secret {secret}, "
+                                "which the services get too; they must connect as the service role")
         for needed in ("api", "worker", "migrate"):
             if needed not in commands_seen:
                 problems.append(f"no workload runs `ttsq {needed}`")
@@ -767,7 +787,8 @@ class Kube:
                         problems.append(f"{kind_name(obj)}: watches queue {queue!r}; the workers "
                                         f"consume {prefix}ttsq.jobs")
         raise_if(problems)
-        return "env known to ttsq, migrations off, drain < grace, probes, scrape port, non-root, resources"
+        return ("env known to ttsq, migrations off, owner and service roles apart, drain < grace, "
+                "probes, scrape port, non-root, resources")
 
     def check_config_file(self) -> str:
         configmaps = [o for o in self.require_objects() if o["kind"] == "ConfigMap"]
@@ -887,14 +908,16 @@ def run_as_non_root(pod: dict, container: dict) -> bool:
     return bool((pod.get("securityContext") or {}).get("runAsNonRoot"))
 
 
-def reference_problems(objects: list[dict], secret: dict, prefix: str = "") -> list[str]:
+def secret_keys(secret: dict) -> set[str]:
+    return set((secret.get("stringData") or {}) | (secret.get("data") or {}))
+
+
+def reference_problems(objects: list[dict], secrets: dict[str, dict], prefix: str = "") -> list[str]:
     """Names one object gives another that must exist among `objects` (or be
-    the Secret of secret.example.yaml, which lives outside the base)."""
+    a Secret of secret.example.yaml, which lives outside the base)."""
     by_kind: dict[str, dict[str, dict]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
-    secret_name = secret.get("metadata", {}).get("name")
-    secret_keys = set((secret.get("stringData") or {}) | (secret.get("data") or {}))
     problems = []
 
     def need(kind: str, name: str, where: str) -> dict | None:
@@ -906,10 +929,10 @@ def reference_problems(objects: list[dict], secret: dict, prefix: str = "") -> l
     def need_secret(name: str, key: str | None, where: str) -> None:
         if name in by_kind.get("Secret", {}):
             return
-        if name != secret_name:
+        if name not in secrets:
             problems.append(f"{where} names Secret {name}; the template "
-                            f"{SECRET_EXAMPLE.name} defines {secret_name}")
-        elif key is not None and key not in secret_keys:
+                            f"{SECRET_EXAMPLE.name} defines {', '.join(sorted(secrets))}")
+        elif key is not None and key not in secret_keys(secrets[name]):
             problems.append(f"{where} reads key {key} of Secret {name}, "
                             f"which {SECRET_EXAMPLE.name} does not have")
 

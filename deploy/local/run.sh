@@ -152,8 +152,20 @@ while IFS= read -r var; do
 done < <(compgen -e)
 ttsq() { env "${UNSET_ARGS[@]}" "$BIN" "$@"; }
 
-say "migrating the database…"
-ttsq migrate
+# Two database roles, as in production (docs/operations.md, "Database roles"):
+# the local superuser postgres owns the schema and migrates; the api and the
+# workers connect as `ttsq` (services.sh creates it), which may only add and
+# read usage ledger and audit rows. A TTSQ_DATABASE_URL of your own is used
+# for both instead.
+if [[ -n "${TTSQ_DATABASE_URL:-}" ]]; then
+    say "migrating the database (TTSQ_DATABASE_URL is set: one role migrates and serves)…"
+    ttsq migrate
+else
+    say "migrating the database as postgres, granting the service role ttsq…"
+    env "${UNSET_ARGS[@]}" TTSQ_DATABASE_URL=postgres://postgres@127.0.0.1:5432/ttsq \
+        "$BIN" migrate --grant-to ttsq
+    export TTSQ_DATABASE_URL=postgres://ttsq:ttsq-local@127.0.0.1:5432/ttsq
+fi
 
 # --- the demo tenant's key ----------------------------------------------------
 

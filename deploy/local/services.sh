@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the local services ttsq needs, installing what is missing:
-#   PostgreSQL  127.0.0.1:5432  trust auth for user postgres, database `ttsq`
+#   PostgreSQL  127.0.0.1:5432  trust auth for user postgres, database `ttsq`,
+#                               login role `ttsq` (password `ttsq-local`): the
+#                               service role run.sh serves as
 #   RabbitMQ    127.0.0.1:5672  guest/guest, all feature flags enabled
 #   s3s-fs      127.0.0.1:8014  access key `ttsq`, secret `ttsq-local-secret`
 # plus espeak-ng, the embedded provider's synthesizer.
@@ -35,6 +37,8 @@ LOG_HINT=
 # The local values; they match the defaults in crates/ttsq-config/src/defaults.toml.
 PG_PORT=5432
 PG_DATABASE=ttsq
+PG_SERVICE_ROLE=ttsq
+PG_SERVICE_PASSWORD=ttsq-local
 AMQP_PORT=5672
 S3_PORT=8014
 S3_ACCESS_KEY=ttsq
@@ -174,6 +178,7 @@ start_postgres() {
     LOG_HINT=
     ensure_postgres_trust
     ensure_database
+    ensure_service_role
 }
 
 # ttsq's default URL has no password: user postgres must be trusted on loopback.
@@ -212,6 +217,17 @@ ensure_database() {
         pg_sql "create database $PG_DATABASE" >/dev/null 2>&1 ||
             [[ "$(pg_sql "select 1 from pg_database where datname = '$PG_DATABASE'")" == 1 ]] ||
             die "cannot create database $PG_DATABASE"
+    fi
+}
+
+# The role the api and workers connect as (docs/operations.md, "Database
+# roles"); `ttsq migrate --grant-to ttsq`, run as postgres, grants it.
+ensure_service_role() {
+    if [[ "$(pg_sql "select 1 from pg_roles where rolname = '$PG_SERVICE_ROLE'")" != 1 ]]; then
+        say "creating the service role $PG_SERVICE_ROLE…"
+        pg_sql "create role $PG_SERVICE_ROLE login password '$PG_SERVICE_PASSWORD'" >/dev/null 2>&1 ||
+            [[ "$(pg_sql "select 1 from pg_roles where rolname = '$PG_SERVICE_ROLE'")" == 1 ]] ||
+            die "cannot create the role $PG_SERVICE_ROLE"
     fi
 }
 

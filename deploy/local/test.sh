@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real local services: brings them up with
-# services.sh, removes what killed test runs left behind (databases
-# ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*, buckets
-# ttsq-test-* of the local S3 server), then runs
+# services.sh, removes what killed test runs left behind (databases and
+# roles ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*,
+# buckets ttsq-test-* of the local S3 server), then runs
 # every test of the workspace. Extra arguments go to `cargo nextest run` (or
 # `cargo test` where nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
 #
 # The tests read:
-#   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database
+#   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database, which
+#                           this role owns and migrates, and its own service
+#                           role (LOGIN, granted as `ttsq migrate --grant-to`
+#                           grants), which the test's stack connects as
 #   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
 #   TTSQ_S3_ENDPOINT, TTSQ_S3_ACCESS_KEY_ID, TTSQ_S3_SECRET_ACCESS_KEY
 #   TTSQ_TEST_PYTHON        a python with `openai` and `schemathesis` (made here)
 # all defaulting to the local services; values already set are kept.
 #
 # TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
-# every ttsq_test_* database, including those of a test run going on right now
-# in another terminal.
+# every ttsq_test_* database and role, including those of a test run going on
+# right now in another terminal.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,6 +62,20 @@ drop_test_databases() {
     done <<<"$dbs"
 }
 
+# Each test's service role; roles are cluster-wide, so they outlive the
+# databases. Dropped after those, which held their privileges.
+drop_test_roles() {
+    local psql=(psql -w -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -At)
+    local roles role
+    roles="$("${psql[@]}" -c "select rolname from pg_roles where rolname like 'ttsq\_test\_%'")"
+    [[ -n "$roles" ]] || return 0
+    say "dropping $(wc -l <<<"$roles") leftover test role(s)…"
+    while IFS= read -r role; do
+        "${psql[@]}" -c "drop role if exists \"$role\"" </dev/null ||
+            say "could not drop role $role (continuing)"
+    done <<<"$roles"
+}
+
 # Test queues, and the queues of benchmark runs that were killed (those no
 # process consumes from). Every quorum queue holds a few of the broker's file
 # descriptors, which are few (about 900 where the broker runs with the
@@ -90,6 +107,7 @@ if [[ "${TTSQ_TEST_NO_CLEANUP:-}" == 1 ]]; then
     say "TTSQ_TEST_NO_CLEANUP=1: keeping leftover test databases, queues and buckets"
 else
     drop_test_databases
+    drop_test_roles
     delete_test_queues
     delete_test_buckets
 fi

@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`Store`]: the pool and migrations.
+//! - [`grants`]: what the service role may do (the owner role migrates).
 //! - [`keys`]: tenants, their limits and API keys.
 //! - [`limits`]: admitting submissions within a tenant's limits.
 //! - [`audit`]: the append-only audit log of submissions and admin actions.
@@ -25,6 +26,7 @@
 pub mod audio;
 pub mod audit;
 pub mod batches;
+pub mod grants;
 pub mod keys;
 pub mod leases;
 pub mod limits;
@@ -71,6 +73,12 @@ pub use tasks::{
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
 pub use webhooks::{AttemptOutcome, TenantWebhook, WebhookDelivery};
+
+/// The migrations of this build, embedded.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// SQLSTATE of a relation that does not exist.
+const UNDEFINED_TABLE: &str = "42P01";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,10 +163,49 @@ impl Store {
     }
 
     /// Applies pending migrations; safe to run concurrently from several
-    /// replicas (sqlx takes an advisory lock).
+    /// replicas (sqlx takes an advisory lock). When every migration of this
+    /// build is applied already, as it is, it only reads sqlx's record of
+    /// them, so a service role that may not create tables can call it too
+    /// ([`grants`]); with migrations pending, only the owner can.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("../../migrations").run(&self.pool).await?;
+        if self.migrations_applied().await? {
+            return Ok(());
+        }
+        MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Whether sqlx's record holds exactly this build's migrations, each
+    /// applied successfully with the same checksum; anything else (none
+    /// recorded yet, one missing, dirty, changed or unknown) is left to the
+    /// migrator, which applies or reports it.
+    async fn migrations_applied(&self) -> Result<bool, StoreError> {
+        let applied: Vec<(i64, Vec<u8>)> =
+            match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(err)
+                    if err
+                        .as_database_error()
+                        .and_then(|e| e.code())
+                        .is_some_and(|code| code == UNDEFINED_TABLE) =>
+                {
+                    return Ok(false);
+                }
+                Err(err) => return Err(err.into()),
+            };
+        let ours: Vec<_> = MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .collect();
+        Ok(applied.len() == ours.len()
+            && ours.iter().all(|m| {
+                applied
+                    .iter()
+                    .any(|(version, checksum)| *version == m.version && *checksum == *m.checksum)
+            }))
     }
 
     /// One round trip, for readiness probes.

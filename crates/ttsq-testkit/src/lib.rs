@@ -57,6 +57,10 @@ pub struct TestApp {
     config_file: Option<std::path::PathBuf>,
     database: String,
     admin_url: String,
+    /// The role the stack connects as, created for this test.
+    service_role: String,
+    /// The test database as its owner (the role that migrates) reaches it.
+    owner: ttsq_config::DatabaseSettings,
     api_shutdown: CancellationToken,
     api_task: JoinHandle<anyhow::Result<()>>,
     heartbeat: JoinHandle<()>,
@@ -120,6 +124,10 @@ impl TestApp {
         let id = Uuid::new_v4().simple().to_string();
         let admin_url = env_or("TTSQ_TEST_DATABASE_URL", DEFAULT_DATABASE_URL);
         let database = format!("ttsq_test_{id}");
+        // The stack connects as a service role of its own, as production's
+        // api and workers do; the admin role owns and migrates the database.
+        let service_role = database.clone();
+        let password = Uuid::new_v4().simple().to_string();
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .context("Failed to connect to Postgres (TTSQ_TEST_DATABASE_URL)")?;
@@ -127,10 +135,31 @@ impl TestApp {
             .execute(&mut admin)
             .await
             .context("Failed to create the test database")?;
+        sqlx::query(&format!(
+            "CREATE ROLE {service_role} LOGIN PASSWORD '{password}'"
+        ))
+        .execute(&mut admin)
+        .await
+        .context("Failed to create the test's service role")?;
         admin.close().await.ok();
         let (base, _) = admin_url
             .rsplit_once('/')
             .context("admin URL has no database part")?;
+        let owner_url = format!("{base}/{database}");
+        let owner = Settings::load(
+            None,
+            [
+                ("TTSQ_DATABASE_URL".to_owned(), owner_url.clone()),
+                ("TTSQ_DATABASE_MAX_CONNECTIONS".to_owned(), "2".to_owned()),
+            ],
+        )?
+        .database;
+        ttsq::migrate(&owner, Some(&service_role))
+            .await?
+            .pool()
+            .close()
+            .await;
+        let service_url = as_role(&owner_url, &service_role, &password)?;
 
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
@@ -138,7 +167,7 @@ impl TestApp {
         let ops_listener = TcpListener::bind("127.0.0.1:0").await?;
         let ops_url = format!("http://{}", ops_listener.local_addr()?);
         let mut env = vec![
-            ("TTSQ_DATABASE_URL".to_owned(), format!("{base}/{database}")),
+            ("TTSQ_DATABASE_URL".to_owned(), service_url),
             ("TTSQ_DATABASE_MAX_CONNECTIONS".to_owned(), "8".to_owned()),
             (
                 "TTSQ_QUEUE_URL".to_owned(),
@@ -227,6 +256,8 @@ impl TestApp {
             config_file,
             database,
             admin_url,
+            service_role,
+            owner,
             api_shutdown,
             api_task,
             heartbeat,
@@ -324,6 +355,34 @@ impl TestApp {
             shutdown,
             task,
         }
+    }
+
+    /// The database role the stack connects as: created for this test and
+    /// granted by [`ttsq::migrate`], as `ttsq migrate --grant-to` grants
+    /// production's service role.
+    pub fn service_role(&self) -> &str {
+        &self.service_role
+    }
+
+    /// A connection to the test database as its owner, the role that
+    /// migrates: for what the service role may not do (test scaffolding in
+    /// the schema, the owner's own limits).
+    pub async fn owner_connection(&self) -> PgConnection {
+        PgConnection::connect(secrecy::ExposeSecret::expose_secret(&self.owner.url))
+            .await
+            .expect("the owner reaches the test database")
+    }
+
+    /// Grants the service role again, as every `ttsq migrate --grant-to`
+    /// run does: after a test added tables as the owner, they get the
+    /// service's privileges too.
+    pub async fn grant_service_role(&self) {
+        ttsq::migrate(&self.owner, Some(&self.service_role))
+            .await
+            .expect("the service role is granted")
+            .pool()
+            .close()
+            .await;
     }
 
     /// Creates another tenant and returns its API key.
@@ -438,7 +497,7 @@ impl TestApp {
         self.services.providers.calls(provider)
     }
 
-    /// Stops everything and removes the test's database and queues.
+    /// Stops everything and removes the test's database, role and queues.
     pub async fn teardown(mut self) {
         self.stop_workers().await;
         self.api_shutdown.cancel();
@@ -455,6 +514,9 @@ impl TestApp {
             ))
             .execute(&mut admin)
             .await;
+            let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", self.service_role))
+                .execute(&mut admin)
+                .await;
         }
     }
 }
@@ -493,6 +555,16 @@ pub fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::pr
     }
     let _ = child.kill();
     panic!("the process did not exit within 30 s of {signal}");
+}
+
+/// `url` logging in as `role` with `password` instead.
+fn as_role(url: &str, role: &str, password: &str) -> anyhow::Result<String> {
+    let mut parsed = reqwest::Url::parse(url).with_context(|| format!("cannot parse {url}"))?;
+    parsed
+        .set_username(role)
+        .and_then(|()| parsed.set_password(Some(password)))
+        .map_err(|()| anyhow::anyhow!("cannot set the user of {url}"))?;
+    Ok(parsed.to_string())
 }
 
 fn expose(secret: &secrecy::SecretString) -> String {

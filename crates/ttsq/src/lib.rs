@@ -27,6 +27,30 @@ const OUTBOX_EVERY: Duration = Duration::from_secs(2);
 /// How often `/ready`'s view of provider health is refreshed.
 const PROVIDER_HEALTH_EVERY: Duration = Duration::from_secs(5);
 
+/// Connects with `database`, applies pending migrations and, given a
+/// `service_role`, grants that role what the service uses, and no more
+/// ([`ttsq_store::grants`]). Run as the owner role: `ttsq migrate
+/// --grant-to ROLE` does, as does the test stack for each test's role.
+pub async fn migrate(
+    database: &ttsq_config::DatabaseSettings,
+    service_role: Option<&str>,
+) -> anyhow::Result<Store> {
+    let store = Store::connect(database)
+        .await
+        .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
+    store
+        .migrate()
+        .await
+        .context("Failed to migrate the database")?;
+    if let Some(role) = service_role {
+        store
+            .grant_service_role(role)
+            .await
+            .with_context(|| format!("Failed to grant the service role {role}"))?;
+    }
+    Ok(store)
+}
+
 /// Every dependency of a ttsq process, connected.
 #[derive(Clone)]
 pub struct Services {

@@ -49,7 +49,13 @@ enum Command {
     /// endpoints on server.ops_listen).
     All,
     /// Apply pending database migrations, then exit.
-    Migrate,
+    ///
+    /// Run it as the owner role (TTSQ_DATABASE_URL with the owner's
+    /// credentials). With --grant-to, the service role that the api and
+    /// worker connect as is then granted what they use: INSERT and SELECT
+    /// only on the usage ledger and the audit log, so that it can neither
+    /// change nor delete their rows nor disable their triggers.
+    Migrate(MigrateArgs),
     /// Manage tenants (customer accounts) and their limits.
     Tenant {
         #[command(subcommand)]
@@ -104,6 +110,14 @@ enum Command {
     Dialects(cli_client::DialectsArgs),
     /// Print the API's OpenAPI 3.1 document (as committed in docs/openapi.json).
     Openapi,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The service role to grant what the service uses, after migrating
+    /// (again on every run, so that new tables get their grants).
+    #[arg(long, value_name = "ROLE")]
+    grant_to: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -219,9 +233,12 @@ async fn run(
                 .run(role, listener, ops, shutdown_on_signal())
                 .await
         }
-        Command::Migrate => {
-            migrated_store(&settings).await?;
+        Command::Migrate(args) => {
+            ttsq::migrate(&settings.database, args.grant_to.as_deref()).await?;
             eprintln!("database is up to date");
+            if let Some(role) = args.grant_to {
+                eprintln!("role {role} has the service's privileges");
+            }
             Ok(())
         }
         Command::Tenant { command } => {
@@ -311,16 +328,10 @@ async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
 }
 
 /// A store on a migrated database: admin commands may be the first thing
-/// run against a new one.
+/// run against a new one (as the service role, on an up-to-date database
+/// migrating only reads what is applied).
 async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(&settings.database)
-        .await
-        .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
-    store
-        .migrate()
-        .await
-        .context("Failed to migrate the database")?;
-    Ok(store)
+    ttsq::migrate(&settings.database, None).await
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.

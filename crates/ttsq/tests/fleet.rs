@@ -305,10 +305,13 @@ chain = ["fake"]
             faulty_links: false,
         })
         .await;
+        // Schema changes are the owner's; the service role, which the
+        // workers' trigger writes the log as, is then granted the new tables.
         ttsq_store::sqlx::raw_sql(WRITE_LOG)
-            .execute(app.services.store.pool())
+            .execute(&mut app.owner_connection().await)
             .await
             .expect("the write log installs");
+        app.grant_service_role().await;
         let drift = Drift::start(Arc::clone(&fake));
         let mut fleet = Self {
             app,

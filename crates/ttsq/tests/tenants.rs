@@ -728,12 +728,104 @@ async fn the_usage_csv_export_parses_and_sums_to_the_sql_view() {
     app.teardown().await;
 }
 
+/// The role the service connects as (the stack's own pool) adds and reads
+/// ledger and audit rows, and nothing more: it cannot change or remove them,
+/// truncate the tables, nor disable, drop or replace their triggers. The
+/// whole suite runs as such a role, so what the service needs it has.
 #[tokio::test]
-async fn the_ledger_and_the_audit_log_refuse_update_and_delete() {
+async fn the_service_role_cannot_change_the_ledger_or_the_audit_log_nor_disable_their_triggers() {
+    let app = TestApp::spawn().await;
+    let id = app.submit_ok(&job("Append only")).await;
+    assert_eq!(app.wait_for(id).await["status"], "succeeded");
+    let pool = app.services.store.pool();
+    let (role, superuser): (String, bool) = ttsq_store::sqlx::query_as(
+        "SELECT rolname::text, rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the role reads itself");
+    assert_eq!(role, app.service_role());
+    assert!(!superuser, "a superuser ignores every grant");
+    let ledger = app.scalar("SELECT count(*) FROM usage_ledger").await;
+    let audit = app.scalar("SELECT count(*) FROM audit_log").await;
+    assert_eq!(ledger, 1);
+    assert!(audit >= 1);
+
+    for sql in [
+        "UPDATE usage_ledger SET billable_characters = 0",
+        "DELETE FROM usage_ledger",
+        "TRUNCATE usage_ledger CASCADE",
+        "UPDATE audit_log SET actor = 'someone else'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+        "ALTER TABLE usage_ledger DISABLE TRIGGER usage_ledger_append_only",
+        "ALTER TABLE usage_ledger DISABLE TRIGGER ALL",
+        "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
+        "DROP TRIGGER usage_ledger_append_only ON usage_ledger",
+        "ALTER TABLE usage_ledger OWNER TO CURRENT_USER",
+        "CREATE OR REPLACE FUNCTION ttsq_refuse_change() RETURNS trigger
+             LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$",
+        // Replica mode skips ordinary triggers.
+        "SET session_replication_role = replica",
+    ] {
+        let err = ttsq_store::sqlx::query(sql)
+            .execute(pool)
+            .await
+            .expect_err("the service role may not do this");
+        let message = err.to_string();
+        assert_eq!(
+            err.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("42501"),
+            "{sql}: {message}"
+        );
+        assert!(
+            !message.contains("append-only"),
+            "{sql}: refused by its privileges, before any trigger: {message}"
+        );
+    }
+    for (table, privilege, held) in [
+        ("usage_ledger", "INSERT", true),
+        ("usage_ledger", "SELECT", true),
+        ("usage_ledger", "UPDATE", false),
+        ("usage_ledger", "DELETE", false),
+        ("usage_ledger", "TRUNCATE", false),
+        ("usage_ledger", "TRIGGER", false),
+        ("audit_log", "INSERT", true),
+        ("audit_log", "SELECT", true),
+        ("audit_log", "UPDATE", false),
+        ("audit_log", "DELETE", false),
+        ("audit_log", "TRUNCATE", false),
+        ("audit_log", "TRIGGER", false),
+        ("tasks", "UPDATE", true),
+        ("tasks", "TRUNCATE", false),
+        ("_sqlx_migrations", "SELECT", true),
+        ("_sqlx_migrations", "INSERT", false),
+    ] {
+        let has: bool =
+            ttsq_store::sqlx::query_scalar("SELECT has_table_privilege(current_user, $1, $2)")
+                .bind(table)
+                .bind(privilege)
+                .fetch_one(pool)
+                .await
+                .expect("privilege readable");
+        assert_eq!(has, held, "{privilege} on {table}");
+    }
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM usage_ledger").await,
+        ledger
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM audit_log").await, audit);
+    app.teardown().await;
+}
+
+/// The owner, which may do anything else to them, is still refused changes
+/// to ledger and audit rows by their triggers.
+#[tokio::test]
+async fn the_ledger_and_the_audit_log_refuse_update_and_delete_even_to_their_owner() {
     let app = TestApp::spawn().await;
     let id = app.submit_ok(&job("Append only")).await;
     app.wait_for(id).await;
-    let pool = app.services.store.pool();
+    let mut owner = app.owner_connection().await;
     for sql in [
         "UPDATE usage_ledger SET billable_characters = 0",
         "DELETE FROM usage_ledger",
@@ -742,7 +834,7 @@ async fn the_ledger_and_the_audit_log_refuse_update_and_delete() {
         "DELETE FROM audit_log",
     ] {
         let err = ttsq_store::sqlx::query(sql)
-            .execute(pool)
+            .execute(&mut owner)
             .await
             .expect_err("an append-only table refuses changes");
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
