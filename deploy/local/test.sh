@@ -50,30 +50,32 @@ export TTSQ_TEST_DATABASE_URL TTSQ_TEST_AMQP_URL TTSQ_S3_ENDPOINT TTSQ_S3_ACCESS
 
 # --- leftovers of earlier runs ----------------------------------------------
 
-drop_test_databases() {
+# Runs `drop` (SQL with `%s` for the quoted name) for each name `list` (SQL)
+# returns; `what` names them in messages.
+drop_each() {
+    local what="$1" list="$2" drop="$3"
     local psql=(psql -w -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -At)
-    local dbs db
-    dbs="$("${psql[@]}" -c "select datname from pg_database where datname like 'ttsq\_test\_%'")"
-    [[ -n "$dbs" ]] || return 0
-    say "dropping $(wc -l <<<"$dbs") leftover test database(s)…"
-    while IFS= read -r db; do
-        "${psql[@]}" -c "drop database if exists \"$db\" with (force)" </dev/null ||
-            say "could not drop database $db (continuing)"
-    done <<<"$dbs"
+    local names name
+    names="$("${psql[@]}" -c "$list")"
+    [[ -n "$names" ]] || return 0
+    say "dropping $(wc -l <<<"$names") leftover test $what(s)…"
+    while IFS= read -r name; do
+        # shellcheck disable=SC2059 # the statement is the format
+        "${psql[@]}" -c "$(printf "$drop" "\"$name\"")" </dev/null ||
+            say "could not drop $what $name (continuing)"
+    done <<<"$names"
+}
+
+drop_test_databases() {
+    drop_each database "select datname from pg_database where datname like 'ttsq\_test\_%'" \
+        "drop database if exists %s with (force)"
 }
 
 # Each test's service role; roles are cluster-wide, so they outlive the
 # databases. Dropped after those, which held their privileges.
 drop_test_roles() {
-    local psql=(psql -w -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -At)
-    local roles role
-    roles="$("${psql[@]}" -c "select rolname from pg_roles where rolname like 'ttsq\_test\_%'")"
-    [[ -n "$roles" ]] || return 0
-    say "dropping $(wc -l <<<"$roles") leftover test role(s)…"
-    while IFS= read -r role; do
-        "${psql[@]}" -c "drop role if exists \"$role\"" </dev/null ||
-            say "could not drop role $role (continuing)"
-    done <<<"$roles"
+    drop_each role "select rolname from pg_roles where rolname like 'ttsq\_test\_%'" \
+        "drop role if exists %s"
 }
 
 # Test queues, and the queues of benchmark runs that were killed (those no
