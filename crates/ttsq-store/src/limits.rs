@@ -249,76 +249,40 @@ impl Headroom {
             .sum();
         let mut usage = Vec::new();
         if let Some(max) = self.limits.daily_requests {
-            let used = self.requests;
-            if used + charge.requests > max {
-                return Err(exceeded(
-                    LimitKind::DailyRequests,
-                    max as f64,
-                    used as f64,
-                    charge.requests as f64,
-                    None,
-                    until_next_utc_day(),
-                ));
-            }
-            usage.push(LimitUsage {
-                limit: LimitKind::DailyRequests,
-                max: max as f64,
-                used: (used + charge.requests) as f64,
-            });
+            let (used, more) = (self.requests, charge.requests);
+            self.weigh(
+                &mut usage,
+                (LimitKind::DailyRequests, max as f64),
+                (used as f64, more as f64),
+                used + more > max,
+            )?;
         }
         if let Some(max) = self.limits.daily_characters {
             let used = self.characters;
-            if billable && used + characters > max {
-                return Err(exceeded(
-                    LimitKind::DailyCharacters,
-                    max as f64,
-                    used as f64,
-                    characters as f64,
-                    None,
-                    until_next_utc_day(),
-                ));
-            }
-            usage.push(LimitUsage {
-                limit: LimitKind::DailyCharacters,
-                max: max as f64,
-                used: (used + characters) as f64,
-            });
+            self.weigh(
+                &mut usage,
+                (LimitKind::DailyCharacters, max as f64),
+                (used as f64, characters as f64),
+                billable && used + characters > max,
+            )?;
         }
         if let Some(max) = self.limits.monthly_budget {
             let spent = self.spent;
-            if billable && (spent >= max || spent + cost > max) {
-                return Err(exceeded(
-                    LimitKind::MonthlyBudget,
-                    max,
-                    spent,
-                    cost,
-                    Some(self.limits.currency.clone()),
-                    until_next_utc_month(),
-                ));
-            }
-            usage.push(LimitUsage {
-                limit: LimitKind::MonthlyBudget,
-                max,
-                used: spent + cost,
-            });
+            self.weigh(
+                &mut usage,
+                (LimitKind::MonthlyBudget, max),
+                (spent, cost),
+                billable && (spent >= max || spent + cost > max),
+            )?;
         }
         if let Some(max) = self.limits.max_queued_jobs {
             let open = self.open;
-            if jobs > 0 && open + jobs > i64::from(max) {
-                return Err(exceeded(
-                    LimitKind::MaxQueuedJobs,
-                    f64::from(max),
-                    open as f64,
-                    jobs as f64,
-                    None,
-                    QUEUE_FULL_RETRY,
-                ));
-            }
-            usage.push(LimitUsage {
-                limit: LimitKind::MaxQueuedJobs,
-                max: f64::from(max),
-                used: (open + jobs) as f64,
-            });
+            self.weigh(
+                &mut usage,
+                (LimitKind::MaxQueuedJobs, f64::from(max)),
+                (open as f64, jobs as f64),
+                jobs > 0 && open + jobs > i64::from(max),
+            )?;
         }
         self.characters += characters;
         if billable {
@@ -328,23 +292,37 @@ impl Headroom {
         self.requests += charge.requests;
         Ok(usage)
     }
-}
 
-fn exceeded(
-    limit: LimitKind,
-    max: f64,
-    used: f64,
-    requested: f64,
-    currency: Option<String>,
-    retry_after: Duration,
-) -> LimitExceeded {
-    LimitExceeded {
-        limit,
-        max,
-        used,
-        requested,
-        currency,
-        retry_after,
+    /// One limit of `(kind, max)` with `used` in use and `requested` more:
+    /// refused when `over`, else its usage (this submission included) goes
+    /// to `usage`.
+    fn weigh(
+        &self,
+        usage: &mut Vec<LimitUsage>,
+        (limit, max): (LimitKind, f64),
+        (used, requested): (f64, f64),
+        over: bool,
+    ) -> Result<(), LimitExceeded> {
+        if over {
+            return Err(LimitExceeded {
+                limit,
+                max,
+                used,
+                requested,
+                currency: (limit == LimitKind::MonthlyBudget).then(|| self.limits.currency.clone()),
+                retry_after: match limit {
+                    LimitKind::DailyCharacters | LimitKind::DailyRequests => until_next_utc_day(),
+                    LimitKind::MonthlyBudget => until_next_utc_month(),
+                    LimitKind::MaxQueuedJobs => QUEUE_FULL_RETRY,
+                },
+            });
+        }
+        usage.push(LimitUsage {
+            limit,
+            max,
+            used: used + requested,
+        });
+        Ok(())
     }
 }
 
