@@ -210,7 +210,6 @@ pub async fn submit(
     }
     let metadata = match request.metadata {
         Some(raw) => match decode_bounded::<Value>(raw, context.max_body_bytes) {
-            Ok(Value::Null) => None,
             Ok(metadata) => {
                 if let Err(reason) = check_metadata(&metadata, context.limits.max_metadata_bytes) {
                     errors.push("metadata", reason);
@@ -661,4 +660,23 @@ pub async fn cancel(
         object.insert("cancelled_items".into(), json!(cancelled));
     }
     Ok(Json(view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_metadata_is_no_metadata_and_items_past_the_bound_stop_decoding() {
+        let request: BatchRequest<'_> =
+            decode_json(br#"{"items": [{"text": "a"}], "metadata": null}"#).expect("decodes");
+        assert!(request.metadata.is_none());
+        assert_eq!(request.items.map(|i| i.len()), Some(1));
+
+        let too_many = format!("{{\"items\": [{}]}}", vec!["0"; MAX_ITEMS + 1].join(","));
+        let errors = decode_json::<BatchRequest<'_>>(too_many.as_bytes())
+            .err()
+            .expect("refused");
+        assert_eq!(errors.0[0].field, "items", "{errors:?}");
+    }
 }

@@ -205,13 +205,7 @@ impl ApiContext {
     /// The dependencies the operations endpoints look at, this replica's
     /// publishing channel among them.
     pub fn probes(&self) -> ops::Probes {
-        ops::Probes {
-            store: self.store.clone(),
-            broker: Arc::clone(&self.broker),
-            audio: self.audio.clone(),
-            providers: Arc::clone(&self.providers),
-            publisher: Some(self.publisher.clone()),
-        }
+        self.readiness.probes().clone()
     }
 }
 

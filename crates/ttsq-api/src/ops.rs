@@ -254,6 +254,11 @@ impl ReadinessCache {
         }
     }
 
+    /// The dependencies it checks.
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
     /// Whether Postgres, RabbitMQ and S3 answered in the latest round,
     /// running a round first when the last one is older than the TTL.
     pub async fn is_ready(&self) -> bool {
