@@ -361,6 +361,11 @@ struct PatchTenant {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     cache_pool: Option<Option<String>>,
+    /// Share of dispatch (jobs and webhook deliveries) against the other
+    /// tenants with work waiting.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    weight: Option<i32>,
 }
 
 /// `PATCH /v1/admin/tenants/{name}`.
@@ -394,6 +399,7 @@ pub(crate) async fn update_tenant(
         currency: body.currency,
         retention_days: body.retention_days,
         cache_pool: body.cache_pool,
+        weight: body.weight,
     };
     let tenant = context
         .store

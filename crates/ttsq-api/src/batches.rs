@@ -2,9 +2,8 @@
 //!
 //! A batch is written in one transaction (tasks inserted with UNNEST, within
 //! the tenant's limits for all items together: over a limit the whole batch
-//! is refused with 429), then every queued item's message is published with
-//! pipelined confirms and the confirmed ones marked in one statement; the
-//! outbox relay publishes whatever was not confirmed.
+//! is refused with 429), then the dispatcher is woken: it publishes the
+//! queued items in the tenant's turn, interleaved with other tenants' work.
 
 use axum::{
     Json,
@@ -13,11 +12,10 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use futures::future::join_all;
 use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
 use ttsq_core::{
-    Job, JobMessage, Priority,
+    Job, Priority,
     error::ValidationErrors,
     job::{JobRequest, check_metadata, decode_json},
 };
@@ -296,11 +294,8 @@ pub async fn submit(
             estimate: crate::jobs::estimate_cost(&context.providers, job),
         })
         .collect();
-    let to_publish: Vec<(Uuid, &str)> = items
-        .iter()
-        .filter(|i| i.cached.is_none())
-        .map(|i| (i.task_id, i.job.dialect.as_str()))
-        .collect();
+    // The workers continue this request's trace from the items' messages.
+    let traceparent = ttsq_telemetry::trace_context::current_traceparent();
     let batch = NewBatch {
         id: batch_id,
         tenant_id: caller.0.tenant_id,
@@ -310,6 +305,7 @@ pub async fn submit(
         metadata: metadata.as_ref(),
         idempotency_key,
         key_prefix: Some(&caller.0.key_prefix),
+        traceparent: traceparent.as_deref(),
     };
     let (row, task_ids, created) = match context.store.insert_batch(&batch).await {
         Err(ttsq_store::StoreError::LimitExceeded(e)) => {
@@ -319,9 +315,9 @@ pub async fn submit(
         other => other?,
     };
     if created {
-        publish(&context, caller.0.tenant_id, &to_publish).await;
+        context.dispatch.wake();
         tracing::info!(
-            cache_hits = items.len() - to_publish.len(),
+            cache_hits = items.iter().filter(|i| i.cached.is_some()).count(),
             "batch accepted"
         );
     } else {
@@ -367,36 +363,6 @@ fn joined_too_long(settings: &ttsq_config::BatchSettings, jobs: &[Job]) -> Optio
 /// The largest batch body: room for [`MAX_ITEMS`] jobs of the single-job size.
 pub fn batch_body_limit(max_body_bytes: usize) -> usize {
     max_body_bytes.saturating_mul(32)
-}
-
-/// Publishes the queued items' messages with pipelined confirms and marks
-/// the confirmed ones in one statement; the outbox relay covers the rest.
-async fn publish(context: &ApiContext, tenant_id: Uuid, tasks: &[(Uuid, &str)]) {
-    let traceparent = ttsq_telemetry::trace_context::current_traceparent();
-    let confirmed: Vec<Uuid> = join_all(tasks.iter().map(|(id, dialect)| {
-        let mut message = JobMessage::new(*id, tenant_id, *dialect);
-        message.traceparent = traceparent.clone();
-        async move { context.publisher.publish(&message).await.map(|()| *id) }
-    }))
-    .await
-    .into_iter()
-    .filter_map(|r| match r {
-        Ok(id) => Some(id),
-        Err(err) => {
-            tracing::debug!(error = %err, "publish failed; the outbox relay will publish the task");
-            None
-        }
-    })
-    .collect();
-    if confirmed.len() < tasks.len() {
-        tracing::warn!(
-            unconfirmed = tasks.len() - confirmed.len(),
-            "some batch items were not published; the outbox relay will"
-        );
-    }
-    if let Err(err) = context.store.mark_published_many(&confirmed).await {
-        tracing::warn!(error = %err, "marking batch items published failed; the relay republishes them");
-    }
 }
 
 /// Decodes a part of a batch body that may be at most `max_bytes` long, the
@@ -654,6 +620,7 @@ pub async fn cancel(
         .await?
         .ok_or(ApiError::NotFound("batch"))?;
     tracing::info!(cancelled, "batch cancelled");
+    context.dispatch.wake();
     let batch = find_batch(&context, &caller, &id).await?;
     let mut view = summary(&context, &batch).await?;
     if let Some(object) = view.as_object_mut() {

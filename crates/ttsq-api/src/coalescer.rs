@@ -12,8 +12,8 @@
 //! transaction ran, so a lone submission goes straight through and a burst
 //! is written in a few transactions. `database.submit_committers`
 //! transactions run at once, so that one group's commit overlaps the next
-//! group's statements. Each handler still publishes its own message after
-//! the commit, with its own trace context.
+//! group's statements. Each handler then wakes the dispatcher, which
+//! publishes the tasks in their tenants' turns.
 
 use std::sync::Arc;
 
@@ -42,6 +42,8 @@ pub struct PendingSubmission {
     pub key_prefix: Option<String>,
     /// Its expected cost and that cost's currency, reserved while it is queued.
     pub estimate: Option<(f64, String)>,
+    /// W3C `traceparent` of the submitting request.
+    pub traceparent: Option<String>,
 }
 
 impl PendingSubmission {
@@ -56,6 +58,7 @@ impl PendingSubmission {
                 cost: *cost,
                 currency,
             }),
+            traceparent: self.traceparent.as_deref(),
         }
     }
 }
@@ -137,7 +140,7 @@ async fn commit(store: &Store, providers: &ttsq_providers::Router, group: Vec<Wa
         Ok(answers) => {
             for (waiting, answer) in group.into_iter().zip(answers) {
                 // A handler gone (client disconnected) no longer listens; its
-                // task is committed and the outbox relay publishes it.
+                // task is committed and the dispatcher's next poll finds it.
                 let _ = waiting.answer.send(answer.map_err(ApiError::from));
             }
         }

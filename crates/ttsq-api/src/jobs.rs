@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument as _;
 use ttsq_core::backoff::Backoff;
-use ttsq_core::{Job, JobMessage, JobRequest, Priority, TaskStatus};
+use ttsq_core::{Job, JobRequest, Priority, TaskStatus};
 use ttsq_providers::SynthesisRequest;
 use ttsq_store::{
     AudioObject, ClaimCommit, CostEstimate, FinishedTask, InlineClaim, NewTask, Reschedule,
@@ -103,6 +103,8 @@ pub async fn submit(
         return Err(ApiError::ContentRejected);
     }
     let idempotency_key = idempotency_key(&headers)?;
+    // The worker continues this request's trace from the task's message.
+    let traceparent = ttsq_telemetry::trace_context::current_traceparent();
     let task = NewTask {
         id: Uuid::now_v7(),
         tenant_id: caller.0.tenant_id,
@@ -110,6 +112,7 @@ pub async fn submit(
         idempotency_key,
         key_prefix: Some(&caller.0.key_prefix),
         estimate: estimate_cost(&context.providers, &job),
+        traceparent: traceparent.as_deref(),
     };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));
@@ -205,9 +208,9 @@ pub(crate) fn estimate_cost<'a>(
 }
 
 /// Commits the task together with the other submissions waiting (a cache
-/// hit finishes at once), then publishes it and waits for the broker's
-/// confirm; should that fail, the outbox relay publishes it later and the
-/// job is accepted all the same.
+/// hit finishes at once) and wakes the dispatcher, which publishes it in
+/// its tenant's turn; the job is accepted once committed, whether or not
+/// RabbitMQ is reachable.
 async fn submit_normal(
     context: &ApiContext,
     task: &NewTask<'_>,
@@ -222,6 +225,7 @@ async fn submit_normal(
             idempotency_key: task.idempotency_key.map(str::to_owned),
             key_prefix: task.key_prefix.map(str::to_owned),
             estimate: task.estimate.map(|e| (e.cost, e.currency.to_owned())),
+            traceparent: task.traceparent.map(str::to_owned),
         })
         .await?;
     if !created {
@@ -230,20 +234,8 @@ async fn submit_normal(
     } else if row.status().is_terminal() {
         report_finished(&row);
     } else {
-        let mut message = JobMessage::new(row.id, row.tenant_id, &row.dialect);
-        // The worker continues this request's trace from here.
-        message.traceparent = ttsq_telemetry::trace_context::current_traceparent();
-        match context.publisher.publish(&message).await {
-            Ok(()) => {
-                context.published.mark(row.id);
-                tracing::debug!("task queued");
-            }
-            // The task is committed: the outbox relay publishes it once
-            // RabbitMQ is back, so the job is accepted all the same.
-            Err(err) => {
-                tracing::warn!(error = %err, "publish failed; the outbox relay will publish the task")
-            }
-        }
+        context.dispatch.wake();
+        tracing::debug!("task queued");
     }
     Ok(accepted(context, &row))
 }
@@ -519,7 +511,7 @@ async fn synthesize_claimed(
     }
 }
 
-/// A claimed task handed to the queue: the outbox relay publishes it at once.
+/// A claimed task handed to the queue: the dispatcher publishes it in its turn.
 fn hand_to_queue(task_id: Uuid, code: &str, message: impl ToString) -> Reschedule {
     Reschedule {
         task_id,

@@ -26,7 +26,6 @@ pub mod content;
 pub mod error;
 pub mod openapi;
 pub mod ops;
-pub mod published;
 
 mod admin;
 mod auth;
@@ -51,7 +50,7 @@ use tower_http::trace::TraceLayer;
 use ttsq_audio::AudioStore;
 use ttsq_config::Settings;
 use ttsq_core::JobLimits;
-use ttsq_queue::{Broker, Publisher};
+use ttsq_queue::Broker;
 use ttsq_store::Store;
 
 pub use error::ApiError;
@@ -63,10 +62,8 @@ pub struct ApiContext {
     pub store: Store,
     /// RabbitMQ connection, for readiness.
     pub broker: Arc<Broker>,
-    /// Confirmed publisher of job messages.
-    pub publisher: Publisher,
-    /// Marks confirmed tasks published, many per statement.
-    pub published: published::PublishedMarks,
+    /// Wakes the dispatcher, which publishes queued tasks in their turn.
+    pub dispatch: ttsq_dispatch::Waker,
     /// Writes normal-priority single submissions, many per transaction.
     pub submissions: coalescer::SubmitCoalescer,
     /// S3 audio.
@@ -109,8 +106,8 @@ impl ApiContext {
         audio: AudioStore,
         providers: Arc<ttsq_providers::Router>,
         replica_id: uuid::Uuid,
-    ) -> Result<Self, ttsq_queue::QueueError> {
-        let publisher = broker.publisher().await?;
+        dispatch: ttsq_dispatch::Waker,
+    ) -> Self {
         if providers
             .catalog()
             .get(&settings.speech.default_dialect)
@@ -131,9 +128,9 @@ impl ApiContext {
             broker: Arc::clone(&broker),
             audio: audio.clone(),
             providers: Arc::clone(&providers),
-            publisher: Some(publisher.clone()),
+            publisher: None,
         }));
-        Ok(Self {
+        Self {
             readiness,
             waiters,
             inline: InlineClaims {
@@ -146,7 +143,6 @@ impl ApiContext {
                 },
                 hash_wait: Duration::from_secs(settings.server.max_wait_secs.clamp(1, 30)),
             },
-            published: published::PublishedMarks::start(store.clone()),
             submissions: coalescer::SubmitCoalescer::start(
                 store.clone(),
                 Arc::clone(&providers),
@@ -154,7 +150,7 @@ impl ApiContext {
             ),
             store,
             broker,
-            publisher,
+            dispatch,
             audio,
             providers,
             limits: JobLimits {
@@ -180,7 +176,7 @@ impl ApiContext {
             ),
             speech: Arc::new(settings.speech.clone()),
             webhooks: Arc::new(webhooks::WebhookApi::new(settings)),
-        })
+        }
     }
 }
 

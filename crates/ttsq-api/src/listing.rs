@@ -153,7 +153,11 @@ pub async fn cancel(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_task_id(&id)?;
     match context.store.cancel_task(caller.0.tenant_id, id).await? {
-        Cancellation::Cancelled(row) => Ok(Json(TaskView::render(&context, row).await?)),
+        Cancellation::Cancelled(row) => {
+            // A published task's slot in its provider's window is free.
+            context.dispatch.wake();
+            Ok(Json(TaskView::render(&context, row).await?))
+        }
         Cancellation::TooLate(row) => Err(ApiError::Conflict(format!(
             "the task is {}; only a queued task can be cancelled",
             row.status()

@@ -164,6 +164,10 @@ impl Probes {
         if let Err(err) = rabbitmq(&self.broker, true).await {
             tracing::debug!(error = %err, "queue depths not sampled");
         }
+        match self.store.queued_tasks().await {
+            Ok(queued) => metrics.tasks_queued.set(queued),
+            Err(err) => tracing::debug!(error = %err, "queued tasks not counted"),
+        }
         if let Some(usage) = usage_today(&self.store).await {
             metrics.daily_usage.set(usage.billable_characters);
             if usage.tasks > 0 {

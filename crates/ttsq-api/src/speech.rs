@@ -316,6 +316,7 @@ async fn speak(
             ApiError::ContentRejected.to_string(),
         ));
     }
+    let traceparent = ttsq_telemetry::trace_context::current_traceparent();
     let task = NewTask {
         id: Uuid::now_v7(),
         tenant_id: caller.0.tenant_id,
@@ -323,6 +324,7 @@ async fn speak(
         idempotency_key: None,
         key_prefix: Some(&caller.0.key_prefix),
         estimate: crate::jobs::estimate_cost(&context.providers, &job),
+        traceparent: traceparent.as_deref(),
     };
     let span = tracing::Span::current();
     span.record("task_id", tracing::field::display(task.id));

@@ -67,6 +67,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// What the audio cache serves.
     pub cache: CacheSettings,
+    /// Fair dispatch of queued tasks between tenants.
+    pub dispatch: DispatchSettings,
 }
 
 /// What the audio cache serves.
@@ -116,9 +118,10 @@ pub struct WebhookSettings {
     /// Deliveries one worker makes at once.
     pub concurrency: u16,
     /// Most deliveries of one tenant in flight across the fleet (published
-    /// and not yet settled, retries waiting included): a tenant whose
-    /// endpoint is slow or failing holds at most this many of the workers'
-    /// delivery slots, and the other tenants' webhooks go past it.
+    /// and not yet settled, retries waiting included), per unit of the
+    /// tenant's weight: a tenant whose endpoint is slow or failing holds at
+    /// most this many of the workers' delivery slots per unit, and the other
+    /// tenants' webhooks go past it.
     pub per_tenant_in_flight: u16,
 }
 
@@ -598,6 +601,40 @@ impl WorkerSettings {
     }
 }
 
+/// How queued tasks are dispatched to the workers: a provider's window of
+/// published, unfinished tasks is kept just deep enough to keep the workers
+/// (or the provider's quota) busy, and its free slots go to the tenants in
+/// weighted fair order; the rest waits in Postgres.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// Window of a provider without a request rate quota, per live worker
+    /// replica: about `worker.concurrent_batches × worker.batch_size`, what
+    /// one worker works on at once.
+    pub window_per_worker: u32,
+    /// A provider with a requests-per-second quota gets a window of this
+    /// many milliseconds of its rate: enough to keep the quota busy, short
+    /// enough that a newcomer's job waits about this long at most.
+    pub quota_horizon_ms: u64,
+    /// The smallest window, whatever the quota.
+    pub min_window: u32,
+    /// How often a replica dispatches without being woken (a back-off that
+    /// ended, a replica that died), in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl DispatchSettings {
+    /// [`Self::quota_horizon_ms`] as a duration.
+    pub fn quota_horizon(&self) -> Duration {
+        Duration::from_millis(self.quota_horizon_ms)
+    }
+
+    /// [`Self::poll_ms`] as a duration.
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms)
+    }
+}
+
 /// Limits on submitted jobs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -932,6 +969,19 @@ impl Settings {
                 self.webhooks.per_tenant_in_flight as usize,
             ),
             ("quota.heartbeat_secs", self.quota.heartbeat_secs as usize),
+            (
+                "dispatch.window_per_worker",
+                self.dispatch.window_per_worker as usize,
+            ),
+            ("dispatch.min_window", self.dispatch.min_window as usize),
+            (
+                "dispatch.quota_horizon_ms",
+                usize::try_from(self.dispatch.quota_horizon_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "dispatch.poll_ms",
+                usize::try_from(self.dispatch.poll_ms).unwrap_or(usize::MAX),
+            ),
             (
                 "breaker.failure_threshold",
                 self.breaker.failure_threshold as usize,

@@ -61,6 +61,8 @@ pub struct NewBatch<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Visible prefix of the submitting key.
     pub key_prefix: Option<&'a str>,
+    /// W3C `traceparent` of the submitting request, for its items' messages.
+    pub traceparent: Option<&'a str>,
 }
 
 /// A batch as stored.
@@ -266,6 +268,7 @@ impl Store {
                 idempotency_key: None,
                 key_prefix: batch.key_prefix,
                 estimate: item.estimate.filter(|_| item.cached.is_none()),
+                traceparent: batch.traceparent,
             };
             // Cache hits go in `processing` so that `finish` takes them to
             // their end state and ledger row exactly as for single jobs.

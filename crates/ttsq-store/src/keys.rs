@@ -139,6 +139,9 @@ fn check_currency(currency: &str) -> Result<(), StoreError> {
     }
 }
 
+/// The largest dispatch weight (the `tenants.weight` check).
+pub const MAX_WEIGHT: i32 = 1000;
+
 /// Changes to a tenant: `None` leaves a field as it is; `Some(None)` lifts a
 /// limit.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -158,6 +161,8 @@ pub struct TenantUpdate {
     /// The shared cache pool to join; `Some(None)` makes the cache private
     /// to the tenant again.
     pub cache_pool: Option<Option<String>>,
+    /// Share of dispatch against other tenants with work (1 to 1000).
+    pub weight: Option<i32>,
 }
 
 /// A tenant with its limits, as operators see it.
@@ -181,6 +186,9 @@ pub struct TenantInfo {
     pub retention_days: Option<i32>,
     /// The shared cache pool it is in; `None`: its cache is its own.
     pub cache_pool: Option<String>,
+    /// Share of dispatch (jobs and webhook deliveries) against the other
+    /// tenants with work waiting; 1 by default.
+    pub weight: i32,
     /// Keys not revoked.
     pub active_keys: i64,
     /// Created at.
@@ -189,7 +197,7 @@ pub struct TenantInfo {
 
 const TENANT_SELECT: &str = "SELECT t.id, t.name, t.currency, t.daily_characters,
         t.monthly_budget::float8 AS monthly_budget, t.max_queued_jobs, t.daily_requests,
-        t.retention_days, t.cache_pool,
+        t.retention_days, t.cache_pool, t.weight,
         (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS active_keys,
         t.created_at
     FROM tenants t";
@@ -329,6 +337,14 @@ impl Store {
                 "cache_pool: 1 to 63 lowercase letters, digits, `-` or `_`, starting with a letter or digit".into(),
             ));
         }
+        if update
+            .weight
+            .is_some_and(|w| !(1..=MAX_WEIGHT).contains(&w))
+        {
+            return Err(StoreError::Invalid(format!(
+                "weight: must be 1 to {MAX_WEIGHT}"
+            )));
+        }
         if update.retention_days.flatten().is_some_and(|d| d < 1) {
             return Err(StoreError::Invalid(
                 "retention_days: must be at least 1 (null for the deployment default)".into(),
@@ -344,6 +360,7 @@ impl Store {
                 retention_days = CASE WHEN $9 THEN $10 ELSE retention_days END,
                 cache_pool = CASE WHEN $11 THEN $12 ELSE cache_pool END,
                 daily_requests = CASE WHEN $13 THEN $14 ELSE daily_requests END,
+                weight = coalesce($15, weight),
                 updated_at = now()
               WHERE name = $1 RETURNING id",
         )
@@ -361,6 +378,7 @@ impl Store {
         .bind(update.cache_pool.clone().flatten())
         .bind(update.daily_requests.is_some())
         .bind(update.daily_requests.flatten())
+        .bind(update.weight)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("tenant `{name}`")))?;
@@ -385,6 +403,9 @@ impl Store {
         }
         if let Some(v) = &update.cache_pool {
             detail.insert("cache_pool".into(), json!(v));
+        }
+        if let Some(v) = update.weight {
+            detail.insert("weight".into(), json!(v));
         }
         audit_admin(
             &mut tx,

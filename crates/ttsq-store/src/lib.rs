@@ -18,7 +18,8 @@
 //! - [`retention`]: removing expired tasks and the audio only they used.
 //! - [`replicas`]: replica heartbeats for quota sharing.
 //! - [`quota`]: provider quotas shared by all replicas (the quota coordinator).
-//! - [`outbox`]: relaying unpublished tasks and recovering orphaned ones.
+//! - [`dispatch`]: publishing queued tasks a window at a time, in the plan's order.
+//! - [`outbox`]: recovering tasks of replicas that died.
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
 //! - [`batches`]: batches of tasks, their items, cancelling, joined audio.
 //! - [`webhooks`]: webhook events, their delivery log, tenants' webhook settings.
@@ -26,6 +27,7 @@
 pub mod audio;
 pub mod audit;
 pub mod batches;
+pub mod dispatch;
 pub mod grants;
 pub mod keys;
 pub mod leases;
@@ -56,11 +58,11 @@ pub use audio::AudioObject;
 pub use batches::{
     BatchAudio, BatchItemRow, BatchRow, Concatenated, JoinLease, NewBatch, NewBatchItem,
 };
+pub use dispatch::{DispatchQueue, Dispatchable, Round};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
-pub use outbox::Unpublished;
 pub use quota::PgQuotaCoordinator;
 pub use replicas::LiveReplicas;
 pub use retention::{SweepLease, SweptBatch};

@@ -96,6 +96,9 @@ pub struct NewTask<'a> {
     /// budget while it is queued or processing; `None`: nothing to reserve
     /// (a cache hit, or a route without a price).
     pub estimate: Option<CostEstimate<'a>>,
+    /// W3C `traceparent` of the submitting request, carried by the message
+    /// the dispatcher publishes later.
+    pub traceparent: Option<&'a str>,
 }
 
 /// What a task is expected to cost: its characters at the price of the
@@ -214,6 +217,7 @@ pub(crate) struct TaskColumns {
     custom_ids: Vec<Option<String>>,
     reserved_costs: Vec<Option<f64>>,
     reserved_currencies: Vec<Option<String>>,
+    traceparents: Vec<Option<String>>,
 }
 
 /// Where a task sits in its batch, for [`TaskColumns::push`].
@@ -270,6 +274,7 @@ impl TaskColumns {
         self.reserved_costs.push(task.estimate.map(|e| e.cost));
         self.reserved_currencies
             .push(task.estimate.map(|e| e.currency.to_owned()));
+        self.traceparents.push(task.traceparent.map(str::to_owned));
     }
 
     /// The ids, in the order pushed.
@@ -296,19 +301,21 @@ impl TaskColumns {
             "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
                                 speed, emotion, format, content_hash, metadata, callback_url,
                                 idempotency_key, key_prefix, marks, batch_id, batch_index, custom_id,
-                                started_at, reserved_cost, reserved_currency)
+                                started_at, reserved_cost, reserved_currency, traceparent)
              SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
                     u.model, u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, u.callback_url,
                     u.idempotency_key, u.key_prefix, string_to_array(u.marks, ','), u.batch_id,
                     u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END,
-                    round(u.reserved_cost::numeric, 6), u.reserved_currency
+                    round(u.reserved_cost::numeric, 6), u.reserved_currency, u.traceparent
                FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
                            $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], $12::text[],
                            $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
-                           $19::uuid[], $20::int4[], $21::text[], $22::float8[], $23::text[])
+                           $19::uuid[], $20::int4[], $21::text[], $22::float8[], $23::text[],
+                           $24::text[])
                     AS u(id, tenant_id, status, priority, text, characters, dialect, voice, model, speed,
                          emotion, format, hash, metadata, callback_url, idempotency_key, key_prefix,
-                         marks, batch_id, batch_index, custom_id, reserved_cost, reserved_currency)
+                         marks, batch_id, batch_index, custom_id, reserved_cost, reserved_currency,
+                         traceparent)
              ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -335,6 +342,7 @@ impl TaskColumns {
         .bind(&self.custom_ids)
         .bind(&self.reserved_costs)
         .bind(&self.reserved_currencies)
+        .bind(&self.traceparents)
         .fetch_all(executor)
         .await?)
     }

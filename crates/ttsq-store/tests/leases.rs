@@ -52,6 +52,7 @@ async fn queued(store: &Store, tenant_id: Uuid, job: &Job) -> Uuid {
         idempotency_key: None,
         key_prefix: None,
         estimate: None,
+        traceparent: None,
     };
     store.insert_queued(&task).await.expect("task queued");
     task.id

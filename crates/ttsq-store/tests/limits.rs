@@ -34,6 +34,7 @@ async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {
                     idempotency_key: None,
                     key_prefix: Some("ttsq_abcdef12"),
                     estimate: None,
+                    traceparent: None,
                 })
                 .await
         }
@@ -100,6 +101,7 @@ async fn concurrent_submissions_never_overshoot_max_queued_jobs() {
                     idempotency_key: None,
                     key_prefix: None,
                     estimate: None,
+                    traceparent: None,
                 })
                 .await
         }
@@ -139,6 +141,7 @@ async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
         idempotency_key: Some("same-key"),
         key_prefix: None,
         estimate: None,
+        traceparent: None,
     };
     let (first, created) = store.insert_queued(&task(&first_job)).await.expect("first");
     assert!(created);

@@ -20,6 +20,7 @@ fn queued<'a>(tenant_id: Uuid, job: &'a Job, key: Option<&'a str>) -> Submission
             idempotency_key: key,
             key_prefix: Some("ttsq_abcdef12"),
             estimate: None,
+            traceparent: None,
         },
         finished: None,
         claim: None,

@@ -90,8 +90,12 @@ pub struct Metrics {
     /// `tts_submit_group_size`: single submissions (`POST /v1/tts/jobs`,
     /// normal priority) written together by one transaction.
     pub submit_group_size: Histogram,
-    /// `tts_queue_depth`: messages ready in the job queue.
+    /// `tts_queue_depth`: messages ready in the job queue (at most the
+    /// dispatch windows; the backlog is `tts_tasks_queued`).
     pub queue_depth: IntGauge,
+    /// `tts_tasks_queued`: tasks queued fleet-wide, from Postgres: waiting
+    /// for their tenant's turn or in the job queue.
+    pub tasks_queued: IntGauge,
     /// `tts_dlq_depth`: messages in the dead-letter queue.
     pub dlq_depth: IntGauge,
     /// `tts_tasks_in_flight`: tasks being synthesized by this process now.
@@ -100,6 +104,12 @@ pub struct Metrics {
     /// made against Postgres, RabbitMQ and S3 (public `/ready` answers share
     /// one round per interval, so this grows with time, not with callers).
     pub readiness_checks: IntCounter,
+    /// `tts_dispatched_total`: tasks this process's dispatcher published
+    /// to the job queue (confirmed).
+    pub dispatched: IntCounter,
+    /// `tts_dispatch_window{provider}`: the window of published, unfinished
+    /// tasks the dispatcher keeps for a provider.
+    pub dispatch_window: IntGaugeVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -195,7 +205,26 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(tenants_near_limit.clone()))
             .expect("metric registered once");
+        let dispatch_window = IntGaugeVec::new(
+            Opts::new(
+                "tts_dispatch_window",
+                "Published, unfinished tasks the dispatcher keeps for a provider.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(dispatch_window.clone()))
+            .expect("metric registered once");
+        let dispatched = IntCounter::new(
+            "tts_dispatched_total",
+            "Tasks published to the job queue by this process's dispatcher.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(dispatched.clone()))
+            .expect("metric registered once");
         Self {
+            dispatch_window,
+            dispatched,
             requests: counter_vec(
                 &r,
                 "tts_requests_total",
@@ -277,6 +306,11 @@ impl Metrics {
             ),
             queue_depth: int_gauge(&r, "tts_queue_depth", "Messages ready in the job queue."),
             dlq_depth: int_gauge(&r, "tts_dlq_depth", "Messages in the dead-letter queue."),
+            tasks_queued: int_gauge(
+                &r,
+                "tts_tasks_queued",
+                "Tasks queued fleet-wide (waiting for a turn or in the job queue).",
+            ),
             in_flight: int_gauge(
                 &r,
                 "tts_tasks_in_flight",

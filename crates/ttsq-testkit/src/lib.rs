@@ -234,7 +234,7 @@ impl TestApp {
         };
         let api_shutdown = CancellationToken::new();
         let heartbeat = services.start_heartbeat(role, api_shutdown.clone()).await;
-        let relay = services.start_outbox_relay(api_shutdown.clone());
+        let relay = services.start_dispatch(api_shutdown.clone());
         let api_task = {
             let services = services.clone();
             let shutdown = api_shutdown.clone();
@@ -472,6 +472,26 @@ impl TestApp {
                 "{open} tasks still open after {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `count` tasks have been published by the dispatcher
+    /// (which runs beside the API, a moment after the submission's commit),
+    /// or panics after 10 s.
+    pub async fn wait_published(&self, count: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let published = self
+                .scalar("SELECT count(*) FROM tasks WHERE published_at IS NOT NULL")
+                .await;
+            if published >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {published} of {count} tasks published"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

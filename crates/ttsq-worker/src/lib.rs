@@ -66,6 +66,8 @@ pub struct WorkerContext {
     pub replica_ttl: Duration,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
+    /// Wakes the dispatcher when a batch is done: its slots are free.
+    pub dispatch: ttsq_dispatch::Waker,
     /// Whether fallback providers' audio answers for the text
     /// (`cache.serve_fallback_audio`).
     pub serve_fallback_audio: bool,
@@ -123,6 +125,7 @@ pub async fn run(
                 pipeline::requeue_all(&items).await;
             } else {
                 pipeline::process_batch(&context, items).await;
+                context.dispatch.wake();
             }
         });
     };

@@ -69,6 +69,12 @@ pub struct LimitArgs {
     /// tell from cache hits what texts the others synthesized.
     #[arg(long, value_name = "POOL|none")]
     cache_pool: Option<CachePool>,
+    /// Share of the workers and of each provider's quota against the other
+    /// tenants with work waiting, 1 to 1000 (default 1: equal shares). A
+    /// tenant of weight 3 gets three times the turns of a tenant of weight 1
+    /// while both have work; a tenant with none takes no share.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    weight: Option<i32>,
 }
 
 /// A cache pool on the command line: a name, or `none` for a private cache.
@@ -200,10 +206,14 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 .create_tenant_with(&name, &set, limits.currency.as_deref(), &actor())
                 .await
                 .map_err(explain)?;
-            if limits.retention_days.is_some() || limits.cache_pool.is_some() {
+            if limits.retention_days.is_some()
+                || limits.cache_pool.is_some()
+                || limits.weight.is_some()
+            {
                 let update = TenantUpdate {
                     retention_days: limits.retention_days.map(|d| d.0),
                     cache_pool: limits.cache_pool.map(|p| p.0),
+                    weight: limits.weight,
                     ..TenantUpdate::default()
                 };
                 store
@@ -229,6 +239,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 "daily_requests",
                 "retention_days",
                 "cache_pool",
+                "weight",
                 "active_keys",
                 "created_at",
             ];
@@ -245,6 +256,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                         opt(t.daily_requests),
                         opt(t.retention_days),
                         t.cache_pool.clone().unwrap_or_else(|| "-".to_owned()),
+                        t.weight.to_string(),
                         t.active_keys.to_string(),
                         t.created_at.to_rfc3339(),
                     ]
@@ -261,17 +273,18 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 currency: limits.currency,
                 retention_days: limits.retention_days.map(|l| l.0),
                 cache_pool: limits.cache_pool.map(|p| p.0),
+                weight: limits.weight,
             };
             anyhow::ensure!(
                 update != TenantUpdate::default(),
-                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --daily-requests, --currency, --retention-days or --cache-pool"
+                "nothing to change: give --daily-characters, --monthly-budget, --max-queued-jobs, --daily-requests, --currency, --retention-days, --cache-pool or --weight"
             );
             let t = store
                 .update_tenant(&name, &update, &actor())
                 .await
                 .map_err(explain)?;
             eprintln!(
-                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, daily_requests {}, retention_days {}, cache_pool {}",
+                "updated tenant `{}`: daily_characters {}, monthly_budget {} {}, max_queued_jobs {}, daily_requests {}, retention_days {}, cache_pool {}, weight {}",
                 t.name,
                 opt(t.daily_characters),
                 opt(t.monthly_budget),
@@ -279,7 +292,8 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 opt(t.max_queued_jobs),
                 opt(t.daily_requests),
                 opt(t.retention_days),
-                t.cache_pool.as_deref().unwrap_or("-")
+                t.cache_pool.as_deref().unwrap_or("-"),
+                t.weight
             );
         }
     }

@@ -4,7 +4,13 @@ pub mod dead_letters;
 pub mod observability;
 pub mod retention;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -20,9 +26,8 @@ use ttsq_queue::Broker;
 use ttsq_store::Store;
 use ttsq_worker::WorkerContext;
 
-/// How often the outbox relay looks for unpublished and orphaned tasks, and
-/// how long a fresh task is left to the API's own publish first.
-const OUTBOX_EVERY: Duration = Duration::from_secs(2);
+/// How often tasks of replicas that died are looked for.
+const ORPHANS_EVERY: Duration = Duration::from_secs(2);
 
 /// How often `/ready`'s view of provider health is refreshed.
 const PROVIDER_HEALTH_EVERY: Duration = Duration::from_secs(5);
@@ -66,6 +71,11 @@ pub struct Services {
     pub providers: Arc<Router>,
     /// This process's id among the live replicas (its heartbeat row).
     pub replica_id: uuid::Uuid,
+    /// Wakes this process's dispatcher; the API wakes it on submissions,
+    /// the worker when a batch is done.
+    pub dispatch: ttsq_dispatch::Waker,
+    /// Live worker replicas at the latest heartbeat, for the dispatch windows.
+    live_workers: Arc<AtomicU32>,
     /// Since when this replica's heartbeats have succeeded without a miss;
     /// `None` while Postgres is unreachable.
     heartbeating_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -115,22 +125,24 @@ impl Services {
             audio,
             providers: Arc::new(providers),
             replica_id,
+            dispatch: ttsq_dispatch::Waker::default(),
+            live_workers: Arc::new(AtomicU32::new(1)),
             heartbeating_since: Arc::default(),
         })
     }
 
     /// The API's handler context.
     pub async fn api_context(&self) -> anyhow::Result<ApiContext> {
-        ApiContext::new(
+        Ok(ApiContext::new(
             &self.settings,
             self.store.clone(),
             Arc::clone(&self.broker),
             self.audio.clone(),
             Arc::clone(&self.providers),
             self.replica_id,
+            self.dispatch.clone(),
         )
-        .await
-        .context("Failed to open a publishing channel")
+        .await)
     }
 
     /// How long a silent replica is presumed alive: three missed heartbeats.
@@ -152,6 +164,7 @@ impl Services {
             replica_id: self.replica_id,
             replica_ttl: self.replica_ttl(),
             serve_fallback_audio: self.settings.cache.serve_fallback_audio,
+            dispatch: self.dispatch.clone(),
             name: format!(
                 "ttsq-worker-{}-{}",
                 std::process::id(),
@@ -173,7 +186,7 @@ impl Services {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let heartbeat = self.start_heartbeat(role, shutdown.clone()).await;
-        let relay = self.start_outbox_relay(shutdown.clone());
+        let relay = self.start_dispatch(shutdown.clone());
         let sweeper = self.start_retention_sweeper(shutdown.clone());
         let broker = Arc::clone(&self.broker);
         let supervisor_stop = shutdown.clone();
@@ -246,6 +259,7 @@ impl Services {
         }
         match outcome {
             Ok(live) => {
+                self.live_workers.store(live.workers, Ordering::Relaxed);
                 let share = replica_share(
                     role,
                     live.apis,
@@ -275,66 +289,57 @@ impl Services {
             .unwrap_or(false)
     }
 
-    /// Runs the outbox relay until `shutdown`: every couple of seconds it
-    /// returns tasks held by replicas that stopped heartbeating to the queue,
-    /// and publishes queued tasks whose message never got a broker confirm.
-    /// Every replica runs one; row locks keep them from doubling up.
-    pub fn start_outbox_relay(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+    /// Runs this replica's dispatcher and orphan recovery until `shutdown`:
+    /// the dispatcher publishes queued tasks in fair order as its windows
+    /// have room ([`ttsq_dispatch`]), woken by this process's API and worker
+    /// and by a short poll; every couple of seconds, tasks held by replicas
+    /// that stopped heartbeating go back to waiting and the dispatcher is
+    /// woken for them. Every replica runs both; the store keeps them from
+    /// doubling up.
+    pub fn start_dispatch(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let windows = ttsq_dispatch::Windows::new(&self.settings, self.providers.catalog());
+        let dispatcher = ttsq_dispatch::Dispatcher::new(
+            self.store.clone(),
+            Arc::clone(&self.broker),
+            windows,
+            Arc::clone(&self.live_workers),
+            self.dispatch.clone(),
+            self.settings.dispatch.poll(),
+        );
         let services = self.clone();
         tokio::spawn(async move {
-            let replica_ttl = services.replica_ttl();
-            let claim_timeout = services.settings.worker.claim_timeout();
-            let mut publisher = None;
-            let mut ticks = tokio::time::interval(OUTBOX_EVERY);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = ticks.tick() => {}
-                }
-                let recovered = if services.sees_replicas_clearly() {
-                    services
-                        .store
-                        .recover_orphans(replica_ttl, claim_timeout)
-                        .await
-                } else {
-                    Ok(0)
-                };
-                match recovered {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(
-                        tasks = n,
-                        "returned tasks of a vanished replica to the queue"
-                    ),
-                    Err(err) => tracing::warn!(error = %err, "orphan recovery failed"),
-                }
-                if publisher
-                    .as_ref()
-                    .is_none_or(|p: &ttsq_queue::Publisher| !p.is_connected())
-                {
-                    publisher = services.broker.publisher().await.ok();
-                }
-                let Some(active) = publisher.clone() else {
-                    tracing::warn!("outbox relay waiting for RabbitMQ");
-                    continue;
-                };
-                let relayed = services
-                    .store
-                    .relay_unpublished(OUTBOX_EVERY, 500, |task| {
-                        let active = active.clone();
-                        async move {
-                            let message =
-                                ttsq_core::JobMessage::new(task.id, task.tenant_id, task.dialect);
-                            active.publish(&message).await.ok().map(|()| task.id)
-                        }
-                    })
-                    .await;
-                match relayed {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(tasks = n, "outbox relay published tasks"),
-                    Err(err) => tracing::warn!(error = %err, "outbox relay failed"),
-                }
-            }
+            let stop = shutdown.clone();
+            tokio::join!(
+                dispatcher.run(stop.cancelled()),
+                services.recover_orphans(shutdown)
+            );
         })
+    }
+
+    /// Returns tasks of replicas that died to waiting, every
+    /// [`ORPHANS_EVERY`], once this replica can tell a dead replica from its
+    /// own lost view of Postgres.
+    async fn recover_orphans(&self, shutdown: CancellationToken) {
+        let replica_ttl = self.replica_ttl();
+        let claim_timeout = self.settings.worker.claim_timeout();
+        let mut ticks = tokio::time::interval(ORPHANS_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            if !self.sees_replicas_clearly() {
+                continue;
+            }
+            match self.store.recover_orphans(replica_ttl, claim_timeout).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(tasks = n, "returned tasks of a vanished replica to waiting");
+                    self.dispatch.wake();
+                }
+                Err(err) => tracing::warn!(error = %err, "orphan recovery failed"),
+            }
+        }
     }
 
     /// Serves the API on `listener` and its operations endpoints on `ops`

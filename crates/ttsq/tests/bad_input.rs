@@ -207,6 +207,7 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
     // The same client with a good request is accepted, so the cases above
     // failed for their own reason and not for a broken setup.
     assert_eq!(app.submit(&good).await.status(), 202);
+    app.wait_published(1).await;
     assert_eq!(app.services.broker.depths().await.unwrap(), (1, 0));
     app.teardown().await;
 }

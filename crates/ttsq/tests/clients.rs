@@ -195,6 +195,9 @@ async fn a_queued_task_is_cancelled_once_billed_nothing_and_skipped_by_the_worke
         .await
         .expect("submitted");
     assert_eq!(queued.status, TaskStatus::Queued);
+    // Its message is on the queue before the cancel, as when a worker is
+    // slow to take it.
+    app.wait_published(1).await;
 
     let cancelled = client.cancel(queued.task_id).await.expect("cancelled");
 

@@ -167,6 +167,11 @@ async fn metrics_after_a_few_jobs_show_requests_providers_batches_usage_and_queu
     assert_eq!(m.value("tts_tasks_in_flight", &[]), 0.0);
     assert_eq!(m.value("tts_queue_depth", &[]), 0.0);
     assert_eq!(m.value("tts_dlq_depth", &[]), 0.0);
+    assert_eq!(m.value("tts_tasks_queued", &[]), 0.0);
+    // Every normal task the worker took was published by the dispatcher,
+    // within the espeak provider's window.
+    assert!(m.value("tts_dispatched_total", &[]) >= batched as f64);
+    assert!(m.value("tts_dispatch_window", &[("provider", "espeak")]) >= 16.0);
 
     let billable = app
         .scalar("SELECT coalesce(sum(billable_characters), 0)::bigint FROM usage_ledger")

@@ -1,5 +1,6 @@
 //! The outbox: a job accepted while its message cannot be published, or
-//! held by a replica that vanished, still reaches a terminal state.
+//! held by a replica that vanished, still reaches a terminal state (the
+//! dispatcher publishes whatever waits unpublished).
 
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ async fn jobs_accepted_while_the_queue_is_unavailable_run_once_it_is_back() {
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the relay never published"
+            "the dispatcher never published"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -63,8 +64,10 @@ async fn a_task_held_by_a_vanished_replica_is_recovered_and_finished() {
     let id = app
         .submit_ok(&json!({"text": "Orphaned job", "dialect": "fr-fr", "format": "wav"}))
         .await;
-    // A worker claimed it and died; its message is gone as well (say it was
-    // dead-lettered): only the database knows about the task.
+    // The dispatcher publishes it; then a worker claimed it and died, and
+    // its message is gone as well (say it was dead-lettered): only the
+    // database knows about the task.
+    app.wait_published(1).await;
     app.services.broker.delete_queues().await.unwrap();
     app.services.broker.declare_topology().await.unwrap();
     sqlx_update(

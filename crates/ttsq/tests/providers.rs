@@ -510,3 +510,169 @@ chain = ["fake"]
     app.teardown().await;
     fake.shutdown().await;
 }
+
+/// Submits `count` jobs as the tenant of `key` through batches of at most
+/// 1,000 items; returns the task ids.
+async fn submit_backlog(app: &TestApp, key: &str, count: usize, prefix: &str) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    let items: Vec<_> = (0..count)
+        .map(|i| json!({"text": format!("{prefix} number {i}."), "dialect": "en-gb", "voice": "rachel", "format": "wav"}))
+        .collect();
+    for chunk in items.chunks(1_000) {
+        let response = app
+            .http
+            .post(format!("{}/v1/tts/batches", app.base_url))
+            .bearer_auth(key)
+            .json(&json!({ "items": chunk }))
+            .send()
+            .await
+            .expect("batch sent");
+        assert_eq!(response.status(), 202, "batch refused");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        ids.extend(
+            body["task_ids"]
+                .as_array()
+                .expect("task ids")
+                .iter()
+                .map(|id| {
+                    id.as_str()
+                        .expect("id")
+                        .parse::<uuid::Uuid>()
+                        .expect("uuid")
+                }),
+        );
+    }
+    ids
+}
+
+/// Tasks of the tenant of `key` in a terminal state.
+async fn finished_of(app: &TestApp, tenant: &str) -> i64 {
+    app.scalar(&format!(
+        "SELECT count(*) FROM tasks t JOIN tenants n ON n.id = t.tenant_id
+          WHERE n.name = '{tenant}' AND t.status IN ('succeeded', 'failed', 'cancelled')"
+    ))
+    .await
+}
+
+/// Issue 17: every normal job went into one FIFO queue, so one tenant's
+/// backlog held every other tenant's jobs until it had drained. Tenant A
+/// queues 1,500 jobs for a provider whose quota drains 50 a second (30 s of
+/// work); tenant B's one job must then finish within a few seconds, while
+/// most of A's backlog still waits.
+#[tokio::test]
+async fn one_tenants_backlog_does_not_hold_another_tenants_job() {
+    let fake = fake(|c| {
+        c.quota.requests_per_second = Some(50);
+        c.latency.fixed_ms = 10;
+    })
+    .await;
+    let app = TestApp::spawn_with(options(
+        config(&fake, "requests_per_second = 50"),
+        true,
+        KEY,
+    ))
+    .await;
+    submit_backlog(&app, &app.api_key, 1_500, "Backlog of tenant A").await;
+    let other = app.new_tenant("b").await;
+    let response = app
+        .submit_as(
+            &other,
+            &json!({"text": "Tenant B's only job.", "dialect": "en-gb", "voice": "rachel", "format": "wav"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    let task = body["task_id"].as_str().expect("task id").to_owned();
+    let submitted = Instant::now();
+    let status = loop {
+        let task: serde_json::Value = app
+            .http
+            .get(format!("{}/v1/tts/jobs/{task}?wait=5", app.base_url))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("JSON");
+        let status = task["status"].as_str().unwrap_or_default().to_owned();
+        if status != "queued" && status != "processing"
+            || submitted.elapsed() > Duration::from_secs(20)
+        {
+            break status;
+        }
+    };
+    let waited = submitted.elapsed();
+    let a_finished = finished_of(&app, "default").await;
+    app.teardown().await;
+    fake.shutdown().await;
+    assert_eq!(
+        status, "succeeded",
+        "tenant B's job still {status} after {waited:?} behind tenant A's backlog"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "tenant B's job took {waited:?} behind tenant A's backlog"
+    );
+    assert!(
+        a_finished < 1_000,
+        "tenant B's job finished only after {a_finished} of tenant A's 1,500"
+    );
+}
+
+/// Issue 17: when a provider's quota binds, its capacity is split between
+/// the tenants with work for it by weight. Tenants A (weight 3) and B
+/// (weight 1) both queue more than the quota drains meanwhile; of the jobs
+/// finished, A's are about three times B's, and the fake never answers 429.
+#[tokio::test]
+async fn a_binding_quota_is_split_between_tenants_by_weight() {
+    let fake = fake(|c| {
+        c.quota.requests_per_second = Some(40);
+        c.latency.fixed_ms = 10;
+    })
+    .await;
+    let app = TestApp::spawn_with(options(
+        config(&fake, "requests_per_second = 40"),
+        true,
+        KEY,
+    ))
+    .await;
+    app.services
+        .store
+        .update_tenant(
+            "default",
+            &ttsq_store::TenantUpdate {
+                weight: Some(3),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .expect("weight set");
+    let other = app.new_tenant("b").await;
+    submit_backlog(&app, &app.api_key, 600, "Weighted tenant A").await;
+    submit_backlog(&app, &other, 600, "Weighted tenant B").await;
+    // About 10 s of the quota: far from either backlog's end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (a, b) = loop {
+        let (a, b) = (
+            finished_of(&app, "default").await,
+            finished_of(&app, "b").await,
+        );
+        if a + b >= 400 {
+            break (a, b);
+        }
+        assert!(Instant::now() < deadline, "only {a} + {b} jobs finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stats = fake.stats();
+    app.teardown().await;
+    fake.shutdown().await;
+    let ratio = a as f64 / b.max(1) as f64;
+    println!("finished: tenant A (weight 3) {a}, tenant B (weight 1) {b}: {ratio:.2}");
+    assert!(
+        (2.3..=4.0).contains(&ratio),
+        "tenant A of weight 3 finished {a} jobs, tenant B of weight 1 {b}: {ratio:.2}, not about 3"
+    );
+    assert_eq!(stats.rate_limited, 0, "the fake sent 429s");
+}
