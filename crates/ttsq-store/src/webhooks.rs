@@ -67,11 +67,12 @@ impl Store {
     /// be published, with `publish` (returns the id when confirmed), and
     /// marks those that went out; rows are locked with `SKIP LOCKED`.
     ///
-    /// A tenant never has more than `per_tenant` events published and not
-    /// yet settled (in the queue, being delivered, or waiting for a retry):
-    /// its next events stay here until one settles. The oldest events of
-    /// each tenant go first, so relays running at once on several replicas
-    /// pick the same rows and skip each other's.
+    /// A tenant never has more than `per_tenant` × its weight events
+    /// published and not yet settled (in the queue, being delivered, or
+    /// waiting for a retry): its next events stay here until one settles.
+    /// The oldest events of each tenant go first, and tenants take turns by
+    /// weight when more are waiting than `limit`; relays running at once on
+    /// several replicas pick the same rows and skip each other's.
     pub async fn relay_webhooks<F, Fut>(
         &self,
         limit: i64,
@@ -89,15 +90,19 @@ impl Store {
                   WHERE status = 'pending' AND published_at IS NOT NULL
                   GROUP BY tenant_id
              ), ranked AS (
-                 SELECT d.id, coalesce(f.n, 0)
+                 SELECT d.id, tn.weight, coalesce(f.n, 0)
                           + row_number() OVER (PARTITION BY d.tenant_id ORDER BY d.created_at) AS slot
                    FROM webhook_deliveries d
+                   JOIN tenants tn ON tn.id = d.tenant_id
                    LEFT JOIN in_flight f ON f.tenant_id = d.tenant_id
                   WHERE d.status = 'pending' AND d.published_at IS NULL
              )
-             SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
-              WHERE id IN (SELECT id FROM ranked WHERE slot <= $2)
-              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+             SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries w
+               JOIN ranked r USING (id)
+              WHERE r.slot <= $2 * r.weight
+              ORDER BY r.slot::float8 / r.weight, w.created_at
+              LIMIT $1
+                FOR UPDATE OF w SKIP LOCKED"
         );
         let rows: Vec<WebhookDelivery> = sqlx::query_as(&sql)
             .bind(limit)

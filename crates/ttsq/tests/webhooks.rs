@@ -643,24 +643,35 @@ async fn slow_receiver(delay: Duration) -> (Arc<SlowCounts>, String) {
     (counts, url)
 }
 
-/// Finding 4 of the hostile-tenant review: one tenant's slow endpoint took
-/// every delivery slot, and the other tenants' webhooks waited behind it.
-/// With 4 slots and at most 2 per tenant, tenant A's 8 events to an
-/// endpoint taking 6 s each leave room for tenant B's.
-#[tokio::test]
-async fn a_slow_endpoint_of_one_tenant_does_not_delay_another_tenants_webhooks() {
+/// Tenant A (of `weight`) sends 8 events to an endpoint taking 10 s each,
+/// with `slots` delivery slots and at most 2 in flight per unit of weight;
+/// then tenant B's task finishes. Returns how long B's webhook waited after
+/// its task finished, and the most deliveries A had in flight at once.
+async fn slow_endpoint_beside_another_tenant(weight: i32, slots: u16) -> (Duration, u64) {
     let mut app = TestApp::spawn_with(TestOptions {
         env: vec![
             ("TTSQ_WEBHOOKS_SIGNING_KEY".into(), SIGNING_KEY.into()),
             ("TTSQ_WEBHOOKS_ALLOW_PRIVATE".into(), "127.0.0.1/32".into()),
-            ("TTSQ_WEBHOOKS_CONCURRENCY".into(), "4".into()),
+            ("TTSQ_WEBHOOKS_CONCURRENCY".into(), slots.to_string()),
             ("TTSQ_WEBHOOKS_PER_TENANT_IN_FLIGHT".into(), "2".into()),
             ("TTSQ_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ],
         ..TestOptions::default()
     })
     .await;
-    let (slow_got, slow_url) = slow_receiver(Duration::from_secs(6)).await;
+    app.services
+        .store
+        .update_tenant(
+            "default",
+            &ttsq_store::TenantUpdate {
+                weight: Some(weight),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .expect("weight set");
+    let (slow_got, slow_url) = slow_receiver(Duration::from_secs(10)).await;
     let (fast, fast_url) = Receiver::start(Vec::new()).await;
     let other = app.new_tenant("other").await;
 
@@ -714,6 +725,16 @@ async fn a_slow_endpoint_of_one_tenant_does_not_delay_another_tenants_webhooks()
     let slow_peak = slow_got.peak.load(std::sync::atomic::Ordering::SeqCst);
     app.stop_workers().await;
     app.teardown().await;
+    (waited, slow_peak)
+}
+
+/// Finding 4 of the hostile-tenant review (and issue 17): one tenant's slow
+/// endpoint took every delivery slot, and the other tenants' webhooks
+/// waited behind it. With 4 slots and at most 2 per tenant, tenant A's 8
+/// events to an endpoint taking 10 s each leave room for tenant B's.
+#[tokio::test]
+async fn a_slow_endpoint_of_one_tenant_does_not_delay_another_tenants_webhooks() {
+    let (waited, slow_peak) = slow_endpoint_beside_another_tenant(1, 4).await;
     assert!(
         waited < Duration::from_secs(3),
         "tenant B's webhook waited {waited:?} behind tenant A's slow endpoint"
@@ -721,5 +742,20 @@ async fn a_slow_endpoint_of_one_tenant_does_not_delay_another_tenants_webhooks()
     assert!(
         slow_peak <= 2,
         "tenant A had {slow_peak} deliveries in flight at once; at most 2 are allowed"
+    );
+}
+
+/// A tenant's weight scales its share of delivery slots: at weight 2 it
+/// may hold 4 at once (2 per unit), and still leaves room for others.
+#[tokio::test]
+async fn a_tenants_weight_scales_its_share_of_webhook_deliveries() {
+    let (waited, slow_peak) = slow_endpoint_beside_another_tenant(2, 6).await;
+    assert!(
+        waited < Duration::from_secs(3),
+        "tenant B's webhook waited {waited:?} behind tenant A's slow endpoint"
+    );
+    assert!(
+        (3..=4).contains(&slow_peak),
+        "tenant A of weight 2 had {slow_peak} deliveries in flight at once; 4 are its share"
     );
 }
