@@ -773,19 +773,16 @@ class Kube:
         for obj in objects:
             if obj["kind"] != "ScaledObject":
                 continue
-            workload = next((o for o in objects if o["kind"] == "Deployment" and
-                             o["metadata"]["name"] == obj["spec"]["scaleTargetRef"]["name"]), None)
-            prefix = ""
-            if workload is not None:
-                container = pod_spec(workload)["containers"][0]
-                env = {e["name"]: e.get("value") for e in container.get("env") or []}
-                prefix = env.get("TTSQ_QUEUE_PREFIX") or ""
             for trigger in obj["spec"].get("triggers", []):
                 if trigger.get("type") == "rabbitmq":
-                    queue = trigger.get("metadata", {}).get("queueName")
-                    if queue != f"{prefix}ttsq.jobs":
-                        problems.append(f"{kind_name(obj)}: watches queue {queue!r}; the workers "
-                                        f"consume {prefix}ttsq.jobs")
+                    # The job queue holds only the dispatch windows; the
+                    # backlog waits in Postgres.
+                    problems.append(f"{kind_name(obj)}: scales on a RabbitMQ queue, which holds "
+                                    "only the dispatch windows; scale on the tasks in Postgres")
+                if trigger.get("type") == "postgresql":
+                    query = trigger.get("metadata", {}).get("query", "")
+                    if "from tasks" not in " ".join(query.lower().split()):
+                        problems.append(f"{kind_name(obj)}: its query does not count tasks: {query!r}")
         raise_if(problems)
         return ("env known to ttsq, migrations off, owner and service roles apart, drain < grace, "
                 "probes, scrape port, non-root, resources")
@@ -1063,14 +1060,14 @@ KEDA_SCHEMAS: dict[tuple[str, str], dict] = {
                                     "properties": {"name": _STR, "kind": {
                                         "enum": ["TriggerAuthentication",
                                                  "ClusterTriggerAuthentication"]}}}},
-                            # The rabbitmq scaler's own parameters.
-                            "if": {"properties": {"type": {"const": "rabbitmq"}}},
+                            # The postgresql scaler's own parameters.
+                            "if": {"properties": {"type": {"const": "postgresql"}}},
                             "then": {"properties": {"metadata": {
-                                "required": ["queueName", "mode", "value"],
+                                "required": ["query", "targetQueryValue"],
                                 "properties": {
-                                    "mode": {"enum": ["QueueLength", "MessageRate"]},
-                                    "protocol": {"enum": ["auto", "amqp", "http"]},
-                                    "value": {"pattern": r"^[0-9]+(\.[0-9]+)?$"}}}}},
+                                    "targetQueryValue": {"pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                                    "activationTargetQueryValue": {
+                                        "pattern": r"^[0-9]+(\.[0-9]+)?$"}}}}},
                         }},
                 },
             },
