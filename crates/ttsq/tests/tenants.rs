@@ -438,6 +438,39 @@ async fn queued_work_reserves_its_estimate_so_batches_cannot_overshoot_a_budget(
     app.teardown().await;
 }
 
+/// A tenant's dispatch weight is set through the admin API, within 1 to
+/// 1000; out of range is a `400` naming the field, and nothing changes.
+#[tokio::test]
+async fn the_admin_api_sets_a_tenants_weight_within_its_bounds() {
+    let app = TestApp::spawn_with(options(false, &[("TTSQ_ADMIN_TOKEN", ADMIN_TOKEN)])).await;
+    let patch = |body: Value| {
+        app.http
+            .patch(format!("{}/v1/admin/tenants/default", app.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let set: Value = patch(json!({"weight": 5}))
+        .await
+        .expect("PATCH sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(set["weight"], 5, "{set}");
+    for bad in [0, 1001, -1] {
+        let refused = patch(json!({"weight": bad})).await.expect("PATCH sent");
+        assert_eq!(refused.status(), 400);
+        let problem: Value = refused.json().await.expect("JSON");
+        assert!(problem.to_string().contains("weight"), "{problem}");
+    }
+    assert_eq!(
+        app.scalar("SELECT weight::bigint FROM tenants WHERE name = 'default'")
+            .await,
+        5
+    );
+    app.teardown().await;
+}
+
 /// Finding 7 of the hostile-tenant review: cache hits skipped every limit,
 /// so a tenant could create tasks without end (each writes a task, a ledger
 /// row, an audit row, maybe a webhook) for nothing. `daily_requests` counts
@@ -1218,7 +1251,22 @@ async fn the_cli_manages_tenants_and_keys() {
         "7",
         "--daily-requests",
         "12345",
+        "--weight",
+        "3",
     ]);
+    assert_eq!(
+        app.scalar("SELECT weight::bigint FROM tenants WHERE name = 'cli-co'")
+            .await,
+        3
+    );
+    // A weight out of range is refused by the argument parser, naming it.
+    let output = app
+        .cli_command(TTSQ)
+        .args(["tenant", "update", "cli-co", "--weight", "0"])
+        .output()
+        .expect("ttsq runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--weight"));
     let table = run(&["tenant", "list"]);
     let line = table
         .lines()
