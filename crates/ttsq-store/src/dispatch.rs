@@ -118,10 +118,11 @@ impl Store {
                FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS q(tenant_id, dialect, n)
               CROSS JOIN LATERAL (
                     SELECT id, tenant_id, dialect, traceparent, created_at FROM tasks
-                     WHERE tenant_id = q.tenant_id AND dialect = q.dialect
+                     WHERE (tenant_id, dialect) >= (q.tenant_id, q.dialect)
+                       AND tenant_id = q.tenant_id AND dialect = q.dialect
                        AND status = 'queued' AND published_at IS NULL
                        AND (not_before IS NULL OR not_before <= now())
-                     ORDER BY created_at
+                     ORDER BY tenant_id, dialect, created_at
                      LIMIT q.n
                        FOR UPDATE SKIP LOCKED) t
               ORDER BY t.created_at",
@@ -181,7 +182,11 @@ impl Store {
 /// Every queue with work waiting or in flight. The distinct (tenant,
 /// dialect) pairs with waiting tasks are found by skipping through
 /// `tasks_dispatch` (one index probe per pair, however long the backlog),
-/// and each pair's waiting tasks are counted only up to `$1`.
+/// and each pair's waiting tasks are counted only up to `$1`. The row
+/// comparisons, redundant with the equalities, keep the planner on the
+/// tenant's own index entries: with the equalities alone it may walk every
+/// queued task in creation order to find a small tenant's few at the end
+/// (40 ms instead of 0.7 ms behind a backlog of 100,000).
 const QUEUES: &str = "
 WITH RECURSIVE pairs AS (
     (SELECT tenant_id, dialect FROM tasks
@@ -202,7 +207,8 @@ waiting AS (
     SELECT p.tenant_id, p.dialect,
            (SELECT count(*) FROM (
                 SELECT 1 FROM tasks t
-                 WHERE t.tenant_id = p.tenant_id AND t.dialect = p.dialect
+                 WHERE (t.tenant_id, t.dialect) >= (p.tenant_id, p.dialect)
+                   AND t.tenant_id = p.tenant_id AND t.dialect = p.dialect
                    AND t.status = 'queued' AND t.published_at IS NULL
                    AND (t.not_before IS NULL OR t.not_before <= now())
                  LIMIT $1) capped) AS waiting
