@@ -27,8 +27,14 @@ use uuid::Uuid;
 use crate::fair::{Lane, allocate};
 
 /// How long a replica waits before trying again when another replica's
-/// round holds the lock.
+/// round holds the lock, and how often it tries before leaving the work to
+/// its next poll (the holder's round may already have published it).
 const BUSY_RETRY: Duration = Duration::from_millis(5);
+const BUSY_TRIES: u32 = 40;
+
+/// Longest a round waits for one message's confirm: a broker that stops
+/// answering must not hold the fleet's dispatch lock.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Wakes this process's dispatcher: something was queued or finished.
 /// Cheap to clone; wakes that arrive during a round fold into one more round.
@@ -211,7 +217,7 @@ impl Dispatcher {
                 () = self.waker.woken() => {}
                 _ = ticks.tick() => {}
             }
-            loop {
+            for _ in 0..BUSY_TRIES {
                 match self.round().await {
                     Ok(Round::Busy) => tokio::time::sleep(BUSY_RETRY).await,
                     Ok(Round::Done {
@@ -259,10 +265,14 @@ impl Dispatcher {
                     async move {
                         let mut message = JobMessage::new(task.id, task.tenant_id, task.dialect);
                         message.traceparent = task.traceparent;
-                        match publisher.publish(&message).await {
-                            Ok(()) => Some(task.id),
-                            Err(err) => {
+                        match tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish(&message)).await {
+                            Ok(Ok(())) => Some(task.id),
+                            Ok(Err(err)) => {
                                 tracing::debug!(error = %err, task_id = %task.id, "publishing failed; a later round retries");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!(task_id = %task.id, "no confirm in time; a later round retries");
                                 None
                             }
                         }

@@ -35,4 +35,23 @@ impl Store {
         .await?;
         Ok(result.rows_affected())
     }
+
+    /// Returns to waiting every task published (or due back from a delay
+    /// queue) longer than `claim_timeout` ago and never claimed: its message
+    /// was lost (a queue deleted, a broker's data gone). Such a task would
+    /// otherwise hold a slot of its provider's dispatch window for good.
+    /// The dispatcher publishes it again; should the message only have been
+    /// slow, the duplicate costs a skipped delivery. Returns how many.
+    pub async fn recover_lost_messages(&self, claim_timeout: Duration) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE tasks SET published_at = NULL
+              WHERE status = 'queued' AND published_at IS NOT NULL
+                AND greatest(published_at, coalesce(not_before, published_at))
+                    < now() - make_interval(secs => $1)",
+        )
+        .bind(claim_timeout.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
 }

@@ -328,6 +328,17 @@ impl Services {
                 () = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
             }
+            match self.store.recover_lost_messages(claim_timeout).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(
+                        tasks = n,
+                        "tasks published long ago were never claimed; publishing them again"
+                    );
+                    self.dispatch.wake();
+                }
+                Err(err) => tracing::warn!(error = %err, "lost message recovery failed"),
+            }
             if !self.sees_replicas_clearly() {
                 continue;
             }

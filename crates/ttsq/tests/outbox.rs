@@ -86,6 +86,31 @@ async fn a_task_held_by_a_vanished_replica_is_recovered_and_finished() {
     app.teardown().await;
 }
 
+/// A task whose message was lost after it was published (the queue was
+/// deleted, a broker lost its data) would hold a slot of its provider's
+/// dispatch window for good, and never run. Once it has waited longer than
+/// the claim timeout unclaimed, it is published again.
+#[tokio::test]
+async fn a_task_whose_message_was_lost_is_published_again() {
+    let mut app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        env: vec![("TTSQ_WORKER_CLAIM_TIMEOUT_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .submit_ok(&json!({"text": "Lost message", "dialect": "fr-fr", "format": "wav"}))
+        .await;
+    app.wait_published(1).await;
+    app.services.broker.delete_queues().await.unwrap();
+    app.services.broker.declare_topology().await.unwrap();
+
+    app.start_worker();
+    let task = app.wait_for(id).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    app.teardown().await;
+}
+
 async fn sqlx_update(app: &TestApp, sql: &str) {
     assert_eq!(app.execute(sql).await, 1, "{sql}");
 }
