@@ -511,10 +511,26 @@ chain = ["fake"]
     fake.shutdown().await;
 }
 
+/// A stack with a worker whose fake takes `rate` requests a second (10 ms
+/// each), with ttsq's quota set to the same.
+async fn quota_bound_stack(rate: u32) -> (FakeProvider, TestApp) {
+    let fake = fake(|c| {
+        c.quota.requests_per_second = Some(rate);
+        c.latency.fixed_ms = 10;
+    })
+    .await;
+    let app = TestApp::spawn_with(options(
+        config(&fake, &format!("requests_per_second = {rate}")),
+        true,
+        KEY,
+    ))
+    .await;
+    (fake, app)
+}
+
 /// Submits `count` jobs as the tenant of `key` through batches of at most
-/// 1,000 items; returns the task ids.
-async fn submit_backlog(app: &TestApp, key: &str, count: usize, prefix: &str) -> Vec<uuid::Uuid> {
-    let mut ids = Vec::with_capacity(count);
+/// 1,000 items.
+async fn submit_backlog(app: &TestApp, key: &str, count: usize, prefix: &str) {
     let items: Vec<_> = (0..count)
         .map(|i| json!({"text": format!("{prefix} number {i}."), "dialect": "en-gb", "voice": "rachel", "format": "wav"}))
         .collect();
@@ -528,24 +544,10 @@ async fn submit_backlog(app: &TestApp, key: &str, count: usize, prefix: &str) ->
             .await
             .expect("batch sent");
         assert_eq!(response.status(), 202, "batch refused");
-        let body: serde_json::Value = response.json().await.expect("JSON");
-        ids.extend(
-            body["task_ids"]
-                .as_array()
-                .expect("task ids")
-                .iter()
-                .map(|id| {
-                    id.as_str()
-                        .expect("id")
-                        .parse::<uuid::Uuid>()
-                        .expect("uuid")
-                }),
-        );
     }
-    ids
 }
 
-/// Tasks of the tenant of `key` in a terminal state.
+/// Tasks of the tenant named `tenant` in a terminal state.
 async fn finished_of(app: &TestApp, tenant: &str) -> i64 {
     app.scalar(&format!(
         "SELECT count(*) FROM tasks t JOIN tenants n ON n.id = t.tenant_id
@@ -561,17 +563,7 @@ async fn finished_of(app: &TestApp, tenant: &str) -> i64 {
 /// most of A's backlog still waits.
 #[tokio::test]
 async fn one_tenants_backlog_does_not_hold_another_tenants_job() {
-    let fake = fake(|c| {
-        c.quota.requests_per_second = Some(50);
-        c.latency.fixed_ms = 10;
-    })
-    .await;
-    let app = TestApp::spawn_with(options(
-        config(&fake, "requests_per_second = 50"),
-        true,
-        KEY,
-    ))
-    .await;
+    let (fake, app) = quota_bound_stack(50).await;
     submit_backlog(&app, &app.api_key, 1_500, "Backlog of tenant A").await;
     let other = app.new_tenant("b").await;
     let response = app
@@ -626,17 +618,7 @@ async fn one_tenants_backlog_does_not_hold_another_tenants_job() {
 /// finished, A's are about three times B's, and the fake never answers 429.
 #[tokio::test]
 async fn a_binding_quota_is_split_between_tenants_by_weight() {
-    let fake = fake(|c| {
-        c.quota.requests_per_second = Some(40);
-        c.latency.fixed_ms = 10;
-    })
-    .await;
-    let app = TestApp::spawn_with(options(
-        config(&fake, "requests_per_second = 40"),
-        true,
-        KEY,
-    ))
-    .await;
+    let (fake, app) = quota_bound_stack(40).await;
     app.services
         .store
         .update_tenant(
