@@ -16,6 +16,14 @@ pub fn job(text: &str) -> Value {
     json!({"text": text, "dialect": DIALECT, "voice": VOICE, "format": "wav"})
 }
 
+/// Most jobs one `POST /v1/tts/batches` takes.
+pub const BATCH_ITEMS: usize = 1_000;
+
+/// A `POST /v1/tts/batches` body of normal jobs, one per text.
+pub fn batch(texts: impl IntoIterator<Item = String>) -> Value {
+    json!({"items": texts.into_iter().map(|t| job(&t)).collect::<Vec<_>>()})
+}
+
 /// What a burst of submits did.
 pub struct Submitted {
     /// Requests answered 202 (or 200).
@@ -98,6 +106,32 @@ pub async fn submit_jobs(
         bodies,
         clients,
         "submitted",
+    )
+    .await
+}
+
+/// Submits `texts` as normal jobs through `POST /v1/tts/batches`,
+/// [`BATCH_ITEMS`] per request, from `clients` concurrent clients; the
+/// answer counts requests, not jobs.
+pub async fn submit_batches(
+    http: &reqwest::Client,
+    base_url: &str,
+    key: &str,
+    texts: Vec<String>,
+    clients: usize,
+) -> anyhow::Result<Submitted> {
+    let bodies = texts
+        .chunks(BATCH_ITEMS)
+        .map(|chunk| batch(chunk.iter().cloned()))
+        .collect();
+    post_all(
+        http,
+        base_url,
+        "/v1/tts/batches",
+        key,
+        bodies,
+        clients,
+        "batches submitted",
     )
     .await
 }

@@ -54,6 +54,11 @@ Scenarios (--only 1,3,… picks some):
   9 fleet dedupe 10,000 jobs over 100 distinct texts, 4 worker processes, fake
                  latency 100 ms: provider calls and billed ledger rows (both
                  one per text: the single flight is fleet-wide), jobs/s
+  10 fair share  tenant A queues a 20,000-job backlog through batches, then
+                 tenant B submits one job a second for 30 s and one 200-item
+                 batch; with a zero-latency fake, then a fake whose quota binds
+                 (100 req/s, 8 concurrent, 50 ms): B's latency p50/p99 and A's
+                 jobs/s against each alone on an idle stack, 429s
 
 Sizes scale with --scale; --smoke runs every scenario with tiny sizes (well
 under a minute; CI runs it).";
@@ -101,6 +106,15 @@ pub struct Args {
     /// Jobs of scenario 9.
     #[arg(long, default_value_t = 10_000)]
     pub fleet_dedupe_jobs: usize,
+    /// Tenant A's backlog in scenario 10.
+    #[arg(long, default_value_t = 20_000)]
+    pub fair_share_jobs: usize,
+    /// Seconds during which tenant B submits a job a second in scenario 10.
+    #[arg(long, default_value_t = 30)]
+    pub fair_share_secs: usize,
+    /// Items of tenant B's batch in scenario 10.
+    #[arg(long, default_value_t = 200)]
+    pub fair_share_batch: usize,
     /// Concurrent HTTP clients submitting jobs.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

@@ -100,19 +100,7 @@ impl Stack {
             ("TTSQ_QUOTA_HEARTBEAT_SECS".to_owned(), "1".to_owned()),
         ];
         all_env.extend(options.env);
-        let output = base_command(&env.ttsq_bin, &all_env, "tenant")
-            .args(["create", "bench"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .context("running `ttsq tenant create`")?;
-        if !output.status.success() {
-            bail!(
-                "`ttsq tenant create` failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let api_key = String::from_utf8(output.stdout)?.trim().to_owned();
+        let api_key = create_tenant(&env.ttsq_bin, &all_env, "bench", &[])?;
         let api = spawn_logged(&env.ttsq_bin, &all_env, "api", &log_dir.join("api.log"))?;
         let mut stack = Self {
             base_url,
@@ -156,6 +144,22 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Creates another tenant with `ttsq tenant create NAME OPTIONS…` and
+    /// returns its API key.
+    pub fn create_tenant(&self, name: &str, options: &[&str]) -> anyhow::Result<String> {
+        create_tenant(&self.binary, &self.env, name, options)
+    }
+
+    /// The settings the stack's processes run with.
+    pub fn settings(&self) -> anyhow::Result<ttsq_config::Settings> {
+        let env = self
+            .env
+            .iter()
+            .filter(|(name, _)| name != "TTSQ_CONFIG")
+            .cloned();
+        Ok(ttsq_config::Settings::load(Some(&self.config_path), env)?)
     }
 
     /// Starts `count` more worker processes and waits until all of them
@@ -260,7 +264,11 @@ impl Stack {
         self.stop_workers();
         terminate(&mut self.api);
         self.db.close().await;
-        if let Err(err) = delete_queues(&self.env, &self.config_path).await {
+        let deleted = match self.settings() {
+            Ok(settings) => delete_queues(&settings).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = deleted {
             eprintln!(
                 "    (could not delete the queues of {}: {err:#})",
                 self.prefix
@@ -282,6 +290,29 @@ impl Stack {
         }
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// Runs `ttsq tenant create NAME OPTIONS…` and returns the API key it prints.
+fn create_tenant(
+    binary: &Path,
+    env: &[(String, String)],
+    name: &str,
+    options: &[&str],
+) -> anyhow::Result<String> {
+    let output = base_command(binary, env, "tenant")
+        .args(["create", name])
+        .args(options)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running `ttsq tenant create`")?;
+    if !output.status.success() {
+        bail!(
+            "`ttsq tenant create {name}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
 /// `ttsq <subcommand>` with nothing of the driver's environment but `PATH`.
@@ -332,12 +363,7 @@ pub fn terminate(child: &mut Child) {
 
 /// Deletes every queue the stack's processes declared — job, retry, dead
 /// letter and webhook queues — named from the same settings they ran with.
-async fn delete_queues(env: &[(String, String)], config_path: &Path) -> anyhow::Result<()> {
-    let env = env
-        .iter()
-        .filter(|(name, _)| name != "TTSQ_CONFIG")
-        .cloned();
-    let settings = ttsq_config::Settings::load(Some(config_path), env)?;
+async fn delete_queues(settings: &ttsq_config::Settings) -> anyhow::Result<()> {
     let broker = ttsq_queue::Broker::connect(&settings.queue, "ttsq-bench-teardown").await?;
     broker.delete_queues().await?;
     broker.close().await;
