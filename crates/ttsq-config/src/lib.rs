@@ -609,8 +609,8 @@ impl WorkerSettings {
 #[serde(deny_unknown_fields)]
 pub struct DispatchSettings {
     /// Window of a provider without a request rate quota, per live worker
-    /// replica: about `worker.concurrent_batches × worker.batch_size`, what
-    /// one worker works on at once.
+    /// replica: a couple of full batches (`worker.batch_size`), enough to
+    /// keep a worker busy while the next tasks are published.
     pub window_per_worker: u32,
     /// A provider with a requests-per-second quota gets a window of this
     /// many milliseconds of its rate: enough to keep the quota busy, short
