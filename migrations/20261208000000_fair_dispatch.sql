@@ -17,11 +17,16 @@ COMMENT ON COLUMN tenants.weight IS
 ALTER TABLE tasks ADD COLUMN traceparent text
     CHECK (traceparent IS NULL OR length(traceparent) <= 128);
 
--- Each tenant's waiting tasks per dialect, oldest first: the dispatcher
--- walks the distinct (tenant, dialect) pairs through this index and takes
--- the head of the ones whose turn it is.
-CREATE INDEX tasks_dispatch ON tasks (tenant_id, dialect, created_at)
-    WHERE status = 'queued' AND published_at IS NULL;
+-- Each tenant's waiting tasks per dialect, oldest first, its single jobs
+-- and its batch items apart (two lanes sharing the tenant's turns, so its
+-- single jobs do not wait behind its own batches): the dispatcher walks the
+-- distinct (tenant, dialect) pairs of each index and takes the head of the
+-- lanes whose turn it is. Two partial indexes, not one on an expression: a
+-- row comparison over an expression column is no index condition.
+CREATE INDEX tasks_dispatch_single ON tasks (tenant_id, dialect, created_at)
+    WHERE status = 'queued' AND published_at IS NULL AND batch_id IS NULL;
+CREATE INDEX tasks_dispatch_batched ON tasks (tenant_id, dialect, created_at)
+    WHERE status = 'queued' AND published_at IS NULL AND batch_id IS NOT NULL;
 
 -- The published, unfinished tasks: what occupies the windows.
 CREATE INDEX tasks_in_flight ON tasks (tenant_id, dialect)

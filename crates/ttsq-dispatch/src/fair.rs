@@ -14,8 +14,11 @@
 //! - a newcomer is served at once: its occupancy is zero, so it takes the
 //!   very next free slot, however many tasks another tenant has waiting.
 //!
-//! Within a tenant, slots go to its dialects the same way (the dialect with
-//! the fewest tasks in flight first), so one tenant's dialects share its turn.
+//! Within a tenant, slots go to its lanes the same way (the lane with the
+//! fewest tasks in flight first). A lane is a dialect's single jobs, or its
+//! batch items: one tenant's dialects share its turns, and so do its single
+//! jobs and its batches, so a tenant's own bulk batch does not hold its
+//! interactive jobs either.
 
 use std::{
     cmp::{Ordering, Reverse},
@@ -24,13 +27,16 @@ use std::{
 
 use uuid::Uuid;
 
-/// One tenant's queue of one dialect, as a round sees it.
+/// One tenant's single jobs or batch items of one dialect, as a round
+/// sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lane {
     /// The tenant.
     pub tenant_id: Uuid,
     /// The dialect.
     pub dialect: String,
+    /// Batch items (true) or single jobs.
+    pub batched: bool,
     /// The tenant's weight (at least 1).
     pub weight: u32,
     /// Its tasks published and not finished.
@@ -39,13 +45,15 @@ pub struct Lane {
     pub waiting: u64,
 }
 
-/// A slot given: publish the oldest waiting task of this tenant's dialect.
+/// A slot given: publish the oldest waiting task of this lane.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Pick {
     /// The tenant.
     pub tenant_id: Uuid,
     /// The dialect.
     pub dialect: String,
+    /// Batch items (true) or single jobs.
+    pub batched: bool,
 }
 
 /// A tenant's standing in the round.
@@ -61,6 +69,7 @@ struct Tenant<'a> {
 
 struct LaneState<'a> {
     dialect: &'a str,
+    batched: bool,
     occupied: u64,
     left: u64,
 }
@@ -117,6 +126,7 @@ pub fn allocate(lanes: &[Lane], free: u64) -> Vec<Pick> {
         if lane.waiting > 0 {
             tenant.lanes.push(LaneState {
                 dialect: &lane.dialect,
+                batched: lane.batched,
                 occupied: lane.in_flight,
                 left: lane.waiting,
             });
@@ -147,6 +157,7 @@ pub fn allocate(lanes: &[Lane], free: u64) -> Vec<Pick> {
         picks.push(Pick {
             tenant_id: tenant.id,
             dialect: lane.dialect.to_owned(),
+            batched: lane.batched,
         });
         tenant.lanes.retain(|l| l.left > 0);
         tenant.occupied += 1;
@@ -184,6 +195,7 @@ mod tests {
         Lane {
             tenant_id: tenant(t),
             dialect: "en-us".into(),
+            batched: false,
             weight,
             in_flight,
             waiting,
@@ -258,6 +270,16 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_single_jobs_share_its_turn_with_its_own_batch() {
+        // Tenant 1's batch holds 40 slots and has 1,000 more waiting; its
+        // single job, submitted after, takes the tenant's next slot.
+        let mut batch = lane(1, 1, 40, 1000);
+        batch.batched = true;
+        let picks = allocate(&[batch, lane(1, 1, 0, 1)], 1);
+        assert!(!picks[0].batched, "{picks:?}");
+    }
+
+    #[test]
     fn nothing_waiting_gives_nothing() {
         assert!(allocate(&[lane(1, 1, 3, 0)], 10).is_empty());
         assert!(allocate(&[lane(1, 1, 0, 10)], 0).is_empty());
@@ -324,12 +346,12 @@ mod tests {
             let picks = allocate(&lanes, free);
             let waiting: u64 = lanes.iter().map(|l| l.waiting).sum();
             prop_assert_eq!(picks.len() as u64, free.min(waiting));
-            let mut left: HashMap<(Uuid, String), i64> = HashMap::new();
+            let mut left: HashMap<(Uuid, String, bool), i64> = HashMap::new();
             for l in &lanes {
-                *left.entry((l.tenant_id, l.dialect.clone())).or_default() += l.waiting as i64;
+                *left.entry((l.tenant_id, l.dialect.clone(), l.batched)).or_default() += l.waiting as i64;
             }
             for p in &picks {
-                let n = left.get_mut(&(p.tenant_id, p.dialect.clone())).unwrap();
+                let n = left.get_mut(&(p.tenant_id, p.dialect.clone(), p.batched)).unwrap();
                 *n -= 1;
                 prop_assert!(*n >= 0);
             }

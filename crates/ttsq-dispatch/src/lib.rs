@@ -21,8 +21,7 @@ use tokio::sync::Notify;
 use ttsq_config::{DispatchSettings, ProviderQuota, Settings};
 use ttsq_core::{Catalog, JobMessage};
 use ttsq_queue::{Broker, Publisher};
-use ttsq_store::{DispatchQueue, Round, Store, StoreError};
-use uuid::Uuid;
+use ttsq_store::{DispatchQueue, LaneKey, Round, Store, StoreError};
 
 use crate::fair::{Lane, allocate};
 
@@ -113,7 +112,7 @@ impl Windows {
 
     /// Which queues get the free slots of their provider's window, in
     /// publishing order (one entry per task).
-    pub fn plan(&self, queues: &[DispatchQueue], workers: u32) -> Vec<(Uuid, String)> {
+    pub fn plan(&self, queues: &[DispatchQueue], workers: u32) -> Vec<LaneKey> {
         let mut by_provider: BTreeMap<&str, Vec<Lane>> = BTreeMap::new();
         for queue in queues {
             by_provider
@@ -122,6 +121,7 @@ impl Windows {
                 .push(Lane {
                     tenant_id: queue.tenant_id,
                     dialect: queue.dialect.clone(),
+                    batched: queue.batched,
                     weight: u32::try_from(queue.weight).unwrap_or(1).max(1),
                     in_flight: u64::try_from(queue.in_flight).unwrap_or(0),
                     waiting: u64::try_from(queue.waiting).unwrap_or(0),
@@ -141,7 +141,11 @@ impl Windows {
             picks.extend(
                 allocate(&lanes, window.saturating_sub(in_flight))
                     .into_iter()
-                    .map(|p| (p.tenant_id, p.dialect)),
+                    .map(|p| LaneKey {
+                        tenant_id: p.tenant_id,
+                        dialect: p.dialect,
+                        batched: p.batched,
+                    }),
             );
         }
         picks

@@ -2,8 +2,9 @@
 //!
 //! A normal task is committed `queued` with `published_at` unset; a
 //! dispatch round publishes the ones whose turn it is and marks them. The
-//! round reads, per tenant and dialect, what is in flight (published and
-//! not finished) and what waits; the caller's plan (the scheduling rule of
+//! round reads, per tenant and dialect, its single jobs and its batch items
+//! apart (two lanes), what is in flight (published and not finished) and
+//! what waits; the caller's plan (the scheduling rule of
 //! `ttsq-dispatch`) says which queues get the free slots; the round locks
 //! the oldest waiting tasks of those queues, publishes them in the plan's
 //! order and marks the confirmed ones.
@@ -16,7 +17,11 @@
 //! confirm lost before the mark); claiming is idempotent and the ledger
 //! unique, so a duplicate costs a skipped delivery, never a second bill.
 
-use std::{collections::HashMap, future::Future};
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    sync::LazyLock,
+};
 
 use futures::future::join_all;
 use uuid::Uuid;
@@ -26,13 +31,26 @@ use crate::{Store, StoreError};
 /// The advisory lock key of dispatch rounds ("ttsqdisp").
 const DISPATCH_LOCK: i64 = 0x7474_7371_6469_7370;
 
-/// One tenant's tasks of one dialect, as a round sees them.
+/// A lane: one tenant's single jobs, or its batch items, of one dialect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LaneKey {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The dialect.
+    pub dialect: String,
+    /// Items of client batches (true) or single jobs.
+    pub batched: bool,
+}
+
+/// One lane's tasks, as a round sees them.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DispatchQueue {
     /// The tenant.
     pub tenant_id: Uuid,
     /// The dialect.
     pub dialect: String,
+    /// Items of client batches (true) or single jobs.
+    pub batched: bool,
     /// The tenant's dispatch weight.
     pub weight: i32,
     /// Tasks published and not finished (retries waiting out a back-off in
@@ -51,6 +69,8 @@ pub struct Dispatchable {
     pub tenant_id: Uuid,
     /// Dialect, for the message.
     pub dialect: String,
+    /// Whether it is an item of a client batch (its lane).
+    pub batched: bool,
     /// The submitting request's trace context, for the message.
     pub traceparent: Option<String>,
 }
@@ -82,7 +102,7 @@ impl Store {
         publish: F,
     ) -> Result<Round, StoreError>
     where
-        P: FnOnce(&[DispatchQueue]) -> Vec<(Uuid, String)>,
+        P: FnOnce(&[DispatchQueue]) -> Vec<LaneKey>,
         F: Fn(Dispatchable) -> Fut,
         Fut: Future<Output = Option<Uuid>>,
     {
@@ -94,7 +114,7 @@ impl Store {
         if !locked {
             return Ok(Round::Busy);
         }
-        let queues: Vec<DispatchQueue> = sqlx::query_as(QUEUES)
+        let queues: Vec<DispatchQueue> = sqlx::query_as(&QUEUES)
             .bind(waiting_cap)
             .fetch_all(&mut *tx)
             .await?;
@@ -105,33 +125,20 @@ impl Store {
                 unconfirmed: 0,
             });
         }
-        let mut counts: HashMap<(Uuid, &str), i64> = HashMap::new();
-        for (tenant_id, dialect) in &picks {
-            *counts.entry((*tenant_id, dialect.as_str())).or_default() += 1;
+        let mut counts: HashMap<&LaneKey, i64> = HashMap::new();
+        for lane in &picks {
+            *counts.entry(lane).or_default() += 1;
         }
-        let (tenants, (dialects, limits)): (Vec<Uuid>, (Vec<&str>, Vec<i64>)) = counts
-            .iter()
-            .map(|((tenant, dialect), n)| (*tenant, (*dialect, *n)))
-            .unzip();
-        let rows: Vec<Dispatchable> = sqlx::query_as(
-            "SELECT t.id, t.tenant_id, t.dialect, t.traceparent
-               FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS q(tenant_id, dialect, n)
-              CROSS JOIN LATERAL (
-                    SELECT id, tenant_id, dialect, traceparent, created_at FROM tasks
-                     WHERE (tenant_id, dialect) >= (q.tenant_id, q.dialect)
-                       AND tenant_id = q.tenant_id AND dialect = q.dialect
-                       AND status = 'queued' AND published_at IS NULL
-                       AND (not_before IS NULL OR not_before <= now())
-                     ORDER BY tenant_id, dialect, created_at
-                     LIMIT q.n
-                       FOR UPDATE SKIP LOCKED) t
-              ORDER BY t.created_at",
-        )
-        .bind(&tenants)
-        .bind(&dialects)
-        .bind(&limits)
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut query = sqlx::query_as::<_, Dispatchable>(&TAKE);
+        for batched in [false, true] {
+            let (tenants, (dialects, limits)): (Vec<Uuid>, (Vec<&str>, Vec<i64>)) = counts
+                .iter()
+                .filter(|(lane, _)| lane.batched == batched)
+                .map(|(lane, n)| (lane.tenant_id, (lane.dialect.as_str(), *n)))
+                .unzip();
+            query = query.bind(tenants).bind(dialects).bind(limits);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
         let ordered = in_plan_order(&picks, rows);
         let chosen = ordered.len();
         // Publishing holds only these rows' locks, and confirms are pipelined.
@@ -179,74 +186,120 @@ impl Store {
     }
 }
 
-/// Every queue with work waiting or in flight. The distinct (tenant,
-/// dialect) pairs with waiting tasks are found by skipping through
-/// `tasks_dispatch` (one index probe per pair, however long the backlog),
-/// and each pair's waiting tasks are counted only up to `$1`. The row
-/// comparisons, redundant with the equalities, keep the planner on the
+/// The condition of each lane kind, matching the predicates of the partial
+/// indexes `tasks_dispatch_single` and `tasks_dispatch_batched`.
+const LANES: [(&str, &str); 2] = [
+    ("false", "batch_id IS NULL"),
+    ("true", "batch_id IS NOT NULL"),
+];
+
+/// Every lane with work waiting or in flight. For each kind of lane, the
+/// distinct (tenant, dialect) pairs with waiting tasks are found by skipping
+/// through its partial index (one index probe per pair, however long the
+/// backlog), and each pair's waiting tasks are counted only up to `$1`. The
+/// row comparisons, redundant with the equalities, keep the planner on the
 /// tenant's own index entries: with the equalities alone it may walk every
 /// queued task in creation order to find a small tenant's few at the end
 /// (40 ms instead of 0.7 ms behind a backlog of 100,000).
-const QUEUES: &str = "
-WITH RECURSIVE pairs AS (
-    (SELECT tenant_id, dialect FROM tasks
-      WHERE status = 'queued' AND published_at IS NULL
-      ORDER BY tenant_id, dialect
-      LIMIT 1)
-  UNION ALL
-    SELECT next.tenant_id, next.dialect
-      FROM pairs p
-     CROSS JOIN LATERAL (
-           SELECT tenant_id, dialect FROM tasks
-            WHERE status = 'queued' AND published_at IS NULL
-              AND (tenant_id, dialect) > (p.tenant_id, p.dialect)
-            ORDER BY tenant_id, dialect
-            LIMIT 1) next
-),
-waiting AS (
-    SELECT p.tenant_id, p.dialect,
-           (SELECT count(*) FROM (
-                SELECT 1 FROM tasks t
-                 WHERE (t.tenant_id, t.dialect) >= (p.tenant_id, p.dialect)
-                   AND t.tenant_id = p.tenant_id AND t.dialect = p.dialect
-                   AND t.status = 'queued' AND t.published_at IS NULL
-                   AND (t.not_before IS NULL OR t.not_before <= now())
-                 LIMIT $1) capped) AS waiting
-      FROM pairs p
-),
-flying AS (
-    SELECT tenant_id, dialect, count(*) AS in_flight FROM tasks
-     WHERE status IN ('queued', 'processing') AND published_at IS NOT NULL
-       AND (not_before IS NULL OR not_before <= now())
-     GROUP BY tenant_id, dialect
-)
-SELECT q.tenant_id, q.dialect, tn.weight, q.in_flight, q.waiting
-  FROM (SELECT coalesce(w.tenant_id, f.tenant_id) AS tenant_id,
-               coalesce(w.dialect, f.dialect) AS dialect,
-               coalesce(f.in_flight, 0) AS in_flight,
-               coalesce(w.waiting, 0) AS waiting
-          FROM waiting w
-          FULL JOIN flying f ON f.tenant_id = w.tenant_id AND f.dialect = w.dialect) q
-  JOIN tenants tn ON tn.id = q.tenant_id";
+static QUEUES: LazyLock<String> = LazyLock::new(|| {
+    let waiting: Vec<String> = LANES
+        .iter()
+        .map(|(batched, lane)| {
+            format!(
+                "SELECT pairs.tenant_id, pairs.dialect, {batched} AS batched,
+                        (SELECT count(*) FROM (
+                             SELECT 1 FROM tasks t
+                              WHERE (t.tenant_id, t.dialect) >= (pairs.tenant_id, pairs.dialect)
+                                AND t.tenant_id = pairs.tenant_id AND t.dialect = pairs.dialect
+                                AND t.status = 'queued' AND t.published_at IS NULL AND t.{lane}
+                                AND (t.not_before IS NULL OR t.not_before <= now())
+                              LIMIT $1) capped) AS waiting
+                   FROM (WITH RECURSIVE pairs AS (
+                             (SELECT tenant_id, dialect FROM tasks
+                               WHERE status = 'queued' AND published_at IS NULL AND {lane}
+                               ORDER BY tenant_id, dialect
+                               LIMIT 1)
+                           UNION ALL
+                             SELECT next.tenant_id, next.dialect
+                               FROM pairs p
+                              CROSS JOIN LATERAL (
+                                    SELECT tenant_id, dialect FROM tasks
+                                     WHERE status = 'queued' AND published_at IS NULL AND {lane}
+                                       AND (tenant_id, dialect) > (p.tenant_id, p.dialect)
+                                     ORDER BY tenant_id, dialect
+                                     LIMIT 1) next)
+                         SELECT * FROM pairs) pairs"
+            )
+        })
+        .collect();
+    format!(
+        "WITH waiting AS ({}),
+         flying AS (
+             SELECT tenant_id, dialect, batch_id IS NOT NULL AS batched, count(*) AS in_flight
+               FROM tasks
+              WHERE status IN ('queued', 'processing') AND published_at IS NOT NULL
+                AND (not_before IS NULL OR not_before <= now())
+              GROUP BY 1, 2, 3
+         )
+         SELECT q.tenant_id, q.dialect, q.batched, tn.weight, q.in_flight, q.waiting
+           FROM (SELECT coalesce(w.tenant_id, f.tenant_id) AS tenant_id,
+                        coalesce(w.dialect, f.dialect) AS dialect,
+                        coalesce(w.batched, f.batched) AS batched,
+                        coalesce(f.in_flight, 0) AS in_flight,
+                        coalesce(w.waiting, 0) AS waiting
+                   FROM waiting w
+                   FULL JOIN flying f
+                     ON f.tenant_id = w.tenant_id AND f.dialect = w.dialect
+                    AND f.batched = w.batched) q
+           JOIN tenants tn ON tn.id = q.tenant_id",
+        waiting.join(" UNION ALL ")
+    )
+});
 
-/// `rows` (oldest first per queue) in the order of `picks`: each pick takes
-/// the next row of its queue, so tenants are interleaved on the queue as
+/// The oldest waiting tasks of each lane a round gives slots to, locked:
+/// `$1..$3` the single-job lanes (tenant, dialect, count), `$4..$6` the
+/// batch lanes, each through its own partial index.
+static TAKE: LazyLock<String> = LazyLock::new(|| {
+    LANES
+        .iter()
+        .enumerate()
+        .map(|(i, (batched, lane))| {
+            let (t, d, n) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
+            format!(
+                "SELECT t.id, t.tenant_id, t.dialect, {batched} AS batched, t.traceparent
+                   FROM unnest(${t}::uuid[], ${d}::text[], ${n}::int8[]) AS q(tenant_id, dialect, n)
+                  CROSS JOIN LATERAL (
+                        SELECT id, tenant_id, dialect, traceparent FROM tasks
+                         WHERE (tenant_id, dialect) >= (q.tenant_id, q.dialect)
+                           AND tenant_id = q.tenant_id AND dialect = q.dialect
+                           AND status = 'queued' AND published_at IS NULL AND {lane}
+                           AND (not_before IS NULL OR not_before <= now())
+                         ORDER BY tenant_id, dialect, created_at
+                         LIMIT q.n
+                           FOR UPDATE SKIP LOCKED) t"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+});
+
+/// `rows` (oldest first per lane) in the order of `picks`: each pick takes
+/// the next row of its lane, so tenants are interleaved on the queue as
 /// the plan interleaved them.
-fn in_plan_order(picks: &[(Uuid, String)], rows: Vec<Dispatchable>) -> Vec<Dispatchable> {
-    let mut by_queue: HashMap<(Uuid, String), std::collections::VecDeque<Dispatchable>> =
-        HashMap::new();
+fn in_plan_order(picks: &[LaneKey], rows: Vec<Dispatchable>) -> Vec<Dispatchable> {
+    let mut by_lane: HashMap<LaneKey, VecDeque<Dispatchable>> = HashMap::new();
     for row in rows {
-        by_queue
-            .entry((row.tenant_id, row.dialect.clone()))
+        by_lane
+            .entry(LaneKey {
+                tenant_id: row.tenant_id,
+                dialect: row.dialect.clone(),
+                batched: row.batched,
+            })
             .or_default()
             .push_back(row);
     }
     picks
         .iter()
-        .filter_map(|(tenant, dialect)| {
-            by_queue
-                .get_mut(&(*tenant, dialect.clone()))
-                .and_then(std::collections::VecDeque::pop_front)
-        })
+        .filter_map(|lane| by_lane.get_mut(lane).and_then(VecDeque::pop_front))
         .collect()
 }

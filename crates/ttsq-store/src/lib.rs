@@ -58,7 +58,7 @@ pub use audio::AudioObject;
 pub use batches::{
     BatchAudio, BatchItemRow, BatchRow, Concatenated, JoinLease, NewBatch, NewBatchItem,
 };
-pub use dispatch::{DispatchQueue, Dispatchable, Round};
+pub use dispatch::{DispatchQueue, Dispatchable, LaneKey, Round};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
 pub use limits::{LimitExceeded, LimitKind, LimitUsage};

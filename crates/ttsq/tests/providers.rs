@@ -612,6 +612,30 @@ async fn one_tenants_backlog_does_not_hold_another_tenants_job() {
     );
 }
 
+/// A tenant's single jobs take turns with its own batches (two lanes of one
+/// tenant), so a bulk batch does not hold the same tenant's interactive
+/// jobs: behind its own 1,500 batch items at 50 req/s, a tenant's single
+/// job finishes in seconds, not after the batch.
+#[tokio::test]
+async fn a_tenants_single_job_does_not_wait_behind_its_own_batch() {
+    let (fake, app) = quota_bound_stack(50).await;
+    submit_backlog(&app, &app.api_key, 1_500, "Own backlog").await;
+    let submitted = Instant::now();
+    let task = app
+        .submit_ok(&json!({"text": "An interactive job.", "dialect": "en-gb", "voice": "rachel", "format": "wav"}))
+        .await;
+    let done = app.wait_for(task).await;
+    let waited = submitted.elapsed();
+    let finished = finished_of(&app, "default").await;
+    app.teardown().await;
+    fake.shutdown().await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(
+        finished < 1_000,
+        "the single job finished only after {finished} of its tenant's 1,500 batch items ({waited:?})"
+    );
+}
+
 /// Issue 17: when a provider's quota binds, its capacity is split between
 /// the tenants with work for it by weight. Tenants A (weight 3) and B
 /// (weight 1) both queue more than the quota drains meanwhile; of the jobs
