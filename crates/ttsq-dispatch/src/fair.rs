@@ -25,6 +25,7 @@ use std::{
     collections::{BTreeMap, BinaryHeap},
 };
 
+use ttsq_store::LaneKey;
 use uuid::Uuid;
 
 /// One tenant's single jobs or batch items of one dialect, as a round
@@ -43,17 +44,6 @@ pub struct Lane {
     pub in_flight: u64,
     /// Its tasks waiting to be published (possibly capped by the caller).
     pub waiting: u64,
-}
-
-/// A slot given: publish the oldest waiting task of this lane.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pick {
-    /// The tenant.
-    pub tenant_id: Uuid,
-    /// The dialect.
-    pub dialect: String,
-    /// Batch items (true) or single jobs.
-    pub batched: bool,
 }
 
 /// A tenant's standing in the round.
@@ -111,8 +101,9 @@ impl Ord for Turn {
 }
 
 /// Gives `free` slots of one window to `lanes`, in the order they should be
-/// published. Fewer are given when less is waiting.
-pub fn allocate(lanes: &[Lane], free: u64) -> Vec<Pick> {
+/// published (one entry per slot: publish the oldest waiting task of that
+/// lane). Fewer are given when less is waiting.
+pub fn allocate(lanes: &[Lane], free: u64) -> Vec<LaneKey> {
     let mut tenants: BTreeMap<Uuid, Tenant<'_>> = BTreeMap::new();
     for lane in lanes {
         let tenant = tenants.entry(lane.tenant_id).or_insert_with(|| Tenant {
@@ -154,7 +145,7 @@ pub fn allocate(lanes: &[Lane], free: u64) -> Vec<Pick> {
             .expect("a tenant in the heap has a lane with work left");
         lane.occupied += 1;
         lane.left -= 1;
-        picks.push(Pick {
+        picks.push(LaneKey {
             tenant_id: tenant.id,
             dialect: lane.dialect.to_owned(),
             batched: lane.batched,
@@ -202,7 +193,7 @@ mod tests {
         }
     }
 
-    fn counts(picks: &[Pick]) -> HashMap<Uuid, u64> {
+    fn counts(picks: &[LaneKey]) -> HashMap<Uuid, u64> {
         let mut counts = HashMap::new();
         for pick in picks {
             *counts.entry(pick.tenant_id).or_default() += 1;

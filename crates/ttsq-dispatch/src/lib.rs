@@ -20,7 +20,7 @@ use std::{
 use tokio::sync::Notify;
 use ttsq_config::{DispatchSettings, ProviderQuota, Settings};
 use ttsq_core::{Catalog, JobMessage};
-use ttsq_queue::{Broker, Publisher};
+use ttsq_queue::Broker;
 use ttsq_store::{DispatchQueue, LaneKey, Round, Store, StoreError};
 
 use crate::fair::{Lane, allocate};
@@ -138,15 +138,7 @@ impl Windows {
                     .set(i64::try_from(window).unwrap_or(i64::MAX));
             }
             let in_flight: u64 = lanes.iter().map(|l| l.in_flight).sum();
-            picks.extend(
-                allocate(&lanes, window.saturating_sub(in_flight))
-                    .into_iter()
-                    .map(|p| LaneKey {
-                        tenant_id: p.tenant_id,
-                        dialect: p.dialect,
-                        batched: p.batched,
-                    }),
-            );
+            picks.extend(allocate(&lanes, window.saturating_sub(in_flight)));
         }
         picks
     }
@@ -184,7 +176,6 @@ pub struct Dispatcher {
     workers: Arc<AtomicU32>,
     waker: Waker,
     poll: Duration,
-    publisher: Option<Publisher>,
 }
 
 impl Dispatcher {
@@ -206,12 +197,11 @@ impl Dispatcher {
             workers,
             waker,
             poll,
-            publisher: None,
         }
     }
 
     /// Dispatches until `shutdown` resolves.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut ticks = tokio::time::interval(self.poll);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,16 +237,9 @@ impl Dispatcher {
     }
 
     /// One round: fills every window's free slots in fair order.
-    pub async fn round(&mut self) -> Result<Round, DispatchError> {
-        let publisher = match &self.publisher {
-            Some(p) if p.is_connected() => p.clone(),
-            _ => {
-                self.publisher = None;
-                let fresh = self.broker.publisher().await?;
-                self.publisher = Some(fresh.clone());
-                fresh
-            }
-        };
+    pub async fn round(&self) -> Result<Round, DispatchError> {
+        // The broker's shared publishing channel, reopened if it was lost.
+        let publisher = self.broker.publisher().await?;
         let workers = self.workers.load(Ordering::Relaxed);
         let windows = &self.windows;
         let round = self

@@ -436,10 +436,16 @@ impl TestApp {
 
     /// Long-polls a task of the default tenant until it is terminal.
     pub async fn wait_for(&self, task_id: Uuid) -> Value {
+        self.wait_for_as(&self.api_key, task_id).await
+    }
+
+    /// Long-polls a task of the tenant of `key` until it is terminal (or
+    /// panics after 60 s).
+    pub async fn wait_for_as(&self, key: &str, task_id: Uuid) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let task: Value = self
-                .get_as(&self.api_key, &format!("/v1/tts/jobs/{task_id}?wait=10"))
+                .get_as(key, &format!("/v1/tts/jobs/{task_id}?wait=10"))
                 .await
                 .json()
                 .await

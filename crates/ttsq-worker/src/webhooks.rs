@@ -324,19 +324,13 @@ async fn join_batches(joiner: &crate::batches::Joiner) {
 async fn sweep(context: &WebhookContext) {
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut publisher = None;
     loop {
         ticks.tick().await;
         if context.signing_key.is_none() {
             continue;
         }
-        if publisher
-            .as_ref()
-            .is_none_or(|p: &ttsq_queue::Publisher| !p.is_connected())
-        {
-            publisher = context.broker.publisher().await.ok();
-        }
-        let Some(active) = publisher.clone() else {
+        // The broker's shared publishing channel, reopened if it was lost.
+        let Ok(active) = context.broker.publisher().await else {
             continue;
         };
         let relayed = context

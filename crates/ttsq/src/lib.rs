@@ -132,8 +132,8 @@ impl Services {
     }
 
     /// The API's handler context.
-    pub async fn api_context(&self) -> anyhow::Result<ApiContext> {
-        Ok(ApiContext::new(
+    pub async fn api_context(&self) -> ApiContext {
+        ApiContext::new(
             &self.settings,
             self.store.clone(),
             Arc::clone(&self.broker),
@@ -142,7 +142,7 @@ impl Services {
             self.replica_id,
             self.dispatch.clone(),
         )
-        .await)
+        .await
     }
 
     /// How long a silent replica is presumed alive: three missed heartbeats.
@@ -363,7 +363,7 @@ impl Services {
         ops: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let context = self.api_context().await?;
+        let context = self.api_context().await;
         let providers = Arc::clone(&self.providers);
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -574,33 +574,19 @@ async fn one_tenants_backlog_does_not_hold_another_tenants_job() {
         .await;
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.json().await.expect("JSON");
-    let task = body["task_id"].as_str().expect("task id").to_owned();
+    let task = body["task_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("task id");
     let submitted = Instant::now();
-    let status = loop {
-        let task: serde_json::Value = app
-            .http
-            .get(format!("{}/v1/tts/jobs/{task}?wait=5", app.base_url))
-            .bearer_auth(&other)
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("JSON");
-        let status = task["status"].as_str().unwrap_or_default().to_owned();
-        if status != "queued" && status != "processing"
-            || submitted.elapsed() > Duration::from_secs(20)
-        {
-            break status;
-        }
-    };
+    let done = app.wait_for_as(&other, task).await;
     let waited = submitted.elapsed();
     let a_finished = finished_of(&app, "default").await;
     app.teardown().await;
     fake.shutdown().await;
     assert_eq!(
-        status, "succeeded",
-        "tenant B's job still {status} after {waited:?} behind tenant A's backlog"
+        done["status"], "succeeded",
+        "tenant B's job after {waited:?} behind tenant A's backlog: {done}"
     );
     assert!(
         waited < Duration::from_secs(5),
