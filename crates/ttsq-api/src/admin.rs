@@ -9,98 +9,29 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{
-        FromRequestParts, Path, Query, State,
+        Query, State,
         rejection::{BytesRejection, QueryRejection},
     },
-    http::{HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{delete, get},
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use ttsq_store::{
     KeyInfo, LimitUsage, StoreError, TenantInfo, TenantLimits, TenantUpdate, UsagePeriod, UsageRow,
 };
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{ApiContext, ApiError, error::Problem};
-
-/// Who the admin API records as the actor of its changes.
-const ACTOR: &str = "admin-api";
-
-/// SHA-256 of the admin token: what a replica keeps of it.
-#[derive(Debug)]
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    /// The digest of `token`.
-    pub fn of(token: &SecretString) -> Self {
-        Self(digest(token.expose_secret()))
-    }
-
-    /// Whether `presented` is the token; hashing first makes the time taken
-    /// independent of where, and of whether the lengths, differ.
-    fn matches(&self, presented: &str) -> bool {
-        digest(presented).ct_eq(&self.0).into()
-    }
-}
-
-fn digest(value: &str) -> [u8; 32] {
-    Sha256::digest(value.as_bytes()).into()
-}
-
-/// An authenticated admin.
-pub struct Admin;
-
-impl FromRequestParts<ApiContext> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        context: &ApiContext,
-    ) -> Result<Self, Self::Rejection> {
-        let Some(token) = &context.admin_token else {
-            return Err(ApiError::NotFound("route"));
-        };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
-        if token.matches(presented) {
-            Ok(Self)
-        } else {
-            tracing::warn!("admin API call with a wrong or missing token");
-            Err(ApiError::Unauthorized)
-        }
-    }
-}
-
-/// A tenant name or key prefix from the path. One holding U+0000 names
-/// nothing (Postgres cannot store that character, and refuses it in a query
-/// too), so it is a 404 before any lookup.
-pub(crate) struct NamePath(pub(crate) String);
-
-impl<S: Send + Sync> FromRequestParts<S> for NamePath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(name) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| ApiError::field("", rejection.body_text()))?;
-        if name.contains('\0') {
-            return Err(ApiError::NotFound("name"));
-        }
-        Ok(Self(name))
-    }
-}
+use crate::{
+    ApiContext, ApiError,
+    auth::{ADMIN_ACTOR, Admin},
+    error::{
+        Problem,
+        responses::{AdminOff, InvalidBody, NoAdminToken, NoSuchTenant},
+    },
+    extract::{NamePath, TenantPath},
+};
 
 /// The admin routes, to merge into the API's router.
 pub fn routes() -> Router<ApiContext> {
@@ -201,9 +132,9 @@ struct CreatedTenant<'a> {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "The tenant and its first key, shown once (`Cache-Control: no-store`)", body = CreatedTenant),
-        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin API is off (no admin token configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = InvalidBody),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = AdminOff),
         (status = 409, description = "A tenant with this name exists", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -221,7 +152,7 @@ pub(crate) async fn create_tenant(
     };
     let (tenant, key) = context
         .store
-        .create_tenant_with(&body.name, &limits, body.currency.as_deref(), ACTOR)
+        .create_tenant_with(&body.name, &limits, body.currency.as_deref(), ADMIN_ACTOR)
         .await?;
     tracing::info!(tenant = %tenant.name, key_prefix = %key.prefix, "tenant created through the admin API");
     Ok(no_store(
@@ -252,8 +183,8 @@ struct Tenants {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every tenant with its limits", body = Tenants),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = AdminOff),
     )
 )]
 pub(crate) async fn list_tenants(
@@ -294,20 +225,16 @@ struct UsageView {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The tenant and the use of each of its limits", body = TenantWithUsage),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 pub(crate) async fn get_tenant(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
 ) -> Result<Response, ApiError> {
-    let tenant = context
-        .store
-        .tenant(&name)
-        .await
-        .map_err(or_not_found("tenant"))?;
+    let tenant = context.store.tenant(&tenant.name).await?;
     let usage = context
         .store
         .limit_usage(tenant.id)
@@ -379,15 +306,15 @@ struct PatchTenant {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The tenant as updated", body = TenantInfo),
-        (status = 400, description = "Invalid body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 400, response = InvalidBody),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 pub(crate) async fn update_tenant(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: PatchTenant = parse(body)?;
@@ -403,9 +330,8 @@ pub(crate) async fn update_tenant(
     };
     let tenant = context
         .store
-        .update_tenant(&name, &update, ACTOR)
-        .await
-        .map_err(or_not_found("tenant"))?;
+        .update_tenant(&tenant.name, &update, ADMIN_ACTOR)
+        .await?;
     tracing::info!(tenant = %tenant.name, "tenant updated through the admin API");
     Ok(Json(tenant).into_response())
 }
@@ -420,21 +346,20 @@ pub(crate) async fn update_tenant(
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "The new key, shown once (`Cache-Control: no-store`)", body = IssuedKey),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 pub(crate) async fn create_key(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
 ) -> Result<Response, ApiError> {
     let key = context
         .store
-        .create_key_as(&name, ACTOR)
-        .await
-        .map_err(or_not_found("tenant"))?;
-    tracing::info!(tenant = %name, key_prefix = %key.prefix, "key created through the admin API");
+        .create_key_as(&tenant.name, ADMIN_ACTOR)
+        .await?;
+    tracing::info!(tenant = %tenant.name, key_prefix = %key.prefix, "key created through the admin API");
     Ok(no_store(
         StatusCode::CREATED,
         IssuedKey {
@@ -461,20 +386,16 @@ struct Keys {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The tenant's keys, revoked ones included", body = Keys),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 pub(crate) async fn list_tenant_keys(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
 ) -> Result<Response, ApiError> {
-    let keys = context
-        .store
-        .list_keys(Some(&name))
-        .await
-        .map_err(or_not_found("tenant"))?;
+    let keys = context.store.list_keys(Some(&tenant.name)).await?;
     Ok(Json(Keys { keys }).into_response())
 }
 
@@ -487,8 +408,8 @@ pub(crate) async fn list_tenant_keys(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every tenant's keys, revoked ones included", body = Keys),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "The admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = AdminOff),
     )
 )]
 pub(crate) async fn list_keys(
@@ -510,7 +431,7 @@ pub(crate) async fn list_keys(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The key as revoked", body = KeyInfo),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
         (status = 404, description = "No such key, or the admin API is off", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -521,7 +442,7 @@ pub(crate) async fn revoke_key(
 ) -> Result<Response, ApiError> {
     let key = context
         .store
-        .revoke_key(&key, ACTOR)
+        .revoke_key(&key, ADMIN_ACTOR)
         .await
         .map_err(or_not_found("key"))?;
     tracing::info!(key_prefix = %key.prefix, tenant = %key.tenant, "key revoked through the admin API");
@@ -570,8 +491,8 @@ struct AdminUsage {
     responses(
         (status = 200, description = "Usage per day or month from the finance views", body = AdminUsage),
         (status = 400, description = "Invalid `from`, `to` or `by`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant, or the admin API is off", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 pub(crate) async fn usage(

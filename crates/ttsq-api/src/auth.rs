@@ -1,10 +1,21 @@
-//! Bearer API keys. The key names the tenant; an unknown or revoked key is
-//! a 401 before the body is even read.
+//! Who is calling: a tenant by its bearer API key ([`Caller`]), or an
+//! operator by the admin token ([`Admin`]). An unknown or revoked key is a
+//! 401 before the body is even read; with no admin token configured the
+//! admin routes answer 404, as any unknown route does.
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use ttsq_store::Principal;
 
 use crate::{ApiContext, ApiError};
+
+/// Who the admin API records as the actor of its changes.
+pub const ADMIN_ACTOR: &str = "admin-api";
 
 /// The authenticated caller.
 pub struct Caller(pub Principal);
@@ -18,7 +29,7 @@ impl FromRequestParts<ApiContext> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let key = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
+            .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
@@ -33,5 +44,58 @@ impl FromRequestParts<ApiContext> for Caller {
             .await?
             .ok_or(ApiError::Unauthorized)?;
         Ok(Self(principal))
+    }
+}
+
+/// SHA-256 of the admin token: what a replica keeps of it.
+#[derive(Debug)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &SecretString) -> Self {
+        Self(digest(token.expose_secret()))
+    }
+
+    /// Whether `presented` is the token; hashing first makes the time taken
+    /// independent of where, and of whether the lengths, differ.
+    fn matches(&self, presented: &str) -> bool {
+        digest(presented).ct_eq(&self.0).into()
+    }
+}
+
+fn digest(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
+}
+
+/// An authenticated admin.
+pub struct Admin;
+
+impl FromRequestParts<ApiContext> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        context: &ApiContext,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = &context.admin_token else {
+            return Err(ApiError::NotFound("route"));
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        if token.matches(presented) {
+            Ok(Self)
+        } else {
+            tracing::warn!("admin API call with a wrong or missing token");
+            Err(ApiError::Unauthorized)
+        }
     }
 }

@@ -7,9 +7,8 @@
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Path, Query, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{Path, Query, State},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -26,7 +25,12 @@ use uuid::Uuid;
 use crate::{
     ApiContext, ApiError,
     auth::Caller,
-    error::{LimitProblem, Problem},
+    error::{
+        LimitProblem, Problem,
+        responses::{BodyTooLarge, NoApiKey, NoSuchBatch, NotJson, Unavailable},
+    },
+    extract::{IdempotencyKey, JsonBody},
+    view::{BatchItemView, BatchPage, CancelledBatch},
 };
 
 /// Most items in one batch.
@@ -177,28 +181,20 @@ struct BatchItem {
     responses(
         (status = 202, description = "Accepted: `{batch_id, status, task_ids, status_url}`", body = Object),
         (status = 400, description = "Invalid batch; `errors` names each item field (`items[3].text`), or `concatenate` when the joined audio would be too long", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoApiKey),
+        (status = 413, response = BodyTooLarge),
+        (status = 415, response = NotJson),
         (status = 429, description = "Over a tenant limit; nothing written", body = LimitProblem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
     )
 )]
 #[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id, batch_id, items))]
 pub async fn submit(
     State(context): State<ApiContext>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    idempotency_key: Result<IdempotencyKey, ApiError>,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    crate::jobs::require_json(&headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(batch_body_limit(context.max_body_bytes))
-        } else {
-            ApiError::field("", format!("could not read the body: {rejection}"))
-        }
-    })?;
     let request: BatchRequest<'_> = decode_json(&body)?;
     let mut errors = ValidationErrors::default();
     let raw_items = request.items.unwrap_or_default();
@@ -269,7 +265,7 @@ pub async fn submit(
         tracing::info!("batch refused by the content filter");
         return Err(ApiError::ContentRejected);
     }
-    let idempotency_key = crate::jobs::idempotency_key(&headers)?;
+    let IdempotencyKey(idempotency_key) = idempotency_key?;
     let scope = caller.0.cache_scope();
     for job in &mut jobs {
         job.scope_cache(&scope);
@@ -290,8 +286,8 @@ pub async fn submit(
             custom_id: custom_id.as_deref(),
             cached: cached
                 .get(job.hash.as_str())
-                .map(|object| crate::jobs::cache_hit(&context.providers, object)),
-            estimate: crate::jobs::estimate_cost(&context.providers, job),
+                .map(|object| ttsq_synthesis::cache_hit(&context.providers, object)),
+            estimate: context.estimate_cost(job),
         })
         .collect();
     // The workers continue this request's trace from the items' messages.
@@ -303,7 +299,7 @@ pub async fn submit(
         concatenate,
         callback_url: request.callback_url.as_deref(),
         metadata: metadata.as_ref(),
-        idempotency_key,
+        idempotency_key: idempotency_key.as_deref(),
         key_prefix: Some(&caller.0.key_prefix),
         traceparent: traceparent.as_deref(),
     };
@@ -323,7 +319,7 @@ pub async fn submit(
     } else {
         tracing::debug!("idempotent repeat of an earlier batch");
     }
-    let url = status_url(&context, row.id);
+    let url = context.batch_url(row.id);
     let mut response = (
         StatusCode::ACCEPTED,
         Json(json!({
@@ -472,10 +468,6 @@ fn parse_item(
     }
 }
 
-fn status_url(context: &ApiContext, id: Uuid) -> String {
-    format!("{}/v1/tts/batches/{id}", context.public_url)
-}
-
 async fn find_batch(
     context: &ApiContext,
     caller: &Caller,
@@ -487,16 +479,6 @@ async fn find_batch(
         .get_batch(caller.0.tenant_id, id)
         .await?
         .ok_or(ApiError::NotFound("batch"))
-}
-
-async fn summary(context: &ApiContext, batch: &BatchRow) -> Result<Value, ApiError> {
-    ttsq_worker::batches::batch_summary(&context.store, &context.audio, &context.public_url, batch)
-        .await
-        .map_err(|err| match err {
-            ttsq_worker::batches::JoinError::Store(e) => e.into(),
-            ttsq_worker::batches::JoinError::Storage(e) => e.into(),
-            other => ApiError::internal(other),
-        })
 }
 
 /// Query of `GET /v1/tts/batches/{id}`.
@@ -519,10 +501,10 @@ pub struct PageQuery {
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Counts per status, a page of items, `next_cursor`, `concatenated_audio_url`", body = Object),
+        (status = 200, description = "Counts per status, a page of items, `next_cursor`, `concatenated_audio_url`", body = BatchPage),
         (status = 400, description = "Bad cursor or limit", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such batch for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoApiKey),
+        (status = 404, response = NoSuchBatch),
     )
 )]
 #[tracing::instrument(skip_all, fields(batch_id = %id))]
@@ -531,7 +513,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchPage>, ApiError> {
     let query = query.map_err(|e| ApiError::field("", e.body_text()))?.0;
     let after = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
@@ -551,31 +533,7 @@ pub async fn get(
             .ok_or_else(|| ApiError::field("limit", format!("must be 1 to {MAX_PAGE}")))?,
     };
     let batch = find_batch(&context, &caller, &id).await?;
-    let mut view = summary(&context, &batch).await?;
     let rows = context.store.batch_items(batch.id, after, limit).await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let status = row.status();
-        let audio_url = match (&row.s3_key, status) {
-            (Some(key), ttsq_core::TaskStatus::Succeeded) => {
-                Some(context.audio.presign_get(key).await?)
-            }
-            _ => None,
-        };
-        let error = row.error_code.as_ref().map(
-            |code| json!({"code": code, "message": row.error_message.clone().unwrap_or_default()}),
-        );
-        items.push(json!({
-            "index": row.batch_index,
-            "task_id": row.task_id,
-            "custom_id": row.custom_id,
-            "status": status,
-            "cache_hit": row.cache_hit,
-            "audio_url": audio_url,
-            "duration_ms": row.duration_ms,
-            "error": error,
-        }));
-    }
     let next_cursor = match rows.last() {
         Some(last)
             if i64::try_from(rows.len()).unwrap_or(0) == limit
@@ -585,11 +543,15 @@ pub async fn get(
         }
         _ => None,
     };
-    if let Some(object) = view.as_object_mut() {
-        object.insert("data".into(), Value::Array(items));
-        object.insert("next_cursor".into(), json!(next_cursor));
+    let mut data = Vec::with_capacity(rows.len());
+    for row in rows {
+        data.push(BatchItemView::render(&context.audio, row).await?);
     }
-    Ok(Json(view))
+    Ok(Json(BatchPage {
+        batch: context.batch_view(batch).await?,
+        data,
+        next_cursor,
+    }))
 }
 
 /// `DELETE /v1/tts/batches/{id}`: cancels the items still queued; finished
@@ -602,9 +564,9 @@ pub async fn get(
     params(("id" = Uuid, Path, description = "Batch id")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Queued items cancelled; the batch as it is now", body = Object),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such batch for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Queued items cancelled; the batch as it is now", body = CancelledBatch),
+        (status = 401, response = NoApiKey),
+        (status = 404, response = NoSuchBatch),
     )
 )]
 #[tracing::instrument(skip_all, fields(batch_id = %id))]
@@ -612,7 +574,7 @@ pub async fn cancel(
     State(context): State<ApiContext>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CancelledBatch>, ApiError> {
     let batch = find_batch(&context, &caller, &id).await?;
     let cancelled = context
         .store
@@ -622,11 +584,10 @@ pub async fn cancel(
     tracing::info!(cancelled, "batch cancelled");
     context.dispatch.wake();
     let batch = find_batch(&context, &caller, &id).await?;
-    let mut view = summary(&context, &batch).await?;
-    if let Some(object) = view.as_object_mut() {
-        object.insert("cancelled_items".into(), json!(cancelled));
-    }
-    Ok(Json(view))
+    Ok(Json(CancelledBatch {
+        batch: context.batch_view(batch).await?,
+        cancelled_items: cancelled,
+    }))
 }
 
 #[cfg(test)]

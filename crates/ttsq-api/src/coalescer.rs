@@ -1,9 +1,9 @@
 //! Group commit of single submissions.
 //!
-//! Every normal-priority `POST /v1/tts/jobs` used to run its own
-//! transaction, and so its own commit (a WAL flush) and half a dozen round
-//! trips: a few hundred submits a second at most. Handlers now hand their
-//! validated job to [`SubmitCoalescer`], whose background task takes every
+//! A transaction per normal-priority `POST /v1/tts/jobs` would cost each its
+//! own commit (a WAL flush) and half a dozen round trips: a few hundred
+//! submits a second at most. Handlers hand their validated job to
+//! [`SubmitCoalescer`] instead, whose background task takes every
 //! submission waiting (up to [`MAX_GROUP`]), looks their content hashes up
 //! in the audio cache with one query, writes them all with one
 //! [`Store::insert_submissions`] transaction and answers each handler.
@@ -20,9 +20,10 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use ttsq_core::Job;
 use ttsq_store::{CostEstimate, NewTask, Store, StoreError, Submission, Submitted, TaskRow};
+use ttsq_synthesis::cache_hit;
 use uuid::Uuid;
 
-use crate::{ApiError, jobs::cache_hit};
+use crate::ApiError;
 
 /// Most submissions written by one transaction.
 pub const MAX_GROUP: usize = 512;

@@ -319,3 +319,62 @@ impl From<ttsq_audio::AudioStoreError> for ApiError {
         }
     }
 }
+
+impl From<ttsq_views::ViewError> for ApiError {
+    fn from(err: ttsq_views::ViewError) -> Self {
+        match err {
+            ttsq_views::ViewError::Store(e) => e.into(),
+            ttsq_views::ViewError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// Declares a problem+json response the OpenAPI document defines once, under
+/// `components.responses`, for the operations to refer to.
+macro_rules! problem_responses {
+    ($($(#[$doc:meta])* $name:ident => $description:literal;)+) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl<'r> utoipa::ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<Response>) {
+                let body = ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build();
+                let response = ResponseBuilder::new()
+                    .description($description)
+                    .content("application/problem+json", body)
+                    .build();
+                (stringify!($name), response.into())
+            }
+        }
+    )+};
+}
+
+/// The error responses many operations share, declared once.
+pub mod responses {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
+
+    problem_responses! {
+        /// `401` on the tenant routes.
+        NoApiKey => "No valid API key";
+        /// `401` on the admin routes.
+        NoAdminToken => "No valid admin token";
+        /// `404` on the admin routes without a path.
+        AdminOff => "The admin API is off (no admin token configured)";
+        /// `404` on the admin routes that name a tenant.
+        NoSuchTenant => "No such tenant, or the admin API is off";
+        /// `404` on the routes that name a task.
+        NoSuchTask => "No such task for this tenant";
+        /// `404` on the routes that name a batch.
+        NoSuchBatch => "No such batch for this tenant";
+        /// `400` on a body that is not the operation's JSON.
+        InvalidBody => "Invalid body";
+        /// `413`.
+        BodyTooLarge => "Body too large";
+        /// `415`.
+        NotJson => "Body is not JSON";
+        /// `503`.
+        Unavailable => "A dependency is unavailable; retry later";
+    }
+}

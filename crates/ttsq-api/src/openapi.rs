@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, webhooks};
+use crate::{admin, batches, error, jobs, speech, system, usage, view, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,16 +22,16 @@ use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, w
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
-        jobs::submit,
-        jobs::get,
-        jobs::audio,
-        listing::list,
-        listing::cancel,
+        jobs::submit::submit,
+        jobs::read::get,
+        jobs::read::audio,
+        jobs::list::list,
+        jobs::cancel::cancel,
         system::dialects,
         system::health,
         system::ready,
         speech::speech,
-        jobs::marks,
+        jobs::read::marks,
         batches::submit,
         batches::get,
         batches::cancel,
@@ -50,12 +50,27 @@ use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, w
         admin::usage,
         openapi_json,
     ),
-    components(schemas(
+    components(
+        responses(
+            error::responses::NoApiKey,
+            error::responses::NoAdminToken,
+            error::responses::AdminOff,
+            error::responses::NoSuchTenant,
+            error::responses::NoSuchTask,
+            error::responses::NoSuchBatch,
+            error::responses::InvalidBody,
+            error::responses::BodyTooLarge,
+            error::responses::NotJson,
+            error::responses::Unavailable,
+        ),
+        schemas(
         error::Problem,
         error::LimitProblem,
         ttsq_core::FieldError,
         view::TaskView,
-        view::AcceptedView
+        view::AcceptedView,
+        view::BatchPage,
+        view::CancelledBatch
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -69,16 +84,6 @@ use crate::{admin, batches, error, jobs, listing, speech, system, usage, view, w
     )
 )]
 struct ApiDoc;
-
-/// Audio bytes as a response body, for the document only: `audio/mpeg`,
-/// `audio/wav`, `audio/pcm` or `audio/ogg` by the task's format.
-#[derive(utoipa::ToSchema)]
-#[schema(value_type = String, format = Binary)]
-#[expect(
-    dead_code,
-    reason = "a schema for the document; responses are built from bytes"
-)]
-pub struct AudioBody(Vec<u8>);
 
 /// Declares the schemes the operations name: `bearer`, an API key as
 /// `Authorization: Bearer <key>`, and `admin_token`, the admin token the

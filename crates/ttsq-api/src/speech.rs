@@ -33,12 +33,7 @@ use ttsq_store::NewTask;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{
-    ApiContext, ApiError,
-    auth::Caller,
-    jobs::{audit_refusal, submit_high},
-    openapi::AudioBody,
-};
+use crate::{ApiContext, ApiError, auth::Caller, jobs::submit::submit_high, view::AudioBody};
 
 /// Formats this endpoint serves, by OpenAI's names (which are ours too).
 const FORMATS: [&str; 3] = ["mp3", "wav", "pcm"];
@@ -309,7 +304,9 @@ async fn speak(
     job.scope_cache(&caller.0.cache_scope());
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "speech refused by the content filter");
-        audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
+        context
+            .audit_refusal(&caller, &job, "content_rejected", json!({}))
+            .await;
         return Err(SpeechError::invalid(
             "input",
             "content_rejected",
@@ -323,7 +320,7 @@ async fn speak(
         job: &job,
         idempotency_key: None,
         key_prefix: Some(&caller.0.key_prefix),
-        estimate: crate::jobs::estimate_cost(&context.providers, &job),
+        estimate: context.estimate_cost(&job),
         traceparent: traceparent.as_deref(),
     };
     let span = tracing::Span::current();
@@ -338,7 +335,9 @@ async fn speak(
     if let Err(ApiError::LimitExceeded(e)) = &result {
         tracing::info!(limit = e.limit.as_str(), "speech refused by a tenant limit");
         let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
-        audit_refusal(&context, &caller, &job, "limit_exceeded", detail).await;
+        context
+            .audit_refusal(&caller, &job, "limit_exceeded", detail)
+            .await;
     }
     Ok(result?)
 }

@@ -5,7 +5,7 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use ttsq_core::DialectInfo;
 
-use crate::{ApiContext, ApiError, auth::Caller, error::Problem};
+use crate::{ApiContext, ApiError, auth::Caller, error::responses::NoApiKey};
 
 /// Body of `GET /v1/dialects`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -24,7 +24,7 @@ pub struct Dialects<'a> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The dialect catalog", body = Dialects),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoApiKey),
     )
 )]
 pub async fn dialects(

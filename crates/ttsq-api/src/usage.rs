@@ -11,7 +11,11 @@ use ttsq_core::ValidationErrors;
 use ttsq_store::{UsagePeriod, UsageRow};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{ApiContext, ApiError, auth::Caller, error::Problem};
+use crate::{
+    ApiContext, ApiError,
+    auth::Caller,
+    error::{Problem, responses::NoApiKey},
+};
 
 /// Longest range one request may cover, in days.
 const MAX_DAYS: i64 = 366;
@@ -139,7 +143,7 @@ fn day(raw: Option<&str>) -> Result<Option<NaiveDate>, &'static str> {
     responses(
         (status = 200, description = "The calling tenant's usage by UTC day", body = UsageView),
         (status = 400, description = "Invalid `from` or `to`, or a range over 366 days", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoApiKey),
         (status = 503, description = "The database is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -1,70 +1,19 @@
-//! JSON shapes of API responses.
+//! JSON shapes of API responses: the task and batch views shared with
+//! webhook payloads (`ttsq-views`), and the envelopes only the API answers
+//! with.
 
-use chrono::{DateTime, Utc};
+use axum::{
+    body::Bytes,
+    http::header,
+    response::{IntoResponse, Response},
+};
 use serde::Serialize;
 use ttsq_core::TaskStatus;
-use ttsq_store::TaskRow;
+use ttsq_store::{BatchRow, TaskRow};
+pub use ttsq_views::{BatchItemView, BatchView, TaskView};
 use uuid::Uuid;
 
 use crate::{ApiContext, ApiError};
-
-/// A task as clients see it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TaskView {
-    /// Task id.
-    task_id: Uuid,
-    /// Where the task is in its life.
-    status: TaskStatus,
-    /// `normal` or `high`.
-    priority: String,
-    /// Dialect id.
-    dialect: String,
-    /// Voice id.
-    voice: String,
-    /// Audio format.
-    format: String,
-    /// Characters of the normalised text.
-    characters: i32,
-    /// Served from stored audio, not billed.
-    cache_hit: bool,
-    /// Presigned URL of the audio, once succeeded.
-    audio_url: Option<String>,
-    /// SHA-256 of the audio bytes.
-    audio_sha256: Option<String>,
-    /// Size of the audio in bytes.
-    audio_bytes: Option<i64>,
-    /// Playing time of the audio.
-    duration_ms: Option<i32>,
-    /// Speech marks asked for; absent when none were.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    marks: Option<Vec<String>>,
-    /// Presigned URL of the marks file, when succeeded with marks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    marks_url: Option<String>,
-    /// Why it failed or was cancelled.
-    error: Option<TaskErrorView>,
-    /// Times a worker claimed it.
-    attempts: i32,
-    /// The client's metadata, as given.
-    metadata: Option<serde_json::Value>,
-    /// Where to poll it.
-    status_url: String,
-    /// Accepted at.
-    created_at: DateTime<Utc>,
-    /// First claimed at.
-    started_at: Option<DateTime<Utc>>,
-    /// Reached a terminal state at.
-    finished_at: Option<DateTime<Utc>>,
-}
-
-/// Why a task failed.
-#[derive(Serialize, utoipa::ToSchema)]
-struct TaskErrorView {
-    /// Stable error code.
-    code: String,
-    /// What happened, for a person.
-    message: String,
-}
 
 /// The body of a `202 Accepted`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -77,59 +26,76 @@ pub struct AcceptedView {
     pub status_url: String,
 }
 
-/// URL of a task's status.
-pub fn status_url(context: &ApiContext, id: Uuid) -> String {
-    format!("{}/v1/tts/jobs/{id}", context.public_url)
+/// A batch with a page of its items: `GET /v1/tts/batches/{id}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchPage {
+    /// The batch and its counts.
+    #[serde(flatten)]
+    pub batch: BatchView,
+    /// Items in batch order, from the cursor on.
+    pub data: Vec<BatchItemView>,
+    /// The cursor of the next page; absent on the last.
+    pub next_cursor: Option<String>,
 }
 
-impl TaskView {
-    /// Renders a row, presigning the audio URL when it has audio.
-    pub async fn render(context: &ApiContext, row: TaskRow) -> Result<Self, ApiError> {
-        let status = row.status();
-        let audio_url = match (&row.s3_key, status) {
-            (Some(key), TaskStatus::Succeeded) => Some(context.audio.presign_get(key).await?),
-            _ => None,
-        };
-        let marks = row.marks.filter(|m| !m.is_empty());
-        let marks_url = match (
-            &marks,
-            status,
-            ttsq_core::ContentHash::parse(&row.content_hash),
-        ) {
-            (Some(_), TaskStatus::Succeeded, Some(hash)) => {
-                Some(context.audio.presign_get(&hash.marks_key()).await?)
-            }
-            _ => None,
-        };
-        let error = match (row.error_code, row.error_message) {
-            (Some(code), message) => Some(TaskErrorView {
-                code,
-                message: message.unwrap_or_default(),
-            }),
-            _ => None,
-        };
-        Ok(Self {
-            task_id: row.id,
-            status,
-            priority: row.priority,
-            dialect: row.dialect,
-            voice: row.voice,
-            format: row.format,
-            characters: row.characters,
-            cache_hit: row.cache_hit,
-            audio_url,
-            audio_sha256: row.audio_sha256,
-            audio_bytes: row.audio_bytes,
-            duration_ms: row.duration_ms,
-            marks,
-            marks_url,
-            error,
-            attempts: row.attempts,
-            metadata: row.metadata,
-            status_url: status_url(context, row.id),
-            created_at: row.created_at,
-            started_at: row.started_at,
-            finished_at: row.finished_at,
-        })
+/// A batch after `DELETE /v1/tts/batches/{id}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CancelledBatch {
+    /// The batch and its counts, as they are now.
+    #[serde(flatten)]
+    pub batch: BatchView,
+    /// Items this request cancelled.
+    pub cancelled_items: u64,
+}
+
+/// Audio bytes as a response body, for the document only: `audio/mpeg`,
+/// `audio/wav`, `audio/pcm` or `audio/ogg` by the task's format.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[expect(
+    dead_code,
+    reason = "a schema for the document; responses are built from bytes"
+)]
+pub struct AudioBody(Vec<u8>);
+
+/// The task's stored audio, read from S3, as a response.
+pub async fn stored_audio(context: &ApiContext, row: &TaskRow) -> Result<Response, ApiError> {
+    let key = row
+        .s3_key
+        .as_deref()
+        .ok_or_else(|| ApiError::Conflict("the task has no audio".into()))?;
+    let bytes = context.audio.get(key).await?;
+    Ok(audio_response(row, bytes))
+}
+
+/// `bytes` with the content type of the task's format.
+pub fn audio_response(row: &TaskRow, bytes: Bytes) -> Response {
+    let content_type = row
+        .format
+        .parse::<ttsq_core::AudioFormat>()
+        .map(|f| f.content_type())
+        .unwrap_or("application/octet-stream");
+    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
+impl ApiContext {
+    /// Where a task's status is polled.
+    pub fn task_url(&self, id: Uuid) -> String {
+        ttsq_views::task_status_url(&self.public_url, id)
+    }
+
+    /// Where a batch's status is polled.
+    pub fn batch_url(&self, id: Uuid) -> String {
+        ttsq_views::batch_status_url(&self.public_url, id)
+    }
+
+    /// A task as clients see it, presigning its URLs.
+    pub async fn task_view(&self, row: TaskRow) -> Result<TaskView, ApiError> {
+        Ok(TaskView::render(&self.audio, &self.public_url, row).await?)
+    }
+
+    /// A batch as clients see it, with its counts.
+    pub async fn batch_view(&self, batch: BatchRow) -> Result<BatchView, ApiError> {
+        Ok(BatchView::render(&self.store, &self.audio, &self.public_url, batch).await?)
     }
 }

@@ -15,17 +15,18 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 use ttsq_config::Settings;
-use ttsq_store::{StoreError, TenantWebhook};
-use ttsq_worker::webhooks::{TargetGuard, tenant_secret};
+use ttsq_store::TenantWebhook;
+use ttsq_webhooks::{TargetGuard, tenant_secret};
 
 use crate::{
     ApiContext, ApiError,
-    admin::{Admin, NamePath},
-    error::Problem,
+    auth::{ADMIN_ACTOR, Admin},
+    error::{
+        Problem,
+        responses::{NoAdminToken, NoSuchTenant},
+    },
+    extract::TenantPath,
 };
-
-/// Who the admin API records as the actor of its changes.
-const ACTOR: &str = "admin-api";
 
 /// What the API needs to accept webhook targets.
 #[derive(Debug, Clone)]
@@ -87,13 +88,6 @@ pub fn admin_routes() -> Router<ApiContext> {
         )
 }
 
-fn not_found(err: StoreError) -> ApiError {
-    match err {
-        StoreError::NotFound(_) => ApiError::NotFound("tenant"),
-        other => other.into(),
-    }
-}
-
 /// Body of `PUT /v1/admin/tenants/{name}/webhook`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,14 +128,14 @@ fn secret_response(context: &ApiContext, settings: &TenantWebhook) -> Result<Res
     responses(
         (status = 200, description = "The tenant's webhook settings", body = Object),
         (status = 400, description = "Refused target (`webhook_url`)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off, or no such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 async fn set_webhook_url(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::field("", format!("could not read the body: {r}")))?;
@@ -152,10 +146,9 @@ async fn set_webhook_url(
     }
     let settings = context
         .store
-        .set_tenant_webhook_url(&name, body.webhook_url.as_deref(), ACTOR)
-        .await
-        .map_err(not_found)?;
-    tracing::info!(tenant = %name, "tenant webhook URL set through the admin API");
+        .set_tenant_webhook_url(&tenant.name, body.webhook_url.as_deref(), ADMIN_ACTOR)
+        .await?;
+    tracing::info!(tenant = %tenant.name, "tenant webhook URL set through the admin API");
     Ok(Json(json!({
         "tenant_id": settings.tenant_id,
         "webhook_url": settings.webhook_url,
@@ -175,21 +168,20 @@ async fn set_webhook_url(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The new secret (the old one signs beside it for the grace period)", body = Object),
-        (status = 401, description = "Wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off, or no such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 async fn rotate_secret(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
 ) -> Result<Response, ApiError> {
     let settings = context
         .store
-        .rotate_webhook_secret(&name, context.webhooks.grace, ACTOR)
-        .await
-        .map_err(not_found)?;
-    tracing::info!(tenant = %name, version = settings.secret_version, "webhook secret rotated");
+        .rotate_webhook_secret(&tenant.name, context.webhooks.grace, ADMIN_ACTOR)
+        .await?;
+    tracing::info!(tenant = %tenant.name, version = settings.secret_version, "webhook secret rotated");
     secret_response(&context, &settings)
 }
 
@@ -203,21 +195,16 @@ async fn rotate_secret(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The current secret", body = Object),
-        (status = 401, description = "Wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Admin API off, or no such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoAdminToken),
+        (status = 404, response = NoSuchTenant),
     )
 )]
 async fn read_secret(
     _: Admin,
     State(context): State<ApiContext>,
-    NamePath(name): NamePath,
+    tenant: TenantPath,
 ) -> Result<Response, ApiError> {
-    let id = context
-        .store
-        .tenant_id_by_name(&name)
-        .await
-        .map_err(not_found)?;
-    let settings = context.store.tenant_webhook(id).await?;
+    let settings = context.store.tenant_webhook(tenant.id).await?;
     secret_response(&context, &settings)
 }
 

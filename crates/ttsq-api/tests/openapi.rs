@@ -62,15 +62,50 @@ fn the_document_is_openapi_3_1_and_covers_every_route_and_the_error_shapes() {
     ] {
         assert!(schemas[schema].is_object(), "schema {schema} is missing");
     }
-    let not_found = &doc["paths"]["/v1/tts/jobs/{id}"]["get"]["responses"]["404"]["content"];
+    let not_found = resolved(&doc, &doc["paths"]["/v1/tts/jobs/{id}"]["get"]["responses"]["404"]);
     assert_eq!(
-        not_found["application/problem+json"]["schema"]["$ref"],
+        not_found["content"]["application/problem+json"]["schema"]["$ref"],
         "#/components/schemas/Problem"
     );
+    // Every error answer of the `/v1` routes but the OpenAI-compatible one
+    // is problem+json, whether written out or declared once under
+    // `components.responses`.
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        if !path.starts_with("/v1/") || path == "/v1/audio/speech" {
+            continue;
+        }
+        for (method, op) in ops.as_object().expect("operations") {
+            for (status, response) in op["responses"].as_object().expect("responses") {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let response = resolved(&doc, response);
+                    assert!(
+                        response["content"]["application/problem+json"]["schema"]["$ref"]
+                            .is_string(),
+                        "{method} {path} {status} is not problem+json: {response}"
+                    );
+                }
+            }
+        }
+    }
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+}
+
+/// A response, or the one its `$ref` names under `components.responses`.
+fn resolved<'a>(doc: &'a serde_json::Value, response: &'a serde_json::Value) -> &'a serde_json::Value {
+    match response["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference
+                .strip_prefix("#/components/responses/")
+                .unwrap_or_else(|| panic!("{reference} is no response component"));
+            let component = &doc["components"]["responses"][name];
+            assert!(component.is_object(), "{reference} is not declared");
+            component
+        }
+        None => response,
+    }
 }
 
 /// The sources whose routers make up the API: `lib.rs` and every module it

@@ -1,10 +1,16 @@
 //! Task states. A task is created `queued` (or directly terminal on a cache
 //! hit or inline synthesis), becomes `processing` when a worker claims it and
-//! ends in exactly one terminal state.
+//! ends in exactly one terminal state. Its id, a UUIDv7, tells when it was
+//! submitted.
 
-use std::{fmt, str::FromStr};
+use std::{
+    fmt,
+    str::FromStr,
+    time::{Duration, SystemTime},
+};
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -69,6 +75,12 @@ impl FromStr for TaskStatus {
             .find(|status| status.as_str() == s)
             .ok_or_else(|| UnknownStatus(s.to_owned()))
     }
+}
+
+/// When a task was submitted: its id is a UUIDv7, stamped at submission.
+pub fn submitted_at(task_id: Uuid) -> Option<SystemTime> {
+    let (seconds, nanos) = task_id.get_timestamp()?.to_unix();
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Joined audio of a batch (`concatenate: true`) and the batch's JSON view.
+//! Joined audio of a batch (`concatenate: true`).
 //!
 //! When the last item of such a batch reaches a terminal state, the trigger
 //! on `tasks` leaves the batch `concatenating`. A sweeper in every worker
-//! ([`Joiner::sweep`], run beside the webhook relay every 250 ms) takes the
+//! ([`Joiner::run`]: [`Joiner::sweep`] every 250 ms) takes the
 //! batch under a lease, so one replica at a time joins it, joins the
 //! succeeded items' audio in batch order (streamed, see [`crate::join`]),
 //! stores it under `batches/{id}/joined.{ext}` and completes the batch,
@@ -14,13 +14,12 @@
 //! included, and once `batches.join_attempts` are used up the batch
 //! completes with `concatenate_error` too.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use serde_json::{Value, json};
 use ttsq_audio::AudioStore;
 use ttsq_config::BatchSettings;
 use ttsq_core::AudioFormat;
-use ttsq_store::{BatchRow, Concatenated, JoinLease, Store, StoreError};
+use ttsq_store::{Concatenated, JoinLease, Store, StoreError};
 use uuid::Uuid;
 
 pub use crate::join::{JoinError, JoinLimits, Joined};
@@ -31,6 +30,12 @@ const JOIN_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// Longest wait between two attempts at a join.
 const MAX_JOIN_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// How often a worker looks for batches waiting for joined audio.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Most batches one sweep joins; the rest wait for the next sweep.
+const JOINS_PER_SWEEP: usize = 16;
 
 /// Joins the audio of batches waiting for it; every worker runs one, and
 /// one replica at a time joins a batch, under its lease.
@@ -83,6 +88,29 @@ impl Joiner {
             attempts: settings.join_attempts,
             lease_ttl: settings.join_lease(),
             holder,
+        }
+    }
+
+    /// Sweeps every [`SWEEP_EVERY`] until `shutdown`. A join cut short by
+    /// shutdown aborts its upload; its lease expires and another replica
+    /// takes the batch over (the cut take counts as an attempt).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut ticks = tokio::time::interval(SWEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                swept = self.sweep(JOINS_PER_SWEEP) => {
+                    if let Err(err) = swept {
+                        tracing::warn!(error = %err, "sweeping batches to join failed");
+                    }
+                }
+            }
         }
     }
 
@@ -212,46 +240,4 @@ fn retry_delay(attempt: i32) -> Duration {
     JOIN_RETRY_DELAY
         .saturating_mul(1 << doublings)
         .min(MAX_JOIN_RETRY_DELAY)
-}
-
-/// The JSON view of a batch, without its items: what `GET
-/// /v1/tts/batches/{id}` opens with and what a `batch.completed` webhook
-/// carries.
-pub async fn batch_summary(
-    store: &Store,
-    audio: &AudioStore,
-    public_url: &str,
-    batch: &BatchRow,
-) -> Result<Value, JoinError> {
-    let mut counts: BTreeMap<&str, i64> =
-        ["queued", "processing", "succeeded", "failed", "cancelled"]
-            .into_iter()
-            .map(|s| (s, 0))
-            .collect();
-    let stored = store.batch_counts(batch.id).await?;
-    for (status, n) in &stored {
-        if let Some(slot) = counts.get_mut(status.as_str()) {
-            *slot = *n;
-        }
-    }
-    let concatenated_audio_url = match &batch.concatenated_key {
-        Some(key) => Some(audio.presign_get(key).await?),
-        None => None,
-    };
-    Ok(json!({
-        "batch_id": batch.id,
-        "status": batch.status,
-        "items": batch.items,
-        "counts": counts,
-        "concatenate": batch.concatenate,
-        "concatenated_audio_url": concatenated_audio_url,
-        "concatenated_audio_bytes": batch.concatenated_bytes,
-        "concatenated_duration_ms": batch.concatenated_duration_ms,
-        "concatenate_error": batch.concatenate_error,
-        "metadata": batch.metadata,
-        "status_url": format!("{public_url}/v1/tts/batches/{}", batch.id),
-        "created_at": batch.created_at,
-        "cancelled_at": batch.cancelled_at,
-        "completed_at": batch.completed_at,
-    }))
 }

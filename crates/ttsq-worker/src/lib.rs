@@ -5,19 +5,16 @@
 //! - [`run`]: the consume → batch → process loop and graceful shutdown.
 //! - [`batcher`]: grouping deliveries by dialect, flushed on size or window.
 //! - [`pipeline`]: one batch end to end.
-//! - [`batches`]: joined audio of client batches, and their JSON view.
+//! - [`batches`]: joined audio of client batches ([`batches::Joiner`]).
 //! - [`join`]: joining audio files by streaming them through a multipart
 //!   upload, format by format.
-//! - [`webhooks`]: the SSRF guard, signing and the webhook delivery service.
-//! - [`synthesis`]: making one hash's audio under its fleet-wide lease,
-//!   shared with the API's high-priority path.
 
 pub mod batcher;
 pub mod batches;
 pub mod join;
 pub mod pipeline;
-pub mod synthesis;
-pub mod webhooks;
+
+mod context;
 
 use std::{
     future::Future,
@@ -29,58 +26,12 @@ use std::{
 };
 
 use tokio::{sync::Semaphore, task::JoinSet};
-use ttsq_audio::AudioStore;
-use ttsq_config::WorkerSettings;
 use ttsq_core::backoff::Backoff;
-use ttsq_providers::Router;
-use ttsq_queue::{Broker, JobConsumer, QueueError};
-use ttsq_store::Store;
+use ttsq_queue::{JobConsumer, QueueError};
+
+pub use context::WorkerContext;
 
 use crate::{batcher::Batcher, pipeline::Item};
-
-/// What a worker needs; cheap to clone.
-#[derive(Clone)]
-pub struct WorkerContext {
-    /// Postgres.
-    pub store: Store,
-    /// RabbitMQ.
-    pub broker: Arc<Broker>,
-    /// S3 audio.
-    pub audio: AudioStore,
-    /// Providers.
-    pub providers: Arc<Router>,
-    /// Batching and shutdown settings.
-    pub settings: WorkerSettings,
-    /// Unacknowledged deliveries held at once.
-    pub prefetch: u16,
-    /// Back-off before each retry; a task gets one attempt more than there
-    /// are delays.
-    pub retry_delays: Vec<Duration>,
-    /// The queue's delivery limit: a delivery counted this often is the
-    /// message's last.
-    pub delivery_limit: u32,
-    /// This process's replica id (its heartbeat row), stamped on claims.
-    pub replica_id: uuid::Uuid,
-    /// A replica silent for this long is presumed dead; tasks it held may be
-    /// claimed by others.
-    pub replica_ttl: Duration,
-    /// Consumer tag, unique per process, shown in the broker's management UI.
-    pub name: String,
-    /// Wakes the dispatcher when a batch is done: its slots are free.
-    pub dispatch: ttsq_dispatch::Waker,
-    /// Whether fallback providers' audio answers for the text
-    /// (`cache.serve_fallback_audio`).
-    pub serve_fallback_audio: bool,
-}
-
-impl WorkerContext {
-    /// Claims of a task after which a passing provider failure fails it.
-    pub fn max_attempts(&self) -> i32 {
-        i32::try_from(self.retry_delays.len())
-            .unwrap_or(i32::MAX)
-            .saturating_add(1)
-    }
-}
 
 /// Why the worker stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]

@@ -3,14 +3,14 @@
 use std::{
     collections::{HashMap, HashSet},
     future::Future,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 use tracing::{Instrument as _, Span, field::Empty};
-use ttsq_core::{AudioFormat, JobMessage, backoff::Backoff};
-use ttsq_providers::{ProviderError, SynthesisRequest};
+use ttsq_core::{JobMessage, backoff::Backoff};
+use ttsq_providers::ProviderError;
 use ttsq_queue::JobDelivery;
 use ttsq_store::{
     AudioObject, ClaimCommit, ClaimCommitted, ClaimedTask, FinishedTask, MadeAudio, Reschedule,
@@ -18,12 +18,12 @@ use ttsq_store::{
 };
 use uuid::Uuid;
 
-use crate::{
-    WorkerContext,
-    synthesis::{
-        MakeAudioError, MakeOptions, SYNTHESIS_IN_PROGRESS, Transient, make_audio, retry_transient,
-    },
+use ttsq_synthesis::{
+    MakeAudioError, MakeOptions, SYNTHESIS_IN_PROGRESS, Transient, Utterance, make_audio,
+    retry_transient,
 };
+
+use crate::context::WorkerContext;
 
 /// A delivery with its decoded message.
 pub struct Item {
@@ -400,7 +400,7 @@ fn job_span(item: &Item, batch_id: Uuid) -> Span {
         .delivery
         .traceparent()
         .or_else(|| item.message.traceparent.clone());
-    let submitted = submitted_at(item.message.task_id);
+    let submitted = ttsq_core::task::submitted_at(item.message.task_id);
     if let Some(at) = submitted {
         ttsq_telemetry::trace_context::record_queue_wait(traceparent.as_deref(), at, "ttsq.jobs");
     }
@@ -425,12 +425,6 @@ fn job_span(item: &Item, batch_id: Uuid) -> Span {
     span
 }
 
-/// When a task was submitted: its id is a UUIDv7, stamped at submission.
-pub fn submitted_at(task_id: Uuid) -> Option<SystemTime> {
-    let (seconds, nanos) = task_id.get_timestamp()?.to_unix();
-    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(seconds, nanos))
-}
-
 /// One log line and the metrics per task a commit settled, with its span's
 /// fields.
 fn report_finished(
@@ -449,7 +443,7 @@ fn report_finished(
             continue;
         };
         let span = jobs.get(&done.task_id).cloned().unwrap_or_else(Span::none);
-        let submitted = submitted_at(task.id);
+        let submitted = ttsq_core::task::submitted_at(task.id);
         if let Some(latency) = submitted.and_then(|at| at.elapsed().ok()) {
             span.record("latency_ms", latency.as_millis() as u64);
         }
@@ -669,27 +663,15 @@ async fn resolve_hashes<'a>(
 
 /// Makes the audio of `task`'s hash, whose lease the batch holds.
 async fn make(context: &WorkerContext, task: &ClaimedTask) -> HashResult {
-    let Ok(format) = task.format.parse::<AudioFormat>() else {
-        return HashResult::Failed {
-            code: "invalid_task".into(),
-            message: format!("stored format `{}` is unknown", task.format),
-            exhausted: false,
-        };
-    };
-    let marks: Vec<ttsq_core::MarkKind> = task
-        .marks
-        .iter()
-        .flatten()
-        .filter_map(|m| m.parse().ok())
-        .collect();
-    let request = SynthesisRequest {
-        text: &task.text,
-        dialect: &task.dialect,
-        voice: &task.voice,
-        speed: task.speed,
-        emotion: task.emotion.as_deref(),
-        format,
-        marks: &marks,
+    let utterance = match Utterance::of_task(task) {
+        Ok(utterance) => utterance,
+        Err(err) => {
+            return HashResult::Failed {
+                code: "invalid_task".into(),
+                message: err.to_string(),
+                exhausted: false,
+            };
+        }
     };
     let options = MakeOptions {
         storage_retry: context.settings.storage_retry(),
@@ -699,7 +681,7 @@ async fn make(context: &WorkerContext, task: &ClaimedTask) -> HashResult {
         &context.audio,
         &context.providers,
         &task.content_hash,
-        &request,
+        &utterance.request(),
         options,
     )
     .await;

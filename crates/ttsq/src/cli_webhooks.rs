@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use ttsq_config::Settings;
 use ttsq_store::{Store, TenantWebhook};
-use ttsq_worker::webhooks::{TargetGuard, tenant_secret};
+use ttsq_webhooks::{TargetGuard, tenant_secret};
 use uuid::Uuid;
 
 /// Who the CLI records as the actor of its changes.

@@ -388,24 +388,16 @@ impl Services {
     }
 
     /// The webhook delivery service's context.
-    pub fn webhook_context(&self) -> ttsq_worker::webhooks::WebhookContext {
+    pub fn webhook_context(&self) -> ttsq_webhooks::WebhookContext {
         let hooks = &self.settings.webhooks;
-        ttsq_worker::webhooks::WebhookContext {
+        ttsq_webhooks::WebhookContext {
             store: self.store.clone(),
             broker: Arc::clone(&self.broker),
             audio: self.audio.clone(),
-            joiner: ttsq_worker::batches::Joiner::new(
-                self.store.clone(),
-                self.audio.clone(),
-                &self.settings.batches,
-                self.replica_id,
-            ),
             public_url: self.settings.server.public_url.trim_end_matches('/').into(),
             signing_key: hooks.enabled_key().cloned(),
             // Settings::load validated the networks.
-            guard: ttsq_worker::webhooks::TargetGuard::new(
-                hooks.allowed_networks().unwrap_or_default(),
-            ),
+            guard: ttsq_webhooks::TargetGuard::new(hooks.allowed_networks().unwrap_or_default()),
             timeout: Duration::from_secs(hooks.timeout_secs),
             concurrency: hooks.concurrency,
             per_tenant_in_flight: hooks.per_tenant_in_flight,
@@ -417,14 +409,25 @@ impl Services {
         }
     }
 
+    /// The sweeper that joins the audio of batches asking for it.
+    pub fn joiner(&self) -> ttsq_worker::batches::Joiner {
+        ttsq_worker::batches::Joiner::new(
+            self.store.clone(),
+            self.audio.clone(),
+            &self.settings.batches,
+            self.replica_id,
+        )
+    }
+
     /// Runs a worker until `shutdown` is cancelled, then drains it; beside
-    /// it, the webhook delivery service (which also joins batch audio).
+    /// it, the webhook delivery service and the batch audio joiner.
     pub async fn run_worker(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let hooks =
-            ttsq_worker::webhooks::run(self.webhook_context(), shutdown.clone().cancelled_owned());
-        let (worker, ()) = tokio::join!(
+        let hooks = ttsq_webhooks::run(self.webhook_context(), shutdown.clone().cancelled_owned());
+        let joins = self.joiner().run(shutdown.clone().cancelled_owned());
+        let (worker, (), ()) = tokio::join!(
             ttsq_worker::run(self.worker_context(), shutdown.cancelled_owned()),
-            hooks
+            hooks,
+            joins
         );
         worker.context("worker failed")
     }

@@ -759,3 +759,46 @@ async fn a_tenants_weight_scales_its_share_of_webhook_deliveries() {
         "tenant A of weight 2 had {slow_peak} deliveries in flight at once; 4 are its share"
     );
 }
+
+/// A task's webhook carries the task as `GET /v1/tts/jobs/{id}` shows it,
+/// speech marks included: both are rendered by the one `TaskView`.
+#[tokio::test]
+async fn a_task_webhook_carries_the_same_view_as_get_marks_included() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+
+    let task = app
+        .submit_ok(&json!({
+            "text": "Marks travel with the event.",
+            "dialect": "en-us",
+            "marks": ["word"],
+            "callback_url": url,
+        }))
+        .await;
+    app.wait_for(task).await;
+    let got = receiver.wait_for(1).await;
+    let event: Value = serde_json::from_slice(&got[0].body).expect("JSON body");
+    let polled: Value = app
+        .get_as(&app.api_key, &format!("/v1/tts/jobs/{task}"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+
+    let data = event["data"].as_object().expect("data is the task");
+    let view = polled.as_object().expect("the task");
+    let mut data_fields: Vec<&String> = data.keys().collect();
+    let mut view_fields: Vec<&String> = view.keys().collect();
+    data_fields.sort();
+    view_fields.sort();
+    assert_eq!(data_fields, view_fields, "the event and GET differ in fields");
+    assert_eq!(data["marks"], json!(["word"]));
+    assert!(data["marks_url"].as_str().is_some(), "{event}");
+    for (field, value) in view {
+        // Presigned URLs are signed afresh at each rendering.
+        if !field.ends_with("_url") || field == "status_url" {
+            assert_eq!(&data[field], value, "field {field}");
+        }
+    }
+    app.teardown().await;
+}

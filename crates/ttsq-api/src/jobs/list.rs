@@ -1,18 +1,21 @@
-//! A tenant's own tasks: list them newest first, cancel one still queued.
+//! `GET /v1/tts/jobs`: a tenant's own tasks, newest first, a page at a time.
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
 };
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use ttsq_core::TaskStatus;
-use ttsq_store::{Cancellation, TaskCursor};
+use ttsq_store::TaskCursor;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    ApiContext, ApiError, auth::Caller, error::Problem, jobs::parse_task_id, view::TaskView,
+    ApiContext, ApiError,
+    auth::Caller,
+    error::{Problem, responses::NoApiKey},
+    view::TaskView,
 };
 
 /// Page size when `limit` is not given.
@@ -56,7 +59,7 @@ pub struct TaskListView {
     responses(
         (status = 200, description = "A page of tasks, newest first", body = TaskListView),
         (status = 400, description = "Invalid `status`, `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoApiKey),
     )
 )]
 #[tracing::instrument(skip_all, fields(tenant = %caller.0.tenant_id))]
@@ -98,7 +101,7 @@ pub async fn list(
         .await?;
     let mut jobs = Vec::with_capacity(page.tasks.len());
     for row in page.tasks {
-        jobs.push(TaskView::render(&context, row).await?);
+        jobs.push(context.task_view(row).await?);
     }
     Ok(Json(TaskListView {
         jobs,
@@ -128,42 +131,6 @@ fn decode_cursor(raw: &str) -> Result<TaskCursor, ApiError> {
         .ok_or_else(invalid)?;
     let id = Uuid::from_slice(id).map_err(|_| invalid())?;
     Ok(TaskCursor { created_at, id })
-}
-
-/// `DELETE /v1/tts/jobs/{id}`: cancels a task that is still `queued`.
-#[utoipa::path(
-    delete,
-    path = "/v1/tts/jobs/{id}",
-    operation_id = "cancel_job",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Task id")),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Cancelled; the task as it is now", body = TaskView),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task is no longer queued", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn cancel(
-    State(context): State<ApiContext>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<TaskView>, ApiError> {
-    let id = parse_task_id(&id)?;
-    match context.store.cancel_task(caller.0.tenant_id, id).await? {
-        Cancellation::Cancelled(row) => {
-            // A published task's slot in its provider's window is free.
-            context.dispatch.wake();
-            Ok(Json(TaskView::render(&context, row).await?))
-        }
-        Cancellation::TooLate(row) => Err(ApiError::Conflict(format!(
-            "the task is {}; only a queued task can be cancelled",
-            row.status()
-        ))),
-        Cancellation::NotFound => Err(ApiError::NotFound("task")),
-    }
 }
 
 #[cfg(test)]

@@ -1,38 +1,35 @@
-//! Submitting jobs and reading tasks and their audio.
+//! `POST /v1/tts/jobs`: a job queued (normal priority) or synthesized
+//! inline (high priority).
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, Query, State, rejection::BytesRejection},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument as _;
-use ttsq_core::backoff::Backoff;
-use ttsq_core::{Job, JobRequest, Priority, TaskStatus};
-use ttsq_providers::SynthesisRequest;
+use ttsq_core::{Job, JobRequest, Priority, TaskStatus, backoff::Backoff};
 use ttsq_store::{
-    AudioObject, ClaimCommit, CostEstimate, FinishedTask, InlineClaim, NewTask, Reschedule,
-    TaskOutcome, TaskRow,
+    AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
 };
-use ttsq_worker::synthesis::{MakeAudioError, SYNTHESIS_IN_PROGRESS, make_audio};
-use utoipa::IntoParams;
+use ttsq_synthesis::{MakeAudioError, SYNTHESIS_IN_PROGRESS, Utterance, cache_hit, make_audio};
 use uuid::Uuid;
 
 use crate::{
     ApiContext, ApiError,
     auth::Caller,
     coalescer::PendingSubmission,
-    error::{LimitProblem, Problem},
-    openapi::AudioBody,
-    view::{AcceptedView, TaskView, status_url},
+    error::{
+        LimitProblem, Problem,
+        responses::{BodyTooLarge, NoApiKey, NotJson, Unavailable},
+    },
+    extract::{IdempotencyKey, JsonBody},
+    view::{AcceptedView, AudioBody, TaskView, audio_response, stored_audio},
 };
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// `POST /v1/tts/jobs`.
 #[utoipa::path(
@@ -49,15 +46,15 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
             (TaskView = "application/json"), (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
         )),
         (status = 400, description = "Invalid job; `errors` names each field", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = NoApiKey),
+        (status = 413, response = BodyTooLarge),
+        (status = 415, response = NotJson),
         (status = 422, description = "The text is refused by the content policy (`code: content_rejected`); neither the text nor the pattern is echoed", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over one of the tenant's limits (`code: limit_exceeded`); nothing was written", body = LimitProblem, content_type = "application/problem+json", headers(
             ("Retry-After" = u64, description = "Seconds until the limit's period ends, or a few for a full queue"),
         )),
         (status = 502, description = "High priority: synthesis failed", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "A dependency is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
+        (status = 503, response = Unavailable),
     )
 )]
 #[tracing::instrument(
@@ -68,16 +65,9 @@ pub async fn submit(
     State(context): State<ApiContext>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    idempotency_key: Result<IdempotencyKey, ApiError>,
+    JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(context.max_body_bytes)
-        } else {
-            ApiError::field("", format!("could not read the body: {rejection}"))
-        }
-    })?;
     let job =
         Job::parse(&body, context.providers.catalog(), &context.limits).map_err(|errors| {
             // Only the marks are wrong: the job is fine but cannot be served as
@@ -99,19 +89,21 @@ pub async fn submit(
     }
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
-        audit_refusal(&context, &caller, &job, "content_rejected", json!({})).await;
+        context
+            .audit_refusal(&caller, &job, "content_rejected", json!({}))
+            .await;
         return Err(ApiError::ContentRejected);
     }
-    let idempotency_key = idempotency_key(&headers)?;
+    let IdempotencyKey(idempotency_key) = idempotency_key?;
     // The worker continues this request's trace from the task's message.
     let traceparent = ttsq_telemetry::trace_context::current_traceparent();
     let task = NewTask {
         id: Uuid::now_v7(),
         tenant_id: caller.0.tenant_id,
         job: &job,
-        idempotency_key,
+        idempotency_key: idempotency_key.as_deref(),
         key_prefix: Some(&caller.0.key_prefix),
-        estimate: estimate_cost(&context.providers, &job),
+        estimate: context.estimate_cost(&job),
         traceparent: traceparent.as_deref(),
     };
     let span = tracing::Span::current();
@@ -134,7 +126,9 @@ pub async fn submit(
             "submission refused by a tenant limit"
         );
         let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
-        audit_refusal(&context, &caller, &job, "limit_exceeded", detail).await;
+        context
+            .audit_refusal(&caller, &job, "limit_exceeded", detail)
+            .await;
     }
     span.record("latency_ms", started.elapsed().as_millis() as u64);
     result
@@ -154,7 +148,7 @@ fn report_finished(row: &TaskRow) {
         &row.voice,
         succeeded,
         row.cache_hit,
-        ttsq_worker::pipeline::submitted_at(row.id),
+        ttsq_core::task::submitted_at(row.id),
     );
     if succeeded {
         tracing::info!("task succeeded at submission");
@@ -164,47 +158,6 @@ fn report_finished(row: &TaskRow) {
             "task failed at submission"
         );
     }
-}
-
-/// Records a refused submission in the audit log; a failure to do so is
-/// logged and does not change the answer.
-pub(crate) async fn audit_refusal(
-    context: &ApiContext,
-    caller: &Caller,
-    job: &Job,
-    reason: &str,
-    detail: serde_json::Value,
-) {
-    if let Err(err) = context
-        .store
-        .audit_refusal(
-            caller.0.tenant_id,
-            Some(&caller.0.key_prefix),
-            job,
-            reason,
-            detail,
-        )
-        .await
-    {
-        tracing::warn!(error = %err, "could not record a refused submission in the audit log");
-    }
-}
-
-/// What `job` is expected to cost: its characters at the price of its
-/// dialect's first provider, in that provider's currency. Reserved against
-/// the tenant's budget while the task is open.
-pub(crate) fn estimate_cost<'a>(
-    providers: &'a ttsq_providers::Router,
-    job: &Job,
-) -> Option<CostEstimate<'a>> {
-    let provider = providers
-        .catalog()
-        .get(&job.dialect)
-        .and_then(|d| d.provider_chain.first())?;
-    Some(CostEstimate {
-        cost: f64::from(job.characters) * providers.price_per_1k(provider) / 1000.0,
-        currency: providers.currency(provider),
-    })
 }
 
 /// Commits the task together with the other submissions waiting (a cache
@@ -260,7 +213,7 @@ fn same_request(row: &TaskRow, job: &Job) -> Result<(), ApiError> {
 }
 
 fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
-    let url = status_url(context, row.id);
+    let url = context.task_url(row.id);
     let mut response = (
         StatusCode::ACCEPTED,
         Json(AcceptedView {
@@ -274,18 +227,6 @@ fn accepted(context: &ApiContext, row: &TaskRow) -> Response {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
-}
-
-/// The outcome of a job whose audio is stored already: succeeded at once,
-/// nothing billable, priced in the currency of the provider that made it.
-pub(crate) fn cache_hit(providers: &ttsq_providers::Router, object: &AudioObject) -> TaskOutcome {
-    TaskOutcome::Succeeded {
-        audio_hash: object.hash.clone(),
-        cache_hit: true,
-        provider: object.provider.clone(),
-        price_per_1k: 0.0,
-        currency: providers.currency(&object.provider).to_owned(),
-    }
 }
 
 /// Synthesizes inline (or serves the cache) and answers with the audio.
@@ -402,20 +343,12 @@ async fn synthesize_claimed(
         match found {
             Some(object) => finished.push(cache_hit(&context.providers, &object)),
             None if leased => {
-                let request = SynthesisRequest {
-                    text: &job.text,
-                    dialect: &job.dialect,
-                    voice: &job.voice,
-                    speed: job.speed,
-                    emotion: job.emotion.as_deref(),
-                    format: job.format,
-                    marks: &job.marks,
-                };
+                let utterance = Utterance::of_job(job);
                 match make_audio(
                     &context.audio,
                     &context.providers,
                     &hash,
-                    &request,
+                    &utterance.request(),
                     inline.make,
                 )
                 .await
@@ -547,21 +480,17 @@ async fn respond_with_audio(
         }
         // An idempotent repeat of a job that is still queued.
         _ => {
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(TaskView::render(context, row).await?),
-            )
-                .into_response());
+            return Ok((StatusCode::ACCEPTED, Json(context.task_view(row).await?)).into_response());
         }
     }
     if json {
-        return Ok(Json(TaskView::render(context, row).await?).into_response());
+        return Ok(Json(context.task_view(row).await?).into_response());
     }
     let cache = if row.cache_hit { "hit" } else { "miss" };
     let task_id = row.id;
     let mut response = match held {
         Some(bytes) => audio_response(&row, bytes),
-        None => audio_bytes(context, &row).await?,
+        None => stored_audio(context, &row).await?,
     };
     let headers = response.headers_mut();
     headers.insert(
@@ -572,259 +501,9 @@ async fn respond_with_audio(
     Ok(response)
 }
 
-async fn audio_bytes(context: &ApiContext, row: &TaskRow) -> Result<Response, ApiError> {
-    let key = row
-        .s3_key
-        .as_deref()
-        .ok_or_else(|| ApiError::Conflict("the task has no audio".into()))?;
-    let bytes = context.audio.get(key).await?;
-    Ok(audio_response(row, bytes))
-}
-
-/// `bytes` with the content type of the task's format.
-fn audio_response(row: &TaskRow, bytes: Bytes) -> Response {
-    let content_type = row
-        .format
-        .parse::<ttsq_core::AudioFormat>()
-        .map(|f| f.content_type())
-        .unwrap_or("application/octet-stream");
-    ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
-}
-
-pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
-}
-
 fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("application/json"))
-}
-
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
-    key.map(Some).ok_or_else(|| {
-        ApiError::field(
-            "Idempotency-Key",
-            "must be 1 to 255 visible ASCII characters",
-        )
-    })
-}
-
-pub(crate) fn parse_task_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("task"))
-}
-
-async fn find_task(
-    context: &ApiContext,
-    caller: &Caller,
-    raw_id: &str,
-) -> Result<TaskRow, ApiError> {
-    let id = parse_task_id(raw_id)?;
-    context
-        .store
-        .get_task(caller.0.tenant_id, id)
-        .await?
-        .ok_or(ApiError::NotFound("task"))
-}
-
-/// Query of `GET /v1/tts/jobs/{id}`.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WaitQuery {
-    /// Seconds to wait for a terminal state (at most `server.max_wait_secs`).
-    #[param(value_type = Option<f64>, minimum = 0)]
-    wait: Option<String>,
-}
-
-/// `GET /v1/tts/jobs/{id}`, with `?wait=N` to long-poll up to N seconds.
-#[utoipa::path(
-    get,
-    path = "/v1/tts/jobs/{id}",
-    operation_id = "get_job",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Task id"), WaitQuery),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The task", body = TaskView),
-        (status = 400, description = "Invalid `wait`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn get(
-    State(context): State<ApiContext>,
-    caller: Caller,
-    Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<TaskView>, ApiError> {
-    let wait = match query.ok().and_then(|Query(q)| q.wait) {
-        None => Duration::ZERO,
-        Some(raw) => {
-            let seconds: f64 = raw
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| ApiError::field("wait", "must be a number of seconds"))?;
-            // Checked before converting: a huge number would overflow a Duration.
-            let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
-            if wait > context.max_wait {
-                return Err(ApiError::field(
-                    "wait",
-                    format!("must be at most {} seconds", context.max_wait.as_secs()),
-                ));
-            }
-            wait
-        }
-    };
-    let row = wait_for_terminal(&context, &caller, &id, wait).await?;
-    Ok(Json(TaskView::render(&context, row).await?))
-}
-
-/// Reads the task, and while it is not terminal waits up to `wait` for the
-/// notification that it finished, re-reading it on each wake-up and at
-/// least every `server.wait_poll_ms` (notifications can be missed while the
-/// listener reconnects).
-async fn wait_for_terminal(
-    context: &ApiContext,
-    caller: &Caller,
-    raw_id: &str,
-    wait: Duration,
-) -> Result<TaskRow, ApiError> {
-    let mut row = find_task(context, caller, raw_id).await?;
-    if wait.is_zero() || row.status().is_terminal() {
-        return Ok(row);
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    let waiter = context.waiters.register(row.id);
-    loop {
-        // Enabled before the read, so a finish in between still wakes us.
-        let notified = waiter.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        row = find_task(context, caller, raw_id).await?;
-        let now = tokio::time::Instant::now();
-        if row.status().is_terminal() || now >= deadline {
-            return Ok(row);
-        }
-        let next_poll = (now + context.waiters.fallback()).min(deadline);
-        tokio::select! {
-            () = &mut notified => {}
-            () = tokio::time::sleep_until(next_poll) => {}
-        }
-    }
-}
-
-/// Query of `GET /v1/tts/jobs/{id}/audio`.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AudioQuery {
-    /// `1` answers with the bytes instead of a redirect.
-    #[param(value_type = Option<String>, example = "1")]
-    inline: Option<String>,
-}
-
-/// `GET /v1/tts/jobs/{id}/audio`: a redirect to a presigned URL, or the
-/// bytes themselves with `?inline=1`.
-#[utoipa::path(
-    get,
-    path = "/v1/tts/jobs/{id}/audio",
-    operation_id = "get_job_audio",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Task id"), AudioQuery),
-    security(("bearer" = [])),
-    responses(
-        (status = 302, description = "Redirect to a presigned URL of the audio", headers(("location" = String, description = "Presigned URL"))),
-        (status = 200, description = "With `?inline=1`: the audio", content(
-            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
-        )),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task for this tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task has not succeeded", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Audio storage is unavailable; retry later", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn audio(
-    State(context): State<ApiContext>,
-    caller: Caller,
-    Path(id): Path<String>,
-    query: Result<Query<AudioQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let inline = query
-        .ok()
-        .and_then(|Query(q)| q.inline)
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
-    let row = find_task(&context, &caller, &id).await?;
-    let status = row.status();
-    if status != TaskStatus::Succeeded {
-        return Err(ApiError::Conflict(format!(
-            "the task is {status}; audio exists only once it has succeeded"
-        )));
-    }
-    if inline {
-        return audio_bytes(&context, &row).await;
-    }
-    let key = row
-        .s3_key
-        .as_deref()
-        .ok_or_else(|| ApiError::Conflict("the task has no audio".into()))?;
-    let url = context.audio.presign_get(key).await?;
-    let location = HeaderValue::from_str(&url).map_err(ApiError::internal)?;
-    Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
-}
-
-/// `GET /v1/tts/jobs/{id}/marks`: the speech marks file of a succeeded task
-/// that asked for marks, as JSON.
-#[utoipa::path(
-    get,
-    path = "/v1/tts/jobs/{id}/marks",
-    operation_id = "get_marks",
-    tag = "jobs",
-    params(("id" = Uuid, Path, description = "Task id")),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The speech marks: `[{type, start_ms, end_ms, value, start?, end?}]`", body = Object),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such task, or it has no marks", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task has not succeeded yet", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-#[tracing::instrument(skip_all, fields(task_id = %id))]
-pub async fn marks(
-    State(context): State<ApiContext>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let row = find_task(&context, &caller, &id).await?;
-    if row.marks.as_ref().is_none_or(Vec::is_empty) {
-        return Err(ApiError::NotFound("speech marks"));
-    }
-    let status = row.status();
-    if status != TaskStatus::Succeeded {
-        return Err(ApiError::Conflict(format!(
-            "the task is {status}; speech marks exist only once it has succeeded"
-        )));
-    }
-    let hash = ttsq_core::ContentHash::parse(&row.content_hash)
-        .ok_or(ApiError::NotFound("speech marks"))?;
-    let bytes = context.audio.get(&hash.marks_key()).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }

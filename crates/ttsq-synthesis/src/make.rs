@@ -1,5 +1,4 @@
-//! Making the audio of one content hash while holding its fleet-wide lease;
-//! the step worker batches and the API's high-priority path share.
+//! Making the audio of one content hash while holding its fleet-wide lease.
 //!
 //! Every object is uploaded with its facts (SHA-256, playing time, provider)
 //! in its S3 metadata, atomically with the bytes. A holder that finds an
@@ -9,15 +8,17 @@
 //! the key taken, the index records the object actually stored, never the
 //! discarded bytes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 use ttsq_audio::{AudioStore, AudioStoreError, ObjectHead, PutOutcome};
-use ttsq_core::{AudioFormat, ContentHash, backoff::Backoff};
+use ttsq_core::{AudioFormat, ContentHash};
 use ttsq_providers::{ProviderError, Router, SynthesisRequest};
 use ttsq_store::{AudioObject, MadeAudio};
+
+use crate::retry::retry_transient;
 
 /// S3 metadata names of the facts an object carries about its own bytes.
 const META_SHA256: &str = "ttsq-sha256";
@@ -250,52 +251,4 @@ pub fn object_key(content_hash: &str, format: AudioFormat) -> String {
     ContentHash::parse(content_hash)
         .map(|h| h.object_key(format))
         .unwrap_or_else(|| format!("audio/invalid/{content_hash}.{}", format.extension()))
-}
-
-/// Runs an S3 or Postgres operation until it succeeds, fails for good, or
-/// `limit` has passed, backing off in between.
-pub async fn retry_transient<T, E, F, Fut>(
-    limit: Duration,
-    what: &str,
-    mut operation: F,
-) -> Result<T, E>
-where
-    E: std::fmt::Display + Transient,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let deadline = Instant::now() + limit;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        match operation().await {
-            Ok(value) => return Ok(value),
-            Err(err) if err.is_transient() => {
-                let wait = backoff.next_delay();
-                if Instant::now() + wait >= deadline {
-                    return Err(err);
-                }
-                tracing::warn!(error = %err, retry_in = ?wait, "{what} failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-/// Errors that may clear up by themselves.
-pub trait Transient {
-    /// Whether trying again later may succeed.
-    fn is_transient(&self) -> bool;
-}
-
-impl Transient for ttsq_store::StoreError {
-    fn is_transient(&self) -> bool {
-        ttsq_store::StoreError::is_transient(self)
-    }
-}
-
-impl Transient for AudioStoreError {
-    fn is_transient(&self) -> bool {
-        AudioStoreError::is_transient(self)
-    }
 }
