@@ -11,6 +11,8 @@
 #            against the Kubernetes 1.25 and 1.37 JSON schemas, KEDA's against a
 #            structural schema; its ttsq.toml and env are settings ttsq accepts;
 #            workers get more termination grace than their drain deadline
+#   layout   the crate dependency list in README.md's Layout section matches
+#            the crates' manifests (deploy/check_layout.py)
 #   alerts   deploy/prometheus/alerts.yml passes `promtool check rules` and its
 #            unit tests (alerts.test.yml); prometheus.yml passes `promtool
 #            check config`; the alerts and the Grafana dashboards use only
@@ -133,4 +135,6 @@ args=()
 [[ -x "$KUBECTL" ]] && args+=(--kubectl "$KUBECTL")
 ((TOOLS_OK)) || args+=(--tools-missing "${REQUIREMENTS[*]}")
 
-exec "$PYTHON" "$REPO_ROOT/deploy/check.py" "${args[@]}"
+layout=0
+"$PYTHON" "$REPO_ROOT/deploy/check_layout.py" "$REPO_ROOT" || layout=$?
+"$PYTHON" "$REPO_ROOT/deploy/check.py" "${args[@]}" && ((layout == 0))
