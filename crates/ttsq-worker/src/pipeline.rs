@@ -16,12 +16,11 @@ use ttsq_store::{
     AudioObject, ClaimCommit, ClaimCommitted, ClaimedTask, FinishedTask, MadeAudio, Reschedule,
     TaskOutcome,
 };
-use uuid::Uuid;
-
 use ttsq_synthesis::{
     MakeAudioError, MakeOptions, SYNTHESIS_IN_PROGRESS, Transient, Utterance, make_audio,
     retry_transient,
 };
+use uuid::Uuid;
 
 use crate::context::WorkerContext;
 
