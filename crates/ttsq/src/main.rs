@@ -2,6 +2,7 @@
 
 mod cli_admin;
 mod cli_client;
+mod cli_config;
 mod cli_webhooks;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -21,7 +22,7 @@ use ttsq_store::Store;
 /// Settings come from built-in defaults (local Postgres, RabbitMQ, an S3
 /// server on 127.0.0.1:8014 and the embedded espeak-ng voice), then the
 /// optional config file, then TTSQ_* environment variables
-/// (`ttsq config env` lists them all).
+/// (`ttsq config env` lists them all, `ttsq config check` validates them).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -82,10 +83,10 @@ enum Command {
         #[command(subcommand)]
         command: cli_webhooks::WebhooksCommand,
     },
-    /// Inspect configuration.
+    /// List, describe, check or show the settings, connecting to nothing.
     Config {
         #[command(subcommand)]
-        command: ConfigCommand,
+        command: cli_config::ConfigCommand,
     },
     /// Speak a text through a running API and save the audio:
     /// `ttsq say "Hello" --dialect en-gb -o hello.mp3 [--priority high]`.
@@ -148,12 +149,6 @@ enum DlqCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum ConfigCommand {
-    /// Print every TTSQ_* variable with its default, as a .env file.
-    Env,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -177,25 +172,14 @@ fn main() -> ExitCode {
     }
 }
 
-#[expect(
-    clippy::print_stdout,
-    reason = "command output (a new key, the variable listing) belongs on stdout"
-)]
 async fn run(
     cli: Cli,
     telemetry: &mut Option<ttsq_telemetry::TelemetryGuard>,
 ) -> anyhow::Result<()> {
-    if let Command::Config {
-        command: ConfigCommand::Env,
-    } = cli.command
-    {
-        for (var, default) in Settings::env_reference() {
-            println!("{var}={default}");
-        }
-        return Ok(());
-    }
-    // Client commands talk to a running API; they need no server settings.
+    // Client commands talk to a running API; they need no server settings,
+    // and the config commands load them their own way.
     let command = match cli.command {
+        Command::Config { command } => return cli_config::run(cli.config.as_deref(), command),
         Command::Say(args) => return cli_client::say(args).await,
         Command::Batch(args) => return cli_client::batch(args).await,
         Command::Jobs(args) => return cli_client::jobs(args).await,
