@@ -8,15 +8,18 @@ Each check prints one line, `ok`, `FAIL` (with the problems indented below)
 or `skip` (a tool is missing; the reason is given). The exit status is 1 when
 any check failed. Nothing here touches the network.
 
-Several checks mirror rules of ttsq's own configuration loader
-(crates/ttsq-config/src/lib.rs): which TTSQ_* variables exist, how the config
-file layers over the defaults, what a provider and a route must have. Keep
-them in step when that file changes.
+ttsq's own settings rules (which TTSQ_* variables exist, how the config file
+layers over the defaults, what a provider and a route must have) are not
+repeated here: each deployment's config file and environment are handed to
+the ttsq binary that check.sh builds, `ttsq config check` for the verdict,
+`ttsq config show` for the values in effect and `ttsq config schema` for
+which settings are secrets.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -41,7 +44,6 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 K8S = ROOT / "deploy" / "k8s"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
-DEFAULTS_TOML = ROOT / "crates" / "ttsq-config" / "src" / "defaults.toml"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 METRICS_RS = ROOT / "crates" / "ttsq-telemetry" / "src" / "metrics.rs"
@@ -55,24 +57,6 @@ K8S_VERSIONS = ("1.25.0", "1.37.0")
 SERVES_HTTP = {"api", "all"}
 CONSUMES = {"worker", "all"}
 TTSQ_COMMANDS = {"api", "worker", "all", "migrate"}
-
-# Variables with the TTSQ_ prefix that are not settings (RESERVED_VARS and
-# TEST_VAR_PREFIX in crates/ttsq-config/src/lib.rs).
-RESERVED_VARS = {
-    "TTSQ_CONFIG", "TTSQ_URL", "TTSQ_API_KEY",
-    "TTSQ_HOME", "TTSQ_PROFILE", "TTSQ_SERVICES_TIMEOUT",
-}
-TEST_VAR_PREFIX = "TTSQ_TEST_"
-# Provider keys without a default that the environment may add
-# (OPTIONAL_PROVIDER_KEYS in crates/ttsq-config/src/lib.rs).
-OPTIONAL_PROVIDER_KEYS = ("api_key", "base_url", "model", "auth_header")
-PROVIDER_KINDS = {"espeak", "elevenlabs", "openai", "http"}
-PROVIDER_FIELDS = {
-    "kind", "base_url", "api_key", "auth_header", "model", "binary",
-    "connect_timeout_secs", "timeout_secs", "price_per_1k_chars", "currency", "quota", "dialects",
-}
-QUOTA_FIELDS = {"requests_per_second", "characters_per_minute", "max_concurrent"}
-
 
 class Problems(Exception):
     """A check's findings; each string becomes one indented line."""
@@ -122,108 +106,103 @@ def raise_if(problems: list[str]) -> None:
         raise Problems(problems)
 
 
-# --- ttsq's configuration rules --------------------------------------------------
+# --- ttsq's own verdict on settings ------------------------------------------------
 
 
-def merge(base: dict, overlay: dict) -> None:
-    """Tables merge key by key; anything else (arrays too) is replaced."""
-    for key, value in overlay.items():
-        if isinstance(base.get(key), dict) and isinstance(value, dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
+class Ttsq:
+    """The ttsq binary's `config` commands, on a config file's text and an
+    environment given as a mapping; never the environment of this script."""
+
+    def __init__(self, binary: str | None):
+        self.binary = binary
+        self._schema: dict | None = None
+
+    def run(self, args: list[str], config_text: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        if not self.binary:
+            raise Problems(["no ttsq binary: deploy/check.sh builds it with "
+                            "`cargo test -p ttsq --no-run --locked`"])
+        with tempfile.TemporaryDirectory(prefix="ttsq-check-") as tmp:
+            command = [self.binary, "config", *args]
+            if config_text is not None:
+                (Path(tmp) / "ttsq.toml").write_text(config_text)
+                command += ["--config", str(Path(tmp) / "ttsq.toml")]
+            if env is not None:
+                lines = [f"{name}={value}" for name, value in env.items()]
+                (Path(tmp) / "ttsq.env").write_text("".join(f"{line}\n" for line in lines))
+                command += ["--env-file", str(Path(tmp) / "ttsq.env")]
+            # Nothing of this process's environment: no TTSQ_CONFIG to follow.
+            return subprocess.run(command, capture_output=True, text=True, cwd=tmp, timeout=60,
+                                  env={"PATH": os.environ.get("PATH", "")})
+
+    def problems(self, config_text: str | None, env: dict[str, str]) -> list[str]:
+        """Why ttsq would refuse to start with this file and environment."""
+        done = self.run(["check"], config_text, env)
+        if done.returncode == 0:
+            return []
+        # One error, on one line even where serde's message spans several.
+        lines = [line.strip() for line in done.stderr.splitlines()
+                 if line.strip() and not line.startswith("note: ")]
+        return [" ".join(lines).removeprefix("error: ") or f"exit status {done.returncode}"]
+
+    def show(self, config_text: str | None, env: dict[str, str]) -> dict:
+        """The settings in effect, secrets redacted."""
+        done = self.run(["show"], config_text, env)
+        if done.returncode != 0:
+            raise Problems(done.stderr.strip().splitlines())
+        return json.loads(done.stdout)
+
+    def schema(self) -> dict:
+        if self._schema is None:
+            done = self.run(["schema"])
+            if done.returncode != 0:
+                raise Problems(done.stderr.strip().splitlines())
+            self._schema = json.loads(done.stdout)
+        return self._schema
+
+    def secret_keys_in(self, overlay: dict) -> list[str]:
+        """The keys of a config file that are secrets, by ttsq's schema: they
+        belong in a Secret, never in a ConfigMap or a file in git."""
+        secret = {s["key"] for s in self.schema()["settings"] if s["secret"]}
+        found = []
+
+        def walk(table: dict, path: list[str]) -> None:
+            for name, value in table.items():
+                here = path + [name]
+                if isinstance(value, dict):
+                    walk(value, here)
+                    continue
+                # Map entries are schema keys with a placeholder: providers.<name>.api_key.
+                candidates = {".".join(here)}
+                for i in range(1, len(here)):
+                    candidates.add(".".join(here[:i] + ["<name>"] + here[i + 1:]))
+                    candidates.add(".".join(here[:i] + ["<key>"] + here[i + 1:]))
+                if candidates & secret:
+                    found.append(".".join(here))
+
+        walk(overlay, [])
+        return found
+
+    def env_value(self, name: str) -> str:
+        """A stand-in for a variable whose value comes from outside the
+        manifests (a fieldRef): its default, as a variable spells it."""
+        for setting in self.schema()["settings"]:
+            if setting["env"] == name:
+                default = setting["default"]
+                if isinstance(default, list):
+                    return ",".join(str(v) for v in default)
+                if isinstance(default, bool):
+                    return str(default).lower()
+                return "" if default is None else str(default)
+        return ""
 
 
-def load_settings(config_text: str | None) -> dict:
-    """The defaults with a config file layered over them, as ttsq loads them."""
-    table = tomllib.loads(DEFAULTS_TOML.read_text())
-    if config_text is not None:
-        merge(table, tomllib.loads(config_text))
-    return table
-
-
-def env_var_for(key: str) -> str:
-    return "TTSQ_" + key.replace(".", "_").upper()
-
-
-def settable_vars(table: dict, prefix: str = "") -> set[str]:
-    """Every variable naming a scalar or list setting of `table`."""
-    found = set()
-    for key, value in table.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            found |= settable_vars(value, dotted)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            continue  # an array of tables ([[routes]]): file only
-        else:
-            found.add(env_var_for(dotted))
-    return found
-
-
-def unknown_vars(names: Iterable[str], settings: dict) -> list[str]:
-    """The TTSQ_* names ttsq would refuse at start, given its merged settings."""
-    known = settable_vars(settings)
-    optional = {
-        f"TTSQ_PROVIDERS_{name.upper().replace('-', '_')}_{field.upper()}"
-        for name in settings.get("providers", {})
-        for field in OPTIONAL_PROVIDER_KEYS
-    }
-    refused = []
-    for name in names:
-        if not name.startswith("TTSQ_") or name.startswith(TEST_VAR_PREFIX):
-            continue
-        if name in RESERVED_VARS or name in known or name in optional:
-            continue
-        # VAR_FILE works for settings that exist in the defaults or the file,
-        # not for optional provider keys that only the environment adds.
-        if name.endswith("_FILE") and name[: -len("_FILE")] in known:
-            continue
-        hint = ""
-        if name.endswith("_FILE") and name[: -len("_FILE")] in optional:
-            hint = " (ttsq reads optional provider keys from the plain variable, not from _FILE)"
-        refused.append(name + hint)
-    return refused
-
-
-def settings_problems(settings: dict) -> list[str]:
-    """The config-file rules of Settings::check and serde's deny_unknown_fields
-    that matter for providers and routes."""
-    problems = []
-    providers = settings.get("providers", {})
-    for name, provider in providers.items():
-        where = f"[providers.{name}]"
-        extra = set(provider) - PROVIDER_FIELDS
-        if extra:
-            problems.append(f"{where} has unknown keys: {', '.join(sorted(extra))}")
-        if "api_key" in provider:
-            problems.append(f"{where} has api_key in the file; keys go in the Secret as "
-                            f"TTSQ_PROVIDERS_{name.upper().replace('-', '_')}_API_KEY")
-        kind = provider.get("kind")
-        if kind not in PROVIDER_KINDS:
-            problems.append(f"{where} kind {kind!r} is not one of {', '.join(sorted(PROVIDER_KINDS))}")
-        if kind != "espeak" and not re.match(r"https?://", str(provider.get("base_url", ""))):
-            problems.append(f"{where} needs an http(s) base_url")
-        if not provider.get("dialects"):
-            problems.append(f"{where} must list at least one dialect")
-        quota = provider.get("quota", {})
-        extra = set(quota) - QUOTA_FIELDS
-        if extra:
-            problems.append(f"{where} quota has unknown keys: {', '.join(sorted(extra))}")
-        for field in QUOTA_FIELDS & set(quota):
-            if not (isinstance(quota[field], (int, float)) and quota[field] > 0):
-                problems.append(f"{where} quota.{field} must be positive")
-    routes = settings.get("routes", [])
-    if not routes:
-        problems.append("there must be at least one [[routes]]")
-    for i, route in enumerate(routes):
-        if not route.get("chain"):
-            problems.append(f"routes[{i}] must name at least one provider")
-        for provider in route.get("chain", []):
-            if provider not in providers:
-                problems.append(f"routes[{i}] names provider {provider!r}, which is not configured")
-        if not route.get("dialects"):
-            problems.append(f"routes[{i}] must match at least one dialect pattern")
-    return problems
+def check_env_example(ttsq: Ttsq) -> str:
+    """.env.example gives every setting its default, so ttsq must accept it whole."""
+    done = ttsq.run(["check", "--env-file", str(ENV_EXAMPLE)])
+    if done.returncode != 0:
+        raise Problems(done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])
+    return done.stdout.strip().removeprefix("configuration is valid: ").replace(str(ENV_EXAMPLE), rel(ENV_EXAMPLE))
 
 
 def env_example_vars() -> set[str]:
@@ -344,6 +323,38 @@ class Compose:
                     problems.append(f"services.{name}.environment.{var} is not in .env.example")
         raise_if(problems)
         return f"{count} settings across services"
+
+    def check_ttsq(self, ttsq: Ttsq) -> str:
+        """Every ttsq service's environment with every config file of
+        deploy/compose (TTSQ_CONFIG in .env picks one), through `ttsq config
+        check`; the files hold no secret."""
+        files = sorted(COMPOSE_CONFIGS.glob("*.toml"))
+        problems, services = [], 0
+        for path in files:
+            try:
+                overlay = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as err:
+                problems.append(f"{rel(path)}: not valid TOML: {err}")
+                continue
+            for secret in ttsq.secret_keys_in(overlay):
+                problems.append(f"{rel(path)}: {secret} is a secret (ttsq config schema); set it "
+                                "through the environment, not in a file in git")
+        for name, service in self.services().items():
+            command = service.get("command") or []
+            if isinstance(command, str):
+                command = shlex.split(command)
+            if not command or command[0] not in TTSQ_COMMANDS:
+                continue
+            services += 1
+            environment = service.get("environment") or {}
+            if isinstance(environment, list):
+                environment = dict(e.split("=", 1) if "=" in e else (e, None) for e in environment)
+            env = {k: str(v) for k, v in environment.items() if v is not None}
+            for path in files:
+                problems += [f"services.{name} with {rel(path)}: {p}"
+                             for p in ttsq.problems(path.read_text(), env)]
+        raise_if(problems)
+        return f"{services} services × {len(files)} config files"
 
 
 # --- Dockerfiles -------------------------------------------------------------------------
@@ -506,8 +517,9 @@ def load_yaml_docs(path: Path) -> list[dict]:
 
 
 class Kube:
-    def __init__(self, kubectl: str | None):
+    def __init__(self, kubectl: str | None, ttsq: Ttsq):
         self.kubectl = kubectl
+        self.ttsq = ttsq
         self.kustomization: dict = {}
         self.objects: list[dict] | None = None
         # The Secrets of secret.example.yaml, by name.
@@ -705,43 +717,33 @@ class Kube:
                 if pod.get("enableServiceLinks") is not False:
                     problems.append(f"{where}: needs enableServiceLinks: false, or Kubernetes "
                                     "injects TTSQ_*_SERVICE_* variables that ttsq refuses")
-                env = {e["name"]: e.get("value") for e in container.get("env") or []}
-                names = list(env)
-                for source in container.get("envFrom") or []:
-                    ref = source.get("secretRef") or source.get("configMapRef") or {}
-                    if source.get("secretRef") and ref.get("name") in self.secrets:
-                        names += sorted(secret_keys(self.secrets[ref["name"]]))
-                    elif source.get("configMapRef") and ref.get("name") in configmaps:
-                        names += sorted(configmaps[ref["name"]].get("data") or {})
+                env = self.container_env(container, configmaps)
                 config_path = env.get("TTSQ_CONFIG")
                 config_text = None
                 if config_path:
                     config_text, problem = mounted_file(pod, container, config_path, configmaps)
                     if problem:
                         problems.append(f"{where}: TTSQ_CONFIG={config_path}: {problem}")
-                try:
-                    settings = load_settings(config_text)
-                except (OSError, tomllib.TOMLDecodeError) as err:
-                    problems.append(f"{where}: its config file does not load: {err}")
+                refused = self.ttsq.problems(config_text, env)
+                if refused:
+                    problems += [f"{where}: ttsq config check: {p}" for p in refused]
                     continue
-                for name in unknown_vars(names, settings):
-                    problems.append(f"{where}: ttsq would refuse the unknown setting {name}")
+                settings = self.ttsq.show(config_text, env)
                 if command in {"api", "worker", "all"}:
-                    if str(env.get("TTSQ_DATABASE_RUN_MIGRATIONS", "")).lower() != "false":
+                    if settings["database"]["run_migrations"]:
                         problems.append(f"{where}: set TTSQ_DATABASE_RUN_MIGRATIONS=false "
                                         "(the migration Job migrates)")
                 if command in CONSUMES:
-                    grace = int(env.get("TTSQ_WORKER_SHUTDOWN_GRACE_SECS")
-                                or settings["worker"]["shutdown_grace_secs"])
+                    grace = int(settings["worker"]["shutdown_grace_secs"])
                     termination = pod.get("terminationGracePeriodSeconds", 30)
                     if termination <= grace:
                         problems.append(f"{where}: terminationGracePeriodSeconds {termination} "
                                         f"must exceed the drain deadline of {grace} s")
                 if command in SERVES_HTTP:
-                    listen = env.get("TTSQ_SERVER_LISTEN") or settings["server"]["listen"]
+                    listen = settings["server"]["listen"]
                     port = int(str(listen).rsplit(":", 1)[1])
                     problems += probe_problems(where, container, port)
-                    ops = env.get("TTSQ_SERVER_OPS_LISTEN") or settings["server"]["ops_listen"]
+                    ops = settings["server"]["ops_listen"]
                     problems += scrape_problems(where, obj, container, port, int(str(ops).rsplit(":", 1)[1]))
                 if not run_as_non_root(pod, container):
                     problems.append(f"{where}: runAsNonRoot is not set")
@@ -784,10 +786,38 @@ class Kube:
                     if "from tasks" not in " ".join(query.lower().split()):
                         problems.append(f"{kind_name(obj)}: its query does not count tasks: {query!r}")
         raise_if(problems)
-        return ("env known to ttsq, migrations off, owner and service roles apart, drain < grace, "
-                "probes, scrape port, non-root, resources")
+        return ("ttsq config check passes with each container's file and env (secret.example.yaml), "
+                "migrations off, owner and service roles apart, drain < grace, probes, scrape port, "
+                "non-root, resources")
+
+    def container_env(self, container: dict, configmaps: dict) -> dict[str, str]:
+        """The variables a container gets, as Kubernetes sets them: envFrom
+        sources in order, then env, which wins. Secrets come from
+        secret.example.yaml; a value from outside the manifests (fieldRef)
+        stands in as the setting's default."""
+        env: dict[str, str] = {}
+        for source in container.get("envFrom") or []:
+            if "secretRef" in source and source["secretRef"].get("name") in self.secrets:
+                env |= secret_values(self.secrets[source["secretRef"]["name"]])
+            elif "configMapRef" in source and source["configMapRef"].get("name") in configmaps:
+                env |= configmaps[source["configMapRef"]["name"]].get("data") or {}
+        for entry in container.get("env") or []:
+            name, value_from = entry["name"], entry.get("valueFrom") or {}
+            secret_ref = value_from.get("secretKeyRef")
+            configmap_ref = value_from.get("configMapKeyRef")
+            if "value" in entry or not value_from:
+                env[name] = str(entry.get("value", ""))
+            elif secret_ref and secret_ref["name"] in self.secrets:
+                env[name] = secret_values(self.secrets[secret_ref["name"]]).get(secret_ref["key"], "")
+            elif configmap_ref and configmap_ref["name"] in configmaps:
+                env[name] = (configmaps[configmap_ref["name"]].get("data") or {}).get(configmap_ref["key"], "")
+            else:
+                env[name] = self.ttsq.env_value(name)
+        return env
 
     def check_config_file(self) -> str:
+        """Each ConfigMap's ttsq config file parses and holds no secret; what
+        ttsq makes of it is checked with each container's env below."""
         configmaps = [o for o in self.require_objects() if o["kind"] == "ConfigMap"]
         problems, count = [], 0
         for cm in configmaps:
@@ -800,23 +830,13 @@ class Kube:
                 except tomllib.TOMLDecodeError as err:
                     problems.append(f"{key}: not valid TOML: {err}")
                     continue
-                defaults = tomllib.loads(DEFAULTS_TOML.read_text())
-                unknown = set(overlay) - set(defaults)
-                if unknown:
-                    problems.append(f"{key}: unknown sections {', '.join(sorted(unknown))}")
-                for section, table in overlay.items():
-                    if section in ("providers", "routes") or not isinstance(table, dict):
-                        continue
-                    extra = set(table) - set(defaults.get(section, {}))
-                    if extra:
-                        problems.append(f"{key}: [{section}] has unknown keys {', '.join(sorted(extra))}")
-                settings = tomllib.loads(DEFAULTS_TOML.read_text())
-                merge(settings, overlay)
-                problems += [f"{key}: {p}" for p in settings_problems(settings)]
+                for secret in self.ttsq.secret_keys_in(overlay):
+                    problems.append(f"{key}: {secret} is a secret (ttsq config schema); it goes in "
+                                    "the Secret as its TTSQ_* variable, never in a ConfigMap")
         raise_if(problems)
         if count == 0:
             raise Skip("no .toml in any ConfigMap")
-        return f"{count} file(s): sections, providers and routes as ttsq-config expects"
+        return f"{count} file(s): valid TOML, no secrets"
 
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
@@ -907,6 +927,12 @@ def run_as_non_root(pod: dict, container: dict) -> bool:
 
 def secret_keys(secret: dict) -> set[str]:
     return set((secret.get("stringData") or {}) | (secret.get("data") or {}))
+
+
+def secret_values(secret: dict) -> dict[str, str]:
+    """A Secret's keys and values; `data` is base64, `stringData` plain and wins."""
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    return values | {k: str(v) for k, v in (secret.get("stringData") or {}).items()}
 
 
 def reference_problems(objects: list[dict], secrets: dict[str, dict], prefix: str = "") -> list[str]:
@@ -1178,15 +1204,6 @@ class Observability:
         raise_if(problems)
         return f"{len(dashboards)} dashboard(s), {panels} panels"
 
-    @staticmethod
-    def check_compose_configs() -> str:
-        problems = []
-        files = sorted(COMPOSE_CONFIGS.glob("*.toml"))
-        for path in files:
-            problems += [f"{rel(path)}: {p}" for p in settings_problems(load_settings(path.read_text()))]
-        raise_if(problems)
-        return f"{len(files)} file(s)"
-
 
 # --- main ----------------------------------------------------------------------------------
 
@@ -1196,6 +1213,7 @@ def main() -> int:
     parser.add_argument("--compose", help="a docker-compose v2 binary")
     parser.add_argument("--kubectl", help="a kubectl binary (for `kubectl kustomize`)")
     parser.add_argument("--promtool", help="a promtool binary")
+    parser.add_argument("--ttsq", help="the ttsq binary, for `ttsq config check`")
     parser.add_argument("--tools-missing", metavar="WHAT",
                         help="check.sh could not install WHAT: fail, but run what can run")
     args = parser.parse_args()
@@ -1210,8 +1228,12 @@ def main() -> int:
     runner.run("compose: valid Compose file", compose.validate)
     runner.run("compose: referenced files exist", compose.check_files)
     runner.run("compose: TTSQ_* variables are listed in .env.example", compose.check_env)
+    ttsq = Ttsq(args.ttsq)
+    runner.run("compose: ttsq config check of each ttsq service with deploy/compose/*.toml",
+               lambda: compose.check_ttsq(ttsq))
+    runner.run(".env.example: ttsq config check accepts it as it is",
+               lambda: check_env_example(ttsq))
     observability = Observability(args.promtool)
-    runner.run("compose: ttsq config files in deploy/compose", observability.check_compose_configs)
     runner.run("prometheus: promtool check rules", observability.check_rules)
     runner.run("prometheus: promtool test rules (alerts.test.yml)", observability.test_rules)
     runner.run("prometheus: promtool check config", observability.check_config)
@@ -1227,7 +1249,7 @@ def main() -> int:
         runner.run(f"image: {rel(dockerfile)} COPY sources exist and reach the builder",
                    lambda d=dockerfile, c=context: check_dockerfile(d, c))
 
-    kube = Kube(args.kubectl)
+    kube = Kube(args.kubectl, ttsq)
     runner.run("k8s: YAML parses, kustomization.yaml names existing files", kube.check_files)
     runner.run("k8s: kustomize renders the base", kube.check_render)
     runner.run("k8s: namespace-agnostic (rendered in an overlay)", kube.check_overlay)
@@ -1235,7 +1257,7 @@ def main() -> int:
     runner.run("k8s: Kubernetes JSON schemas", kube.check_schemas)
     runner.run("k8s: KEDA objects (structural schema)", kube.check_keda)
     runner.run("k8s: ttsq.toml in the ConfigMap", kube.check_config_file)
-    runner.run("k8s: ttsq-specific settings", kube.check_ttsq)
+    runner.run("k8s: ttsq config check of each container, and ttsq-specific rules", kube.check_ttsq)
 
     print(f"deploy-check: {runner.passed} passed, {runner.failed} failed, {runner.skipped} skipped")
     return 1 if runner.failed else 0

