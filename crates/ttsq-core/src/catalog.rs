@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::job::AudioFormat;
+use crate::format::AudioFormat;
 
 /// What one dialect offers and which providers serve it, in fallback order.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::job::AudioFormat;
+use crate::format::AudioFormat;
 
 /// Unicode NFC, trimmed, every run of whitespace collapsed to one space.
 pub fn normalize_text(text: &str) -> String {
