@@ -10,7 +10,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Store, StoreError, tasks::NewTask};
+use crate::{Store, StoreError, new_task::NewTask};
 
 /// An admin action to record, for [`audit_admin`].
 pub(crate) struct AdminAction<'a> {

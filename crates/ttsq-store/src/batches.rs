@@ -21,10 +21,8 @@ use uuid::Uuid;
 use crate::{
     Store, StoreError,
     limits::{Charge, admit_jobs},
-    tasks::{
-        BatchPlace, CostEstimate, FinishedTask, LEDGER_FROM_DONE, NewTask, TaskColumns,
-        TaskOutcome, finish,
-    },
+    new_task::{CostEstimate, NewTask},
+    tasks::{BatchPlace, FinishedTask, LEDGER_FROM_DONE, TaskColumns, TaskOutcome, finish},
 };
 
 /// One item of a batch to create.

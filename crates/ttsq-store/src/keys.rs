@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     Store, StoreError,
     audit::{AdminAction, audit_admin},
-    is_unique_violation,
+    error::is_unique_violation,
 };
 
 /// Characters of a key kept in clear to tell keys apart (`ttsq_` + 8 hex).

@@ -2,13 +2,15 @@
 //!
 //! # Layout
 //!
-//! - [`Store`]: the pool and migrations.
+//! - [`Store`]: the pool and migrations; [`error`]: [`StoreError`].
 //! - [`grants`]: what the service role may do (the owner role migrates).
 //! - [`keys`]: tenants, their limits and API keys.
+//! - [`limit_usage`]: which limit, how much is in use, a refusal past one.
 //! - [`limits`]: admitting submissions within a tenant's limits.
 //! - [`audit`]: the append-only audit log of submissions and admin actions.
 //! - [`usage`]: the finance views, read per tenant and period.
 //! - [`task_events`]: waking long-polls on LISTEN/NOTIFY when tasks finish.
+//! - [`new_task`]: a task to create and its expected cost.
 //! - [`tasks`]: task rows, claiming and finishing batches, the ledger.
 //! - [`submissions`]: single submissions written many to a transaction
 //!   (group commit).
@@ -28,11 +30,14 @@ pub mod audio;
 pub mod audit;
 pub mod batches;
 pub mod dispatch;
+pub mod error;
 pub mod grants;
 pub mod keys;
 pub mod leases;
+pub mod limit_usage;
 pub mod limits;
 pub mod listing;
+pub mod new_task;
 pub mod outbox;
 pub mod quota;
 pub mod replicas;
@@ -59,19 +64,19 @@ pub use batches::{
     BatchAudio, BatchItemRow, BatchRow, Concatenated, JoinLease, NewBatch, NewBatchItem,
 };
 pub use dispatch::{DispatchQueue, Dispatchable, LaneKey, Round};
+pub use error::StoreError;
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
-pub use limits::{LimitExceeded, LimitKind, LimitUsage};
+pub use limit_usage::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
+pub use new_task::{CostEstimate, NewTask};
 pub use quota::PgQuotaCoordinator;
 pub use replicas::LiveReplicas;
 pub use retention::{SweepLease, SweptBatch};
 pub use sqlx;
 pub use submissions::{InlineClaim, Submission, Submitted};
 pub use task_events::{TaskWaiters, Waiter};
-pub use tasks::{
-    ClaimedTask, CostEstimate, FinishedTask, NewTask, Reschedule, TaskOutcome, TaskRow,
-};
+pub use tasks::{ClaimedTask, FinishedTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
 pub use webhooks::{AttemptOutcome, TenantWebhook, WebhookDelivery};
@@ -81,56 +86,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// SQLSTATE of a relation that does not exist.
 const UNDEFINED_TABLE: &str = "42P01";
-
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Postgres refused or could not be reached.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// A migration failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The row to create already exists.
-    #[error("{0} already exists")]
-    Conflict(String),
-    /// The row named does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// A value given is out of range; the message names the field.
-    #[error("{0}")]
-    Invalid(String),
-    /// The submission would go over one of the tenant's limits.
-    #[error(transparent)]
-    LimitExceeded(#[from] LimitExceeded),
-}
-
-impl StoreError {
-    /// Whether retrying later may succeed: Postgres unreachable, restarting
-    /// or out of connections, as opposed to a query it refused.
-    pub fn is_transient(&self) -> bool {
-        let Self::Database(err) = self else {
-            return false;
-        };
-        match err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_) => true,
-            // SQLSTATE classes 08 (connection exception), 53 (insufficient
-            // resources), 57 (operator intervention: shutdown, restart) and
-            // 40 (serialization failure, deadlock) clear up by themselves.
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                ["08", "53", "57", "40"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
-            }),
-            _ => false,
-        }
-    }
-}
 
 /// Handle to the ttsq database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -215,10 +170,4 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-}
-
-/// Whether `err` is a unique-constraint violation.
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }

@@ -29,12 +29,16 @@
 //!
 //! Cache hits are refused by the request limit only.
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::{Store, StoreError, tasks::CostEstimate};
+use crate::{
+    Store, StoreError,
+    limit_usage::{LimitExceeded, LimitKind, LimitUsage},
+    new_task::CostEstimate,
+};
 
 /// Seconds a client is told to wait when its queue is full: jobs finish
 /// within seconds, so retrying soon is right.
@@ -42,79 +46,6 @@ const QUEUE_FULL_RETRY: Duration = Duration::from_secs(5);
 
 /// Fraction of a limit at which a warning is logged, once per period.
 pub const WARN_FRACTION: f64 = 0.8;
-
-/// One of a tenant's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitKind {
-    /// Characters per UTC day.
-    DailyCharacters,
-    /// Cost per UTC calendar month, in the tenant's currency.
-    MonthlyBudget,
-    /// Jobs queued or processing at once.
-    MaxQueuedJobs,
-    /// Tasks submitted per UTC day, cache hits included.
-    DailyRequests,
-}
-
-impl LimitKind {
-    /// The snake_case name used in responses, logs and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::DailyCharacters => "daily_characters",
-            Self::MonthlyBudget => "monthly_budget",
-            Self::MaxQueuedJobs => "max_queued_jobs",
-            Self::DailyRequests => "daily_requests",
-        }
-    }
-}
-
-impl fmt::Display for LimitKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How much of one limit is in use.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-pub struct LimitUsage {
-    /// Which limit.
-    pub limit: LimitKind,
-    /// The limit.
-    pub max: f64,
-    /// In use, this submission included when it was admitted.
-    pub used: f64,
-}
-
-impl LimitUsage {
-    /// `used / max`; 1 or more means exhausted (a zero budget is always 1).
-    pub fn fraction(&self) -> f64 {
-        if self.max > 0.0 {
-            self.used / self.max
-        } else {
-            1.0
-        }
-    }
-}
-
-/// A submission refused because it would go over a limit.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("the tenant's {limit} limit of {max} is reached: {used} used, {requested} more requested")]
-pub struct LimitExceeded {
-    /// Which limit.
-    pub limit: LimitKind,
-    /// The limit.
-    pub max: f64,
-    /// In use before this submission.
-    pub used: f64,
-    /// What this submission would add.
-    pub requested: f64,
-    /// Currency of a budget.
-    pub currency: Option<String>,
-    /// Until the limit's period ends (next UTC day or month), or a few
-    /// seconds for a full queue.
-    pub retry_after: Duration,
-}
 
 /// What a submission would add, for [`admit_jobs`] and [`Headroom::admit`].
 #[derive(Debug, Default, Clone)]

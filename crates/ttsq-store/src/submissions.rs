@@ -15,21 +15,22 @@
 //!    hits and inline jobs with their ledger rows, write the audit rows in
 //!    one statement, and read every task back with one `= ANY` query.
 //!
-//! [`Store::insert_queued`] and [`Store::insert_finished`] are a group of one.
+//! [`Store::insert_queued`], [`Store::insert_finished`] and
+//! [`Store::insert_claimed`] are a group of one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use ttsq_core::TaskStatus;
 use uuid::Uuid;
 
 use crate::{
     Store, StoreError,
     audit::audit_submissions,
-    limits::{Charge, Headroom, LimitUsage, warn_once_past_threshold},
-    tasks::{
-        CostEstimate, FinishedTask, NewTask, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish,
-    },
+    limit_usage::LimitUsage,
+    limits::{Charge, Headroom, warn_once_past_threshold},
+    new_task::{CostEstimate, NewTask},
+    tasks::{FinishedTask, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish},
 };
-use ttsq_core::TaskStatus;
 
 /// One submission of a group: a task, and how it ends at once if it does.
 #[derive(Debug, Clone)]
@@ -119,6 +120,64 @@ enum Plan {
 }
 
 impl Store {
+    /// Creates a `queued` task within the tenant's limits, with its audit
+    /// row, in one transaction. Returns the task on file and whether it was
+    /// created now; with an `Idempotency-Key` already used by this tenant it
+    /// is the earlier task, untouched (and no limit is checked). Over a limit
+    /// it is [`StoreError::LimitExceeded`] and nothing is written.
+    pub async fn insert_queued(&self, task: &NewTask<'_>) -> Result<(TaskRow, bool), StoreError> {
+        self.insert_one(Submission {
+            task: *task,
+            finished: None,
+            claim: None,
+        })
+        .await
+    }
+
+    /// Creates a task that is terminal at once (a cache hit at submit, or an
+    /// inline synthesis) together with its ledger and audit rows, in one
+    /// transaction, within the tenant's limits when it is billable. Over a
+    /// limit it is [`StoreError::LimitExceeded`] and nothing is written.
+    pub async fn insert_finished(
+        &self,
+        task: &NewTask<'_>,
+        outcome: &TaskOutcome,
+    ) -> Result<(TaskRow, bool), StoreError> {
+        self.insert_one(Submission {
+            task: *task,
+            finished: Some(outcome.clone()),
+            claim: None,
+        })
+        .await
+    }
+
+    /// Creates a task `processing` under a high-priority request's `claim`,
+    /// within the tenant's limits (charged the estimated cost), with its
+    /// audit row: the admission is durable before the provider is paid, and
+    /// [`Store::commit_claim`] ends the task with its ledger row. Returns the
+    /// task on file and whether it was created now, as
+    /// [`Store::insert_queued`] does.
+    pub async fn insert_claimed(
+        &self,
+        task: &NewTask<'_>,
+        claim: InlineClaim,
+    ) -> Result<(TaskRow, bool), StoreError> {
+        self.insert_one(Submission {
+            task: *task,
+            finished: None,
+            claim: Some(claim),
+        })
+        .await
+    }
+
+    /// One submission as a group of one.
+    async fn insert_one(&self, submission: Submission<'_>) -> Result<(TaskRow, bool), StoreError> {
+        self.insert_submissions(std::slice::from_ref(&submission))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::NotFound(format!("task {}", submission.task.id))))
+    }
+
     /// Creates the tasks of `group` in one transaction, each within its
     /// tenant's limits and with its audit row, with the outcomes they would
     /// have submitted one after another in this order. Returns one answer

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ttsq_core::{Job, TaskStatus};
+use ttsq_core::TaskStatus;
 use uuid::Uuid;
 
-use crate::{Store, StoreError, submissions::Submission};
+use crate::{Store, StoreError, new_task::NewTask};
 
 /// A task as the API shows it, joined with its audio object when it has one.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -78,38 +78,6 @@ pub(crate) const TASK_SELECT: &str =
         t.attempts, t.metadata, t.created_at, t.started_at, t.finished_at, t.marks,
         a.s3_key, a.bytes AS audio_bytes, a.sha256 AS audio_sha256, a.duration_ms
     FROM tasks t LEFT JOIN audio_objects a ON a.hash = t.audio_hash";
-
-/// A task to create.
-#[derive(Debug, Clone, Copy)]
-pub struct NewTask<'a> {
-    /// Id to give it.
-    pub id: Uuid,
-    /// Owner.
-    pub tenant_id: Uuid,
-    /// The validated job.
-    pub job: &'a Job,
-    /// Client's `Idempotency-Key`, if sent.
-    pub idempotency_key: Option<&'a str>,
-    /// Visible prefix of the API key that submitted it, for ledger and audit.
-    pub key_prefix: Option<&'a str>,
-    /// What it is expected to cost, reserved against the tenant's monthly
-    /// budget while it is queued or processing; `None`: nothing to reserve
-    /// (a cache hit, or a route without a price).
-    pub estimate: Option<CostEstimate<'a>>,
-    /// W3C `traceparent` of the submitting request, carried by the message
-    /// the dispatcher publishes later.
-    pub traceparent: Option<&'a str>,
-}
-
-/// What a task is expected to cost: its characters at the price of the
-/// first provider of its dialect's route, in that provider's currency.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CostEstimate<'a> {
-    /// The amount.
-    pub cost: f64,
-    /// ISO 4217 code of the amount.
-    pub currency: &'a str,
-}
 
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -408,56 +376,6 @@ pub(crate) const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
     ON CONFLICT (task_id) DO NOTHING";
 
 impl Store {
-    /// Creates a `queued` task within the tenant's limits, with its audit
-    /// row, in one transaction. Returns the task on file and whether it was
-    /// created now; with an `Idempotency-Key` already used by this tenant it
-    /// is the earlier task, untouched (and no limit is checked). Over a limit
-    /// it is [`StoreError::LimitExceeded`] and nothing is written.
-    pub async fn insert_queued(&self, task: &NewTask<'_>) -> Result<(TaskRow, bool), StoreError> {
-        self.insert_one(Submission {
-            task: *task,
-            finished: None,
-            claim: None,
-        })
-        .await
-    }
-
-    /// Creates a task that is terminal at once (a cache hit at submit, or an
-    /// inline synthesis) together with its ledger and audit rows, in one
-    /// transaction, within the tenant's limits when it is billable. Over a
-    /// limit it is [`StoreError::LimitExceeded`] and nothing is written.
-    pub async fn insert_finished(
-        &self,
-        task: &NewTask<'_>,
-        outcome: &TaskOutcome,
-    ) -> Result<(TaskRow, bool), StoreError> {
-        self.insert_one(Submission {
-            task: *task,
-            finished: Some(outcome.clone()),
-            claim: None,
-        })
-        .await
-    }
-
-    /// Creates a task `processing` under a high-priority request's `claim`,
-    /// within the tenant's limits (charged the estimated cost), with its
-    /// audit row: the admission is durable before the provider is paid, and
-    /// [`Store::commit_claim`] ends the task with its ledger row. Returns the
-    /// task on file and whether it was created now, as
-    /// [`Store::insert_queued`] does.
-    pub async fn insert_claimed(
-        &self,
-        task: &NewTask<'_>,
-        claim: crate::InlineClaim,
-    ) -> Result<(TaskRow, bool), StoreError> {
-        self.insert_one(Submission {
-            task: *task,
-            finished: None,
-            claim: Some(claim),
-        })
-        .await
-    }
-
     /// Frees the `Idempotency-Key` of a task that failed for a passing
     /// reason, so that a retry with the same key makes a new attempt instead
     /// of being answered with the old failure.
@@ -467,14 +385,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// One submission as a group of one.
-    async fn insert_one(&self, submission: Submission<'_>) -> Result<(TaskRow, bool), StoreError> {
-        self.insert_submissions(std::slice::from_ref(&submission))
-            .await?
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::NotFound(format!("task {}", submission.task.id))))
     }
 
     /// A tenant's task; `None` when it does not exist or is another tenant's.
