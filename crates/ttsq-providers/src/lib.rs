@@ -6,8 +6,9 @@
 //! - [`espeak`]: the embedded espeak-ng adapter.
 //! - [`encode`]: PCM samples to WAV, raw PCM or MP3 bytes.
 //! - [`router`]: dialect → provider chain with fallback, and per-provider call counts.
-//! - [`coordinator`]: provider quotas shared by all replicas (the contract;
-//!   `ttsq-store` implements it on Postgres).
+//! - [`coordinator`]: taking from provider quotas shared by all replicas
+//!   (the contract is `ttsq-quota`'s, re-exported there; `ttsq-store`
+//!   implements it on Postgres).
 //! - [`quota`]: this replica's share of a provider's rate and concurrency
 //!   limits, the fallback while the coordinator is unreachable.
 //! - [`breaker`]: per-provider circuit breaker.

@@ -1,5 +1,5 @@
 //! Provider quotas shared by every replica, kept in Postgres: the
-//! [`QuotaCoordinator`] of `ttsq-providers` on the tables and the
+//! [`QuotaCoordinator`] of `ttsq-quota` on the tables and the
 //! `provider_quota_acquire` function of the migrations.
 //!
 //! One try is one round trip: the function locks the provider's row, checks
@@ -15,9 +15,7 @@ use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use sqlx::{Executor, PgPool, postgres::PgPoolOptions};
 use ttsq_config::DatabaseSettings;
-use ttsq_providers::coordinator::{
-    Acquired, CoordinatorError, Lease, QuotaCoordinator, SharedLimits, WaitReason,
-};
+use ttsq_quota::{Acquired, CoordinatorError, Lease, QuotaCoordinator, SharedLimits, WaitReason};
 use uuid::Uuid;
 
 use crate::StoreError;

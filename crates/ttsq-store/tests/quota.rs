@@ -11,7 +11,7 @@ use std::{
 };
 
 use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
-use ttsq_providers::coordinator::{Acquired, Lease, QuotaCoordinator, SharedLimits, WaitReason};
+use ttsq_quota::{Acquired, Lease, QuotaCoordinator, SharedLimits, WaitReason};
 use ttsq_store::{PgQuotaCoordinator, Store};
 use uuid::Uuid;
 
