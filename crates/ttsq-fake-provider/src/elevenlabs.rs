@@ -27,7 +27,9 @@ use ttsq_core::AudioFormat;
 use crate::{
     audio::{Encoding, WavSize},
     config::FakeConfig,
-    pipeline::{self, Call, Order, Parsed, Refusal},
+    pipeline::{self, Call},
+    refusal::{Refusal, json_error, truncated},
+    request::{self, Order, Parsed},
     state::{Limit, Shared},
     stats::Vendor,
 };
@@ -106,6 +108,7 @@ async fn text_to_speech(
         method,
         uri,
         headers,
+        render_refusal: refusal,
     };
     let output_format = query
         .output_format
@@ -135,12 +138,13 @@ async fn text_to_speech_with_timestamps(
         method,
         uri,
         headers,
+        render_refusal: refusal,
     };
     let output_format = query
         .output_format
         .unwrap_or_else(|| DEFAULT_OUTPUT_FORMAT.to_owned());
     let config = shared.config();
-    let request: Option<Value> = serde_json::from_slice(&body).ok();
+    let json: Option<Value> = serde_json::from_slice(&body).ok();
     let response = pipeline::synthesize(shared, call, &body, |config, json| {
         parse(config, &voice_id, &output_format, json)
     })
@@ -151,16 +155,16 @@ async fn text_to_speech_with_timestamps(
     let Ok(audio) = axum::body::to_bytes(response.into_body(), usize::MAX).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let text = request
+    let text = json
         .as_ref()
-        .and_then(|b| pipeline::string(b, "/text"))
+        .and_then(|b| request::string(b, "/text"))
         .unwrap_or_default();
-    let speed = request
+    let speed = json
         .as_ref()
-        .and_then(|b| pipeline::number(b, "/voice_settings/speed"))
+        .and_then(|b| request::number(b, "/voice_settings/speed"))
         .unwrap_or(1.0);
     let duration_s = f64::from(crate::audio::duration_ms(
-        pipeline::characters(text),
+        request::characters(text),
         config.ms_per_char,
         speed,
         config.max_audio_ms,
@@ -183,8 +187,8 @@ async fn text_to_speech_with_timestamps(
 }
 
 fn parse(config: &FakeConfig, voice: &str, output_format: &str, body: Option<&Value>) -> Parsed {
-    let text = body.and_then(|b| pipeline::string(b, "/text"));
-    let characters = text.map_or(0, pipeline::characters);
+    let text = body.and_then(|b| request::string(b, "/text"));
+    let characters = text.map_or(0, request::characters);
     let order = order(config, voice, output_format, body, text, characters);
     Parsed {
         voice: Some(voice.to_owned()),
@@ -220,7 +224,7 @@ fn order(
             format!("the fake does not produce `{output_format}`"),
         )
     })?;
-    let speed = pipeline::number(body, "/voice_settings/speed").unwrap_or(1.0);
+    let speed = request::number(body, "/voice_settings/speed").unwrap_or(1.0);
     if !SPEED_RANGE.contains(&speed) {
         return Err(Refusal::bad_request(
             "invalid_voice_settings",
@@ -322,12 +326,13 @@ fn listing_call(route: &'static str, method: Method, uri: Uri, headers: HeaderMa
         method,
         uri,
         headers,
+        render_refusal: refusal,
     }
 }
 
 /// `{"detail": {"status", "message"}}` with the status ElevenLabs uses.
 fn detail(status: StatusCode, code: &str, message: &str) -> Response {
-    pipeline::json_error(
+    json_error(
         status,
         &json!({"detail": {"status": code, "message": message}}),
     )
@@ -374,7 +379,7 @@ pub(crate) fn refusal(refusal: &Refusal) -> Response {
             location,
             kind,
             message,
-        } => pipeline::json_error(
+        } => json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             &json!({"detail": [{
                 "type": kind,
@@ -387,7 +392,7 @@ pub(crate) fn refusal(refusal: &Refusal) -> Response {
             code,
             message,
         } => detail(*status, code, message),
-        Refusal::Truncated => pipeline::truncated(&json!({
+        Refusal::Truncated => truncated(&json!({
             "detail": {"status": "internal_server_error", "message": "An internal error occurred."}
         })),
     }

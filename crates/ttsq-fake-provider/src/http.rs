@@ -22,7 +22,9 @@ use ttsq_core::AudioFormat;
 use crate::{
     audio::Encoding,
     config::FakeConfig,
-    pipeline::{self, Call, Order, Parsed, Refusal},
+    pipeline::{self, Call},
+    refusal::{Refusal, json_error, truncated},
+    request::{self, Order, Parsed},
     state::{Limit, Shared},
     stats::Vendor,
 };
@@ -54,14 +56,15 @@ async fn tts(
         method,
         uri,
         headers,
+        render_refusal: refusal,
     };
     pipeline::synthesize(shared, call, &body, parse).await
 }
 
 fn parse(config: &FakeConfig, body: Option<&Value>) -> Parsed {
-    let text = body.and_then(|b| pipeline::string(b, "/text"));
-    let voice = body.and_then(|b| pipeline::string(b, "/voice"));
-    let characters = text.map_or(0, pipeline::characters);
+    let text = body.and_then(|b| request::string(b, "/text"));
+    let voice = body.and_then(|b| request::string(b, "/voice"));
+    let characters = text.map_or(0, request::characters);
     Parsed {
         voice: voice.map(str::to_owned),
         characters,
@@ -79,8 +82,7 @@ fn order(
     let Some(body) = body else {
         return Err(Refusal::bad_request("invalid_json", "the body is not JSON"));
     };
-    let (Some(text), Some(dialect), Some(voice)) =
-        (text, pipeline::string(body, "/dialect"), voice)
+    let (Some(text), Some(dialect), Some(voice)) = (text, request::string(body, "/dialect"), voice)
     else {
         return Err(Refusal::bad_request(
             "invalid_request",
@@ -93,7 +95,7 @@ fn order(
             "`text` must not be empty",
         ));
     }
-    let speed = pipeline::number(body, "/speed").unwrap_or(1.0);
+    let speed = request::number(body, "/speed").unwrap_or(1.0);
     if !SPEED_RANGE.contains(&speed) {
         return Err(Refusal::bad_request(
             "invalid_request",
@@ -150,17 +152,18 @@ fn listing_call(route: &'static str, method: Method, uri: Uri, headers: HeaderMa
         method,
         uri,
         headers,
+        render_refusal: refusal,
     }
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    pipeline::json_error(status, &json!({"error": code, "message": message}))
+    json_error(status, &json!({"error": code, "message": message}))
 }
 
 /// A refusal in the generic wire format.
 pub(crate) fn refusal(refusal: &Refusal) -> Response {
     match refusal {
-        Refusal::Down => pipeline::json_error(
+        Refusal::Down => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "down", "error": "unavailable", "message": "the service is down"}),
         ),
@@ -191,9 +194,7 @@ pub(crate) fn refusal(refusal: &Refusal) -> Response {
         Refusal::Validation { message, .. } => {
             error(StatusCode::BAD_REQUEST, "invalid_request", message)
         }
-        Refusal::Truncated => {
-            pipeline::truncated(&json!({"error": "internal", "message": "internal error"}))
-        }
+        Refusal::Truncated => truncated(&json!({"error": "internal", "message": "internal error"})),
     }
 }
 

@@ -5,9 +5,13 @@
 //! - [`FakeProvider`]: start, reconfigure, read stats, shut down.
 //! - [`config`]: [`FakeConfig`], every knob with its default.
 //! - [`stats`]: [`FakeStats`] and the [`RequestRecord`] log.
-//! - `pipeline`: the checks and faults every synthesis request goes through.
+//! - `server`: the app, merging each vendor's routes and the control routes.
 //! - `elevenlabs`, `openai`, `http`: each vendor's routes, body parsing and
 //!   error shapes.
+//! - `pipeline`: the checks and faults every synthesis request goes through,
+//!   whatever its vendor.
+//! - `request`, `refusal`: what the vendors and the pipeline share: a parsed
+//!   order, and why a request gets no audio.
 //! - `audio`: the synthetic tone in WAV, PCM and MP3, cached.
 //! - `state`: counters, quota windows and the random source.
 
@@ -19,6 +23,8 @@ mod elevenlabs;
 mod http;
 mod openai;
 mod pipeline;
+mod refusal;
+mod request;
 mod server;
 mod state;
 

@@ -23,7 +23,9 @@ use ttsq_core::AudioFormat;
 use crate::{
     audio::{Encoding, WavSize},
     config::FakeConfig,
-    pipeline::{self, Call, Order, Parsed, Refusal},
+    pipeline::{self, Call},
+    refusal::{Refusal, json_error, truncated},
+    request::{self, Order, Parsed},
     state::{Limit, Shared},
     stats::Vendor,
 };
@@ -60,14 +62,15 @@ async fn speech(
         method,
         uri,
         headers,
+        render_refusal: refusal,
     };
     pipeline::synthesize(shared, call, &body, parse).await
 }
 
 fn parse(config: &FakeConfig, body: Option<&Value>) -> Parsed {
-    let input = body.and_then(|b| pipeline::string(b, "/input"));
-    let voice = body.and_then(|b| pipeline::string(b, "/voice"));
-    let characters = input.map_or(0, pipeline::characters);
+    let input = body.and_then(|b| request::string(b, "/input"));
+    let voice = body.and_then(|b| request::string(b, "/voice"));
+    let characters = input.map_or(0, request::characters);
     Parsed {
         voice: voice.map(str::to_owned),
         characters,
@@ -88,7 +91,7 @@ fn order(
             "We could not parse the JSON body of your request.",
         ));
     };
-    if pipeline::string(body, "/model").is_none_or(str::is_empty) {
+    if request::string(body, "/model").is_none_or(str::is_empty) {
         return Err(invalid("model", "'model' is a required property"));
     }
     let Some(input) = input else {
@@ -106,14 +109,14 @@ fn order(
             format!("'input' is longer than {MAX_INPUT_CHARS} characters"),
         ));
     }
-    let speed = pipeline::number(body, "/speed").unwrap_or(1.0);
+    let speed = request::number(body, "/speed").unwrap_or(1.0);
     if !SPEED_RANGE.contains(&speed) {
         return Err(Refusal::bad_request(
             "invalid_value",
             format!("'speed' must be between 0.25 and 4.0, got {speed}"),
         ));
     }
-    let encoding = match pipeline::string(body, "/response_format").unwrap_or("mp3") {
+    let encoding = match request::string(body, "/response_format").unwrap_or("mp3") {
         "mp3" => Encoding::new(AudioFormat::Mp3, SAMPLE_RATE_HZ),
         "pcm" => Encoding::new(AudioFormat::Pcm, SAMPLE_RATE_HZ),
         "wav" => Encoding {
@@ -168,6 +171,7 @@ async fn models(
         method,
         uri,
         headers,
+        render_refusal: refusal,
     };
     pipeline::listing(&shared, &call, true, |_| {
         let data: Vec<Value> = MODELS
@@ -180,7 +184,7 @@ async fn models(
 
 /// `{"error": {"message", "type", "param", "code"}}`.
 fn error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Response {
-    pipeline::json_error(status, &body(kind, code, None, message))
+    json_error(status, &body(kind, code, None, message))
 }
 
 fn body(kind: &str, code: Option<&str>, param: Option<&str>, message: &str) -> Value {
@@ -238,11 +242,11 @@ pub(crate) fn refusal(refusal: &Refusal) -> Response {
         } => error(*status, "invalid_request_error", Some(code), message),
         Refusal::Validation {
             location, message, ..
-        } => pipeline::json_error(
+        } => json_error(
             StatusCode::BAD_REQUEST,
             &body("invalid_request_error", None, Some(location), message),
         ),
-        Refusal::Truncated => pipeline::truncated(&body(
+        Refusal::Truncated => truncated(&body(
             "server_error",
             None,
             None,

@@ -1,7 +1,8 @@
 //! The path every vendor request takes, whatever its wire format: count it,
 //! check down / key / body / credits / quota, wait the latency, maybe inject
 //! a fault, then answer audio. Vendor modules only parse bodies and shape
-//! error answers.
+//! error answers: each hands its parser and its refusal renderer in with the
+//! [`Call`], so this path knows no vendor.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,8 +17,9 @@ use serde_json::Value;
 use crate::{
     audio::{self, Encoding},
     config::FakeConfig,
-    elevenlabs, http, openai,
-    state::{Shared, Throttled},
+    refusal::Refusal,
+    request::{Order, Parsed},
+    state::Shared,
     stats::{Outcome, RequestRecord, Vendor},
 };
 
@@ -28,87 +30,6 @@ const _: () = assert!(
     GARBAGE.len() % 2 == 1,
     "garbage must not pass as 16-bit PCM"
 );
-
-/// Why a request gets no audio. Each vendor module renders these in its
-/// own wire format.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Refusal {
-    /// The fake is set down: 503.
-    Down,
-    /// Missing or wrong key: 401.
-    Unauthorized,
-    /// The account's credits are gone.
-    CreditsExhausted,
-    /// Over the fake's quota: 429 with `Retry-After`.
-    Throttled(Throttled),
-    /// An injected server error with this 5xx status.
-    ServerError(StatusCode),
-    /// Something wrong with the request: a 4xx with a vendor code.
-    Invalid {
-        /// A 4xx.
-        status: StatusCode,
-        /// The vendor's machine-readable code.
-        code: &'static str,
-        /// Human-readable detail.
-        message: String,
-    },
-    /// A request that does not match the endpoint's schema: ElevenLabs
-    /// answers FastAPI's 422, the others a 400.
-    Validation {
-        /// Where, dotted (`body.text`, `query.output_format`).
-        location: &'static str,
-        /// The validator's kind (`missing`, `enum`, `json_invalid`).
-        kind: &'static str,
-        /// Human-readable detail.
-        message: String,
-    },
-    /// A 500 whose JSON error body is cut off.
-    Truncated,
-}
-
-impl Refusal {
-    /// A 400 with `code` and `message`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn outcome(&self) -> Outcome {
-        match self {
-            Self::Down => Outcome::Unavailable,
-            Self::Unauthorized => Outcome::Unauthorized,
-            Self::CreditsExhausted => Outcome::CreditsExhausted,
-            Self::Throttled(_) => Outcome::RateLimited,
-            Self::ServerError(_) => Outcome::ServerError,
-            Self::Invalid { .. } | Self::Validation { .. } => Outcome::Rejected,
-            Self::Truncated => Outcome::Malformed,
-        }
-    }
-}
-
-/// A well-formed synthesis request.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Order {
-    /// Characters of text.
-    pub characters: u64,
-    /// Speaking rate factor; shortens or lengthens the audio.
-    pub speed: f64,
-    /// What to answer.
-    pub encoding: Encoding,
-}
-
-/// What a vendor module made of a synthesis request body.
-pub(crate) struct Parsed {
-    /// Voice named, even when the request is otherwise refused.
-    pub voice: Option<String>,
-    /// Characters of text, 0 when there is none.
-    pub characters: u64,
-    /// The order, or why it is refused.
-    pub order: Result<Order, Refusal>,
-}
 
 /// One request to a vendor route.
 pub(crate) struct Call {
@@ -122,6 +43,8 @@ pub(crate) struct Call {
     pub uri: Uri,
     /// Request headers.
     pub headers: HeaderMap,
+    /// The vendor's wire format of a refusal.
+    pub render_refusal: fn(&Refusal) -> Response,
 }
 
 impl Call {
@@ -207,7 +130,7 @@ pub(crate) async fn synthesize(
 
     let order = match admit(&shared, &config, &record, parsed) {
         Ok(order) => order,
-        Err(refusal) => return refuse(&shared, &config, call.vendor, record, &refusal),
+        Err(refusal) => return refuse(&shared, &config, &call, record, &refusal),
     };
 
     let latency = config.latency.fixed_ms
@@ -216,7 +139,7 @@ pub(crate) async fn synthesize(
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(latency)) => {}
             () = shared.shutdown.cancelled() => {
-                return refuse(&shared, &config, call.vendor, record, &Refusal::Down);
+                return refuse(&shared, &config, &call, record, &Refusal::Down);
             }
         }
     }
@@ -233,10 +156,7 @@ pub(crate) async fn synthesize(
             () = tokio::time::sleep(Duration::from_millis(faults.timeout_hold_ms)) => {}
             () = shared.shutdown.cancelled() => {}
         }
-        return vendor_refusal(
-            call.vendor,
-            &Refusal::ServerError(StatusCode::GATEWAY_TIMEOUT),
-        );
+        return vendor_refusal(&call, &Refusal::ServerError(StatusCode::GATEWAY_TIMEOUT));
     }
     if draw < server_error {
         let status = if shared.random() < 0.5 {
@@ -247,14 +167,14 @@ pub(crate) async fn synthesize(
         return refuse(
             &shared,
             &config,
-            call.vendor,
+            &call,
             record,
             &Refusal::ServerError(status),
         );
     }
     if draw < malformed {
         if shared.random() < 0.5 {
-            return refuse(&shared, &config, call.vendor, record, &Refusal::Truncated);
+            return refuse(&shared, &config, &call, record, &Refusal::Truncated);
         }
         record.outcome = Outcome::Malformed;
         record.status = Some(200);
@@ -278,7 +198,7 @@ pub(crate) async fn synthesize(
         Err(message) => refuse(
             &shared,
             &config,
-            call.vendor,
+            &call,
             record,
             &Refusal::bad_request("unsupported_output_format", message),
         ),
@@ -319,10 +239,10 @@ pub(crate) fn listing(
     shared.count_request(call.vendor, call.route);
     let mut record = call.record(&config);
     if config.down {
-        return refuse(shared, &config, call.vendor, record, &Refusal::Down);
+        return refuse(shared, &config, call, record, &Refusal::Down);
     }
     if check_key && !record.auth_matched {
-        return refuse(shared, &config, call.vendor, record, &Refusal::Unauthorized);
+        return refuse(shared, &config, call, record, &Refusal::Unauthorized);
     }
     let response = answer(&config);
     record.status = Some(response.status().as_u16());
@@ -330,27 +250,23 @@ pub(crate) fn listing(
     response
 }
 
-/// Logs `refusal` and renders it in `vendor`'s wire format.
+/// Logs `refusal` and renders it in the wire format of `call`'s vendor.
 fn refuse(
     shared: &Shared,
     config: &FakeConfig,
-    vendor: Vendor,
+    call: &Call,
     mut record: RequestRecord,
     refusal: &Refusal,
 ) -> Response {
-    let response = vendor_refusal(vendor, refusal);
+    let response = vendor_refusal(call, refusal);
     record.outcome = refusal.outcome();
     record.status = Some(response.status().as_u16());
     shared.finish(record, config.log_capacity);
     response
 }
 
-fn vendor_refusal(vendor: Vendor, refusal: &Refusal) -> Response {
-    let mut response = match vendor {
-        Vendor::ElevenLabs => elevenlabs::refusal(refusal),
-        Vendor::OpenAi => openai::refusal(refusal),
-        Vendor::Http => http::refusal(refusal),
-    };
+fn vendor_refusal(call: &Call, refusal: &Refusal) -> Response {
+    let mut response = (call.render_refusal)(refusal);
     if let Refusal::Throttled(throttled) = refusal {
         response.headers_mut().insert(
             header::RETRY_AFTER,
@@ -358,24 +274,6 @@ fn vendor_refusal(vendor: Vendor, refusal: &Refusal) -> Response {
         );
     }
     response
-}
-
-/// The JSON answer of a refusal whose body is `json`, or a cut-off JSON body
-/// for [`Refusal::Truncated`].
-pub(crate) fn json_error(status: StatusCode, json: &Value) -> Response {
-    (status, axum::Json(json)).into_response()
-}
-
-/// A JSON error body cut in the middle, served as JSON.
-pub(crate) fn truncated(json: &Value) -> Response {
-    let text = json.to_string();
-    let cut = text.len() / 2;
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        [(header::CONTENT_TYPE, "application/json")],
-        text.as_bytes()[..cut].to_vec(),
-    )
-        .into_response()
 }
 
 fn audio_response(encoding: Encoding, bytes: Bytes) -> Response {
@@ -394,21 +292,6 @@ fn rate(value: f64) -> f64 {
     } else {
         value.clamp(0.0, 1.0)
     }
-}
-
-/// A float field of `body`, if present.
-pub(crate) fn number(body: &Value, pointer: &str) -> Option<f64> {
-    body.pointer(pointer).and_then(Value::as_f64)
-}
-
-/// A string field of `body`, if present.
-pub(crate) fn string<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
-    body.pointer(pointer).and_then(Value::as_str)
-}
-
-/// Characters of `text` as the quota counts them.
-pub(crate) fn characters(text: &str) -> u64 {
-    text.chars().count() as u64
 }
 
 #[cfg(test)]
