@@ -7,9 +7,6 @@ use axum::{
     extract::FromRequestParts,
     http::{header, request::Parts},
 };
-use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use ttsq_store::Principal;
 
 use crate::{ApiContext, ApiError};
@@ -45,27 +42,6 @@ impl FromRequestParts<ApiContext> for Caller {
             .ok_or(ApiError::Unauthorized)?;
         Ok(Self(principal))
     }
-}
-
-/// SHA-256 of the admin token: what a replica keeps of it.
-#[derive(Debug)]
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    /// The digest of `token`.
-    pub fn of(token: &SecretString) -> Self {
-        Self(digest(token.expose_secret()))
-    }
-
-    /// Whether `presented` is the token; hashing first makes the time taken
-    /// independent of where, and of whether the lengths, differ.
-    fn matches(&self, presented: &str) -> bool {
-        digest(presented).ct_eq(&self.0).into()
-    }
-}
-
-fn digest(value: &str) -> [u8; 32] {
-    Sha256::digest(value.as_bytes()).into()
 }
 
 /// An authenticated admin.

@@ -4,16 +4,16 @@
 
 use std::{sync::Arc, time::Duration};
 
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use ttsq_audio::AudioStore;
 use ttsq_config::Settings;
 use ttsq_core::{Job, JobLimits};
 use ttsq_queue::Broker;
-use ttsq_store::{CostEstimate, Store};
+use ttsq_store::{CostEstimate, Principal, Store};
 
-use crate::{
-    auth::{Caller, TokenDigest},
-    coalescer, content, ops, webhooks,
-};
+use crate::{coalescer, content, ops, webhooks};
 
 /// What the handlers share; cheap to clone.
 #[derive(Clone)]
@@ -185,7 +185,7 @@ impl ApiContext {
     /// logged and does not change the answer.
     pub async fn audit_refusal(
         &self,
-        caller: &Caller,
+        caller: &Principal,
         job: &Job,
         reason: &str,
         detail: serde_json::Value,
@@ -193,8 +193,8 @@ impl ApiContext {
         if let Err(err) = self
             .store
             .audit_refusal(
-                caller.0.tenant_id,
-                Some(&caller.0.key_prefix),
+                caller.tenant_id,
+                Some(&caller.key_prefix),
                 job,
                 reason,
                 detail,
@@ -204,4 +204,25 @@ impl ApiContext {
             tracing::warn!(error = %err, "could not record a refused submission in the audit log");
         }
     }
+}
+
+/// SHA-256 of the admin token: what a replica keeps of it.
+#[derive(Debug)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &SecretString) -> Self {
+        Self(digest(token.expose_secret()))
+    }
+
+    /// Whether `presented` is the token; hashing first makes the time taken
+    /// independent of where, and of whether the lengths, differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        digest(presented).ct_eq(&self.0).into()
+    }
+}
+
+fn digest(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
 }

@@ -16,7 +16,8 @@
 //!   pages, audio).
 //! - [`coalescer`]: single submissions written many to a transaction.
 //! - [`content`]: the optional content filter.
-//! - [`webhooks`]: webhook targets at submission; tenants' webhook settings.
+//! - [`webhooks`]: webhook targets at submission, and what signs tenants'
+//!   secrets.
 //!
 //! Handlers, by resource:
 //! - `jobs`: `submit`, `read` (status, long-poll, audio, marks), `list`,
@@ -25,6 +26,8 @@
 //! - `speech`: the OpenAI-compatible `POST /v1/audio/speech`.
 //! - `usage`: a tenant's own usage.
 //! - `admin`: tenants, keys and usage over HTTP, behind the admin token.
+//! - `tenant_webhooks`: a tenant's webhook URL and signing secret, behind
+//!   the admin token.
 //! - `system`: dialects, health, readiness (its status only).
 //! - [`openapi`]: the OpenAPI document, served at `/openapi.json`.
 //! - [`ops`]: `/metrics`, `/health` and the detailed `/ready` over any set
@@ -47,6 +50,7 @@ mod extract;
 mod jobs;
 mod speech;
 mod system;
+mod tenant_webhooks;
 mod usage;
 mod view;
 
@@ -96,7 +100,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/dialects", get(system::dialects))
         .route("/v1/usage", get(usage::usage))
         .merge(admin::routes())
-        .merge(webhooks::admin_routes())
+        .merge(tenant_webhooks::routes())
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -10,7 +10,7 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use crate::{admin, batches, error, jobs, speech, system, usage, view, webhooks};
+use crate::{admin, batches, error, jobs, speech, system, tenant_webhooks, usage, view};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,9 +35,9 @@ use crate::{admin, batches, error, jobs, speech, system, usage, view, webhooks};
         batches::submit,
         batches::get,
         batches::cancel,
-        webhooks::set_webhook_url,
-        webhooks::rotate_secret,
-        webhooks::read_secret,
+        tenant_webhooks::set_webhook_url,
+        tenant_webhooks::rotate_secret,
+        tenant_webhooks::read_secret,
         usage::usage,
         admin::list_tenants,
         admin::create_tenant,

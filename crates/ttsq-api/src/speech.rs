@@ -305,7 +305,7 @@ async fn speak(
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "speech refused by the content filter");
         context
-            .audit_refusal(&caller, &job, "content_rejected", json!({}))
+            .audit_refusal(&caller.0, &job, "content_rejected", json!({}))
             .await;
         return Err(SpeechError::invalid(
             "input",
@@ -336,7 +336,7 @@ async fn speak(
         tracing::info!(limit = e.limit.as_str(), "speech refused by a tenant limit");
         let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
         context
-            .audit_refusal(&caller, &job, "limit_exceeded", detail)
+            .audit_refusal(&caller.0, &job, "limit_exceeded", detail)
             .await;
     }
     Ok(result?)

@@ -62,7 +62,10 @@ fn the_document_is_openapi_3_1_and_covers_every_route_and_the_error_shapes() {
     ] {
         assert!(schemas[schema].is_object(), "schema {schema} is missing");
     }
-    let not_found = resolved(&doc, &doc["paths"]["/v1/tts/jobs/{id}"]["get"]["responses"]["404"]);
+    let not_found = resolved(
+        &doc,
+        &doc["paths"]["/v1/tts/jobs/{id}"]["get"]["responses"]["404"],
+    );
     assert_eq!(
         not_found["content"]["application/problem+json"]["schema"]["$ref"],
         "#/components/schemas/Problem"
@@ -94,7 +97,10 @@ fn the_document_is_openapi_3_1_and_covers_every_route_and_the_error_shapes() {
 }
 
 /// A response, or the one its `$ref` names under `components.responses`.
-fn resolved<'a>(doc: &'a serde_json::Value, response: &'a serde_json::Value) -> &'a serde_json::Value {
+fn resolved<'a>(
+    doc: &'a serde_json::Value,
+    response: &'a serde_json::Value,
+) -> &'a serde_json::Value {
     match response["$ref"].as_str() {
         Some(reference) => {
             let name = reference
@@ -113,7 +119,7 @@ fn resolved<'a>(doc: &'a serde_json::Value, response: &'a serde_json::Value) -> 
 const ROUTER_SOURCES: [(&str, &str); 3] = [
     ("lib", include_str!("../src/lib.rs")),
     ("admin", include_str!("../src/admin.rs")),
-    ("webhooks", include_str!("../src/webhooks.rs")),
+    ("tenant_webhooks", include_str!("../src/tenant_webhooks.rs")),
 ];
 
 /// Every method of every `.route("path", get(…).post(…))` call in `source`.

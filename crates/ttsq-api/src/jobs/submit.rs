@@ -90,7 +90,7 @@ pub async fn submit(
     if context.content_filter.blocks(&job.text) {
         tracing::info!(tenant = %caller.0.tenant_id, "submission refused by the content filter");
         context
-            .audit_refusal(&caller, &job, "content_rejected", json!({}))
+            .audit_refusal(&caller.0, &job, "content_rejected", json!({}))
             .await;
         return Err(ApiError::ContentRejected);
     }
@@ -127,7 +127,7 @@ pub async fn submit(
         );
         let detail = json!({"limit": e.limit.as_str(), "limit_value": e.max, "usage": e.used});
         context
-            .audit_refusal(&caller, &job, "limit_exceeded", detail)
+            .audit_refusal(&caller.0, &job, "limit_exceeded", detail)
             .await;
     }
     span.record("latency_ms", started.elapsed().as_millis() as u64);
