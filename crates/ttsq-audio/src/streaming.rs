@@ -9,7 +9,10 @@ use aws_sdk_s3::{
 };
 use bytes::Bytes;
 
-use crate::{AudioStore, AudioStoreError, cause_chain, http_status};
+use crate::{
+    AudioStore,
+    error::{AudioStoreError, cause_chain, http_status},
+};
 
 /// S3's most parts in one multipart upload.
 const MAX_PARTS: usize = 10_000;

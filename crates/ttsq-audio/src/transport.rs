@@ -48,7 +48,7 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 
-use crate::AudioStoreError;
+use crate::error::AudioStoreError;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 

@@ -6,7 +6,15 @@ use std::collections::BTreeMap;
 
 use toml::{Table, Value};
 
-use crate::{ConfigError, ENV_PREFIX, env_var_for, providers::OPTIONAL_PROVIDER_KEYS};
+use crate::{error::ConfigError, providers::OPTIONAL_PROVIDER_KEYS};
+
+/// Prefix of every environment variable this crate reads.
+pub const ENV_PREFIX: &str = "TTSQ_";
+
+/// The variable name of a dotted key: `worker.batch_size` → `TTSQ_WORKER_BATCH_SIZE`.
+pub fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
+}
 
 /// Variables with the prefix that are not settings themselves.
 pub(crate) const RESERVED_VARS: &[&str] = &[

@@ -48,6 +48,7 @@ pub use crate::{
     database::DatabaseSettings,
     dispatch::DispatchSettings,
     error::{ConfigError, Origin},
+    layers::{ENV_PREFIX, env_var_for},
     limits::LimitSettings,
     log::{LogFormat, LogSettings},
     metrics::MetricsSettings,
@@ -74,9 +75,6 @@ use crate::{
 
 /// The embedded defaults; also the reference for every key.
 pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
-
-/// Prefix of every environment variable this crate reads.
-pub const ENV_PREFIX: &str = "TTSQ_";
 
 /// Everything a ttsq process can be configured with. It serializes (for
 /// `ttsq config show`) with every secret redacted.
@@ -123,11 +121,6 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Fair dispatch of queued tasks between tenants.
     pub dispatch: DispatchSettings,
-}
-
-/// The variable name of a dotted key: `worker.batch_size` → `TTSQ_WORKER_BATCH_SIZE`.
-pub fn env_var_for(key: &str) -> String {
-    format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase())
 }
 
 impl Settings {
