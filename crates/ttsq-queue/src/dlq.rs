@@ -10,7 +10,7 @@ use lapin::{
 };
 use ttsq_core::{JobMessage, MessageDecodeError};
 
-use crate::{Broker, QueueError, REASON_HEADER, header_str, job_headers, publish_confirmed};
+use crate::{Broker, QueueError, QueueMessage, REASON_HEADER, header_str, publish_confirmed};
 
 /// One message in the dead-letter queue.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ impl Broker {
                         &channel,
                         &self.inner.names.jobs,
                         &message.encode(),
-                        job_headers(&message),
+                        message.headers(),
                     )
                     .await?;
                     channel.basic_ack(tag, BasicAckOptions::default()).await?;

@@ -9,31 +9,42 @@
 //!   publishers recover without a request having to wait.
 //! - [`Publisher`]: confirmed publishes over a cached channel, reopened after
 //!   a loss.
-//! - [`JobConsumer`] / [`JobDelivery`]: manual-ack consumption; a consumer
-//!   ends when its channel or connection dies and the caller re-subscribes.
+//! - [`QueueMessage`]: what a message type tells the broker — its wire
+//!   form, headers, queue and delay queues; implemented for [`JobMessage`]
+//!   and [`webhooks::WebhookMessage`].
+//! - [`Consumer`] / [`Delivery`]: manual-ack consumption of one message
+//!   type's queue; a consumer ends when its channel or connection dies and
+//!   the caller re-subscribes.
 //! - [`dlq`]: operator access to the dead-letter queue.
-//! - [`webhooks`]: the webhook delivery queue, its delay queues and consumer.
+//! - [`webhooks`]: the webhook delivery queue and its delay queues.
 
+mod consumer;
 pub mod dlq;
+mod message;
 pub mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
-    },
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, RwLock};
 use ttsq_config::QueueSettings;
-use ttsq_core::{JobMessage, MessageDecodeError};
+use ttsq_core::JobMessage;
+
+pub use crate::{
+    consumer::{Consumer, Delivery},
+    message::QueueMessage,
+};
+
+/// A consumer of the job queue.
+pub type JobConsumer = Consumer<JobMessage>;
+
+/// One delivered job message.
+pub type JobDelivery = Delivery<JobMessage>;
 
 /// AMQP delivery mode of messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
@@ -190,7 +201,7 @@ impl Broker {
     }
 
     /// The quorum delivery limit: a delivery whose
-    /// [`JobDelivery::delivery_count`] reaches it is the message's last.
+    /// [`Delivery::delivery_count`] of a job reaches it is the message's last.
     pub fn delivery_limit(&self) -> u32 {
         self.inner.delivery_limit
     }
@@ -324,49 +335,9 @@ impl Broker {
         Ok(publisher)
     }
 
-    /// A consumer of the job queue holding at most `prefetch` unacknowledged
-    /// deliveries (per-consumer QoS: quorum queues refuse global QoS).
+    /// A consumer of the job queue: [`Self::subscribe`] for [`JobMessage`].
     pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<JobConsumer, QueueError> {
-        let (channel, consumer, side) = self
-            .open_consumer(&self.inner.names.jobs, prefetch, tag)
-            .await?;
-        Ok(JobConsumer {
-            channel,
-            tag: tag.into(),
-            consumer,
-            side,
-        })
-    }
-
-    /// A channel consuming `queue` with at most `prefetch` unacknowledged
-    /// deliveries, and the side channel its deliveries are settled with:
-    /// retries and dead letters are published there, with confirms, tied to
-    /// the consumer's connection.
-    pub(crate) async fn open_consumer(
-        &self,
-        queue: &str,
-        prefetch: u16,
-        tag: &str,
-    ) -> Result<(Channel, lapin::Consumer, SideChannel), QueueError> {
-        let channel = self.channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let side = self.channel().await?;
-        side.confirm_select(ConfirmSelectOptions::default()).await?;
-        let side = SideChannel {
-            channel: side,
-            names: self.inner.names.clone(),
-        };
-        Ok((channel, consumer, side))
+        self.subscribe(prefetch, tag).await
     }
 
     /// Messages ready in the job queue and in the DLQ.
@@ -484,14 +455,6 @@ fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
     }
 }
 
-fn job_headers(message: &JobMessage) -> FieldTable {
-    let mut headers = FieldTable::default();
-    if let Some(traceparent) = &message.traceparent {
-        headers.insert("traceparent".into(), long_string(traceparent));
-    }
-    headers
-}
-
 /// Publishes one message on `channel` (confirms enabled) and waits for the
 /// broker to take responsibility for it.
 pub(crate) async fn publish_confirmed(
@@ -529,18 +492,19 @@ pub(crate) async fn publish_confirmed(
     }
 }
 
-/// Publishes job messages; a publish returns only once the broker has
-/// confirmed the message is stored (persistent, on a quorum queue).
+/// Publishes messages of any [`QueueMessage`] type to their queue; a publish
+/// returns only once the broker has confirmed the message is stored
+/// (persistent, on a quorum queue).
 #[derive(Clone)]
 pub struct Publisher {
     broker: Broker,
 }
 
 impl Publisher {
-    /// Publishes a job and waits for the broker's confirm.
-    pub async fn publish(&self, message: &JobMessage) -> Result<(), QueueError> {
-        let queue = self.broker.inner.names.jobs.clone();
-        self.send(&queue, &message.encode(), job_headers(message))
+    /// Publishes a message to its queue and waits for the broker's confirm.
+    pub async fn publish<M: QueueMessage>(&self, message: &M) -> Result<(), QueueError> {
+        let queue = M::queue(&self.broker.inner.names).to_owned();
+        self.send(&queue, &message.encode(), message.headers())
             .await
     }
 
@@ -578,207 +542,5 @@ impl Publisher {
             .await?;
         *cached = Some(channel.clone());
         Ok(channel)
-    }
-}
-
-/// A consumer's own confirmed publishing channel, for retries and dead letters.
-#[derive(Clone)]
-pub(crate) struct SideChannel {
-    channel: Channel,
-    pub(crate) names: QueueNames,
-}
-
-/// A delivered message and the side channel it is settled with: what job
-/// and webhook deliveries share.
-pub(crate) struct Settlement {
-    inner: Delivery,
-    pub(crate) side: SideChannel,
-}
-
-impl Settlement {
-    pub(crate) fn new(inner: Delivery, side: SideChannel) -> Self {
-        Self { inner, side }
-    }
-
-    pub(crate) fn data(&self) -> &[u8] {
-        &self.inner.data
-    }
-
-    /// Done: the broker forgets the message.
-    pub(crate) async fn ack(&self) -> Result<(), QueueError> {
-        self.inner.ack(BasicAckOptions::default()).await?;
-        Ok(())
-    }
-
-    /// Not done: the broker delivers it again at once.
-    pub(crate) async fn requeue(&self) -> Result<(), QueueError> {
-        self.inner
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Publishes a copy of the message, its headers and `reason` (in
-    /// [`REASON_HEADER`]) to the dead-letter queue, with a confirm; the
-    /// delivery itself is left to settle.
-    pub(crate) async fn copy_to_dlq(&self, reason: &str) -> Result<(), QueueError> {
-        let mut headers = self.inner.properties.headers().clone().unwrap_or_default();
-        headers.insert(REASON_HEADER.into(), long_string(reason));
-        publish_confirmed(
-            &self.side.channel,
-            &self.side.names.dlq,
-            self.data(),
-            headers,
-        )
-        .await
-    }
-
-    /// Publishes `body` to the delay queue for `delay_index` among `delays`
-    /// (clamped to the longest; straight to `queue` when there are none),
-    /// then acknowledges this delivery. On error nothing was acknowledged.
-    pub(crate) async fn retry_later(
-        &self,
-        delays: &[(Duration, String)],
-        queue: &str,
-        delay_index: usize,
-        body: &[u8],
-        headers: FieldTable,
-    ) -> Result<(), QueueError> {
-        let target = delays
-            .get(delay_index)
-            .or(delays.last())
-            .map_or(queue, |(_, name)| name.as_str());
-        publish_confirmed(&self.side.channel, target, body, headers).await?;
-        self.ack().await
-    }
-}
-
-/// Closes a consumer's channels; what it held unacknowledged is redelivered.
-pub(crate) async fn close_channels(consuming: &Channel, side: &SideChannel) {
-    for channel in [consuming, &side.channel] {
-        if channel.status().connected()
-            && let Err(err) = channel.close(200, "consumer closed".into()).await
-        {
-            tracing::debug!(error = %err, "closing a consumer channel");
-        }
-    }
-}
-
-/// A stream of job deliveries with manual acknowledgement.
-pub struct JobConsumer {
-    channel: Channel,
-    tag: String,
-    consumer: lapin::Consumer,
-    side: SideChannel,
-}
-
-impl JobConsumer {
-    /// The next delivery; `None` when the consumer was cancelled or the
-    /// channel or connection closed (the caller re-subscribes).
-    pub async fn next(&mut self) -> Option<Result<JobDelivery, QueueError>> {
-        let next = self.consumer.next().await?;
-        Some(next.map_err(QueueError::from).map(|inner| JobDelivery {
-            settlement: Settlement::new(inner, self.side.clone()),
-        }))
-    }
-
-    /// Whether the consuming channel is still open.
-    pub fn is_connected(&self) -> bool {
-        self.channel.status().connected()
-    }
-
-    /// Asks the broker to stop sending; deliveries already sent still arrive
-    /// and must be settled. Unsettled ones return to the queue when the channel closes.
-    pub async fn cancel(&self) -> Result<(), QueueError> {
-        self.channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
-        Ok(())
-    }
-
-    /// Closes the channels; unacknowledged deliveries are redelivered to others.
-    pub async fn close(&self) {
-        close_channels(&self.channel, &self.side).await;
-    }
-}
-
-/// One delivered message, to be settled exactly once.
-pub struct JobDelivery {
-    settlement: Settlement,
-}
-
-impl JobDelivery {
-    /// Decodes the body.
-    pub fn decode(&self) -> Result<JobMessage, MessageDecodeError> {
-        JobMessage::decode(self.settlement.data())
-    }
-
-    /// Whether the broker delivered it before (a consumer died holding it).
-    pub fn redelivered(&self) -> bool {
-        self.settlement.inner.redelivered
-    }
-
-    /// Earlier unsuccessful deliveries of this message (requeues, consumers
-    /// that died holding it). When it reaches [`Broker::delivery_limit`] this
-    /// delivery is the last before the broker dead-letters the message.
-    pub fn delivery_count(&self) -> u64 {
-        header_u64(&self.settlement.inner.properties, DELIVERY_COUNT_HEADER).unwrap_or(0)
-    }
-
-    /// W3C trace context of the submitting request, if any.
-    pub fn traceparent(&self) -> Option<String> {
-        header_str(&self.settlement.inner.properties, "traceparent")
-    }
-
-    /// Done: the broker forgets the message.
-    pub async fn ack(&self) -> Result<(), QueueError> {
-        self.settlement.ack().await
-    }
-
-    /// Not done: the broker delivers it again at once (counting toward the
-    /// delivery limit). For a later retry use [`JobDelivery::retry_later`].
-    pub async fn requeue(&self) -> Result<(), QueueError> {
-        self.settlement.requeue().await
-    }
-
-    /// Retry after a back-off: publishes `next` (the message for the next
-    /// attempt) to the delay queue for `delay_index` (clamped to the longest),
-    /// whence it returns to the job queue when its delay is over, then
-    /// acknowledges this delivery. On error nothing was acknowledged.
-    pub async fn retry_later(
-        &self,
-        next: &JobMessage,
-        delay_index: usize,
-    ) -> Result<(), QueueError> {
-        let names = &self.settlement.side.names;
-        self.settlement
-            .retry_later(
-                &names.delays,
-                &names.jobs,
-                delay_index,
-                &next.encode(),
-                job_headers(next),
-            )
-            .await
-    }
-
-    /// Never processable: a copy goes to the DLQ with `reason` in a header,
-    /// then the original is acknowledged. Should the copy fail, the message is
-    /// rejected so the broker dead-letters it itself (without the reason).
-    pub async fn dead_letter(&self, reason: &str) -> Result<(), QueueError> {
-        match self.settlement.copy_to_dlq(reason).await {
-            Ok(()) => self.ack().await,
-            Err(err) => {
-                tracing::warn!(error = %err, "copy to the DLQ failed; rejecting instead");
-                self.settlement
-                    .inner
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
-                Ok(())
-            }
-        }
     }
 }

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use lapin::{
     Channel,
     options::QueueDeclareOptions,
@@ -16,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    Broker, Publisher, QueueError, QueueNames, Settlement, SideChannel, close_channels,
-    long_string, quorum_dead_lettering_to,
+    Broker, Consumer, Delivery, QueueError, QueueMessage, QueueNames, long_string,
+    quorum_dead_lettering_to,
 };
 
 /// Redeliveries (a worker dying mid-delivery every time) after which the
@@ -61,19 +60,37 @@ pub(crate) async fn declare(channel: &Channel, names: &QueueNames) -> Result<(),
     Ok(())
 }
 
-fn encode(message: &WebhookMessage) -> Vec<u8> {
-    // A struct of a UUID and an integer always serializes.
-    serde_json::to_vec(message).unwrap_or_default()
-}
+impl QueueMessage for WebhookMessage {
+    type DecodeError = serde_json::Error;
 
-impl Publisher {
-    /// Publishes a webhook attempt and waits for the broker's confirm.
-    pub async fn publish_webhook(&self, message: &WebhookMessage) -> Result<(), QueueError> {
-        let queue = self.broker.inner.names.webhooks.clone();
-        self.send(&queue, &encode(message), FieldTable::default())
-            .await
+    // Nothing dead-letters the webhook queue: past its delivery limit the
+    // broker drops a message, and so would a reject.
+    const BROKER_DEAD_LETTERS: bool = false;
+
+    fn decode(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // A struct of a UUID and an integer always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn queue(names: &QueueNames) -> &str {
+        &names.webhooks
+    }
+
+    fn delay_queues(names: &QueueNames) -> &[(Duration, String)] {
+        &names.webhook_delays
     }
 }
+
+/// A consumer of the webhook queue.
+pub type WebhookConsumer = Consumer<WebhookMessage>;
+
+/// One delivered webhook message. An undecodable one goes to the dead-letter
+/// queue (the jobs' DLQ, which lists it as undecodable and never replays it).
+pub type WebhookDelivery = Delivery<WebhookMessage>;
 
 impl Broker {
     /// Publishes raw bytes straight to the webhook queue, bypassing
@@ -94,58 +111,9 @@ impl Broker {
             .map(|(d, _)| *d)
             .collect()
     }
-
-    /// A consumer of the webhook queue holding at most `prefetch`
-    /// unacknowledged deliveries.
-    pub async fn consume_webhooks(
-        &self,
-        prefetch: u16,
-        tag: &str,
-    ) -> Result<WebhookConsumer, QueueError> {
-        let (channel, consumer, side) = self
-            .open_consumer(&self.inner.names.webhooks, prefetch, tag)
-            .await?;
-        Ok(WebhookConsumer {
-            channel,
-            consumer,
-            side,
-        })
-    }
-}
-
-/// A stream of webhook deliveries with manual acknowledgement.
-pub struct WebhookConsumer {
-    channel: Channel,
-    consumer: lapin::Consumer,
-    side: SideChannel,
-}
-
-impl WebhookConsumer {
-    /// The next delivery; `None` when the consumer or its channel ended.
-    pub async fn next(&mut self) -> Option<Result<WebhookDelivery, QueueError>> {
-        let next = self.consumer.next().await?;
-        Some(next.map_err(QueueError::from).map(|inner| WebhookDelivery {
-            settlement: Settlement::new(inner, self.side.clone()),
-        }))
-    }
-
-    /// Closes the channels; unacknowledged deliveries are redelivered.
-    pub async fn close(&self) {
-        close_channels(&self.channel, &self.side).await;
-    }
-}
-
-/// One delivered webhook message, to be settled exactly once.
-pub struct WebhookDelivery {
-    settlement: Settlement,
 }
 
 impl WebhookDelivery {
-    /// The message; `None` when undecodable (see [`Self::dead_letter`]).
-    pub fn message(&self) -> Option<WebhookMessage> {
-        serde_json::from_slice(self.settlement.data()).ok()
-    }
-
     /// The `delivery_id` an undecodable message still names, if any: a JSON
     /// object whose `delivery_id` is a UUID, whatever else is wrong with it.
     pub fn named_delivery_id(&self) -> Option<Uuid> {
@@ -153,47 +121,8 @@ impl WebhookDelivery {
         struct Named {
             delivery_id: Uuid,
         }
-        serde_json::from_slice::<Named>(self.settlement.data())
+        serde_json::from_slice::<Named>(self.body())
             .ok()
             .map(|named| named.delivery_id)
-    }
-
-    /// Never processable: a copy goes to the dead-letter queue (the jobs'
-    /// DLQ, which lists it as undecodable and never replays it) with
-    /// `reason` in a header, then this delivery is acknowledged. On error
-    /// nothing was acknowledged.
-    pub async fn dead_letter(&self, reason: &str) -> Result<(), QueueError> {
-        self.settlement.copy_to_dlq(reason).await?;
-        self.ack().await
-    }
-
-    /// Done: the broker forgets the message.
-    pub async fn ack(&self) -> Result<(), QueueError> {
-        self.settlement.ack().await
-    }
-
-    /// Not done; delivered again at once.
-    pub async fn requeue(&self) -> Result<(), QueueError> {
-        self.settlement.requeue().await
-    }
-
-    /// Publishes `next` to the delay queue for `delay_index` (clamped to the
-    /// longest), then acknowledges this delivery. On error nothing was
-    /// acknowledged.
-    pub async fn retry_later(
-        &self,
-        next: &WebhookMessage,
-        delay_index: usize,
-    ) -> Result<(), QueueError> {
-        let names = &self.settlement.side.names;
-        self.settlement
-            .retry_later(
-                &names.webhook_delays,
-                &names.webhooks,
-                delay_index,
-                &encode(next),
-                FieldTable::default(),
-            )
-            .await
     }
 }

@@ -70,7 +70,7 @@ pub async fn run(context: WebhookContext, shutdown: impl std::future::Future<Out
         let consumer = if context.signing_key.is_some() {
             context
                 .broker
-                .consume_webhooks(context.concurrency, &context.name)
+                .subscribe::<WebhookMessage>(context.concurrency, &context.name)
                 .await
         } else {
             // Webhooks are off: nothing to deliver; wait for shutdown.
@@ -140,11 +140,7 @@ async fn sweep(context: &WebhookContext) {
                         delivery_id: event.id,
                         attempt: u32::try_from(event.attempts).unwrap_or(0) + 1,
                     };
-                    active
-                        .publish_webhook(&message)
-                        .await
-                        .ok()
-                        .map(|()| event.id)
+                    active.publish(&message).await.ok().map(|()| event.id)
                 }
             })
             .await;
@@ -157,7 +153,7 @@ async fn sweep(context: &WebhookContext) {
 /// Makes one attempt and settles the message.
 #[tracing::instrument(skip_all, fields(delivery_id, attempt))]
 async fn deliver(context: &WebhookContext, queued: QueuedDelivery) {
-    let Some(message) = queued.message() else {
+    let Ok(message) = queued.decode() else {
         undecodable(context, &queued).await;
         return;
     };
