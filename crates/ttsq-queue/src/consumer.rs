@@ -2,7 +2,7 @@
 //! out [`Delivery`]s, each settled exactly once — acknowledged, requeued,
 //! retried later through a delay queue, or dead-lettered with a reason.
 
-use std::marker::PhantomData;
+use std::{future::Future, marker::PhantomData, pin::Pin};
 
 use futures::StreamExt;
 use lapin::{
@@ -13,6 +13,7 @@ use lapin::{
     },
     types::FieldTable,
 };
+use ttsq_core::backoff::Backoff;
 
 use crate::{
     Broker, DELIVERY_COUNT_HEADER, QueueError, QueueMessage, QueueNames, REASON_HEADER, header_str,
@@ -54,6 +55,40 @@ impl Broker {
             },
             message: PhantomData,
         })
+    }
+
+    /// [`Self::subscribe`], retried after each failure with `backoff` (reset
+    /// on success) until it works, or `None` once `shutdown` resolves. The
+    /// long-running consumers use it to come back after the broker ended
+    /// their consumer (connection lost, broker restart, queue deleted).
+    pub async fn subscribe_with_backoff<M: QueueMessage>(
+        &self,
+        prefetch: u16,
+        tag: &str,
+        backoff: &mut Backoff,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Consumer<M>> {
+        loop {
+            match self.subscribe(prefetch, tag).await {
+                Ok(consumer) => {
+                    backoff.reset();
+                    return Some(consumer);
+                }
+                Err(err) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(
+                        error = %err,
+                        queue = M::queue(&self.inner.names),
+                        retry_in = ?wait,
+                        "subscribing failed"
+                    );
+                    tokio::select! {
+                        () = shutdown.as_mut() => return None,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //!   and [`webhooks::WebhookMessage`].
 //! - [`Consumer`] / [`Delivery`]: manual-ack consumption of one message
 //!   type's queue; a consumer ends when its channel or connection dies and
-//!   the caller re-subscribes.
+//!   the caller re-subscribes ([`Broker::subscribe_with_backoff`]).
 //! - [`dlq`]: operator access to the dead-letter queue.
 //! - [`webhooks`]: the webhook delivery queue and its delay queues.
 

@@ -1,12 +1,13 @@
 //! The delivery service: relays pending events to `ttsq.webhooks`, consumes
 //! it, POSTs each event signed and settles its message.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use ttsq_audio::AudioStore;
+use ttsq_core::backoff::Backoff;
 use ttsq_queue::{
     Broker,
     webhooks::{WebhookDelivery as QueuedDelivery, WebhookMessage},
@@ -57,45 +58,49 @@ pub struct WebhookContext {
 
 /// Runs the relay, the join sweeper and the delivery consumer until
 /// `shutdown`; re-subscribes when the broker ends the consumer.
-pub async fn run(context: WebhookContext, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(context: WebhookContext, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let sweeper = {
         let context = context.clone();
         tokio::spawn(async move { sweep(&context).await })
     };
-    let mut backoff =
-        ttsq_core::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut in_flight = JoinSet::new();
-    'outer: loop {
-        let consumer = if context.signing_key.is_some() {
-            context
-                .broker
-                .subscribe::<WebhookMessage>(context.concurrency, &context.name)
-                .await
-        } else {
-            // Webhooks are off: nothing to deliver; wait for shutdown.
-            (&mut shutdown).await;
-            break;
-        };
-        let mut consumer = match consumer {
-            Ok(consumer) => {
-                backoff.reset();
-                consumer
-            }
-            Err(err) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in = ?wait, "subscribing to webhooks failed");
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(wait) => continue,
-                }
-            }
-        };
+    if context.signing_key.is_some() {
+        consume(&context, &mut in_flight, shutdown.as_mut()).await;
+    } else {
+        // Webhooks are off: nothing to deliver; wait for shutdown.
+        shutdown.as_mut().await;
+    }
+    sweeper.abort();
+    let _ = tokio::time::timeout(context.timeout, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Consumes `ttsq.webhooks` until `shutdown`, each delivery in a task of
+/// `in_flight`; re-subscribes with back-off when the broker ends the consumer.
+async fn consume(
+    context: &WebhookContext,
+    in_flight: &mut JoinSet<()>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    while let Some(mut consumer) = context
+        .broker
+        .subscribe_with_backoff::<WebhookMessage>(
+            context.concurrency,
+            &context.name,
+            &mut backoff,
+            shutdown.as_mut(),
+        )
+        .await
+    {
         loop {
             tokio::select! {
-                () = &mut shutdown => {
+                () = shutdown.as_mut() => {
                     consumer.close().await;
-                    break 'outer;
+                    return;
                 }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 next = consumer.next() => match next {
@@ -111,11 +116,6 @@ pub async fn run(context: WebhookContext, shutdown: impl std::future::Future<Out
             }
         }
     }
-    sweeper.abort();
-    let _ = tokio::time::timeout(context.timeout, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
 }
 
 /// Every [`SWEEP_EVERY`]: publishes pending events.

@@ -172,25 +172,18 @@ async fn resubscribed(
             "deliveries of the lost channel return through the broker"
         );
     }
-    loop {
-        let wait = backoff.next_delay();
-        tokio::select! {
-            () = shutdown.as_mut() => return None,
-            () = tokio::time::sleep(wait) => {}
-        }
-        match context
-            .broker
-            .consume(context.prefetch, &context.name)
-            .await
-        {
-            Ok(consumer) => {
-                tracing::info!("consuming again");
-                backoff.reset();
-                return Some(consumer);
-            }
-            Err(err) => tracing::warn!(error = %err, retry_in = ?wait, "re-subscribing failed"),
-        }
+    // The broker just ended the consumer: give it a moment before the
+    // first attempt.
+    tokio::select! {
+        () = shutdown.as_mut() => return None,
+        () = tokio::time::sleep(backoff.next_delay()) => {}
     }
+    let consumer = context
+        .broker
+        .subscribe_with_backoff(context.prefetch, &context.name, backoff, shutdown.as_mut())
+        .await?;
+    tracing::info!("consuming again");
+    Some(consumer)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
