@@ -791,7 +791,10 @@ async fn a_task_webhook_carries_the_same_view_as_get_marks_included() {
     let mut view_fields: Vec<&String> = view.keys().collect();
     data_fields.sort();
     view_fields.sort();
-    assert_eq!(data_fields, view_fields, "the event and GET differ in fields");
+    assert_eq!(
+        data_fields, view_fields,
+        "the event and GET differ in fields"
+    );
     assert_eq!(data["marks"], json!(["word"]));
     assert!(data["marks_url"].as_str().is_some(), "{event}");
     for (field, value) in view {
