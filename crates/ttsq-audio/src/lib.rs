@@ -379,6 +379,49 @@ impl AudioStore {
         }
     }
 
+    /// Deletes every object of the bucket, then the bucket itself; a bucket
+    /// that is not there is fine. For buckets made for one test or one
+    /// benchmark run, never the service's own: the service only ever
+    /// deletes objects no task refers to ([`AudioStore::delete`]).
+    pub async fn delete_bucket(&self) -> Result<(), AudioStoreError> {
+        loop {
+            let listed = match self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .send()
+                .await
+            {
+                Ok(listed) => listed,
+                Err(err)
+                    if err.code() == Some("NoSuchBucket") || http_status(&err) == Some(404) =>
+                {
+                    return Ok(());
+                }
+                Err(err) => return Err(AudioStoreError::from_sdk("ListObjectsV2", &err)),
+            };
+            if listed.contents().is_empty() {
+                break;
+            }
+            for key in listed.contents().iter().filter_map(|object| object.key()) {
+                self.delete(key).await?;
+            }
+        }
+        match self
+            .client
+            .delete_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if err.code() == Some("NoSuchBucket") || http_status(&err) == Some(404) => {
+                Ok(())
+            }
+            Err(err) => Err(AudioStoreError::from_sdk("DeleteBucket", &err)),
+        }
+    }
+
     /// Checks that the bucket is reachable with these credentials
     /// (`HeadBucket`), for readiness probes.
     pub async fn check(&self) -> Result<(), AudioStoreError> {

@@ -124,7 +124,7 @@ impl QueueNames {
     }
 
     /// Every queue of the topology.
-    fn all(&self) -> impl Iterator<Item = &str> {
+    pub fn all(&self) -> impl Iterator<Item = &str> {
         [self.jobs.as_str(), self.dlq.as_str()]
             .into_iter()
             .chain(self.delays.iter().map(|(_, name)| name.as_str()))
