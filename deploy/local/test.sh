@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real local services: brings them up with
 # services.sh, removes what killed test runs left behind (databases and
-# roles ttsq_test_*, RabbitMQ queues ttsq-test-* and idle ttsq-bench-*,
-# buckets ttsq-test-* of the local S3 server), then runs
+# roles ttsq_test_*, templates ttsq_template_* but the newest, RabbitMQ
+# queues ttsq-test-* and idle ttsq-bench-*, buckets ttsq-test-* of the local
+# S3 server), then runs
 # every test of the workspace. Extra arguments go to `cargo nextest run` (or
 # `cargo test` where nextest is missing), e.g. `deploy/local/test.sh -p ttsq-store`.
 #
 # The tests read:
-#   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database, which
-#                           this role owns and migrates, and its own service
+#   TTSQ_TEST_DATABASE_URL  admin URL; each test creates its own database, a
+#                           clone of a template this role migrated and owns
+#                           (crates/ttsq-test-db), and its own service
 #                           role (LOGIN, granted as `ttsq migrate --grant-to`
 #                           grants), which the test's stack connects as
 #   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
@@ -50,18 +52,24 @@ export TTSQ_TEST_DATABASE_URL TTSQ_TEST_AMQP_URL TTSQ_S3_ENDPOINT TTSQ_S3_ACCESS
 
 # --- leftovers of earlier runs ----------------------------------------------
 
-# Runs `drop` (SQL with `%s` for the quoted name) for each name `list` (SQL)
-# returns; `what` names them in messages.
+# Runs the statements after `list` (SQL with `%s` for the quoted name), one
+# after the other, for each name `list` (SQL) returns; `what` names them in
+# messages.
 drop_each() {
-    local what="$1" list="$2" drop="$3"
+    local what="$1" list="$2"
+    shift 2
     local psql=(psql -w -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -At)
-    local names name
+    local names name drop statements
     names="$("${psql[@]}" -c "$list")"
     [[ -n "$names" ]] || return 0
     say "dropping $(wc -l <<<"$names") leftover test $what(s)…"
     while IFS= read -r name; do
-        # shellcheck disable=SC2059 # the statement is the format
-        "${psql[@]}" -c "$(printf "$drop" "\"$name\"")" </dev/null ||
+        statements=()
+        for drop in "$@"; do
+            # shellcheck disable=SC2059 # the statement is the format
+            statements+=(-c "$(printf "$drop" "\"$name\"")")
+        done
+        "${psql[@]}" "${statements[@]}" </dev/null ||
             say "could not drop $what $name (continuing)"
     done <<<"$names"
 }
@@ -69,6 +77,17 @@ drop_each() {
 drop_test_databases() {
     drop_each database "select datname from pg_database where datname like 'ttsq\_test\_%'" \
         "drop database if exists %s with (force)"
+}
+
+# The migrated templates the test databases are cloned from
+# (ttsq_template_<hash of the migrations>, see crates/ttsq-test-db): all but
+# the newest, which is most likely the current migrations' and saves the
+# next run migrating it again. A changed migration gets a template of its
+# own, and the one it replaces goes at the run after. A template must be
+# unmarked before it can be dropped.
+drop_old_templates() {
+    drop_each template "select datname from pg_database where datname like 'ttsq\_template\_%' order by oid desc offset 1" \
+        "alter database %s is_template false" "drop database if exists %s with (force)"
 }
 
 # Each test's service role; roles are cluster-wide, so they outlive the
@@ -97,18 +116,23 @@ delete_test_queues() {
 }
 
 # Each test has its own bucket (ttsq-test-<id>) on the local S3 server,
-# which keeps a bucket as a folder of its data directory.
+# which keeps a bucket as a folder of its data directory, and each object's
+# metadata in files `.bucket-<base64 of the bucket>.object-…` beside them,
+# which it leaves there when the object is deleted ("ttsq-test" is
+# dHRzcS10ZXN0 in base64).
 delete_test_buckets() {
     local data="${TTSQ_HOME:-$REPO_ROOT/.ttsq}/s3"
-    compgen -G "$data/ttsq-test-*" >/dev/null || return 0
+    compgen -G "$data/ttsq-test-*" >/dev/null || compgen -G "$data/.bucket-dHRzcS10ZXN0*" >/dev/null ||
+        return 0
     say "deleting leftover test buckets…"
-    rm -rf "$data"/ttsq-test-*
+    rm -rf "$data"/ttsq-test-* "$data"/.bucket-dHRzcS10ZXN0*
 }
 
 if [[ "${TTSQ_TEST_NO_CLEANUP:-}" == 1 ]]; then
     say "TTSQ_TEST_NO_CLEANUP=1: keeping leftover test databases, queues and buckets"
 else
     drop_test_databases
+    drop_old_templates
     drop_test_roles
     delete_test_queues
     delete_test_buckets

@@ -5,9 +5,8 @@
 #[expect(dead_code, reason = "this file uses only the database helpers")]
 mod support;
 
-use support::{drop_db, fresh_store};
+use support::fresh_store;
 use ttsq_store::{Store, StoreError};
-use uuid::Uuid;
 
 async fn has(store: &Store, role: &str, table: &str, privilege: &str) -> bool {
     sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")
@@ -21,12 +20,8 @@ async fn has(store: &Store, role: &str, table: &str, privilege: &str) -> bool {
 
 #[tokio::test]
 async fn a_second_run_grants_what_was_added_since_and_keeps_the_ledger_append_only() {
-    let (store, name) = fresh_store().await;
-    let role = format!("ttsq_test_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE ROLE {role}"))
-        .execute(store.pool())
-        .await
-        .expect("role created");
+    let (store, mut db) = fresh_store().await;
+    let role = db.create_role("").await.expect("role created");
 
     store.grant_service_role(&role).await.expect("granted");
     assert!(has(&store, &role, "tasks", "DELETE").await);
@@ -51,20 +46,11 @@ async fn a_second_run_grants_what_was_added_since_and_keeps_the_ledger_append_on
     assert!(has(&store, &role, "added_later", "INSERT").await);
     assert!(!has(&store, &role, "usage_ledger", "UPDATE").await);
     assert!(!has(&store, &role, "usage_ledger", "TRUNCATE").await);
-
-    drop_db(store, &name).await;
-    let admin = std::env::var("TTSQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let pool = sqlx::PgPool::connect(&admin).await.expect("admin connects");
-    sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
-        .execute(&pool)
-        .await
-        .expect("role dropped");
 }
 
 #[tokio::test]
 async fn a_missing_or_superuser_role_or_the_owner_itself_is_refused() {
-    let (store, name) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let current: String = sqlx::query_scalar("SELECT current_user::text")
         .fetch_one(store.pool())
         .await
@@ -77,5 +63,4 @@ async fn a_missing_or_superuser_role_or_the_owner_itself_is_refused() {
     // The test suite connects as a superuser, which is also the owner here.
     let owner = store.grant_service_role(&current).await;
     assert!(matches!(owner, Err(StoreError::Invalid(_))), "{owner:?}");
-    drop_db(store, &name).await;
 }

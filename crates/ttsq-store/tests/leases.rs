@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{count, drop_db, fresh_store, job, tenant};
+use support::{count, fresh_store, job, tenant};
 use ttsq_core::Job;
 use ttsq_store::{
     AudioObject, ClaimCommit, FinishedTask, MadeAudio, NewTask, Reschedule, Store, SweepLease,
@@ -95,7 +95,7 @@ async fn status(store: &Store, task_id: Uuid) -> (String, Option<Uuid>) {
 
 #[tokio::test]
 async fn a_claim_taken_over_cannot_finish_or_requeue_what_its_successor_holds() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "fenced", TenantLimits::default()).await;
     let job = job("paused worker");
     let task = queued(&store, tenant_id, &job).await;
@@ -153,12 +153,11 @@ async fn a_claim_taken_over_cannot_finish_or_requeue_what_its_successor_holds() 
         ("processing".to_owned(), Some(new_claim))
     );
     assert_eq!(count(&store, "SELECT count(*) FROM usage_ledger").await, 0);
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn a_hash_lease_is_held_by_one_claim_until_its_holder_dies() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let (first, second) = (replica(&store).await, replica(&store).await);
     let hash = vec![job("leased text").hash.as_str().to_owned()];
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
@@ -177,12 +176,11 @@ async fn a_hash_lease_is_held_by_one_claim_until_its_holder_dies() {
         1,
         "a dead holder's lease is taken over"
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn a_replica_back_from_an_outage_takes_over_no_silent_holders_lease_at_once() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let (holder, other) = (replica(&store).await, replica(&store).await);
     let hash = vec![job("outage").hash.as_str().to_owned()];
     store
@@ -207,12 +205,11 @@ async fn a_replica_back_from_an_outage_takes_over_no_silent_holders_lease_at_onc
         taken.is_empty(),
         "the holder may be alive and just as cut off"
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_even_from_a_live_holder() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let (first, second) = (replica(&store).await, replica(&store).await);
     let hash = vec![job("expiring").hash.as_str().to_owned()];
 
@@ -227,12 +224,11 @@ async fn an_expired_lease_is_taken_over_even_from_a_live_holder() {
         .expect("acquire");
 
     assert_eq!(taken.len(), 1);
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn audio_is_indexed_only_with_one_billed_task_in_the_same_commit() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "billed", TenantLimits::default()).await;
     let job = job("paid once");
     let tasks = [
@@ -285,12 +281,11 @@ async fn audio_is_indexed_only_with_one_billed_task_in_the_same_commit() {
         0,
         "the commit releases the lease"
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn audio_made_under_a_lost_lease_or_for_no_held_task_is_not_indexed() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "unpaid", TenantLimits::default()).await;
     let job = job("nobody pays");
     let task = queued(&store, tenant_id, &job).await;
@@ -346,12 +341,11 @@ async fn audio_made_under_a_lost_lease_or_for_no_held_task_is_not_indexed() {
         .expect("commit runs");
     assert!(orphan.fenced.contains(&task));
     assert_eq!(count(&store, "SELECT count(*) FROM audio_objects").await, 0);
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn a_swept_hash_stays_leased_until_its_object_is_deleted() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "swept", TenantLimits::default()).await;
     sqlx::query("UPDATE tenants SET retention_days = 1 WHERE id = $1")
         .bind(tenant_id)
@@ -420,12 +414,11 @@ async fn a_swept_hash_stays_leased_until_its_object_is_deleted() {
         "no re-synthesis while the object is deleted"
     );
     assert_eq!(after.len(), 1);
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn a_claim_retried_after_its_answer_was_lost_gets_its_tasks_back_once() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "retried", TenantLimits::default()).await;
     let job = job("claimed twice");
     let task = queued(&store, tenant_id, &job).await;
@@ -450,5 +443,4 @@ async fn a_claim_retried_after_its_answer_was_lost_gets_its_tasks_back_once() {
     assert_eq!(again.len(), 1, "the batch still finds its own task");
     assert_eq!(again[0].attempts, 1, "one attempt, however often claimed");
     assert!(other.is_empty(), "another batch of a live holder does not");
-    drop_db(store, &db).await;
 }

@@ -4,14 +4,14 @@
 mod support;
 
 use futures::future::join_all;
-use support::{count, drop_db, fresh_store, job, tenant};
+use support::{count, fresh_store, job, tenant};
 use ttsq_core::Job;
 use ttsq_store::{LimitKind, NewTask, StoreError, TenantLimits};
 use uuid::Uuid;
 
 #[tokio::test]
 async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(
         &store,
         "chars",
@@ -74,12 +74,11 @@ async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {
             .any(|&(t, k, f)| t == tenant_id && k == LimitKind::DailyCharacters && f == 1.0),
         "{fractions:?}"
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn concurrent_submissions_never_overshoot_max_queued_jobs() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(
         &store,
         "queue",
@@ -118,12 +117,11 @@ async fn concurrent_submissions_never_overshoot_max_queued_jobs() {
         }
     }
     assert_eq!(count(&store, "SELECT count(*) FROM tasks").await, 7);
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(
         &store,
         "repeat",
@@ -187,12 +185,11 @@ async fn an_idempotent_repeat_is_answered_even_at_the_limit() {
         })
         .await
         .expect("admitted without a limit");
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn invalid_limits_are_refused_naming_the_field() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let err = store
         .create_tenant_with(
             "bad",
@@ -212,5 +209,4 @@ async fn invalid_limits_are_refused_naming_the_field() {
         .expect_err("currency codes are upper case");
     assert!(err.to_string().starts_with("currency:"), "{err}");
     assert_eq!(count(&store, "SELECT count(*) FROM tenants").await, 0);
-    drop_db(store, &db).await;
 }

@@ -10,46 +10,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
 use ttsq_quota::{Acquired, Lease, QuotaCoordinator, SharedLimits, WaitReason};
-use ttsq_store::{PgQuotaCoordinator, Store};
+use ttsq_store::PgQuotaCoordinator;
+use ttsq_test_db::TestDatabase;
 use uuid::Uuid;
 
-fn admin_url() -> String {
-    std::env::var("TTSQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A fresh, migrated database of its own; returns its URL and name.
-async fn fresh_db() -> (String, String) {
-    let admin_url = admin_url();
-    let name = format!("ttsq_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url)
+/// A fresh, migrated database of its own, dropped with the
+/// [`TestDatabase`]; and its URL.
+async fn fresh_db() -> (String, TestDatabase) {
+    let db = TestDatabase::new()
         .await
-        .expect("Postgres reachable (TTSQ_TEST_DATABASE_URL)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("test database created");
-    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database");
-    let url = format!("{base}/{name}");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .expect("test database reachable");
-    let store = Store::from_pool(pool);
-    store.migrate().await.expect("migrations apply");
-    store.pool().close().await;
-    (url, name)
-}
-
-async fn drop_db(name: &str) {
-    if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
+        .expect("test database created (TTSQ_TEST_DATABASE_URL)");
+    (db.url().to_owned(), db)
 }
 
 /// `n` replicas, each with its own coordinator (id and pool).
@@ -113,7 +85,7 @@ fn busiest_window(times: &[(Instant, u64)], window: Duration) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_hold_more_than_max_concurrent_slots() {
-    let (url, name) = fresh_db().await;
+    let (url, _db) = fresh_db().await;
     let limits = SharedLimits {
         max_concurrent: Some(3),
         ..limits()
@@ -166,12 +138,11 @@ async fn three_replicas_never_hold_more_than_max_concurrent_slots() {
         .await
         .expect("leases read");
     assert!(leftover.is_empty(), "every slot was released: {leftover:?}");
-    drop_db(&name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_character_rates_hold_across_replicas() {
-    let (url, name) = fresh_db().await;
+    let (url, _db) = fresh_db().await;
     let requests = SharedLimits {
         requests_per_second: Some(10.0),
         ..limits()
@@ -235,12 +206,11 @@ async fn request_and_character_rates_hold_across_replicas() {
         (2_200..=2_800).contains(&total),
         "{total} characters in 2.5 s at 1,000/s"
     );
-    drop_db(&name).await;
 }
 
 #[tokio::test]
 async fn slots_of_a_vanished_replica_expire_and_a_late_release_frees_nothing() {
-    let (url, name) = fresh_db().await;
+    let (url, _db) = fresh_db().await;
     let limits = SharedLimits {
         max_concurrent: Some(2),
         lease_ttl: Duration::from_millis(400),
@@ -287,12 +257,11 @@ async fn slots_of_a_vanished_replica_expire_and_a_late_release_frees_nothing() {
         held.iter().all(|(_, holder)| *holder != alive.holder()),
         "{held:?}"
     );
-    drop_db(&name).await;
 }
 
 #[tokio::test]
 async fn a_pause_holds_every_replica_until_it_ends() {
-    let (url, name) = fresh_db().await;
+    let (url, _db) = fresh_db().await;
     let all = replicas(&url, 3);
     let limits = SharedLimits {
         requests_per_second: Some(100.0),
@@ -329,12 +298,11 @@ async fn a_pause_holds_every_replica_until_it_ends() {
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(590), "{waited:?}");
     assert!(waited <= Duration::from_millis(1_200), "{waited:?}");
-    drop_db(&name).await;
 }
 
 #[tokio::test]
 async fn the_coordinator_commits_without_waiting_for_the_wal() {
-    let (url, name) = fresh_db().await;
+    let (url, _db) = fresh_db().await;
     let coordinator = &replicas(&url, 1)[0];
     let (setting,): (String,) = sqlx::query_as("SHOW synchronous_commit")
         .fetch_one(coordinator.pool())
@@ -342,5 +310,4 @@ async fn the_coordinator_commits_without_waiting_for_the_wal() {
         .expect("setting read");
     assert_eq!(setting, "off");
     coordinator.pool().close().await;
-    drop_db(&name).await;
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{count, drop_db, fresh_store, job, tenant};
+use support::{count, fresh_store, job, tenant};
 use ttsq_core::Job;
 use ttsq_store::{
     AudioObject, LimitKind, NewTask, StoreError, Submission, TaskOutcome, TenantLimits,
@@ -29,7 +29,7 @@ fn queued<'a>(tenant_id: Uuid, job: &'a Job, key: Option<&'a str>) -> Submission
 
 #[tokio::test]
 async fn a_group_admits_each_tenant_in_submission_order_within_its_limit() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let limited = tenant(
         &store,
         "limited",
@@ -97,12 +97,11 @@ async fn a_group_admits_each_tenant_in_submission_order_within_its_limit() {
         .await,
         6
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn a_key_repeated_in_a_group_or_used_before_answers_with_one_task() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "keys", TenantLimits::default()).await;
     let earlier_job = job("sent yesterday");
     let (earlier, _) = store
@@ -143,12 +142,11 @@ async fn a_key_repeated_in_a_group_or_used_before_answers_with_one_task() {
         .await,
         3
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn cache_hits_in_a_group_finish_with_their_ledger_rows_and_misses_queue() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(
         &store,
         "mixed",
@@ -241,12 +239,11 @@ async fn cache_hits_in_a_group_finish_with_their_ledger_rows_and_misses_queue() 
         .await,
         1
     );
-    drop_db(store, &db).await;
 }
 
 #[tokio::test]
 async fn a_row_postgres_refuses_fails_alone_and_its_neighbours_are_written() {
-    let (store, db) = fresh_store().await;
+    let (store, _db) = fresh_store().await;
     let tenant_id = tenant(&store, "bad", TenantLimits::default()).await;
     let good = job("a fine text");
     // Postgres text cannot hold NUL: the one row it refuses after validation.
@@ -271,5 +268,4 @@ async fn a_row_postgres_refuses_fails_alone_and_its_neighbours_are_written() {
     );
     assert!(answers[2].as_ref().is_ok_and(|(_, created)| *created));
     assert_eq!(count(&store, "SELECT count(*) FROM tasks").await, 2);
-    drop_db(store, &db).await;
 }

@@ -6,6 +6,7 @@ pub mod restart;
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
+use futures::FutureExt;
 use reqwest::Response;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use ttsq::Services;
 use ttsq_config::Settings;
 use ttsq_providers::quota::ReplicaRole;
+use ttsq_test_db::{TestDatabase, run_cleanup};
 use uuid::Uuid;
 
 /// Bucket shared by all tests: objects are content-addressed, and the cache
@@ -22,9 +24,6 @@ use uuid::Uuid;
 /// database, so that audio one test stored is never found by another (a
 /// holder of a hash's lease adopts an object it finds under its key).
 const TEST_BUCKET_PREFIX: &str = "ttsq-test-";
-
-/// The admin URL of the test Postgres when `TTSQ_TEST_DATABASE_URL` is unset.
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -55,8 +54,14 @@ pub struct TestApp {
     pub links: Option<link::Links>,
     env: Vec<(String, String)>,
     config_file: Option<std::path::PathBuf>,
-    database: String,
-    admin_url: String,
+    /// RabbitMQ and S3 as reached directly, not through [`TestApp::links`]
+    /// (which stop with the test's runtime): where the queues and the
+    /// bucket are removed from.
+    direct_queue_url: String,
+    direct_s3_endpoint: String,
+    /// The test's database, dropped with the service role after everything
+    /// else of the test.
+    database: TestDatabase,
     /// The role the stack connects as, created for this test.
     service_role: String,
     /// The test database as its owner (the role that migrates) reaches it.
@@ -122,30 +127,14 @@ impl TestApp {
     async fn try_spawn(options: TestOptions) -> anyhow::Result<Self> {
         init_logs();
         let id = Uuid::new_v4().simple().to_string();
-        let admin_url = env_or("TTSQ_TEST_DATABASE_URL", DEFAULT_DATABASE_URL);
-        let database = format!("ttsq_test_{id}");
+        let mut database = TestDatabase::new().await?;
         // The stack connects as a service role of its own, as production's
-        // api and workers do; the admin role owns and migrates the database.
-        let service_role = database.clone();
+        // api and workers do; the admin role owns and migrated the database.
         let password = Uuid::new_v4().simple().to_string();
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .context("Failed to connect to Postgres (TTSQ_TEST_DATABASE_URL)")?;
-        sqlx::query(&format!("CREATE DATABASE {database}"))
-            .execute(&mut admin)
-            .await
-            .context("Failed to create the test database")?;
-        sqlx::query(&format!(
-            "CREATE ROLE {service_role} LOGIN PASSWORD '{password}'"
-        ))
-        .execute(&mut admin)
-        .await
-        .context("Failed to create the test's service role")?;
-        admin.close().await.ok();
-        let (base, _) = admin_url
-            .rsplit_once('/')
-            .context("admin URL has no database part")?;
-        let owner_url = format!("{base}/{database}");
+        let service_role = database
+            .create_role(&format!("LOGIN PASSWORD '{password}'"))
+            .await?;
+        let owner_url = database.url().to_owned();
         let owner = Settings::load(
             None,
             [
@@ -154,6 +143,8 @@ impl TestApp {
             ],
         )?
         .database;
+        // The clone is migrated already: this only grants, as `ttsq migrate
+        // --grant-to` does.
         ttsq::migrate(&owner, Some(&service_role))
             .await?
             .pool()
@@ -210,6 +201,8 @@ impl TestApp {
             ),
         ];
         env.extend(options.env);
+        let direct_queue_url = last_value(&env, "TTSQ_QUEUE_URL");
+        let direct_s3_endpoint = last_value(&env, "TTSQ_S3_ENDPOINT");
         let links = if options.faulty_links {
             Some(link::Links::interpose(&mut env).await?)
         } else {
@@ -254,8 +247,9 @@ impl TestApp {
             links,
             env,
             config_file,
+            direct_queue_url,
+            direct_s3_endpoint,
             database,
-            admin_url,
             service_role,
             owner,
             api_shutdown,
@@ -523,28 +517,99 @@ impl TestApp {
         self.services.providers.calls(provider)
     }
 
-    /// Stops everything and removes the test's database, role and queues.
-    pub async fn teardown(mut self) {
-        self.stop_workers().await;
+    /// The error of an in-process worker that has already stopped by
+    /// itself: a worker only stops when told to, and then without error
+    /// ([`TestApp::stop_workers`]).
+    fn failed_worker(&mut self) -> Option<String> {
+        self.workers.iter_mut().find_map(|worker| {
+            let finished = (&mut worker.task).now_or_never()?;
+            Some(match finished {
+                Ok(Ok(())) => "stopped without being told to".to_owned(),
+                Ok(Err(err)) => format!("{err:#}"),
+                Err(err) => format!("panicked: {err}"),
+            })
+        })
+    }
+}
+
+/// Stops the stack and removes its queues, bucket and config file, also
+/// when the test panicked; the database and the service role go last, with
+/// the [`TestDatabase`]. A worker that failed during the test fails it
+/// here, as [`TestApp::stop_workers`] would have.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let failed_worker = self.failed_worker();
+        // The tasks run on the test's runtime, which cannot run them while
+        // this waits for the cleanup: they end where they stand, the
+        // database's forced drop closing their connections.
         self.api_shutdown.cancel();
-        let _ = self.api_task.await;
-        let _ = self.heartbeat.await;
-        let _ = self.relay.await;
-        let _ = self.services.broker.delete_queues().await;
-        self.services.broker.close().await;
-        self.services.store.pool().close().await;
-        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ))
-            .execute(&mut admin)
-            .await;
-            let _ = sqlx::query(&format!("DROP ROLE IF EXISTS {}", self.service_role))
-                .execute(&mut admin)
-                .await;
+        self.api_task.abort();
+        self.heartbeat.abort();
+        self.relay.abort();
+        for worker in &self.workers {
+            worker.shutdown.cancel();
+            worker.task.abort();
+        }
+        let queue_url = self.direct_queue_url.clone();
+        let queues: Vec<String> = self
+            .services
+            .broker
+            .names()
+            .all()
+            .map(str::to_owned)
+            .collect();
+        let s3 = ttsq_config::S3Settings {
+            endpoint: self.direct_s3_endpoint.clone(),
+            create_bucket: false,
+            ..self.services.settings.s3.clone()
+        };
+        let config_file = self.config_file.take();
+        run_cleanup(
+            &format!("removing the queues and bucket of {}", self.database.name()),
+            move || async move {
+                if let Some(path) = config_file {
+                    std::fs::remove_file(path).ok();
+                }
+                delete_queues(&queue_url, &queues).await?;
+                ttsq_audio::AudioStore::connect(&s3)
+                    .await?
+                    .delete_bucket()
+                    .await?;
+                Ok(())
+            },
+        );
+        if let Some(failure) = failed_worker
+            && !std::thread::panicking()
+        {
+            panic!("worker failed: {failure}");
         }
     }
+}
+
+/// Deletes `queues` over a connection of its own (the stack's is tied to
+/// the test's runtime).
+async fn delete_queues(url: &str, queues: &[String]) -> anyhow::Result<()> {
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .context("Failed to connect to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    for queue in queues {
+        channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .with_context(|| format!("Failed to delete the queue {queue}"))?;
+    }
+    connection.close(200, "test over".into()).await.ok();
+    Ok(())
+}
+
+/// The value `env` ends up giving `var` (later entries win), or "".
+fn last_value(env: &[(String, String)], var: &str) -> String {
+    env.iter()
+        .rev()
+        .find(|(key, _)| key == var)
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default()
 }
 
 /// A second API replica of a [`TestApp`].

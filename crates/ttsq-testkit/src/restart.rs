@@ -67,10 +67,7 @@ pub fn rabbitmq(down_for: Duration) -> Result<(), RestartError> {
 /// and starts it again (Debian's `pg_ctlcluster`, which waits until the
 /// server accepts connections).
 pub fn postgres(down_for: Duration) -> Result<(), RestartError> {
-    let port = postgres_port(&crate::env_or(
-        "TTSQ_TEST_DATABASE_URL",
-        crate::DEFAULT_DATABASE_URL,
-    ));
+    let port = postgres_port(&ttsq_test_db::admin_url());
     let lsclusters = program("pg_lsclusters")?;
     let ctlcluster = program("pg_ctlcluster")?;
     let listing = run(Command::new(&lsclusters).arg("--no-header"))?;

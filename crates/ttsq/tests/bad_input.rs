@@ -209,7 +209,6 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
     assert_eq!(app.submit(&good).await.status(), 202);
     app.wait_published(1).await;
     assert_eq!(app.services.broker.depths().await.unwrap(), (1, 0));
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -249,7 +248,6 @@ async fn a_bad_long_poll_and_audio_of_an_unfinished_task_are_clear_errors() {
         .get_as(&app.api_key, &format!("/v1/tts/jobs/{id}/audio"))
         .await;
     assert_eq!(audio.status(), 409);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -274,7 +272,6 @@ async fn an_undecodable_message_goes_to_the_dead_letter_queue_and_the_worker_kee
         .expect("the poison message is in the DLQ");
     assert_eq!(body, b"{\"not\": \"a job\"}");
     assert_eq!(reason.as_deref(), Some("malformed"));
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -292,7 +289,6 @@ async fn an_idempotency_key_returns_the_first_task() {
     let second: Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(first["task_id"], second["task_id"]);
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -318,7 +314,6 @@ async fn concurrent_duplicates_of_an_idempotency_key_create_one_task() {
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1);
     app.drain(std::time::Duration::from_secs(30)).await;
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 1);
-    app.teardown().await;
 }
 
 /// What a hostile request got: the status, or the transport error when the
@@ -491,7 +486,6 @@ async fn hostile_batch_usage_and_listing_inputs_are_problems_naming_the_field() 
         let response = app.get_as(&app.api_key, path).await;
         assert_eq!(response.status(), 200, "{path}");
     }
-    app.teardown().await;
 }
 
 /// Peak resident memory of process `pid`, in bytes (`VmHWM`).
@@ -587,7 +581,6 @@ async fn batch_bodies_of_millions_of_items_are_refused_while_parsing_and_memory_
         grew >> 20,
         allowed >> 20
     );
-    app.teardown().await;
     assert!(
         wrong.is_empty(),
         "answers that are not a 400 naming `items`: {wrong:?}"

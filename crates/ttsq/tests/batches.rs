@@ -123,7 +123,6 @@ async fn a_batch_is_processed_and_its_items_read_page_by_page() {
         .await,
         5
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -180,7 +179,6 @@ async fn invalid_items_are_named_by_position() {
     let problem: Value = response.json().await.expect("problem JSON");
     assert_eq!(problem["errors"][0]["field"], "items");
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -245,7 +243,6 @@ async fn cancelling_keeps_finished_items_and_the_worker_skips_cancelled_ones() {
         .expect("DELETE sent");
     let again: Value = again.json().await.expect("JSON");
     assert_eq!(again["cancelled_items"], 0);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -287,7 +284,6 @@ async fn an_idempotency_key_returns_the_first_batch_and_other_tenants_see_404() 
         .get_as(&app.api_key, &format!("/v1/tts/batches/{}", Uuid::new_v4()))
         .await;
     assert_eq!(response.status(), 404);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -325,7 +321,6 @@ async fn a_batch_over_a_tenant_limit_is_refused_whole() {
         &json!({"items": [item("one", "1"), item("two", "2")]}),
     )
     .await;
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -380,7 +375,6 @@ async fn concatenate_joins_every_item_into_one_playable_file() {
     assert_eq!(response.status(), 400);
     let problem: Value = response.json().await.expect("JSON");
     assert_eq!(problem["errors"][0]["field"], "items[1].format");
-    app.teardown().await;
 }
 
 /// A text of about a thousand characters: at speed 0.5 espeak-ng speaks it
@@ -500,7 +494,6 @@ async fn a_joined_batch_is_streamed_in_parts_without_holding_it_in_memory() {
         batch["concatenated_duration_ms"].as_i64(),
         Some((seconds * 1000.0).round() as i64)
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -565,7 +558,6 @@ async fn mp3_and_pcm_batches_join_their_items_in_order() {
             assert!(joined.ends_with(tail));
         }
     }
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -604,7 +596,6 @@ async fn a_concatenated_batch_longer_than_the_cap_is_refused_naming_concatenate(
     submit_batch_ok(&app, &json!({"concatenate": true, "items": few})).await;
     let unjoined: Vec<Value> = items.iter().take(20).cloned().collect();
     submit_batch_ok(&app, &json!({"items": unjoined})).await;
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -628,7 +619,6 @@ async fn a_batch_whose_item_audio_is_gone_completes_with_concatenate_error() {
         .as_str()
         .expect("concatenate_error");
     assert!(error.contains("missing"), "{error}");
-    app.teardown().await;
 }
 
 /// Submits a concatenated batch of `count` items of `text` (WAV, speed
@@ -675,7 +665,6 @@ async fn two_sweepers_at_once_join_a_batch_once() {
     let batch = get_batch(&app, &id.to_string(), "").await;
     assert_eq!(batch["status"], "completed");
     assert!(batch["concatenated_audio_url"].is_string(), "{batch}");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -719,7 +708,6 @@ async fn a_batch_held_by_a_replica_that_died_is_taken_over_once_its_lease_expire
     assert!(!late);
     let batch = get_batch(&app, &id.to_string(), "").await;
     assert!(batch["concatenate_error"].is_null(), "{batch}");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -766,7 +754,6 @@ async fn a_batch_abandoned_by_every_attempt_completes_with_concatenate_error() {
         "SELECT count(*) FROM webhook_deliveries WHERE batch_id = '{id}' AND event = 'batch.completed'"
     );
     assert_eq!(app.scalar(&sql).await, 1, "its webhook is queued");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -794,7 +781,6 @@ async fn a_join_that_fails_on_its_last_attempt_completes_the_batch_with_the_reas
         .as_str()
         .expect("concatenate_error");
     assert!(error.contains("storage was unavailable"), "{error}");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -833,7 +819,6 @@ async fn a_join_that_outgrows_the_byte_cap_stops_and_stores_nothing() {
         .await
         .expect("head");
     assert!(joined.is_none(), "the aborted upload made no object");
-    app.teardown().await;
 }
 
 /// Benchmark (issue 4's "batch submit"): 10,000 jobs through ten batches of
@@ -878,5 +863,4 @@ async fn batch_submit_throughput() {
             .await,
         10_000
     );
-    app.teardown().await;
 }

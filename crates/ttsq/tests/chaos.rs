@@ -301,7 +301,6 @@ chain = ["fake"]
         for mut worker in self.workers.drain(..) {
             signal_and_wait(&mut worker, "-TERM");
         }
-        self.app.teardown().await;
         outcome
     }
 }

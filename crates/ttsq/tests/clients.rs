@@ -178,8 +178,6 @@ async fn the_client_submits_waits_downloads_lists_and_reads_the_catalog() {
     );
     let missing = client.get(Uuid::now_v7()).await.expect_err("no such task");
     assert_eq!(missing.status(), Some(404));
-
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -262,8 +260,6 @@ async fn a_queued_task_is_cancelled_once_billed_nothing_and_skipped_by_the_worke
         late.problem().map(|p| p.kind.as_str()),
         Some("urn:ttsq:problem:conflict")
     );
-
-    app.teardown().await;
 }
 
 async fn speech(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
@@ -375,8 +371,6 @@ async fn openai_speech_answers_audio_at_high_priority_and_errors_in_openai_shape
     assert_eq!(unauthorized.status(), 401);
     let error: Value = unauthorized.json().await.expect("JSON error");
     assert_eq!(error["error"]["code"], "invalid_api_key", "{error}");
-
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -434,8 +428,6 @@ async fn openai_speech_over_a_tenant_limit_is_429_with_retry_after_in_openai_sha
         1,
         "refused like the job API: audited"
     );
-
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -469,8 +461,6 @@ async fn openai_speech_applies_the_content_filter_without_echoing_the_text() {
     );
     let fine = json!({"model": "tts-1", "input": "A perfectly fine phrase", "voice": "alloy"});
     assert_eq!(speech(&app, &app.api_key, &fine).await.status(), 200);
-
-    app.teardown().await;
 }
 
 /// The `ttsq` binary pointed at `app`, with nothing else of the test's environment.
@@ -553,8 +543,6 @@ async fn ttsq_say_writes_the_audio_at_normal_and_high_priority() {
         message.starts_with("error: 400 Bad Request") && message.contains("dialect"),
         "{message}"
     );
-
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -612,8 +600,6 @@ async fn ttsq_jobs_and_dialects_print_tables_or_json() {
         "{}",
         stderr(&keyless)
     );
-
-    app.teardown().await;
 }
 
 fn results(dir: &Path) -> Vec<Value> {
@@ -687,8 +673,6 @@ async fn ttsq_batch_downloads_records_resumes_and_fails_loudly() {
     assert!(third.status.success(), "{}", stderr(&third));
     assert!(out.join("3.mp3").is_file());
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 3);
-
-    app.teardown().await;
 }
 
 /// The python of `TTSQ_TEST_PYTHON`; without it the test fails, saying how
@@ -768,8 +752,6 @@ async fn the_official_openai_python_package_speaks_through_ttsq() {
             .await,
         1
     );
-
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -848,8 +830,6 @@ async fn a_schemathesis_fuzz_pass_over_the_openapi_document_finds_no_server_erro
             > 0,
         "the admin API was fuzzed with its token:\n{report}"
     );
-
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -886,5 +866,4 @@ async fn the_client_reads_its_tenants_own_usage() {
             .is_empty(),
         "another tenant sees none of it"
     );
-    app.teardown().await;
 }

@@ -713,7 +713,6 @@ chain = ["fake"]
     async fn teardown(mut self) {
         self.stop_workers();
         let _ = self.drift.task.await;
-        self.app.teardown().await;
     }
 }
 

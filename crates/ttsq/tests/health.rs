@@ -57,7 +57,6 @@ async fn the_operations_listener_reports_each_dependency_with_its_latency() {
     }
     let (status, body) = get(&app, &format!("{}/health", app.ops_url)).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -81,7 +80,6 @@ async fn the_public_port_serves_no_metrics() {
         .expect("request sent");
     assert_eq!(ops.status(), 200);
     assert!(ops.text().await.expect("body").contains("tts_queue_depth"));
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -122,7 +120,6 @@ async fn the_public_ready_tells_its_status_and_nothing_else() {
     }
     links.postgres.restore();
     links.s3.restore();
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -146,7 +143,6 @@ async fn many_public_ready_calls_at_once_cost_one_dependency_check() {
         1,
         "64 callers within the interval share one round of checks"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -167,7 +163,6 @@ async fn ready_is_503_without_postgres_and_names_it() {
     assert!(body["checks"]["postgres"]["error"].is_string(), "{body}");
     assert!(body["checks"]["postgres"]["latency_ms"].as_u64() < Some(2_500));
     assert_eq!(body["checks"]["rabbitmq"]["ok"], true, "{body}");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -186,5 +181,4 @@ async fn ready_is_503_without_rabbitmq_while_health_stays_200() {
         let (status, body) = get(&app, &format!("{base}/health")).await;
         assert_eq!(status, 200, "liveness ignores dependencies: {body}");
     }
-    app.teardown().await;
 }

@@ -78,7 +78,6 @@ async fn a_waiter_wakes_as_soon_as_the_worker_finishes() {
         lag < Duration::from_secs(2),
         "the waiter answered {lag:?} after the finish; the poll fallback is {FALLBACK_MS} ms"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -117,5 +116,4 @@ async fn a_waiter_still_wakes_after_the_listener_connection_is_killed() {
         lag < Duration::from_secs(2),
         "the waiter answered {lag:?} after the finish; the poll fallback is {FALLBACK_MS} ms"
     );
-    app.teardown().await;
 }

@@ -138,7 +138,6 @@ async fn espeak_times_words_sentences_and_visemes_against_the_audio() {
         .status(),
         404
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -154,7 +153,6 @@ async fn only_word_marks_are_stored_when_only_words_are_asked_for() {
     let marks = marks_of(&app, &task).await;
     assert!(!marks.is_empty());
     assert!(marks.iter().all(|m| m["type"] == "word"), "{marks:?}");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -183,7 +181,6 @@ async fn a_high_priority_job_links_its_marks_in_the_json_answer() {
         of_type(&marks, "word").is_empty(),
         "only what was asked for"
     );
-    app.teardown().await;
 }
 
 async fn fake() -> FakeProvider {
@@ -279,7 +276,6 @@ async fn a_dialect_whose_provider_gives_no_timings_refuses_marks_with_a_422() {
         .submit(&json!({"text": "Bad kind.", "dialect": "en-us", "marks": ["phoneme"]}))
         .await;
     assert_eq!(response.status(), 422);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -321,5 +317,4 @@ async fn elevenlabs_character_alignment_is_folded_into_words() {
             .any(|r| r.path.ends_with("/with-timestamps")),
         "the adapter asked for timestamps"
     );
-    app.teardown().await;
 }

@@ -191,7 +191,6 @@ async fn metrics_after_a_few_jobs_show_requests_providers_batches_usage_and_queu
             "unbounded label in {series}"
         );
     }
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -212,7 +211,6 @@ async fn a_poison_message_shows_in_the_dlq_depth() {
         assert!(Instant::now() < deadline, "the DLQ depth never showed 1");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    app.teardown().await;
 }
 
 const KEY: &str = "sk-metrics-test-key-42";
@@ -302,7 +300,6 @@ async fn a_failing_provider_counts_errors_by_code_and_shows_its_circuit_open() {
         3.0,
         "every job fell back to espeak"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -324,7 +321,6 @@ async fn a_provider_429_is_counted_and_the_job_still_succeeds() {
     assert!(fake.stats().rate_limited >= limited as u64);
     // The pause after a 429 is spent waiting for quota.
     assert!(m.value("tts_quota_wait_seconds_sum", &[("provider", "fake")]) >= 0.5);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -361,5 +357,4 @@ async fn concurrent_single_submits_are_written_many_to_a_transaction() {
         groups < 500.0,
         "{groups} transactions for 500 submits: none were grouped"
     );
-    app.teardown().await;
 }

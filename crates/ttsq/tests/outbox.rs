@@ -51,7 +51,6 @@ async fn jobs_accepted_while_the_queue_is_unavailable_run_once_it_is_back() {
         assert_eq!(app.wait_for(id).await["status"], "succeeded");
     }
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 5);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -83,7 +82,6 @@ async fn a_task_held_by_a_vanished_replica_is_recovered_and_finished() {
     let task = app.wait_for(id).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 1);
-    app.teardown().await;
 }
 
 /// A task whose message was lost after it was published (the queue was
@@ -108,7 +106,6 @@ async fn a_task_whose_message_was_lost_is_published_again() {
     app.start_worker();
     let task = app.wait_for(id).await;
     assert_eq!(task["status"], "succeeded", "{task}");
-    app.teardown().await;
 }
 
 async fn sqlx_update(app: &TestApp, sql: &str) {

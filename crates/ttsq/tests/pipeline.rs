@@ -109,7 +109,6 @@ async fn a_normal_job_is_queued_processed_and_its_audio_downloads_and_plays() {
         );
     }
     assert_eq!(app.provider_calls("espeak"), 2);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -159,7 +158,6 @@ async fn a_high_priority_job_answers_with_playable_audio_without_the_queue() {
         .unwrap();
     assert_eq!(via_link.bytes().await.unwrap(), bytes);
     assert_eq!(app.provider_calls("espeak"), 1);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -212,7 +210,6 @@ async fn the_same_text_twice_is_synthesized_and_billed_once() {
         characters * 2500,
     );
     assert_eq!(app.scalar("SELECT count(*) FROM audio_objects").await, 1);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -249,7 +246,6 @@ async fn three_hundred_jobs_over_six_dialects_all_succeed_in_single_dialect_batc
     );
     assert!(batches >= 6, "at least one batch per dialect");
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 300);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -283,7 +279,6 @@ async fn a_tenant_never_sees_another_tenants_task_or_audio() {
             .status(),
         404
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -347,7 +342,6 @@ async fn inline_audio_and_the_dialect_catalog_are_served() {
             "{dependency}: {ready}"
         );
     }
-    app.teardown().await;
 }
 
 /// The content hash and audio key of the task `id`.
@@ -396,7 +390,6 @@ async fn an_object_already_under_the_key_is_what_the_index_records() {
         "the index records the bytes stored, not the discarded ones"
     );
     assert_eq!(task["audio_bytes"], stored.len());
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -443,7 +436,6 @@ async fn a_cache_hit_whose_object_is_gone_is_synthesized_again_not_a_dead_url() 
         2,
         "each synthesis is billed"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -492,5 +484,4 @@ async fn an_idempotency_key_reused_with_another_body_is_a_422_not_the_first_task
             "{problem}"
         );
     }
-    app.teardown().await;
 }

@@ -310,7 +310,8 @@ where
         }
         Ok(())
     });
-    runtime.block_on(app.teardown());
+    // Its connections belong to the runtime: dropped inside it.
+    runtime.block_on(async move { drop(app) });
     if let Err(failure) = result {
         panic!("{failure}");
     }

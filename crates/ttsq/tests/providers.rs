@@ -157,7 +157,6 @@ async fn two_workers_and_the_api_share_one_quota_without_a_single_429() {
     println!("achieved {rate:.2} req/s of a 20 req/s quota over {span:.1} s");
     assert!(rate >= 0.85 * 20.0, "achieved only {rate:.2} req/s");
     assert!(rate <= 20.0, "over the quota: {rate:.2} req/s");
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -228,7 +227,6 @@ async fn workers_use_every_concurrency_slot_of_the_account_and_never_more() {
             .await,
         160
     );
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -261,7 +259,6 @@ async fn a_batch_makes_at_most_syntheses_per_batch_provider_calls_at_once() {
         stats.peak_concurrency, 3,
         "one batch of 16 keeps exactly its 3 calls in flight"
     );
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -292,7 +289,6 @@ async fn a_429_storm_delays_jobs_but_fails_none() {
         24,
         "429s pause and retry the same provider; they never fall back or fail"
     );
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -349,7 +345,6 @@ async fn a_down_primary_opens_its_breaker_and_traffic_returns_when_it_recovers()
         21,
         "traffic went back to the primary"
     );
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -383,7 +378,6 @@ async fn a_wrong_key_fails_tasks_with_provider_auth_and_is_never_logged() {
     );
     assert!(fake.stats().unauthorized >= 1);
     let _ = std::fs::remove_file(log);
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -442,7 +436,6 @@ async fn fallback_audio_is_not_served_for_the_text_once_the_primary_is_back() {
         "the primary's audio is cached: {again}"
     );
     assert!(made_by(&app, &again, "fake").await, "{again}");
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -463,7 +456,6 @@ async fn with_serve_fallback_audio_the_fallback_audio_stays_the_texts_cache_entr
 
     assert_eq!(after["cache_hit"], true, "{after}");
     assert!(made_by(&app, &after, "espeak").await, "{after}");
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -507,7 +499,6 @@ chain = ["fake"]
         repeated["task_id"], retried["task_id"],
         "the key now names the task that succeeded"
     );
-    app.teardown().await;
     fake.shutdown().await;
 }
 
@@ -582,7 +573,6 @@ async fn one_tenants_backlog_does_not_hold_another_tenants_job() {
     let done = app.wait_for_as(&other, task).await;
     let waited = submitted.elapsed();
     let a_finished = finished_of(&app, "default").await;
-    app.teardown().await;
     fake.shutdown().await;
     assert_eq!(
         done["status"], "succeeded",
@@ -613,7 +603,6 @@ async fn a_tenants_single_job_does_not_wait_behind_its_own_batch() {
     let done = app.wait_for(task).await;
     let waited = submitted.elapsed();
     let finished = finished_of(&app, "default").await;
-    app.teardown().await;
     fake.shutdown().await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert!(
@@ -658,7 +647,6 @@ async fn a_binding_quota_is_split_between_tenants_by_weight() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let stats = fake.stats();
-    app.teardown().await;
     fake.shutdown().await;
     let ratio = a as f64 / b.max(1) as f64;
     println!("finished: tenant A (weight 3) {a}, tenant B (weight 1) {b}: {ratio:.2}");

@@ -111,7 +111,6 @@ async fn a_worker_restarted_mid_stream_loses_nothing_and_bills_nothing_twice() {
     app.drain(Duration::from_secs(180)).await;
     assert!(terminate(&mut second).success());
     assert_all_done_and_billed_once(&app, 400).await;
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -137,5 +136,4 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_bills_nothing_twice() {
     app.drain(Duration::from_secs(180)).await;
     assert!(terminate(&mut second).success());
     assert_all_done_and_billed_once(&app, 300).await;
-    app.teardown().await;
 }

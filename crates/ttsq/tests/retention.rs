@@ -151,7 +151,6 @@ async fn expired_tasks_and_their_unshared_audio_are_swept_and_the_ledger_stays()
         4,
         "ledger rows are kept forever"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -178,5 +177,4 @@ async fn open_tasks_are_never_swept_however_old() {
             .status(),
         200
     );
-    app.teardown().await;
 }

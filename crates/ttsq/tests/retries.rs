@@ -96,7 +96,6 @@ chain = ["fake"]
         letters[0]["replayable"], false,
         "a failed task stays failed"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -162,5 +161,4 @@ async fn ttsq_dlq_lists_replays_unfinished_tasks_and_purges() {
     let (ok, _, stderr) = dlq(&app, &["purge", "--yes"]);
     assert!(ok && stderr.contains("purged 1"), "{stderr}");
     assert_eq!(broker.depths().await.expect("depths").1, 0);
-    app.teardown().await;
 }

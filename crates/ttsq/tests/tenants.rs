@@ -153,7 +153,6 @@ async fn ledger_totals_reconcile_exactly_with_tasks_per_tenant_and_day() {
         .await,
         0
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -253,7 +252,6 @@ async fn a_daily_character_limit_holds_under_concurrent_submission() {
     );
     // Other tenants are not held back.
     app.submit_ok(&job("The default tenant has no limit")).await;
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -290,7 +288,6 @@ async fn a_tenant_may_hold_only_max_queued_jobs_open() {
     app.drain(Duration::from_secs(60)).await;
     let response = app.submit_as(&key, &job("Room again")).await;
     assert_eq!(response.status(), 202);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -349,7 +346,6 @@ async fn a_monthly_budget_refuses_billable_jobs_once_spent() {
     let again = app.submit_as(&key, &high("Twenty characters ok")).await;
     assert_eq!(again.status(), 200);
     assert_eq!(again.headers()["x-cache"], "hit");
-    app.teardown().await;
 }
 
 /// Finding 6 of the hostile-tenant review: queued work was admitted at no
@@ -435,7 +431,6 @@ async fn queued_work_reserves_its_estimate_so_batches_cannot_overshoot_a_budget(
     .await
     .expect("ledger total");
     assert_eq!(billed, 100.0, "80 for the batch and 20 for the last job");
-    app.teardown().await;
 }
 
 /// A tenant's dispatch weight is set through the admin API, within 1 to
@@ -468,7 +463,6 @@ async fn the_admin_api_sets_a_tenants_weight_within_its_bounds() {
             .await,
         5
     );
-    app.teardown().await;
 }
 
 /// Finding 7 of the hostile-tenant review: cache hits skipped every limit,
@@ -539,7 +533,6 @@ async fn a_daily_request_limit_counts_cache_hits_too() {
         .await
         .expect("JSON");
     assert!(admin.to_string().contains("daily_requests"), "{admin}");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -591,7 +584,6 @@ async fn a_revoked_key_is_refused_at_once_on_every_replica() {
     // The tenant's other key still works.
     assert_eq!(app.get_as(&app.api_key, "/v1/usage").await.status(), 200);
     replica.stop().await;
-    app.teardown().await;
 }
 
 /// Tasks, characters and rows of a key's own `GET /v1/usage`.
@@ -652,7 +644,6 @@ async fn one_tenants_usage_never_appears_in_anothers() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.expect("problem");
     assert_eq!(body["errors"][0]["field"], "from");
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -758,7 +749,6 @@ async fn the_usage_csv_export_parses_and_sums_to_the_sql_view() {
         .map(|r| r["tasks"].as_i64().expect("tasks"))
         .sum();
     assert_eq!(tasks, 6);
-    app.teardown().await;
 }
 
 /// The role the service connects as (the stack's own pool) adds and reads
@@ -848,7 +838,6 @@ async fn the_service_role_cannot_change_the_ledger_or_the_audit_log_nor_disable_
         ledger
     );
     assert_eq!(app.scalar("SELECT count(*) FROM audit_log").await, audit);
-    app.teardown().await;
 }
 
 /// The owner, which may do anything else to them, is still refused changes
@@ -873,7 +862,6 @@ async fn the_ledger_and_the_audit_log_refuse_update_and_delete_even_to_their_own
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
     assert_eq!(app.scalar("SELECT count(*) FROM usage_ledger").await, 1);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -1049,7 +1037,6 @@ async fn the_admin_api_needs_the_token_and_manages_tenants_and_keys() {
         .await,
         0
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -1063,7 +1050,6 @@ async fn without_a_token_the_admin_api_does_not_exist() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 404);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -1094,7 +1080,6 @@ async fn blocked_content_is_refused_with_422_without_echoing_it() {
         0
     );
     app.submit_ok(&job("A perfectly fine phrase")).await;
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -1126,7 +1111,6 @@ async fn blocked_content_hidden_by_invisible_characters_is_refused_too() {
         .expect("sent");
     assert_eq!(batch.status(), 422);
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
-    app.teardown().await;
 }
 
 /// Key of the audit log's text fingerprints in the tests that set one.
@@ -1157,7 +1141,6 @@ async fn a_short_text_cannot_be_found_in_the_audit_log_by_hashing_guesses() {
         0,
         "the audit log holds the plain SHA-256 of the text"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -1192,7 +1175,6 @@ async fn submissions_are_audited_with_length_and_hash_never_the_text() {
             .await
             .expect("task");
     assert_eq!(key_prefix.as_deref(), Some(prefix));
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -1298,7 +1280,6 @@ async fn the_cli_manages_tenants_and_keys() {
             .await,
         4
     );
-    app.teardown().await;
 }
 
 /// The `X-Cache` header of a high-priority answer.
@@ -1366,5 +1347,4 @@ async fn another_tenants_audio_is_neither_served_nor_revealed_unless_both_joined
     assert_eq!(x_cache(&seeded), "miss", "the pool's cache starts empty");
     assert_eq!(x_cache(&shared), "hit");
     assert_eq!(still_apart["status"], "queued", "{still_apart}");
-    app.teardown().await;
 }

@@ -205,7 +205,6 @@ async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
     let again = receiver.wait_for(2).await;
     assert_eq!(again[1].webhook_id, got[0].webhook_id);
     assert_eq!(app.scalar("SELECT count(*) FROM webhook_attempts").await, 2);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -238,7 +237,6 @@ async fn a_failing_receiver_is_retried_with_growing_back_off() {
         "SELECT count(*) FROM webhook_deliveries WHERE task_id = '{task}' AND status = 'delivered' AND attempts = 3"
     );
     assert_eq!(app.scalar(&sql).await, 1);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -260,7 +258,6 @@ async fn a_receiver_failing_every_attempt_is_given_up() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.received().len(), 3);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -294,7 +291,6 @@ async fn a_batch_posts_one_event_when_every_item_is_terminal() {
     assert_eq!(body["type"], "batch.completed");
     assert_eq!(body["data"]["batch_id"], accepted["batch_id"]);
     assert_eq!(body["data"]["counts"]["succeeded"], 3);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -337,7 +333,6 @@ async fn internal_targets_are_refused_without_an_allowlist() {
         .expect("sent");
     assert_eq!(response.status(), 400);
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 0);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -374,7 +369,6 @@ async fn a_target_that_became_internal_is_refused_at_delivery() {
         1
     );
     assert_eq!(receiver.received().len(), 1);
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -420,7 +414,6 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_the_tenant_default_is_use
     assert_eq!(got[1].signature.matches("v1=").count(), 1);
     assert_eq!(verified(&new, &got[1]), 1);
     assert_eq!(verified(&old, &got[1]), 0);
-    app.teardown().await;
 }
 
 /// A receiver that answers its first request `500` with a body of `len`
@@ -529,7 +522,6 @@ async fn a_receiver_cannot_make_a_worker_read_an_endless_error_body() {
         taken < 16 * 1024 * 1024,
         "the worker read {taken} bytes of the error body"
     );
-    app.teardown().await;
 }
 
 #[tokio::test]
@@ -605,7 +597,6 @@ async fn an_undecodable_webhook_message_is_dead_lettered_and_its_event_failed() 
             .all(|(_, reason)| reason.as_deref() == Some("malformed-webhook")),
         "{dead:?}"
     );
-    app.teardown().await;
 }
 
 /// Requests a [`slow_receiver`] got, and the most it held at once.
@@ -724,7 +715,6 @@ async fn slow_endpoint_beside_another_tenant(weight: i32, slots: u16) -> (Durati
     let waited = got[0].at.saturating_duration_since(done);
     let slow_peak = slow_got.peak.load(std::sync::atomic::Ordering::SeqCst);
     app.stop_workers().await;
-    app.teardown().await;
     (waited, slow_peak)
 }
 

@@ -2,43 +2,26 @@
 //! jobs and tenants.
 
 use serde_json::json;
-use sqlx::{Connection, PgConnection, postgres::PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use ttsq_core::{AudioFormat, Catalog, DialectInfo, Job, JobLimits};
 use ttsq_store::{Store, TenantLimits};
+use ttsq_test_db::TestDatabase;
 use uuid::Uuid;
 
-/// A store on a fresh, migrated database of its own; drop it with [`drop_db`].
-pub async fn fresh_store() -> (Store, String) {
-    let admin_url = std::env::var("TTSQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("ttsq_test_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url)
+/// A store on a fresh, migrated database of its own, which is dropped with
+/// the [`TestDatabase`].
+pub async fn fresh_store() -> (Store, TestDatabase) {
+    let db = TestDatabase::new()
         .await
-        .expect("Postgres reachable (TTSQ_TEST_DATABASE_URL)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("test database created");
-    let (base, _) = admin_url.rsplit_once('/').expect("URL has a database");
+        .expect("test database created (TTSQ_TEST_DATABASE_URL)");
     let pool = PgPoolOptions::new()
         .max_connections(20)
-        .connect(&format!("{base}/{name}"))
+        .connect(db.url())
         .await
         .expect("test database reachable");
     let store = Store::from_pool(pool);
     store.migrate().await.expect("migrations apply");
-    (store, name)
-}
-
-pub async fn drop_db(store: Store, name: &str) {
-    store.pool().close().await;
-    let admin_url = std::env::var("TTSQ_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
+    (store, db)
 }
 
 pub fn catalog() -> Catalog {
