@@ -1,7 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+mod fake_routes;
 pub mod link;
 pub mod restart;
+
+pub use fake_routes::FakeRoutes;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -29,7 +29,7 @@ use std::{
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions, signal_and_wait};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions, signal_and_wait};
 use uuid::Uuid;
 
 const KEY: &str = "sk-chaos-test-key-0123456789";
@@ -62,22 +62,11 @@ impl Chaos {
         let fake = FakeProvider::start(config)
             .await
             .expect("fake provider starts");
-        let config_toml = format!(
-            r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-model = "tts-1"
-price_per_1k_chars = 15.0
-quota = {{ max_concurrent = 32 }}
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["*"]
-chain = ["fake"]
-"#,
-            fake.base_url()
-        );
+        let config_toml = FakeRoutes::new(fake.base_url())
+            .with(r#"model = "tts-1""#)
+            .with("price_per_1k_chars = 15.0")
+            .with("quota = { max_concurrent = 32 }")
+            .toml();
         let app = TestApp::spawn_with(TestOptions {
             worker: false,
             env: vec![

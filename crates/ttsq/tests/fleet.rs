@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions, signal_and_wait};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions, signal_and_wait};
 use uuid::Uuid;
 
 const KEY: &str = "sk-fleet-test-key-0123456789";
@@ -262,23 +262,12 @@ impl Fleet {
                 .await
                 .expect("fake provider starts"),
         );
-        let config_toml = format!(
-            r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-model = "tts-1"
-price_per_1k_chars = 15.0
-timeout_secs = 30
-quota = {{ max_concurrent = 32 }}
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["*"]
-chain = ["fake"]
-"#,
-            fake.base_url()
-        );
+        let config_toml = FakeRoutes::new(fake.base_url())
+            .with(r#"model = "tts-1""#)
+            .with("price_per_1k_chars = 15.0")
+            .with("timeout_secs = 30")
+            .with("quota = { max_concurrent = 32 }")
+            .toml();
         let env: Vec<(String, String)> = vec![
             ("TTSQ_PROVIDERS_FAKE_API_KEY".into(), KEY.into()),
             // A replica silent for 3 s is presumed dead.

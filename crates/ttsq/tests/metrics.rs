@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future::join_all};
 use serde_json::json;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions};
 
 /// Scraped series: (`name{labels}`, value).
 struct Scrape(Vec<(String, f64)>);
@@ -216,24 +216,10 @@ async fn a_poison_message_shows_in_the_dlq_depth() {
 const KEY: &str = "sk-metrics-test-key-42";
 
 fn fake_config(fake: &FakeProvider, quota: &str) -> String {
-    format!(
-        r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-quota = {{ {quota} }}
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["en-gb"]
-chain = ["fake", "espeak"]
-
-[[routes]]
-dialects = ["*"]
-chain = ["espeak"]
-"#,
-        fake.base_url()
-    )
+    FakeRoutes::new(fake.base_url())
+        .with(&format!("quota = {{ {quota} }}"))
+        .espeak_fallback()
+        .toml()
 }
 
 async fn spawn_with_fake(change: impl FnOnce(&mut FakeConfig)) -> (FakeProvider, TestApp) {

@@ -19,7 +19,7 @@ use std::{
 use axum::{Router, body::Bytes, routing::post};
 use serde_json::{Value, json};
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions, signal_and_wait};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions, signal_and_wait};
 
 const PROVIDER_KEY: &str = "sk-observability-secret-7f3a9c";
 const S3_SECRET: &str = "ttsq-local-secret";
@@ -161,23 +161,11 @@ impl Stack {
         let app = TestApp::spawn_with(TestOptions {
             worker: false,
             env: vec![("TTSQ_PROVIDERS_FAKE_API_KEY".into(), PROVIDER_KEY.into())],
-            config_toml: Some(format!(
-                r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["en-gb"]
-chain = ["fake"]
-
-[[routes]]
-dialects = ["*"]
-chain = ["espeak"]
-"#,
-                fake.base_url()
-            )),
+            config_toml: Some(
+                FakeRoutes::new(fake.base_url())
+                    .espeak_for_other_dialects()
+                    .toml(),
+            ),
             ..TestOptions::default()
         })
         .await;

@@ -9,32 +9,18 @@ use std::{
 use futures::{StreamExt, stream};
 use serde_json::json;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions, signal_and_wait};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions, signal_and_wait};
 
 const KEY: &str = "sk-fake-test-key-0123456789";
 
 /// Config routing `en-gb` to the fake (OpenAI wire format), then espeak.
 fn config(fake: &FakeProvider, quota: &str) -> String {
-    format!(
-        r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-model = "tts-1"
-price_per_1k_chars = 15.0
-quota = {{ {quota} }}
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["en-gb"]
-chain = ["fake", "espeak"]
-
-[[routes]]
-dialects = ["*"]
-chain = ["espeak"]
-"#,
-        fake.base_url()
-    )
+    FakeRoutes::new(fake.base_url())
+        .with(r#"model = "tts-1""#)
+        .with("price_per_1k_chars = 15.0")
+        .with(&format!("quota = {{ {quota} }}"))
+        .espeak_fallback()
+        .toml()
 }
 
 async fn fake(change: impl FnOnce(&mut FakeConfig)) -> FakeProvider {
@@ -463,19 +449,7 @@ async fn with_serve_fallback_audio_the_fallback_audio_stays_the_texts_cache_entr
 async fn a_passing_failure_is_not_replayed_to_a_retry_with_the_same_idempotency_key() {
     // The fake alone serves the dialect: when it is down the job fails.
     let fake = fake(|c| c.down = true).await;
-    let config = format!(
-        r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["*"]
-chain = ["fake"]
-"#,
-        fake.base_url()
-    );
+    let config = FakeRoutes::new(fake.base_url()).toml();
     let app = TestApp::spawn_with(options(config, false, KEY)).await;
     let text = "Try me again later.";
 

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
-use ttsq_testkit::{TestApp, TestOptions};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions};
 
 const TTSQ: &str = env!("CARGO_BIN_EXE_ttsq");
 const KEY: &str = "sk-retries-test-key-0123456789";
@@ -44,19 +44,7 @@ async fn a_job_failing_every_attempt_ends_failed_with_the_last_error_and_a_dlq_c
             ("TTSQ_QUEUE_RETRY_DELAYS_SECS".into(), "1,1".into()),
             ("TTSQ_BREAKER_FAILURE_THRESHOLD".into(), "1000".into()),
         ],
-        config_toml: Some(format!(
-            r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
-
-[[routes]]
-dialects = ["*"]
-chain = ["fake"]
-"#,
-            fake.base_url()
-        )),
+        config_toml: Some(FakeRoutes::new(fake.base_url()).toml()),
         ..TestOptions::default()
     })
     .await;
