@@ -217,6 +217,7 @@ async fn an_expired_lease_is_taken_over_even_from_a_live_holder() {
         .acquire_leases(&hash, first, Uuid::now_v7(), Duration::ZERO, TTL)
         .await
         .expect("acquire");
+    // The first lease (no time to live) expires.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let taken = store
         .acquire_leases(&hash, second, Uuid::now_v7(), LEASE, TTL)

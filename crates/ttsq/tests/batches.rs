@@ -218,6 +218,8 @@ async fn cancelling_keeps_finished_items_and_the_worker_skips_cancelled_ones() {
 
     // Their messages are still queued: a worker consumes and skips them.
     app.start_worker();
+    // Skipping leaves no trace to wait for: this is the time a worker that
+    // synthesized them after all would take to show it in the calls below.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let batch = get_batch(&app, &id, "").await;
     let items = batch["data"].as_array().expect("data");
@@ -692,6 +694,7 @@ async fn a_batch_held_by_a_replica_that_died_is_taken_over_once_its_lease_expire
     let live = joiner(&app, Uuid::new_v4());
     let held = live.sweep(16).await.expect("sweep");
     assert_eq!(held.joined, 0, "a live lease is left alone");
+    // Waits out the dead holder's 2 s lease, whose expiry is the point.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let taken_over = live.sweep(16).await.expect("sweep");
 
@@ -737,6 +740,7 @@ async fn a_batch_abandoned_by_every_attempt_completes_with_concatenate_error() {
             .expect("take")
             .expect("the lease is free again");
         assert_eq!(lease.attempt, attempt);
+        // The replica dies: its 200 ms lease runs out.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 

@@ -429,6 +429,7 @@ async fn a_provider_answering_503_for_twenty_seconds_delays_jobs_but_fails_none(
     chaos.until_terminal(n / 5).await;
 
     chaos.fake.update(|c| c.down = true);
+    // The outage itself.
     tokio::time::sleep(Duration::from_secs(20)).await;
     chaos.fake.update(|c| c.down = false);
 

@@ -62,6 +62,7 @@ async fn a_waiter_wakes_as_soon_as_the_worker_finishes() {
         .submit_ok(&json!({"text": "Woken by a notification.", "dialect": "en-us"}))
         .await;
     let waiting = start_waiting(&app, task_id);
+    // The window in which the waiter must still be waiting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !waiting.is_finished(),
@@ -87,8 +88,15 @@ async fn a_waiter_still_wakes_after_the_listener_connection_is_killed() {
         .submit_ok(&json!({"text": "The listener comes back.", "dialect": "en-us"}))
         .await;
     let waiting = start_waiting(&app, task_id);
+    // Time for the waiter to start waiting before its listener goes.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    let listener = app
+        .scalar(
+            "SELECT pid::bigint FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .await;
     let killed = app
         .scalar(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -96,14 +104,21 @@ async fn a_waiter_still_wakes_after_the_listener_connection_is_killed() {
         )
         .await;
     assert_eq!(killed, 1, "exactly one listener connection per API process");
-    // Let the listener notice and reconnect before the task finishes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let relistening = app
-        .scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .await;
+    // Let the listener notice and reconnect before the task finishes: a
+    // LISTEN from another connection than the killed one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let relistening = loop {
+        let relistening = app
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> {listener}"
+            ))
+            .await;
+        if relistening > 0 || Instant::now() >= deadline {
+            break relistening;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(relistening, 1, "the listener reconnected");
 
     app.start_worker();

@@ -9,6 +9,7 @@ use std::{
 use futures::{StreamExt, stream};
 use serde_json::json;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
+use ttsq_providers::breaker::BreakerState;
 use ttsq_testkit::{FakeRoutes, TestApp, TestOptions, signal_and_wait};
 
 const KEY: &str = "sk-fake-test-key-0123456789";
@@ -96,16 +97,7 @@ async fn two_workers_and_the_api_share_one_quota_without_a_single_429() {
     let app = TestApp::spawn_with(options).await;
     let workers = [spawn_worker(&app, None), spawn_worker(&app, None)];
     // Both workers must see each other before the load starts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app
-        .scalar("SELECT count(*) FROM workers WHERE role = 'worker'")
-        .await
-        < 2
-    {
-        assert!(Instant::now() < deadline, "workers never registered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    wait_for_workers(&app, 2).await;
 
     submit_all(&app, 400, "Shared quota sentence").await;
     app.drain(Duration::from_secs(120)).await;
@@ -146,8 +138,9 @@ async fn two_workers_and_the_api_share_one_quota_without_a_single_429() {
     fake.shutdown().await;
 }
 
-/// Waits until `count` worker replicas heartbeat, then a little longer so
-/// every replica has seen the others.
+/// Waits until `count` worker replicas heartbeat, then until every replica
+/// (the API too) has heartbeated again: each counts the live replicas right
+/// after its own heartbeat, so then every one has seen all the others.
 async fn wait_for_workers(app: &TestApp, count: i64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while app
@@ -158,7 +151,19 @@ async fn wait_for_workers(app: &TestApp, count: i64) {
         assert!(Instant::now() < deadline, "workers never registered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let all_registered = app
+        .scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint")
+        .await;
+    while app
+        .scalar(&format!(
+            "SELECT count(*) FROM workers WHERE last_seen <= to_timestamp({all_registered} / 1e6)"
+        ))
+        .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "replicas stopped heartbeating");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -289,6 +294,9 @@ async fn a_down_primary_opens_its_breaker_and_traffic_returns_when_it_recovers()
 
     submit_all(&app, 20, "While the primary is down").await;
     app.drain(Duration::from_secs(60)).await;
+    // Every call to the primary, so every failure (re)opening its breaker,
+    // came before these jobs finished.
+    let last_failure = Instant::now();
     assert_eq!(
         app.scalar("SELECT count(*) FROM tasks WHERE status = 'succeeded'")
             .await,
@@ -317,7 +325,9 @@ async fn a_down_primary_opens_its_breaker_and_traffic_returns_when_it_recovers()
     );
 
     fake.update(|c| c.down = false);
-    tokio::time::sleep(Duration::from_millis(8_500)).await;
+    // Nothing reports the end of the cooldown (8 s) before a request is let
+    // through: wait it out, from the last failure on.
+    tokio::time::sleep_until((last_failure + Duration::from_millis(8_500)).into()).await;
     // After the cooldown one trial request goes to the primary (half-open)
     // while the rest still fall back; its success closes the breaker.
     submit_all(&app, 1, "The trial").await;
@@ -378,6 +388,15 @@ async fn made_by(app: &TestApp, task: &serde_json::Value, provider: &str) -> boo
 }
 
 /// Submits one high-priority job as JSON; returns the task.
+/// Waits out the primary's breaker cooldown (1 s, [`options`]) if its
+/// failures opened the breaker: nothing reports the cooldown's end before a
+/// request is let through. A closed breaker lets the next request through.
+async fn until_the_primary_is_let_through(app: &TestApp) {
+    if app.services.providers.breaker_states().get("fake") != Some(&BreakerState::Closed) {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+}
+
 async fn submit_high(app: &TestApp, text: &str, key: Option<&str>) -> serde_json::Value {
     let mut request = app
         .http
@@ -407,7 +426,7 @@ async fn fallback_audio_is_not_served_for_the_text_once_the_primary_is_back() {
     fake.update(|c| c.down = false);
     fake.reset_stats();
     // The breaker of the primary closes again after its cooldown.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    until_the_primary_is_let_through(&app).await;
     let after = submit_high(&app, text, None).await;
 
     assert_eq!(during["status"], "succeeded", "{during}");
@@ -437,7 +456,7 @@ async fn with_serve_fallback_audio_the_fallback_audio_stays_the_texts_cache_entr
 
     submit_high(&app, text, None).await;
     fake.update(|c| c.down = false);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    until_the_primary_is_let_through(&app).await;
     let after = submit_high(&app, text, None).await;
 
     assert_eq!(after["cache_hit"], true, "{after}");
@@ -463,7 +482,7 @@ async fn a_passing_failure_is_not_replayed_to_a_retry_with_the_same_idempotency_
         .await
         .expect("submit answers");
     fake.update(|c| c.down = false);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    until_the_primary_is_let_through(&app).await;
     let retried = submit_high(&app, text, Some("retry-me")).await;
     let repeated = submit_high(&app, text, Some("retry-me")).await;
 

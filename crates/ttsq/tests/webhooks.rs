@@ -220,6 +220,7 @@ async fn a_failing_receiver_is_retried_with_growing_back_off() {
     let second_gap = got[2].at - got[1].at;
     assert!(first_gap >= Duration::from_millis(280), "{first_gap:?}");
     assert!(second_gap >= Duration::from_millis(580), "{second_gap:?}");
+    // No attempt follows the success: the window it would come in.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 3);
 
@@ -256,6 +257,7 @@ async fn a_receiver_failing_every_attempt_is_given_up() {
         assert!(Instant::now() < deadline, "never marked failed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Nothing is sent after the give-up: the window it would come in.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.received().len(), 3);
 }
@@ -280,6 +282,7 @@ async fn a_batch_posts_one_event_when_every_item_is_terminal() {
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.expect("JSON");
     let got = receiver.wait_for(1).await;
+    // No item event follows: the window one would come in.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         receiver.received().len(),
