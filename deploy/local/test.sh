@@ -139,7 +139,7 @@ else
 fi
 
 # --- Python tools of the client tests ------------------------------------------
-# crates/ttsq/tests/clients.rs drives the API with the official `openai` SDK
+# crates/ttsq/tests/it/clients.rs drives the API with the official `openai` SDK
 # and fuzzes it with schemathesis, both from PyPI, in a venv made once.
 
 setup_pytools() {

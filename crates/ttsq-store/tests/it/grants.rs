@@ -2,11 +2,9 @@
 //! replaces them with what the schema holds then (a table added since gets
 //! its privileges), and a role they could not bind is refused.
 
-#[expect(dead_code, reason = "this file uses only the database helpers")]
-mod support;
-
-use support::fresh_store;
 use ttsq_store::{Store, StoreError};
+
+use crate::support::fresh_store;
 
 async fn has(store: &Store, role: &str, table: &str, privilege: &str) -> bool {
     sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")

@@ -3,17 +3,16 @@
 //! holder; a claim that was taken over changes nothing; the index row and
 //! the paying task's ledger row commit together.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{count, fresh_store, job, tenant};
 use ttsq_core::Job;
 use ttsq_store::{
     AudioObject, ClaimCommit, FinishedTask, MadeAudio, NewTask, Reschedule, Store, SweepLease,
     TaskOutcome, TenantLimits,
 };
 use uuid::Uuid;
+
+use crate::support::{count, fresh_store, job, tenant};
 
 const TTL: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_secs(600);

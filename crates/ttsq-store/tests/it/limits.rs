@@ -1,13 +1,12 @@
 //! Admission within tenant limits, straight against the store on a real
 //! Postgres: concurrency, idempotent repeats, usage fractions.
 
-mod support;
-
 use futures::future::join_all;
-use support::{count, fresh_store, job, tenant};
 use ttsq_core::Job;
 use ttsq_store::{LimitKind, NewTask, StoreError, TenantLimits};
 use uuid::Uuid;
+
+use crate::support::{count, fresh_store, job, tenant};
 
 #[tokio::test]
 async fn concurrent_submissions_never_overshoot_a_daily_character_limit() {

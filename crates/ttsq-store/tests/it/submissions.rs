@@ -2,14 +2,13 @@
 //! Postgres: each group in one transaction with the outcomes the same
 //! submissions would have one after another.
 
-mod support;
-
-use support::{count, fresh_store, job, tenant};
 use ttsq_core::Job;
 use ttsq_store::{
     AudioObject, LimitKind, NewTask, StoreError, Submission, TaskOutcome, TenantLimits,
 };
 use uuid::Uuid;
+
+use crate::support::{count, fresh_store, job, tenant};
 
 fn queued<'a>(tenant_id: Uuid, job: &'a Job, key: Option<&'a str>) -> Submission<'a> {
     Submission {

@@ -1,4 +1,4 @@
-//! Helpers shared by the store's test files: a fresh database per test,
+//! Helpers shared by the store's test modules: a fresh database per test,
 //! jobs and tenants.
 
 use serde_json::json;

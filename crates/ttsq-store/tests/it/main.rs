@@ -1,0 +1,9 @@
+//! The store's integration tests on a real Postgres, one module per area,
+//! in one binary.
+
+mod grants;
+mod leases;
+mod limits;
+mod quota;
+mod submissions;
+mod support;

@@ -1,0 +1,22 @@
+//! The ttsq integration tests, one module per area, linked into one binary
+//! so the whole stack is linked once rather than once per file. The chaos
+//! and fleet suites stay binaries of their own (`tests/chaos.rs`,
+//! `tests/fleet.rs`): `.config/nextest.toml` runs them alone by binary.
+
+mod bad_input;
+mod batches;
+mod clients;
+mod health;
+mod long_poll;
+mod marks;
+mod metrics;
+mod observability;
+mod outbox;
+mod pipeline;
+mod properties;
+mod providers;
+mod restart;
+mod retention;
+mod retries;
+mod tenants;
+mod webhooks;
