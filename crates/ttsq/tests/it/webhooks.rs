@@ -796,5 +796,4 @@ async fn a_task_webhook_carries_the_same_view_as_get_marks_included() {
             assert_eq!(&data[field], value, "field {field}");
         }
     }
-    app.teardown().await;
 }
