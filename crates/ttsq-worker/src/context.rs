@@ -36,7 +36,7 @@ pub struct WorkerContext {
     pub replica_ttl: Duration,
     /// Consumer tag, unique per process, shown in the broker's management UI.
     pub name: String,
-    /// Wakes the dispatcher when a batch is done: its slots are free.
+    /// Wakes the dispatcher when a group is done: its slots are free.
     pub dispatch: ttsq_dispatch::Waker,
     /// Whether fallback providers' audio answers for the text
     /// (`cache.serve_fallback_audio`).

@@ -2,15 +2,21 @@
 //!
 //! # Layout
 //!
-//! - [`run`]: the consume → batch → process loop and graceful shutdown.
-//! - [`batcher`]: grouping deliveries by dialect, flushed on size or window.
-//! - [`pipeline`]: one batch end to end.
+//! Two things are called a group elsewhere; here they keep apart. A *dialect
+//! group* is what the worker synthesizes together: deliveries of one
+//! dialect, flushed at `worker.batch_size` or after `worker.batch_window_ms`
+//! (the settings keep their names). A *client batch* is what a tenant
+//! submitted with `POST /v1/tts/groups`; the worker only joins its audio.
+//!
+//! - [`run`]: the consume → group → process loop and graceful shutdown.
+//! - [`grouper`]: grouping deliveries by dialect, flushed on size or window.
+//! - [`pipeline`]: one dialect group end to end.
 //! - [`batches`]: joined audio of client batches ([`batches::Joiner`]).
 //! - [`join`]: joining audio files by streaming them through a multipart
 //!   upload, format by format.
 
-pub mod batcher;
 pub mod batches;
+pub mod grouper;
 pub mod join;
 pub mod pipeline;
 
@@ -31,7 +37,7 @@ use ttsq_queue::{JobConsumer, QueueError};
 
 pub use context::WorkerContext;
 
-use crate::{batcher::Batcher, pipeline::Item};
+use crate::{grouper::DialectGroups, pipeline::Item};
 
 /// Why the worker stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +48,7 @@ pub enum WorkerError {
 }
 
 /// Consumes until `shutdown` resolves, then stops consuming, finishes the
-/// batches it holds within the grace period and returns.
+/// groups it holds within the grace period and returns.
 pub async fn run(
     context: WorkerContext,
     shutdown: impl Future<Output = ()>,
@@ -52,14 +58,14 @@ pub async fn run(
         .consume(context.prefetch, &context.name)
         .await?;
     let mut resubscribe = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    let mut batcher: Batcher<Item> =
-        Batcher::new(context.settings.batch_size, context.settings.batch_window());
+    let mut groups: DialectGroups<Item> =
+        DialectGroups::new(context.settings.batch_size, context.settings.batch_window());
     let slots = Arc::new(Semaphore::new(context.settings.concurrent_batches));
     let mut in_flight = JoinSet::new();
     tokio::pin!(shutdown);
     tracing::info!(worker = %context.name, "worker consuming");
 
-    // Set on shutdown: batches still waiting for a slot then go back to the
+    // Set on shutdown: groups still waiting for a slot then go back to the
     // queue instead of starting, so the drain only finishes claimed work.
     let stopping = Arc::new(AtomicBool::new(false));
     let spawn = |in_flight: &mut JoinSet<()>, items: Vec<Item>| {
@@ -75,14 +81,14 @@ pub async fn run(
             if stopping.load(Ordering::Acquire) {
                 pipeline::requeue_all(&items).await;
             } else {
-                pipeline::process_batch(&context, items).await;
+                pipeline::process_group(&context, items).await;
                 context.dispatch.wake();
             }
         });
     };
 
     let outcome = loop {
-        let deadline = batcher.next_deadline();
+        let deadline = groups.next_deadline();
         tokio::select! {
             biased;
             () = &mut shutdown => break Ok(()),
@@ -92,7 +98,7 @@ pub async fn run(
                 }
             }
             () = sleep_until(deadline), if deadline.is_some() => {
-                for items in batcher.take_expired(Instant::now()) {
+                for items in groups.take_expired(Instant::now()) {
                     spawn(&mut in_flight, items);
                 }
             }
@@ -100,7 +106,7 @@ pub async fn run(
                 Some(Ok(delivery)) => match delivery.decode() {
                     Ok(message) => {
                         let dialect = message.dialect.clone();
-                        if let Some(items) = batcher.push(&dialect, Item { delivery, message }, Instant::now()) {
+                        if let Some(items) = groups.push(&dialect, Item { delivery, message }, Instant::now()) {
                             spawn(&mut in_flight, items);
                         }
                     }
@@ -116,7 +122,7 @@ pub async fn run(
                         Some(Err(err)) => tracing::warn!(error = %err, "consumer failed"),
                         _ => tracing::warn!("the broker ended the consumer"),
                     }
-                    match resubscribed(&context, &mut batcher, &mut resubscribe, &mut shutdown).await {
+                    match resubscribed(&context, &mut groups, &mut resubscribe, &mut shutdown).await {
                         Some(fresh) => consumer = fresh,
                         None => break Ok(()),
                     }
@@ -126,7 +132,7 @@ pub async fn run(
     };
 
     tracing::info!(
-        held = batcher.len(),
+        held = groups.len(),
         in_flight = in_flight.len(),
         "worker draining"
     );
@@ -134,7 +140,7 @@ pub async fn run(
         tracing::debug!(error = %err, "cancelling the consumer");
     }
     stopping.store(true, Ordering::Release);
-    for items in batcher.drain() {
+    for items in groups.drain() {
         pipeline::requeue_all(&items).await;
     }
     let drained = tokio::time::timeout(context.settings.shutdown_grace(), async {
@@ -155,17 +161,17 @@ pub async fn run(
 
 /// A new consumer after the old one died (connection lost, broker restart,
 /// queue deleted), retried with back-off until it works or `shutdown`.
-/// Deliveries held in the batcher died with their channel: the broker
+/// Deliveries held in the groups died with their channel: the broker
 /// redelivers them, so they are dropped here unsettled. Batches already
 /// running finish their database work; their acks fail harmlessly and the
 /// redeliveries find the tasks finished.
 async fn resubscribed(
     context: &WorkerContext,
-    batcher: &mut Batcher<Item>,
+    groups: &mut DialectGroups<Item>,
     backoff: &mut Backoff,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<JobConsumer> {
-    let dropped: usize = batcher.drain().iter().map(Vec::len).sum();
+    let dropped: usize = groups.drain().iter().map(Vec::len).sum();
     if dropped > 0 {
         tracing::info!(
             dropped,

@@ -1,4 +1,4 @@
-//! Processing one batch of deliveries of one dialect.
+//! Processing one dialect group: deliveries of one dialect, synthesized together.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,13 +26,13 @@ use crate::context::WorkerContext;
 
 /// A delivery with its decoded message.
 pub struct Item {
-    /// The delivery, settled once the batch is done with it.
+    /// The delivery, settled once the group is done with it.
     pub delivery: JobDelivery,
     /// Its decoded body.
     pub message: JobMessage,
 }
 
-/// How each delivery of the batch is settled once its tasks are written.
+/// How each delivery of the group is settled once its tasks are written.
 enum Settle {
     Ack,
     Retry { attempt: u32, delay_index: usize },
@@ -40,23 +40,23 @@ enum Settle {
     Requeue,
 }
 
-/// How long a batch waits, at most, for hashes another claim is
+/// How long a group waits, at most, for hashes another claim is
 /// synthesizing, before it hands their tasks back for a later attempt.
 const HASH_WAIT: Duration = Duration::from_secs(30);
 
-/// Runs a batch end to end. Never returns an error: whatever cannot be
+/// Runs a group end to end. Never returns an error: whatever cannot be
 /// finished goes back to the queue (or, failing that, to the outbox) and
 /// comes back.
 ///
-/// The batch's id is its claim token: it is stamped on the tasks it claims
-/// and on the hash leases it takes, and every write checks it, so a batch
-/// whose replica was presumed dead (paused, cut off) and taken over changes
+/// The group's id (`batch_id` in logs and spans) is its claim token: it is
+/// stamped on the tasks it claims and on the hash leases it takes, and every
+/// write checks it, so a group whose replica was presumed dead (paused, cut off) and taken over changes
 /// nothing its successor holds. Hashes another claim is synthesizing are
-/// waited for in rounds: the rest of the batch is committed and acknowledged
+/// waited for in rounds: the rest of the group is committed and acknowledged
 /// first, then those tasks finish as cache hits once the other claim's audio
-/// is indexed (or this batch takes the lease over should that claim die).
+/// is indexed (or this group takes the lease over should that claim die).
 #[tracing::instrument(skip_all, fields(batch_id, dialect, size = items.len()))]
-pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
+pub async fn process_group(context: &WorkerContext, items: Vec<Item>) {
     let batch_id = Uuid::now_v7();
     let span = tracing::Span::current();
     span.record("batch_id", tracing::field::display(batch_id));
@@ -243,7 +243,7 @@ pub async fn process_batch(context: &WorkerContext, items: Vec<Item>) {
     tracing::info!(claimed = claimed.len(), "batch done");
 }
 
-/// The outcomes of one round of a batch, committed together.
+/// The outcomes of one round of a group, committed together.
 #[derive(Default)]
 struct Round {
     made: Vec<MadeAudio>,
@@ -327,7 +327,7 @@ impl Round {
     }
 }
 
-/// Acknowledges, retries or dead-letters every delivery of a batch whose
+/// Acknowledges, retries or dead-letters every delivery of a group whose
 /// tasks are written. Each task's retry is published once, even when the
 /// batch held several deliveries of it.
 async fn settle_deliveries(
@@ -391,9 +391,9 @@ where
     retry_transient(context.settings.storage_retry(), what, operation).await
 }
 
-/// A job's span in this batch: a child of its submit span (through the
+/// A job's span in this group: a child of its submit span (through the
 /// message's `traceparent`), after a `queue.wait` span covering its time
-/// from submission until this batch picked it up.
+/// from submission until this group picked it up.
 fn job_span(item: &Item, batch_id: Uuid) -> Span {
     let traceparent = item
         .delivery
@@ -529,11 +529,11 @@ async fn requeue(items: Vec<&Item>) {
     }
 }
 
-/// What became of one content hash in a round of a batch.
+/// What became of one content hash in a round of a group.
 enum HashResult {
     /// Indexed already: every task is a cache hit.
     Stored(AudioObject),
-    /// Made now under this batch's lease: the store bills one task.
+    /// Made now under this group's lease: the store bills one task.
     Made(MadeAudio),
     /// Another claim holds the hash's lease: wait for its audio.
     Elsewhere,
@@ -660,7 +660,7 @@ async fn resolve_hashes<'a>(
     results
 }
 
-/// Makes the audio of `task`'s hash, whose lease the batch holds.
+/// Makes the audio of `task`'s hash, whose lease the group holds.
 async fn make(context: &WorkerContext, task: &ClaimedTask) -> HashResult {
     let utterance = match Utterance::of_task(task) {
         Ok(utterance) => utterance,

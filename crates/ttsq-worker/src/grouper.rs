@@ -13,18 +13,18 @@ struct Group<T> {
 }
 
 /// Pending items per dialect.
-pub struct Batcher<T> {
+pub struct DialectGroups<T> {
     groups: HashMap<String, Group<T>>,
-    batch_size: usize,
+    group_size: usize,
     window: Duration,
 }
 
-impl<T> Batcher<T> {
-    /// Flushes groups at `batch_size` items or after `window`.
-    pub fn new(batch_size: usize, window: Duration) -> Self {
+impl<T> DialectGroups<T> {
+    /// Flushes groups at `group_size` items or after `window`.
+    pub fn new(group_size: usize, window: Duration) -> Self {
         Self {
             groups: HashMap::new(),
-            batch_size: batch_size.max(1),
+            group_size: group_size.max(1),
             window,
         }
     }
@@ -35,11 +35,11 @@ impl<T> Batcher<T> {
             .groups
             .entry(dialect.to_owned())
             .or_insert_with(|| Group {
-                items: Vec::with_capacity(self.batch_size),
+                items: Vec::with_capacity(self.group_size),
                 opened: now,
             });
         group.items.push(item);
-        if group.items.len() >= self.batch_size {
+        if group.items.len() >= self.group_size {
             self.groups.remove(dialect).map(|g| g.items)
         } else {
             None
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn a_full_group_flushes_at_once_and_holds_one_dialect() {
-        let mut b = Batcher::new(3, Duration::from_secs(1));
+        let mut b = DialectGroups::new(3, Duration::from_secs(1));
         let t = Instant::now();
         assert!(b.push("en-gb", 1, t).is_none());
         assert!(b.push("fr-fr", 2, t).is_none());
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn a_group_flushes_when_its_window_closes() {
-        let mut b = Batcher::new(100, Duration::from_millis(50));
+        let mut b = DialectGroups::new(100, Duration::from_millis(50));
         let t = Instant::now();
         b.push("en-gb", 1, t);
         b.push("yue", 2, t + Duration::from_millis(30));
