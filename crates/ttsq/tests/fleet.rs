@@ -1,4 +1,4 @@
-//! The fleet suite: exactly once across replicas (issue 15). Several `ttsq
+//! The fleet suite: exactly once across replicas. Several `ttsq
 //! worker` child processes and the API (in process, taking high-priority
 //! jobs inline) share one database, queue and bucket, and a fake vendor
 //! counts every call. What must hold, whatever the replicas race on:

@@ -825,7 +825,7 @@ async fn a_join_that_outgrows_the_byte_cap_stops_and_stores_nothing() {
     assert!(joined.is_none(), "the aborted upload made no object");
 }
 
-/// Benchmark (issue 4's "batch submit"): 10,000 jobs through ten batches of
+/// Benchmark ("batch submit"): 10,000 jobs through ten batches of
 /// 1,000, sent four at a time; prints accepted jobs per second. Run with
 /// `cargo nextest run -p ttsq --test it --run-ignored only batches::` (a release
 /// build gives the number to compare with the ≥ 10,000/s target).

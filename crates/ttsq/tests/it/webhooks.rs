@@ -721,10 +721,10 @@ async fn slow_endpoint_beside_another_tenant(weight: i32, slots: u16) -> (Durati
     (waited, slow_peak)
 }
 
-/// Finding 4 of the hostile-tenant review (and issue 17): one tenant's slow
-/// endpoint took every delivery slot, and the other tenants' webhooks
-/// waited behind it. With 4 slots and at most 2 per tenant, tenant A's 8
-/// events to an endpoint taking 10 s each leave room for tenant B's.
+/// One tenant's slow endpoint cannot take every delivery slot and keep the
+/// other tenants' webhooks waiting behind it: with 4 slots and at most 2 per
+/// tenant, tenant A's 8 events to an endpoint taking 10 s each leave room
+/// for tenant B's.
 #[tokio::test]
 async fn a_slow_endpoint_of_one_tenant_does_not_delay_another_tenants_webhooks() {
     let (waited, slow_peak) = slow_endpoint_beside_another_tenant(1, 4).await;
