@@ -13,14 +13,29 @@ use lapin::{
     },
     types::FieldTable,
 };
-use ttsq_core::backoff::Backoff;
+use ttsq_core::{JobMessage, backoff::Backoff};
 
 use crate::{
-    Broker, DELIVERY_COUNT_HEADER, QueueError, QueueMessage, QueueNames, REASON_HEADER, header_str,
-    header_u64, long_string, publish_confirmed,
+    amqp::{long_string, publish_confirmed},
+    broker::Broker,
+    error::QueueError,
+    headers::{DELIVERY_COUNT_HEADER, REASON_HEADER, header_str, header_u64},
+    message::QueueMessage,
+    names::QueueNames,
 };
 
+/// A consumer of the job queue.
+pub type JobConsumer = Consumer<JobMessage>;
+
+/// One delivered job message.
+pub type JobDelivery = Delivery<JobMessage>;
+
 impl Broker {
+    /// A consumer of the job queue: [`Self::subscribe`] for [`JobMessage`].
+    pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<JobConsumer, QueueError> {
+        self.subscribe(prefetch, tag).await
+    }
+
     /// A consumer of `M`'s queue holding at most `prefetch` unacknowledged
     /// deliveries (per-consumer QoS: quorum queues refuse global QoS). Its
     /// deliveries are settled on a side channel of its own: retries and dead
@@ -37,7 +52,7 @@ impl Broker {
             .await?;
         let consumer = channel
             .basic_consume(
-                M::queue(&self.inner.names).into(),
+                M::queue(self.names()).into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -51,7 +66,7 @@ impl Broker {
             consumer,
             side: SideChannel {
                 channel: side,
-                names: self.inner.names.clone(),
+                names: self.names().clone(),
             },
             message: PhantomData,
         })
@@ -78,7 +93,7 @@ impl Broker {
                     let wait = backoff.next_delay();
                     tracing::warn!(
                         error = %err,
-                        queue = M::queue(&self.inner.names),
+                        queue = M::queue(self.names()),
                         retry_in = ?wait,
                         "subscribing failed"
                     );

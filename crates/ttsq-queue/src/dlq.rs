@@ -10,7 +10,13 @@ use lapin::{
 };
 use ttsq_core::{JobMessage, MessageDecodeError};
 
-use crate::{Broker, QueueError, QueueMessage, REASON_HEADER, header_str, publish_confirmed};
+use crate::{
+    amqp::publish_confirmed,
+    broker::Broker,
+    error::QueueError,
+    headers::{DELIVERY_COUNT_HEADER, REASON_HEADER, header_str, header_u64},
+    message::QueueMessage,
+};
 
 /// One message in the dead-letter queue.
 #[derive(Debug, Clone)]
@@ -46,7 +52,7 @@ impl Broker {
         let channel = self.channel().await?;
         let mut letters = Vec::new();
         while letters.len() < limit {
-            let Some((letter, _)) = get(&channel, &self.inner.names.dlq).await? else {
+            let Some((letter, _)) = get(&channel, &self.names().dlq).await? else {
                 break;
             };
             letters.push(letter);
@@ -70,14 +76,14 @@ impl Broker {
             .await?;
         let mut outcome = ReplayOutcome::default();
         for _ in 0..limit {
-            let Some((letter, tag)) = get(&channel, &self.inner.names.dlq).await? else {
+            let Some((letter, tag)) = get(&channel, &self.names().dlq).await? else {
                 break;
             };
             match letter.decode() {
                 Ok(message) if choose(&message) => {
                     publish_confirmed(
                         &channel,
-                        &self.inner.names.jobs,
+                        &self.names().jobs,
                         &message.encode(),
                         message.headers(),
                     )
@@ -97,7 +103,7 @@ impl Broker {
         let channel = self.channel().await?;
         let purged = channel
             .queue_purge(
-                self.inner.names.dlq.as_str().into(),
+                self.names().dlq.as_str().into(),
                 QueuePurgeOptions::default(),
             )
             .await?;
@@ -116,7 +122,7 @@ async fn get(channel: &Channel, queue: &str) -> Result<Option<(DeadLetter, u64)>
     let properties = &message.delivery.properties;
     let letter = DeadLetter {
         reason: header_str(properties, REASON_HEADER),
-        delivery_count: crate::header_u64(properties, crate::DELIVERY_COUNT_HEADER).unwrap_or(0),
+        delivery_count: header_u64(properties, DELIVERY_COUNT_HEADER).unwrap_or(0),
         body: message.delivery.data.clone(),
     };
     Ok(Some((letter, message.delivery.delivery_tag)))

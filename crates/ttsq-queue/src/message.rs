@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::types::FieldTable;
 use ttsq_core::{JobMessage, MessageDecodeError};
 
-use crate::{QueueNames, long_string};
+use crate::{amqp::long_string, names::QueueNames};
 
 /// A message type with a queue of its own: [`JobMessage`] on the job queue,
 /// [`WebhookMessage`](crate::webhooks::WebhookMessage) on the webhook

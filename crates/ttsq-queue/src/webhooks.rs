@@ -6,22 +6,17 @@
 
 use std::time::Duration;
 
-use lapin::{
-    Channel,
-    options::QueueDeclareOptions,
-    types::{AMQPValue, FieldTable},
-};
+use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    Broker, Consumer, Delivery, QueueError, QueueMessage, QueueNames, long_string,
-    quorum_dead_lettering_to,
+    broker::Broker,
+    consumer::{Consumer, Delivery},
+    error::QueueError,
+    message::QueueMessage,
+    names::QueueNames,
 };
-
-/// Redeliveries (a worker dying mid-delivery every time) after which the
-/// broker drops a webhook message; the delivery row keeps its last state.
-const WEBHOOK_DELIVERY_LIMIT: u32 = 10;
 
 /// One webhook delivery attempt to make.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,34 +25,6 @@ pub struct WebhookMessage {
     pub delivery_id: Uuid,
     /// Attempt number, from 1.
     pub attempt: u32,
-}
-
-/// Declares the webhook queue and its delay queues on `channel`.
-pub(crate) async fn declare(channel: &Channel, names: &QueueNames) -> Result<(), QueueError> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), long_string("quorum"));
-    args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongUInt(WEBHOOK_DELIVERY_LIMIT),
-    );
-    channel
-        .queue_declare(names.webhooks.as_str().into(), durable, args)
-        .await?;
-    for (delay, name) in &names.webhook_delays {
-        let mut args = quorum_dead_lettering_to(&names.webhooks);
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-        );
-        channel
-            .queue_declare(name.as_str().into(), durable, args)
-            .await?;
-    }
-    Ok(())
 }
 
 impl QueueMessage for WebhookMessage {
@@ -98,14 +65,13 @@ impl Broker {
     pub async fn publish_raw_webhook(&self, body: &[u8]) -> Result<(), QueueError> {
         self.publisher()
             .await?
-            .send(&self.inner.names.webhooks, body, FieldTable::default())
+            .send(&self.names().webhooks, body, FieldTable::default())
             .await
     }
 
     /// The webhook retry delays, shortest first.
     pub fn webhook_delays(&self) -> Vec<Duration> {
-        self.inner
-            .names
+        self.names()
             .webhook_delays
             .iter()
             .map(|(d, _)| *d)
