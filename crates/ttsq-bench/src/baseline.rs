@@ -27,7 +27,7 @@ use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
 use crate::{
-    Env,
+    env::Env,
     report::{Table, f1, int, per_sec},
 };
 

@@ -1,6 +1,7 @@
-//! HTTP load: many clients submitting jobs, each request timed.
+//! HTTP load: the job texts, and many clients submitting jobs, each request
+//! timed.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use futures::{StreamExt as _, stream};
@@ -134,4 +135,22 @@ pub async fn submit_batches(
         "batches submitted",
     )
     .await
+}
+
+/// The `i`-th job text of run `run`: unique per run and index.
+pub fn text(run: &str, i: usize) -> String {
+    format!("Bench {run} sentence {i:06}.")
+}
+
+/// A short random tag that keeps one run's texts apart from another's.
+pub fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+/// Seconds since the Unix epoch, to compare with ttsq's timestamps.
+pub fn epoch_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }

@@ -1,13 +1,15 @@
 //! The ten scenarios of the benchmark, each on its own deployment.
 
+mod checks;
 mod fair_share;
+mod fake_stack;
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -15,54 +17,22 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
 
-use crate::{
-    Args, Env,
-    baseline::{self, Baselines},
-    load::{self, DIALECT, VOICE},
-    report::{Table, f1, int, memory_kib, mib, p50_p99, pct, per_sec},
-    stack::{Stack, StackOptions},
+use self::{
+    checks::Checks,
+    fake_stack::{FAKE_KEY, fake_config, start},
 };
-
-/// Key the stack sends to the fake (which accepts any).
-const FAKE_KEY: &str = "bench-fake-key";
-/// Audio per character the fake answers: about 14 KB of WAV for a
-/// 30-character sentence, the size of a short prompt's audio.
-const MS_PER_CHAR: u32 = 15;
+use crate::{
+    baseline::{self, Baselines},
+    cli::Args,
+    env::Env,
+    load::{self, VOICE, epoch_now, run_tag, text},
+    report::{Table, f1, int, memory_kib, mib, p50_p99, pct, per_sec},
+    stack::Stack,
+};
 
 /// Postgres connections per process in the multi-replica scenarios: five
 /// processes at the default 16 would take most of a stock server's 100.
 const SHARED_PG_CONNECTIONS: &str = "8";
-
-/// Outcome of the sanity checks of one scenario.
-struct Checks {
-    failed: Vec<String>,
-    passed: usize,
-    /// Whether [`Checks::target`] counts (a full run) or only notes (smoke
-    /// mode, whose sizes are too small for a target to mean anything).
-    enforce_targets: bool,
-}
-
-impl Checks {
-    /// A scenario's target: a check in a full run, a note in smoke mode.
-    fn target(&mut self, table: &mut Table, ok: bool, what: String) {
-        if self.enforce_targets {
-            self.check(table, ok, what);
-        } else {
-            let outcome = if ok { "met" } else { "missed" };
-            table.note(format!("check (not enforced in smoke): {outcome} — {what}"));
-        }
-    }
-
-    fn check(&mut self, table: &mut Table, ok: bool, what: String) {
-        if ok {
-            self.passed += 1;
-            table.note(format!("check: ok — {what}"));
-        } else {
-            table.note(format!("check: FAILED — {what}"));
-            self.failed.push(what);
-        }
-    }
-}
 
 /// Runs the baselines and every wanted scenario; fails when a scenario
 /// failed to run or a check failed.
@@ -193,22 +163,6 @@ fn ensure_disk_space(
     }
 }
 
-fn fake_config() -> FakeConfig {
-    FakeConfig {
-        ms_per_char: MS_PER_CHAR,
-        log_capacity: 0,
-        ..FakeConfig::permissive()
-    }
-}
-
-fn text(run: &str, i: usize) -> String {
-    format!("Bench {run} sentence {i:06}.")
-}
-
-fn run_tag() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
-}
-
 /// Size of the fake's answer for a typical bench sentence.
 async fn sample_object_bytes() -> anyhow::Result<usize> {
     let fake = FakeProvider::start(fake_config()).await?;
@@ -239,65 +193,10 @@ async fn direct_call(
     Ok((bytes, started.elapsed()))
 }
 
-/// ttsq's config routing `en-gb` to the fake with `quota`.
-fn config_toml(fake: &FakeProvider, quota: &str) -> String {
-    format!(
-        r#"
-[providers.fake]
-kind = "openai"
-base_url = "{}"
-model = "tts-1"
-price_per_1k_chars = 15.0
-quota = {{ {quota} }}
-dialects = [{{ id = "{DIALECT}", voices = ["{VOICE}"] }}]
-
-[[routes]]
-dialects = ["{DIALECT}"]
-chain = ["fake"]
-
-[[routes]]
-dialects = ["*"]
-chain = ["espeak"]
-"#,
-        fake.base_url()
-    )
-}
-
-async fn start(
-    env: &Env,
-    name: &str,
-    fake: &FakeProvider,
-    quota: &str,
-    extra: &[(&str, &str)],
-) -> anyhow::Result<Stack> {
-    let mut options = StackOptions {
-        env: vec![(
-            "TTSQ_PROVIDERS_FAKE_API_KEY".to_owned(),
-            FAKE_KEY.to_owned(),
-        )],
-        config_toml: config_toml(fake, quota),
-    };
-    options.env.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
-    options.env.extend(env.settings.iter().cloned());
-    eprintln!("  starting a stack ({name})");
-    Stack::start(env, name, options).await
-}
-
 /// Time for every replica to see the others' heartbeats and split the
 /// quotas (heartbeats run every second in the bench).
 fn settle_time(args: &Args) -> Duration {
     Duration::from_millis(if args.smoke { 1_500 } else { 3_500 })
-}
-
-fn epoch_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 /// Submits `n` unique jobs and waits for them: (jobs/s first submit → last

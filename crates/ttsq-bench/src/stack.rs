@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
 use uuid::Uuid;
 
-use crate::Env;
+use crate::env::Env;
 
 /// What a stack is started with.
 #[derive(Debug, Clone, Default)]

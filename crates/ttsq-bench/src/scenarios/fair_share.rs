@@ -8,9 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ttsq_fake_provider::FakeProvider;
 
-use super::{Checks, epoch_now, fake_config, run_tag, start, text};
+use super::{
+    checks::Checks,
+    fake_stack::{fake_config, start},
+};
 use crate::{
-    Args, Env, load,
+    cli::Args,
+    env::Env,
+    load::{self, epoch_now, run_tag, text},
     report::{Table, f1, int, p50_p99, pct, per_sec},
     stack::Stack,
 };
