@@ -24,15 +24,7 @@ impl FromRequestParts<ApiContext> for Caller {
         parts: &mut Parts,
         context: &ApiContext,
     ) -> Result<Self, Self::Rejection> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let key = bearer(parts)
             .filter(|k| !k.is_empty() && k.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
         let principal = context
@@ -57,16 +49,7 @@ impl FromRequestParts<ApiContext> for Admin {
         let Some(token) = &context.admin_token else {
             return Err(ApiError::NotFound("route"));
         };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(ApiError::Unauthorized)?;
+        let presented = bearer(parts).ok_or(ApiError::Unauthorized)?;
         if token.matches(presented) {
             Ok(Self)
         } else {
@@ -74,4 +57,17 @@ impl FromRequestParts<ApiContext> for Admin {
             Err(ApiError::Unauthorized)
         }
     }
+}
+
+/// The credential of an `Authorization: Bearer …` header, trimmed.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
 }
