@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use toml::{Table, Value};
 
-use crate::{error::ConfigError, providers::OPTIONAL_PROVIDER_KEYS};
+use crate::{
+    error::ConfigError, providers::OPTIONAL_PROVIDER_KEYS, service_links::is_service_link,
+};
 
 /// Prefix of every environment variable this crate reads.
 pub const ENV_PREFIX: &str = "TTSQ_";
@@ -66,7 +68,9 @@ pub(crate) fn merge(base: &mut Table, overlay: Table) {
     }
 }
 
-/// Applies `TTSQ_*` variables onto the table; returns the dotted keys they set.
+/// Applies `TTSQ_*` variables onto the table; returns the dotted keys they
+/// set. A variable that names no setting is an error, unless it is one of
+/// Kubernetes' service-link variables ([`is_service_link`]).
 pub(crate) fn apply_env(
     table: &mut Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -98,6 +102,7 @@ pub(crate) fn apply_env(
                     })?;
                     (key, content.trim_end_matches(['\n', '\r']).to_owned())
                 }
+                None if is_service_link(&var[ENV_PREFIX.len()..], &raw) => continue,
                 None => {
                     return Err(ConfigError::Env {
                         var,

@@ -28,6 +28,7 @@ mod s3;
 mod schema;
 mod secret;
 mod server;
+mod service_links;
 mod speech;
 mod validation;
 mod webhooks;
@@ -298,6 +299,35 @@ pub(crate) mod tests {
             err.to_string().contains("TTSQ_S3_SECRET_ACCESS_KEY_FILE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_settings() {
+        // What a pod gets for the Services `ttsq-api` and `ttsq-worker-metrics`.
+        let s = Settings::load(
+            None,
+            env(&[
+                ("TTSQ_API_SERVICE_HOST", "10.96.0.12"),
+                ("TTSQ_API_SERVICE_PORT", "8080"),
+                ("TTSQ_API_SERVICE_PORT_HTTP", "8080"),
+                ("TTSQ_API_PORT", "tcp://10.96.0.12:8080"),
+                ("TTSQ_API_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+                ("TTSQ_API_PORT_8080_TCP_PROTO", "tcp"),
+                ("TTSQ_API_PORT_8080_TCP_PORT", "8080"),
+                ("TTSQ_API_PORT_8080_TCP_ADDR", "10.96.0.12"),
+                ("TTSQ_WORKER_METRICS_SERVICE_HOST", "10.96.0.13"),
+                ("TTSQ_WORKER_METRICS_PORT_9464_TCP_ADDR", "10.96.0.13"),
+                ("TTSQ_WORKER_BATCH_SIZE", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.batch_size, 8, "settings beside them still apply");
+
+        // A setting's name with a link's shape is still a setting: its
+        // value must fit, and a link-like name with another value is a typo.
+        let err =
+            Settings::load(None, env(&[("TTSQ_API_SERVICE_HOST", "api.internal")])).unwrap_err();
+        assert!(err.to_string().contains("TTSQ_API_SERVICE_HOST"), "{err}");
     }
 
     #[test]
