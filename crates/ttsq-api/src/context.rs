@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 use ttsq_audio::AudioStore;
 use ttsq_config::Settings;
 use ttsq_core::{Job, JobLimits};
+use ttsq_providers::quota::ReplicaRole;
 use ttsq_queue::Broker;
 use ttsq_store::{CostEstimate, Principal, Store};
 
@@ -88,7 +89,7 @@ impl ApiContext {
             broker: Arc::clone(&broker),
             audio: audio.clone(),
             providers: Arc::clone(&providers),
-            publisher: None,
+            role: ReplicaRole::Api,
         }));
         Self {
             readiness,

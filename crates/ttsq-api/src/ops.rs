@@ -22,7 +22,8 @@ use axum::{
 use serde::Serialize;
 use tokio::net::TcpListener;
 use ttsq_audio::AudioStore;
-use ttsq_queue::{Broker, Publisher};
+use ttsq_providers::quota::ReplicaRole;
+use ttsq_queue::Broker;
 use ttsq_store::{Store, UsageToday};
 
 /// Longest one readiness check or metrics sample may take: a dependency
@@ -44,9 +45,12 @@ pub struct Probes {
     pub audio: AudioStore,
     /// Providers: health and breaker states.
     pub providers: Arc<ttsq_providers::Router>,
-    /// The API's publishing channel, whose loss makes an API replica unready
-    /// although its broker connection is up; `None` in a worker.
-    pub publisher: Option<Publisher>,
+    /// Whose readiness this is. RabbitMQ gates a worker's (it cannot work
+    /// without it) but not the API's: the API writes accepted jobs to
+    /// Postgres, and the dispatcher publishes them once RabbitMQ is back,
+    /// so an API replica keeps accepting and answering through a broker
+    /// outage. `All` answers as the API does.
+    pub role: ReplicaRole,
 }
 
 #[derive(Serialize)]
@@ -83,14 +87,10 @@ async fn bounded<E: std::fmt::Display>(
 }
 
 /// RabbitMQ answers a round trip (the queue depths, which also refresh the
-/// depth gauges); `publishing` is false when the caller's own publishing
-/// channel is down although the connection is up.
-async fn rabbitmq(broker: &Broker, publishing: bool) -> Result<(), String> {
+/// depth gauges).
+async fn rabbitmq(broker: &Broker) -> Result<(), String> {
     if !broker.is_connected() {
         return Err("not connected".into());
-    }
-    if !publishing {
-        return Err("publishing channel closed".into());
     }
     let (jobs, dlq) = match tokio::time::timeout(CHECK_TIMEOUT, broker.depths()).await {
         Ok(result) => result.map_err(|e| e.to_string())?,
@@ -104,7 +104,7 @@ async fn rabbitmq(broker: &Broker, publishing: bool) -> Result<(), String> {
 
 /// One round of readiness checks.
 pub struct Readiness {
-    /// Postgres, RabbitMQ and S3 all answered.
+    /// Every dependency that gates this role's readiness answered.
     pub ready: bool,
     /// Each dependency, and each provider's last health check.
     checks: BTreeMap<String, Check>,
@@ -112,25 +112,26 @@ pub struct Readiness {
 
 impl Probes {
     /// Checks Postgres, RabbitMQ and S3 at once, each for at most the
-    /// timeout, and reads each provider's last health check. Ready when the
-    /// three answer; providers are reported but do not gate it.
+    /// timeout, and reads each provider's last health check. Ready when
+    /// Postgres and S3 answer, and RabbitMQ too for a worker (see
+    /// [`Probes::role`]); providers are reported but do not gate it.
     pub async fn check(&self) -> Readiness {
         ttsq_telemetry::metrics::get().readiness_checks.inc();
-        let publishing = self.publisher.as_ref().is_none_or(Publisher::is_connected);
         let (postgres, rabbitmq, s3) = tokio::join!(
             timed(bounded(self.store.ping())),
-            timed(rabbitmq(&self.broker, publishing)),
+            timed(rabbitmq(&self.broker)),
             timed(bounded(self.audio.check())),
         );
+        // Providers do not gate readiness either: with fallback chains a
+        // vendor outage degrades routing, and taking every replica out of
+        // service for it would turn a partial outage into a total one.
+        let broker_gates = self.role == ReplicaRole::Worker;
+        let ready = postgres.ok && s3.ok && (rabbitmq.ok || !broker_gates);
         let mut checks = BTreeMap::from([
             ("postgres".to_owned(), postgres),
             ("rabbitmq".to_owned(), rabbitmq),
             ("s3".to_owned(), s3),
         ]);
-        // Providers are reported but do not gate readiness: with fallback
-        // chains a vendor outage degrades routing, and taking every replica
-        // out of service for it would turn a partial outage into a total one.
-        let ready = checks.values().all(|c| c.ok);
         let started = Instant::now();
         for (name, result) in self.providers.health().await {
             checks.insert(format!("provider:{name}"), check(started, result));
@@ -138,10 +139,10 @@ impl Probes {
         Readiness { ready, checks }
     }
 
-    /// The detailed `/ready` of the operations listener: 200 when Postgres,
-    /// RabbitMQ and S3 answer within the timeout, else 503; the body reports
-    /// each with its latency and error, and each provider's last health
-    /// check.
+    /// The detailed `/ready` of the operations listener: 200 when the
+    /// dependencies that gate this role (see [`Probes::role`]) answer within
+    /// the timeout, else 503; the body reports each dependency with its
+    /// latency and error, and each provider's last health check.
     pub async fn readiness(&self) -> (StatusCode, Json<serde_json::Value>) {
         let Readiness { ready, checks } = self.check().await;
         (
@@ -161,7 +162,7 @@ impl Probes {
                 .into_iter()
                 .map(|(_, limit, fraction)| (limit.as_str(), fraction)),
         );
-        if let Err(err) = rabbitmq(&self.broker, true).await {
+        if let Err(err) = rabbitmq(&self.broker).await {
             tracing::debug!(error = %err, "queue depths not sampled");
         }
         match self.store.queued_tasks().await {
@@ -263,7 +264,7 @@ impl ReadinessCache {
         &self.probes
     }
 
-    /// Whether Postgres, RabbitMQ and S3 answered in the latest round,
+    /// Whether the latest round found this process ready ([`Probes::check`]),
     /// running a round first when the last one is older than the TTL.
     pub async fn is_ready(&self) -> bool {
         let mut last = self.last.lock().await;

@@ -61,23 +61,24 @@ pub struct ReadyStatus {
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadyState {
-    /// Postgres, RabbitMQ and S3 answer.
+    /// Postgres and S3 answer: jobs can be accepted and answered.
     Ready,
     /// One of them does not.
     NotReady,
 }
 
-/// `GET /ready`: 200 when Postgres, RabbitMQ (with this replica's
-/// publishing channel) and S3 answered the latest check, else 503. The
-/// check is shared by all callers for a couple of seconds, and which
-/// dependency failed is told only on the operations listener.
+/// `GET /ready`: 200 when Postgres and S3 answered the latest check, else
+/// 503. RabbitMQ does not gate the API: accepted jobs wait in Postgres
+/// until it is back. The check is shared by all callers for a couple of
+/// seconds, and which dependency failed is told only on the operations
+/// listener.
 #[utoipa::path(
     get,
     path = "/ready",
     operation_id = "ready",
     tag = "system",
     responses(
-        (status = 200, description = "Postgres, RabbitMQ and S3 answer", body = ReadyStatus, example = json!({"status": "ready"})),
+        (status = 200, description = "Postgres and S3 answer (RabbitMQ may be down: jobs wait in Postgres)", body = ReadyStatus, example = json!({"status": "ready"})),
         (status = 503, description = "A dependency does not answer", body = ReadyStatus, example = json!({"status": "not_ready"})),
     )
 )]

@@ -39,8 +39,9 @@ struct Inner {
     names: QueueNames,
     /// Quorum `x-delivery-limit` of the job queue.
     delivery_limit: u32,
-    /// The live connection; replaced whole after a loss.
-    connection: RwLock<Connection>,
+    /// The live connection, replaced whole after a loss; `None` until the
+    /// first connection succeeds.
+    connection: RwLock<Option<Connection>>,
     /// Serialises reconnects so a burst of failures opens one connection.
     reconnecting: Mutex<()>,
     /// The channel confirmed publishes go through, opened lazily.
@@ -59,26 +60,34 @@ async fn open(url: &SecretString, name: &str) -> Result<Connection, QueueError> 
 }
 
 impl Broker {
-    /// Connects and declares the topology (idempotent; every replica does it).
+    /// Connects and declares the topology (idempotent; every replica does
+    /// it). For tools that need the broker now; a service uses
+    /// [`Broker::new`] so that it starts while RabbitMQ is down.
     pub async fn connect(
         settings: &QueueSettings,
         connection_name: &str,
     ) -> Result<Self, QueueError> {
-        let connection = open(&settings.url, connection_name).await?;
-        let broker = Self {
+        let broker = Self::new(settings, connection_name);
+        broker.reconnect().await?;
+        Ok(broker)
+    }
+
+    /// A broker that is not connected yet: the first [`Broker::channel`],
+    /// [`Broker::reconnect`] or round of [`Broker::supervise`] connects and
+    /// declares the topology. Until then [`Broker::is_connected`] is false.
+    pub fn new(settings: &QueueSettings, connection_name: &str) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 url: settings.url.clone(),
                 connection_name: connection_name.to_owned(),
                 names: QueueNames::new(&settings.prefix, &settings.retry_delays())
                     .with_webhook_delays(&settings.prefix, &settings.webhook_retry_delays()),
                 delivery_limit: settings.delivery_limit,
-                connection: RwLock::new(connection),
+                connection: RwLock::new(None),
                 reconnecting: Mutex::new(()),
                 publish_channel: Mutex::new(None),
             }),
-        };
-        broker.declare_topology().await?;
-        Ok(broker)
+        }
     }
 
     /// The queue names in use.
@@ -97,7 +106,7 @@ impl Broker {
         self.inner
             .connection
             .try_read()
-            .map(|c| c.status().connected())
+            .map(|c| c.as_ref().is_some_and(connected))
             // A writer holds it: a reconnect is under way.
             .unwrap_or(false)
     }
@@ -107,31 +116,45 @@ impl Broker {
     pub async fn channel(&self) -> Result<Channel, QueueError> {
         {
             let connection = self.inner.connection.read().await;
-            if connection.status().connected() {
+            if let Some(connection) = connection.as_ref().filter(|c| connected(c)) {
                 match connection.create_channel().await {
                     Ok(channel) => return Ok(channel),
-                    Err(err) if connection.status().connected() => return Err(err.into()),
+                    Err(err) if connected(connection) => return Err(err.into()),
                     Err(_) => {}
                 }
             }
         }
         self.reconnect().await?;
-        Ok(self.inner.connection.read().await.create_channel().await?)
+        self.live_channel().await
+    }
+
+    /// A channel on the current connection, without reconnecting.
+    async fn live_channel(&self) -> Result<Channel, QueueError> {
+        match self.inner.connection.read().await.as_ref() {
+            Some(connection) => Ok(connection.create_channel().await?),
+            None => Err(QueueError::NotConnected),
+        }
     }
 
     /// Replaces a dead connection with a new one and re-declares the
     /// topology; a no-op when another caller already did.
     pub async fn reconnect(&self) -> Result<(), QueueError> {
         let _single_flight = self.inner.reconnecting.lock().await;
-        if self.inner.connection.read().await.status().connected() {
-            return Ok(());
-        }
+        let first = match self.inner.connection.read().await.as_ref() {
+            Some(connection) if connected(connection) => return Ok(()),
+            Some(_) => false,
+            None => true,
+        };
         let fresh = open(&self.inner.url, &self.inner.connection_name).await?;
         // The cached publishing channel died with the old connection; the
         // next publish sees that and opens another.
-        *self.inner.connection.write().await = fresh;
+        *self.inner.connection.write().await = Some(fresh);
         self.declare_topology().await?;
-        tracing::info!("reconnected to RabbitMQ");
+        if first {
+            tracing::info!("connected to RabbitMQ");
+        } else {
+            tracing::info!("reconnected to RabbitMQ");
+        }
         Ok(())
     }
 
@@ -168,7 +191,7 @@ impl Broker {
     /// Declares every queue with the same arguments every time, so replicas
     /// of any age agree (RabbitMQ refuses a redeclare with other arguments).
     pub async fn declare_topology(&self) -> Result<(), QueueError> {
-        let channel = self.inner.connection.read().await.create_channel().await?;
+        let channel = self.live_channel().await?;
         topology::declare(&channel, &self.inner.names, self.inner.delivery_limit).await?;
         channel.close(200, "topology declared".into()).await?;
         Ok(())
@@ -223,10 +246,17 @@ impl Broker {
     /// Closes the connection; unacknowledged deliveries return to the queue.
     pub async fn close(&self) {
         let connection = self.inner.connection.read().await;
+        let Some(connection) = connection.as_ref() else {
+            return;
+        };
         if let Err(err) = connection.close(200, "shutting down".into()).await {
             tracing::debug!(error = %err, "closing the RabbitMQ connection");
         }
     }
+}
+
+fn connected(connection: &Connection) -> bool {
+    connection.status().connected()
 }
 
 async fn passive_count(channel: &Channel, queue: &str) -> Result<u32, QueueError> {

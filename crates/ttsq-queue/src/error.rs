@@ -8,6 +8,9 @@ pub enum QueueError {
     /// The broker could not be reached or closed the connection or channel.
     #[error("RabbitMQ error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// No connection has been made yet (the broker is reconnecting).
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
     /// The broker did not answer a connection attempt in time.
     #[error("RabbitMQ did not answer within {0:?}")]
     ConnectTimeout(Duration),

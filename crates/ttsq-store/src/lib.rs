@@ -137,32 +137,37 @@ impl Store {
     /// recorded yet, one missing, dirty, changed or unknown) is left to the
     /// migrator, which applies or reports it.
     async fn migrations_applied(&self) -> Result<bool, StoreError> {
-        let applied: Vec<(i64, Vec<u8>)> =
-            match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
-                .fetch_all(&self.pool)
-                .await
+        let applied = self.applied_migrations().await?;
+        Ok(applied.len() == ours().count() && pending(&applied).is_empty())
+    }
+
+    /// This build's migrations that the database has not applied (with the
+    /// same checksum), by version: empty when the schema is current, also
+    /// when a later build migrated it further. Reads only sqlx's record, so
+    /// the service role can ask; the replicas' init containers wait on it
+    /// for the migration Job (`ttsq migrate --wait`).
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(pending(&self.applied_migrations().await?))
+    }
+
+    /// `(version, checksum)` of every migration sqlx recorded as applied;
+    /// none before the first migration created its table.
+    async fn applied_migrations(&self) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(applied) => Ok(applied),
+            Err(err)
+                if err
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == UNDEFINED_TABLE) =>
             {
-                Ok(applied) => applied,
-                Err(err)
-                    if err
-                        .as_database_error()
-                        .and_then(|e| e.code())
-                        .is_some_and(|code| code == UNDEFINED_TABLE) =>
-                {
-                    return Ok(false);
-                }
-                Err(err) => return Err(err.into()),
-            };
-        let ours: Vec<_> = MIGRATOR
-            .iter()
-            .filter(|m| !m.migration_type.is_down_migration())
-            .collect();
-        Ok(applied.len() == ours.len()
-            && ours.iter().all(|m| {
-                applied
-                    .iter()
-                    .any(|(version, checksum)| *version == m.version && *checksum == *m.checksum)
-            }))
+                Ok(Vec::new())
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// One round trip, for readiness probes.
@@ -170,4 +175,23 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// This build's up migrations.
+fn ours() -> impl Iterator<Item = &'static sqlx::migrate::Migration> {
+    MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+}
+
+/// Versions of this build's migrations missing from `applied`.
+fn pending(applied: &[(i64, Vec<u8>)]) -> Vec<i64> {
+    ours()
+        .filter(|m| {
+            !applied
+                .iter()
+                .any(|(version, checksum)| *version == m.version && *checksum == *m.checksum)
+        })
+        .map(|m| m.version)
+        .collect()
 }

@@ -53,16 +53,27 @@ pub async fn run(
     context: WorkerContext,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let mut consumer = context
-        .broker
-        .consume(context.prefetch, &context.name)
-        .await?;
     let mut resubscribe = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    // RabbitMQ may be down when the worker starts: it waits for it rather
+    // than exiting, so a pod restarted during a broker outage does not
+    // crash-loop (it stays unready until it consumes).
+    let Some(mut consumer) = context
+        .broker
+        .subscribe_with_backoff::<ttsq_core::JobMessage>(
+            context.prefetch,
+            &context.name,
+            &mut resubscribe,
+            shutdown.as_mut(),
+        )
+        .await
+    else {
+        return Ok(());
+    };
     let mut groups: DialectGroups<Item> =
         DialectGroups::new(context.settings.batch_size, context.settings.batch_window());
     let slots = Arc::new(Semaphore::new(context.settings.concurrent_batches));
     let mut in_flight = JoinSet::new();
-    tokio::pin!(shutdown);
     tracing::info!(worker = %context.name, "worker consuming");
 
     // Set on shutdown: groups still waiting for a slot then go back to the

@@ -56,6 +56,48 @@ pub async fn migrate(
     Ok(store)
 }
 
+/// How often [`wait_for_schema`] looks again.
+const SCHEMA_POLL: Duration = Duration::from_secs(2);
+
+/// Waits until the database holds every migration of this build, which
+/// another process applies (the migration Job): what a replica's init
+/// container runs, as the service role, so that no replica starts on a
+/// schema older than its code. Applies nothing; retries while Postgres is
+/// unreachable; fails after `timeout` naming what is still missing.
+pub async fn wait_for_schema(
+    database: &ttsq_config::DatabaseSettings,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let pool = ttsq_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(database.url.expose_secret())
+        .context("TTSQ_DATABASE_URL is not a valid Postgres URL")?;
+    let store = Store::from_pool(pool);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut reported = String::new();
+    loop {
+        let state = match store.pending_migrations().await {
+            Ok(pending) if pending.is_empty() => return Ok(()),
+            Ok(pending) => format!("migrations not applied yet: {pending:?}"),
+            Err(err) => format!("cannot read the schema's migrations: {err}"),
+        };
+        if state != reported {
+            tracing::info!("waiting for the migration Job (ttsq migrate); {state}");
+            reported = state;
+        }
+        if tokio::time::Instant::now() + SCHEMA_POLL > deadline {
+            anyhow::bail!(
+                "the schema is not current after {} s ({reported}): has `ttsq migrate` run \
+                 with this image?",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(SCHEMA_POLL).await;
+    }
+}
+
 /// Every dependency of a ttsq process, connected.
 #[derive(Clone)]
 pub struct Services {
@@ -63,7 +105,7 @@ pub struct Services {
     pub settings: Arc<Settings>,
     /// Postgres.
     pub store: Store,
-    /// RabbitMQ, topology declared.
+    /// RabbitMQ, topology declared on every (re)connection.
     pub broker: Arc<Broker>,
     /// S3 audio.
     pub audio: AudioStore,
@@ -82,8 +124,9 @@ pub struct Services {
 }
 
 impl Services {
-    /// Connects to Postgres (migrating when configured), RabbitMQ and S3 and
-    /// builds the providers. Each failure names the dependency.
+    /// Connects to Postgres (migrating when configured) and S3, tries
+    /// RabbitMQ once (it is not required to start) and builds the providers.
+    /// Each failure names the dependency.
     pub async fn connect(settings: Settings, role: &str) -> anyhow::Result<Self> {
         let store = Store::connect(&settings.database)
             .await
@@ -94,12 +137,19 @@ impl Services {
                 .await
                 .context("Failed to migrate the database")?;
         }
-        let broker = Broker::connect(
+        // RabbitMQ may be down: the process starts anyway and the broker's
+        // supervisor connects in the background (the API accepts into
+        // Postgres meanwhile; a worker is not ready until it consumes).
+        let broker = Broker::new(
             &settings.queue,
             &format!("ttsq-{role}-{}", std::process::id()),
-        )
-        .await
-        .context("Failed to connect to RabbitMQ (TTSQ_QUEUE_URL)")?;
+        );
+        if let Err(err) = broker.reconnect().await {
+            tracing::warn!(
+                error = %err,
+                "RabbitMQ (TTSQ_QUEUE_URL) is unreachable; starting anyway and connecting in the background"
+            );
+        }
         let audio = AudioStore::connect(&settings.s3)
             .await
             .context("Failed to connect to S3 (TTSQ_S3_ENDPOINT)")?;

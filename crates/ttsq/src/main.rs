@@ -5,7 +5,7 @@ mod cli_client;
 mod cli_config;
 mod cli_webhooks;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -55,7 +55,9 @@ enum Command {
     /// credentials). With --grant-to, the service role that the api and
     /// worker connect as is then granted what they use: INSERT and SELECT
     /// only on the usage ledger and the audit log, so that it can neither
-    /// change nor delete their rows nor disable their triggers.
+    /// change nor delete their rows nor disable their triggers. With
+    /// --wait it applies nothing and waits for the schema instead, as the
+    /// service role (a replica's init container).
     Migrate(MigrateArgs),
     /// Manage tenants (customer accounts) and their limits.
     Tenant {
@@ -119,6 +121,15 @@ struct MigrateArgs {
     /// (again on every run, so that new tables get their grants).
     #[arg(long, value_name = "ROLE")]
     grant_to: Option<String>,
+    /// Apply nothing: wait until another process (the migration Job) has
+    /// applied every migration of this build, then exit 0. Replicas run it
+    /// as their init container, as the service role, so that none starts
+    /// on an older schema. Exits 1 after --timeout.
+    #[arg(long, conflicts_with = "grant_to")]
+    wait: bool,
+    /// With --wait: seconds to wait before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +227,11 @@ async fn run(
             services
                 .run(role, listener, ops, shutdown_on_signal())
                 .await
+        }
+        Command::Migrate(args) if args.wait => {
+            ttsq::wait_for_schema(&settings.database, Duration::from_secs(args.timeout)).await?;
+            eprintln!("database is up to date");
+            Ok(())
         }
         Command::Migrate(args) => {
             ttsq::migrate(&settings.database, args.grant_to.as_deref()).await?;

@@ -33,7 +33,7 @@ impl Services {
             broker: Arc::clone(&self.broker),
             audio: self.audio.clone(),
             providers: Arc::clone(&self.providers),
-            publisher: None,
+            role: ReplicaRole::Worker,
         }
     }
 

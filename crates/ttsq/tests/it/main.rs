@@ -19,5 +19,6 @@ mod providers;
 mod restart;
 mod retention;
 mod retries;
+mod schema;
 mod tenants;
 mod webhooks;
