@@ -44,6 +44,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 K8S = ROOT / "deploy" / "k8s"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
+MONITORING_COMPONENT = K8S / "components" / "monitoring"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 METRICS_RS = ROOT / "crates" / "ttsq-telemetry" / "src" / "metrics.rs"
@@ -703,21 +704,22 @@ class Kube:
         # database URL (the owner's) from: they must differ.
         service_secrets: set[str] = set()
         owner_secrets: list[tuple[str, str]] = []
+        # Whatever a pod says about service links, ttsq must start with them.
+        links = service_link_env(objects)
         for obj in objects:
             pod = pod_spec(obj)
             if pod is None:
                 continue
-            for container in pod.get("containers", []):
+            for container in pod.get("initContainers", []) + pod.get("containers", []):
                 args = container.get("args") or container.get("command") or []
                 command = args[0] if args else None
                 if command not in TTSQ_COMMANDS:
                     continue
-                commands_seen.add(command)
-                where = f"{kind_name(obj)} container {container['name']} (ttsq {command})"
-                if pod.get("enableServiceLinks") is not False:
-                    problems.append(f"{where}: needs enableServiceLinks: false, or Kubernetes "
-                                    "injects TTSQ_*_SERVICE_* variables that ttsq refuses")
-                env = self.container_env(container, configmaps)
+                waits = command == "migrate" and "--wait" in args
+                if not waits:
+                    commands_seen.add(command)
+                where = f"{kind_name(obj)} container {container['name']} (ttsq {' '.join(args[:2])})"
+                env = links | self.container_env(container, configmaps)
                 config_path = env.get("TTSQ_CONFIG")
                 config_text = None
                 if config_path:
@@ -755,7 +757,7 @@ class Kube:
                 read = {s["secretRef"]["name"] for s in container.get("envFrom") or [] if "secretRef" in s}
                 read |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env") or []
                          if "secretKeyRef" in (e.get("valueFrom") or {})}
-                if command == "migrate":
+                if command == "migrate" and not waits:
                     if "--grant-to" not in args:
                         problems.append(f"{where}: without --grant-to the service role gets no "
                                         "privileges on what the migration creates")
@@ -772,6 +774,7 @@ class Kube:
         for needed in ("api", "worker", "migrate"):
             if needed not in commands_seen:
                 problems.append(f"no workload runs `ttsq {needed}`")
+        problems += migration_order_problems(objects)
         for obj in objects:
             if obj["kind"] != "ScaledObject":
                 continue
@@ -786,9 +789,59 @@ class Kube:
                     if "from tasks" not in " ".join(query.lower().split()):
                         problems.append(f"{kind_name(obj)}: its query does not count tasks: {query!r}")
         raise_if(problems)
-        return ("ttsq config check passes with each container's file and env (secret.example.yaml), "
-                "migrations off, owner and service roles apart, drain < grace, probes, scrape port, "
-                "non-root, resources")
+        return ("ttsq config check passes with each container's file and env (secret.example.yaml) "
+                "and every Service's service-link variables, migrations off, owner and service roles "
+                "apart, drain < grace, probes, scrape port, non-root, resources, replicas wait for "
+                "the migration Job")
+
+    def check_monitoring(self) -> str:
+        """The optional component renders on top of the base; the
+        PrometheusRule holds alerts.yml's rules as they are; the
+        ServiceMonitor finds the ops Services and their ports."""
+        problems = []
+        generator = PROMETHEUS / "prometheusrule.py"
+        done = subprocess.run([sys.executable, str(generator), "--check"],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            problems += done.stderr.strip().splitlines() or [f"{rel(generator)} --check failed"]
+        if not self.kubectl:
+            raise_if(problems)
+            raise Skip("no kubectl: the component was not rendered")
+        with tempfile.TemporaryDirectory(prefix="ttsq-monitoring-") as tmp:
+            Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump({
+                "namespace": "check-ns",
+                "resources": [os.path.relpath(K8S, tmp)],
+                "components": [os.path.relpath(MONITORING_COMPONENT, tmp)],
+            }))
+            objects = self.render(Path(tmp))
+        problems += reference_problems(objects, self.secrets)
+        try:
+            from kubernetes_validate import utils as kv
+        except ImportError:
+            kv = None
+        base = {kind_name(o) for o in self.require_objects()}
+        for obj in objects:
+            if kv is None or kind_name(obj) in base or "monitoring.coreos.com" in obj["apiVersion"]:
+                continue
+            try:
+                kv.validate(obj, K8S_VERSIONS[-1], strict=True)
+            except kv.ValidationError as err:
+                problems.append(f"{kind_name(obj)}: {'.'.join(str(p) for p in err.path)}: {err.message}")
+        kinds = {o["kind"] for o in objects}
+        for kind in ("ServiceMonitor", "PrometheusRule"):
+            if kind not in kinds:
+                problems.append(f"the component adds no {kind}")
+        jobs = {job["job_name"] for job in
+                yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]}
+        for svc in (o for o in objects if o["kind"] == "Service"
+                    and (o["metadata"].get("labels") or {}).get("ttsq.io/scrape") == "true"):
+            job = svc["metadata"]["labels"].get("ttsq.io/job")
+            if job not in jobs:
+                problems.append(f"{kind_name(svc)}: job {job} is none of prometheus.yml's "
+                                f"{sorted(jobs)}, so alerts and dashboards would not find it")
+        raise_if(problems)
+        return (f"{len(objects)} objects with the base; PrometheusRule = alerts.yml; "
+                "ServiceMonitor selects the ops Services and ports")
 
     def container_env(self, container: dict, configmaps: dict) -> dict[str, str]:
         """The variables a container gets, as Kubernetes sets them: envFrom
@@ -839,6 +892,27 @@ class Kube:
         return f"{count} file(s): valid TOML, no secrets"
 
 
+def migration_order_problems(objects: list[dict]) -> list[str]:
+    """Applying everything at once is safe: every pod running the service
+    waits in an init container for the migration Job, and that Job can be
+    applied again with a new image (it deletes itself when finished)."""
+    problems = []
+    for obj in objects:
+        pod = pod_spec(obj)
+        if pod is None:
+            continue
+        runs = {(c.get("args") or [None])[0] for c in pod.get("containers", [])}
+        inits = [c.get("args") or [] for c in pod.get("initContainers", [])]
+        if runs & (SERVES_HTTP | CONSUMES) and not any(a[:1] == ["migrate"] and "--wait" in a
+                                                        for a in inits):
+            problems.append(f"{kind_name(obj)}: no init container runs `ttsq migrate --wait`, so "
+                            "its pods may start before the migration Job has run")
+        if "migrate" in runs and obj["kind"] == "Job" and obj["spec"].get("ttlSecondsAfterFinished") != 0:
+            problems.append(f"{kind_name(obj)}: ttlSecondsAfterFinished must be 0, or the next apply "
+                            "with a new image fails on the finished Job's immutable template")
+    return problems
+
+
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PriorityClass", "StorageClass", "ClusterTriggerAuthentication"}
 
@@ -856,7 +930,38 @@ def pod_spec(obj: dict) -> dict | None:
 
 
 def template_labels(obj: dict) -> dict:
+    if obj.get("kind") == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"].get("labels") or {}
     return obj["spec"]["template"]["metadata"].get("labels") or {}
+
+
+def container_port_names(obj: dict) -> set[str]:
+    pod = pod_spec(obj) or {}
+    return {p["name"] for c in pod.get("containers") or [] for p in c.get("ports") or [] if p.get("name")}
+
+
+def service_link_env(objects: list[dict]) -> dict[str, str]:
+    """The variables Kubernetes injects into a pod for each Service of its
+    namespace when service links are on (the default), with a made-up
+    cluster IP: ttsq must start with them, whatever the pod spec says."""
+    env: dict[str, str] = {}
+    for number, svc in enumerate(o for o in objects if o["kind"] == "Service"):
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        ip = f"10.96.0.{10 + number}"
+        env[f"{name}_SERVICE_HOST"] = ip
+        for index, port in enumerate(svc["spec"].get("ports") or []):
+            number_, proto = port["port"], port.get("protocol", "TCP")
+            if index == 0:
+                env[f"{name}_SERVICE_PORT"] = str(number_)
+                env[f"{name}_PORT"] = f"{proto.lower()}://{ip}:{number_}"
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(number_)
+            link = f"{name}_PORT_{number_}_{proto}"
+            env[link] = f"{proto.lower()}://{ip}:{number_}"
+            env[f"{link}_PROTO"] = proto.lower()
+            env[f"{link}_PORT"] = str(number_)
+            env[f"{link}_ADDR"] = ip
+    return env
 
 
 def mounted_file(pod: dict, container: dict, path: str, configmaps: dict) -> tuple[str | None, str | None]:
@@ -981,9 +1086,41 @@ def reference_problems(objects: list[dict], secrets: dict[str, dict], prefix: st
         spec = obj.get("spec") or {}
         if obj["kind"] == "Service":
             selector = spec.get("selector") or {}
-            if not any(selector.items() <= template_labels(d).items()
-                       for d in by_kind.get("Deployment", {}).values()):
+            selected = [d for d in by_kind.get("Deployment", {}).values()
+                        if selector.items() <= template_labels(d).items()]
+            if not selected:
                 problems.append(f"{where}: selector {selector} matches no Deployment's pods")
+            for port in spec.get("ports") or []:
+                target = port.get("targetPort")
+                for d in selected if isinstance(target, str) else []:
+                    if target not in container_port_names(d):
+                        problems.append(f"{where}: targetPort {target} is no port of {kind_name(d)}")
+        if obj["kind"] == "NetworkPolicy":
+            selector = (spec.get("podSelector") or {}).get("matchLabels") or {}
+            selected = [w for w in objects if pod_spec(w) is not None
+                        and selector.items() <= template_labels(w).items()]
+            if not selected:
+                problems.append(f"{where}: podSelector {selector} matches no workload's pods")
+            for rule in spec.get("ingress") or []:
+                for port in rule.get("ports") or []:
+                    name = port.get("port")
+                    for w in selected if isinstance(name, str) else []:
+                        if name not in container_port_names(w):
+                            problems.append(f"{where}: port {name} is no port of {kind_name(w)}")
+        if obj["kind"] == "ServiceMonitor":
+            selector = (spec.get("selector") or {}).get("matchLabels") or {}
+            services = [svc for svc in by_kind.get("Service", {}).values()
+                        if selector.items() <= (svc["metadata"].get("labels") or {}).items()]
+            if not services:
+                problems.append(f"{where}: selector {selector} matches no Service")
+            for endpoint in spec.get("endpoints") or []:
+                for svc in services:
+                    if endpoint.get("port") not in {p.get("name") for p in svc["spec"].get("ports") or []}:
+                        problems.append(f"{where}: endpoint port {endpoint.get('port')} is no port "
+                                        f"of {kind_name(svc)}")
+                    if spec.get("jobLabel") and spec["jobLabel"] not in (svc["metadata"].get("labels") or {}):
+                        problems.append(f"{where}: {kind_name(svc)} has no label {spec['jobLabel']} "
+                                        "(jobLabel)")
         if obj["kind"] == "PodDisruptionBudget":
             selector = (spec.get("selector") or {}).get("matchLabels") or {}
             if not any(selector.items() <= template_labels(d).items()
@@ -1258,6 +1395,7 @@ def main() -> int:
     runner.run("k8s: KEDA objects (structural schema)", kube.check_keda)
     runner.run("k8s: ttsq.toml in the ConfigMap", kube.check_config_file)
     runner.run("k8s: ttsq config check of each container, and ttsq-specific rules", kube.check_ttsq)
+    runner.run("k8s: monitoring component (ServiceMonitor, PrometheusRule)", kube.check_monitoring)
 
     print(f"deploy-check: {runner.passed} passed, {runner.failed} failed, {runner.skipped} skipped")
     return 1 if runner.failed else 0
