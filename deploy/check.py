@@ -48,6 +48,13 @@ MONITORING_COMPONENT = K8S / "components" / "monitoring"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 METRICS_RS = ROOT / "crates" / "ttsq-telemetry" / "src" / "metrics.rs"
+PROCESS_RS = ROOT / "crates" / "ttsq-telemetry" / "src" / "process.rs"
+OPERATIONS_MD = ROOT / "docs" / "operations.md"
+# Where every alert's runbook_url points: a section of docs/operations.md,
+# relative to the repository root.
+RUNBOOK_PREFIX = "docs/operations.md#"
+# Names of the series ttsq exports (its own, the process's, its build's).
+SERIES_NAME = r"(?:tts|ttsq|process)_[a-z0-9_]+"
 COMPOSE_CONFIGS = ROOT / "deploy" / "compose"
 
 # Kubernetes versions whose schemas every manifest must satisfy: the oldest
@@ -1305,11 +1312,13 @@ class Observability:
 
     @staticmethod
     def defined_series() -> set[str]:
-        names = set(re.findall(r'"(tts_[a-z0-9_]+)"', METRICS_RS.read_text()))
-        histograms = set(re.findall(r'histogram(?:_vec)?\(\s*&r,\s*"(tts_[a-z0-9_]+)"',
-                                    METRICS_RS.read_text()))
-        for name in histograms:
-            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        names: set[str] = set()
+        for source in (METRICS_RS, PROCESS_RS):
+            text = source.read_text()
+            names |= set(re.findall(rf'"({SERIES_NAME})"', text))
+            histograms = re.findall(rf'histogram(?:_vec)?\(\s*&r,\s*"({SERIES_NAME})"', text)
+            for name in histograms:
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
         return names
 
     def check_series(self) -> str:
@@ -1317,12 +1326,36 @@ class Observability:
         problems, used = [], set()
         files = [PROMETHEUS / "alerts.yml", *sorted((GRAFANA / "dashboards").glob("*.json"))]
         for path in files:
-            for name in set(re.findall(r"\btts_[a-z0-9_]+\b", path.read_text())):
+            for name in set(re.findall(rf"\b{SERIES_NAME}\b", path.read_text())):
                 used.add(name)
                 if name not in defined:
                     problems.append(f"{rel(path)} uses {name}, which ttsq does not export")
         raise_if(problems)
         return f"{len(used)} series used, all exported"
+
+    @staticmethod
+    def alert_rules() -> list[dict]:
+        rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+        return [rule for group in rules.get("groups", []) for rule in group.get("rules", [])
+                if "alert" in rule]
+
+    def check_runbooks(self) -> str:
+        anchors = markdown_anchors(OPERATIONS_MD.read_text())
+        problems, alerts = [], self.alert_rules()
+        for rule in alerts:
+            name = rule["alert"]
+            url = (rule.get("annotations") or {}).get("runbook_url")
+            if not url:
+                problems.append(f"alert {name} has no runbook_url annotation")
+            elif not url.startswith(RUNBOOK_PREFIX):
+                problems.append(f"alert {name}: runbook_url {url} is not {RUNBOOK_PREFIX}<section>")
+            elif url[len(RUNBOOK_PREFIX):] not in anchors:
+                problems.append(f"alert {name}: runbook_url {url} names no heading of "
+                                f"{rel(OPERATIONS_MD)}")
+        if not alerts:
+            problems.append("no alert in alerts.yml")
+        raise_if(problems)
+        return f"{len(alerts)} alerts, each with its section of {rel(OPERATIONS_MD)}"
 
     def check_dashboards(self) -> str:
         problems, panels = [], 0
@@ -1331,15 +1364,80 @@ class Observability:
             problems.append("no dashboard in deploy/grafana/dashboards")
         for path in dashboards:
             board = json.loads(path.read_text())
-            for panel in board.get("panels", []):
+            for panel in all_panels(board.get("panels", [])):
+                if panel.get("type") == "row":
+                    continue
                 panels += 1
-                if not any(t.get("expr") for t in panel.get("targets", [])):
+                if not any(t.get("expr") or t.get("rawSql") for t in panel.get("targets", [])):
                     problems.append(f"{rel(path)}: panel `{panel.get('title')}` has no query")
+            problems += datasource_problems(rel(path), board)
         for path in sorted((GRAFANA / "provisioning").rglob("*.yml")):
             if not isinstance(yaml.safe_load(path.read_text()), dict):
                 problems.append(f"{rel(path)} is not a YAML mapping")
         raise_if(problems)
-        return f"{len(dashboards)} dashboard(s), {panels} panels"
+        return f"{len(dashboards)} dashboard(s), {panels} panels, data sources by variable"
+
+
+def all_panels(panels: list[dict]) -> Iterable[dict]:
+    """Every panel, those inside (collapsed) rows included."""
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels", []))
+
+
+def datasource_problems(where: str, board: dict) -> list[str]:
+    """A dashboard must pick its data source through a `datasource`
+    variable: every data source reference anywhere in it (panels, queries,
+    other variables, annotations) names such a variable, never a fixed uid,
+    so the dashboard works in any Grafana whatever its data sources' uids."""
+    variables = board.get("templating", {}).get("list", [])
+    names = {v.get("name") for v in variables if v.get("type") == "datasource"}
+    if not names:
+        return [f"{where}: no datasource variable (templating)"]
+    allowed = {f"${n}" for n in names} | {f"${{{n}}}" for n in names}
+    problems = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{path}.{key}" if path else key
+                if key == "datasource":
+                    uid = value.get("uid") if isinstance(value, dict) else value
+                    if uid not in allowed:
+                        problems.append(f"{where}: {here} is {uid!r}, not a datasource variable "
+                                        f"({', '.join(sorted(allowed))})")
+                else:
+                    walk(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk({k: v for k, v in board.items() if k != "templating"}, "")
+    for variable in variables:
+        if variable.get("type") != "datasource":
+            walk(variable, f"templating.{variable.get('name')}")
+    return problems
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text: lower
+    case, punctuation dropped, spaces as hyphens, repeats numbered."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if fenced or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    anchors |= set(re.findall(r'<a\s+(?:id|name)="([^"]+)"', text))
+    return anchors
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -1375,6 +1473,8 @@ def main() -> int:
     runner.run("prometheus: promtool test rules (alerts.test.yml)", observability.test_rules)
     runner.run("prometheus: promtool check config", observability.check_config)
     runner.run("prometheus/grafana: every series used is one ttsq exports", observability.check_series)
+    runner.run("prometheus: every alert has a runbook_url to a section of docs/operations.md",
+               observability.check_runbooks)
     runner.run("grafana: dashboards and provisioning", observability.check_dashboards)
 
     images = {(DOCKERFILE.resolve(), ROOT)}

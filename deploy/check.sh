@@ -19,7 +19,9 @@
 #   alerts   deploy/prometheus/alerts.yml passes `promtool check rules` and its
 #            unit tests (alerts.test.yml); prometheus.yml passes `promtool
 #            check config`; the alerts and the Grafana dashboards use only
-#            series ttsq exports; the dashboards and provisioning parse
+#            series ttsq exports; every alert's runbook_url names a heading
+#            of docs/operations.md; every dashboard takes its data source from
+#            a variable (no fixed uid); the dashboards and provisioning parse
 #
 # One line per check; exit status 1 when any failed. The checks are in
 # deploy/check.py; ttsq's own settings rules are not repeated there, it asks

@@ -33,6 +33,8 @@
 //! - [`ops`]: `/metrics`, `/health` and the detailed `/ready` over any set
 //!   of dependencies, served on an operations listener of their own; the
 //!   cached readiness behind the public `/ready`.
+//! - `telemetry`: each request's span (continuing an incoming
+//!   `traceparent`) and the per-route HTTP metrics.
 //! - [`router`] and [`run`]: the routes and the server loop.
 
 pub mod coalescer;
@@ -50,6 +52,7 @@ mod extract;
 mod jobs;
 mod speech;
 mod system;
+mod telemetry;
 mod tenant_webhooks;
 mod usage;
 mod view;
@@ -59,6 +62,7 @@ use std::future::Future;
 use axum::{
     Extension, Router,
     extract::DefaultBodyLimit,
+    middleware,
     routing::{get, post},
 };
 use tokio::net::TcpListener;
@@ -69,7 +73,9 @@ pub use context::{ApiContext, InlineClaims};
 pub use error::ApiError;
 
 /// Every public route of the API. The operations endpoints (`/metrics`, the
-/// detailed `/ready`) are not among them: see [`ops::serve`].
+/// detailed `/ready`) are not among them: see [`ops::serve`]. Each request
+/// runs in a span continuing the caller's `traceparent` and is counted per
+/// route template.
 pub fn router(context: ApiContext) -> Router {
     let max_body = context.max_body_bytes;
     let batch_body = batches::batch_body_limit(max_body);
@@ -106,7 +112,12 @@ pub fn router(context: ApiContext) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(telemetry::count_request))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_response(telemetry::record_response),
+        )
         .with_state(context)
 }
 

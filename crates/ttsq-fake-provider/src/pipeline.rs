@@ -83,6 +83,7 @@ impl Call {
                 .then(|| auth_header.to_ascii_lowercase()),
             auth_matched,
             request_id: self.header("x-request-id"),
+            traceparent: self.header("traceparent"),
             accept: self.header("accept"),
             body: None,
             voice: None,

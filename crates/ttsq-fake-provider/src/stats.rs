@@ -70,6 +70,9 @@ pub struct RequestRecord {
     pub auth_matched: bool,
     /// The `X-Request-Id` header.
     pub request_id: Option<String>,
+    /// The W3C `traceparent` header.
+    #[serde(default)]
+    pub traceparent: Option<String>,
     /// The `Accept` header.
     pub accept: Option<String>,
     /// The JSON body, when it parsed.

@@ -353,13 +353,18 @@ impl Upstream {
         url
     }
 
-    /// A request to `url` with the auth header and a fresh `X-Request-Id`.
+    /// A request to `url` with the auth header, a fresh `X-Request-Id` and,
+    /// when the current span is traced, its W3C `traceparent`: the vendor's
+    /// side of the call joins the job's trace.
     pub fn request(&self, method: Method, url: Url) -> (RequestBuilder, Uuid) {
         let request_id = Uuid::new_v4();
         let mut builder = self
             .client
             .request(method, url)
             .header("x-request-id", request_id.to_string());
+        if let Some(traceparent) = ttsq_telemetry::trace_context::current_traceparent() {
+            builder = builder.header("traceparent", traceparent);
+        }
         if let Some((name, value)) = &self.auth {
             builder = builder.header(name.clone(), value.clone());
         }

@@ -1,5 +1,6 @@
 //! The HTTP adapters against the fake provider: each round-trips audio in its
-//! vendor's wire format, and each vendor failure maps to the right error.
+//! vendor's wire format, each vendor failure maps to the right error, and
+//! each sends the `traceparent` of the span it is called in.
 
 use std::time::Duration;
 
@@ -535,5 +536,45 @@ async fn health_follows_the_vendor_being_up_down_or_gone() {
         let err = adapter.synthesize(request).await.unwrap_err();
         assert_eq!(err.code(), "provider_unavailable", "{err}");
         assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn every_adapter_sends_the_traceparent_of_the_trace_it_is_called_in() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing::Instrument as _;
+    use tracing_subscriber::prelude::*;
+
+    const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+    const CALLER_SPAN: &str = "b7ad6b7169203331";
+    // The tracer `ttsq_telemetry::init` installs when nothing is exported.
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test"))),
+    );
+    let fake = fake(FakeConfig::default()).await;
+    for (adapter, request) in adapters(&fake, None) {
+        let span = tracing::info_span!("provider.call");
+        ttsq_telemetry::trace_context::adopt(
+            &span,
+            Some(&format!("00-{TRACE_ID}-{CALLER_SPAN}-01")),
+        );
+        adapter
+            .synthesize(&request)
+            .instrument(span)
+            .await
+            .expect("audio");
+        let traceparent = last(&fake).traceparent.expect("a traceparent sent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(parts[1], TRACE_ID, "{traceparent}");
+        assert_ne!(parts[2], CALLER_SPAN, "the call's own span: {traceparent}");
+        assert_eq!(parts[3], "01", "the caller's sampling decision is kept");
+
+        // Called outside any trace, the adapter's own span starts one.
+        adapter.synthesize(&request).await.expect("audio");
+        let fresh = last(&fake).traceparent.expect("a traceparent sent");
+        assert!(!fresh.contains(TRACE_ID), "{fresh}");
     }
 }

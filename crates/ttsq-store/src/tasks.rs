@@ -457,6 +457,26 @@ impl Store {
             .filter_map(|(id, status)| status.parse().ok().map(|s| (id, s)))
             .collect())
     }
+
+    /// The W3C `traceparent` a task was submitted with, or with `batch_id`
+    /// the one of the batch (all its items share it): the trace that work
+    /// done later for it, a webhook delivery say, joins.
+    pub async fn submitted_traceparent(
+        &self,
+        task_id: Option<Uuid>,
+        batch_id: Option<Uuid>,
+    ) -> Result<Option<String>, StoreError> {
+        let traceparent: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT traceparent FROM tasks
+              WHERE id = $1 OR (batch_id = $2 AND batch_index = 0)
+              LIMIT 1",
+        )
+        .bind(task_id)
+        .bind(batch_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(traceparent.flatten())
+    }
 }
 
 /// Hands claimed tasks back for a later attempt: `queued` again, not to be

@@ -1,10 +1,13 @@
 //! JSON lines with the fields of every enclosing span flattened into the
 //! line, innermost last so it wins: a line logged inside a task's span says
 //! which task, tenant, dialect and provider without the call site repeating
-//! them, and log pipelines index plain top-level keys.
+//! them, and log pipelines index plain top-level keys. A line logged inside
+//! a traced span carries its `trace_id` and `span_id`, so logs and traces
+//! (ours, or the caller's that sent a `traceparent`) link up.
 
 use std::fmt;
 
+use opentelemetry::trace::TraceContextExt as _;
 use serde_json::{Map, Value};
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
@@ -52,16 +55,49 @@ where
                     continue;
                 };
                 if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
-                    line.extend(fields);
+                    // `otel.*` fields steer the exported span (its name, kind,
+                    // status); they say nothing a reader of the line needs.
+                    line.extend(fields.into_iter().filter(|(k, _)| !k.starts_with("otel.")));
                 }
             }
             if let Some(name) = innermost {
                 line.insert("span".into(), Value::String(name.to_owned()));
             }
         }
+        let ids = if event.is_contextual() {
+            span_ids(&opentelemetry::Context::current())
+        } else {
+            event.parent().and_then(|parent| {
+                tracing::dispatcher::get_default(|dispatch| {
+                    ctx.span_scope(parent)?.find_map(|span| {
+                        tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+                            .and_then(|context| span_ids(&context))
+                    })
+                })
+            })
+        };
+        if let Some((trace_id, span_id)) = ids {
+            line.insert("trace_id".into(), Value::String(trace_id));
+            line.insert("span_id".into(), Value::String(span_id));
+        }
         event.record(&mut Fields(&mut line));
         writeln!(writer, "{}", Value::Object(line))
     }
+}
+
+/// The trace and span ids of `context`'s span, when it is traced. A
+/// contextual event finds its span's context as the current one (the
+/// OpenTelemetry layer makes it current while the span is entered); an
+/// event with an explicit parent asks the layer for that span's.
+fn span_ids(context: &opentelemetry::Context) -> Option<(String, String)> {
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    })
 }
 
 /// Collects an event's fields as JSON values.
@@ -106,9 +142,12 @@ mod tests {
         sync::{Arc, Mutex},
     };
 
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_subscriber::{fmt, prelude::*};
 
     use super::*;
+    use crate::trace_context;
 
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -163,5 +202,65 @@ mod tests {
         assert_eq!(line["span"], "provider.call");
         assert_eq!(line["level"], "INFO");
         assert!(line["timestamp"].is_string());
+    }
+
+    fn lines(capture: &Capture) -> Vec<Value> {
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_line_in_a_span_continuing_a_traceparent_carries_its_trace_id() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        // As `init` installs it without an OTLP endpoint: ids, no export.
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .fmt_fields(fmt::format::JsonFields::new())
+                    .event_format(FlatJson)
+                    .with_writer(move || writer.clone()),
+            )
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let request =
+                tracing::info_span!("request", otel.kind = "server", route = "/v1/tts/jobs");
+            trace_context::adopt(
+                &request,
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            );
+            let _request = request.enter();
+            tracing::info!("inside the request");
+            let submit = tracing::info_span!("submit", task_id = "t-1");
+            let _submit = submit.enter();
+            tracing::info!("inside the submit span");
+            tracing::info!(parent: None, "outside any span");
+        });
+        let lines = lines(&capture);
+        let [request, submit, outside] = lines.as_slice() else {
+            panic!("three lines expected: {lines:?}");
+        };
+        for line in [request, submit] {
+            assert_eq!(
+                line["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+                "{line}"
+            );
+            let span_id = line["span_id"].as_str().expect("a span id");
+            assert_eq!(span_id.len(), 16, "{line}");
+            assert_ne!(
+                span_id, "b7ad6b7169203331",
+                "the caller's span is the parent"
+            );
+        }
+        assert_ne!(
+            request["span_id"], submit["span_id"],
+            "the innermost span's id"
+        );
+        assert_eq!(request["route"], "/v1/tts/jobs");
+        assert!(request.get("otel.kind").is_none(), "{request}");
+        assert!(outside.get("trace_id").is_none(), "{outside}");
     }
 }

@@ -2,17 +2,23 @@
 //!
 //! # Layout
 //!
-//! - [`init`], [`TraceSettings`], [`TelemetryGuard`]: the subscriber and the
-//!   OTLP exporter, installed once by the binary.
-//! - `json`: the JSON line format with span fields flattened in.
+//! - [`init`], [`TraceSettings`], [`TelemetryGuard`]: the subscriber, the
+//!   tracer (always, so trace ids exist for logs and outgoing calls) and the
+//!   OTLP exporter (when configured), installed once by the binary.
+//! - `json`: the JSON line format with span fields, `trace_id` and `span_id`
+//!   flattened in.
 //! - [`trace_context`]: W3C `traceparent` out of the current span and back
-//!   into the worker's spans; the queue-wait span.
-//! - [`metrics`]: the Prometheus registry and every ttsq series.
+//!   into a span (an incoming request's, a worker's job); the queue-wait span.
+//! - [`metrics`]: the Prometheus registry and every ttsq series; `process`:
+//!   the `process_*` series read from `/proc`.
 
 pub mod metrics;
 pub mod trace_context;
 
 mod json;
+mod process;
+
+use std::{ffi::OsString, io::IsTerminal as _};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -36,7 +42,8 @@ const TRACE_FILTER: &str = "info,sqlx=warn,lapin=warn,aws_config=warn,aws_smithy
 pub struct TraceSettings {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL
     /// (`http://collector:4318`); `/v1/traces` is appended. `None` exports
-    /// nothing and installs no OpenTelemetry layer at all.
+    /// nothing, but spans still get trace ids: log lines carry them and
+    /// outgoing calls send them on.
     pub otlp_endpoint: Option<String>,
     /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/json` (default) or `http/protobuf`.
     pub protocol: Option<String>,
@@ -50,12 +57,13 @@ pub struct TraceSettings {
 #[must_use = "dropping the guard at once stops trace export"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    exporting: bool,
 }
 
 impl TelemetryGuard {
     /// Whether spans are exported over OTLP.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.exporting
     }
 }
 
@@ -70,39 +78,49 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber — log lines on stderr (stdout stays for
-/// command output, a new API key say) and, with an OTLP endpoint, span
-/// export — and the W3C trace-context propagator. Calling it twice is
-/// harmless: the second call installs nothing. A trace exporter that cannot
-/// be built is reported and skipped: traces are never a reason not to serve.
+/// command output, a new API key say), coloured only on a terminal — the
+/// tracer and, with an OTLP endpoint, span export; and the W3C trace-context
+/// propagator. The tracer is installed without an endpoint too: an incoming
+/// `traceparent` is then still continued, logged and sent on, only no span
+/// leaves the process. Calling it twice is harmless: the second call
+/// installs nothing. A trace exporter that cannot be built is reported and
+/// skipped: traces are never a reason not to serve.
 pub fn init(format: LogFormat, traces: &TraceSettings) -> TelemetryGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let logs = match format {
-        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Pretty => fmt::layer()
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .fmt_fields(fmt::format::JsonFields::new())
             .event_format(json::FlatJson)
+            .with_ansi(false)
             .with_writer(std::io::stderr)
             .boxed(),
     }
     .with_filter(filter);
 
-    let provider = traces
+    let exporter = traces
         .otlp_endpoint
         .as_deref()
         .filter(|e| !e.trim().is_empty())
-        .and_then(|endpoint| match tracer_provider(endpoint, traces) {
+        .and_then(|endpoint| match exporting_provider(endpoint, traces) {
             Ok(provider) => Some(provider),
             Err(err) => {
                 eprintln!("warning: traces disabled, the OTLP exporter failed to start: {err}");
                 None
             }
         });
-    let otel = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("ttsq"))
-            .with_filter(EnvFilter::new(TRACE_FILTER))
-    });
+    let exporting = exporter.is_some();
+    let provider = exporter.unwrap_or_else(|| local_provider(traces));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("ttsq"))
+        .with_filter(EnvFilter::new(TRACE_FILTER));
 
     let installed = tracing_subscriber::registry()
         .with(logs)
@@ -110,17 +128,45 @@ pub fn init(format: LogFormat, traces: &TraceSettings) -> TelemetryGuard {
         .try_init();
     if installed.is_err() {
         tracing::debug!("a tracing subscriber was already installed");
-        return TelemetryGuard { provider: None };
+        return TelemetryGuard {
+            provider: None,
+            exporting: false,
+        };
     }
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    if let Some(provider) = &provider {
-        opentelemetry::global::set_tracer_provider(provider.clone());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    if exporting {
         tracing::info!(endpoint = ?traces.otlp_endpoint, "exporting traces over OTLP");
     }
-    TelemetryGuard { provider }
+    TelemetryGuard {
+        provider: Some(provider),
+        exporting,
+    }
 }
 
-fn tracer_provider(
+/// Whether the human-readable format may colour its lines: only on a
+/// terminal, and never when `NO_COLOR` is set to anything but the empty
+/// string (<https://no-color.org>). A log file or a pipe gets plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+fn resource(settings: &TraceSettings) -> Resource {
+    Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build()
+}
+
+/// A tracer provider without a span processor: spans get trace and span
+/// ids (continuing a remote parent, keeping its sampled flag) and are
+/// dropped when they end.
+fn local_provider(settings: &TraceSettings) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_resource(resource(settings))
+        .build()
+}
+
+fn exporting_provider(
     endpoint: &str,
     settings: &TraceSettings,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
@@ -135,10 +181,26 @@ fn tracer_provider(
         .build()?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(settings.service_name.clone())
-                .build(),
-        )
+        .with_resource(resource(settings))
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(
+            colour(true, Some(OsString::new())),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colour(true, Some("1".into())));
+        assert!(
+            !colour(false, None),
+            "a file or a pipe gets no escape codes"
+        );
+        assert!(!colour(false, Some("1".into())));
+    }
 }

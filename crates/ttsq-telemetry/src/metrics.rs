@@ -7,10 +7,18 @@
 //! the same on every replica, so `histogram_quantile` over the fleet works.
 //!
 //! Labels are bounded: dialects and voices come from the configured catalog,
-//! providers and error codes from configuration and a fixed list. No task
-//! ids, no tenants.
+//! providers and error codes from configuration and a fixed list, HTTP
+//! routes are the router's templates (`/v1/tts/jobs/{id}`, never a raw
+//! path), methods a fixed list and statuses their class. No task ids, no
+//! tenants.
+//!
+//! Besides ttsq's own series: the standard `process_*` series and
+//! `ttsq_build_info{version,commit,rustc}`, always 1.
 
-use std::{sync::LazyLock, time::SystemTime};
+use std::{
+    sync::LazyLock,
+    time::{Duration, SystemTime},
+};
 
 use prometheus::{
     Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -39,6 +47,17 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0
 /// Single submissions written by one transaction (group commit); the API
 /// gathers at most 512.
 const SUBMIT_GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// One HTTP request to the API, seconds: answers in milliseconds, inline
+/// synthesis in seconds, long-polls (`?wait=`) up to a minute.
+const HTTP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// The route label of a request no route matched (a 404 of the fallback).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The version, commit and compiler `ttsq_build_info` reports. The commit
+/// is `TTSQ_BUILD_COMMIT` at build time (the image's build argument).
+const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+const BUILD_RUSTC: &str = env!("TTSQ_RUSTC_VERSION");
 /// One batch end to end, seconds.
 const BATCH_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
@@ -110,6 +129,12 @@ pub struct Metrics {
     /// `tts_dispatch_window{provider}`: the window of published, unfinished
     /// tasks the dispatcher keeps for a provider.
     pub dispatch_window: IntGaugeVec,
+    /// `ttsq_http_requests_total{route,method,status}`: requests the API
+    /// answered, by route template, method and status class (`2xx` … `5xx`).
+    pub http_requests: IntCounterVec,
+    /// `ttsq_http_request_duration_seconds{route,method}`: from the request
+    /// to its response's head.
+    pub http_duration: HistogramVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -222,7 +247,35 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(dispatched.clone()))
             .expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "ttsq_build_info",
+                "The ttsq build: version, commit and compiler; always 1.",
+            ),
+            &["version", "commit", "rustc"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[BUILD_VERSION, build_commit(), BUILD_RUSTC])
+            .set(1);
+        r.register(Box::new(build_info))
+            .expect("metric registered once");
+        r.register(Box::new(crate::process::ProcessCollector::new()))
+            .expect("metric registered once");
         Self {
+            http_requests: counter_vec(
+                &r,
+                "ttsq_http_requests_total",
+                "HTTP requests answered, by route template, method and status class.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram_vec(
+                &r,
+                "ttsq_http_request_duration_seconds",
+                "Time from an HTTP request to its response, by route template and method.",
+                &["route", "method"],
+                HTTP_BUCKETS,
+            ),
             dispatch_window,
             dispatched,
             requests: counter_vec(
@@ -344,6 +397,29 @@ impl Metrics {
         }
     }
 
+    /// Counts one answered HTTP request: `route` is the matched route's
+    /// template ([`UNMATCHED_ROUTE`] when none matched), methods outside the
+    /// standard ones count as `OTHER`.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            _ => "OTHER",
+        };
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests
+            .with_label_values(&[route, method, class])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Sets the tenant-limit gauges from `(limit, fraction used)` pairs, one
     /// per tenant and limit.
     pub fn set_tenant_limits<'a>(&self, fractions: impl IntoIterator<Item = (&'a str, f64)>) {
@@ -374,6 +450,14 @@ impl Metrics {
             let _ = self.registry.register(Box::new(limit.clone()));
         }
     }
+}
+
+/// `TTSQ_BUILD_COMMIT` as it was at build time, or `unknown`.
+fn build_commit() -> &'static str {
+    option_env!("TTSQ_BUILD_COMMIT")
+        .map(str::trim)
+        .filter(|commit| !commit.is_empty())
+        .unwrap_or("unknown")
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -418,5 +502,53 @@ mod tests {
         }
         m.set_daily_usage_limit(0);
         assert!(!render().contains("tts_daily_usage_limit"));
+    }
+
+    #[test]
+    fn http_requests_count_by_route_template_method_and_status_class() {
+        let m = get();
+        m.http_request("/v1/tts/jobs/{id}", "GET", 404, Duration::from_millis(3));
+        m.http_request("/v1/tts/jobs/{id}", "GET", 200, Duration::from_millis(40));
+        m.http_request(UNMATCHED_ROUTE, "BREW", 503, Duration::from_millis(1));
+        let text = render();
+        for needle in [
+            r#"ttsq_http_requests_total{method="GET",route="/v1/tts/jobs/{id}",status="4xx"} 1"#,
+            r#"ttsq_http_requests_total{method="GET",route="/v1/tts/jobs/{id}",status="2xx"} 1"#,
+            r#"ttsq_http_requests_total{method="OTHER",route="unmatched",status="5xx"} 1"#,
+            r#"ttsq_http_request_duration_seconds_bucket{method="GET",route="/v1/tts/jobs/{id}",le="0.005"} 1"#,
+            r#"ttsq_http_request_duration_seconds_bucket{method="GET",route="/v1/tts/jobs/{id}",le="0.05"} 2"#,
+            r#"ttsq_http_request_duration_seconds_count{method="GET",route="/v1/tts/jobs/{id}"} 2"#,
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn build_info_and_the_process_series_render() {
+        let text = render();
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("ttsq_build_info{"))
+            .unwrap_or_else(|| panic!("no ttsq_build_info in\n{text}"));
+        assert!(build.ends_with("} 1"), "{build}");
+        assert!(
+            build.contains(&format!(r#"version="{BUILD_VERSION}""#)),
+            "{build}"
+        );
+        assert!(build.contains(r#"rustc="1."#), "{build}");
+        assert!(build.contains("commit=\""), "{build}");
+        if cfg!(target_os = "linux") {
+            for family in [
+                "# TYPE process_cpu_seconds_total counter",
+                "# TYPE process_resident_memory_bytes gauge",
+                "# TYPE process_open_fds gauge",
+                "# TYPE process_max_fds gauge",
+                "# TYPE process_start_time_seconds gauge",
+                "# TYPE process_virtual_memory_bytes gauge",
+                "# TYPE process_threads gauge",
+            ] {
+                assert!(text.contains(family), "missing `{family}` in\n{text}");
+            }
+        }
     }
 }

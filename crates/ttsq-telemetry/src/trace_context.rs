@@ -1,6 +1,8 @@
-//! One trace per job across the queue: the API writes the W3C `traceparent`
-//! of its submit span into the job message (and so the AMQP headers); the
-//! worker makes that the parent of the job's spans. Without an OpenTelemetry
+//! One trace per job, across processes: the API continues the caller's
+//! W3C `traceparent` in its request span, writes the `traceparent` of its
+//! submit span into the job message (and so the AMQP headers), and the
+//! worker makes that the parent of the job's spans; provider calls and
+//! webhook deliveries send the current span's on. Without an OpenTelemetry
 //! layer every function here is a cheap no-op.
 
 use std::{collections::HashMap, time::SystemTime};
@@ -38,8 +40,9 @@ pub fn remote_context(traceparent: Option<&str>) -> Context {
     TraceContextPropagator::new().extract(&carrier)
 }
 
-/// Makes `span` a child of the submitting request's span. Call it right
-/// after creating `span`, before it has children.
+/// Makes `span` a child of the remote span `traceparent` names (a caller's,
+/// or the submitting request's). Call it right after creating `span`,
+/// before it is entered: a started span keeps its parent.
 pub fn adopt(span: &tracing::Span, traceparent: Option<&str>) {
     if traceparent.is_none() {
         return;

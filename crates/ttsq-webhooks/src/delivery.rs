@@ -6,6 +6,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 use ttsq_audio::AudioStore;
 use ttsq_core::backoff::Backoff;
 use ttsq_queue::{
@@ -176,7 +177,9 @@ async fn deliver(context: &WebhookContext, queued: QueuedDelivery) {
     };
     let started = chrono::Utc::now();
     let attempt = i32::try_from(message.attempt).unwrap_or(i32::MAX);
-    let result = attempt_once(context, &event).await;
+    let result = attempt_once(context, &event)
+        .instrument(crate::trace::post_span(&context.store, &event).await)
+        .await;
     let max_attempts = context.broker.webhook_delays().len() + 1;
     let (code, error, outcome) = match result {
         Ok(code) if (200..300).contains(&code) => (Some(code), None, AttemptOutcome::Delivered),
@@ -327,6 +330,7 @@ async fn attempt_once(
         .map_err(|e| AttemptError::Failed(e.to_string()))?;
     let response = client
         .post(target.url)
+        .headers(crate::trace::headers())
         .header("content-type", "application/json")
         .header("user-agent", "ttsq-webhooks/1")
         .header("ttsq-webhook-id", event.id.to_string())

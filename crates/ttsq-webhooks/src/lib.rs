@@ -23,6 +23,7 @@
 mod delivery;
 mod guard;
 mod signing;
+mod trace;
 
 pub use delivery::{MALFORMED_WEBHOOK, WebhookContext, run};
 pub use guard::{CheckedTarget, TargetGuard, TargetRefused, is_internal};

@@ -194,6 +194,91 @@ async fn metrics_after_a_few_jobs_show_requests_providers_batches_usage_and_queu
 }
 
 #[tokio::test]
+async fn http_requests_are_counted_per_route_template_beside_build_info_and_process_series() {
+    let app = TestApp::spawn().await;
+    let task = app
+        .submit_ok(&json!({"text": "Count my requests.", "dialect": "en-gb", "format": "wav"}))
+        .await;
+    app.wait_for(task).await;
+    let missing = uuid::Uuid::new_v4();
+    for _ in 0..3 {
+        let response = app
+            .get_as(&app.api_key, &format!("/v1/tts/jobs/{missing}"))
+            .await;
+        assert_eq!(response.status(), 404);
+    }
+    let unmatched = app
+        .http
+        .get(format!("{}/no/such/route/{missing}", app.base_url))
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(unmatched.status(), 404);
+
+    let m = Scrape::of(&app).await;
+    let jobs = [
+        ("route", "/v1/tts/jobs"),
+        ("method", "POST"),
+        ("status", "2xx"),
+    ];
+    assert_eq!(m.value("ttsq_http_requests_total", &jobs), 1.0);
+    let by_id = [("route", "/v1/tts/jobs/{id}"), ("method", "GET")];
+    // `wait_for` polled the task too (2xx); the three misses are 4xx.
+    assert_eq!(
+        m.value(
+            "ttsq_http_requests_total",
+            &[by_id[0], by_id[1], ("status", "4xx")]
+        ),
+        3.0
+    );
+    let by_id_count = m.value("ttsq_http_request_duration_seconds_count", &by_id);
+    assert!(by_id_count >= 4.0, "{by_id_count}");
+    assert_eq!(
+        m.value(
+            "ttsq_http_request_duration_seconds_bucket",
+            &[by_id[0], by_id[1], ("le", "+Inf")]
+        ),
+        by_id_count
+    );
+    assert_eq!(
+        m.value(
+            "ttsq_http_requests_total",
+            &[("route", "unmatched"), ("method", "GET"), ("status", "4xx")]
+        ),
+        1.0
+    );
+    for (series, _) in &m.0 {
+        assert!(
+            !series.contains(&missing.to_string()) && !series.contains(&task.to_string()),
+            "an id in a label: {series}"
+        );
+    }
+
+    let build =
+        m.0.iter()
+            .find(|(series, _)| series.starts_with("ttsq_build_info{"))
+            .expect("ttsq_build_info");
+    assert_eq!(build.1, 1.0);
+    assert!(
+        build
+            .0
+            .contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        build.0
+    );
+    assert!(m.value("process_cpu_seconds_total", &[]) > 0.0);
+    assert!(m.value("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(m.value("process_open_fds", &[]) >= 3.0);
+    assert!(m.value("process_max_fds", &[]) >= m.value("process_open_fds", &[]));
+    let started = m.value("process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs_f64();
+    assert!(started <= now && started > now - 3600.0, "{started}");
+}
+
+#[tokio::test]
 async fn a_poison_message_shows_in_the_dlq_depth() {
     let app = TestApp::spawn().await;
     app.services

@@ -6,7 +6,11 @@
 //!   trace id, the worker's spans hanging off the submit span;
 //! - the worker serves `/metrics` and `/ready` on its own listener;
 //! - every log line is JSON, lines about a task carry its fields, and no
-//!   secret (provider key, API key, S3 secret) appears anywhere.
+//!   secret (provider key, API key, S3 secret) appears anywhere;
+//! - without an exporter, a caller's `traceparent` is still continued: the
+//!   task's message, the worker's log lines, the provider call and the
+//!   webhook all carry the caller's trace id;
+//! - a log written to a file holds no ANSI colour codes.
 
 use std::{
     net::SocketAddr,
@@ -16,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, body::Bytes, routing::post};
+use axum::{Router, body::Bytes, http::HeaderMap, routing::post};
 use serde_json::{Value, json};
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
 use ttsq_testkit::{FakeRoutes, TestApp, TestOptions, signal_and_wait};
@@ -105,9 +109,9 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// `ttsq <role>` pointed at the test's stack, exporting traces to
-/// `receiver` and logging JSON at debug level into `log`.
-fn ttsq(app: &TestApp, role: &str, receiver: &Receiver, log: &Path) -> Command {
+/// `ttsq <role>` pointed at the test's stack, logging JSON at debug level
+/// into `log`.
+fn ttsq(app: &TestApp, role: &str, log: &Path) -> Command {
     let mut command = Command::new(BINARY);
     command
         .arg(role)
@@ -116,15 +120,77 @@ fn ttsq(app: &TestApp, role: &str, receiver: &Receiver, log: &Path) -> Command {
         .envs(app.child_env().iter().map(|(k, v)| (k, v)))
         .env("TTSQ_LOG_FORMAT", "json")
         .env("RUST_LOG", "debug,h2=info,hyper=info,rustls=info")
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{}", receiver.address),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log file"));
     command
+}
+
+/// Webhooks on, signed, and allowed to reach a receiver on loopback.
+fn webhook_env() -> Vec<(String, String)> {
+    [
+        (
+            "TTSQ_WEBHOOKS_SIGNING_KEY",
+            "observability-webhook-signing-key",
+        ),
+        ("TTSQ_WEBHOOKS_ALLOW_PRIVATE", "127.0.0.1/32,::1/128"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A webhook receiver keeping the `traceparent` of every delivery.
+struct HookReceiver {
+    url: String,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl HookReceiver {
+    async fn start() -> Self {
+        let traceparents = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&traceparents);
+        let app = Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap| {
+                let kept = Arc::clone(&kept);
+                async move {
+                    let traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    kept.lock().expect("hook lock").push(traceparent);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("hook receiver binds");
+        let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, traceparents }
+    }
+
+    async fn first(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(first) = self.traceparents.lock().expect("hook lock").first() {
+                return first.clone();
+            }
+            assert!(Instant::now() < deadline, "no webhook arrived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The trace id and parent span id of a `traceparent`.
+fn trace_parts(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1].len(), 32, "{traceparent}");
+    assert_eq!(parts[2].len(), 16, "{traceparent}");
+    (parts[1].to_owned(), parts[2].to_owned())
 }
 
 async fn wait_until_healthy(http: &reqwest::Client, base: &str) {
@@ -142,7 +208,7 @@ async fn wait_until_healthy(http: &reqwest::Client, base: &str) {
 
 struct Stack {
     app: TestApp,
-    _fake: FakeProvider,
+    fake: FakeProvider,
     receiver: Receiver,
     api: Child,
     worker: Child,
@@ -151,8 +217,24 @@ struct Stack {
     dir: tempfile::TempDir,
 }
 
+/// How a [`Stack`] runs.
+struct StackOptions {
+    /// Point both processes at the test's OTLP receiver.
+    export_traces: bool,
+    /// More settings, for the test's stack and both processes.
+    env: Vec<(String, String)>,
+}
+
 impl Stack {
     async fn start() -> Self {
+        Self::start_with(StackOptions {
+            export_traces: true,
+            env: Vec::new(),
+        })
+        .await
+    }
+
+    async fn start_with(options: StackOptions) -> Self {
         let mut config = FakeConfig::default();
         config.keys.openai = Some(PROVIDER_KEY.to_owned());
         let fake = FakeProvider::start(config)
@@ -160,7 +242,10 @@ impl Stack {
             .expect("fake provider starts");
         let app = TestApp::spawn_with(TestOptions {
             worker: false,
-            env: vec![("TTSQ_PROVIDERS_FAKE_API_KEY".into(), PROVIDER_KEY.into())],
+            env: [("TTSQ_PROVIDERS_FAKE_API_KEY".into(), PROVIDER_KEY.into())]
+                .into_iter()
+                .chain(options.env)
+                .collect(),
             config_toml: Some(
                 FakeRoutes::new(fake.base_url())
                     .espeak_for_other_dialects()
@@ -173,11 +258,22 @@ impl Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let api_port = free_port();
         let worker_port = free_port();
-        let api = ttsq(&app, "api", &receiver, &dir.path().join("api.log"))
+        let traced = |mut command: Command| {
+            if options.export_traces {
+                command
+                    .env(
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        format!("http://{}", receiver.address),
+                    )
+                    .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+            }
+            command
+        };
+        let api = traced(ttsq(&app, "api", &dir.path().join("api.log")))
             .env("TTSQ_SERVER_LISTEN", format!("127.0.0.1:{api_port}"))
             .spawn()
             .expect("ttsq api starts");
-        let worker = ttsq(&app, "worker", &receiver, &dir.path().join("worker.log"))
+        let worker = traced(ttsq(&app, "worker", &dir.path().join("worker.log")))
             .env(
                 "TTSQ_WORKER_METRICS_LISTEN",
                 format!("127.0.0.1:{worker_port}"),
@@ -188,7 +284,7 @@ impl Stack {
             api_url: format!("http://127.0.0.1:{api_port}"),
             worker_url: format!("http://127.0.0.1:{worker_port}"),
             app,
-            _fake: fake,
+            fake,
             receiver,
             api,
             worker,
@@ -200,15 +296,22 @@ impl Stack {
     }
 
     async fn submit(&self, job: &Value) -> reqwest::Response {
-        self.app
+        self.submit_traced(job, None).await
+    }
+
+    /// Submits `job`, with a `traceparent` header when given one.
+    async fn submit_traced(&self, job: &Value, traceparent: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .app
             .http
             .post(format!("{}/v1/tts/jobs", self.api_url))
             .bearer_auth(&self.app.api_key)
             .header("accept", "application/json")
-            .json(job)
-            .send()
-            .await
-            .expect("submit sent")
+            .json(job);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        request.send().await.expect("submit sent")
     }
 
     async fn wait_for(&self, task_id: &str) -> Value {
@@ -435,5 +538,148 @@ async fn logs_are_json_lines_with_task_fields_and_never_a_secret() {
             .iter()
             .any(|l| l["task_id"] == task_id.as_str() && l["message"] == "task queued"),
         "no `task queued` line for {task_id}"
+    );
+}
+
+/// The JSON objects of a log.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+// Multi-threaded: the receivers answer while the test thread blocks waiting
+// for the processes to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_traceparent_reaches_the_message_provider_webhook_and_logs_without_an_exporter() {
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    const INLINE_TRACE_ID: &str = "5c0ffee5c0ffee5c0ffee5c0ffee5c0f";
+    let hooks = HookReceiver::start().await;
+    let stack = Stack::start_with(StackOptions {
+        export_traces: false,
+        env: webhook_env(),
+    })
+    .await;
+
+    let accepted = stack
+        .submit_traced(
+            &json!({"text": "Follow my trace.", "dialect": "en-gb", "voice": "rachel", "format": "wav", "callback_url": hooks.url}),
+            Some(&format!("00-{TRACE_ID}-{CALLER_SPAN}-01")),
+        )
+        .await;
+    assert_eq!(accepted.status(), 202);
+    let accepted: Value = accepted.json().await.expect("accepted JSON");
+    let task_id = accepted["task_id"].as_str().expect("task_id").to_owned();
+    assert_eq!(stack.wait_for(&task_id).await["status"], "succeeded");
+
+    // What the dispatcher publishes as the message's `traceparent`: a span
+    // of the API's, in the caller's trace.
+    let stored = format!(
+        "SELECT count(*) FROM tasks WHERE id = '{task_id}'
+            AND traceparent ~ '^00-{TRACE_ID}-[0-9a-f]{{16}}-01$'
+            AND traceparent NOT LIKE '%-{CALLER_SPAN}-%'"
+    );
+    assert_eq!(
+        stack.app.scalar(&stored).await,
+        1,
+        "the task's traceparent names an API span in the caller's trace"
+    );
+
+    // The worker's provider call and the webhook delivery, in the same trace.
+    let calls = stack.fake.stats().recent;
+    let call = calls
+        .iter()
+        .find(|r| {
+            r.traceparent
+                .as_deref()
+                .is_some_and(|t| t.contains(TRACE_ID))
+        })
+        .unwrap_or_else(|| panic!("no provider call in trace {TRACE_ID}: {calls:#?}"));
+    let (_, call_parent) = trace_parts(call.traceparent.as_deref().expect("traceparent"));
+    assert_ne!(call_parent, CALLER_SPAN, "the worker's provider.call span");
+    let hook = hooks
+        .first()
+        .await
+        .expect("the webhook carries a traceparent");
+    assert_eq!(trace_parts(&hook).0, TRACE_ID, "{hook}");
+
+    // Inline (high priority): the API's own provider call.
+    let inline = stack
+        .submit_traced(
+            &json!({"text": "Follow my trace inline.", "dialect": "en-gb", "voice": "rachel", "format": "wav", "priority": "high"}),
+            Some(&format!("00-{INLINE_TRACE_ID}-{CALLER_SPAN}-01")),
+        )
+        .await;
+    assert_eq!(inline.status(), 200);
+    let calls = stack.fake.stats().recent;
+    assert!(
+        calls.iter().any(|r| r
+            .traceparent
+            .as_deref()
+            .is_some_and(|t| t.contains(INLINE_TRACE_ID))),
+        "no inline provider call in trace {INLINE_TRACE_ID}: {calls:#?}"
+    );
+
+    // The log lines about the task, in both processes, name the trace.
+    let (api_log, worker_log) = stack.stop().await;
+    let queued = json_lines(&api_log)
+        .into_iter()
+        .find(|l| l["task_id"] == task_id.as_str() && l["message"] == "task queued")
+        .unwrap_or_else(|| panic!("no `task queued` line for {task_id}:\n{api_log}"));
+    assert_eq!(queued["trace_id"], TRACE_ID, "{queued}");
+    assert_eq!(
+        queued["span_id"].as_str().map(str::len),
+        Some(16),
+        "{queued}"
+    );
+    let finished = json_lines(&worker_log)
+        .into_iter()
+        .find(|l| l["task_id"] == task_id.as_str() && l["message"] == "task succeeded")
+        .unwrap_or_else(|| panic!("no `task succeeded` line for {task_id}:\n{worker_log}"));
+    assert_eq!(finished["trace_id"], TRACE_ID, "{finished}");
+    assert!(
+        json_lines(&api_log)
+            .iter()
+            .any(|l| l["trace_id"] == INLINE_TRACE_ID
+                && l["message"] == "task succeeded at submission"),
+        "no inline line in trace {INLINE_TRACE_ID}:\n{api_log}"
+    );
+}
+
+#[tokio::test]
+async fn the_human_readable_log_in_a_file_has_no_colour_codes() {
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("api.log");
+    let port = free_port();
+    let mut api = ttsq(&app, "api", &log)
+        .env("TTSQ_LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "info")
+        .env("TTSQ_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .spawn()
+        .expect("ttsq api starts");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_healthy(&app.http, &base).await;
+    let missing = app
+        .http
+        .get(format!("{base}/v1/tts/jobs/{}", uuid::Uuid::nil()))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(missing.status(), 404);
+    signal_and_wait(&mut api, "-TERM");
+
+    let text = std::fs::read_to_string(&log).expect("log readable");
+    assert!(text.contains("API listening"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "escape codes in a log file:\n{}",
+        text.escape_debug()
     );
 }
