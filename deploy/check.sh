@@ -19,7 +19,11 @@
 #   alerts   deploy/prometheus/alerts.yml passes `promtool check rules` and its
 #            unit tests (alerts.test.yml); prometheus.yml passes `promtool
 #            check config`; the alerts and the Grafana dashboards use only
-#            series ttsq exports; the dashboards and provisioning parse
+#            series ttsq exports; the dashboards and provisioning parse; the
+#            "ttsq usage" dashboard's every query is a SELECT of the finance
+#            relations only, bounded by its time range, through a Postgres
+#            datasource variable whose provisioned login is a member of the
+#            finance role compose's migrate grants
 #
 # One line per check; exit status 1 when any failed. The checks are in
 # deploy/check.py; ttsq's own settings rules are not repeated there, it asks
