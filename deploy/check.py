@@ -55,6 +55,9 @@ OPERATIONS_MD = ROOT / "docs" / "operations.md"
 RUNBOOK_PREFIX = "docs/operations.md#"
 # Names of the series ttsq exports (its own, the process's, its build's).
 SERIES_NAME = r"(?:tts|ttsq|process)_[a-z0-9_]+"
+FINANCE_RS = ROOT / "crates" / "ttsq-store" / "src" / "finance.rs"
+FINANCE_DASHBOARD = GRAFANA / "dashboards" / "ttsq-usage.json"
+POSTGRES_DATASOURCE = "grafana-postgresql-datasource"
 COMPOSE_CONFIGS = ROOT / "deploy" / "compose"
 
 # Kubernetes versions whose schemas every manifest must satisfy: the oldest
@@ -1439,6 +1442,111 @@ def markdown_anchors(text: str) -> set[str]:
     anchors |= set(re.findall(r'<a\s+(?:id|name)="([^"]+)"', text))
     return anchors
 
+    @staticmethod
+    def finance_relations() -> set[str]:
+        found = re.search(r"FINANCE_RELATIONS: \[&str; \d+\] = \[(.*?)\];", FINANCE_RS.read_text(),
+                          re.S)
+        if not found:
+            raise Problems([f"{rel(FINANCE_RS)}: FINANCE_RELATIONS not found"])
+        return set(re.findall(r'"([a-z_]+)"', found.group(1)))
+
+    @staticmethod
+    def sql_problems(where: str, sql: str, allowed: set[str]) -> list[str]:
+        """A query a finance role runs: one SELECT, reading only `allowed`."""
+        problems = []
+        body = re.sub(r"'(?:[^']|'')*'", "''", sql)  # string literals say nothing
+        if not re.match(r"\s*(SELECT|WITH)\b", body, re.I):
+            problems.append(f"{where}: not a SELECT")
+        if ";" in body.rstrip().rstrip(";"):
+            problems.append(f"{where}: more than one statement")
+        for keyword in ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "ALTER", "DROP", "CREATE",
+                        "GRANT", "COPY"):
+            if re.search(rf"\b{keyword}\b", body, re.I):
+                problems.append(f"{where}: {keyword}")
+        for name in re.findall(r"\b(?:FROM|JOIN)\s+([A-Za-z_][\w.\"]*|\()", body, re.I):
+            if name != "(" and name.split(".")[-1].strip('"') not in allowed:
+                problems.append(f"{where}: reads {name}, which is not a finance relation "
+                                f"({', '.join(sorted(allowed))})")
+        if not re.search(r"\bFROM\b", body, re.I):
+            problems.append(f"{where}: reads no finance relation")
+        return problems
+
+    def check_finance_dashboard(self) -> str:
+        """The "ttsq usage" dashboard: Postgres through a datasource variable,
+        a tenant variable, every query a SELECT of the finance relations only
+        (crates/ttsq-store/src/finance.rs) bounded by the time range; its
+        datasource provisioned as a member of the finance role that compose's
+        migrate grants."""
+        problems: list[str] = []
+        allowed = self.finance_relations()
+        where = rel(FINANCE_DASHBOARD)
+        if not FINANCE_DASHBOARD.exists():
+            raise Problems([f"{where} is missing"])
+        board = json.loads(FINANCE_DASHBOARD.read_text())
+        if board.get("title") != "ttsq usage":
+            problems.append(f"{where}: title is {board.get('title')!r}, not 'ttsq usage'")
+        variables = {v.get("name"): v for v in board.get("templating", {}).get("list", [])}
+        source = variables.get("datasource", {})
+        if source.get("type") != "datasource" or source.get("query") != POSTGRES_DATASOURCE:
+            problems.append(f"{where}: no `datasource` variable of {POSTGRES_DATASOURCE} datasources")
+        tenant = variables.get("tenant")
+        if not tenant or tenant.get("type") != "query":
+            problems.append(f"{where}: no `tenant` query variable")
+        else:
+            problems += self.sql_problems(f"{where}: variable tenant", tenant.get("query", ""), allowed)
+            # "All" as one literal, not the list of every tenant.
+            if tenant.get("includeAll") and not tenant.get("allValue"):
+                problems.append(f"{where}: variable tenant includes All without an allValue")
+
+        def uses_variable(ds: object) -> bool:
+            return (isinstance(ds, dict) and ds.get("type") == POSTGRES_DATASOURCE
+                    and ds.get("uid") == "${datasource}")
+
+        if tenant is not None and not uses_variable(tenant.get("datasource")):
+            problems.append(f"{where}: variable tenant does not use ${{datasource}}")
+        queries = 0
+        for panel in board.get("panels", []):
+            title = f"{where}: panel `{panel.get('title')}`"
+            if not uses_variable(panel.get("datasource")):
+                problems.append(f"{title}: datasource is not ${{datasource}}")
+            for target in panel.get("targets", []):
+                queries += 1
+                sql = target.get("rawSql", "")
+                if not uses_variable(target.get("datasource")):
+                    problems.append(f"{title}: query {target.get('refId')} datasource is not ${{datasource}}")
+                problems += self.sql_problems(f"{title}", sql, allowed)
+                if "$__timeFrom()" not in sql or "$__timeTo()" not in sql:
+                    problems.append(f"{title}: not bounded by the dashboard's time range")
+                if "$tenant" not in sql:
+                    problems.append(f"{title}: ignores the tenant variable")
+        if not queries:
+            problems.append(f"{where}: no query")
+
+        # The datasource: Postgres, as a login that the finance role's grants bind.
+        datasources = [d for path in sorted((GRAFANA / "provisioning" / "datasources").glob("*.yml"))
+                       for d in (yaml.safe_load(path.read_text()) or {}).get("datasources", [])]
+        finance = [d for d in datasources if d.get("type") == POSTGRES_DATASOURCE]
+        if len(finance) != 1:
+            problems.append(f"{len(finance)} provisioned {POSTGRES_DATASOURCE} datasources, not 1")
+        else:
+            login = finance[0].get("user")
+            current = source.get("current", {}).get("value")
+            if current not in (finance[0].get("uid"), finance[0].get("name")):
+                problems.append(f"{where}: the datasource variable's default {current!r} is not "
+                                f"the provisioned {finance[0].get('uid')!r}")
+            services = yaml.safe_load(COMPOSE_FILE.read_text()).get("services", {})
+            command = services.get("migrate", {}).get("command", [])
+            role = (command[command.index("--finance-role") + 1]
+                    if "--finance-role" in command[:-1] else None)
+            script = " ".join(services.get("db-roles", {}).get("command", []))
+            if not role:
+                problems.append("compose: migrate grants no --finance-role")
+            elif not re.search(rf"GRANT\s+{re.escape(role)}\s+TO\s+{re.escape(str(login))}\b", script):
+                problems.append(f"compose: db-roles does not make {login} (the finance datasource's "
+                                f"user) a member of the finance role {role}")
+        raise_if(problems)
+        return f"{queries} queries, all reading {', '.join(sorted(allowed))} only"
+
 
 # --- main ----------------------------------------------------------------------------------
 
@@ -1476,6 +1584,8 @@ def main() -> int:
     runner.run("prometheus: every alert has a runbook_url to a section of docs/operations.md",
                observability.check_runbooks)
     runner.run("grafana: dashboards and provisioning", observability.check_dashboards)
+    runner.run("grafana: the ttsq usage dashboard reads the finance views only, as the finance role",
+               observability.check_finance_dashboard)
 
     images = {(DOCKERFILE.resolve(), ROOT)}
     try:

@@ -21,7 +21,11 @@
 #            check config`; the alerts and the Grafana dashboards use only
 #            series ttsq exports; every alert's runbook_url names a heading
 #            of docs/operations.md; every dashboard takes its data source from
-#            a variable (no fixed uid); the dashboards and provisioning parse
+#            a variable (no fixed uid); the dashboards and provisioning parse;
+#            the "ttsq usage" dashboard's every query is a SELECT of the
+#            finance relations only, bounded by its time range, through a
+#            Postgres datasource variable whose provisioned login is a member
+#            of the finance role compose's migrate grants
 #
 # One line per check; exit status 1 when any failed. The checks are in
 # deploy/check.py; ttsq's own settings rules are not repeated there, it asks

@@ -1,4 +1,5 @@
-//! The admin API: tenants, their limits and API keys over HTTP.
+//! The admin API: tenants, their limits and API keys over HTTP (usage:
+//! `admin_usage`).
 //!
 //! Every route demands `Authorization: Bearer <admin.token>`. With no token
 //! configured the admin API is off and its routes answer 404, as any unknown
@@ -8,20 +9,15 @@
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{
-        Query, State,
-        rejection::{BytesRejection, QueryRejection},
-    },
+    extract::{State, rejection::BytesRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{delete, get},
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
-use ttsq_store::{
-    KeyInfo, LimitUsage, StoreError, TenantInfo, TenantLimits, TenantUpdate, UsagePeriod, UsageRow,
-};
-use utoipa::{IntoParams, ToSchema};
+use ttsq_store::{KeyInfo, LimitUsage, StoreError, TenantInfo, TenantLimits, TenantUpdate};
+use utoipa::ToSchema;
 
 use crate::{
     ApiContext, ApiError,
@@ -46,7 +42,6 @@ pub fn routes() -> Router<ApiContext> {
             get(list_tenant_keys).post(create_key),
         )
         .route("/v1/admin/keys", get(list_keys))
-        .route("/v1/admin/usage", get(usage))
         .route("/v1/admin/keys/{key}", delete(revoke_key))
 }
 
@@ -447,79 +442,4 @@ pub(crate) async fn revoke_key(
         .map_err(or_not_found("key"))?;
     tracing::info!(key_prefix = %key.prefix, tenant = %key.tenant, "key revoked through the admin API");
     Ok(Json(key).into_response())
-}
-
-/// Query of `GET /v1/admin/usage`.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct AdminUsageQuery {
-    /// Only this tenant (default: all of them).
-    tenant: Option<String>,
-    /// First UTC day, `YYYY-MM-DD` from 0001-01-01 to 9999-12-31 (default:
-    /// 29 days before `to`).
-    #[param(value_type = Option<chrono::NaiveDate>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
-    from: Option<String>,
-    /// Last UTC day, inclusive, `YYYY-MM-DD` from 0001-01-01 to 9999-12-31
-    /// (default: today); at most 366 days after `from`.
-    #[param(value_type = Option<chrono::NaiveDate>, pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
-    to: Option<String>,
-    /// `day` (default) or `month`.
-    #[param(value_type = Option<String>, pattern = "^(day|month)$")]
-    by: Option<String>,
-}
-
-/// Body of `GET /v1/admin/usage`.
-#[derive(Serialize, ToSchema)]
-struct AdminUsage {
-    /// First day covered.
-    from: chrono::NaiveDate,
-    /// Last day covered, inclusive.
-    to: chrono::NaiveDate,
-    /// One row per tenant, period, provider, dialect and currency.
-    rows: Vec<UsageRow>,
-}
-
-/// `GET /v1/admin/usage?tenant=&from=&to=&by=day|month`: the finance views
-/// for one tenant or all of them.
-#[utoipa::path(
-    get,
-    path = "/v1/admin/usage",
-    operation_id = "admin_usage",
-    tag = "admin",
-    params(AdminUsageQuery),
-    security(("admin_token" = [])),
-    responses(
-        (status = 200, description = "Usage per day or month from the finance views", body = AdminUsage),
-        (status = 400, description = "Invalid `from`, `to` or `by`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, response = NoAdminToken),
-        (status = 404, response = NoSuchTenant),
-    )
-)]
-pub(crate) async fn usage(
-    _: Admin,
-    State(context): State<ApiContext>,
-    query: Result<Query<AdminUsageQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::field("", e.body_text()))?;
-    let (from, to) = crate::usage::range(query.from, query.to)?;
-    let period = match query.by.as_deref() {
-        None | Some("day") => UsagePeriod::Day,
-        Some("month") => UsagePeriod::Month,
-        Some(_) => return Err(ApiError::field("by", "must be `day` or `month`")),
-    };
-    let tenant_id = match &query.tenant {
-        // No tenant's name holds U+0000 (nor can Postgres be asked for one).
-        Some(name) if name.contains('\0') => return Err(ApiError::NotFound("tenant")),
-        Some(name) => Some(
-            context
-                .store
-                .tenant(name)
-                .await
-                .map_err(or_not_found("tenant"))?
-                .id,
-        ),
-        None => None,
-    };
-    let rows = context.store.usage(tenant_id, from, to, period).await?;
-    Ok(Json(AdminUsage { from, to, rows }).into_response())
 }

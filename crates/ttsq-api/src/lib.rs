@@ -10,6 +10,7 @@
 //! - [`error`]: [`ApiError`], its problem+json rendering, and the error
 //!   responses the OpenAPI document declares once.
 //! - `auth`: the tenant's bearer key ([`auth::Caller`]) and the admin token.
+//! - `csv`: RFC 4180 records.
 //! - `extract`: a JSON body within the route's limit, `Idempotency-Key`, a
 //!   task id or a tenant named in the path.
 //! - `view`: response bodies (the task and batch views of `ttsq-views`,
@@ -25,7 +26,9 @@
 //! - `batches`: batch submission, status with paginated items, cancel.
 //! - `speech`: the OpenAI-compatible `POST /v1/audio/speech`.
 //! - `usage`: a tenant's own usage.
-//! - `admin`: tenants, keys and usage over HTTP, behind the admin token.
+//! - `admin`: tenants and keys over HTTP, behind the admin token.
+//! - `admin_usage`: every tenant's usage as JSON or CSV, a page at a time,
+//!   behind the admin token.
 //! - `tenant_webhooks`: a tenant's webhook URL and signing secret, behind
 //!   the admin token.
 //! - `system`: dialects, health, readiness (its status only).
@@ -45,9 +48,11 @@ pub mod ops;
 pub mod webhooks;
 
 mod admin;
+mod admin_usage;
 mod auth;
 mod batches;
 mod context;
+mod csv;
 mod extract;
 mod jobs;
 mod speech;
@@ -106,6 +111,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/dialects", get(system::dialects))
         .route("/v1/usage", get(usage::usage))
         .merge(admin::routes())
+        .route("/v1/admin/usage", get(admin_usage::usage))
         .merge(tenant_webhooks::routes())
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))

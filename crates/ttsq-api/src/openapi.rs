@@ -10,7 +10,9 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use crate::{admin, batches, error, jobs, speech, system, tenant_webhooks, usage, view};
+use crate::{
+    admin, admin_usage, batches, error, jobs, speech, system, tenant_webhooks, usage, view,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,7 +49,7 @@ use crate::{admin, batches, error, jobs, speech, system, tenant_webhooks, usage,
         admin::create_key,
         admin::list_keys,
         admin::revoke_key,
-        admin::usage,
+        admin_usage::usage,
         openapi_json,
     ),
     components(

@@ -112,7 +112,7 @@ pub(crate) fn range(
 /// The days a usage query may name. Postgres dates start in 4713 BC and
 /// chrono's arithmetic overflows near year ±262,143, so a query must stay
 /// between; no ledger row is older than year 1 or newer than 9999.
-const DAYS: std::ops::RangeInclusive<NaiveDate> = {
+pub(crate) const DAYS: std::ops::RangeInclusive<NaiveDate> = {
     // Both are valid calendar days, so neither `expect` can fire (and a
     // const is evaluated at compile time).
     let first = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid day");

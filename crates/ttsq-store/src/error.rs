@@ -21,6 +21,11 @@ pub enum StoreError {
     /// A value given is out of range; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// The schema is not what this build reads, or the connected role may
+    /// not read it: not migrated, or a role without the grants it needs.
+    /// The message says which and what to run.
+    #[error("{0}")]
+    Schema(String),
     /// The submission would go over one of the tenant's limits.
     #[error(transparent)]
     LimitExceeded(#[from] LimitExceeded),

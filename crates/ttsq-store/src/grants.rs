@@ -23,18 +23,23 @@ pub const APPEND_ONLY: [&str; 2] = ["usage_ledger", "audit_log"];
 /// that nothing is pending, and never writes it.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
+/// Which roles have finance access ([`crate::finance`]): the owner's
+/// business alone; the service role may neither read nor change it.
+const FINANCE_ROLES_TABLE: &str = "finance_roles";
+
 /// Serialises grant runs: two at once on one object fail with "tuple
 /// concurrently updated".
-const GRANT_LOCK: i64 = 0x7474_7371_6772_6e74; // "ttsqgrnt"
+pub(crate) const GRANT_LOCK: i64 = 0x7474_7371_6772_6e74; // "ttsqgrnt"
 
 /// `name` as a quoted SQL identifier.
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The privileges the service role gets on one relation of the schema.
 fn privileges(name: &str, kind: &str) -> Option<&'static str> {
     match kind {
+        _ if name == FINANCE_ROLES_TABLE => None,
         _ if APPEND_ONLY.contains(&name) => Some("SELECT, INSERT"),
         _ if name == MIGRATIONS_TABLE => Some("SELECT"),
         // Tables, partitioned tables.
@@ -139,6 +144,7 @@ mod tests {
         );
         assert_eq!(privileges("usage_daily", "v"), Some("SELECT"));
         assert_eq!(privileges(MIGRATIONS_TABLE, "r"), Some("SELECT"));
+        assert_eq!(privileges(FINANCE_ROLES_TABLE, "r"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`Store`]: the pool and migrations; [`error`]: [`StoreError`].
 //! - [`grants`]: what the service role may do (the owner role migrates).
+//! - [`finance`]: the read-only finance role, and checking a reader's access.
 //! - [`keys`]: tenants, their limits and API keys.
 //! - [`limit_usage`]: which limit, how much is in use, a refusal past one.
 //! - [`limits`]: admitting submissions within a tenant's limits.
@@ -31,6 +32,7 @@ pub mod audit;
 pub mod batches;
 pub mod dispatch;
 pub mod error;
+pub mod finance;
 pub mod grants;
 pub mod keys;
 pub mod leases;
@@ -65,6 +67,7 @@ pub use batches::{
 };
 pub use dispatch::{DispatchQueue, Dispatchable, LaneKey, Round};
 pub use error::StoreError;
+pub use finance::{FINANCE_RELATIONS, Regrant};
 pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, TenantUpdate};
 pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
 pub use limit_usage::{LimitExceeded, LimitKind, LimitUsage};
@@ -77,7 +80,7 @@ pub use sqlx;
 pub use submissions::{InlineClaim, Submission, Submitted};
 pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, Reschedule, TaskOutcome, TaskRow};
-pub use usage::{UsagePeriod, UsageRow};
+pub use usage::{UsageCursor, UsageFilter, UsagePage, UsagePeriod, UsageRow};
 pub use usage_today::UsageToday;
 pub use webhooks::{AttemptOutcome, TenantWebhook, WebhookDelivery};
 
@@ -123,13 +126,15 @@ impl Store {
     /// replicas (sqlx takes an advisory lock). When every migration of this
     /// build is applied already, as it is, it only reads sqlx's record of
     /// them, so a service role that may not create tables can call it too
-    /// ([`grants`]); with migrations pending, only the owner can.
+    /// ([`grants`]); with migrations pending, only the owner can, and then
+    /// grants the finance roles again ([`finance`]), since a migration that
+    /// replaces a view drops its grants.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         if self.migrations_applied().await? {
             return Ok(());
         }
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        self.regrant_finance_roles_after_migrating().await
     }
 
     /// Whether sqlx's record holds exactly this build's migrations, each

@@ -121,6 +121,15 @@ impl TestDatabase {
         self.roles.push(role.clone());
         Ok(role)
     }
+
+    /// A fresh role name `ttsq_test_<id>` that nothing has created yet, for
+    /// code that creates roles itself; dropped after the database like the
+    /// roles of [`TestDatabase::create_role`], if it exists by then.
+    pub fn unused_role(&mut self) -> String {
+        let role = format!("ttsq_test_{}", Uuid::new_v4().simple());
+        self.roles.push(role.clone());
+        role
+    }
 }
 
 impl Drop for TestDatabase {

@@ -382,6 +382,31 @@ impl TestApp {
             .await;
     }
 
+    /// The test database's settings for its owner, the role that migrates:
+    /// what `ttsq migrate` connects with in production.
+    pub fn owner(&self) -> &ttsq_config::DatabaseSettings {
+        &self.owner
+    }
+
+    /// Creates a login role of this test's own with no privileges, dropped
+    /// after the test; returns its name and a database URL logging in as it.
+    pub async fn login_role(&mut self) -> (String, String) {
+        let password = Uuid::new_v4().simple().to_string();
+        let role = self
+            .database
+            .create_role(&format!("LOGIN PASSWORD '{password}'"))
+            .await
+            .expect("a login role is created");
+        let url = as_role(self.database.url(), &role, &password).expect("a URL for the role");
+        (role, url)
+    }
+
+    /// A fresh role name that nothing has created yet, dropped after the
+    /// test if something creates it (`ttsq migrate --finance-role` does).
+    pub fn unused_role(&mut self) -> String {
+        self.database.unused_role()
+    }
+
     /// Creates another tenant and returns its API key.
     pub async fn new_tenant(&self, name: &str) -> String {
         let (_, key) = self

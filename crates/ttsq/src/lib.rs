@@ -98,6 +98,61 @@ pub async fn wait_for_schema(
     }
 }
 
+/// Connects with `database` to read usage, without migrating: the role may
+/// be a finance role ([`ttsq_store::finance`]), which may read the finance
+/// views and the ledger and nothing else, not even sqlx's record of
+/// migrations. Fails saying what to run when the schema is not migrated or
+/// the role may not read the views. `ttsq usage` connects so.
+pub async fn finance_store(database: &ttsq_config::DatabaseSettings) -> anyhow::Result<Store> {
+    let store = Store::connect(database)
+        .await
+        .context("Failed to connect to Postgres (TTSQ_DATABASE_URL)")?;
+    store
+        .check_finance_access()
+        .await
+        .context("Cannot read the usage views")?;
+    Ok(store)
+}
+
+/// What [`grant_finance`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinanceGrants {
+    /// Whether the role asked for was created (`NOLOGIN`).
+    pub created: bool,
+    /// Every other finance role recorded earlier, granted again or not.
+    pub others: Vec<ttsq_store::Regrant>,
+}
+
+/// Gives `role`, when given, finance access (`SELECT` on the usage views,
+/// the ledger and the tenants' names, nothing else; created `NOLOGIN` when
+/// missing), then grants every finance role recorded earlier again, so that
+/// views a migration replaced are readable again. Run as the owner, after
+/// [`migrate`]: `ttsq migrate [--finance-role ROLE]` does.
+pub async fn grant_finance(store: &Store, role: Option<&str>) -> anyhow::Result<FinanceGrants> {
+    let created = match role {
+        Some(role) => store
+            .grant_finance_role(role)
+            .await
+            .with_context(|| format!("Failed to give {role} finance access"))?,
+        None => false,
+    };
+    let others = store
+        .regrant_finance_roles()
+        .await
+        .context("Failed to grant the finance roles again")?
+        .into_iter()
+        .filter(|outcome| {
+            let name = match outcome {
+                ttsq_store::Regrant::Granted(name)
+                | ttsq_store::Regrant::Missing(name)
+                | ttsq_store::Regrant::Refused(name, _) => name,
+            };
+            Some(name.as_str()) != role
+        })
+        .collect();
+    Ok(FinanceGrants { created, others })
+}
+
 /// Every dependency of a ttsq process, connected.
 #[derive(Clone)]
 pub struct Services {

@@ -15,7 +15,7 @@ use ttsq::{Services, dead_letters};
 use ttsq_config::Settings;
 use ttsq_providers::quota::ReplicaRole;
 use ttsq_queue::Broker;
-use ttsq_store::Store;
+use ttsq_store::{Regrant, Store};
 
 /// ttsq — queue-driven batch text-to-speech.
 ///
@@ -56,8 +56,11 @@ enum Command {
     /// worker connect as is then granted what they use: INSERT and SELECT
     /// only on the usage ledger and the audit log, so that it can neither
     /// change nor delete their rows nor disable their triggers. With
-    /// --wait it applies nothing and waits for the schema instead, as the
-    /// service role (a replica's init container).
+    /// --finance-role, a read-only role for finance may then read the usage
+    /// views and the ledger, and nothing else. Every run grants the finance
+    /// roles of earlier runs again. With --wait it applies nothing and waits
+    /// for the schema instead, as the service role (a replica's init
+    /// container).
     Migrate(MigrateArgs),
     /// Manage tenants (customer accounts) and their limits.
     Tenant {
@@ -79,6 +82,9 @@ enum Command {
         command: DlqCommand,
     },
     /// Usage per tenant, provider and dialect from the finance views.
+    ///
+    /// It never migrates, so it runs as a finance role (`ttsq migrate
+    /// --finance-role ROLE`) as well as the service role.
     Usage(cli_admin::UsageArgs),
     /// Tenants' webhook URL and signing secret; replay deliveries.
     Webhooks {
@@ -125,11 +131,17 @@ struct MigrateArgs {
     /// applied every migration of this build, then exit 0. Replicas run it
     /// as their init container, as the service role, so that none starts
     /// on an older schema. Exits 1 after --timeout.
-    #[arg(long, conflicts_with = "grant_to")]
+    #[arg(long, conflicts_with_all = ["grant_to", "finance_role"])]
     wait: bool,
     /// With --wait: seconds to wait before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
     timeout: u64,
+    /// A read-only role for finance, created NOLOGIN when missing (make
+    /// logins members of it: GRANT ROLE TO alice): SELECT on usage_daily,
+    /// usage_monthly, usage_ledger and usage_tenants, nothing else. It is
+    /// recorded, and every later run grants it again.
+    #[arg(long, value_name = "ROLE")]
+    finance_role: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -234,10 +246,32 @@ async fn run(
             Ok(())
         }
         Command::Migrate(args) => {
-            ttsq::migrate(&settings.database, args.grant_to.as_deref()).await?;
+            let store = ttsq::migrate(&settings.database, args.grant_to.as_deref()).await?;
             eprintln!("database is up to date");
-            if let Some(role) = args.grant_to {
+            if let Some(role) = &args.grant_to {
                 eprintln!("role {role} has the service's privileges");
+            }
+            let finance = ttsq::grant_finance(&store, args.finance_role.as_deref()).await?;
+            if let Some(role) = &args.finance_role {
+                let created = if finance.created {
+                    " (created NOLOGIN)"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "role {role}{created} may read the usage views and the ledger, nothing else"
+                );
+            }
+            for outcome in finance.others {
+                match outcome {
+                    Regrant::Granted(role) => eprintln!("finance role {role} granted again"),
+                    Regrant::Missing(role) => {
+                        eprintln!("warning: finance role {role} no longer exists; not granted");
+                    }
+                    Regrant::Refused(role, why) => {
+                        eprintln!("warning: finance role {role} not granted again: {why}");
+                    }
+                }
             }
             Ok(())
         }
@@ -248,7 +282,9 @@ async fn run(
             cli_admin::key(&migrated_store(&settings).await?, command).await
         }
         Command::Dlq { command } => dlq(&settings, command).await,
-        Command::Usage(args) => cli_admin::usage(&migrated_store(&settings).await?, args).await,
+        Command::Usage(args) => {
+            cli_admin::usage(&ttsq::finance_store(&settings.database).await?, args).await
+        }
         Command::Webhooks { command } => {
             cli_webhooks::run(&settings, &migrated_store(&settings).await?, command).await
         }
