@@ -1380,68 +1380,6 @@ class Observability:
         raise_if(problems)
         return f"{len(dashboards)} dashboard(s), {panels} panels, data sources by variable"
 
-
-def all_panels(panels: list[dict]) -> Iterable[dict]:
-    """Every panel, those inside (collapsed) rows included."""
-    for panel in panels:
-        yield panel
-        yield from all_panels(panel.get("panels", []))
-
-
-def datasource_problems(where: str, board: dict) -> list[str]:
-    """A dashboard must pick its data source through a `datasource`
-    variable: every data source reference anywhere in it (panels, queries,
-    other variables, annotations) names such a variable, never a fixed uid,
-    so the dashboard works in any Grafana whatever its data sources' uids."""
-    variables = board.get("templating", {}).get("list", [])
-    names = {v.get("name") for v in variables if v.get("type") == "datasource"}
-    if not names:
-        return [f"{where}: no datasource variable (templating)"]
-    allowed = {f"${n}" for n in names} | {f"${{{n}}}" for n in names}
-    problems = []
-
-    def walk(node: object, path: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                here = f"{path}.{key}" if path else key
-                if key == "datasource":
-                    uid = value.get("uid") if isinstance(value, dict) else value
-                    if uid not in allowed:
-                        problems.append(f"{where}: {here} is {uid!r}, not a datasource variable "
-                                        f"({', '.join(sorted(allowed))})")
-                else:
-                    walk(value, here)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{path}[{i}]")
-
-    walk({k: v for k, v in board.items() if k != "templating"}, "")
-    for variable in variables:
-        if variable.get("type") != "datasource":
-            walk(variable, f"templating.{variable.get('name')}")
-    return problems
-
-
-def markdown_anchors(text: str) -> set[str]:
-    """The anchors GitHub gives the headings of a Markdown text: lower
-    case, punctuation dropped, spaces as hyphens, repeats numbered."""
-    anchors: set[str] = set()
-    seen: dict[str, int] = {}
-    fenced = False
-    for line in text.splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-            continue
-        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if fenced or not heading:
-            continue
-        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
-        count = seen.get(slug, 0)
-        seen[slug] = count + 1
-        anchors.add(slug if count == 0 else f"{slug}-{count}")
-    anchors |= set(re.findall(r'<a\s+(?:id|name)="([^"]+)"', text))
-    return anchors
-
     @staticmethod
     def finance_relations() -> set[str]:
         found = re.search(r"FINANCE_RELATIONS: \[&str; \d+\] = \[(.*?)\];", FINANCE_RS.read_text(),
@@ -1546,6 +1484,68 @@ def markdown_anchors(text: str) -> set[str]:
                                 f"user) a member of the finance role {role}")
         raise_if(problems)
         return f"{queries} queries, all reading {', '.join(sorted(allowed))} only"
+
+
+def all_panels(panels: list[dict]) -> Iterable[dict]:
+    """Every panel, those inside (collapsed) rows included."""
+    for panel in panels:
+        yield panel
+        yield from all_panels(panel.get("panels", []))
+
+
+def datasource_problems(where: str, board: dict) -> list[str]:
+    """A dashboard must pick its data source through a `datasource`
+    variable: every data source reference anywhere in it (panels, queries,
+    other variables, annotations) names such a variable, never a fixed uid,
+    so the dashboard works in any Grafana whatever its data sources' uids."""
+    variables = board.get("templating", {}).get("list", [])
+    names = {v.get("name") for v in variables if v.get("type") == "datasource"}
+    if not names:
+        return [f"{where}: no datasource variable (templating)"]
+    allowed = {f"${n}" for n in names} | {f"${{{n}}}" for n in names}
+    problems = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{path}.{key}" if path else key
+                if key == "datasource":
+                    uid = value.get("uid") if isinstance(value, dict) else value
+                    if uid not in allowed:
+                        problems.append(f"{where}: {here} is {uid!r}, not a datasource variable "
+                                        f"({', '.join(sorted(allowed))})")
+                else:
+                    walk(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk({k: v for k, v in board.items() if k != "templating"}, "")
+    for variable in variables:
+        if variable.get("type") != "datasource":
+            walk(variable, f"templating.{variable.get('name')}")
+    return problems
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown text: lower
+    case, punctuation dropped, spaces as hyphens, repeats numbered."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if fenced or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    anchors |= set(re.findall(r'<a\s+(?:id|name)="([^"]+)"', text))
+    return anchors
 
 
 # --- main ----------------------------------------------------------------------------------
