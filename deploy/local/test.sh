@@ -15,7 +15,8 @@
 #                           grants), which the test's stack connects as
 #   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
 #   TTSQ_S3_ENDPOINT, TTSQ_S3_ACCESS_KEY_ID, TTSQ_S3_SECRET_ACCESS_KEY
-#   TTSQ_TEST_PYTHON        a python with `openai` and `schemathesis` (made here)
+#   TTSQ_TEST_PYTHON        a python with `openai`, `schemathesis` and
+#                           `standardwebhooks` (made here)
 # all defaulting to the local services; values already set are kept.
 #
 # TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
@@ -140,12 +141,18 @@ fi
 
 # --- Python tools of the client tests ------------------------------------------
 # crates/ttsq/tests/it/clients.rs drives the API with the official `openai` SDK
-# and fuzzes it with schemathesis, both from PyPI, in a venv made once.
+# and fuzzes it with schemathesis; crates/ttsq/tests/it/webhooks.rs verifies
+# real deliveries with the Standard Webhooks reference library
+# (`standardwebhooks`, pinned: a test of interoperability should not move
+# under it). All from PyPI, in a venv made once (again when a pin changes).
+
+STANDARDWEBHOOKS_VERSION=1.1.0
 
 setup_pytools() {
     local venv="${TTSQ_HOME:-$REPO_ROOT/.ttsq}/pytools"
-    if ! "$venv/bin/python" -c 'import openai, schemathesis' 2>/dev/null; then
-        say "installing openai and schemathesis into $venv (PyPI)…"
+    if ! "$venv/bin/python" -c "import openai, schemathesis, importlib.metadata as m
+assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null; then
+        say "installing openai, schemathesis and standardwebhooks into $venv (PyPI)…"
         rm -rf "$venv"
         mkdir -p "$(dirname "$venv")"
         if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -156,8 +163,9 @@ setup_pytools() {
                     python3 python3-venv >/dev/null &&
                 python3 -m venv "$venv" || die "cannot make a Python venv (install python3 and python3-venv)"
         fi
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' ||
-            die "pip could not install openai and schemathesis"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' \
+            "standardwebhooks==$STANDARDWEBHOOKS_VERSION" ||
+            die "pip could not install openai, schemathesis and standardwebhooks"
     fi
     export TTSQ_TEST_PYTHON="$venv/bin/python"
 }

@@ -9,10 +9,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{post, put},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use ttsq_store::TenantWebhook;
 use ttsq_webhooks::tenant_secret;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::{
     ApiContext, ApiError,
@@ -41,19 +43,42 @@ struct SetWebhook {
     webhook_url: Option<String>,
 }
 
+/// A tenant's webhook secret, the body of `GET` and `POST
+/// /v1/admin/tenants/{name}/webhook-secret`.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookSecret {
+    /// The tenant.
+    tenant_id: Uuid,
+    /// The tenant's default webhook target, if set.
+    webhook_url: Option<String>,
+    /// The current secret, `whsec_<base64 of the HMAC-SHA256 key>`: give it
+    /// as it is to any Standard Webhooks library
+    /// (<https://www.standardwebhooks.com>). Deliveries carry `webhook-id`,
+    /// `webhook-timestamp` and `webhook-signature: v1,<base64>` (the
+    /// HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`), one entry
+    /// per signing secret, space-separated.
+    #[schema(example = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    webhook_secret: String,
+    /// The current secret's version; rotating increments it.
+    secret_version: i32,
+    /// The version of the previous secret while it still signs beside the
+    /// current one (`webhooks.secret_grace_secs` after a rotation).
+    previous_version_signing: Option<i32>,
+}
+
 fn secret_response(context: &ApiContext, settings: &TenantWebhook) -> Result<Response, ApiError> {
     let key = context
         .webhooks
         .signing_key
         .as_ref()
         .ok_or_else(|| ApiError::Conflict("webhooks are not enabled on this server".into()))?;
-    let mut response = Json(json!({
-        "tenant_id": settings.tenant_id,
-        "webhook_url": settings.webhook_url,
-        "webhook_secret": tenant_secret(key, settings.tenant_id, settings.secret_version),
-        "secret_version": settings.secret_version,
-        "previous_version_signing": settings.previous_version,
-    }))
+    let mut response = Json(WebhookSecret {
+        tenant_id: settings.tenant_id,
+        webhook_url: settings.webhook_url.clone(),
+        webhook_secret: tenant_secret(key, settings.tenant_id, settings.secret_version),
+        secret_version: settings.secret_version,
+        previous_version_signing: settings.previous_version,
+    })
     .into_response();
     response
         .headers_mut()
@@ -113,7 +138,7 @@ async fn set_webhook_url(
     params(("name" = String, Path, description = "Tenant name")),
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The new secret (the old one signs beside it for the grace period)", body = Object),
+        (status = 200, description = "The new secret (the old one signs beside it for the grace period)", body = WebhookSecret),
         (status = 401, response = NoAdminToken),
         (status = 404, response = NoSuchTenant),
     )
@@ -140,7 +165,7 @@ async fn rotate_secret(
     params(("name" = String, Path, description = "Tenant name")),
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The current secret", body = Object),
+        (status = 200, description = "The current secret", body = WebhookSecret),
         (status = 401, response = NoAdminToken),
         (status = 404, response = NoSuchTenant),
     )

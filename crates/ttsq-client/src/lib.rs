@@ -5,9 +5,12 @@
 //! - [`Client`]: one method per API call, retries for idempotent ones.
 //! - `types`: request and response shapes ([`NewJob`], [`Task`], …).
 //! - `error`: [`ClientError`] and [`Problem`], the server's problem+json.
+//! - `webhook`: [`WebhookVerifier`], checking a webhook delivery's
+//!   Standard Webhooks signature.
 
 mod error;
 mod types;
+mod webhook;
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ pub use error::{ClientError, FieldError, Problem};
 pub use types::{
     Accepted, Dialect, ListOptions, NewJob, Speech, Task, TaskError, TaskPage, TaskStatus, Usage,
 };
+pub use webhook::{WebhookError, WebhookVerifier};
 
 /// Longest single long-poll the client asks for; the server caps it too.
 const POLL_SLICE: Duration = Duration::from_secs(20);

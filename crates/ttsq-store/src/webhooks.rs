@@ -17,7 +17,7 @@ use crate::{Store, StoreError, audit::AdminAction};
 /// One webhook event to deliver.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookDelivery {
-    /// Delivery id (also sent as `ttsq-webhook-id`, for receivers to dedupe).
+    /// Delivery id (also sent as `webhook-id`, for receivers to dedupe).
     pub id: Uuid,
     /// Owner.
     pub tenant_id: Uuid,

@@ -314,8 +314,9 @@ async fn attempt_once(
     )
     .await
     .map_err(|e| AttemptError::Failed(e.to_string()))?;
+    let id = event.id.to_string();
     let timestamp = chrono::Utc::now().timestamp();
-    let signature = signature_header(&secrets, timestamp, &body);
+    let signature = signature_header(&secrets, &id, timestamp, &body);
 
     let mut client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -333,9 +334,10 @@ async fn attempt_once(
         .headers(crate::trace::headers())
         .header("content-type", "application/json")
         .header("user-agent", "ttsq-webhooks/1")
-        .header("ttsq-webhook-id", event.id.to_string())
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
         .header("ttsq-event", &event.event)
-        .header("ttsq-signature", signature)
         .body(body)
         .send()
         .await

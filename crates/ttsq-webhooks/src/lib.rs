@@ -6,11 +6,15 @@
 //!   `webhooks.allow_private`). Checked at submit and again at every
 //!   attempt, which then connects to the addresses just checked (no second
 //!   DNS lookup) and follows no redirects.
-//! - [`tenant_secret`] / [`signature_header`]: each tenant's secret is
-//!   derived from the deployment's signing key, the tenant id and a version
-//!   (so no secret is stored); rotating bumps the version, and during the
-//!   grace period both secrets sign: `ttsq-signature: t=<unix>,v1=<hex>,v1=<hex>`,
-//!   each `v1` the HMAC-SHA256 of `{t}.{body}`.
+//! - [`TenantSecret`] / [`signature_header`]: Standard Webhooks signatures
+//!   (<https://www.standardwebhooks.com>), so any of its libraries verifies
+//!   a delivery. Each tenant's secret is derived from the deployment's
+//!   signing key, the tenant id and a version (so no secret is stored) and
+//!   shown as `whsec_<base64 of the key>`. A delivery carries `webhook-id`
+//!   (the event's id, the same at every attempt), `webhook-timestamp` (the
+//!   attempt's unix seconds) and `webhook-signature: v1,<base64>`, the
+//!   HMAC-SHA256 of `{id}.{timestamp}.{body}`; rotating bumps the version,
+//!   and during the grace period both secrets sign, space-separated.
 //! - [`run`]: relays pending events to `ttsq.webhooks`, consumes it, POSTs
 //!   the task's or batch's view (the same `ttsq-views` the API answers
 //!   with), logs every attempt and retries failures through the delay
@@ -27,4 +31,4 @@ mod trace;
 
 pub use delivery::{MALFORMED_WEBHOOK, WebhookContext, run};
 pub use guard::{CheckedTarget, TargetGuard, TargetRefused, is_internal};
-pub use signing::{secrets, signature_header, tenant_secret};
+pub use signing::{TenantSecret, secrets, signature_header, tenant_secret};

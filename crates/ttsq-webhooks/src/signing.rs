@@ -1,6 +1,8 @@
 //! Per-tenant secrets derived from the deployment's signing key, and the
-//! signature header they make.
+//! Standard Webhooks signature they make (<https://www.standardwebhooks.com>,
+//! spec 1.0.0, "Signature scheme" and "Webhook headers").
 
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -9,28 +11,70 @@ use uuid::Uuid;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A tenant's signing secret of `version`, as shown to the tenant.
-pub fn tenant_secret(signing_key: &SecretString, tenant_id: Uuid, version: i32) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = HmacSha256::new_from_slice(signing_key.expose_secret().as_bytes())
-        .expect("HMAC accepts any key length");
-    mac.update(format!("ttsq-webhook-secret:{tenant_id}:{version}").as_bytes());
-    format!("whsec_{}", hex::encode(mac.finalize().into_bytes()))
+/// How a symmetric secret is shown to tenants, before the base64 of its key.
+const SECRET_PREFIX: &str = "whsec_";
+
+/// A tenant's webhook secret: the HMAC-SHA256 key its events are signed
+/// with. Its `Debug` shows no key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TenantSecret([u8; 32]);
+
+impl TenantSecret {
+    /// The tenant's secret of `version`, derived from the deployment's
+    /// `signing_key` (so no secret is stored): HMAC-SHA256 of
+    /// `ttsq-webhook-secret:{tenant_id}:{version}`, 32 bytes, above the
+    /// spec's minimum of 24.
+    pub fn derive(signing_key: &SecretString, tenant_id: Uuid, version: i32) -> Self {
+        // HMAC takes keys of any length.
+        let mut mac = HmacSha256::new_from_slice(signing_key.expose_secret().as_bytes())
+            .expect("HMAC accepts any key length");
+        mac.update(format!("ttsq-webhook-secret:{tenant_id}:{version}").as_bytes());
+        Self(mac.finalize().into_bytes().into())
+    }
+
+    /// `whsec_<base64 of the key>`: the form every Standard Webhooks library
+    /// takes, and the only form shown to tenants.
+    pub fn shown(&self) -> String {
+        format!("{SECRET_PREFIX}{}", BASE64.encode(self.0))
+    }
+
+    /// `v1,<base64 of HMAC-SHA256("{id}.{timestamp}.{body}")>`.
+    fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        sign_with(&self.0, id, timestamp, body)
+    }
 }
 
-/// `t=<timestamp>,v1=<hex>[,v1=<hex>…]`: one signature per secret.
-pub fn signature_header(secrets: &[String], timestamp: i64, body: &[u8]) -> String {
-    let mut header = format!("t={timestamp}");
-    for secret in secrets {
-        let mut mac =
-            HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        header.push_str(",v1=");
-        header.push_str(&hex::encode(mac.finalize().into_bytes()));
+impl std::fmt::Debug for TenantSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantSecret(…)")
     }
-    header
+}
+
+/// A tenant's signing secret of `version`, as shown to the tenant
+/// (`whsec_<base64>`).
+pub fn tenant_secret(signing_key: &SecretString, tenant_id: Uuid, version: i32) -> String {
+    TenantSecret::derive(signing_key, tenant_id, version).shown()
+}
+
+fn sign_with(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+/// The `webhook-signature` header of event `id` sent at `timestamp` (unix
+/// seconds) with `body`: one `v1,<base64>` per secret, space-separated, so
+/// a receiver holding either secret during a rotation verifies.
+pub fn signature_header(secrets: &[TenantSecret], id: &str, timestamp: i64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .map(|secret| secret.sign(id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The secrets that sign a tenant's events now: current first, then the
@@ -39,14 +83,18 @@ pub async fn secrets(
     store: &Store,
     signing_key: Option<&SecretString>,
     tenant_id: Uuid,
-) -> Result<Vec<String>, ttsq_store::StoreError> {
+) -> Result<Vec<TenantSecret>, ttsq_store::StoreError> {
     let Some(key) = signing_key else {
         return Ok(Vec::new());
     };
     let settings = store.tenant_webhook(tenant_id).await?;
-    let mut secrets = vec![tenant_secret(key, tenant_id, settings.secret_version)];
+    let mut secrets = vec![TenantSecret::derive(
+        key,
+        tenant_id,
+        settings.secret_version,
+    )];
     if let Some(previous) = settings.previous_version {
-        secrets.push(tenant_secret(key, tenant_id, previous));
+        secrets.push(TenantSecret::derive(key, tenant_id, previous));
     }
     Ok(secrets)
 }
@@ -55,19 +103,59 @@ pub async fn secrets(
 mod tests {
     use super::*;
 
+    /// The vector of the reference library's `test_sign_function`
+    /// (standard-webhooks/standard-webhooks,
+    /// `libraries/python/tests/test_webhooks.py`): secret
+    /// `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw`,
+    /// id `msg_p5jXN8AQM9LWM0D4loKWxJek`, timestamp 1614265330, body
+    /// `{"test": 2432232314}`.
     #[test]
-    fn signatures_cover_timestamp_and_body_with_every_secret() {
-        let header = signature_header(&["a".into(), "b".into()], 1_700_000_000, b"{}");
-        let parts: Vec<&str> = header.split(',').collect();
-        assert_eq!(parts[0], "t=1700000000");
-        assert_eq!(parts.len(), 3);
-        let mut mac = HmacSha256::new_from_slice(b"a").unwrap();
-        mac.update(b"1700000000.{}");
+    fn signs_the_reference_librarys_test_vector() {
+        let key = BASE64
+            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .expect("base64");
         assert_eq!(
-            parts[1],
-            format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+            sign_with(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
-        assert_ne!(parts[1], parts[2]);
+    }
+
+    #[test]
+    fn the_header_lists_one_signature_per_secret_separated_by_spaces() {
+        let key = SecretString::from("k");
+        let current = TenantSecret::derive(&key, Uuid::nil(), 2);
+        let previous = TenantSecret::derive(&key, Uuid::nil(), 1);
+        let header = signature_header(&[current.clone(), previous.clone()], "id", 1, b"{}");
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(
+            parts,
+            [current.sign("id", 1, b"{}"), previous.sign("id", 1, b"{}")]
+        );
+        assert_ne!(parts[0], parts[1]);
+        assert!(parts.iter().all(|p| p.starts_with("v1,")));
+        // The id and the timestamp are signed, not only the body.
+        assert_ne!(
+            current.sign("id", 1, b"{}"),
+            current.sign("other", 1, b"{}")
+        );
+        assert_ne!(current.sign("id", 1, b"{}"), current.sign("id", 2, b"{}"));
+    }
+
+    #[test]
+    fn a_shown_secret_is_whsec_and_the_base64_of_the_signing_key() {
+        let secret = TenantSecret::derive(&SecretString::from("k"), Uuid::nil(), 1);
+        let shown = secret.shown();
+        let key = BASE64
+            .decode(shown.strip_prefix("whsec_").expect("whsec_ prefix"))
+            .expect("base64");
+        assert_eq!(key, secret.0);
+        assert_eq!(sign_with(&key, "id", 1, b"x"), secret.sign("id", 1, b"x"));
+        assert!(!format!("{secret:?}").contains(&shown[6..]));
     }
 
     #[test]
@@ -79,6 +167,5 @@ mod tests {
             tenant_secret(&key, t, 1),
             tenant_secret(&key, Uuid::max(), 1)
         );
-        assert!(tenant_secret(&key, t, 1).starts_with("whsec_"));
     }
 }

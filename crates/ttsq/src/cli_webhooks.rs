@@ -34,7 +34,9 @@ pub enum WebhooksCommand {
         #[arg(long, conflicts_with = "url")]
         clear: bool,
     },
-    /// Print a tenant's current signing secret on stdout.
+    /// Print a tenant's current signing secret on stdout, as `whsec_<base64>`:
+    /// the form any Standard Webhooks library (and `ttsq_client::WebhookVerifier`)
+    /// takes.
     Secret {
         /// The tenant's name.
         tenant: String,

@@ -677,12 +677,12 @@ async fn ttsq_batch_downloads_records_resumes_and_fails_loudly() {
 
 /// The python of `TTSQ_TEST_PYTHON`; without it the test fails, saying how
 /// to get one, rather than passing without checking anything.
-fn test_python() -> PathBuf {
+pub(crate) fn test_python() -> PathBuf {
     let python = std::env::var_os("TTSQ_TEST_PYTHON")
         .map(PathBuf::from)
         .expect(
             "TTSQ_TEST_PYTHON is not set: run the tests through deploy/local/test.sh, which \
-         creates .ttsq/pytools (openai, schemathesis from PyPI) and exports it",
+         creates .ttsq/pytools (openai, schemathesis, standardwebhooks from PyPI) and exports it",
         );
     assert!(
         python.is_file(),

@@ -1,7 +1,8 @@
 //! Signed webhooks end to end: a local receiver (axum on port 0) gets each
-//! terminal task once with a valid signature, retries with back-off after
-//! 500s, the delivery log, batch events, replay, SSRF refusals and secret
-//! rotation.
+//! terminal task once with a valid Standard Webhooks signature (checked by
+//! the Rust SDK's verifier and by the reference Python library,
+//! `standardwebhooks` from PyPI), retries with back-off after 500s, the
+//! delivery log, batch events, replay, SSRF refusals and secret rotation.
 
 use std::{
     sync::{Arc, Mutex},
@@ -9,21 +10,39 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
+use ttsq_client::{WebhookError, WebhookVerifier};
 use ttsq_testkit::{TestApp, TestOptions};
 
 const SIGNING_KEY: &str = "webhook-signing-key-for-tests";
 const ADMIN_TOKEN: &str = "admin-token-for-webhook-tests-0123";
+/// A well-formed secret that is no tenant's.
+const OTHER_SECRET: &str = "whsec_c2VjcmV0LW9mLWFub3RoZXItdGVuYW50";
 
 /// One request the receiver got.
 #[derive(Clone)]
 struct Received {
     at: Instant,
-    signature: String,
-    webhook_id: String,
+    headers: HeaderMap,
     body: Bytes,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    fn webhook_id(&self) -> &str {
+        self.header("webhook-id")
+    }
+
+    /// The entries of `webhook-signature`, one per signing secret.
+    fn signatures(&self) -> Vec<&str> {
+        self.header("webhook-signature").split(' ').collect()
+    }
 }
 
 /// A webhook receiver answering the scripted statuses in turn (then 200).
@@ -72,21 +91,13 @@ impl Receiver {
 }
 
 async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
     receiver
         .received
         .lock()
         .expect("receiver lock")
         .push(Received {
             at: Instant::now(),
-            signature: header("ttsq-signature"),
-            webhook_id: header("ttsq-webhook-id"),
+            headers,
             body,
         });
     let mut script = receiver.script.lock().expect("script lock");
@@ -98,25 +109,11 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     StatusCode::from_u16(code).expect("status code")
 }
 
-/// What a receiver does: the `v1` signatures that verify with `secret`.
-fn verified(secret: &str, received: &Received) -> usize {
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for part in received.signature.split(',') {
-        match part.split_once('=') {
-            Some(("t", t)) => timestamp = Some(t.to_owned()),
-            Some(("v1", sig)) => signatures.push(sig.to_owned()),
-            _ => {}
-        }
-    }
-    let timestamp = timestamp.expect("a timestamp in the signature header");
-    let age = chrono::Utc::now().timestamp() - timestamp.parse::<i64>().expect("unix time");
-    assert!(age.abs() < 300, "stale timestamp");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(format!("{timestamp}.").as_bytes());
-    mac.update(&received.body);
-    let expected = hex::encode(mac.finalize().into_bytes());
-    signatures.iter().filter(|s| **s == expected).count()
+/// What a receiver does with the Rust SDK: verify the delivery with `secret`.
+fn verify(secret: &str, received: &Received) -> Result<(), WebhookError> {
+    WebhookVerifier::new(secret)
+        .expect("a whsec_ secret")
+        .verify(&received.headers, &received.body)
 }
 
 async fn spawn(allow_loopback: bool) -> TestApp {
@@ -173,14 +170,30 @@ async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(receiver.received().len(), 1);
 
-    assert_eq!(verified(&secret, &got[0]), 1, "signature does not verify");
-    assert_eq!(verified("whsec_wrong", &got[0]), 0);
+    assert_eq!(
+        verify(&secret, &got[0]),
+        Ok(()),
+        "signature does not verify"
+    );
+    assert_eq!(
+        verify(OTHER_SECRET, &got[0]),
+        Err(WebhookError::NoMatchingSignature)
+    );
+    let sent = got[0]
+        .header("webhook-timestamp")
+        .parse::<i64>()
+        .expect("unix seconds");
+    assert!((chrono::Utc::now().timestamp() - sent).abs() < 60);
+    assert!(
+        got[0].headers.get("ttsq-signature").is_none(),
+        "the pre-standard header is gone"
+    );
     let body: Value = serde_json::from_slice(&got[0].body).expect("JSON body");
     assert_eq!(body["type"], "task.completed");
     assert_eq!(body["data"]["task_id"], task.to_string());
     assert_eq!(body["data"]["status"], "succeeded");
     assert!(body["data"]["audio_url"].as_str().is_some());
-    assert_eq!(body["id"].as_str(), Some(got[0].webhook_id.as_str()));
+    assert_eq!(body["id"].as_str(), Some(got[0].webhook_id()));
 
     let sql = format!(
         "SELECT count(*) FROM webhook_deliveries
@@ -194,7 +207,7 @@ async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
     );
 
     // Replay by id: delivered again, logged as a new first attempt.
-    let id: uuid::Uuid = got[0].webhook_id.parse().expect("uuid");
+    let id: uuid::Uuid = got[0].webhook_id().parse().expect("uuid");
     let replayed = app
         .services
         .store
@@ -203,7 +216,8 @@ async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
         .expect("replayed");
     assert_eq!(replayed, 1);
     let again = receiver.wait_for(2).await;
-    assert_eq!(again[1].webhook_id, got[0].webhook_id);
+    assert_eq!(again[1].webhook_id(), got[0].webhook_id());
+    assert_eq!(verify(&secret, &again[1]), Ok(()));
     // The receiver has the POST before the worker logs its answer.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut attempts = app.scalar("SELECT count(*) FROM webhook_attempts").await;
@@ -230,6 +244,13 @@ async fn a_failing_receiver_is_retried_with_growing_back_off() {
     // No attempt follows the success: the window it would come in.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 3);
+    // Every attempt carries the event's one id (receivers dedupe on it),
+    // each signed afresh.
+    let secret = secret(&app, false).await;
+    for attempt in &got {
+        assert_eq!(attempt.webhook_id(), got[0].webhook_id());
+        assert_eq!(verify(&secret, attempt), Ok(()));
+    }
 
     let codes: Vec<(i32, Option<i32>)> = ttsq_store::sqlx::query_as(
         "SELECT a.attempt, a.status_code FROM webhook_attempts a
@@ -296,7 +317,7 @@ async fn a_batch_posts_one_event_when_every_item_is_terminal() {
         1,
         "items send no events of their own"
     );
-    assert_eq!(verified(&secret, &got[0]), 1);
+    assert_eq!(verify(&secret, &got[0]), Ok(()));
     let body: Value = serde_json::from_slice(&got[0].body).expect("JSON");
     assert_eq!(body["type"], "batch.completed");
     assert_eq!(body["data"]["batch_id"], accepted["batch_id"]);
@@ -405,14 +426,9 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_the_tenant_default_is_use
         .await;
     app.wait_for(task).await;
     let got = receiver.wait_for(1).await;
-    assert_eq!(
-        got[0].signature.matches("v1=").count(),
-        2,
-        "{}",
-        got[0].signature
-    );
-    assert_eq!(verified(&new, &got[0]), 1);
-    assert_eq!(verified(&old, &got[0]), 1);
+    assert_eq!(got[0].signatures().len(), 2, "{:?}", got[0].signatures());
+    assert_eq!(verify(&new, &got[0]), Ok(()));
+    assert_eq!(verify(&old, &got[0]), Ok(()));
     // The old secret stops signing once its grace period is over.
     app.execute("UPDATE tenants SET webhook_previous_until = now() - interval '1 second'")
         .await;
@@ -421,9 +437,12 @@ async fn a_rotated_secret_signs_beside_the_old_one_and_the_tenant_default_is_use
         .await;
     app.wait_for(task).await;
     let got = receiver.wait_for(2).await;
-    assert_eq!(got[1].signature.matches("v1=").count(), 1);
-    assert_eq!(verified(&new, &got[1]), 1);
-    assert_eq!(verified(&old, &got[1]), 0);
+    assert_eq!(got[1].signatures().len(), 1);
+    assert_eq!(verify(&new, &got[1]), Ok(()));
+    assert_eq!(
+        verify(&old, &got[1]),
+        Err(WebhookError::NoMatchingSignature)
+    );
 }
 
 /// A receiver that answers its first request `500` with a body of `len`
@@ -803,4 +822,150 @@ async fn a_task_webhook_carries_the_same_view_as_get_marks_included() {
             assert_eq!(&data[field], value, "field {field}");
         }
     }
+}
+
+/// What a Python receiver does with the Standard Webhooks reference library:
+/// `Webhook(secret).verify(body, headers)` on the body and headers as
+/// received. Exits 3 when the library refuses the delivery.
+const STANDARDWEBHOOKS_SCRIPT: &str = r#"
+import json
+import sys
+
+from standardwebhooks import Webhook, WebhookVerificationError
+
+secret, headers_path, body_path = sys.argv[1:4]
+with open(headers_path) as f:
+    headers = json.load(f)
+with open(body_path, "rb") as f:
+    body = f.read()
+try:
+    event = Webhook(secret).verify(body, headers)
+except WebhookVerificationError as err:
+    print(err)
+    sys.exit(3)
+assert event["id"] == headers["webhook-id"], (event["id"], headers["webhook-id"])
+print("verified")
+"#;
+
+/// Runs [`STANDARDWEBHOOKS_SCRIPT`] on a delivery: `Ok` when the library
+/// verifies it with `secret`, else its reason.
+async fn python_verifies(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+    let python = crate::clients::test_python();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("verify.py");
+    std::fs::write(&script, STANDARDWEBHOOKS_SCRIPT).expect("script written");
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = value.to_str().expect("ASCII header");
+            (name.as_str().to_owned(), Value::from(value))
+        })
+        .collect();
+    let headers_path = dir.path().join("headers.json");
+    std::fs::write(&headers_path, Value::Object(headers).to_string()).expect("headers written");
+    let body_path = dir.path().join("body");
+    std::fs::write(&body_path, body).expect("body written");
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg(secret)
+            .arg(&headers_path)
+            .arg(&body_path)
+            .output(),
+    )
+    .await
+    .expect("python finished within a minute")
+    .expect("python ran");
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    match output.status.code() {
+        Some(0) => Ok(()),
+        Some(3) => Err(stdout),
+        _ => panic!(
+            "the script failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// Interoperability: the reference library of the Standard Webhooks
+/// specification, `standardwebhooks` from PyPI (the version
+/// `deploy/local/test.sh` pins), verifies real deliveries with the secret
+/// as the admin API shows it; refuses a changed body, a changed id and
+/// another secret; and during a rotation's grace period verifies with the
+/// old secret and with the new one.
+#[tokio::test]
+async fn the_standardwebhooks_python_library_verifies_real_deliveries_and_rotations() {
+    let app = spawn(true).await;
+    let (receiver, url) = Receiver::start(Vec::new()).await;
+    let old = secret(&app, false).await;
+
+    let task = app
+        .submit_ok(
+            &json!({"text": "Verify me in Python.", "dialect": "en-us", "callback_url": url}),
+        )
+        .await;
+    app.wait_for(task).await;
+    let got = receiver.wait_for(1).await;
+    let delivery = &got[0];
+    assert_eq!(
+        python_verifies(&old, &delivery.headers, &delivery.body).await,
+        Ok(())
+    );
+
+    // Tampered with, the same delivery no longer verifies.
+    let body = String::from_utf8(delivery.body.to_vec()).expect("UTF-8 JSON");
+    let tampered = body.replacen(r#""status":"succeeded""#, r#""status":"failed""#, 1);
+    assert_ne!(tampered, body, "the body names the status: {body}");
+    let refused = python_verifies(&old, &delivery.headers, tampered.as_bytes()).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|reason| reason.contains("No matching signature")),
+        "{refused:?}"
+    );
+    let mut other_id = delivery.headers.clone();
+    other_id.insert(
+        "webhook-id",
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .expect("header value"),
+    );
+    assert!(
+        python_verifies(&old, &other_id, &delivery.body)
+            .await
+            .is_err()
+    );
+    assert!(
+        python_verifies(OTHER_SECRET, &delivery.headers, &delivery.body)
+            .await
+            .is_err()
+    );
+
+    // Rotated: both secrets sign until the grace period ends.
+    let new = secret(&app, true).await;
+    assert_ne!(new, old);
+    let task = app
+        .submit_ok(&json!({"text": "Verify me after the rotation.", "dialect": "en-us", "callback_url": url}))
+        .await;
+    app.wait_for(task).await;
+    let got = receiver.wait_for(2).await;
+    let rotated = &got[1];
+    assert_eq!(rotated.signatures().len(), 2, "{:?}", rotated.signatures());
+    assert_eq!(
+        python_verifies(&new, &rotated.headers, &rotated.body).await,
+        Ok(())
+    );
+    assert_eq!(
+        python_verifies(&old, &rotated.headers, &rotated.body).await,
+        Ok(())
+    );
+    // The delivery from before the rotation was signed with the old secret only.
+    assert!(
+        python_verifies(&new, &delivery.headers, &delivery.body)
+            .await
+            .is_err()
+    );
 }
