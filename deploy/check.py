@@ -173,7 +173,9 @@ class Ttsq:
 
     def secret_keys_in(self, overlay: dict) -> list[str]:
         """The keys of a config file that are secrets, by ttsq's schema: they
-        belong in a Secret, never in a ConfigMap or a file in git."""
+        belong in a Secret, never in a ConfigMap or a file in git. An empty
+        value holds nothing: it switches the feature off or, for the S3 keys,
+        leaves the credentials to the AWS default chain."""
         secret = {s["key"] for s in self.schema()["settings"] if s["secret"]}
         found = []
 
@@ -188,7 +190,7 @@ class Ttsq:
                 for i in range(1, len(here)):
                     candidates.add(".".join(here[:i] + ["<name>"] + here[i + 1:]))
                     candidates.add(".".join(here[:i] + ["<key>"] + here[i + 1:]))
-                if candidates & secret:
+                if candidates & secret and value != "":
                     found.append(".".join(here))
 
         walk(overlay, [])
@@ -652,7 +654,7 @@ class Kube:
     def check_references(self) -> str:
         objects = self.require_objects()
         raise_if(reference_problems(objects, self.secrets))
-        return "ConfigMap, Secret, Service, HPA, PDB and KEDA references resolve"
+        return "ConfigMap, Secret, ServiceAccount, Service, HPA, PDB and KEDA references resolve"
 
     def check_schemas(self) -> str:
         objects = self.require_objects()
@@ -1078,6 +1080,10 @@ def reference_problems(objects: list[dict], secrets: dict[str, dict], prefix: st
         where = kind_name(obj)
         pod = pod_spec(obj)
         if pod is not None:
+            # Every namespace has `default`; any other must come with the base.
+            account = pod.get("serviceAccountName")
+            if account and account != "default":
+                need("ServiceAccount", account, where)
             for volume in pod.get("volumes") or []:
                 if "configMap" in volume:
                     need("ConfigMap", volume["configMap"]["name"], where)

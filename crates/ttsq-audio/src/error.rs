@@ -1,6 +1,7 @@
 //! Why an audio store operation failed, with texts that name the operation
 //! and never the credentials.
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::{
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
@@ -27,7 +28,8 @@ pub enum AudioStoreError {
         /// The missing bucket.
         bucket: String,
     },
-    /// The server refused the credentials or the permission (401/403).
+    /// The server refused the credentials or the permission (401/403), or
+    /// no credentials could be had at all.
     #[error("S3 {operation} denied: {detail}")]
     Denied {
         /// The S3 operation, e.g. `HeadBucket`.
@@ -72,6 +74,9 @@ impl AudioStoreError {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        if let Some(credentials) = find_source::<CredentialsError>(err) {
+            return Self::from_credentials(operation, credentials);
+        }
         let status = http_status(err);
         let detail = match status {
             // Only the status, the S3 error code and the server's message go
@@ -104,6 +109,42 @@ impl AudioStoreError {
             _ => Self::Failed { operation, detail },
         }
     }
+
+    /// Maps a failure to get credentials, which happens before any request
+    /// is sent: none found is [`AudioStoreError::Denied`], as is a
+    /// provider set up wrong; a provider that timed out or failed (STS or
+    /// instance metadata unreachable, say) may work on the next try.
+    fn from_credentials(operation: &'static str, err: &CredentialsError) -> Self {
+        let detail = match err {
+            CredentialsError::CredentialsNotLoaded(_) => format!(
+                "no credentials: s3.access_key_id and s3.secret_access_key are empty and the \
+                 AWS default chain found none (AWS_ACCESS_KEY_ID, AWS_PROFILE, web identity, \
+                 the container endpoint, instance metadata): {}",
+                cause_chain(err)
+            ),
+            _ => format!("getting credentials: {}", cause_chain(err)),
+        };
+        match err {
+            CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
+                Self::Unavailable { operation, detail }
+            }
+            _ => Self::Denied { operation, detail },
+        }
+    }
+}
+
+/// The first error of type `E` in `err`'s source chain, `err` included.
+pub(crate) fn find_source<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// An error's `Display` and those of its sources, joined by `: `, skipping

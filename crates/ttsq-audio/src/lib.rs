@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod client;
 mod error;
 mod streaming;
 mod transport;
@@ -8,44 +9,27 @@ use std::{fmt, time::Duration};
 
 use aws_sdk_s3::{
     Client,
-    config::{
-        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-        ResponseChecksumValidation, http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig,
-    },
+    config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
     presigning::PresigningConfig,
     primitives::ByteStream,
     types::{BucketLocationConstraint, CreateBucketConfiguration},
 };
 use bytes::Bytes;
-use secrecy::ExposeSecret;
 use ttsq_config::S3Settings;
 
 use crate::error::{cause_chain, http_status};
 pub use crate::{
+    client::s3_client,
     error::AudioStoreError,
     streaming::{MultipartWriter, ObjectReader},
 };
 
-/// Region used when the settings leave it empty; also the one region where
-/// `CreateBucket` must not name a location constraint.
-const DEFAULT_REGION: &str = "us-east-1";
+/// The one region where `CreateBucket` must not name a location constraint.
+const US_EAST_1: &str = "us-east-1";
 
 /// Longest a presigned URL may live: SigV4 refuses more than seven days.
 const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
-
-/// Time allowed to open a TCP connection to the S3 server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Time allowed for one attempt, body included; audio objects are at most a
-/// few megabytes, so this is generous even on a slow link.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Time allowed for a whole operation, retries and back-off included.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Attempts per operation (the first try included) for transient failures.
-const MAX_ATTEMPTS: u32 = 3;
 
 /// Handle to the audio bucket.
 ///
@@ -95,10 +79,10 @@ pub struct ObjectHead {
 }
 
 impl AudioStore {
-    /// Builds the S3 client from `settings`; when `create_bucket` is set,
-    /// also creates the bucket if it is missing.
+    /// Builds the S3 client from `settings` ([`s3_client`]); when
+    /// `create_bucket` is set, also creates the bucket if it is missing.
     ///
-    /// Without `create_bucket` this does no network I/O, so a process can
+    /// Without `create_bucket` this sends no S3 request, so a process can
     /// start while S3 is down; [`AudioStore::check`] reports readiness.
     /// Creating is idempotent and safe when several replicas race: a bucket
     /// that another replica created first counts as success.
@@ -116,56 +100,14 @@ impl AudioStore {
                 "s3.bucket must not be empty".to_owned(),
             ));
         }
-        let region = match settings.region.trim() {
-            "" => DEFAULT_REGION.to_owned(),
-            region => region.to_owned(),
-        };
-        let credentials = Credentials::new(
-            settings.access_key_id.clone(),
-            settings.secret_access_key.expose_secret().to_owned(),
-            None,
-            None,
-            "ttsq",
-        );
-        let mut config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            // Acknowledges response data at once: see `transport`.
-            .http_client(transport::Transport::new(CONNECT_TIMEOUT)?)
-            .region(Region::new(region.clone()))
-            .credentials_provider(credentials)
-            // Path-style (`endpoint/bucket/key`): S3-compatible servers on a
-            // bare host or IP have no per-bucket DNS names.
-            .force_path_style(true)
-            // The SDK's default CRC checksums on every request (and the
-            // `x-amz-checksum-mode` header on GETs, which would also end up in
-            // presigned URLs) are not understood by many S3-compatible servers.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .timeout_config(
-                // The connect timeout is the transport's.
-                TimeoutConfig::builder()
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .operation_timeout(OPERATION_TIMEOUT)
-                    .build(),
-            )
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(MAX_ATTEMPTS)
-                    .with_initial_backoff(Duration::from_millis(100))
-                    .with_max_backoff(Duration::from_secs(2)),
-            );
-        // An empty endpoint means AWS itself, resolved from the region.
-        if !settings.endpoint.trim().is_empty() {
-            config = config.endpoint_url(settings.endpoint.trim());
-        }
         let store = Self {
-            client: Client::from_conf(config.build()),
+            client: s3_client(settings).await?,
             bucket: settings.bucket.clone(),
             presign_ttl,
             head_before_put: !settings.conditional_writes,
         };
         if settings.create_bucket {
-            store.ensure_bucket(&region).await?;
+            store.ensure_bucket().await?;
         }
         Ok(store)
     }
@@ -175,16 +117,21 @@ impl AudioStore {
         &self.bucket
     }
 
-    /// Creates the bucket unless it exists already.
-    async fn ensure_bucket(&self, region: &str) -> Result<(), AudioStoreError> {
+    /// Creates the bucket, in the client's region, unless it exists already.
+    async fn ensure_bucket(&self) -> Result<(), AudioStoreError> {
         match self.check().await {
             Ok(()) => return Ok(()),
             Err(AudioStoreError::BucketNotFound { .. }) => {}
             Err(err) => return Err(err),
         }
         let mut request = self.client.create_bucket().bucket(&self.bucket);
+        let region = self
+            .client
+            .config()
+            .region()
+            .map_or(US_EAST_1, |region| region.as_ref());
         // us-east-1 is the one region that must not be named explicitly.
-        if region != DEFAULT_REGION {
+        if region != US_EAST_1 {
             request = request.create_bucket_configuration(
                 CreateBucketConfiguration::builder()
                     .location_constraint(BucketLocationConstraint::from(region))

@@ -18,12 +18,22 @@
 //! Errors are classified for the SDK's retry policy the way its own hyper
 //! adapter does: connection and I/O failures are transient, a timeout is a
 //! timeout, a malformed request is the caller's.
+//!
+//! # Timeouts
+//!
+//! Each client that sends through the transport asks for its own connect
+//! and read timeouts: S3 its configured ones, the credential providers
+//! short ones (instance metadata: 1 s each, so that a chain that finds
+//! nothing elsewhere gives up quickly off AWS). The transport keeps one
+//! connection pool per pair asked for, as the SDK's default client does;
+//! in practice that is one for S3 and one for each credential provider.
 
 use std::{
+    collections::HashMap,
     error::Error as StdError,
     fmt, io,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -48,19 +58,32 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 
-use crate::error::AudioStoreError;
+use crate::error::{AudioStoreError, find_source};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Idle keep-alive connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The HTTP client the S3 SDK sends every request through; cheap to clone
-/// (the connection pool is shared).
+/// The HTTP client the S3 SDK and the AWS credential providers send every
+/// request through; cheap to clone (the connection pools are shared).
 #[derive(Clone)]
 pub(crate) struct Transport {
-    /// The same connector for every operation, so they share one pool.
-    connector: SharedHttpConnector,
+    /// The process's TLS settings.
+    tls: &'static rustls::ClientConfig,
+    /// One connector per pair of timeouts asked for, so that every
+    /// operation of one client shares a pool.
+    connectors: Arc<Mutex<HashMap<Timeouts, SharedHttpConnector>>>,
+}
+
+/// The timeouts a client asks the transport for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Timeouts {
+    /// Longest wait for a TCP connection; none when `None`.
+    connect: Option<Duration>,
+    /// Longest wait from sending a request to its response's headers;
+    /// none when `None`.
+    read: Option<Duration>,
 }
 
 impl fmt::Debug for Transport {
@@ -71,38 +94,41 @@ impl fmt::Debug for Transport {
 
 impl Transport {
     /// A transport for `http://` and `https://` endpoints (TLS with the
-    /// platform's root certificates, as the SDK's default), giving up on a
-    /// connection attempt after `connect_timeout`.
-    pub(crate) fn new(connect_timeout: Duration) -> Result<Self, AudioStoreError> {
-        let mut tcp = TcpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(connect_timeout));
-        // The TLS layer above hands `https` URIs down as well.
-        tcp.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?.clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(QuickAckConnector(tcp));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
+    /// platform's root certificates, as the SDK's default). Fails only when
+    /// TLS cannot be set up at all.
+    pub(crate) fn new() -> Result<Self, AudioStoreError> {
         Ok(Self {
-            connector: SharedHttpConnector::new(Adapter { client }),
+            tls: tls_config()?,
+            connectors: Arc::default(),
         })
+    }
+
+    /// The connector for `timeouts`, made on first use.
+    fn connector(&self, timeouts: Timeouts) -> SharedHttpConnector {
+        // A poisoned lock only means another thread panicked while
+        // inserting; the map is still whole.
+        let mut connectors = self
+            .connectors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        connectors
+            .entry(timeouts)
+            .or_insert_with(|| SharedHttpConnector::new(Adapter::new(self.tls, timeouts)))
+            .clone()
     }
 }
 
 impl HttpClient for Transport {
     fn http_connector(
         &self,
-        _settings: &HttpConnectorSettings,
+        settings: &HttpConnectorSettings,
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
-        // The connect timeout is the transport's own (set in `new`); the
-        // attempt and operation timeouts are enforced by the SDK above it.
-        self.connector.clone()
+        // The attempt and operation timeouts are enforced by the SDK above.
+        self.connector(Timeouts {
+            connect: settings.connect_timeout(),
+            read: settings.read_timeout(),
+        })
     }
 }
 
@@ -135,9 +161,36 @@ fn tls_config() -> Result<&'static rustls::ClientConfig, AudioStoreError> {
         .map_err(|err| AudioStoreError::InvalidSettings(err.clone()))
 }
 
-/// Sends SDK requests through the hyper client.
+/// Sends SDK requests through a hyper client.
 struct Adapter {
+    /// The pooled client.
     client: Client<HttpsConnector<QuickAckConnector>, SdkBody>,
+    /// Longest wait for the response's headers once the request is sent.
+    read_timeout: Option<Duration>,
+}
+
+impl Adapter {
+    /// A client of its own (and so a pool) for `timeouts`.
+    fn new(tls: &rustls::ClientConfig, timeouts: Timeouts) -> Self {
+        let mut tcp = TcpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(timeouts.connect);
+        // The TLS layer above hands `https` URIs down as well.
+        tcp.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(QuickAckConnector(tcp));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Self {
+            client,
+            read_timeout: timeouts.read,
+        }
+    }
 }
 
 impl fmt::Debug for Adapter {
@@ -153,11 +206,17 @@ impl HttpConnector for Adapter {
             Err(err) => return HttpConnectorFuture::ready(Err(ConnectorError::user(err.into()))),
         };
         let response = self.client.request(request);
+        let read_timeout = self.read_timeout;
         HttpConnectorFuture::new(async move {
-            let response = response
-                .await
-                .map_err(classify)?
-                .map(SdkBody::from_body_1_x);
+            let response = match read_timeout {
+                None => response.await,
+                Some(limit) => tokio::time::timeout(limit, response).await.map_err(|_| {
+                    ConnectorError::timeout(
+                        format!("no response within the read timeout of {limit:?}").into(),
+                    )
+                })?,
+            };
+            let response = response.map_err(classify)?.map(SdkBody::from_body_1_x);
             HttpResponse::try_from(response).map_err(|err| ConnectorError::other(err.into(), None))
         })
     }
@@ -183,18 +242,6 @@ fn classify(err: hyper_util::client::legacy::Error) -> ConnectorError {
         return ConnectorError::other(err.into(), Some(ErrorKind::TransientError));
     }
     ConnectorError::other(err.into(), None)
-}
-
-/// The first error of type `E` in `err`'s source chain, `err` included.
-fn find_source<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if let Some(found) = err.downcast_ref::<E>() {
-            return Some(found);
-        }
-        next = err.source();
-    }
-    None
 }
 
 /// Opens TCP connections through hyper's connector and wraps them in

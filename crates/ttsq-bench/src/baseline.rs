@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use aws_sdk_s3::{
     Client,
-    config::{
-        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
-        ResponseChecksumValidation,
-    },
     primitives::ByteStream,
     types::{Delete, ObjectIdentifier},
 };
@@ -23,7 +19,9 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, LongString},
 };
+use secrecy::SecretString;
 use sqlx::{Connection as _, PgConnection};
+use ttsq_config::S3Settings;
 use uuid::Uuid;
 
 use crate::{
@@ -100,7 +98,7 @@ pub async fn measure(env: &Env, sizes: &Sizes, object_bytes: usize) -> anyhow::R
         "  s3: {} PUTs of {object_bytes} B, {} at once",
         sizes.objects, sizes.s3_concurrency
     );
-    let client = s3_client(env);
+    let client = s3_client(env).await?;
     ensure_bucket(&client, &env.bucket).await?;
     let put = s3_puts(&client, &env.bucket, sizes, object_bytes, false).await?;
     let head_put = s3_puts(&client, &env.bucket, sizes, object_bytes, true).await?;
@@ -234,19 +232,23 @@ fn check_confirm(confirmation: Option<Result<Confirmation, lapin::Error>>) -> an
     }
 }
 
-/// An S3 client configured like ttsq's (path style, no default checksums).
-pub fn s3_client(env: &Env) -> Client {
-    let credentials = Credentials::new(&env.s3_key, &env.s3_secret, None, None, "ttsq-bench");
-    let config = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-        .endpoint_url(&env.s3_endpoint)
-        .build();
-    Client::from_conf(config)
+/// The S3 client ttsq itself builds (`ttsq_audio::s3_client`) for the
+/// run's server, so the raw limit is measured through the same transport.
+pub async fn s3_client(env: &Env) -> anyhow::Result<Client> {
+    let settings = S3Settings {
+        endpoint: env.s3_endpoint.clone(),
+        region: "us-east-1".to_owned(),
+        bucket: env.bucket.clone(),
+        access_key_id: env.s3_key.clone(),
+        secret_access_key: SecretString::from(env.s3_secret.clone()),
+        force_path_style: true,
+        create_bucket: false,
+        presign_ttl_secs: 3600,
+        conditional_writes: false,
+    };
+    ttsq_audio::s3_client(&settings)
+        .await
+        .context("Failed to build the S3 client")
 }
 
 async fn ensure_bucket(client: &Client, bucket: &str) -> anyhow::Result<()> {
@@ -307,7 +309,7 @@ async fn s3_puts(
 
 /// Deletes every object of the run's bucket, then the bucket.
 pub async fn empty_bucket(env: &Env) -> anyhow::Result<()> {
-    let client = s3_client(env);
+    let client = s3_client(env).await?;
     if client
         .head_bucket()
         .bucket(&env.bucket)

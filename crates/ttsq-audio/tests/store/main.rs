@@ -2,7 +2,10 @@
 //!
 //! The server comes from `TTSQ_S3_ENDPOINT` (default `http://127.0.0.1:8014`,
 //! e.g. s3s-fs) with `TTSQ_S3_ACCESS_KEY_ID` / `TTSQ_S3_SECRET_ACCESS_KEY`.
-//! Every test works in its own fresh bucket.
+//! Every test works in its own fresh bucket. The tests of credentials from
+//! the AWS default chain are in `credentials.rs`.
+
+mod credentials;
 
 use bytes::Bytes;
 use secrecy::SecretString;
@@ -33,6 +36,7 @@ fn fresh_settings() -> S3Settings {
             "TTSQ_S3_SECRET_ACCESS_KEY",
             DEFAULT_SECRET_ACCESS_KEY,
         )),
+        force_path_style: true,
         create_bucket: true,
         presign_ttl_secs: 300,
         conditional_writes: false,
