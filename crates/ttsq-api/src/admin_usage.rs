@@ -267,23 +267,7 @@ fn name_filter(field: &str, raw: Option<String>) -> Result<Option<String>, ApiEr
 /// the range.
 fn csv_response(by: &str, from: NaiveDate, to: NaiveDate, rows: &[UsageRow]) -> Response {
     let mut out = String::with_capacity(128 * (rows.len() + 1));
-    csv::record(
-        &mut out,
-        [
-            "tenant",
-            by,
-            "provider",
-            "dialect",
-            "currency",
-            "tasks",
-            "succeeded",
-            "failed",
-            "cache_hits",
-            "characters",
-            "billable_characters",
-            "cost",
-        ],
-    );
+    csv::record(&mut out, UsageRow::columns(by));
     for row in rows {
         let figures = [
             row.tasks,

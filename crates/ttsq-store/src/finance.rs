@@ -23,7 +23,7 @@ use sqlx::{Postgres, Transaction};
 
 use crate::{
     Store, StoreError,
-    grants::{GRANT_LOCK, quote_ident},
+    grants::{GRANT_LOCK, existing_grantee, quote_ident},
 };
 
 /// What finance may read: `SELECT` on these, and nothing else.
@@ -73,29 +73,11 @@ impl Store {
             .bind(GRANT_LOCK)
             .execute(&mut *tx)
             .await?;
-        let found: Option<(bool, bool)> = sqlx::query_as(
-            "SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = $1",
-        )
-        .bind(role)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let created = match found {
-            None => {
-                create_role(&mut tx, role).await?;
-                true
-            }
-            Some((true, _)) => {
-                return Err(StoreError::Invalid(format!(
-                    "database role {role} is a superuser: no grant can restrict it"
-                )));
-            }
-            Some((_, true)) => {
-                return Err(StoreError::Invalid(format!(
-                    "database role {role} is the role migrating (the owner); \
-                     finance needs a role of its own"
-                )));
-            }
-            Some(_) => false,
+        let created = if existing_grantee(&mut *tx, role, "finance").await? {
+            false
+        } else {
+            create_role(&mut tx, role).await?;
+            true
         };
         grant(&mut tx, role).await?;
         sqlx::query("INSERT INTO finance_roles (role) VALUES ($1) ON CONFLICT (role) DO NOTHING")

@@ -31,6 +31,32 @@ const FINANCE_ROLES_TABLE: &str = "finance_roles";
 /// concurrently updated".
 pub(crate) const GRANT_LOCK: i64 = 0x7474_7371_6772_6e74; // "ttsqgrnt"
 
+/// Whether `role` exists, refusing one that no grant can restrict: a
+/// superuser, or the connected role itself (the owner). `as_what` says in
+/// the refusal what the role was meant to be.
+pub(crate) async fn existing_grantee<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    role: &str,
+    as_what: &str,
+) -> Result<bool, StoreError> {
+    let found: Option<(bool, bool)> =
+        sqlx::query_as("SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_optional(executor)
+            .await?;
+    match found {
+        None => Ok(false),
+        Some((true, _)) => Err(StoreError::Invalid(format!(
+            "database role {role} is a superuser: no grant can restrict it"
+        ))),
+        Some((_, true)) => Err(StoreError::Invalid(format!(
+            "database role {role} is the role migrating (the owner); {as_what} needs a role \
+             of its own"
+        ))),
+        Some(_) => Ok(true),
+    }
+}
+
 /// `name` as a quoted SQL identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -57,31 +83,11 @@ impl Store {
     /// Refuses a role that does not exist, is a superuser (grants do not
     /// bind it) or is the connected role itself.
     pub async fn grant_service_role(&self, role: &str) -> Result<(), StoreError> {
-        let found: Option<(bool, bool)> = sqlx::query_as(
-            "SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = $1",
-        )
-        .bind(role)
-        .fetch_optional(&self.pool)
-        .await?;
-        match found {
-            None => {
-                return Err(StoreError::NotFound(format!(
-                    "database role {role} (create it first: CREATE ROLE {} LOGIN PASSWORD '…')",
-                    quote_ident(role)
-                )));
-            }
-            Some((true, _)) => {
-                return Err(StoreError::Invalid(format!(
-                    "database role {role} is a superuser: no grant can restrict it"
-                )));
-            }
-            Some((_, true)) => {
-                return Err(StoreError::Invalid(format!(
-                    "database role {role} is the role migrating (the owner); \
-                     the service role must be another one"
-                )));
-            }
-            Some(_) => {}
+        if !existing_grantee(&self.pool, role, "the service role").await? {
+            return Err(StoreError::NotFound(format!(
+                "database role {role} (create it first: CREATE ROLE {} LOGIN PASSWORD '…')",
+                quote_ident(role)
+            )));
         }
         let grantee = quote_ident(role);
         let mut tx = self.pool.begin().await?;

@@ -54,6 +54,27 @@ pub struct UsageRow {
     pub cost: String,
 }
 
+impl UsageRow {
+    /// Column names of a usage table or CSV file, in field order, with
+    /// `period` (`day` or `month`) naming the period column.
+    pub fn columns(period: &str) -> [&str; 12] {
+        [
+            "tenant",
+            period,
+            "provider",
+            "dialect",
+            "currency",
+            "tasks",
+            "succeeded",
+            "failed",
+            "cache_hits",
+            "characters",
+            "billable_characters",
+            "cost",
+        ]
+    }
+}
+
 /// Which usage to read, beyond the period and range.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageFilter {

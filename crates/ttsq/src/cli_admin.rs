@@ -393,20 +393,7 @@ pub async fn usage(store: &Store, args: UsageArgs) -> anyhow::Result<()> {
         By::Day => "day",
         By::Month => "month",
     };
-    let headers = [
-        "tenant",
-        first,
-        "provider",
-        "dialect",
-        "currency",
-        "tasks",
-        "succeeded",
-        "failed",
-        "cache_hits",
-        "characters",
-        "billable_characters",
-        "cost",
-    ];
+    let headers = ttsq_store::UsageRow::columns(first);
     let table = rows
         .iter()
         .map(|r| {
