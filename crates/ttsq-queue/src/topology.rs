@@ -21,15 +21,10 @@ pub(crate) async fn declare(
     names: &QueueNames,
     delivery_limit: u32,
 ) -> Result<(), QueueError> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-
     let mut dlq_args = FieldTable::default();
     dlq_args.insert("x-queue-type".into(), long_string("quorum"));
     channel
-        .queue_declare(names.dlq.as_str().into(), durable, dlq_args)
+        .queue_declare(names.dlq.as_str().into(), durable(), dlq_args)
         .await?;
 
     let mut args = quorum_dead_lettering_to(&names.dlq);
@@ -40,32 +35,15 @@ pub(crate) async fn declare(
         AMQPValue::LongUInt(delivery_limit),
     );
     channel
-        .queue_declare(names.jobs.as_str().into(), durable, args)
+        .queue_declare(names.jobs.as_str().into(), durable(), args)
         .await?;
 
-    for (delay, name) in &names.delays {
-        // Nobody consumes a delay queue: every message waits out the
-        // queue's TTL and is dead-lettered back into the job queue. One
-        // queue per delay keeps expiry in order (expired messages only
-        // leave from the head).
-        let mut args = quorum_dead_lettering_to(&names.jobs);
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-        );
-        channel
-            .queue_declare(name.as_str().into(), durable, args)
-            .await?;
-    }
+    declare_delay_queues(channel, &names.delays, &names.jobs).await?;
     declare_webhooks(channel, names).await
 }
 
 /// Declares the webhook queue and its delay queues on `channel`.
 async fn declare_webhooks(channel: &Channel, names: &QueueNames) -> Result<(), QueueError> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), long_string("quorum"));
     args.insert(
@@ -73,19 +51,39 @@ async fn declare_webhooks(channel: &Channel, names: &QueueNames) -> Result<(), Q
         AMQPValue::LongUInt(WEBHOOK_DELIVERY_LIMIT),
     );
     channel
-        .queue_declare(names.webhooks.as_str().into(), durable, args)
+        .queue_declare(names.webhooks.as_str().into(), durable(), args)
         .await?;
-    for (delay, name) in &names.webhook_delays {
-        let mut args = quorum_dead_lettering_to(&names.webhooks);
+    declare_delay_queues(channel, &names.webhook_delays, &names.webhooks).await
+}
+
+/// Declares one delay queue per `(delay, name)`, each dead-lettering into
+/// `target`. Nobody consumes a delay queue: every message waits out the
+/// queue's TTL and goes back to `target`. One queue per delay keeps expiry
+/// in order (expired messages only leave from the head).
+async fn declare_delay_queues(
+    channel: &Channel,
+    delays: &[(std::time::Duration, String)],
+    target: &str,
+) -> Result<(), QueueError> {
+    for (delay, name) in delays {
+        let mut args = quorum_dead_lettering_to(target);
         args.insert(
             "x-message-ttl".into(),
             AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         );
         channel
-            .queue_declare(name.as_str().into(), durable, args)
+            .queue_declare(name.as_str().into(), durable(), args)
             .await?;
     }
     Ok(())
+}
+
+/// Options of every ttsq queue: durable, so it survives a broker restart.
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// Quorum queue arguments that dead-letter, losing nothing, into `target`
