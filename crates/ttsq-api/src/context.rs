@@ -12,7 +12,7 @@ use ttsq_config::Settings;
 use ttsq_core::{Job, JobLimits};
 use ttsq_providers::quota::ReplicaRole;
 use ttsq_queue::Broker;
-use ttsq_store::{CostEstimate, Principal, Store};
+use ttsq_store::{CostEstimate, NewTask, Principal, Store};
 
 use crate::{coalescer, content, ops, webhooks};
 
@@ -167,6 +167,31 @@ impl ApiContext {
 }
 
 impl ApiContext {
+    /// The task row `principal`'s `job` becomes: a fresh id, priced with
+    /// [`Self::estimate_cost`], carrying the request's `traceparent`; and
+    /// the current span records its id and dialect.
+    pub fn new_task<'a>(
+        &'a self,
+        principal: &'a Principal,
+        job: &'a Job,
+        idempotency_key: Option<&'a str>,
+        traceparent: Option<&'a str>,
+    ) -> NewTask<'a> {
+        let task = NewTask {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: principal.tenant_id,
+            job,
+            idempotency_key,
+            key_prefix: Some(&principal.key_prefix),
+            estimate: self.estimate_cost(job),
+            traceparent,
+        };
+        let span = tracing::Span::current();
+        span.record("task_id", tracing::field::display(task.id));
+        span.record("dialect", job.dialect.as_str());
+        task
+    }
+
     /// What `job` is expected to cost: its characters at the price of its
     /// dialect's first provider, in that provider's currency. Reserved
     /// against the tenant's budget while the task is open.

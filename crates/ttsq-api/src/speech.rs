@@ -29,9 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use ttsq_config::SpeechSettings;
 use ttsq_core::{Catalog, Job, JobRequest, ValidationErrors, job::decode_json};
-use ttsq_store::NewTask;
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::{ApiContext, ApiError, auth::Caller, jobs::submit::submit_high, view::AudioBody};
 
@@ -314,18 +312,7 @@ async fn speak(
         ));
     }
     let traceparent = ttsq_telemetry::trace_context::current_traceparent();
-    let task = NewTask {
-        id: Uuid::now_v7(),
-        tenant_id: caller.0.tenant_id,
-        job: &job,
-        idempotency_key: None,
-        key_prefix: Some(&caller.0.key_prefix),
-        estimate: context.estimate_cost(&job),
-        traceparent: traceparent.as_deref(),
-    };
-    let span = tracing::Span::current();
-    span.record("task_id", tracing::field::display(task.id));
-    span.record("dialect", job.dialect.as_str());
+    let task = context.new_task(&caller.0, &job, None, traceparent.as_deref());
     let cached = context
         .store
         .find_audio(job.hash.as_str())

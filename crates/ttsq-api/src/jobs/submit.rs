@@ -97,18 +97,13 @@ pub async fn submit(
     let IdempotencyKey(idempotency_key) = idempotency_key?;
     // The worker continues this request's trace from the task's message.
     let traceparent = ttsq_telemetry::trace_context::current_traceparent();
-    let task = NewTask {
-        id: Uuid::now_v7(),
-        tenant_id: caller.0.tenant_id,
-        job: &job,
-        idempotency_key: idempotency_key.as_deref(),
-        key_prefix: Some(&caller.0.key_prefix),
-        estimate: context.estimate_cost(&job),
-        traceparent: traceparent.as_deref(),
-    };
+    let task = context.new_task(
+        &caller.0,
+        &job,
+        idempotency_key.as_deref(),
+        traceparent.as_deref(),
+    );
     let span = tracing::Span::current();
-    span.record("task_id", tracing::field::display(task.id));
-    span.record("dialect", job.dialect.as_str());
     span.record("voice", job.voice.as_str());
     span.record("priority", job.priority.as_str());
 
