@@ -15,8 +15,10 @@
 #                           grants), which the test's stack connects as
 #   TTSQ_TEST_AMQP_URL      RabbitMQ; each test uses its own queue prefix
 #   TTSQ_S3_ENDPOINT, TTSQ_S3_ACCESS_KEY_ID, TTSQ_S3_SECRET_ACCESS_KEY
-#   TTSQ_TEST_PYTHON        a python with `openai`, `schemathesis` and
-#                           `standardwebhooks` (made here)
+#   TTSQ_TEST_PYTHON        a python with `openai`, `schemathesis`,
+#                           `standardwebhooks`, `httpx`, `pytest`,
+#                           `pytest-asyncio` and the SDK of clients/python
+#                           (made here)
 # all defaulting to the local services; values already set are kept.
 #
 # TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
@@ -144,15 +146,20 @@ fi
 # and fuzzes it with schemathesis; crates/ttsq/tests/it/webhooks.rs verifies
 # real deliveries with the Standard Webhooks reference library
 # (`standardwebhooks`, pinned: a test of interoperability should not move
-# under it). All from PyPI, in a venv made once (again when a pin changes).
+# under it); crates/ttsq/tests/it/python_sdk.rs runs the Python SDK's pytest
+# suite (httpx, pytest, pytest-asyncio) against a live stack. All from PyPI,
+# in a venv made once (again when a pin changes), with the SDK of
+# clients/python installed editable (again when its pyproject.toml changes).
 
 STANDARDWEBHOOKS_VERSION=1.1.0
+PYTOOLS=('openai>=1,<4' 'schemathesis>=4,<5' "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+    'httpx>=0.27,<1' 'pytest>=8,<9' 'pytest-asyncio>=0.24,<2')
 
 setup_pytools() {
     local venv="${TTSQ_HOME:-$REPO_ROOT/.ttsq}/pytools"
-    if ! "$venv/bin/python" -c "import openai, schemathesis, importlib.metadata as m
+    if ! "$venv/bin/python" -c "import openai, schemathesis, httpx, pytest, pytest_asyncio, importlib.metadata as m
 assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null; then
-        say "installing openai, schemathesis and standardwebhooks into $venv (PyPI)…"
+        say "installing ${PYTOOLS[*]} into $venv (PyPI)…"
         rm -rf "$venv"
         mkdir -p "$(dirname "$venv")"
         if ! python3 -m venv "$venv" 2>/dev/null; then
@@ -163,9 +170,18 @@ assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null
                     python3 python3-venv >/dev/null &&
                 python3 -m venv "$venv" || die "cannot make a Python venv (install python3 and python3-venv)"
         fi
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check 'openai>=1,<4' 'schemathesis>=4,<5' \
-            "standardwebhooks==$STANDARDWEBHOOKS_VERSION" ||
-            die "pip could not install openai, schemathesis and standardwebhooks"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PYTOOLS[@]}" ||
+            die "pip could not install ${PYTOOLS[*]}"
+    fi
+    # The SDK, editable: its sources are read from the tree, so only a
+    # changed pyproject.toml (dependencies, metadata) needs a new install.
+    local sdk="$REPO_ROOT/clients/python" stamp="$venv/ttsq-sdk.pyproject.sha256" want
+    want="$(sha256sum "$sdk/pyproject.toml" | cut -d' ' -f1)"
+    if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]] || ! "$venv/bin/python" -c "import ttsq" 2>/dev/null; then
+        say "installing the Python SDK (clients/python) into $venv…"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$sdk" ||
+            die "pip could not install clients/python"
+        printf '%s\n' "$want" >"$stamp"
     fi
     export TTSQ_TEST_PYTHON="$venv/bin/python"
 }

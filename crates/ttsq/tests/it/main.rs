@@ -17,6 +17,7 @@ mod outbox;
 mod pipeline;
 mod properties;
 mod providers;
+mod python_sdk;
 mod restart;
 mod retention;
 mod retries;
