@@ -45,7 +45,10 @@ async fn the_python_sdk_passes_its_tests_against_a_live_stack() {
     let app = TestApp::spawn_with(TestOptions {
         env: vec![
             ("TTSQ_ADMIN_TOKEN".to_owned(), admin_token.clone()),
-            ("TTSQ_WEBHOOKS_SIGNING_KEY".to_owned(), SIGNING_KEY.to_owned()),
+            (
+                "TTSQ_WEBHOOKS_SIGNING_KEY".to_owned(),
+                SIGNING_KEY.to_owned(),
+            ),
             // The suite's receiver listens on loopback.
             (
                 "TTSQ_WEBHOOKS_ALLOW_PRIVATE".to_owned(),
@@ -62,7 +65,15 @@ async fn the_python_sdk_passes_its_tests_against_a_live_stack() {
         Duration::from_secs(480),
         tokio::process::Command::new(&python)
             .current_dir(&sdk)
-            .args(["-m", "pytest", "tests", "-q", "-rs", "-p", "no:cacheprovider"])
+            .args([
+                "-m",
+                "pytest",
+                "tests",
+                "-q",
+                "-rs",
+                "-p",
+                "no:cacheprovider",
+            ])
             .env("PYTHONPATH", sdk.join("src"))
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("TTSQ_URL", &app.base_url)
