@@ -5,7 +5,7 @@ stand-in for ttsq, whose behaviour the live tests check."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 
 import httpx
 import pytest
@@ -92,7 +92,9 @@ def amake(peer: Peer, **options: Any) -> ttsq.AsyncClient:
 # --- settings ---------------------------------------------------------------
 
 
-def test_from_env_reads_the_variables_the_command_line_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_env_reads_the_variables_the_command_line_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("TTSQ_URL", "https://tts.example/")
     monkeypatch.setenv("TTSQ_API_KEY", "secret-key")
     client = ttsq.Client.from_env()
@@ -121,7 +123,9 @@ def test_every_request_carries_the_key_and_a_user_agent() -> None:
 # --- retries ------------------------------------------------------------------
 
 
-def test_an_idempotent_call_is_retried_on_5xx_429_and_connection_errors(pauses: List[float]) -> None:
+def test_an_idempotent_call_is_retried_on_5xx_429_and_connection_errors(
+    pauses: List[float],
+) -> None:
     peer = Peer(
         respond(503, problem(503)),
         httpx.ConnectError("refused"),
@@ -143,7 +147,7 @@ def test_retries_stop_after_the_policy_and_raise_what_came_last(pauses: List[flo
         make(peer, retry=ttsq.RetryPolicy(max_retries=2)).get(TASK_ID)
     assert caught.value.status == 503 and len(peer.requests) == 3
     peer = Peer(httpx.ConnectError("refused"))
-    with pytest.raises(ttsq.ApiConnectionError, match="cannot reach the API at http://ttsq.test"):
+    with pytest.raises(ttsq.ApiConnectionError, match=r"cannot reach the API at http://ttsq\.test"):
         make(peer, retry=ttsq.RetryPolicy(max_retries=1)).get(TASK_ID)
     assert len(peer.requests) == 2
     peer = Peer(httpx.ReadTimeout("slow"))
@@ -251,7 +255,11 @@ def test_a_body_that_is_no_problem_becomes_one_from_the_status(pauses: List[floa
 
 
 async def test_the_async_client_retries_the_same_way(pauses: List[float]) -> None:
-    peer = Peer(httpx.ConnectError("refused"), respond(503, problem(503), retry_after="1"), respond(200, task_json()))
+    peer = Peer(
+        httpx.ConnectError("refused"),
+        respond(503, problem(503), retry_after="1"),
+        respond(200, task_json()),
+    )
     async with amake(peer) as client:
         task = await client.get(TASK_ID)
     assert task.succeeded and len(peer.requests) == 3 and pauses[1] == 1.0
@@ -264,7 +272,11 @@ async def test_the_async_client_retries_the_same_way(pauses: List[float]) -> Non
 
 
 def test_wait_long_polls_in_slices_until_the_task_is_terminal(pauses: List[float]) -> None:
-    peer = Peer(respond(200, task_json("queued")), respond(200, task_json("processing")), respond(200, task_json()))
+    peer = Peer(
+        respond(200, task_json("queued")),
+        respond(200, task_json("processing")),
+        respond(200, task_json()),
+    )
     task = make(peer).wait(TASK_ID, timeout=100)
     assert task.succeeded
     assert [r.url.params["wait"] for r in peer.requests] == ["20", "20", "20"]
@@ -306,12 +318,20 @@ def test_list_tasks_follows_the_cursor_lazily() -> None:
 
 
 def test_synthesize_returns_the_audio_with_its_task() -> None:
-    peer = Peer(respond(200, b"ID3audio", content_type="audio/mpeg", x_task_id=TASK_ID, x_cache="hit"))
+    peer = Peer(
+        respond(200, b"ID3audio", content_type="audio/mpeg", x_task_id=TASK_ID, x_cache="hit")
+    )
     speech = make(peer).synthesize("Hi.", "en-gb", voice="v", speed=1.5)
     assert speech == b"ID3audio" and isinstance(speech, bytes)
     assert (speech.task_id, speech.content_type, speech.cache_hit) == (TASK_ID, "audio/mpeg", True)
     body = json.loads(peer.requests[0].content)
-    assert body == {"text": "Hi.", "dialect": "en-gb", "voice": "v", "speed": 1.5, "priority": "high"}
+    assert body == {
+        "text": "Hi.",
+        "dialect": "en-gb",
+        "voice": "v",
+        "speed": 1.5,
+        "priority": "high",
+    }
     assert peer.requests[0].headers["accept"] == "audio/*"
 
 
@@ -342,28 +362,43 @@ class BatchPeer:
             batch_id = f"b{len(self.batches)}"
             self.batches[batch_id] = items
             self.keys.append(request.headers["idempotency-key"])
-            return respond(202, {"batch_id": batch_id, "status": "running", "task_ids": [], "status_url": ""})
+            return respond(
+                202, {"batch_id": batch_id, "status": "running", "task_ids": [], "status_url": ""}
+            )
         batch_id = request.url.path.rsplit("/", 1)[1]
         items = self.batches[batch_id]
         start = int(request.url.params.get("cursor", "0"))
         limit = int(request.url.params.get("limit", "100"))
         page = [
-            {"index": i, "task_id": f"{batch_id}-{i}", "custom_id": items[i].get("custom_id"),
-             "status": "succeeded", "cache_hit": False}
+            {
+                "index": i,
+                "task_id": f"{batch_id}-{i}",
+                "custom_id": items[i].get("custom_id"),
+                "status": "succeeded",
+                "cache_hit": False,
+            }
             for i in range(start, min(start + limit, len(items)))
         ]
         body = {
-            "batch_id": batch_id, "status": "completed", "items": len(items),
-            "counts": {"succeeded": len(items)}, "concatenate": False, "data": page,
+            "batch_id": batch_id,
+            "status": "completed",
+            "items": len(items),
+            "counts": {"succeeded": len(items)},
+            "concatenate": False,
+            "data": page,
         }
         if start + limit < len(items):
             body["next_cursor"] = str(start + limit)
         return respond(200, body)
 
 
-def test_run_batch_splits_into_batches_of_1000_and_returns_every_item_in_order(pauses: List[float]) -> None:
+def test_run_batch_splits_into_batches_of_1000_and_returns_every_item_in_order(
+    pauses: List[float],
+) -> None:
     peer = BatchPeer()
-    jobs = [ttsq.Job(text=f"Line {n}.", dialect="en-gb", custom_id=f"line-{n}") for n in range(2345)]
+    jobs = [
+        ttsq.Job(text=f"Line {n}.", dialect="en-gb", custom_id=f"line-{n}") for n in range(2345)
+    ]
     result = make(Peer(peer)).run_batch(jobs, idempotency_key="book-7")
     assert [len(items) for items in peer.batches.values()] == [1000, 1000, 345]
     assert peer.keys == ["book-7.0", "book-7.1", "book-7.2"]
@@ -372,7 +407,9 @@ def test_run_batch_splits_into_batches_of_1000_and_returns_every_item_in_order(p
     assert len(result.batches) == 3 and len(result.succeeded) == 2345 and result.failed == []
 
 
-async def test_async_run_batch_takes_mappings_and_waits_for_all_batches(pauses: List[float]) -> None:
+async def test_async_run_batch_takes_mappings_and_waits_for_all_batches(
+    pauses: List[float],
+) -> None:
     peer = BatchPeer()
     jobs = [{"text": f"Line {n}.", "dialect": "en-gb"} for n in range(1001)]
     async with amake(Peer(peer)) as client:

@@ -90,14 +90,20 @@ def test_refusals_raise_their_error_with_the_problem(client: ttsq.Client, live_u
     with pytest.raises(ttsq.ConflictError):
         client.cancel(done.id)
 
-    with ttsq.Client("not-a-key", base_url=live_url) as stranger:
-        with pytest.raises(ttsq.AuthenticationError) as unknown:
-            stranger.list_dialects()
+    stranger = ttsq.Client("not-a-key", base_url=live_url)
+    with stranger, pytest.raises(ttsq.AuthenticationError) as unknown:
+        stranger.list_dialects()
     assert unknown.value.status == 401
 
-    with ttsq.Client("k", base_url="http://127.0.0.1:9", retry=ttsq.RetryPolicy(max_retries=1, initial_backoff=0.01)) as nowhere:
-        with pytest.raises(ttsq.ApiConnectionError):
-            nowhere.list_dialects()
+    with (
+        ttsq.Client(
+            "k",
+            base_url="http://127.0.0.1:9",
+            retry=ttsq.RetryPolicy(max_retries=1, initial_backoff=0.01),
+        ) as nowhere,
+        pytest.raises(ttsq.ApiConnectionError),
+    ):
+        nowhere.list_dialects()
 
 
 def test_list_tasks_walks_every_page(client: ttsq.Client) -> None:
@@ -172,9 +178,9 @@ def test_usage_reports_todays_billable_characters(client: ttsq.Client) -> None:
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
-    deliveries: "queue.Queue[Tuple[bytes, Dict[str, str]]]" = queue.Queue()
+    deliveries: queue.Queue[Tuple[bytes, Dict[str, str]]] = queue.Queue()
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         self.deliveries.put((body, dict(self.headers.items())))
         self.send_response(200)
@@ -185,7 +191,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def receiver() -> Iterator[Tuple[str, "queue.Queue[Tuple[bytes, Dict[str, str]]]"]]:
+def receiver() -> Iterator[Tuple[str, queue.Queue[Tuple[bytes, Dict[str, str]]]]]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -197,7 +203,7 @@ def receiver() -> Iterator[Tuple[str, "queue.Queue[Tuple[bytes, Dict[str, str]]]
 
 
 def test_a_real_delivery_verifies_and_a_tampered_one_does_not(
-    client: ttsq.Client, receiver: Tuple[str, "queue.Queue[Tuple[bytes, Dict[str, str]]]"]
+    client: ttsq.Client, receiver: Tuple[str, queue.Queue[Tuple[bytes, Dict[str, str]]]]
 ) -> None:
     secret = os.environ.get("TTSQ_TEST_WEBHOOK_SECRET")
     if not secret:
@@ -226,13 +232,16 @@ async def test_the_async_client_does_it_all_concurrently(aclient: ttsq.AsyncClie
     assert len({s.task_id for s in speeches}) == 3 and all(len(s) > 1000 for s in speeches)
 
     submitted = await asyncio.gather(
-        *(aclient.submit(unique(f"Queued {n}."), "en-gb", format="wav", marks=["word"]) for n in range(3))
+        *(
+            aclient.submit(unique(f"Queued {n}."), "en-gb", format="wav", marks=["word"])
+            for n in range(3)
+        )
     )
     tasks = await asyncio.gather(*(aclient.wait(t.id, timeout=WAIT) for t in submitted))
     assert all(t.succeeded for t in tasks)
     audio = await aclient.audio(tasks[0].id)
     assert audio[:4] == b"RIFF" and len(audio) == tasks[0].audio_bytes
-    assert [m.type for m in await aclient.marks(tasks[0].id)][0] == "word"
+    assert (await aclient.marks(tasks[0].id))[0].type == "word"
 
     listed: List[str] = [t.id async for t in aclient.list_tasks(page_size=2)]
     assert {t.id for t in tasks} <= set(listed)
@@ -244,7 +253,10 @@ async def test_the_async_client_does_it_all_concurrently(aclient: ttsq.AsyncClie
 
 
 async def test_the_async_batch_helper_waits_for_every_item(aclient: ttsq.AsyncClient) -> None:
-    jobs = [ttsq.Job(text=unique(f"Async item {n}."), dialect="en-gb", custom_id=str(n)) for n in range(4)]
+    jobs = [
+        ttsq.Job(text=unique(f"Async item {n}."), dialect="en-gb", custom_id=str(n))
+        for n in range(4)
+    ]
     result = await aclient.run_batch(jobs, timeout=WAIT)
     assert [i.custom_id for i in result.items] == ["0", "1", "2", "3"]
     assert len(result.succeeded) == 4 and result.batches[0].is_completed

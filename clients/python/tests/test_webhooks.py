@@ -37,8 +37,12 @@ def headers(signature: str = SIGNATURE, **changes: str) -> dict[str, str]:
     return base
 
 
-def verify(body: bytes = BODY, hdrs: object = None, secret: object = SECRET, **kw: object) -> object:
-    return ttsq.verify_webhook(body, hdrs if hdrs is not None else headers(), secret, now=TIMESTAMP, **kw)  # type: ignore[arg-type]
+def verify(
+    body: bytes = BODY, hdrs: object = None, secret: object = SECRET, **kw: object
+) -> object:
+    return ttsq.verify_webhook(
+        body, hdrs if hdrs is not None else headers(), secret, now=TIMESTAMP, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_the_reference_vector_verifies_with_or_without_the_prefix() -> None:
@@ -66,7 +70,9 @@ def test_a_changed_body_id_timestamp_or_secret_does_not_verify() -> None:
 
 def test_any_one_matching_v1_entry_verifies_and_nothing_else_does() -> None:
     wrong = "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="
-    verify(hdrs=headers(f"{wrong} v2,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= {SIGNATURE} {wrong}"))
+    verify(
+        hdrs=headers(f"{wrong} v2,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= {SIGNATURE} {wrong}")
+    )
     raw = SIGNATURE[len("v1,") :]
     for bad in [f"v1a,{raw}", raw, f"{wrong} v1,not-base64!", "v1,", ""]:
         with pytest.raises(ttsq.WebhookVerificationError):
@@ -91,7 +97,11 @@ def test_both_entries_of_a_sender_in_its_grace_period_verify_each_secret() -> No
     new = ttsq.sign_webhook(EVENT, OTHER_SECRET, msg_id="evt_1", timestamp=TIMESTAMP)[
         "webhook-signature"
     ]
-    sent = {"webhook-id": "evt_1", "webhook-timestamp": str(TIMESTAMP), "webhook-signature": f"{new} {old}"}
+    sent = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(TIMESTAMP),
+        "webhook-signature": f"{new} {old}",
+    }
     for secret in (SECRET, OTHER_SECRET):
         event = ttsq.verify_webhook(EVENT, sent, secret, now=TIMESTAMP)
         assert event.id == "evt_1"
@@ -112,7 +122,7 @@ def test_missing_headers_bad_timestamps_and_bad_secrets_are_named() -> None:
         del hdrs[name]
         with pytest.raises(ttsq.WebhookVerificationError, match=f"the {name} header is missing"):
             verify(hdrs=hdrs)
-    for stamp in ("soon", "1.5", "", "１６"):
+    for stamp in ("soon", "1.5", "", "\uff11\uff16"):
         with pytest.raises(ttsq.WebhookVerificationError):
             verify(hdrs=headers(webhook_timestamp=stamp))
     for secret in ("", "whsec_", "whsec_not base64!"):
@@ -146,18 +156,34 @@ def test_the_reference_library_verifies_what_sign_webhook_signs() -> None:
     assert standardwebhooks.Webhook(SECRET).verify(EVENT, signed)["id"] == "evt_1"
 
 
-def test_verify_webhook_accepts_what_the_reference_library_signs_and_refuses_its_forgeries() -> None:
+def test_verify_webhook_accepts_what_the_reference_library_signs_and_refuses_its_forgeries() -> (
+    None
+):
     standardwebhooks = pytest.importorskip("standardwebhooks")
     import datetime as dt
 
     reference = standardwebhooks.Webhook(SECRET)
     when = dt.datetime.fromtimestamp(TIMESTAMP, tz=dt.timezone.utc)
     signature = reference.sign("evt_1", when, EVENT.decode())
-    sent = {"webhook-id": "evt_1", "webhook-timestamp": str(TIMESTAMP), "webhook-signature": signature}
+    sent = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(TIMESTAMP),
+        "webhook-signature": signature,
+    }
     assert ttsq.verify_webhook(EVENT, sent, SECRET, now=TIMESTAMP).id == "evt_1"
     # The library's own vector agrees.
-    assert reference.sign(ID, dt.datetime.fromtimestamp(TIMESTAMP, tz=dt.timezone.utc), BODY.decode()) == SIGNATURE
-    forged = dict(sent, **{"webhook-signature": standardwebhooks.Webhook(OTHER_SECRET).sign("evt_1", when, EVENT.decode())})
+    assert (
+        reference.sign(ID, dt.datetime.fromtimestamp(TIMESTAMP, tz=dt.timezone.utc), BODY.decode())
+        == SIGNATURE
+    )
+    forged = dict(
+        sent,
+        **{
+            "webhook-signature": standardwebhooks.Webhook(OTHER_SECRET).sign(
+                "evt_1", when, EVENT.decode()
+            )
+        },
+    )
     with pytest.raises(ttsq.WebhookVerificationError):
         ttsq.verify_webhook(EVENT, forged, SECRET, now=TIMESTAMP)
 

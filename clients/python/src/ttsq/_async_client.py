@@ -27,7 +27,6 @@ from .models import (
     Voice,
 )
 
-
 _sleep = asyncio.sleep
 """How the client pauses (between retries, polls); replaced in tests."""
 
@@ -69,7 +68,7 @@ class AsyncClient(BaseClient):
         )
 
     @classmethod
-    def from_env(cls, **options: Any) -> "AsyncClient":
+    def from_env(cls, **options: Any) -> AsyncClient:
         """A client of ``TTSQ_URL`` with the key in ``TTSQ_API_KEY``, the
         variables the ``ttsq`` command line reads; ``options`` as for the
         constructor."""
@@ -80,7 +79,7 @@ class AsyncClient(BaseClient):
         if self._owns_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(
@@ -271,7 +270,9 @@ class AsyncClient(BaseClient):
         call = self._get_batch_call(batch_id, cursor, limit)
         return Batch.from_json(_base.json_object(await self._send(call)))
 
-    async def batch_items(self, batch_id: str, *, page_size: int = MAX_BATCH_ITEMS) -> AsyncIterator[BatchItem]:
+    async def batch_items(
+        self, batch_id: str, *, page_size: int = MAX_BATCH_ITEMS
+    ) -> AsyncIterator[BatchItem]:
         """Every item of the batch, in batch order, a page at a time."""
         cursor: Optional[str] = None
         while True:
@@ -353,4 +354,3 @@ class AsyncClient(BaseClient):
         """The tenant's usage by UTC day, ``from_`` to ``to`` inclusive
         (dates or ``YYYY-MM-DD``; default the last 30 days)."""
         return Usage.from_json(_base.json_object(await self._send(self._usage_call(from_, to))))
-

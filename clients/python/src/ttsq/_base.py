@@ -35,6 +35,7 @@ from .models import (
     Voice,
     job_json,
 )
+from .webhooks import verify_webhook
 
 ENV_URL = "TTSQ_URL"
 """The environment variable naming the API, as the ``ttsq`` command line reads it."""
@@ -166,6 +167,9 @@ class BaseClient:
             **(default_headers or {}),
         }
 
+    verify_webhook = staticmethod(verify_webhook)
+    """:func:`ttsq.verify_webhook`, for code that holds a client anyway."""
+
     def __repr__(self) -> str:
         # The key is a secret: never in logs or tracebacks.
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -268,7 +272,9 @@ class BaseClient:
 
     @staticmethod
     def _list_call(status: Optional[str], limit: Optional[int], cursor: Optional[str]) -> Call:
-        return Call("GET", "/v1/tts/jobs", params=_params(status=status, limit=limit, cursor=cursor))
+        return Call(
+            "GET", "/v1/tts/jobs", params=_params(status=status, limit=limit, cursor=cursor)
+        )
 
     @staticmethod
     def _batch_call(
@@ -400,8 +406,6 @@ def not_finished(task: Task) -> TtsqError:
         return UnexpectedResponseError(f"task {task.id} succeeded but has no audio")
     reason = f": {task.error.code}: {task.error.message}" if task.error else ""
     return TtsqError(f"task {task.id} is {task.status}{reason}")
-
-
 
 
 def chunks(jobs: Sequence[JobLike]) -> List[Sequence[JobLike]]:

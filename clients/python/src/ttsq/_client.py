@@ -26,7 +26,6 @@ from .models import (
     Voice,
 )
 
-
 _sleep = time.sleep
 """How the client pauses (between retries, polls); replaced in tests."""
 
@@ -68,7 +67,7 @@ class Client(BaseClient):
         )
 
     @classmethod
-    def from_env(cls, **options: Any) -> "Client":
+    def from_env(cls, **options: Any) -> Client:
         """A client of ``TTSQ_URL`` with the key in ``TTSQ_API_KEY``, the
         variables the ``ttsq`` command line reads; ``options`` as for the
         constructor."""
@@ -79,7 +78,7 @@ class Client(BaseClient):
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(
@@ -269,7 +268,9 @@ class Client(BaseClient):
         call = self._get_batch_call(batch_id, cursor, limit)
         return Batch.from_json(_base.json_object(self._send(call)))
 
-    def batch_items(self, batch_id: str, *, page_size: int = MAX_BATCH_ITEMS) -> Iterator[BatchItem]:
+    def batch_items(
+        self, batch_id: str, *, page_size: int = MAX_BATCH_ITEMS
+    ) -> Iterator[BatchItem]:
         """Every item of the batch, in batch order, a page at a time."""
         cursor: Optional[str] = None
         while True:
@@ -346,4 +347,3 @@ class Client(BaseClient):
         """The tenant's usage by UTC day, ``from_`` to ``to`` inclusive
         (dates or ``YYYY-MM-DD``; default the last 30 days)."""
         return Usage.from_json(_base.json_object(self._send(self._usage_call(from_, to))))
-

@@ -93,7 +93,8 @@ class ApiError(TtsqError):
         return text
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(status={self.status}, type={self.type!r}, detail={self.detail!r})"
+        name = type(self).__name__
+        return f"{name}(status={self.status}, type={self.type!r}, detail={self.detail!r})"
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), self.status, self.body, self.retry_after))

@@ -168,7 +168,7 @@ class TaskError:
     message: str
 
     @classmethod
-    def from_json(cls, data: Any) -> Optional["TaskError"]:
+    def from_json(cls, data: Any) -> Optional[TaskError]:
         if not isinstance(data, dict):
             return None
         return cls(code=str(data.get("code", "")), message=str(data.get("message", "")))
@@ -217,7 +217,7 @@ class Task:
         return self.status == TaskStatus.SUCCEEDED
 
     @classmethod
-    def from_json(cls, data: JSON) -> "Task":
+    def from_json(cls, data: JSON) -> Task:
         cache_hit = data.get("cache_hit")
         return cls(
             id=str(data.get("task_id", "")),
@@ -254,7 +254,7 @@ class TaskPage:
     next_cursor: Optional[str] = None
 
     @classmethod
-    def from_json(cls, data: JSON) -> "TaskPage":
+    def from_json(cls, data: JSON) -> TaskPage:
         jobs = data.get("jobs")
         return cls(
             tasks=[Task.from_json(j) for j in jobs if isinstance(j, dict)]
@@ -273,20 +273,28 @@ class Speech(bytes):
     content_type: str
     cache_hit: bool
 
-    def __new__(
-        cls, audio: bytes, *, task_id: str, content_type: str, cache_hit: bool
-    ) -> "Speech":
+    def __new__(cls, audio: bytes, *, task_id: str, content_type: str, cache_hit: bool) -> Speech:
         speech = super().__new__(cls, audio)
         speech.task_id = task_id
         speech.content_type = content_type
         speech.cache_hit = cache_hit
         return speech
 
+    def __reduce__(self) -> Any:
+        return (
+            _speech,
+            (bytes(self), self.task_id, self.content_type, self.cache_hit),
+        )
+
     def __repr__(self) -> str:
         return (
             f"Speech({len(self)} bytes, task_id={self.task_id!r}, "
             f"content_type={self.content_type!r}, cache_hit={self.cache_hit})"
         )
+
+
+def _speech(audio: bytes, task_id: str, content_type: str, cache_hit: bool) -> Speech:
+    return Speech(audio, task_id=task_id, content_type=content_type, cache_hit=cache_hit)
 
 
 @dataclass(frozen=True)
@@ -303,7 +311,7 @@ class Mark:
     end: Optional[int] = None
 
     @classmethod
-    def from_json(cls, data: JSON) -> "Mark":
+    def from_json(cls, data: JSON) -> Mark:
         return cls(
             type=str(data.get("type", "")),
             start_ms=_int(data.get("start_ms")) or 0,
@@ -335,7 +343,7 @@ class Dialect:
         return self.voices[0] if self.voices else None
 
     @classmethod
-    def from_json(cls, data: JSON) -> "Dialect":
+    def from_json(cls, data: JSON) -> Dialect:
         return cls(
             id=str(data.get("id", "")),
             name=str(data.get("name", "")),
@@ -377,7 +385,7 @@ class UsageDay:
     currency: Optional[str]
 
     @classmethod
-    def from_json(cls, data: JSON) -> "UsageDay":
+    def from_json(cls, data: JSON) -> UsageDay:
         try:
             cost = Decimal(str(data.get("cost", "0")))
         except InvalidOperation:
@@ -412,7 +420,7 @@ class Usage:
         return sum(d.billable_characters for d in self.days)
 
     @classmethod
-    def from_json(cls, data: JSON) -> "Usage":
+    def from_json(cls, data: JSON) -> Usage:
         days = data.get("days")
         return cls(
             from_=_date(data.get("from")),
@@ -433,7 +441,7 @@ class BatchSubmission:
     status_url: Optional[str] = None
 
     @classmethod
-    def from_json(cls, data: JSON) -> "BatchSubmission":
+    def from_json(cls, data: JSON) -> BatchSubmission:
         return cls(
             id=str(data.get("batch_id", "")),
             status=str(data.get("status", "")),
@@ -453,7 +461,7 @@ class StatusCounts:
     cancelled: int = 0
 
     @classmethod
-    def from_json(cls, data: Any) -> "StatusCounts":
+    def from_json(cls, data: Any) -> StatusCounts:
         if not isinstance(data, dict):
             return cls()
         return cls(**{k: _int(data.get(k)) or 0 for k in cls.__dataclass_fields__})
@@ -478,7 +486,7 @@ class BatchItem:
         return _is_terminal(self.status)
 
     @classmethod
-    def from_json(cls, data: JSON) -> "BatchItem":
+    def from_json(cls, data: JSON) -> BatchItem:
         return cls(
             index=_int(data.get("index")) or 0,
             task_id=str(data.get("task_id", "")),
@@ -521,7 +529,7 @@ class Batch:
         return self.status == "completed"
 
     @classmethod
-    def from_json(cls, data: JSON) -> "Batch":
+    def from_json(cls, data: JSON) -> Batch:
         items = data.get("data")
         return cls(
             id=str(data.get("batch_id", "")),
@@ -591,7 +599,7 @@ class WebhookEvent:
         return Batch.from_json(self.data) if self.type.startswith("batch.") else None
 
     @classmethod
-    def from_json(cls, data: JSON) -> "WebhookEvent":
+    def from_json(cls, data: JSON) -> WebhookEvent:
         payload = data.get("data")
         return cls(
             id=str(data.get("id", "")),

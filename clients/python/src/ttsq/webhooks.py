@@ -110,8 +110,7 @@ def verify_webhook(
     current = time.time() if now is None else now
     if abs(sent - current) > tolerance:
         raise WebhookVerificationError(
-            f"the webhook-timestamp is {sent - current:+.0f} s from now, "
-            "more than the tolerance"
+            f"the webhook-timestamp is {sent - current:+.0f} s from now, more than the tolerance"
         )
 
     expected = [_signature(key, msg_id, timestamp, body) for key in keys]
