@@ -426,3 +426,13 @@ def test_submit_batch_refuses_more_than_1000_jobs_before_sending() -> None:
     with pytest.raises(ValueError):
         client.submit_batch([])
     assert peer.requests == []
+
+
+def test_retries_are_logged_without_the_key(
+    pauses: List[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = Peer(respond(503, problem(503)), respond(200, task_json()))
+    with caplog.at_level("DEBUG", logger="ttsq"):
+        make(peer).get(TASK_ID)
+    assert "retrying GET /v1/tts/jobs/" in caplog.text and "HTTP 503" in caplog.text
+    assert "key-1" not in caplog.text

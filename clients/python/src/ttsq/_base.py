@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import email.utils
+import logging
 import os
 import random
 import uuid
@@ -36,6 +37,9 @@ from .models import (
     job_json,
 )
 from .webhooks import verify_webhook
+
+log = logging.getLogger("ttsq")
+"""Where the SDK says what it retries (at DEBUG); never the key."""
 
 ENV_URL = "TTSQ_URL"
 """The environment variable naming the API, as the ``ttsq`` command line reads it."""
@@ -203,6 +207,26 @@ class BaseClient:
     ) -> Optional[float]:
         """Seconds to wait before sending ``call`` again, or ``None`` when
         its outcome is final."""
+        pause = self._retry_pause(call, attempt, response, error)
+        if pause is not None:
+            why = repr(error) if response is None else f"HTTP {response.status_code}"
+            log.debug(
+                "retrying %s %s in %.2f s (retry %d): %s",
+                call.method,
+                call.path,
+                pause,
+                attempt + 1,
+                why,
+            )
+        return pause
+
+    def _retry_pause(
+        self,
+        call: Call,
+        attempt: int,
+        response: Optional[httpx.Response],
+        error: Optional[Exception],
+    ) -> Optional[float]:
         if not call.idempotent or attempt >= self.retry.max_retries:
             return None
         if error is not None:
