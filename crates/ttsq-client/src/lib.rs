@@ -104,25 +104,6 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client of the API at `base_url` (`http://host:port`) using
-    /// `api_key`, with the defaults of [`ClientBuilder`].
-    pub fn new(base_url: &str, api_key: &str) -> Result<Self, ClientError> {
-        Self::builder().base_url(base_url).api_key(api_key).build()
-    }
-
-    /// A builder: base URL, key, timeouts, retries, user agent, or the
-    /// caller's own `reqwest::Client`.
-    pub fn builder() -> ClientBuilder {
-        ClientBuilder::default()
-    }
-
-    /// A client configured by the environment, as the `ttsq` command line
-    /// is: the API at `TTSQ_URL` (default `http://127.0.0.1:8080`) with the
-    /// key in `TTSQ_API_KEY`.
-    pub fn from_env() -> Result<Self, ClientError> {
-        ClientBuilder::from_env()?.build()
-    }
-
     /// The same client with another retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;

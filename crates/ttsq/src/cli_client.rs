@@ -251,6 +251,8 @@ pub async fn say(args: SayArgs, output: Output) -> anyhow::Result<()> {
         "cache_hit": cache_hit,
     });
     match output {
+        // The audio is on stdout: the record goes to stderr.
+        Output::Json | Output::Csv if path.as_os_str() == "-" => eprintln!("{fields}"),
         // Sentences go to stderr, so that `--out -` keeps stdout audio only.
         Output::Table => eprintln!(
             "{} bytes → {} (task {task_id}{})",
