@@ -327,3 +327,46 @@ async fn ttsq_output_prints_listings_as_a_table_json_or_csv() {
     assert!(stderr(&deprecated).contains("--json is deprecated"));
     assert_eq!(wrong.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn ttsq_batch_sends_at_most_a_thousand_lines_per_request() {
+    // No worker: nothing finishes, so the run stops after its --timeout
+    // and this costs only the submissions.
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        ..TestOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("jobs.jsonl");
+    let out = dir.path().join("out");
+    let lines: Vec<String> = (0..1_001)
+        .map(|n| json!({"id": n, "text": "The same words.", "dialect": "en-gb"}).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).expect("input written");
+
+    let run = run(ttsq(&app)
+        .arg("batch")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--timeout", "1"]))
+    .await;
+
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert_eq!(app.scalar("SELECT count(*) FROM batches").await, 2);
+    assert_eq!(
+        app.scalar("SELECT max(items)::bigint FROM batches").await,
+        1_000
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 1_001);
+    let waited = results(&out);
+    assert_eq!(waited.len(), 1_001);
+    assert!(
+        waited
+            .iter()
+            .all(|r| r["status"] == "error" && r["task_id"].is_string()),
+        "{:?}",
+        waited.first()
+    );
+}

@@ -921,3 +921,39 @@ async fn the_client_runs_jobs_as_batches_and_running_them_again_makes_nothing_ne
     assert_eq!(items.keys().copied().collect::<Vec<_>>(), [1]);
     assert_eq!(items[&1][0].field, "dialect");
 }
+
+#[tokio::test]
+async fn the_client_reads_a_tasks_speech_marks() {
+    let app = TestApp::spawn().await;
+    let client = client(&app);
+    let job = NewJob {
+        marks: Some(vec!["word".to_owned()]),
+        ..NewJob::new("Marks from the client.", "en-us")
+    };
+    let accepted = client.submit(&job, None).await.expect("submitted");
+    let task = client.wait(accepted.task_id, WAIT).await.expect("finished");
+    let plain = client
+        .submit(&NewJob::new("No marks here.", "en-us"), None)
+        .await
+        .expect("submitted");
+    client.wait(plain.task_id, WAIT).await.expect("finished");
+
+    let marks = client.marks(task.task_id).await.expect("marks");
+    let none = client
+        .marks(plain.task_id)
+        .await
+        .expect_err("no marks asked");
+
+    assert!(task.marks_url.is_some(), "{task:?}");
+    let words: Vec<&str> = marks
+        .iter()
+        .filter(|m| m.kind == "word")
+        .map(|m| m.value.as_str())
+        .collect();
+    assert_eq!(words.first(), Some(&"Marks"), "{marks:?}");
+    assert!(
+        marks.windows(2).all(|w| w[0].start_ms <= w[1].start_ms),
+        "{marks:?}"
+    );
+    assert_eq!(none.status(), Some(404));
+}
