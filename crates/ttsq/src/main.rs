@@ -113,6 +113,7 @@ enum Command {
     /// Client commands (say, batch, jobs, dialects) reach the API at
     /// TTSQ_URL (or --url) with the key in TTSQ_API_KEY (or --api-key).
     /// The audio file is `-o/--out`; `--output` is how results are printed.
+    #[command(after_help = EXIT_CODES_HELP)]
     Say(cli_client::SayArgs),
     /// Synthesize a JSON Lines file of jobs into a directory:
     /// `ttsq batch jobs.jsonl --out dir/`.
@@ -129,10 +130,13 @@ enum Command {
     /// lines submitted before are waited for, not submitted again, and lines
     /// that never became a task (or were edited) run again. Exits 1 if any
     /// job failed.
+    #[command(after_help = EXIT_CODES_HELP)]
     Batch(cli_client::BatchArgs),
     /// List, show or cancel your tasks.
+    #[command(after_help = EXIT_CODES_HELP)]
     Jobs(cli_client::JobsArgs),
     /// List the dialects the API serves, with voices, formats and providers.
+    #[command(after_help = EXIT_CODES_HELP)]
     Dialects(cli_client::DialectsArgs),
     /// Print the API's OpenAPI 3.1 document (as committed in docs/openapi.json).
     Openapi,
