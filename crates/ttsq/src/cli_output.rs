@@ -68,17 +68,26 @@ pub struct Classified {
 
 /// An error of this class with this message.
 pub fn fail(failure: Failure, message: impl Into<String>) -> anyhow::Error {
+    classified(failure, message).into()
+}
+
+/// A context that gives the error under it this class:
+/// `.context(classified(Failure::Usage, "invalid configuration"))`.
+pub fn classified(failure: Failure, message: impl Into<String>) -> Classified {
     Classified {
         message: message.into(),
         failure,
     }
-    .into()
 }
 
 /// The exit code of a command's error: the first classified cause in its
 /// chain decides; an API client error is classified by what the server
 /// (or the network) said; anything else is 1.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    // A context is found only this way, not among the chain's causes.
+    if let Some(classified) = error.downcast_ref::<Classified>() {
+        return ExitCode::from(classified.failure.code());
+    }
     for cause in error.chain() {
         if let Some(classified) = cause.downcast_ref::<Classified>() {
             return ExitCode::from(classified.failure.code());
@@ -213,6 +222,14 @@ mod tests {
         let code = |e: anyhow::Error| format!("{:?}", exit_code(&e));
         assert_eq!(
             code(fail(Failure::Usage, "bad").context("while reading")),
+            format!("{:?}", ExitCode::from(2))
+        );
+        assert_eq!(
+            code(
+                anyhow::Error::new(std::io::Error::other("bad file"))
+                    .context(classified(Failure::Usage, "invalid configuration"))
+                    .context("while starting")
+            ),
             format!("{:?}", ExitCode::from(2))
         );
         assert_eq!(

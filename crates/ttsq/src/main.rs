@@ -10,7 +10,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use cli_output::{EXIT_CODES_HELP, Failure, Output, fail};
+use cli_output::{EXIT_CODES_HELP, Failure, Output, classified, fail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use ttsq::{Services, dead_letters};
@@ -248,7 +248,7 @@ async fn run(
         other => other,
     };
     let settings = Settings::load(cli.config.as_deref(), std::env::vars())
-        .map_err(|e| fail(Failure::Usage, format!("invalid configuration: {e:#}")))?;
+        .context(classified(Failure::Usage, "invalid configuration"))?;
     let service = match command {
         Command::Api => "ttsq-api",
         Command::Worker => "ttsq-worker",

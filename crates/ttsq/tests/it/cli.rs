@@ -179,6 +179,12 @@ async fn ttsq_exits_with_a_code_for_each_class_of_failure() {
         .args(["jobs", "list"]))
     .await;
     let refused_job = run(ttsq(&app).args(["say", "Where?", "--dialect", "xx-nowhere"])).await;
+    let bad_settings = run(ttsq(&app)
+        .env_remove("TTSQ_URL")
+        .env_remove("TTSQ_API_KEY")
+        .env("TTSQ_SERVER_LISTEN", "nowhere")
+        .args(["config", "check"]))
+    .await;
     let help = run(ttsq(&app).arg("--help")).await;
 
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
@@ -189,6 +195,17 @@ async fn ttsq_exits_with_a_code_for_each_class_of_failure() {
         stderr(&keyless)
     );
     assert_eq!(bad_input.status.code(), Some(2), "{}", stderr(&bad_input));
+    assert_eq!(
+        bad_settings.status.code(),
+        Some(2),
+        "{}",
+        stderr(&bad_settings)
+    );
+    assert!(
+        stderr(&bad_settings).contains("TTSQ_SERVER_LISTEN"),
+        "{}",
+        stderr(&bad_settings)
+    );
     assert_eq!(
         unreachable.status.code(),
         Some(3),
