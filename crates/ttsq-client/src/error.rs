@@ -63,6 +63,41 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The field errors of a refused batch, by item index: an error on
+    /// `items[3].text` is item 3's `text`. Errors on the batch as a whole
+    /// (`items`, `metadata`, …) are not in it.
+    ///
+    /// ```
+    /// # use ttsq_client::{FieldError, Problem};
+    /// let problem: Problem = serde_json::from_str(r#"{"status": 400, "errors": [
+    ///     {"field": "items[3].text", "reason": "must not be empty"},
+    ///     {"field": "metadata", "reason": "is too large"}]}"#).unwrap();
+    /// let items = problem.item_errors();
+    /// assert_eq!(items[&3][0].field, "text");
+    /// assert_eq!(items.len(), 1);
+    /// ```
+    pub fn item_errors(&self) -> std::collections::BTreeMap<usize, Vec<FieldError>> {
+        let mut items = std::collections::BTreeMap::<usize, Vec<FieldError>>::new();
+        for error in &self.errors {
+            let Some(rest) = error.field.strip_prefix("items[") else {
+                continue;
+            };
+            let Some((index, field)) = rest.split_once(']') else {
+                continue;
+            };
+            let Ok(index) = index.parse::<usize>() else {
+                continue;
+            };
+            items.entry(index).or_default().push(FieldError {
+                field: field.trim_start_matches('.').to_owned(),
+                reason: error.reason.clone(),
+            });
+        }
+        items
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.status, self.title)?;
@@ -75,6 +110,7 @@ impl std::fmt::Display for Problem {
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The server refused the request; its problem body says why.
     #[error("{0}")]
@@ -96,6 +132,14 @@ pub enum ClientError {
         /// How long was waited.
         timeout: Duration,
     },
+    /// A batch was not completed within the time waited.
+    #[error("batch {batch_id} did not complete within {timeout:?}")]
+    BatchTimeout {
+        /// The batch.
+        batch_id: Uuid,
+        /// How long was waited.
+        timeout: Duration,
+    },
 }
 
 impl ClientError {
@@ -110,5 +154,23 @@ impl ClientError {
     /// The HTTP status, when the server refused the request.
     pub fn status(&self) -> Option<u16> {
         self.problem().map(|p| p.status)
+    }
+
+    /// Whether the API could not be reached or was unavailable: no
+    /// connection, a broken transfer or a timeout, or a `502`, `503` or
+    /// `504` (after the retries the call allows). Trying again later may
+    /// succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Http(_) => true,
+            Self::Api(problem) => matches!(problem.status, 502..=504),
+            _ => false,
+        }
+    }
+
+    /// Whether the server refused the API key (`401`) or what it may do
+    /// (`403`).
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
     }
 }

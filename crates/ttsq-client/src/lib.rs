@@ -2,12 +2,18 @@
 //!
 //! # Layout
 //!
-//! - [`Client`]: one method per API call, retries for idempotent ones.
-//! - `types`: request and response shapes ([`NewJob`], [`Task`], …).
+//! - [`Client`]: one method per API call, retries for idempotent ones;
+//!   made by [`ClientBuilder`] or [`Client::from_env`].
+//! - `types`: request and response shapes ([`NewJob`], [`Task`],
+//!   [`AudioFormat`], [`Priority`], …).
+//! - `batch`: batches of up to [`MAX_BATCH_ITEMS`] jobs, and
+//!   [`Client::run_batch`] for any number of them.
 //! - `error`: [`ClientError`] and [`Problem`], the server's problem+json.
 //! - `webhook`: [`WebhookVerifier`], checking a webhook delivery's
 //!   Standard Webhooks signature.
 
+mod batch;
+mod builder;
 mod error;
 mod types;
 mod webhook;
@@ -20,9 +26,15 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+pub use batch::{
+    Batch, BatchAccepted, BatchCounts, BatchItem, BatchItemStatus, BatchPage, CancelledBatch,
+    MAX_BATCH_ITEMS, NewBatch, batch_idempotency_key,
+};
+pub use builder::{API_KEY_VAR, ClientBuilder, DEFAULT_URL, URL_VAR};
 pub use error::{ClientError, FieldError, Problem};
 pub use types::{
-    Accepted, Dialect, ListOptions, NewJob, Speech, Task, TaskError, TaskPage, TaskStatus, Usage,
+    Accepted, AudioFormat, Dialect, ListOptions, Mark, NewJob, Priority, Speech, Task, TaskError,
+    TaskPage, TaskStatus, Usage,
 };
 pub use webhook::{WebhookError, WebhookVerifier};
 
@@ -51,12 +63,35 @@ impl Default for RetryPolicy {
 }
 
 /// A client of one ttsq API as one tenant; cheap to clone.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), ttsq_client::ClientError> {
+/// use std::time::Duration;
+/// use ttsq_client::{Client, RetryPolicy};
+///
+/// // TTSQ_URL and TTSQ_API_KEY, as the `ttsq` command line reads them.
+/// let client = Client::from_env()?;
+/// // Or everything spelled out, on the caller's own reqwest client.
+/// let client = Client::builder()
+///     .base_url("https://tts.example.com")
+///     .api_key("ttsq_…")
+///     .timeout(Duration::from_secs(60))
+///     .retry(RetryPolicy { retries: 2, ..RetryPolicy::default() })
+///     .user_agent("my-app/1.0")
+///     .http_client(reqwest::Client::new())
+///     .build()?;
+/// # let _ = client; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base_url: String,
     api_key: String,
     retry: RetryPolicy,
+    /// Longest wait for one request's answer (long-polls ask for less).
+    timeout: Duration,
+    /// Sent as `User-Agent` on every request, when set on the builder.
+    user_agent: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -69,33 +104,6 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client of the API at `base_url` (`http://host:port`) using `api_key`.
-    pub fn new(base_url: &str, api_key: &str) -> Result<Self, ClientError> {
-        let base_url = base_url.trim().trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(ClientError::Config(format!(
-                "the API URL must start with http:// or https://, not `{base_url}`"
-            )));
-        }
-        let api_key = api_key.trim().to_owned();
-        if api_key.is_empty() {
-            return Err(ClientError::Config("the API key is empty".into()));
-        }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("ttsq-client/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            // Longer than any long-poll slice.
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            base_url,
-            api_key,
-            retry: RetryPolicy::default(),
-        })
-    }
-
     /// The same client with another retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
@@ -134,11 +142,11 @@ impl Client {
         decode(response).await
     }
 
-    /// Submits many jobs, each with its idempotency key, at most
-    /// `concurrency` at once; results come back in input order. (The API's
-    /// batch endpoint is not used: a per-job key makes a resubmission safe
-    /// item by item.)
-    pub async fn submit_batch<J: Serialize + Sync>(
+    /// Submits many jobs one request each, each with its idempotency key,
+    /// at most `concurrency` at once; results come back in input order.
+    /// For many jobs at once prefer [`Client::submit_batch`] (one request
+    /// per 1,000 jobs) or [`Client::run_batch`].
+    pub async fn submit_each<J: Serialize + Sync>(
         &self,
         jobs: &[(String, J)],
         concurrency: usize,
@@ -153,7 +161,7 @@ impl Client {
     /// Synthesizes a job at high priority and returns the audio itself.
     pub async fn synthesize(&self, job: &NewJob) -> Result<Speech, ClientError> {
         let mut job = job.clone();
-        job.priority = Some("high".to_owned());
+        job.priority = Some(Priority::High);
         let response = self
             .send(Method::POST, "/v1/tts/jobs", false, |r| {
                 r.header(header::ACCEPT, "audio/*").json(&job)
@@ -249,6 +257,21 @@ impl Client {
         decode(response).await
     }
 
+    /// The speech marks of a succeeded task that asked for them
+    /// ([`NewJob::marks`]): a `404` problem when it did not, `409` while it
+    /// is not succeeded.
+    pub async fn marks(&self, task_id: Uuid) -> Result<Vec<Mark>, ClientError> {
+        let response = self
+            .send(
+                Method::GET,
+                &format!("/v1/tts/jobs/{task_id}/marks"),
+                true,
+                |r| r,
+            )
+            .await?;
+        decode(response).await
+    }
+
     /// The dialect catalog.
     pub async fn dialects(&self) -> Result<Vec<Dialect>, ClientError> {
         #[derive(serde::Deserialize)]
@@ -287,11 +310,15 @@ impl Client {
         let url = format!("{}{path}", self.base_url);
         let mut attempt = 0;
         loop {
-            let request = build(
-                self.http
-                    .request(method.clone(), &url)
-                    .bearer_auth(&self.api_key),
-            );
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.api_key)
+                .timeout(self.timeout);
+            if let Some(agent) = &self.user_agent {
+                request = request.header(header::USER_AGENT, agent);
+            }
+            let request = build(request);
             let result = request.send().await;
             let retry_after = match &result {
                 Err(err) if err.is_connect() => Some(None),
@@ -336,6 +363,7 @@ impl Client {
     }
 }
 
+/// Reads a JSON response body.
 async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
     let bytes = response.bytes().await.map_err(ClientError::Http)?;
     serde_json::from_slice(&bytes)

@@ -22,18 +22,22 @@ pub struct NewJob {
     /// Emotion, where the dialect offers any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emotion: Option<String>,
-    /// `mp3` (default), `wav`, `pcm` or `ogg_opus`.
+    /// Audio format; the server's default (mp3) when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<String>,
-    /// `normal` (default) or `high`.
+    pub format: Option<AudioFormat>,
+    /// Queued (`normal`, the default) or synthesized at once (`high`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub priority: Option<String>,
+    pub priority: Option<Priority>,
     /// URL told of the terminal state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
     /// The client's own JSON, returned as given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// Speech marks to produce with the audio: any of `word`, `sentence`,
+    /// `viseme` (read them with [`crate::Client::marks`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marks: Option<Vec<String>>,
 }
 
 impl NewJob {
@@ -91,6 +95,148 @@ impl std::fmt::Display for TaskStatus {
     }
 }
 
+/// Defines a string-backed enum: the known values as variants, anything
+/// else kept as `Other`, so a value a newer server sends never breaks
+/// reading a response, and a value this client does not know yet can still
+/// be sent.
+macro_rules! string_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+        #[non_exhaustive]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+            /// A value this client does not know, kept as sent.
+            Other(String),
+        }
+
+        impl $name {
+            /// The API's name of the value.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $text,)+
+                    Self::Other(other) => other,
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+
+            /// Never fails: an unknown name is kept as `Other`, and the
+            /// server says whether it takes it.
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                Ok(match raw {
+                    $($text => Self::$variant,)+
+                    other => Self::Other(other.to_owned()),
+                })
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(raw: &str) -> Self {
+                match raw.parse() {
+                    Ok(value) => value,
+                    Err(never) => match never {},
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let raw = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+                Ok(Self::from(raw.as_ref()))
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// An audio format. Which formats a dialect offers is in
+    /// [`Dialect::formats`].
+    ///
+    /// ```
+    /// use ttsq_client::AudioFormat;
+    ///
+    /// assert_eq!("ogg_opus".parse::<AudioFormat>().unwrap(), AudioFormat::OggOpus);
+    /// assert_eq!(AudioFormat::OggOpus.extension(), "ogg");
+    /// // A format a newer server offers is kept, not refused.
+    /// assert_eq!(AudioFormat::from("speex").as_str(), "speex");
+    /// ```
+    AudioFormat {
+        /// MP3, the server's default.
+        #[default]
+        Mp3 = "mp3",
+        /// WAV (16-bit PCM in a RIFF container).
+        Wav = "wav",
+        /// Raw 16-bit little-endian PCM, no header.
+        Pcm = "pcm",
+        /// Opus in an Ogg container, `.opus`.
+        Opus = "opus",
+        /// FLAC.
+        Flac = "flac",
+        /// Opus in an Ogg container, `.ogg`.
+        OggOpus = "ogg_opus",
+        /// AAC, where the server offers it.
+        Aac = "aac",
+    }
+}
+
+impl AudioFormat {
+    /// The file extension for audio in this format (`ogg` for `ogg_opus`).
+    pub fn extension(&self) -> &str {
+        match self {
+            Self::OggOpus => "ogg",
+            other => other.as_str(),
+        }
+    }
+
+    /// The format a file name's extension asks for (`ogg` is `ogg_opus`);
+    /// `None` without an extension.
+    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match ext.as_str() {
+            "ogg" => Self::OggOpus,
+            other => Self::from(other),
+        })
+    }
+}
+
+string_enum! {
+    /// How a job is scheduled.
+    ///
+    /// ```
+    /// use ttsq_client::Priority;
+    ///
+    /// assert_eq!(Priority::default(), Priority::Normal);
+    /// assert_eq!(serde_json::to_string(&Priority::High).unwrap(), r#""high""#);
+    /// ```
+    Priority {
+        /// Through the queue; the submission answers `202` with a task id.
+        #[default]
+        Normal = "normal",
+        /// Synthesized at once; the submission answers with the audio.
+        High = "high",
+    }
+}
+
 /// A task created (or found by its idempotency key) by a submission.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Accepted {
@@ -119,9 +265,9 @@ pub struct Task {
     pub task_id: Uuid,
     /// Where it is in its life.
     pub status: TaskStatus,
-    /// `normal` or `high`.
+    /// How it was scheduled.
     #[serde(default)]
-    pub priority: String,
+    pub priority: Priority,
     /// Dialect id.
     #[serde(default)]
     pub dialect: String,
@@ -130,7 +276,7 @@ pub struct Task {
     pub voice: String,
     /// Audio format.
     #[serde(default)]
-    pub format: String,
+    pub format: AudioFormat,
     /// Characters of the text.
     #[serde(default)]
     pub characters: i64,
@@ -158,6 +304,9 @@ pub struct Task {
     /// The metadata submitted.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// Presigned URL of the speech marks, once succeeded, when asked for.
+    #[serde(default)]
+    pub marks_url: Option<String>,
     /// Accepted at.
     pub created_at: DateTime<Utc>,
     /// Finished at.
@@ -202,7 +351,7 @@ pub struct Dialect {
     pub voices: Vec<String>,
     /// Formats offered.
     #[serde(default)]
-    pub formats: Vec<String>,
+    pub formats: Vec<AudioFormat>,
     /// Emotions offered.
     #[serde(default)]
     pub emotions: Vec<String>,
@@ -230,4 +379,24 @@ pub struct Speech {
     pub content_type: String,
     /// The bytes.
     pub audio: Bytes,
+}
+
+/// One speech mark: when a word, a sentence or a viseme is heard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// `word`, `sentence` or `viseme`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it starts, in ms from the start of the audio.
+    pub start_ms: u32,
+    /// When it ends, in ms.
+    pub end_ms: u32,
+    /// The word or sentence, or the viseme's name.
+    pub value: String,
+    /// Offset of its first character in the normalised text (words, sentences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u32>,
+    /// Offset after its last character (words, sentences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u32>,
 }

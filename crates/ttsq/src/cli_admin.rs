@@ -4,7 +4,7 @@
 //! as `cli:<user>`. `usage` only reads the finance views, so a read-only
 //! finance role may run it.
 
-use std::{fmt::Write as _, str::FromStr};
+use std::str::FromStr;
 
 use chrono::{Datelike as _, NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
@@ -12,16 +12,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use ttsq_store::{Store, StoreError, TenantLimits, TenantUpdate, UsageFilter, UsagePeriod};
 
-/// How listings are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Aligned columns for people.
-    Table,
-    /// RFC 4180 CSV with a header row, for spreadsheets.
-    Csv,
-    /// A JSON array of objects.
-    Json,
-}
+use crate::cli_output::{Output, print};
 
 /// A limit on the command line: a number, or `none` for no limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,9 +97,9 @@ pub enum TenantCommand {
     },
     /// List tenants with their limits.
     List {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// Deprecated spelling of the global `--output`.
+        #[arg(long, value_enum, hide = true)]
+        format: Option<Output>,
     },
     /// Change a tenant's limits; options left out stay as they are.
     Update {
@@ -131,9 +122,9 @@ pub enum KeyCommand {
     List {
         /// Only this tenant's keys.
         tenant: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
-        format: Format,
+        /// Deprecated spelling of the global `--output`.
+        #[arg(long, value_enum, hide = true)]
+        format: Option<Output>,
     },
     /// Revoke a key by id or visible prefix; every replica refuses it at once.
     Revoke {
@@ -166,9 +157,9 @@ pub struct UsageArgs {
     /// One row per day or per month.
     #[arg(long, value_enum, default_value_t = By::Day)]
     by: By,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    /// Deprecated spelling of the global `--output`.
+    #[arg(long, value_enum, hide = true)]
+    format: Option<Output>,
 }
 
 /// Rows per query of `ttsq usage`: all tenants' usage is read a page at a
@@ -201,7 +192,7 @@ fn opt<T: ToString>(value: Option<T>) -> String {
 
 /// Runs `ttsq tenant …`.
 #[expect(clippy::print_stdout, reason = "command output belongs on stdout")]
-pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()> {
+pub async fn tenant(store: &Store, command: TenantCommand, output: Output) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create { name, limits } => {
             let set = TenantLimits {
@@ -251,7 +242,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                 "active_keys",
                 "created_at",
             ];
-            let rows = tenants
+            let rows: Vec<Vec<String>> = tenants
                 .iter()
                 .map(|t| {
                     vec![
@@ -270,7 +261,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
                     ]
                 })
                 .collect();
-            print!("{}", render(format, &headers, rows, &json!(tenants)));
+            print(chosen(output, format), &headers, &rows, &json!(tenants))?;
         }
         TenantCommand::Update { name, limits } => {
             let update = TenantUpdate {
@@ -310,7 +301,7 @@ pub async fn tenant(store: &Store, command: TenantCommand) -> anyhow::Result<()>
 
 /// Runs `ttsq key …`.
 #[expect(clippy::print_stdout, reason = "command output belongs on stdout")]
-pub async fn key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
+pub async fn key(store: &Store, command: KeyCommand, output: Output) -> anyhow::Result<()> {
     match command {
         KeyCommand::Create { tenant } => {
             let key = store
@@ -326,7 +317,7 @@ pub async fn key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::List { tenant, format } => {
             let keys = store.list_keys(tenant.as_deref()).await.map_err(explain)?;
             let headers = ["tenant", "prefix", "id", "created_at", "revoked_at"];
-            let rows = keys
+            let rows: Vec<Vec<String>> = keys
                 .iter()
                 .map(|k| {
                     vec![
@@ -338,7 +329,7 @@ pub async fn key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!("{}", render(format, &headers, rows, &json!(keys)));
+            print(chosen(output, format), &headers, &rows, &json!(keys))?;
         }
         KeyCommand::Revoke { key } => {
             let key = store.revoke_key(&key, &actor()).await.map_err(explain)?;
@@ -355,8 +346,7 @@ pub async fn key(store: &Store, command: KeyCommand) -> anyhow::Result<()> {
 }
 
 /// Runs `ttsq usage`.
-#[expect(clippy::print_stdout, reason = "command output belongs on stdout")]
-pub async fn usage(store: &Store, args: UsageArgs) -> anyhow::Result<()> {
+pub async fn usage(store: &Store, args: UsageArgs, output: Output) -> anyhow::Result<()> {
     let today = Utc::now().date_naive();
     let to = args.to.unwrap_or(today);
     let from = args.from.unwrap_or_else(|| to.with_day0(0).unwrap_or(to));
@@ -394,7 +384,7 @@ pub async fn usage(store: &Store, args: UsageArgs) -> anyhow::Result<()> {
         By::Month => "month",
     };
     let headers = ttsq_store::UsageRow::columns(first);
-    let table = rows
+    let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
@@ -413,82 +403,25 @@ pub async fn usage(store: &Store, args: UsageArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print!("{}", render(args.format, &headers, table, &json!(rows)));
+    print(chosen(output, args.format), &headers, &table, &json!(rows))?;
     Ok(())
 }
 
-/// Renders rows as a table, CSV, or (from `as_json`) JSON.
-fn render(
-    format: Format,
-    headers: &[&str],
-    rows: Vec<Vec<String>>,
-    as_json: &serde_json::Value,
-) -> String {
-    let mut out = String::new();
-    match format {
-        Format::Json => {
-            out = serde_json::to_string_pretty(as_json).unwrap_or_else(|_| "[]".to_owned());
-            out.push('\n');
+/// The output asked for: `--output`, or the deprecated `--format` of the
+/// listings (with a warning).
+fn chosen(output: Output, deprecated: Option<Output>) -> Output {
+    match deprecated {
+        Some(format) => {
+            eprintln!("warning: --format is deprecated here; use --output (table, json or csv)");
+            format
         }
-        Format::Csv => {
-            let line = |cells: &mut dyn Iterator<Item = &str>| {
-                cells.map(csv_field).collect::<Vec<_>>().join(",") + "\r\n"
-            };
-            out.push_str(&line(&mut headers.iter().copied()));
-            for row in &rows {
-                out.push_str(&line(&mut row.iter().map(String::as_str)));
-            }
-        }
-        Format::Table => {
-            let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-            for row in &rows {
-                for (w, cell) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(cell.chars().count());
-                }
-            }
-            let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-                let mut text = String::new();
-                for (cell, w) in cells.zip(&widths) {
-                    let _ = write!(text, "{cell:<w$}  ");
-                }
-                out.push_str(text.trim_end());
-                out.push('\n');
-            };
-            line(&mut headers.iter().copied());
-            for row in &rows {
-                line(&mut row.iter().map(String::as_str));
-            }
-        }
-    }
-    out
-}
-
-/// A CSV field, quoted when it holds a comma, quote or line break.
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_owned()
+        None => output,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_quotes_only_what_needs_it() {
-        let out = render(
-            Format::Csv,
-            &["a", "b"],
-            vec![
-                vec!["x,y".into(), "say \"hi\"".into()],
-                vec!["1".into(), "2".into()],
-            ],
-            &json!([]),
-        );
-        assert_eq!(out, "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\n1,2\r\n");
-    }
 
     #[test]
     fn limits_parse_numbers_and_none() {

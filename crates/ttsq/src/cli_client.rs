@@ -1,41 +1,39 @@
 //! The client commands of the `ttsq` binary: `say`, `batch`, `jobs`,
 //! `dialects` and `openapi`. They talk to a running API through
-//! `ttsq-client`, configured by `TTSQ_URL` and `TTSQ_API_KEY` (or `--url`
-//! and `--api-key`), and never read the server's settings.
+//! `ttsq-client` (never raw HTTP), configured by `TTSQ_URL` and
+//! `TTSQ_API_KEY` (or `--url` and `--api-key`), and never read the
+//! server's settings.
 
 use std::{
-    collections::{BTreeMap, HashSet},
-    io::{IsTerminal, Write},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    io::{IsTerminal, Read, Write},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use ttsq_client::{Client, ListOptions, NewJob, Task, TaskStatus};
+use ttsq_client::{
+    API_KEY_VAR, AudioFormat, BatchItemStatus, Client, DEFAULT_URL, ListOptions, MAX_BATCH_ITEMS,
+    NewJob, Problem, Task, TaskStatus, URL_VAR, batch_idempotency_key,
+};
 use uuid::Uuid;
+
+use crate::cli_output::{Failure, Output, fail, out, out_json, print};
 
 /// Where the API is and who calls it.
 #[derive(clap::Args, Debug)]
 pub struct Connection {
     /// URL of the ttsq API.
-    #[arg(
-        long,
-        env = "TTSQ_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
+    #[arg(long, env = URL_VAR, default_value = DEFAULT_URL, global = true)]
     url: String,
     /// API key. Prefer the environment variable: a flag shows in `ps`.
-    #[arg(long, env = "TTSQ_API_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = API_KEY_VAR, hide_env_values = true, global = true)]
     api_key: Option<String>,
-    /// Print JSON instead of a table or a sentence.
-    #[arg(long, global = true)]
-    json: bool,
 }
 
 impl Connection {
@@ -44,15 +42,28 @@ impl Connection {
             .api_key
             .as_deref()
             .filter(|k| !k.trim().is_empty())
-            .context("no API key: set TTSQ_API_KEY or pass --api-key")?;
-        Ok(Client::new(&self.url, key)?)
+            .ok_or_else(|| {
+                fail(
+                    Failure::Usage,
+                    format!("no API key: set {API_KEY_VAR} or pass --api-key"),
+                )
+            })?;
+        Ok(Client::builder()
+            .base_url(&self.url)
+            .api_key(key)
+            .user_agent(concat!("ttsq-cli/", env!("CARGO_PKG_VERSION")))
+            .build()?)
     }
 }
+
+/// Most bytes `ttsq say -` reads from stdin: the API's default largest
+/// request body, far more than a job's text may hold.
+const MAX_STDIN_BYTES: u64 = 1024 * 1024;
 
 /// `ttsq say`.
 #[derive(clap::Args, Debug)]
 pub struct SayArgs {
-    /// The text to speak.
+    /// The text to speak; `-` reads it from stdin (at most 1 MiB).
     text: String,
     /// Dialect id (see `ttsq dialects`).
     #[arg(long, short)]
@@ -60,7 +71,8 @@ pub struct SayArgs {
     /// Voice of the dialect; its default when absent.
     #[arg(long)]
     voice: Option<String>,
-    /// mp3, wav, pcm or ogg_opus; by default taken from the --output
+    /// Audio format: mp3, wav, pcm, opus, flac, ogg_opus (what a dialect
+    /// offers is in `ttsq dialects`); by default taken from the --out
     /// file's extension, else mp3.
     #[arg(long, short)]
     format: Option<String>,
@@ -71,8 +83,8 @@ pub struct SayArgs {
     #[arg(long, default_value = "normal", value_parser = ["normal", "high"])]
     priority: String,
     /// File to write the audio to (`-` for stdout); default `{task id}.{ext}`.
-    #[arg(long, short)]
-    output: Option<PathBuf>,
+    #[arg(long, short, value_name = "FILE")]
+    out: Option<PathBuf>,
     /// Longest wait for a normal-priority job, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -86,17 +98,33 @@ pub struct BatchArgs {
     /// JSON Lines file: one job per line, each with an `id` (the output file
     /// name) and the job's fields (`text`, `dialect`, `voice`, `format`, …).
     file: PathBuf,
-    /// Directory for `{id}.{ext}` audio and `results.jsonl`.
-    #[arg(long, short)]
+    /// Directory for `{id}.{ext}` audio, `results.jsonl` and `submitted.jsonl`.
+    #[arg(long, short, value_name = "DIR")]
     out: PathBuf,
-    /// Requests in flight at once.
+    /// Downloads in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Longest wait for one job, in seconds.
+    /// Longest wait, in seconds, while no job finishes; the jobs unfinished
+    /// then are recorded as errors, and a rerun waits for them again.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Jobs per batch request, 1 to 1,000.
+    #[arg(
+        long,
+        hide = true,
+        default_value_t = MAX_BATCH_ITEMS,
+        value_parser = chunk_size,
+    )]
+    chunk_size: usize,
     #[command(flatten)]
     connection: Connection,
+}
+
+fn chunk_size(raw: &str) -> Result<usize, String> {
+    raw.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_BATCH_ITEMS).contains(n))
+        .ok_or_else(|| format!("must be 1 to {MAX_BATCH_ITEMS}"))
 }
 
 /// `ttsq jobs`.
@@ -144,38 +172,48 @@ pub struct DialectsArgs {
     connection: Connection,
 }
 
-/// Prints a line on stdout: command output, as opposed to stderr progress.
-fn out(line: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}").context("Failed to write to stdout")
-}
-
-fn out_json(value: &impl Serialize) -> anyhow::Result<()> {
-    out(&serde_json::to_string_pretty(value)?)
-}
-
-fn extension(format: &str) -> &str {
-    match format {
-        "ogg_opus" => "ogg",
-        other => other,
+/// The text of `ttsq say`: the argument, or stdin for `-`.
+fn say_text(arg: &str) -> anyhow::Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_owned());
     }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .context("Failed to read the text from stdin")?;
+    if bytes.len() as u64 > MAX_STDIN_BYTES {
+        return Err(fail(
+            Failure::Usage,
+            format!(
+                "stdin holds more than {MAX_STDIN_BYTES} bytes; a job's text is far shorter \
+                 (the API's limits.max_text_chars): split it into lines for `ttsq batch`"
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| fail(Failure::Usage, "the text on stdin is not UTF-8"))?;
+    if text.trim().is_empty() {
+        return Err(fail(Failure::Usage, "no text on stdin"));
+    }
+    Ok(text)
 }
 
 /// `ttsq say`: synthesizes one text and writes the audio.
-pub async fn say(args: SayArgs) -> anyhow::Result<()> {
+pub async fn say(args: SayArgs, output: Output) -> anyhow::Result<()> {
     let client = args.connection.client()?;
-    let format = args.format.clone().or_else(|| {
-        args.output
-            .as_deref()
-            .and_then(Path::extension)
-            .and_then(|e| e.to_str())
-            .map(|e| if e == "ogg" { "ogg_opus" } else { e }.to_owned())
-    });
+    let text = say_text(&args.text)?;
+    let format = args
+        .format
+        .as_deref()
+        .map(AudioFormat::from)
+        .or_else(|| args.out.as_deref().and_then(AudioFormat::from_path));
     let job = NewJob {
         voice: args.voice.clone(),
         speed: args.speed,
         format: format.clone(),
-        ..NewJob::new(&args.text, &args.dialect)
+        ..NewJob::new(text, &args.dialect)
     };
     let (task_id, cache_hit, audio) = if args.priority == "high" {
         let speech = client.synthesize(&job).await?;
@@ -192,9 +230,9 @@ pub async fn say(args: SayArgs) -> anyhow::Result<()> {
             client.download(task.task_id).await?,
         )
     };
-    let ext = extension(format.as_deref().unwrap_or("mp3"));
+    let ext = format.unwrap_or_default().extension().to_owned();
     let path = args
-        .output
+        .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{task_id}.{ext}")));
     if path.as_os_str() == "-" {
@@ -206,43 +244,56 @@ pub async fn say(args: SayArgs) -> anyhow::Result<()> {
         std::fs::write(&path, &audio)
             .with_context(|| format!("Failed to write {}", path.display()))?;
     }
-    if args.connection.json {
-        out_json(&serde_json::json!({
-            "task_id": task_id,
-            "file": path,
-            "bytes": audio.len(),
-            "cache_hit": cache_hit,
-        }))?;
-    } else {
-        eprintln!(
+    let fields = serde_json::json!({
+        "task_id": task_id,
+        "file": path,
+        "bytes": audio.len(),
+        "cache_hit": cache_hit,
+    });
+    match output {
+        // The audio is on stdout: the record goes to stderr.
+        Output::Json | Output::Csv if path.as_os_str() == "-" => eprintln!("{fields}"),
+        // Sentences go to stderr, so that `--out -` keeps stdout audio only.
+        Output::Table => eprintln!(
             "{} bytes → {} (task {task_id}{})",
             audio.len(),
             path.display(),
             if cache_hit { ", from cache" } else { "" }
-        );
+        ),
+        output => print(
+            output,
+            &["task_id", "file", "bytes", "cache_hit"],
+            &[vec![
+                task_id.to_string(),
+                path.display().to_string(),
+                audio.len().to_string(),
+                cache_hit.to_string(),
+            ]],
+            &fields,
+        )?,
     }
     Ok(())
 }
 
 fn ensure_succeeded(task: &Task) -> anyhow::Result<()> {
-    match (task.status, &task.error) {
-        (TaskStatus::Succeeded, _) => Ok(()),
-        (status, Some(error)) => bail!(
+    let why = match (task.status, &task.error) {
+        (TaskStatus::Succeeded, _) => return Ok(()),
+        (status, Some(error)) => format!(
             "task {} {status}: {} ({})",
-            task.task_id,
-            error.message,
-            error.code
+            task.task_id, error.message, error.code
         ),
-        (status, None) => bail!("task {} {status}", task.task_id),
-    }
+        (status, None) => format!("task {} {status}", task.task_id),
+    };
+    Err(fail(Failure::JobsFailed, why))
 }
 
-/// One line of `results.jsonl`.
+/// One line of `results.jsonl`: how a job of the input ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct BatchResult {
     id: String,
     /// `succeeded`, `failed`, `cancelled`, or `error` when the job never
-    /// became a task (refused, unreachable API, timeout).
+    /// became a task (refused) or its audio is not here yet (timeout,
+    /// download failure).
     status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     task_id: Option<Uuid>,
@@ -252,17 +303,22 @@ struct BatchResult {
     cache_hit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The line's content key: a result of an edited line is not its result.
+    /// Absent in files of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 impl BatchResult {
-    fn error(id: &str, task_id: Option<Uuid>, error: impl std::fmt::Display) -> Self {
+    fn error(line: &BatchLine, task_id: Option<Uuid>, error: impl std::fmt::Display) -> Self {
         Self {
-            id: id.to_owned(),
+            id: line.id.clone(),
             status: "error".to_owned(),
             task_id,
             file: None,
             cache_hit: None,
             error: Some(error.to_string()),
+            key: Some(line.key.clone()),
         }
     }
 
@@ -279,18 +335,58 @@ impl BatchResult {
     }
 }
 
+/// One line of `submitted.jsonl`: a line that became a task, written as
+/// soon as its batch is accepted, so that a rerun waits for that task
+/// instead of submitting the line again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Submission {
+    id: String,
+    key: String,
+    task_id: Uuid,
+    batch_id: Uuid,
+}
+
 /// One job line of the input.
 struct BatchLine {
     id: String,
     job: Value,
-    idempotency_key: String,
+    /// From the id and the content: names this version of the line.
+    key: String,
 }
 
-/// Reads the input; a bad line is an error naming its number, before
+impl BatchLine {
+    /// The line as a batch item: its job, with its id as `custom_id`.
+    fn item(&self) -> Value {
+        let mut item = self.job.clone();
+        if let Some(object) = item.as_object_mut() {
+            object.insert("custom_id".to_owned(), Value::String(self.id.clone()));
+        }
+        item
+    }
+
+    /// The extension of the audio it asks for.
+    fn extension(&self) -> String {
+        self.job
+            .get("format")
+            .and_then(Value::as_str)
+            .map(AudioFormat::from)
+            .unwrap_or_default()
+            .extension()
+            .to_owned()
+    }
+}
+
+/// Reads the input; a bad line is a usage error naming its number, before
 /// anything is submitted.
 fn read_batch(path: &Path) -> anyhow::Result<Vec<BatchLine>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("Failed to read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(
+            Failure::Usage,
+            format!("Failed to read {}: {e}", path.display()),
+        )
+    })?;
+    let bad =
+        |n: usize, why: String| fail(Failure::Usage, format!("{}:{n}: {why}", path.display()));
     let mut seen = HashSet::new();
     let mut lines = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -298,18 +394,20 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<BatchLine>> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut job: Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
+        let mut job: Value =
+            serde_json::from_str(line).map_err(|e| bad(n, format!("not valid JSON: {e}")))?;
         let object = job
             .as_object_mut()
-            .with_context(|| format!("{}:{n}: a job must be a JSON object", path.display()))?;
+            .ok_or_else(|| bad(n, "a job must be a JSON object".to_owned()))?;
         let id = match object.remove("id") {
             Some(Value::String(s)) => s,
             Some(Value::Number(n)) => n.to_string(),
-            _ => bail!(
-                "{}:{n}: every job needs an `id` (string or number)",
-                path.display()
-            ),
+            _ => {
+                return Err(bad(
+                    n,
+                    "every job needs an `id` (string or number)".to_owned(),
+                ));
+            }
         };
         let valid = !id.is_empty()
             && id.len() <= 128
@@ -318,28 +416,25 @@ fn read_batch(path: &Path) -> anyhow::Result<Vec<BatchLine>> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
-            bail!(
-                "{}:{n}: id `{id}` must be 1 to 128 letters, digits, `-`, `_` or `.` (it names the output file)",
-                path.display()
-            );
+            return Err(bad(
+                n,
+                format!(
+                    "id `{id}` must be 1 to 128 letters, digits, `-`, `_` or `.` (it names the output file)"
+                ),
+            ));
         }
         if !seen.insert(id.clone()) {
-            bail!("{}:{n}: id `{id}` is used twice", path.display());
+            return Err(bad(n, format!("id `{id}` is used twice")));
         }
-        let idempotency_key = idempotency_key(&id, &job);
-        lines.push(BatchLine {
-            id,
-            job,
-            idempotency_key,
-        });
+        let key = line_key(&id, &job);
+        lines.push(BatchLine { id, job, key });
     }
     Ok(lines)
 }
 
-/// The key a line is submitted with: from its id and its content, so a
-/// rerun of the same line returns the task already made, while an edited
-/// line is a new job.
-fn idempotency_key(id: &str, job: &Value) -> String {
+/// The key of a line's version: from its id and its content (object keys
+/// sorted), so that an edited line is a new job.
+fn line_key(id: &str, job: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(id.as_bytes());
     hasher.update([0]);
@@ -366,21 +461,24 @@ fn canonical(value: &Value) -> String {
     }
 }
 
-/// The last result of each id in an earlier run's `results.jsonl`.
-fn read_results(path: &Path) -> anyhow::Result<BTreeMap<String, BatchResult>> {
-    let mut results = BTreeMap::new();
+/// The last record of each id in a JSON Lines file of an earlier run; a
+/// line cut short by a killed run is skipped (its job is simply redone).
+fn read_records<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    id: impl Fn(&T) -> &str,
+) -> anyhow::Result<BTreeMap<String, T>> {
+    let mut records = BTreeMap::new();
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(results),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(records),
         Err(e) => return Err(e).with_context(|| format!("Failed to read {}", path.display())),
     };
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        // A line cut short by a killed run is simply redone.
-        if let Ok(result) = serde_json::from_str::<BatchResult>(line) {
-            results.insert(result.id.clone(), result);
+        if let Ok(record) = serde_json::from_str::<T>(line) {
+            records.insert(id(&record).to_owned(), record);
         }
     }
-    Ok(results)
+    Ok(records)
 }
 
 fn progress(len: usize, prefix: &'static str) -> ProgressBar {
@@ -404,10 +502,32 @@ fn progress(len: usize, prefix: &'static str) -> ProgressBar {
     bar
 }
 
-/// Appends results to `results.jsonl` as they come, so that a killed run
-/// loses nothing it finished.
+/// An append-only JSON Lines file, written line by line as things happen,
+/// so that a killed run loses nothing it did.
+struct JsonLines(std::fs::File);
+
+impl JsonLines {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Self)
+            .with_context(|| format!("Failed to open {}", path.display()))
+    }
+
+    fn append(&mut self, record: &impl Serialize) -> anyhow::Result<()> {
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        self.0
+            .write_all(line.as_bytes())
+            .context("Failed to write a record of the batch")
+    }
+}
+
+/// `results.jsonl` and the run's counts.
 struct ResultLog {
-    file: std::fs::File,
+    file: JsonLines,
     failed: usize,
     succeeded: usize,
 }
@@ -419,147 +539,330 @@ impl ResultLog {
         } else {
             self.failed += 1;
         }
-        let mut line = serde_json::to_string(result)?;
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .context("Failed to write results.jsonl")
+        self.file.append(result)
     }
 }
 
-/// `ttsq batch`: submits every unfinished line, waits, downloads, records.
-pub async fn batch(args: BatchArgs) -> anyhow::Result<()> {
+/// A line submitted (in this run or an earlier one) and not finished yet.
+struct Pending<'a> {
+    line: &'a BatchLine,
+    task_id: Uuid,
+    batch_id: Uuid,
+}
+
+/// `ttsq batch`: submits the unfinished lines in batches, waits for them,
+/// downloads their audio and records every result.
+pub async fn batch(args: BatchArgs, output: Output) -> anyhow::Result<()> {
     let client = args.connection.client()?;
     let lines = read_batch(&args.file)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("Failed to create {}", args.out.display()))?;
     let results_path = args.out.join("results.jsonl");
-    let earlier = read_results(&results_path)?;
-    let (done, todo): (Vec<_>, Vec<_>) = lines
-        .iter()
-        .partition(|l| earlier.get(&l.id).is_some_and(|r| r.is_final(&args.out)));
-    let earlier_failed = done
-        .iter()
-        .filter(|l| earlier.get(&l.id).is_some_and(|r| r.status != "succeeded"))
-        .count();
-    if !done.is_empty() {
+    let submitted_path = args.out.join("submitted.jsonl");
+    let earlier = read_records(&results_path, |r: &BatchResult| &r.id)?;
+    let submissions = read_records(&submitted_path, |s: &Submission| &s.id)?;
+
+    let mut done = Vec::new();
+    let mut pending = Vec::new();
+    let mut todo = Vec::new();
+    for line in &lines {
+        let result = earlier
+            .get(&line.id)
+            .filter(|r| r.key.as_deref().is_none_or(|k| k == line.key));
+        if result.is_some_and(|r| r.is_final(&args.out)) {
+            done.push((line, result.is_some_and(|r| r.status == "succeeded")));
+            continue;
+        }
+        match submissions.get(&line.id).filter(|s| s.key == line.key) {
+            Some(s) => pending.push(Pending {
+                line,
+                task_id: s.task_id,
+                batch_id: s.batch_id,
+            }),
+            None => todo.push(line),
+        }
+    }
+    let earlier_succeeded = done.iter().filter(|(_, ok)| *ok).count();
+    let earlier_failed = done.len() - earlier_succeeded;
+    if !done.is_empty() || !pending.is_empty() {
         eprintln!(
-            "{} of {} jobs already finished in {}; resuming with the other {}",
+            "{} of {} jobs already finished in {}; resuming with the other {} ({} submitted before)",
             done.len(),
             lines.len(),
             results_path.display(),
-            todo.len()
+            todo.len() + pending.len(),
+            pending.len(),
         );
     }
     let mut log = ResultLog {
-        file: std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&results_path)
-            .with_context(|| format!("Failed to open {}", results_path.display()))?,
+        file: JsonLines::open(&results_path)?,
         failed: 0,
         succeeded: 0,
     };
-    let concurrency = args.concurrency.max(1);
-
-    // Phase 1: submit everything, so that workers can batch by dialect.
-    let bar = progress(todo.len(), "submitted");
-    let mut submitted = Vec::with_capacity(todo.len());
-    let mut submissions = stream::iter(&todo)
-        .map(|line| {
-            let client = &client;
-            async move {
-                let result = client.submit(&line.job, Some(&line.idempotency_key)).await;
-                (*line, result)
-            }
-        })
-        .buffered(concurrency);
-    while let Some((line, result)) = submissions.next().await {
-        bar.inc(1);
-        match result {
-            Ok(accepted) => submitted.push((line, accepted.task_id)),
-            Err(err) => log.record(&BatchResult::error(&line.id, None, err))?,
-        }
-    }
-    bar.finish_and_clear();
-
-    // Phase 2: wait for each task and download its audio.
-    let bar = progress(submitted.len(), "finished");
+    let mut state = JsonLines::open(&submitted_path)?;
+    submit_lines(
+        &client,
+        &todo,
+        args.chunk_size,
+        &mut log,
+        &mut state,
+        &mut pending,
+    )
+    .await?;
     let timeout = Duration::from_secs(args.timeout);
-    let mut finishing = stream::iter(submitted)
-        .map(|(line, task_id)| {
-            let client = &client;
-            let out_dir = &args.out;
-            async move { finish_line(client, out_dir, &line.id, task_id, timeout).await }
-        })
-        .buffer_unordered(concurrency);
-    while let Some(result) = finishing.next().await {
-        bar.inc(1);
-        if result.status != "succeeded" {
-            bar.suspend(|| {
-                eprintln!(
-                    "{}: {} {}",
-                    result.id,
-                    result.status,
-                    result.error.as_deref().unwrap_or_default()
-                );
-            });
-        }
-        log.record(&result)?;
-    }
-    bar.finish_and_clear();
+    finish_lines(
+        &client,
+        &args.out,
+        pending,
+        args.concurrency.max(1),
+        timeout,
+        &mut log,
+    )
+    .await?;
 
     let failed = log.failed + earlier_failed;
+    let succeeded = log.succeeded + earlier_succeeded;
     let summary = serde_json::json!({
         "jobs": lines.len(),
-        "succeeded": log.succeeded + done.len() - earlier_failed,
+        "succeeded": succeeded,
         "failed": failed,
         "resumed": done.len(),
         "results": results_path,
     });
-    if args.connection.json {
-        out_json(&summary)?;
-    } else {
-        eprintln!(
-            "{} succeeded, {failed} failed ({} already done before this run); results in {}",
-            log.succeeded + done.len() - earlier_failed,
+    match output {
+        Output::Table => eprintln!(
+            "{succeeded} succeeded, {failed} failed ({} already done before this run); results in {}",
             done.len(),
             results_path.display()
-        );
+        ),
+        output => print(
+            output,
+            &["jobs", "succeeded", "failed", "resumed", "results"],
+            &[vec![
+                lines.len().to_string(),
+                succeeded.to_string(),
+                failed.to_string(),
+                done.len().to_string(),
+                results_path.display().to_string(),
+            ]],
+            &summary,
+        )?,
     }
     if failed > 0 {
-        bail!(
-            "{failed} of {} jobs failed; see {}",
-            lines.len(),
-            results_path.display()
-        );
+        return Err(fail(
+            Failure::JobsFailed,
+            format!(
+                "{failed} of {} jobs failed; see {}",
+                lines.len(),
+                results_path.display()
+            ),
+        ));
     }
     Ok(())
 }
 
-async fn finish_line(
+/// Submits `todo` in batches of `chunk_size`, each with the idempotency key
+/// of its content (a rerun after a crash between the request and the
+/// record gets the same batch back). The API takes a batch whole or not at
+/// all: the items it names as invalid are recorded as errors, and the rest
+/// is submitted again without them; a batch too large in bytes is halved.
+/// Stops at once when the API is unreachable or refuses the key: what was
+/// submitted is in `submitted.jsonl` for the rerun.
+async fn submit_lines<'a>(
+    client: &Client,
+    todo: &[&'a BatchLine],
+    chunk_size: usize,
+    log: &mut ResultLog,
+    state: &mut JsonLines,
+    pending: &mut Vec<Pending<'a>>,
+) -> anyhow::Result<()> {
+    let bar = progress(todo.len(), "submitted");
+    let mut queue: VecDeque<Vec<&BatchLine>> =
+        todo.chunks(chunk_size.max(1)).map(<[_]>::to_vec).collect();
+    while let Some(chunk) = queue.pop_front() {
+        let body = serde_json::json!({
+            "items": chunk.iter().map(|line| line.item()).collect::<Vec<_>>(),
+        });
+        let key = batch_idempotency_key(&body)?;
+        let refusal = match client.submit_batch(&body, Some(&key)).await {
+            Ok(accepted) => {
+                anyhow::ensure!(
+                    accepted.task_ids.len() == chunk.len(),
+                    "the API answered {} task ids for a batch of {}",
+                    accepted.task_ids.len(),
+                    chunk.len()
+                );
+                for (line, task_id) in chunk.iter().zip(accepted.task_ids) {
+                    state.append(&Submission {
+                        id: line.id.clone(),
+                        key: line.key.clone(),
+                        task_id,
+                        batch_id: accepted.batch_id,
+                    })?;
+                    pending.push(Pending {
+                        line,
+                        task_id,
+                        batch_id: accepted.batch_id,
+                    });
+                }
+                bar.inc(chunk.len() as u64);
+                continue;
+            }
+            Err(err) if err.is_unavailable() || err.is_auth() => {
+                bar.finish_and_clear();
+                return Err(err).context("Failed to submit a batch");
+            }
+            Err(err) => err,
+        };
+        let items = refusal
+            .problem()
+            .map(Problem::item_errors)
+            .unwrap_or_default();
+        if refusal.status() == Some(413) && chunk.len() > 1 {
+            let (first, second) = chunk.split_at(chunk.len() / 2);
+            queue.push_front(second.to_vec());
+            queue.push_front(first.to_vec());
+            continue;
+        }
+        if refusal.status() != Some(400) || items.is_empty() {
+            for line in &chunk {
+                log.record(&BatchResult::error(line, None, &refusal))?;
+            }
+            bar.inc(chunk.len() as u64);
+            continue;
+        }
+        let mut rest = Vec::with_capacity(chunk.len());
+        for (index, line) in chunk.into_iter().enumerate() {
+            match items.get(&index) {
+                Some(errors) => {
+                    let why: Vec<String> = errors
+                        .iter()
+                        .map(|e| match e.field.as_str() {
+                            "" => e.reason.clone(),
+                            field => format!("{field}: {}", e.reason),
+                        })
+                        .collect();
+                    bar.suspend(|| eprintln!("{}: refused: {}", line.id, why.join("; ")));
+                    log.record(&BatchResult::error(line, None, why.join("; ")))?;
+                    bar.inc(1);
+                }
+                None => rest.push(line),
+            }
+        }
+        if !rest.is_empty() {
+            queue.push_front(rest);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Waits for the pending lines' batches, downloads each item's audio as it
+/// finishes and records it. A batch's items are read only when its counts
+/// show that more of them finished.
+async fn finish_lines(
     client: &Client,
     out_dir: &Path,
-    id: &str,
-    task_id: Uuid,
+    pending: Vec<Pending<'_>>,
+    concurrency: usize,
     timeout: Duration,
+    log: &mut ResultLog,
+) -> anyhow::Result<()> {
+    let bar = progress(pending.len(), "finished");
+    let mut batches: BTreeMap<Uuid, (u64, HashMap<Uuid, &BatchLine>)> = BTreeMap::new();
+    for p in pending {
+        batches
+            .entry(p.batch_id)
+            .or_insert_with(|| (u64::MAX, HashMap::new()))
+            .1
+            .insert(p.task_id, p.line);
+    }
+    let mut progress_at = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    while !batches.is_empty() {
+        let mut finished = Vec::new();
+        for (batch_id, (seen_terminal, lines)) in &mut batches {
+            let counts = client
+                .get_batch(*batch_id, None, Some(1))
+                .await?
+                .batch
+                .counts;
+            if counts.terminal() == *seen_terminal {
+                continue;
+            }
+            *seen_terminal = counts.terminal();
+            for item in client.batch_items(*batch_id).await?.1 {
+                if item.status.is_terminal()
+                    && let Some(line) = lines.remove(&item.task_id)
+                {
+                    finished.push((line, item));
+                }
+            }
+        }
+        batches.retain(|_, (_, lines)| !lines.is_empty());
+        if finished.is_empty() {
+            if progress_at.elapsed() >= timeout {
+                for (_, lines) in batches.values() {
+                    for (task_id, line) in lines {
+                        let why = format!(
+                            "did not finish within {}s of the last job finishing; rerun to wait again",
+                            timeout.as_secs()
+                        );
+                        log.record(&BatchResult::error(line, Some(*task_id), why))?;
+                        bar.inc(1);
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        progress_at = tokio::time::Instant::now();
+        pause = Duration::from_millis(250);
+        let mut downloads = stream::iter(finished)
+            .map(|(line, item)| finish_item(client, out_dir, line, item))
+            .buffer_unordered(concurrency);
+        while let Some(result) = downloads.next().await {
+            bar.inc(1);
+            if result.status != "succeeded" {
+                bar.suspend(|| {
+                    eprintln!(
+                        "{}: {} {}",
+                        result.id,
+                        result.status,
+                        result.error.as_deref().unwrap_or_default()
+                    );
+                });
+            }
+            log.record(&result)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The result of a finished item: its audio downloaded to `{id}.{ext}`
+/// when it succeeded.
+async fn finish_item(
+    client: &Client,
+    out_dir: &Path,
+    line: &BatchLine,
+    item: BatchItemStatus,
 ) -> BatchResult {
-    let task = match client.wait(task_id, timeout).await {
-        Ok(task) => task,
-        Err(err) => return BatchResult::error(id, Some(task_id), err),
-    };
-    if task.status != TaskStatus::Succeeded {
+    if item.status != TaskStatus::Succeeded {
         return BatchResult {
-            id: id.to_owned(),
-            status: task.status.to_string(),
-            task_id: Some(task_id),
+            id: line.id.clone(),
+            status: item.status.to_string(),
+            task_id: Some(item.task_id),
             file: None,
             cache_hit: None,
-            error: task.error.map(|e| format!("{}: {}", e.code, e.message)),
+            error: item.error.map(|e| format!("{}: {}", e.code, e.message)),
+            key: Some(line.key.clone()),
         };
     }
-    let file = format!("{id}.{}", extension(&task.format));
-    let written = match client.download(task_id).await {
+    let file = format!("{}.{}", line.id, line.extension());
+    let written = match client.download(item.task_id).await {
         Ok(audio) => tokio::fs::write(out_dir.join(&file), &audio)
             .await
             .map_err(|e| format!("cannot write {file}: {e}")),
@@ -567,58 +870,28 @@ async fn finish_line(
     };
     match written {
         Ok(()) => BatchResult {
-            id: id.to_owned(),
+            id: line.id.clone(),
             status: "succeeded".to_owned(),
-            task_id: Some(task_id),
+            task_id: Some(item.task_id),
             file: Some(file),
-            cache_hit: Some(task.cache_hit),
+            cache_hit: Some(item.cache_hit),
             error: None,
+            key: Some(line.key.clone()),
         },
-        Err(error) => BatchResult::error(id, Some(task_id), error),
+        Err(error) => BatchResult::error(line, Some(item.task_id), error),
     }
 }
 
-/// Renders rows as aligned columns under a header.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    let mut text = line(header.to_vec());
-    for row in rows {
-        text.push('\n');
-        text.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    text
-}
-
-fn task_rows(tasks: &[Task]) -> Vec<Vec<String>> {
-    tasks
-        .iter()
-        .map(|t| {
-            vec![
-                t.task_id.to_string(),
-                t.status.to_string(),
-                t.dialect.clone(),
-                t.format.clone(),
-                t.characters.to_string(),
-                t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                t.error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
-            ]
-        })
-        .collect()
+fn task_row(t: &Task) -> Vec<String> {
+    vec![
+        t.task_id.to_string(),
+        t.status.to_string(),
+        t.dialect.clone(),
+        t.format.to_string(),
+        t.characters.to_string(),
+        t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        t.error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
+    ]
 }
 
 const TASK_HEADER: [&str; 7] = [
@@ -632,9 +905,8 @@ const TASK_HEADER: [&str; 7] = [
 ];
 
 /// `ttsq jobs list|get|cancel`.
-pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+pub async fn jobs(args: JobsArgs, output: Output) -> anyhow::Result<()> {
     let client = args.connection.client()?;
-    let json = args.connection.json;
     match args.command {
         JobsCommand::List {
             status,
@@ -646,8 +918,8 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     serde_json::from_value::<TaskStatus>(Value::String(s.clone()))
                         .ok()
                         .filter(|s| *s != TaskStatus::Unknown)
-                        .with_context(|| {
-                            format!("unknown status `{s}`; use queued, processing, succeeded, failed or cancelled")
+                        .ok_or_else(|| {
+                            fail(Failure::Usage, format!("unknown status `{s}`; use queued, processing, succeeded, failed or cancelled"))
                         })
                 })
                 .transpose()?;
@@ -658,13 +930,16 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     cursor,
                 })
                 .await?;
-            if json {
-                return out_json(&serde_json::json!({
+            let rows: Vec<Vec<String>> = page.jobs.iter().map(task_row).collect();
+            print(
+                output,
+                &TASK_HEADER,
+                &rows,
+                &serde_json::json!({
                     "jobs": page.jobs,
                     "next_cursor": page.next_cursor,
-                }));
-            }
-            out(&table(&TASK_HEADER, &task_rows(&page.jobs)))?;
+                }),
+            )?;
             if let Some(cursor) = page.next_cursor {
                 eprintln!("more: ttsq jobs list --cursor {cursor}");
             }
@@ -680,26 +955,35 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             } else {
                 client.get(id).await?
             };
-            print_task(&task, json)
+            print_task(&task, output)
         }
         JobsCommand::Cancel { id } => {
             let task = client.cancel(id).await?;
-            print_task(&task, json)
+            print_task(&task, output)
         }
     }
 }
 
-fn print_task(task: &Task, json: bool) -> anyhow::Result<()> {
-    if json {
-        return out_json(task);
+fn print_task(task: &Task, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => return out_json(task),
+        Output::Csv => {
+            return print(
+                output,
+                &TASK_HEADER,
+                &[task_row(task)],
+                &serde_json::json!(task),
+            );
+        }
+        Output::Table => {}
     }
     let mut fields = vec![
         ("task", task.task_id.to_string()),
         ("status", task.status.to_string()),
-        ("priority", task.priority.clone()),
+        ("priority", task.priority.to_string()),
         ("dialect", task.dialect.clone()),
         ("voice", task.voice.clone()),
-        ("format", task.format.clone()),
+        ("format", task.format.to_string()),
         ("characters", task.characters.to_string()),
         ("cache hit", task.cache_hit.to_string()),
         ("attempts", task.attempts.to_string()),
@@ -723,12 +1007,9 @@ fn print_task(task: &Task, json: bool) -> anyhow::Result<()> {
 }
 
 /// `ttsq dialects`.
-pub async fn dialects(args: DialectsArgs) -> anyhow::Result<()> {
+pub async fn dialects(args: DialectsArgs, output: Output) -> anyhow::Result<()> {
     let client = args.connection.client()?;
     let dialects = client.dialects().await?;
-    if args.connection.json {
-        return out_json(&dialects);
-    }
     let rows: Vec<Vec<String>> = dialects
         .iter()
         .map(|d| {
@@ -736,15 +1017,21 @@ pub async fn dialects(args: DialectsArgs) -> anyhow::Result<()> {
                 d.id.clone(),
                 d.name.clone(),
                 d.voices.join(","),
-                d.formats.join(","),
+                d.formats
+                    .iter()
+                    .map(AudioFormat::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 d.provider_chain.join(" > "),
             ]
         })
         .collect();
-    out(&table(
+    print(
+        output,
         &["DIALECT", "NAME", "VOICES", "FORMATS", "PROVIDERS"],
         &rows,
-    ))
+        &serde_json::json!(dialects),
+    )
 }
 
 /// `ttsq openapi`: the API's OpenAPI document, as committed in docs/.
@@ -760,19 +1047,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_idempotency_key_ignores_key_order_but_not_content() {
+    fn the_line_key_ignores_key_order_but_not_content() {
         let a = serde_json::json!({"text": "hi", "dialect": "en-gb", "metadata": {"x": 1, "y": 2}});
         let b = serde_json::json!({"metadata": {"y": 2, "x": 1}, "dialect": "en-gb", "text": "hi"});
         let c = serde_json::json!({"text": "hi!", "dialect": "en-gb"});
-        assert_eq!(idempotency_key("1", &a), idempotency_key("1", &b));
-        assert_ne!(idempotency_key("1", &a), idempotency_key("2", &a));
-        assert_ne!(idempotency_key("1", &a), idempotency_key("1", &c));
-        assert!(idempotency_key("1", &a).len() <= 255);
+        assert_eq!(line_key("1", &a), line_key("1", &b));
+        assert_ne!(line_key("1", &a), line_key("2", &a));
+        assert_ne!(line_key("1", &a), line_key("1", &c));
     }
 
     #[test]
-    fn tables_align_their_columns() {
-        let text = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(text, "A    BB\nxxx  y");
+    fn a_line_becomes_an_item_with_its_id_and_names_its_file_by_format() {
+        let line = BatchLine {
+            id: "intro".to_owned(),
+            job: serde_json::json!({"text": "hi", "dialect": "en-gb", "format": "ogg_opus"}),
+            key: String::new(),
+        };
+        assert_eq!(line.item()["custom_id"], "intro");
+        assert_eq!(line.extension(), "ogg");
     }
 }

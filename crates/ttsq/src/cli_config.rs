@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use ttsq_config::{ENV_PREFIX, Settings};
 
+use crate::cli_output::{Failure, classified};
+
 /// What `ttsq config` does.
 #[derive(Subcommand)]
 pub(crate) enum ConfigCommand {
@@ -80,7 +82,8 @@ pub(crate) fn run(config: Option<&Path>, command: ConfigCommand) -> anyhow::Resu
                 .iter()
                 .filter(|(name, _)| name.starts_with(ENV_PREFIX))
                 .count();
-            Settings::load(config, env).context("invalid configuration")?;
+            Settings::load(config, env)
+                .context(classified(Failure::Usage, "invalid configuration"))?;
             let file = config.map_or_else(
                 || "no config file".to_owned(),
                 |path| path.display().to_string(),
@@ -92,7 +95,8 @@ pub(crate) fn run(config: Option<&Path>, command: ConfigCommand) -> anyhow::Resu
         }
         ConfigCommand::Show(source) => {
             let (env, _) = environment(&source)?;
-            let settings = Settings::load(config, env).context("invalid configuration")?;
+            let settings = Settings::load(config, env)
+                .context(classified(Failure::Usage, "invalid configuration"))?;
             println!("{}", serde_json::to_string_pretty(&settings)?);
         }
         ConfigCommand::Schema { json_schema } => {

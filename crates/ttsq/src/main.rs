@@ -3,12 +3,14 @@
 mod cli_admin;
 mod cli_client;
 mod cli_config;
+mod cli_output;
 mod cli_webhooks;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use cli_output::{EXIT_CODES_HELP, Failure, Output, classified, fail};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use ttsq::{Services, dead_letters};
@@ -24,11 +26,19 @@ use ttsq_store::{Regrant, Store};
 /// optional config file, then TTSQ_* environment variables
 /// (`ttsq config env` lists them all, `ttsq config check` validates them).
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, after_help = EXIT_CODES_HELP)]
 struct Cli {
     /// TOML config file layered over the defaults.
     #[arg(long, global = true, env = "TTSQ_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// How listings and results are printed on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+
+    /// Deprecated: `--output json`.
+    #[arg(long, global = true, hide = true)]
+    json: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -97,28 +107,47 @@ enum Command {
         command: cli_config::ConfigCommand,
     },
     /// Speak a text through a running API and save the audio:
-    /// `ttsq say "Hello" --dialect en-gb -o hello.mp3 [--priority high]`.
+    /// `ttsq say "Hello" --dialect en-gb -o hello.mp3 [--priority high]`;
+    /// `ttsq say - …` reads the text from stdin.
     ///
     /// Client commands (say, batch, jobs, dialects) reach the API at
     /// TTSQ_URL (or --url) with the key in TTSQ_API_KEY (or --api-key).
+    /// The audio file is `-o/--out`; `--output` is how results are printed.
+    #[command(after_help = EXIT_CODES_HELP)]
     Say(cli_client::SayArgs),
     /// Synthesize a JSON Lines file of jobs into a directory:
     /// `ttsq batch jobs.jsonl --out dir/`.
     ///
     /// Each line is one job with an `id` and the job's fields, e.g.
-    /// {"id": "intro", "text": "Welcome.", "dialect": "en-gb", "format": "wav"}.
-    /// Writes dir/{id}.{ext} and dir/results.jsonl (one line per job: status,
-    /// task id, file, error). Rerunning resumes: finished lines are skipped,
-    /// and every submission carries an Idempotency-Key derived from the
-    /// line's id and content, so nothing is synthesized twice. Exits non-zero
-    /// if any job failed.
+    /// {"id": "intro", "text": "Welcome.", "dialect": "en-gb", "format": "wav"}
+    /// (normal priority; no per-line callback_url). Lines go to
+    /// POST /v1/tts/batches, up to 1,000 per request, each batch with an
+    /// Idempotency-Key of its content; a line the API refuses is recorded
+    /// as an error and the rest of its batch is submitted without it.
+    /// Writes dir/{id}.{ext}, dir/results.jsonl (one line per job: status,
+    /// task id, file, error) and dir/submitted.jsonl (each line's task, as
+    /// soon as it has one). Rerunning resumes: finished lines are skipped,
+    /// lines submitted before are waited for, not submitted again, and lines
+    /// that never became a task (or were edited) run again. Exits 1 if any
+    /// job failed.
+    #[command(after_help = EXIT_CODES_HELP)]
     Batch(cli_client::BatchArgs),
     /// List, show or cancel your tasks.
+    #[command(after_help = EXIT_CODES_HELP)]
     Jobs(cli_client::JobsArgs),
     /// List the dialects the API serves, with voices, formats and providers.
+    #[command(after_help = EXIT_CODES_HELP)]
     Dialects(cli_client::DialectsArgs),
     /// Print the API's OpenAPI 3.1 document (as committed in docs/openapi.json).
     Openapi,
+    /// Print a shell completion script: `ttsq completions bash >
+    /// ~/.local/share/bash-completion/completions/ttsq` (zsh: into a
+    /// directory of $fpath as `_ttsq`; fish: ~/.config/fish/completions/ttsq.fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -149,12 +178,10 @@ enum DlqCommand {
     /// Show dead letters with their reason and their task's state (the
     /// queue is left unchanged).
     List {
-        /// Most messages to show.
+        /// Most messages to show (`--output json` prints one JSON object
+        /// per line).
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Send back to the job queue the dead letters whose task is still
     /// unfinished. Failed tasks stay failed (resubmit those jobs);
@@ -190,7 +217,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            cli_output::exit_code(&err)
         }
     }
 }
@@ -199,19 +226,29 @@ async fn run(
     cli: Cli,
     telemetry: &mut Option<ttsq_telemetry::TelemetryGuard>,
 ) -> anyhow::Result<()> {
+    let output = if cli.json {
+        eprintln!("warning: --json is deprecated; use --output json");
+        Output::Json
+    } else {
+        cli.output
+    };
     // Client commands talk to a running API; they need no server settings,
     // and the config commands load them their own way.
     let command = match cli.command {
         Command::Config { command } => return cli_config::run(cli.config.as_deref(), command),
-        Command::Say(args) => return cli_client::say(args).await,
-        Command::Batch(args) => return cli_client::batch(args).await,
-        Command::Jobs(args) => return cli_client::jobs(args).await,
-        Command::Dialects(args) => return cli_client::dialects(args).await,
+        Command::Say(args) => return cli_client::say(args, output).await,
+        Command::Batch(args) => return cli_client::batch(args, output).await,
+        Command::Jobs(args) => return cli_client::jobs(args, output).await,
+        Command::Dialects(args) => return cli_client::dialects(args, output).await,
         Command::Openapi => return cli_client::openapi(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ttsq", &mut std::io::stdout());
+            return Ok(());
+        }
         other => other,
     };
-    let settings =
-        Settings::load(cli.config.as_deref(), std::env::vars()).context("invalid configuration")?;
+    let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+        .context(classified(Failure::Usage, "invalid configuration"))?;
     let service = match command {
         Command::Api => "ttsq-api",
         Command::Worker => "ttsq-worker",
@@ -276,14 +313,19 @@ async fn run(
             Ok(())
         }
         Command::Tenant { command } => {
-            cli_admin::tenant(&migrated_store(&settings).await?, command).await
+            cli_admin::tenant(&migrated_store(&settings).await?, command, output).await
         }
         Command::Key { command } => {
-            cli_admin::key(&migrated_store(&settings).await?, command).await
+            cli_admin::key(&migrated_store(&settings).await?, command, output).await
         }
-        Command::Dlq { command } => dlq(&settings, command).await,
+        Command::Dlq { command } => dlq(&settings, command, output).await,
         Command::Usage(args) => {
-            cli_admin::usage(&ttsq::finance_store(&settings.database).await?, args).await
+            cli_admin::usage(
+                &ttsq::finance_store(&settings.database).await?,
+                args,
+                output,
+            )
+            .await
         }
         Command::Webhooks { command } => {
             cli_webhooks::run(&settings, &migrated_store(&settings).await?, command).await
@@ -293,46 +335,61 @@ async fn run(
         | Command::Batch(_)
         | Command::Jobs(_)
         | Command::Dialects(_)
-        | Command::Openapi => unreachable!("handled before settings are loaded"),
+        | Command::Openapi
+        | Command::Completions { .. } => unreachable!("handled before settings are loaded"),
     }
 }
 
 #[expect(clippy::print_stdout, reason = "the listing is the command's output")]
-async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+async fn dlq(settings: &Settings, command: DlqCommand, output: Output) -> anyhow::Result<()> {
     if let DlqCommand::Purge { yes: false } = command {
-        anyhow::bail!("purging deletes every dead letter for good; add --yes to confirm");
+        return Err(fail(
+            Failure::Usage,
+            "purging deletes every dead letter for good; add --yes to confirm",
+        ));
     }
     let store = migrated_store(settings).await?;
     let broker = Broker::connect(&settings.queue, "ttsq-dlq")
         .await
         .context("Failed to connect to RabbitMQ (TTSQ_QUEUE_URL)")?;
     match command {
-        DlqCommand::List { limit, json } => {
+        DlqCommand::List { limit } => {
             let letters = dead_letters::list(&broker, &store, limit).await?;
-            if json {
+            if output == Output::Json {
                 for letter in &letters {
                     println!("{}", serde_json::to_string(letter)?);
                 }
             } else {
-                println!(
-                    "{:<36}  {:<14}  {:>7}  {:<11}  {:<10}  REASON",
-                    "TASK", "DIALECT", "ATTEMPT", "TASK STATUS", "REPLAYABLE"
-                );
-                for letter in &letters {
-                    println!(
-                        "{:<36}  {:<14}  {:>7}  {:<11}  {:<10}  {}",
-                        letter
-                            .task_id
-                            .map_or_else(|| "(undecodable)".to_owned(), |id| id.to_string()),
-                        letter.dialect.as_deref().unwrap_or("-"),
-                        letter
-                            .attempt
-                            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                        letter.task_status.map_or("-", |s| s.as_str()),
-                        if letter.replayable { "yes" } else { "no" },
-                        letter.reason
-                    );
-                }
+                let rows: Vec<Vec<String>> = letters
+                    .iter()
+                    .map(|letter| {
+                        vec![
+                            letter
+                                .task_id
+                                .map_or_else(|| "(undecodable)".to_owned(), |id| id.to_string()),
+                            letter.dialect.clone().unwrap_or_else(|| "-".to_owned()),
+                            letter
+                                .attempt
+                                .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                            letter.task_status.map_or("-", |s| s.as_str()).to_owned(),
+                            if letter.replayable { "yes" } else { "no" }.to_owned(),
+                            letter.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                cli_output::print(
+                    output,
+                    &[
+                        "TASK",
+                        "DIALECT",
+                        "ATTEMPT",
+                        "TASK STATUS",
+                        "REPLAYABLE",
+                        "REASON",
+                    ],
+                    &rows,
+                    &serde_json::Value::Null,
+                )?;
                 eprintln!("{} dead letter(s) shown", letters.len());
             }
         }

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use ttsq_client::{Client, ListOptions, NewJob, TaskStatus};
+use ttsq_client::{BatchItem, Client, ListOptions, NewBatch, NewJob, TaskStatus};
 use ttsq_testkit::{TestApp, TestOptions};
 use uuid::Uuid;
 
@@ -80,13 +80,13 @@ async fn the_client_submits_waits_downloads_lists_and_reads_the_catalog() {
         ("batch-2".to_owned(), NewJob::new("Two of two.", "en-gb")),
     ];
     let submitted: Vec<Uuid> = client
-        .submit_batch(&batch, 2)
+        .submit_each(&batch, 2)
         .await
         .into_iter()
         .map(|r| r.expect("submitted").task_id)
         .collect();
     let resubmitted: Vec<Uuid> = client
-        .submit_batch(&batch, 2)
+        .submit_each(&batch, 2)
         .await
         .into_iter()
         .map(|r| r.expect("resubmitted").task_id)
@@ -559,10 +559,10 @@ async fn ttsq_jobs_and_dialects_print_tables_or_json() {
     let id = queued.task_id.to_string();
 
     let table = run(ttsq(&app).args(["jobs", "list"])).await;
-    let cancelled = run(ttsq(&app).args(["jobs", "cancel", &id, "--json"])).await;
+    let cancelled = run(ttsq(&app).args(["jobs", "cancel", &id, "--output", "json"])).await;
     let shown = run(ttsq(&app).args(["jobs", "get", &id])).await;
     let again = run(ttsq(&app).args(["jobs", "cancel", &id])).await;
-    let dialects = run(ttsq(&app).args(["dialects", "--json"])).await;
+    let dialects = run(ttsq(&app).args(["dialects", "--output", "json"])).await;
     let keyless = run(ttsq(&app).env_remove("TTSQ_API_KEY").arg("dialects")).await;
 
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
@@ -594,7 +594,7 @@ async fn ttsq_jobs_and_dialects_print_tables_or_json() {
             .as_array()
             .is_some_and(|d| d.iter().any(|d| d["id"] == "en-gb"))
     );
-    assert_eq!(keyless.status.code(), Some(1));
+    assert_eq!(keyless.status.code(), Some(2), "a usage error");
     assert!(
         stderr(&keyless).contains("set TTSQ_API_KEY"),
         "{}",
@@ -654,6 +654,11 @@ async fn ttsq_batch_downloads_records_resumes_and_fails_loudly() {
             .is_some_and(|e| e.contains("dialect"))
     );
     assert_eq!(app.scalar("SELECT count(*) FROM tasks").await, 2);
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM batches").await,
+        1,
+        "the lines went as one batch, the refused line left out"
+    );
 
     // A rerun resumes: finished lines are neither resubmitted nor redone.
     let second = run(&mut batch(&app)).await;
@@ -866,4 +871,89 @@ async fn the_client_reads_its_tenants_own_usage() {
             .is_empty(),
         "another tenant sees none of it"
     );
+}
+
+#[tokio::test]
+async fn the_client_runs_jobs_as_batches_and_running_them_again_makes_nothing_new() {
+    let app = TestApp::spawn().await;
+    let client = client(&app);
+    let items: Vec<BatchItem> = ["First.", "Second.", "Third."]
+        .iter()
+        .enumerate()
+        .map(|(n, text)| BatchItem::new(format!("item-{n}"), NewJob::new(*text, "en-gb")))
+        .collect();
+
+    let done = client.run_batch(&items, WAIT).await.expect("ran");
+    let again = client.run_batch(&items, WAIT).await.expect("ran again");
+    let refused = client
+        .submit_batch(
+            &NewBatch::new(vec![
+                BatchItem::new("fine", NewJob::new("Fine.", "en-gb")),
+                BatchItem::new("lost", NewJob::new("Lost.", "xx-nowhere")),
+            ]),
+            None,
+        )
+        .await
+        .expect_err("an invalid item refuses the batch");
+
+    assert_eq!(done.len(), 3);
+    assert!(
+        done.iter().all(|i| i.status == TaskStatus::Succeeded),
+        "{done:?}"
+    );
+    assert_eq!(
+        done.iter()
+            .map(|i| i.custom_id.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        ["item-0", "item-1", "item-2"]
+    );
+    assert_eq!(
+        done.iter().map(|i| i.task_id).collect::<Vec<_>>(),
+        again.iter().map(|i| i.task_id).collect::<Vec<_>>(),
+        "the same jobs name the same batch"
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM batches").await, 1);
+    let audio = client.download(done[0].task_id).await.expect("audio");
+    assert!(audio.len() > 1000);
+    let problem = refused.problem().expect("a problem");
+    assert_eq!(problem.status, 400);
+    let items = problem.item_errors();
+    assert_eq!(items.keys().copied().collect::<Vec<_>>(), [1]);
+    assert_eq!(items[&1][0].field, "dialect");
+}
+
+#[tokio::test]
+async fn the_client_reads_a_tasks_speech_marks() {
+    let app = TestApp::spawn().await;
+    let client = client(&app);
+    let job = NewJob {
+        marks: Some(vec!["word".to_owned()]),
+        ..NewJob::new("Marks from the client.", "en-us")
+    };
+    let accepted = client.submit(&job, None).await.expect("submitted");
+    let task = client.wait(accepted.task_id, WAIT).await.expect("finished");
+    let plain = client
+        .submit(&NewJob::new("No marks here.", "en-us"), None)
+        .await
+        .expect("submitted");
+    client.wait(plain.task_id, WAIT).await.expect("finished");
+
+    let marks = client.marks(task.task_id).await.expect("marks");
+    let none = client
+        .marks(plain.task_id)
+        .await
+        .expect_err("no marks asked");
+
+    assert!(task.marks_url.is_some(), "{task:?}");
+    let words: Vec<&str> = marks
+        .iter()
+        .filter(|m| m.kind == "word")
+        .map(|m| m.value.as_str())
+        .collect();
+    assert_eq!(words.first(), Some(&"Marks"), "{marks:?}");
+    assert!(
+        marks.windows(2).all(|w| w[0].start_ms <= w[1].start_ms),
+        "{marks:?}"
+    );
+    assert_eq!(none.status(), Some(404));
 }

@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod batches;
+mod cli;
 mod clients;
 mod config_check;
 mod finance;
