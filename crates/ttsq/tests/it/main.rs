@@ -7,6 +7,7 @@ mod bad_input;
 mod batches;
 mod clients;
 mod config_check;
+mod docs;
 mod finance;
 mod health;
 mod long_poll;
