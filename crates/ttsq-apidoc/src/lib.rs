@@ -403,7 +403,7 @@ impl<'a> Renderer<'a> {
             return String::new();
         }
         let mut html = String::from(
-            "<h4>Parameters</h4><table class=\"fields\"><thead><tr><th>Name</th><th>In</th>\
+            "<h4>Parameters</h4><table class=\"params\"><thead><tr><th>Name</th><th>In</th>\
              <th>Type</th><th>Notes</th></tr></thead><tbody>",
         );
         for parameter in parameters {

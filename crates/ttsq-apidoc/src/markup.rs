@@ -70,6 +70,7 @@ pub fn blocks(text: &str) -> String {
 /// One line of Markdown as inline HTML: code spans (whose content is only
 /// escaped), strong text and links to `http(s)` URLs.
 pub fn inline(text: &str) -> String {
+    let text = without_intra_doc_brackets(text);
     let parts: Vec<&str> = text.split('`').collect();
     let mut out = String::with_capacity(text.len() + 16);
     for (i, part) in parts.iter().enumerate() {
@@ -85,6 +86,33 @@ pub fn inline(text: &str) -> String {
             out.push_str(&prose(part));
         }
     }
+    out
+}
+
+/// `text` with rustdoc's intra-doc links (``[`Problem`]``), which mean
+/// nothing outside the code, left as code spans.
+fn without_intra_doc_brackets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("[`") {
+        let after = &rest[open + 2..];
+        match after.find("`]") {
+            Some(close)
+                if !after[close + 2..].starts_with('(') && !after[..close].contains('`') =>
+            {
+                out.push_str(&rest[..open]);
+                out.push('`');
+                out.push_str(&after[..close]);
+                out.push('`');
+                rest = &after[close + 2..];
+            }
+            _ => {
+                out.push_str(&rest[..open + 2]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -171,6 +199,14 @@ mod tests {
             inline("[spec](https://spec.example/a) [bad](javascript:alert(1))"),
             "<a href=\"https://spec.example/a\" rel=\"noreferrer\">spec</a> \
              [bad](javascript:alert(1))"
+        );
+    }
+
+    #[test]
+    fn intra_doc_links_read_as_code() {
+        assert_eq!(
+            inline("a [`Problem`] with [`x`](https://e.org)"),
+            "a <code>Problem</code> with [<code>x</code>](https://e.org)"
         );
     }
 

@@ -43,8 +43,13 @@ fn chromium() -> PathBuf {
 
 /// Runs headless Chromium on `url` with `args`, in a profile of its own,
 /// every host but loopback unresolvable (so the page can only work
-/// offline), killed after [`BROWSER_TIMEOUT`].
-fn browse(profile: &Path, url: &str, args: &[&str]) -> Output {
+/// offline), killed after [`BROWSER_TIMEOUT`]. Its output goes to files in
+/// `dir` (a pipe would fill with a large DOM while nobody reads it).
+fn browse(dir: &Path, url: &str, args: &[&str]) -> Output {
+    let profile = dir.join("profile");
+    let stdout = dir.join("stdout");
+    let stderr = dir.join("stderr");
+    let file = |path: &Path| Stdio::from(std::fs::File::create(path).expect("an output file"));
     let mut child = Command::new(chromium())
         .args([
             "--headless",
@@ -59,22 +64,30 @@ fn browse(profile: &Path, url: &str, args: &[&str]) -> Output {
         .args(args)
         .arg(url)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(file(&stdout))
+        .stderr(file(&stderr))
         .spawn()
         .expect("chromium starts");
     let started = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait().expect("chromium can be waited on") {
-            Some(_) => break,
+            Some(status) => break status,
             None if started.elapsed() > BROWSER_TIMEOUT => {
                 let _ = child.kill();
-                panic!("chromium did not finish within {BROWSER_TIMEOUT:?}");
+                let _ = child.wait();
+                panic!(
+                    "chromium did not finish within {BROWSER_TIMEOUT:?}: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                );
             }
             None => std::thread::sleep(Duration::from_millis(100)),
         }
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&stdout).expect("chromium's output"),
+        stderr: std::fs::read(&stderr).expect("chromium's errors"),
     }
-    child.wait_with_output().expect("chromium's output")
 }
 
 /// The text a reader sees in `html`: tags dropped, the five entities the
@@ -170,12 +183,12 @@ async fn the_reference_page_shows_every_route_and_webhook_in_a_real_browser() {
     let (dump, shot) = tokio::task::spawn_blocking({
         let url = url.clone();
         move || {
-            let profile = tempfile::tempdir().expect("a profile directory");
-            let dom = browse(profile.path(), &url, &["--dump-dom"]);
+            let dir = tempfile::tempdir().expect("a directory for the browser");
+            let dom = browse(dir.path(), &url, &["--dump-dom"]);
             let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("docs-page.png");
             let _ = std::fs::remove_file(&shot);
             let screenshot = browse(
-                profile.path(),
+                dir.path(),
                 &url,
                 &[
                     &format!("--screenshot={}", shot.display()),
