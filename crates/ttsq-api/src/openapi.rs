@@ -169,13 +169,13 @@ impl Webhooks {
             .operation_id(Some(event.replace('.', "_")))
             .tag("webhooks")
             .summary(Some(summary))
-            .description(Some(format!(
+            .description(Some(
                 "POSTed to the job's or batch's `callback_url`, else the tenant's \
                  `webhook_url`, once per event (an attempt that is not answered 2xx \
                  within `webhooks.timeout_secs` is retried with growing back-off). \
                  Verify `webhook-signature` with the tenant's secret and any Standard \
-                 Webhooks library before trusting the body; dedupe on `webhook-id`."
-            )))
+                 Webhooks library before trusting the body; dedupe on `webhook-id`.",
+            ))
             .parameter(Self::header(
                 "webhook-id",
                 "The event's id, the same at every attempt (the body's `id`)",
