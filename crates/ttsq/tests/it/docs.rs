@@ -55,6 +55,8 @@ fn browse(dir: &Path, url: &str, args: &[&str]) -> Output {
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            // Containers often give /dev/shm a few MiB only.
+            "--disable-dev-shm-usage",
             "--no-first-run",
             "--disable-extensions",
             "--disable-background-networking",
