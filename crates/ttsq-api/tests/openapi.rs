@@ -380,3 +380,38 @@ fn every_webhook_event_is_documented_with_its_body_and_signature_headers() {
         "a webhook event is documented that ttsq does not send"
     );
 }
+
+/// The reference page of `/docs` has a section for every operation and
+/// webhook of the document and for every schema (the browser test in
+/// `crates/ttsq/tests/it/docs.rs` checks the page as served and rendered).
+#[test]
+fn the_reference_page_has_a_section_for_every_operation_webhook_and_schema() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    let page = ttsq_apidoc::render(&doc).html;
+    for (member, prefix) in [("paths", "op"), ("webhooks", "webhook")] {
+        for (path, item) in doc[member].as_object().expect("operations") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let id = operation["operationId"].as_str().expect("an operation id");
+                let heading = format!(
+                    "<span class=\"method {method}\">{}</span> <code class=\"path\">{path}</code>",
+                    method.to_ascii_uppercase()
+                );
+                assert!(
+                    page.contains(&format!("id=\"{prefix}-{id}\"")) && page.contains(&heading),
+                    "{method} {path} has no section on the page"
+                );
+            }
+        }
+    }
+    for name in doc["components"]["schemas"]
+        .as_object()
+        .expect("schemas")
+        .keys()
+    {
+        assert!(
+            page.contains(&format!("id=\"schema-{name}\"")),
+            "schema {name} has no section"
+        );
+    }
+}
