@@ -19,6 +19,8 @@
 #                           `standardwebhooks`, `httpx`, `pytest`,
 #                           `pytest-asyncio` and the SDK of clients/python
 #                           (made here)
+#   TTSQ_TEST_CHROMIUM      a Chromium binary (Debian's `chromium`, installed
+#                           here when missing)
 # all defaulting to the local services; values already set are kept.
 #
 # TTSQ_TEST_NO_CLEANUP=1 skips the removal of leftovers: the removal drops
@@ -186,6 +188,23 @@ assert m.version('standardwebhooks') == '$STANDARDWEBHOOKS_VERSION'" 2>/dev/null
     export TTSQ_TEST_PYTHON="$venv/bin/python"
 }
 setup_pytools
+
+# --- a browser for the reference page ----------------------------------------
+# crates/ttsq/tests/it/docs.rs loads `GET /docs` in headless Chromium, checks
+# its DOM and takes a screenshot. Debian's `chromium` package, installed once.
+
+setup_chromium() {
+    if [[ -n "${TTSQ_TEST_CHROMIUM:-}" ]] || command -v chromium >/dev/null; then
+        return 0
+    fi
+    say "installing chromium (Debian) for the /docs browser test…"
+    as_root apt-get update -qq &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium >/dev/null ||
+        die "cannot install chromium (apt-get install chromium), which the /docs test needs"
+}
+setup_chromium
+export TTSQ_TEST_CHROMIUM="${TTSQ_TEST_CHROMIUM:-$(command -v chromium)}"
 
 # ttsq refuses TTSQ_* variables it does not know; keep the scripts' own out of the tests.
 unset TTSQ_HOME TTSQ_PROFILE TTSQ_SERVICES_TIMEOUT TTSQ_TEST_NO_CLEANUP

@@ -12,7 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::{Value, json, value::RawValue};
+use serde_json::{Value, value::RawValue};
 use ttsq_core::{
     Job, Priority,
     error::ValidationErrors,
@@ -30,7 +30,7 @@ use crate::{
         responses::{BodyTooLarge, NoApiKey, NoSuchBatch, NotJson, Unavailable},
     },
     extract::{IdempotencyKey, JsonBody},
-    view::{BatchItemView, BatchPage, CancelledBatch},
+    view::{AcceptedBatch, BatchItemView, BatchPage, CancelledBatch},
 };
 
 /// Most items in one batch.
@@ -179,7 +179,7 @@ struct BatchItem {
     params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same tenant returns the first batch")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: `{batch_id, status, task_ids, status_url}`", body = Object),
+        (status = 202, description = "Accepted (or the first batch of this `Idempotency-Key`); `Location` is `status_url`", body = AcceptedBatch),
         (status = 400, description = "Invalid batch; `errors` names each item field (`items[3].text`), or `concatenate` when the joined audio would be too long", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = NoApiKey),
         (status = 413, response = BodyTooLarge),
@@ -322,12 +322,12 @@ pub async fn submit(
     let url = context.batch_url(row.id);
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({
-            "batch_id": row.id,
-            "status": row.status,
-            "task_ids": task_ids,
-            "status_url": url,
-        })),
+        Json(AcceptedBatch {
+            batch_id: row.id,
+            status: row.status,
+            task_ids,
+            status_url: url.clone(),
+        }),
     )
         .into_response();
     if let Ok(value) = HeaderValue::from_str(&url) {

@@ -32,7 +32,8 @@
 //! - `tenant_webhooks`: a tenant's webhook URL and signing secret, behind
 //!   the admin token.
 //! - `system`: dialects, health, readiness (its status only).
-//! - [`openapi`]: the OpenAPI document, served at `/openapi.json`.
+//! - [`openapi`]: the OpenAPI document, served at `/openapi.json`, and the
+//!   reference page rendered from it (`ttsq-apidoc`) at `/docs`.
 //! - [`ops`]: `/metrics`, `/health` and the detailed `/ready` over any set
 //!   of dependencies, served on an operations listener of their own; the
 //!   cached readiness behind the public `/ready`.
@@ -116,6 +117,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(telemetry::count_request))

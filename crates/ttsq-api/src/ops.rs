@@ -219,9 +219,26 @@ pub fn metrics_response(text: String) -> impl IntoResponse {
     )
 }
 
+/// `GET /health`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: a process that answers is alive.
+    status: HealthState,
+}
+
+/// The one liveness state.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// The process answers.
+    Ok,
+}
+
 /// `GET /health`: the process is up. Dependencies are `/ready`'s business.
-pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: HealthState::Ok,
+    })
 }
 
 async fn ready(State(probes): State<Probes>) -> (StatusCode, Json<serde_json::Value>) {

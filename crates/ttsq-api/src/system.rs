@@ -44,9 +44,9 @@ pub async fn dialects(
     path = "/health",
     operation_id = "health",
     tag = "system",
-    responses((status = 200, description = "The process is up", body = Object, example = json!({"status": "ok"})))
+    responses((status = 200, description = "The process is up", body = crate::ops::Health, example = json!({"status": "ok"})))
 )]
-pub async fn health() -> Json<serde_json::Value> {
+pub async fn health() -> Json<crate::ops::Health> {
     crate::ops::health().await
 }
 

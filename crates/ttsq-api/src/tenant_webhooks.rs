@@ -10,7 +10,6 @@ use axum::{
     routing::{post, put},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use ttsq_store::TenantWebhook;
 use ttsq_webhooks::tenant_secret;
 use utoipa::ToSchema;
@@ -37,10 +36,24 @@ pub fn routes() -> Router<ApiContext> {
 }
 
 /// Body of `PUT /v1/admin/tenants/{name}/webhook`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetWebhook {
+    /// Where the tenant's events go when a job or batch names no
+    /// `callback_url`: a public `http(s)` URL; `null` clears it.
     webhook_url: Option<String>,
+}
+
+/// A tenant's webhook target: the answer of `PUT
+/// /v1/admin/tenants/{name}/webhook`.
+#[derive(Serialize, ToSchema)]
+struct TenantWebhookTarget {
+    /// The tenant.
+    tenant_id: Uuid,
+    /// The tenant's default webhook target, if set.
+    webhook_url: Option<String>,
+    /// The current signing secret's version.
+    secret_version: i32,
 }
 
 /// A tenant's webhook secret, the body of `GET` and `POST
@@ -94,10 +107,10 @@ fn secret_response(context: &ApiContext, settings: &TenantWebhook) -> Result<Res
     operation_id = "set_tenant_webhook",
     tag = "admin",
     params(("name" = String, Path, description = "Tenant name")),
-    request_body(content = Object, description = "`{webhook_url}`; `null` clears it"),
+    request_body = SetWebhook,
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The tenant's webhook settings", body = Object),
+        (status = 200, description = "The tenant's webhook settings", body = TenantWebhookTarget),
         (status = 400, description = "Refused target (`webhook_url`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = NoAdminToken),
         (status = 404, response = NoSuchTenant),
@@ -120,11 +133,11 @@ async fn set_webhook_url(
         .set_tenant_webhook_url(&tenant.name, body.webhook_url.as_deref(), ADMIN_ACTOR)
         .await?;
     tracing::info!(tenant = %tenant.name, "tenant webhook URL set through the admin API");
-    Ok(Json(json!({
-        "tenant_id": settings.tenant_id,
-        "webhook_url": settings.webhook_url,
-        "secret_version": settings.secret_version,
-    }))
+    Ok(Json(TenantWebhookTarget {
+        tenant_id: settings.tenant_id,
+        webhook_url: settings.webhook_url,
+        secret_version: settings.secret_version,
+    })
     .into_response())
 }
 

@@ -26,6 +26,20 @@ pub struct AcceptedView {
     pub status_url: String,
 }
 
+/// The body of `202 Accepted` for a batch.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AcceptedBatch {
+    /// The batch created (or found by idempotency key).
+    pub batch_id: Uuid,
+    /// Its state now: `running`, `concatenating` or `completed` (every
+    /// item a cache hit, or a repeat of a batch that has finished).
+    pub status: String,
+    /// The items' task ids, in item order.
+    pub task_ids: Vec<Uuid>,
+    /// Where to poll the batch.
+    pub status_url: String,
+}
+
 /// A batch with a page of its items: `GET /v1/tts/batches/{id}`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct BatchPage {

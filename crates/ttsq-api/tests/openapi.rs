@@ -45,6 +45,7 @@ fn the_document_is_openapi_3_1_and_covers_every_route_and_the_error_shapes() {
         ("get", "/health"),
         ("get", "/ready"),
         ("get", "/openapi.json"),
+        ("get", "/docs"),
     ];
     for (method, path) in routes {
         assert!(
@@ -271,4 +272,146 @@ fn admin_limits_and_content_refusals_are_documented() {
             .as_str()
             .is_some_and(|d| d.contains("content_rejected"))
     );
+}
+
+/// Every schema node of `value` (recursively) that is a bare
+/// `{"type": "object"}`: a body or field the document does not describe.
+fn untyped_objects(value: &serde_json::Value, at: &str, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(object) => {
+            let is_object_type = match object.get("type") {
+                Some(serde_json::Value::String(t)) => t == "object",
+                Some(serde_json::Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            let described = [
+                "properties",
+                "additionalProperties",
+                "allOf",
+                "oneOf",
+                "anyOf",
+                "$ref",
+            ]
+            .iter()
+            .any(|key| object.contains_key(*key));
+            if is_object_type && !described {
+                found.push(at.to_owned());
+            }
+            for (key, child) in object {
+                untyped_objects(child, &format!("{at}/{key}"), found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                untyped_objects(child, &format!("{at}/{i}"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Request and response bodies, webhook payloads and schema fields are
+/// typed: no `{"type": "object"}` says nothing of its fields. Only the
+/// description of this document itself (`OpenApiDocument`) keeps its
+/// members open, being the OpenAPI format's own.
+#[test]
+fn no_body_or_field_is_an_untyped_object() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    let mut found = Vec::new();
+    untyped_objects(&doc, "", &mut found);
+    found.retain(|at| !at.starts_with("/components/schemas/OpenApiDocument/"));
+    assert!(
+        found.is_empty(),
+        "untyped objects in the document: {found:#?}"
+    );
+    assert!(
+        ttsq_apidoc::dangling_schema_refs(&doc).is_empty(),
+        "references to missing schemas: {:?}",
+        ttsq_apidoc::dangling_schema_refs(&doc)
+    );
+}
+
+/// The document's `webhooks` names every event ttsq sends (the events the
+/// `webhook_deliveries.event` column allows), each a signed POST whose body
+/// is the component schema of the type `ttsq-webhooks` serialises.
+#[test]
+fn every_webhook_event_is_documented_with_its_body_and_signature_headers() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    let migrations = include_str!("../../../migrations/20261124100001_batches_webhooks.sql");
+    for (event, schema) in [
+        ("task.completed", "TaskCompletedEvent"),
+        ("batch.completed", "BatchCompletedEvent"),
+    ] {
+        assert!(
+            migrations.contains(&format!("'{event}'")),
+            "{event} is not an event of the schema"
+        );
+        let post = &doc["webhooks"][event]["post"];
+        assert!(post.is_object(), "webhook {event} is not documented");
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}")
+        );
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for header in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            assert!(headers.contains(&header), "{event} lacks {header}");
+        }
+        let body = &doc["components"]["schemas"][schema];
+        assert_eq!(
+            body["properties"]["type"]["$ref"].as_str().map(|r| {
+                let name = r.trim_start_matches("#/components/schemas/");
+                doc["components"]["schemas"][name]["enum"].clone()
+            }),
+            Some(serde_json::json!([event])),
+            "{schema}.type is not exactly {event}"
+        );
+    }
+    assert_eq!(
+        doc["webhooks"].as_object().map(serde_json::Map::len),
+        Some(2),
+        "a webhook event is documented that ttsq does not send"
+    );
+}
+
+/// The reference page of `/docs` has a section for every operation and
+/// webhook of the document and for every schema (the browser test in
+/// `crates/ttsq/tests/it/docs.rs` checks the page as served and rendered).
+#[test]
+fn the_reference_page_has_a_section_for_every_operation_webhook_and_schema() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&ttsq_api::openapi::document_json()).expect("valid JSON");
+    let page = ttsq_apidoc::render(&doc).html;
+    for (member, prefix) in [("paths", "op"), ("webhooks", "webhook")] {
+        for (path, item) in doc[member].as_object().expect("operations") {
+            for (method, operation) in item.as_object().expect("a path item") {
+                let id = operation["operationId"].as_str().expect("an operation id");
+                let heading = format!(
+                    "<span class=\"method {method}\">{}</span> <code class=\"path\">{path}</code>",
+                    method.to_ascii_uppercase()
+                );
+                assert!(
+                    page.contains(&format!("id=\"{prefix}-{id}\"")) && page.contains(&heading),
+                    "{method} {path} has no section on the page"
+                );
+            }
+        }
+    }
+    for name in doc["components"]["schemas"]
+        .as_object()
+        .expect("schemas")
+        .keys()
+    {
+        assert!(
+            page.contains(&format!("id=\"schema-{name}\"")),
+            "schema {name} has no section"
+        );
+    }
 }

@@ -92,8 +92,9 @@ impl FromStr for MarkKind {
     }
 }
 
-/// One mark.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One mark: an element of a task's marks file
+/// (`GET /v1/tts/jobs/{id}/marks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Mark {
     /// What it marks.
     #[serde(rename = "type")]

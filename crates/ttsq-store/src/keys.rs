@@ -255,10 +255,13 @@ impl Store {
             ));
         }
         let mut tx = self.pool.begin().await?;
+        // A budget goes to `numeric` through its shortest exact text: a
+        // `float8` cast straight to `numeric` keeps 15 digits and turns
+        // 999999999999.9999 (valid, under 10^12) into an overflowing 10^12.
         let id: Uuid = sqlx::query_scalar(
             "INSERT INTO tenants (id, name, daily_characters, monthly_budget, max_queued_jobs,
                                   daily_requests, currency)
-             VALUES ($1, $2, $3, $4::float8::numeric, $5, $6, $7) RETURNING id",
+             VALUES ($1, $2, $3, $4::float8::text::numeric, $5, $6, $7) RETURNING id",
         )
         .bind(Uuid::now_v7())
         .bind(name)
@@ -354,7 +357,7 @@ impl Store {
         let id: Uuid = sqlx::query_scalar(
             "UPDATE tenants SET
                 daily_characters = CASE WHEN $2 THEN $3 ELSE daily_characters END,
-                monthly_budget = CASE WHEN $4 THEN $5::float8::numeric ELSE monthly_budget END,
+                monthly_budget = CASE WHEN $4 THEN $5::float8::text::numeric ELSE monthly_budget END,
                 max_queued_jobs = CASE WHEN $6 THEN $7 ELSE max_queued_jobs END,
                 currency = coalesce($8, currency),
                 retention_days = CASE WHEN $9 THEN $10 ELSE retention_days END,

@@ -1,13 +1,16 @@
 //! The JSON views of tasks and batches, rendered from their rows once for
-//! API responses and webhook payloads alike, so the two cannot drift.
+//! API responses and webhook payloads alike, so the two cannot drift, and
+//! the webhook bodies around them.
 //!
 //! It does not own the rows (`ttsq-store`), the responses around a view
 //! (`ttsq-api`) or webhook delivery (`ttsq-webhooks`).
 
 mod batch;
+mod event;
 mod task;
 
 pub use batch::{BatchItemView, BatchView, StatusCounts};
+pub use event::{BatchCompletedEvent, BatchEventType, TaskCompletedEvent, TaskEventType};
 pub use task::{ErrorView, TaskView};
 
 /// Why a view could not be rendered.

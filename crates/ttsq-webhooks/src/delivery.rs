@@ -4,7 +4,6 @@
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use secrecy::SecretString;
-use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use ttsq_audio::AudioStore;
@@ -14,7 +13,9 @@ use ttsq_queue::{
     webhooks::{WebhookDelivery as QueuedDelivery, WebhookMessage},
 };
 use ttsq_store::{AttemptOutcome, Store, WebhookDelivery};
-use ttsq_views::{BatchView, TaskView};
+use ttsq_views::{
+    BatchCompletedEvent, BatchEventType, BatchView, TaskCompletedEvent, TaskEventType, TaskView,
+};
 
 use crate::{
     guard::{TargetGuard, TargetRefused},
@@ -297,16 +298,9 @@ async fn attempt_once(
         .check(&event.target_url)
         .await
         .map_err(AttemptError::Refused)?;
-    let data = payload(context, event)
+    let body = payload(context, event)
         .await
         .map_err(|e| AttemptError::Failed(format!("building the payload failed: {e}")))?;
-    let body = serde_json::to_vec(&json!({
-        "id": event.id,
-        "type": event.event,
-        "created_at": chrono::Utc::now(),
-        "data": data,
-    }))
-    .map_err(|e| AttemptError::Failed(e.to_string()))?;
     let secrets = secrets(
         &context.store,
         context.signing_key.as_ref(),
@@ -379,9 +373,12 @@ fn without_url(err: &reqwest::Error) -> String {
     kind.to_owned()
 }
 
-/// The event's data: the task's or the batch's view as it is now, rendered
-/// as `GET /v1/tts/jobs/{id}` and `GET /v1/tts/batches/{id}` render it.
-async fn payload(context: &WebhookContext, event: &WebhookDelivery) -> Result<Value, String> {
+/// The event's body: a [`TaskCompletedEvent`] or [`BatchCompletedEvent`]
+/// around the task's or the batch's view as it is now, rendered as
+/// `GET /v1/tts/jobs/{id}` and `GET /v1/tts/batches/{id}` render it. These
+/// types are the document's webhook schemas, so the two cannot drift.
+async fn payload(context: &WebhookContext, event: &WebhookDelivery) -> Result<Vec<u8>, String> {
+    let created_at = chrono::Utc::now();
     if let Some(batch_id) = event.batch_id {
         let batch = context
             .store
@@ -389,10 +386,16 @@ async fn payload(context: &WebhookContext, event: &WebhookDelivery) -> Result<Va
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the batch no longer exists")?;
-        let view = BatchView::render(&context.store, &context.audio, &context.public_url, batch)
+        let data = BatchView::render(&context.store, &context.audio, &context.public_url, batch)
             .await
             .map_err(|e| e.to_string())?;
-        return serde_json::to_value(view).map_err(|e| e.to_string());
+        let body = BatchCompletedEvent {
+            id: event.id,
+            kind: BatchEventType::Completed,
+            created_at,
+            data,
+        };
+        return serde_json::to_vec(&body).map_err(|e| e.to_string());
     }
     let task_id = event.task_id.ok_or("the event names no task")?;
     let row = context
@@ -401,8 +404,14 @@ async fn payload(context: &WebhookContext, event: &WebhookDelivery) -> Result<Va
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the task no longer exists")?;
-    let view = TaskView::render(&context.audio, &context.public_url, row)
+    let data = TaskView::render(&context.audio, &context.public_url, row)
         .await
         .map_err(|e| e.to_string())?;
-    serde_json::to_value(view).map_err(|e| e.to_string())
+    let body = TaskCompletedEvent {
+        id: event.id,
+        kind: TaskEventType::Completed,
+        created_at,
+        data,
+    };
+    serde_json::to_vec(&body).map_err(|e| e.to_string())
 }

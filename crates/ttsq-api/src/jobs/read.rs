@@ -192,7 +192,7 @@ pub async fn audio(
     params(("id" = Uuid, Path, description = "Task id")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The speech marks: `[{type, start_ms, end_ms, value, start?, end?}]`", body = Object),
+        (status = 200, description = "The speech marks, in time order", body = Vec<ttsq_core::Mark>),
         (status = 401, response = NoApiKey),
         (status = 404, description = "No such task, or it has no marks", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task has not succeeded yet", body = Problem, content_type = "application/problem+json"),

@@ -209,3 +209,44 @@ async fn invalid_limits_are_refused_naming_the_field() {
     assert!(err.to_string().starts_with("currency:"), "{err}");
     assert_eq!(count(&store, "SELECT count(*) FROM tenants").await, 0);
 }
+
+/// A budget just under the documented bound (10^12) is stored as sent: a
+/// `float8` cast straight to `numeric` keeps 15 digits, rounding
+/// 999999999999.9999 up to 10^12, which overflowed `numeric(18, 6)` (a 500
+/// the schemathesis pass found).
+#[tokio::test]
+async fn a_budget_just_under_the_bound_is_stored_as_sent() {
+    let (store, _db) = fresh_store().await;
+    let budget = 999_999_999_999.999_9;
+    store
+        .create_tenant_with(
+            "rich",
+            &TenantLimits {
+                monthly_budget: Some(budget),
+                ..TenantLimits::default()
+            },
+            None,
+            "test",
+        )
+        .await
+        .expect("a budget under 10^12 is valid");
+    store
+        .update_tenant(
+            "rich",
+            &ttsq_store::TenantUpdate {
+                monthly_budget: Some(Some(budget)),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .expect("and may be set again");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM tenants WHERE monthly_budget = 999999999999.9999"
+        )
+        .await,
+        1
+    );
+}

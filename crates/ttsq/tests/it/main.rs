@@ -8,6 +8,7 @@ mod batches;
 mod cli;
 mod clients;
 mod config_check;
+mod docs;
 mod finance;
 mod health;
 mod long_poll;

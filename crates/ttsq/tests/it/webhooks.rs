@@ -3,6 +3,9 @@
 //! the Rust SDK's verifier and by the reference Python library,
 //! `standardwebhooks` from PyPI), retries with back-off after 500s, the
 //! delivery log, batch events, replay, SSRF refusals and secret rotation.
+//! Each delivered body is validated against the schema the served OpenAPI
+//! document gives its event (its `webhooks` section), so the document
+//! cannot drift from what is sent.
 
 use std::{
     sync::{Arc, Mutex},
@@ -194,6 +197,17 @@ async fn a_terminal_task_is_posted_once_with_a_valid_signature_and_logged() {
     assert_eq!(body["data"]["status"], "succeeded");
     assert!(body["data"]["audio_url"].as_str().is_some());
     assert_eq!(body["id"].as_str(), Some(got[0].webhook_id()));
+    let document = served_document(&app).await;
+    let schema = webhook_schema(&document, "task.completed");
+    assert_eq!(
+        schema_errors(&document, &schema, &body),
+        Vec::<String>::new()
+    );
+    // The check has teeth: a body that strays from the document fails it.
+    let mut strayed = body.clone();
+    strayed["data"]["status"] = json!("finished");
+    strayed["data"]["unknown"] = json!(1);
+    assert_eq!(schema_errors(&document, &schema, &strayed).len(), 2);
 
     let sql = format!(
         "SELECT count(*) FROM webhook_deliveries
@@ -322,6 +336,75 @@ async fn a_batch_posts_one_event_when_every_item_is_terminal() {
     assert_eq!(body["type"], "batch.completed");
     assert_eq!(body["data"]["batch_id"], accepted["batch_id"]);
     assert_eq!(body["data"]["counts"]["succeeded"], 3);
+    let document = served_document(&app).await;
+    let schema = webhook_schema(&document, "batch.completed");
+    assert_eq!(
+        schema_errors(&document, &schema, &body),
+        Vec::<String>::new()
+    );
+    let accepted_schema = document["paths"]["/v1/tts/batches"]["post"]["responses"]["202"]
+        ["content"]["application/json"]["schema"]
+        .clone();
+    assert_eq!(
+        schema_errors(&document, &accepted_schema, &accepted),
+        Vec::<String>::new()
+    );
+}
+
+/// The OpenAPI document the API serves.
+async fn served_document(app: &TestApp) -> Value {
+    app.http
+        .get(format!("{}/openapi.json", app.base_url))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("the document")
+}
+
+/// The schema of `event`'s body in the document's `webhooks`.
+fn webhook_schema(document: &Value, event: &str) -> Value {
+    let schema = &document["webhooks"][event]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert!(schema.is_object(), "webhook {event} is not documented");
+    schema.clone()
+}
+
+/// Where `instance` breaks `schema` (JSON Schema 2020-12, its references
+/// resolved in the document's components), with every object closed to
+/// fields it does not describe, so a field sent but undocumented fails too.
+fn schema_errors(document: &Value, schema: &Value, instance: &Value) -> Vec<String> {
+    let mut components = document["components"].clone();
+    close_objects(&mut components);
+    let mut root = schema.clone();
+    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+    root["components"] = components;
+    let validator = jsonschema::draft202012::new(&root).expect("the document's schemas compile");
+    validator
+        .iter_errors(instance)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect()
+}
+
+/// Adds `additionalProperties: false` to every object schema that lists
+/// its properties and says nothing of others, except inside an `allOf`,
+/// whose members each see only part of the object.
+fn close_objects(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if object.contains_key("properties") && !object.contains_key("additionalProperties") {
+                object.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
+            for (key, child) in object.iter_mut() {
+                if key != "allOf" {
+                    close_objects(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
 }
 
 #[tokio::test]
