@@ -108,6 +108,7 @@ fn request(
         emotion: None,
         format,
         marks: &[],
+        instructions: None,
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Utterance<'a> {
     emotion: Option<&'a str>,
     format: AudioFormat,
     marks: Vec<MarkKind>,
+    instructions: Option<&'a str>,
 }
 
 impl<'a> Utterance<'a> {
@@ -35,6 +36,7 @@ impl<'a> Utterance<'a> {
             emotion: job.emotion.as_deref(),
             format: job.format,
             marks: job.marks.clone(),
+            instructions: job.instructions.as_deref(),
         }
     }
 
@@ -58,6 +60,9 @@ impl<'a> Utterance<'a> {
                 .flatten()
                 .filter_map(|m| m.parse().ok())
                 .collect(),
+            // Tasks do not store instructions: a job with them is
+            // synthesized inline only (see the API's high-priority path).
+            instructions: None,
         })
     }
 
@@ -71,6 +76,7 @@ impl<'a> Utterance<'a> {
             emotion: self.emotion,
             format: self.format,
             marks: &self.marks,
+            instructions: self.instructions,
         }
     }
 }
