@@ -680,7 +680,10 @@ async fn time_to_first_byte(args: &Args, env: &Env, checks: &mut Checks) -> anyh
 }
 
 /// Times `n` streamed cache misses: to the first body byte, and to the end.
-async fn first_byte_runs(stack: &Stack, n: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+async fn first_byte_runs(
+    stack: &Stack,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let http = load::client(2)?;
     let run = run_tag();
     let url = format!("{}/v1/tts/jobs", stack.base_url);

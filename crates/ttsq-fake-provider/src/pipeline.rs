@@ -180,7 +180,11 @@ pub(crate) async fn synthesize(
         record.outcome = Outcome::Malformed;
         record.status = Some(200);
         shared.finish(record, config.log_capacity);
-        return audio_response(order.encoding, Bytes::from_static(GARBAGE), config.streaming);
+        return audio_response(
+            order.encoding,
+            Bytes::from_static(GARBAGE),
+            config.streaming,
+        );
     }
 
     let duration = audio::duration_ms(

@@ -413,15 +413,17 @@ impl Upstream {
         } else {
             MAX_ERROR_BYTES
         };
-        let audio = status.is_success()
-            && !(expect_audio && non_audio_content_type(&headers).is_some());
+        let audio =
+            status.is_success() && !(expect_audio && non_audio_content_type(&headers).is_some());
         let sink = sink.filter(|_| audio);
-        let bytes = read_body(response, limit, sink).await.map_err(|e| match e {
-            BodyError::Transport(e) => self.transport(&e),
-            BodyError::TooLarge => {
-                self.transient(format!("HTTP {status}: body larger than {limit} bytes"))
-            }
-        })?;
+        let bytes = read_body(response, limit, sink)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => self.transport(&e),
+                BodyError::TooLarge => {
+                    self.transient(format!("HTTP {status}: body larger than {limit} bytes"))
+                }
+            })?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
 
         if status.is_success() {

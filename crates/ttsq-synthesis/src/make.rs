@@ -97,7 +97,15 @@ pub async fn make_audio_streaming(
     options: MakeOptions,
     sink: &AudioSink,
 ) -> Result<Made, MakeAudioError> {
-    make(bucket, providers, content_hash, request, options, Some(sink)).await
+    make(
+        bucket,
+        providers,
+        content_hash,
+        request,
+        options,
+        Some(sink),
+    )
+    .await
 }
 
 async fn make(

@@ -10,14 +10,14 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
 use futures::StreamExt as _;
+use serde_json::json;
 use tracing::Instrument as _;
 use ttsq_core::{Job, JobRequest, Priority, TaskStatus, backoff::Backoff};
+use ttsq_providers::AudioSink;
 use ttsq_store::{
     AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
 };
-use ttsq_providers::AudioSink;
 use ttsq_synthesis::{
     MakeAudioError, SYNTHESIS_IN_PROGRESS, Utterance, cache_hit, make_audio, make_audio_streaming,
 };
@@ -286,7 +286,9 @@ pub(crate) async fn submit_high(
             if !created {
                 (row, false)
             } else if json {
-                let (row, bytes) = synthesize_claimed(context, job, (task.id, task.tenant_id), token, None).await?;
+                let (row, bytes) =
+                    synthesize_claimed(context, job, (task.id, task.tenant_id), token, None)
+                        .await?;
                 held = bytes;
                 (row, true)
             } else {
@@ -343,7 +345,9 @@ async fn synthesize_streamed(
             if sink.started() {
                 match &result {
                     Ok((row, _)) => report_finished(row),
-                    Err(err) => tracing::warn!(error = %err, "streamed synthesis did not finish its task"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "streamed synthesis did not finish its task")
+                    }
                 }
             }
             result
@@ -508,8 +512,7 @@ async fn synthesize_claimed(
         }
         let finished: Vec<FinishedTask> = finished
             .into_iter()
-            .map(|outcome| FinishedTask { task_id, outcome,
-            })
+            .map(|outcome| FinishedTask { task_id, outcome })
             .collect();
         let committed = context
             .store

@@ -272,8 +272,17 @@ async fn a_provider_failing_mid_stream_cuts_the_stream_off_and_fails_the_task_un
     assert_eq!(response.status(), 200);
     let body = response.text().await.expect("the event stream");
     let events = parse_events(&body);
-    assert!(events.first().is_some_and(|e| e["type"] == "speech.audio.delta"), "{body}");
-    assert_eq!(events.last().map(|e| e["type"].clone()), Some(json!("error")), "{body}");
+    assert!(
+        events
+            .first()
+            .is_some_and(|e| e["type"] == "speech.audio.delta"),
+        "{body}"
+    );
+    assert_eq!(
+        events.last().map(|e| e["type"].clone()),
+        Some(json!("error")),
+        "{body}"
+    );
     assert!(!events.iter().any(|e| e["type"] == "speech.audio.done"));
     fake.shutdown().await;
 }
@@ -317,8 +326,14 @@ async fn server_sent_events_carry_the_audio_then_the_usage_also_from_the_cache()
     assert_eq!(response.headers()["x-cache"], "hit");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let again = parse_events(&response.text().await.expect("events"));
-    assert_eq!(again.first().map(|e| e["type"].clone()), Some(json!("speech.audio.delta")));
-    assert_eq!(again.last().map(|e| e["type"].clone()), Some(json!("speech.audio.done")));
+    assert_eq!(
+        again.first().map(|e| e["type"].clone()),
+        Some(json!("speech.audio.delta"))
+    );
+    assert_eq!(
+        again.last().map(|e| e["type"].clone()),
+        Some(json!("speech.audio.done"))
+    );
     assert_eq!(fake.stats().synthesis_requests, 1);
 
     let refused = post_speech(
@@ -336,9 +351,7 @@ async fn server_sent_events_carry_the_audio_then_the_usage_also_from_the_cache()
 async fn instructions_reach_the_provider_and_tell_the_cache_apart() {
     let fake = fake(|c| c.streaming.chunks = 0).await;
     let app = stack(&fake).await;
-    let with = |instructions: &str| {
-        json!({"model": "gpt-4o-mini-tts", "voice": "en-gb/rachel", "input": "Say it like you mean it.", "instructions": instructions})
-    };
+    let with = |instructions: &str| json!({"model": "gpt-4o-mini-tts", "voice": "en-gb/rachel", "input": "Say it like you mean it.", "instructions": instructions});
 
     let calm = post_speech(&app, &with("Speak calmly.")).await;
     let cheerful = post_speech(&app, &with("Speak cheerfully.")).await;
@@ -424,7 +437,10 @@ async fn the_openai_python_package_streams_audio_and_reads_events() {
         report["first"].as_f64().expect("first"),
         report["whole"].as_f64().expect("whole"),
     );
-    assert!(first + 0.9 < whole, "first chunk after {first}s, whole after {whole}s");
+    assert!(
+        first + 0.9 < whole,
+        "first chunk after {first}s, whole after {whole}s"
+    );
     let id: Uuid = report["task_id"]
         .as_str()
         .and_then(|s| s.parse().ok())
