@@ -296,7 +296,7 @@ pub(crate) async fn submit_high(
                     Streamed::Started(response) => return Ok(response),
                     Streamed::Whole(row, bytes) => {
                         held = bytes;
-                        (row, true)
+                        (*row, true)
                     }
                 }
             }
@@ -320,7 +320,7 @@ enum Streamed {
     /// Nothing was streamed (the provider does not stream this format, the
     /// audio was found made, or the synthesis failed before its first
     /// byte): the task as it ended, and its bytes when held.
-    Whole(TaskRow, Option<Bytes>),
+    Whole(Box<TaskRow>, Option<Bytes>),
 }
 
 /// Makes a claimed task's audio in a task of its own, and answers with the
@@ -357,7 +357,7 @@ async fn synthesize_streamed(
     let Some(first) = chunks.recv().await else {
         // The sink is gone unused: the synthesis is over.
         let (row, bytes) = synthesis.await.map_err(ApiError::internal)??;
-        return Ok(Streamed::Whole(row, bytes));
+        return Ok(Streamed::Whole(Box::new(row), bytes));
     };
     tracing::debug!("streaming the provider's audio");
     let rest = futures::stream::unfold(Some((chunks, synthesis)), |state| async move {
