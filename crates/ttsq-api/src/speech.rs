@@ -28,7 +28,7 @@
 //! Refusals keep OpenAI's shape: a tenant limit is 429 `rate_limit_error`
 //! with `Retry-After` (as the job API's 429); text the content filter blocks
 //! is 400 `invalid_request_error`, `code: content_rejected`, `param: input`
-//! (OpenAI refuses policy violations with 400; the job API answers 422).
+//! (or `instructions`, which the filter reads too) (OpenAI refuses policy violations with 400; the job API answers 422).
 //! Both are audited like the job API's refusals.
 
 use axum::{
@@ -252,7 +252,7 @@ fn resolve_voice(
             ("x-cache" = String, description = "`hit` or `miss`"),
         )),
         (status = 400, description = "Invalid request; also the text refused by the content policy \
-            (`code: content_rejected`, `param: input`), where the job API answers 422", body = OpenAiError),
+            (`code: content_rejected`, `param: input` or `instructions`), where the job API answers 422", body = OpenAiError),
         (status = 401, description = "No valid API key", body = OpenAiError),
         (status = 429, description = "Over one of the tenant's limits (`type: rate_limit_error`, \
             `code: rate_limit_exceeded`); nothing was synthesized", body = OpenAiError, headers(
@@ -368,13 +368,20 @@ async fn speak(
     }
     job.scope_cache(&caller.0.cache_scope());
     let blocked = |text: &str| context.content_filter.blocks(text);
-    if blocked(&job.text) || job.instructions.as_deref().is_some_and(blocked) {
-        tracing::info!(tenant = %caller.0.tenant_id, "speech refused by the content filter");
+    let refused = if blocked(&job.text) {
+        Some("input")
+    } else if job.instructions.as_deref().is_some_and(blocked) {
+        Some("instructions")
+    } else {
+        None
+    };
+    if let Some(param) = refused {
+        tracing::info!(tenant = %caller.0.tenant_id, param, "speech refused by the content filter");
         context
             .audit_refusal(&caller.0, &job, "content_rejected", json!({}))
             .await;
         return Err(SpeechError::invalid(
-            "input",
+            param,
             "content_rejected",
             ApiError::ContentRejected.to_string(),
         ));

@@ -168,8 +168,9 @@ pub struct Job {
     /// [`AuditKey`], for the audit log; `None` without a key.
     pub text_fingerprint: Option<String>,
     /// How to speak, for a provider that takes it (OpenAI's
-    /// `instructions`); part of the hash when set. Only the OpenAI speech
-    /// endpoint sets it, and only for inline synthesis.
+    /// `instructions`); part of the hash when set, and stored with the task
+    /// so that a worker taking it over sends them too. Only the OpenAI
+    /// speech endpoint sets it.
     pub instructions: Option<String>,
 }
 

@@ -60,9 +60,7 @@ impl<'a> Utterance<'a> {
                 .flatten()
                 .filter_map(|m| m.parse().ok())
                 .collect(),
-            // Tasks do not store instructions: a job with them is
-            // synthesized inline only (see the API's high-priority path).
-            instructions: None,
+            instructions: task.instructions.as_deref(),
         })
     }
 

@@ -481,15 +481,6 @@ async fn synthesize_claimed(
                             message: err.to_string(),
                         });
                     }
-                    Err(MakeAudioError::Storage(err)) if job.instructions.is_some() => {
-                        // A task keeps no instructions: a worker would
-                        // make other audio under this hash.
-                        tracing::warn!(error = %err, "storing inline audio failed");
-                        finished.push(TaskOutcome::Failed {
-                            code: "storage_unavailable".to_owned(),
-                            message: err.to_string(),
-                        });
-                    }
                     Err(MakeAudioError::Storage(err)) => {
                         tracing::warn!(error = %err, "storing inline audio failed; the queue takes the task");
                         retries.push(hand_to_queue(task_id, "storage_unavailable", &err));
@@ -500,10 +491,6 @@ async fn synthesize_claimed(
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
-            None if job.instructions.is_some() => finished.push(TaskOutcome::Failed {
-                code: SYNTHESIS_IN_PROGRESS.0.to_owned(),
-                message: SYNTHESIS_IN_PROGRESS.1.to_owned(),
-            }),
             None => retries.push(hand_to_queue(
                 task_id,
                 SYNTHESIS_IN_PROGRESS.0,

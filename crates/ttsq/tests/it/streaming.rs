@@ -358,6 +358,15 @@ async fn instructions_reach_the_provider_and_tell_the_cache_apart() {
     let calm_again = post_speech(&app, &with("Speak calmly.")).await;
     let too_long = post_speech(&app, &with(&"x".repeat(4_097))).await;
 
+    let calm_task = task_id(&calm);
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) FROM tasks WHERE id = '{calm_task}' AND instructions = 'Speak calmly.'"
+        ))
+        .await,
+        1,
+        "the task keeps its instructions, for a worker that takes it over"
+    );
     assert_eq!(calm.headers()["x-cache"], "miss");
     assert_eq!(cheerful.headers()["x-cache"], "miss");
     assert_eq!(calm_again.headers()["x-cache"], "hit");
