@@ -339,7 +339,7 @@ async fn synthesize_streamed(
     let job = task.job.clone();
     let ids = (task.id, task.tenant_id);
     let owned = context.clone();
-    let synthesis = tokio::spawn(
+    let synthesis = context.syntheses.spawn(
         async move {
             let result = synthesize_claimed(&owned, &job, ids, token, Some(&sink)).await;
             if sink.started() {
