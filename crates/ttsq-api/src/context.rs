@@ -56,6 +56,10 @@ pub struct ApiContext {
     /// The public `/ready`'s answer, checked at most once per interval
     /// however many callers ask.
     pub readiness: Arc<ops::ReadinessCache>,
+    /// Syntheses running apart from their request (streamed ones, which go
+    /// on when the client hangs up): [`run`](crate::run) waits for them at
+    /// shutdown, so the audio the vendor bills is stored and billed too.
+    pub syntheses: tokio_util::task::TaskTracker,
 }
 
 impl ApiContext {
@@ -93,6 +97,7 @@ impl ApiContext {
         }));
         Self {
             readiness,
+            syntheses: tokio_util::task::TaskTracker::new(),
             waiters,
             inline: InlineClaims {
                 replica_id,

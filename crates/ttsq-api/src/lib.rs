@@ -130,7 +130,7 @@ pub fn router(context: ApiContext) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
+/// requests in flight and the syntheses that outlived theirs.
 pub async fn run(
     context: ApiContext,
     listener: TcpListener,
@@ -144,7 +144,17 @@ pub async fn run(
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(context))
+    let syntheses = context.syntheses.clone();
+    let served = axum::serve(listener, router(context))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    syntheses.close();
+    if !syntheses.is_empty() {
+        tracing::info!(
+            running = syntheses.len(),
+            "waiting for syntheses whose clients hung up"
+        );
+    }
+    syntheses.wait().await;
+    served
 }

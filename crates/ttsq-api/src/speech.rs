@@ -10,21 +10,36 @@
 //!
 //! `model` is accepted for compatibility (`tts-1`, `tts-1-hd`,
 //! `gpt-4o-mini-tts`, …) and does not choose anything: the dialect's route
-//! does. `instructions` is accepted and ignored.
+//! does. `instructions` (at most 4,096 characters, as OpenAI allows) go to
+//! the route's first provider when it takes them (an OpenAI-compatible
+//! one), and then into the content hash: other instructions, other audio.
+//! A route that cannot follow them ignores them, and they do not split its
+//! cache.
+//!
+//! `stream_format`: `audio` (the default) answers the audio bytes, passed
+//! on as the provider streams them (see `jobs::submit`); `sse` answers
+//! `text/event-stream` events `{"type": "speech.audio.delta", "audio":
+//! base64}` and a last `{"type": "speech.audio.done", "usage": {…}}`, or
+//! `{"type": "error", "error": {…}}` when the synthesis fails midway. OpenAI
+//! refuses `sse` with `tts-1`; here `model` chooses nothing, so every model
+//! may ask for it. The usage counts characters, which is what ttsq bills,
+//! as `input_tokens`; no audio tokens are counted.
 //!
 //! Refusals keep OpenAI's shape: a tenant limit is 429 `rate_limit_error`
 //! with `Retry-After` (as the job API's 429); text the content filter blocks
 //! is 400 `invalid_request_error`, `code: content_rejected`, `param: input`
-//! (OpenAI refuses policy violations with 400; the job API answers 422).
+//! (or `instructions`, which the filter reads too) (OpenAI refuses policy violations with 400; the job API answers 422).
 //! Both are audited like the job API's refusals.
 
 use axum::{
     Json,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{State, rejection::BytesRejection},
-    http::StatusCode,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use base64::Engine as _;
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use ttsq_config::SpeechSettings;
@@ -54,9 +69,27 @@ pub struct SpeechRequest {
     response_format: Option<String>,
     /// Speaking rate, 0.5 to 2.0 (default 1.0).
     speed: Option<f64>,
-    /// Accepted and ignored.
-    #[expect(dead_code, reason = "accepted for compatibility, never used")]
+    /// How to speak, for providers that follow it (at most 4,096
+    /// characters); others ignore it.
+    #[schema(example = "Speak in a calm tone.")]
     instructions: Option<String>,
+    /// `audio` (default): the audio bytes, streamed as they are made;
+    /// `sse`: server-sent events `speech.audio.delta` (base64 audio) and
+    /// `speech.audio.done`.
+    #[schema(example = "audio")]
+    stream_format: Option<String>,
+}
+
+/// Longest `instructions`, in characters (OpenAI's limit).
+const MAX_INSTRUCTIONS_CHARS: usize = 4_096;
+
+/// How the audio is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamFormat {
+    /// The bytes as they are.
+    Audio,
+    /// Server-sent events with base64 chunks.
+    Sse,
 }
 
 /// OpenAI's error body.
@@ -210,14 +243,16 @@ fn resolve_voice(
     request_body = SpeechRequest,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The audio", content(
-            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm")
+        (status = 200, description = "The audio, streamed as the provider makes it when it streams \
+            (chunked; a failure midway cuts the body off); with `stream_format: sse`, server-sent events \
+            `speech.audio.delta` (base64 audio), then `speech.audio.done` or `error`", content(
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (String = "text/event-stream")
         ), headers(
             ("x-task-id" = Uuid, description = "The task recorded for this request"),
             ("x-cache" = String, description = "`hit` or `miss`"),
         )),
         (status = 400, description = "Invalid request; also the text refused by the content policy \
-            (`code: content_rejected`, `param: input`), where the job API answers 422", body = OpenAiError),
+            (`code: content_rejected`, `param: input` or `instructions`), where the job API answers 422", body = OpenAiError),
         (status = 401, description = "No valid API key", body = OpenAiError),
         (status = 429, description = "Over one of the tenant's limits (`type: rate_limit_error`, \
             `code: rate_limit_exceeded`); nothing was synthesized", body = OpenAiError, headers(
@@ -284,6 +319,33 @@ async fn speak(
             ),
         ));
     }
+    let stream_format = match request.stream_format.as_deref() {
+        None | Some("audio") => StreamFormat::Audio,
+        Some("sse") => StreamFormat::Sse,
+        Some(other) => {
+            return Err(SpeechError::invalid(
+                "stream_format",
+                "unsupported_value",
+                format!(
+                    "stream_format `{}` is not supported; use audio or sse",
+                    other.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    };
+    let instructions = request
+        .instructions
+        .map(|i| i.trim().to_owned())
+        .filter(|i| !i.is_empty());
+    if let Some(instructions) = &instructions
+        && instructions.chars().count() > MAX_INSTRUCTIONS_CHARS
+    {
+        return Err(SpeechError::invalid(
+            "instructions",
+            "string_above_max_length",
+            format!("`instructions` is longer than {MAX_INSTRUCTIONS_CHARS} characters"),
+        ));
+    }
     let (dialect, voice) = resolve_voice(&voice, &context.speech, context.providers.catalog());
     let mut job = Job::validate(
         JobRequest {
@@ -299,14 +361,27 @@ async fn speak(
         &context.limits,
     )
     .map_err(|errors| from_validation(&errors))?;
+    if let Some(instructions) = instructions
+        && context.providers.takes_instructions(&job.dialect)
+    {
+        job.instruct(instructions);
+    }
     job.scope_cache(&caller.0.cache_scope());
-    if context.content_filter.blocks(&job.text) {
-        tracing::info!(tenant = %caller.0.tenant_id, "speech refused by the content filter");
+    let blocked = |text: &str| context.content_filter.blocks(text);
+    let refused = if blocked(&job.text) {
+        Some("input")
+    } else if job.instructions.as_deref().is_some_and(blocked) {
+        Some("instructions")
+    } else {
+        None
+    };
+    if let Some(param) = refused {
+        tracing::info!(tenant = %caller.0.tenant_id, param, "speech refused by the content filter");
         context
             .audit_refusal(&caller.0, &job, "content_rejected", json!({}))
             .await;
         return Err(SpeechError::invalid(
-            "input",
+            param,
             "content_rejected",
             ApiError::ContentRejected.to_string(),
         ));
@@ -326,7 +401,58 @@ async fn speak(
             .audit_refusal(&caller.0, &job, "limit_exceeded", detail)
             .await;
     }
-    Ok(result?)
+    let response = result?;
+    Ok(match stream_format {
+        StreamFormat::Sse if response.status() == StatusCode::OK => {
+            server_sent_events(response, job.characters)
+        }
+        _ => response,
+    })
+}
+
+/// The audio of `response` as server-sent events, in OpenAI's shape: one
+/// `speech.audio.delta` per chunk as it comes, then `speech.audio.done`
+/// with the usage; an `error` event instead when the audio breaks off.
+fn server_sent_events(response: Response, characters: u32) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let event = |value: serde_json::Value| Bytes::from(format!("data: {value}\n\n"));
+    let deltas = body.into_data_stream().map(move |chunk| match chunk {
+        Ok(chunk) => Ok(event(json!({
+            "type": "speech.audio.delta",
+            "audio": base64::engine::general_purpose::STANDARD.encode(&chunk),
+        }))),
+        Err(err) => Err(event(json!({
+            "type": "error",
+            "error": {"message": err.to_string(), "type": "server_error", "code": "synthesis_failed"},
+        }))),
+    });
+    // The stream ends after its first error event, without `done`.
+    let tokens = u64::from(characters);
+    let done = event(json!({
+        "type": "speech.audio.done",
+        "usage": {"input_tokens": tokens, "output_tokens": 0, "total_tokens": tokens},
+    }));
+    let events = futures::stream::unfold(
+        (Box::pin(deltas), Some(done)),
+        |(mut deltas, done)| async move {
+            let done = done?;
+            match deltas.next().await {
+                Some(Ok(delta)) => Some((delta, (deltas, Some(done)))),
+                Some(Err(error)) => Some((error, (deltas, None))),
+                None => Some((done, (deltas, None))),
+            }
+        },
+    )
+    .map(Ok::<_, std::convert::Infallible>);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    parts
+        .headers
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from_stream(events))
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ Scenarios (--only 1,3,… picks some):
                  batch; with a zero-latency fake, then a fake whose quota binds
                  (100 req/s, 8 concurrent, 50 ms): B's latency p50/p99 and A's
                  jobs/s against each alone on an idle stack, 429s
+  11 ttfb        high-priority MP3 cache misses while the fake streams each
+                 answer in 20 chunks over 1 s: p50/p99 time to the first audio
+                 byte against the whole response
 
 Sizes scale with --scale; --smoke runs every scenario with tiny sizes (well
 under a minute; CI runs it).";

@@ -1,4 +1,4 @@
-//! The ten scenarios of the benchmark, each on its own deployment.
+//! The eleven scenarios of the benchmark, each on its own deployment.
 
 mod checks;
 mod fair_share;
@@ -60,7 +60,7 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         Option<&'a Baselines>,
         &'a mut Checks,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
-    let all: [(u8, &str, Scenario); 10] = [
+    let all: [(u8, &str, Scenario); 11] = [
         (1, "throughput", |a, e, b, c| {
             Box::pin(throughput(a, e, b, c))
         }),
@@ -82,6 +82,9 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         }),
         (10, "fair share", |a, e, _, c| {
             Box::pin(fair_share::run(a, e, c))
+        }),
+        (11, "time to first byte", |a, e, _, c| {
+            Box::pin(time_to_first_byte(a, e, c))
         }),
     ];
     let mut errors = Vec::new();
@@ -633,6 +636,85 @@ async fn high_priority_runs(
         hit.push(started.elapsed());
     }
     Ok((direct, miss, hit, hits))
+}
+
+/// How long the fake takes to stream one answer in scenario 11.
+const STREAM_SPREAD: Duration = Duration::from_millis(1_000);
+
+async fn time_to_first_byte(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()> {
+    let n = args.size(20, 3);
+    let fake = FakeProvider::start(FakeConfig {
+        streaming: ttsq_fake_provider::Streaming {
+            chunks: 20,
+            spread_ms: STREAM_SPREAD.as_millis() as u64,
+            fail_after_chunks: None,
+        },
+        ..fake_config()
+    })
+    .await?;
+    let stack = start(env, "ttfb", &fake, "", &[]).await?;
+    let result = first_byte_runs(&stack, n).await;
+    stack.teardown().await;
+    fake.shutdown().await;
+    let (mut first, mut whole) = result?;
+    let mut table = Table::new(
+        format!(
+            "11. Time to first byte: {n} sequential high-priority MP3 requests (cache misses), \
+             fake streaming each answer in 20 chunks over {} ms",
+            STREAM_SPREAD.as_millis()
+        ),
+        &["measure", "p50 ms", "p99 ms"],
+    );
+    let (f50, f99) = p50_p99(&mut first);
+    let (w50, w99) = p50_p99(&mut whole);
+    table.row(vec!["first audio byte".into(), f1(f50), f1(f99)]);
+    table.row(vec!["whole response".into(), f1(w50), f1(w99)]);
+    table.note("The first bytes are passed on as the provider sends them; the object is stored, and the task finished and billed, after the last.");
+    checks.check(
+        &mut table,
+        f50 + 500.0 < w50,
+        format!("the first byte comes well before the whole (p50 {f50:.1} ms vs {w50:.1} ms)"),
+    );
+    table.print();
+    Ok(())
+}
+
+/// Times `n` streamed cache misses: to the first body byte, and to the end.
+async fn first_byte_runs(
+    stack: &Stack,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let http = load::client(2)?;
+    let run = run_tag();
+    let url = format!("{}/v1/tts/jobs", stack.base_url);
+    let mut first = Vec::with_capacity(n);
+    let mut whole = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut body = load::job(&text(&format!("{run}t"), i));
+        body["priority"] = json!("high");
+        body["format"] = json!("mp3");
+        let started = Instant::now();
+        let mut response = http
+            .post(&url)
+            .bearer_auth(&stack.api_key)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "high priority answered {}",
+            response.status()
+        );
+        let mut first_at = None;
+        while let Some(chunk) = response.chunk().await? {
+            if first_at.is_none() && !chunk.is_empty() {
+                first_at = Some(started.elapsed());
+            }
+        }
+        whole.push(started.elapsed());
+        first.push(first_at.context("an empty answer")?);
+    }
+    Ok((first, whole))
 }
 
 async fn quota(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<()> {

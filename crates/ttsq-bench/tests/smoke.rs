@@ -78,12 +78,13 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         "### 9. Dedupe across replicas",
         "### 10. Fair share, zero-latency fake",
         "### 10. Fair share, fake quota",
+        "### 11. Time to first byte",
     ] {
         assert!(stdout.contains(title), "no table `{title}`:\n{stdout}");
     }
     assert!(!stdout.contains("check: FAILED"), "{stdout}");
-    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 + 2 checks.
-    assert_eq!(stdout.matches("check: ok").count(), 15, "{stdout}");
+    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 + 2 + 1 checks.
+    assert_eq!(stdout.matches("check: ok").count(), 16, "{stdout}");
     // Scenario 10's three targets per mode are notes in smoke mode.
     assert_eq!(
         stdout.matches("check (not enforced in smoke): ").count(),

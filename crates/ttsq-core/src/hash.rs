@@ -98,6 +98,17 @@ impl ContentHash {
         Self(hex::encode(digest.finalize()))
     }
 
+    /// This hash for audio spoken as `instructions` say (OpenAI's
+    /// `instructions`): other instructions, other audio, another object.
+    pub fn instructed(&self, instructions: &str) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"ttsq-instructions\0");
+        digest.update(instructions.as_bytes());
+        digest.update(b"\0");
+        digest.update(self.0.as_bytes());
+        Self(hex::encode(digest.finalize()))
+    }
+
     /// Wraps a hash read back from storage; `None` unless 64 lowercase hex digits.
     pub fn parse(hex_digest: &str) -> Option<Self> {
         let valid = hex_digest.len() == 64

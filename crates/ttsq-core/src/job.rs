@@ -167,9 +167,21 @@ pub struct Job {
     /// Hex HMAC-SHA256 of the normalised text under the deployment's
     /// [`AuditKey`], for the audit log; `None` without a key.
     pub text_fingerprint: Option<String>,
+    /// How to speak, for a provider that takes it (OpenAI's
+    /// `instructions`); part of the hash when set, and stored with the task
+    /// so that a worker taking it over sends them too. Only the OpenAI
+    /// speech endpoint sets it.
+    pub instructions: Option<String>,
 }
 
 impl Job {
+    /// Has the audio spoken as `instructions` say: they go to the provider
+    /// and into the content hash. Call before [`Job::scope_cache`].
+    pub fn instruct(&mut self, instructions: String) {
+        self.hash = self.hash.instructed(&instructions);
+        self.instructions = Some(instructions);
+    }
+
     /// Puts the job's content hash in `scope` (see [`ContentHash::scoped`]);
     /// done once, at submission, with the submitting tenant's scope.
     pub fn scope_cache(&mut self, scope: &str) {
@@ -422,6 +434,7 @@ impl Job {
             provider_route,
             hash,
             marks,
+            instructions: None,
         })
     }
 }

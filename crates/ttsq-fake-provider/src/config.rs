@@ -47,6 +47,9 @@ pub struct FakeConfig {
     pub ms_per_char: u32,
     /// Longest audio answered, in milliseconds; at most [`MAX_AUDIO_MS_LIMIT`].
     pub max_audio_ms: u32,
+    /// How audio answers are sent: whole (the default), or cut into pieces
+    /// spread over time as vendors stream them.
+    pub streaming: Streaming,
 }
 
 impl Default for FakeConfig {
@@ -71,6 +74,7 @@ impl Default for FakeConfig {
             log_capacity: 1_000,
             ms_per_char: 60,
             max_audio_ms: 10_000,
+            streaming: Streaming::default(),
         }
     }
 }
@@ -162,6 +166,21 @@ impl Default for Faults {
             malformed_rate: 0.0,
         }
     }
+}
+
+/// Audio answers sent as a chunked stream: the first piece at once, the
+/// others evenly over `spread_ms`, as ElevenLabs' `/stream` and OpenAI's
+/// chunked speech answers arrive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Streaming {
+    /// Pieces an audio answer is cut into; 0 or 1 sends it whole.
+    pub chunks: u32,
+    /// Time from the first piece to the last, in milliseconds.
+    pub spread_ms: u64,
+    /// Break the connection after this many pieces, the rest unsent (a
+    /// vendor failing mid-stream); `None` sends them all.
+    pub fail_after_chunks: Option<u32>,
 }
 
 /// The fake's own quota, enforced on synthesis requests only (listings and

@@ -2,6 +2,8 @@
 //!
 //! `POST /v1/text-to-speech/{voice_id}?output_format=…` with `xi-api-key`
 //! and `{text, model_id, voice_settings, language_code}`; answers audio.
+//! `POST /v1/text-to-speech/{voice_id}/stream` is the same call, its audio
+//! sent as it is made (see [`Streaming`](crate::config::Streaming)).
 //! `POST /v1/text-to-speech/{voice_id}/with-timestamps` answers the same
 //! audio as JSON `{audio_base64, alignment, normalized_alignment}` with
 //! per-character start and end times.
@@ -81,6 +83,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/text-to-speech/{voice_id}", post(text_to_speech))
         .route(
+            "/v1/text-to-speech/{voice_id}/stream",
+            post(text_to_speech_stream),
+        )
+        .route(
             "/v1/text-to-speech/{voice_id}/with-timestamps",
             post(text_to_speech_with_timestamps),
         )
@@ -110,11 +116,42 @@ async fn text_to_speech(
         headers,
         render_refusal: refusal,
     };
+    speak(shared, call, &voice_id, query, &body).await
+}
+
+/// `POST /v1/text-to-speech/{voice_id}/stream`: the same checks and audio.
+async fn text_to_speech_stream(
+    State(shared): State<Arc<Shared>>,
+    Path(voice_id): Path<String>,
+    Query(query): Query<SpeechQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = Call {
+        vendor: Vendor::ElevenLabs,
+        route: "POST /v1/text-to-speech/{voice_id}/stream",
+        method,
+        uri,
+        headers,
+        render_refusal: refusal,
+    };
+    speak(shared, call, &voice_id, query, &body).await
+}
+
+async fn speak(
+    shared: Arc<Shared>,
+    call: Call,
+    voice_id: &str,
+    query: SpeechQuery,
+    body: &Bytes,
+) -> Response {
     let output_format = query
         .output_format
         .unwrap_or_else(|| DEFAULT_OUTPUT_FORMAT.to_owned());
-    pipeline::synthesize(shared, call, &body, |config, json| {
-        parse(config, &voice_id, &output_format, json)
+    pipeline::synthesize(shared, call, body, |config, json| {
+        parse(config, voice_id, &output_format, json)
     })
     .await
 }

@@ -38,7 +38,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::state::Shared;
 pub use crate::{
-    config::{ApiKeys, FakeConfig, FakeVoice, Faults, Latency, Quota},
+    config::{ApiKeys, FakeConfig, FakeVoice, Faults, Latency, Quota, Streaming},
     stats::{FakeStats, Outcome, RequestRecord, Vendor},
 };
 

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use ttsq_fake_provider::{
-    ApiKeys, FakeConfig, FakeProvider, FakeVoice, Faults, Latency, Quota, config,
+    ApiKeys, FakeConfig, FakeProvider, FakeVoice, Faults, Latency, Quota, Streaming, config,
 };
 
 /// A loopback server speaking the ElevenLabs, OpenAI and generic TTS wire
@@ -104,6 +104,18 @@ struct Cli {
     /// Recent requests kept in the log served by GET /_fake/stats.
     #[arg(long, default_value_t = 1_000)]
     log_capacity: usize,
+
+    /// Send audio in this many chunks (0 or 1: whole), as a streaming vendor does.
+    #[arg(long, default_value_t = 0)]
+    stream_chunks: u32,
+
+    /// Milliseconds over which the chunks are spread.
+    #[arg(long, default_value_t = 0)]
+    stream_spread_ms: u64,
+
+    /// Break the connection after this many chunks (a vendor failing mid-stream).
+    #[arg(long)]
+    stream_fail_after_chunks: Option<u32>,
 }
 
 fn parse_voice(value: &str) -> Result<FakeVoice, String> {
@@ -153,6 +165,11 @@ impl Cli {
             log_capacity: self.log_capacity,
             ms_per_char: self.ms_per_char,
             max_audio_ms: self.max_audio_ms,
+            streaming: Streaming {
+                chunks: self.stream_chunks,
+                spread_ms: self.stream_spread_ms,
+                fail_after_chunks: self.stream_fail_after_chunks,
+            },
         }
     }
 }

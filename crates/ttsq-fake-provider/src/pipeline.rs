@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::{
     audio::{self, Encoding},
-    config::FakeConfig,
+    config::{FakeConfig, Streaming},
     refusal::Refusal,
     request::{Order, Parsed},
     state::Shared,
@@ -180,7 +180,11 @@ pub(crate) async fn synthesize(
         record.outcome = Outcome::Malformed;
         record.status = Some(200);
         shared.finish(record, config.log_capacity);
-        return audio_response(order.encoding, Bytes::from_static(GARBAGE));
+        return audio_response(
+            order.encoding,
+            Bytes::from_static(GARBAGE),
+            config.streaming,
+        );
     }
 
     let duration = audio::duration_ms(
@@ -194,7 +198,7 @@ pub(crate) async fn synthesize(
             record.outcome = Outcome::Audio;
             record.status = Some(200);
             shared.finish(record, config.log_capacity);
-            audio_response(order.encoding, bytes)
+            audio_response(order.encoding, bytes, config.streaming)
         }
         Err(message) => refuse(
             &shared,
@@ -277,13 +281,48 @@ fn vendor_refusal(call: &Call, refusal: &Refusal) -> Response {
     response
 }
 
-fn audio_response(encoding: Encoding, bytes: Bytes) -> Response {
+fn audio_response(encoding: Encoding, bytes: Bytes, streaming: Streaming) -> Response {
+    let body = if streaming.chunks > 1 {
+        Body::from_stream(chunked(bytes, streaming))
+    } else {
+        Body::from(bytes)
+    };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, encoding.format.content_type())],
-        Body::from(bytes),
+        body,
     )
         .into_response()
+}
+
+/// `bytes` in `streaming.chunks` pieces, the first at once and the others
+/// evenly over `streaming.spread_ms`; an error (which aborts the chunked
+/// body) after `fail_after_chunks` pieces.
+fn chunked(
+    bytes: Bytes,
+    streaming: Streaming,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let pieces = streaming.chunks.max(1) as usize;
+    let size = bytes.len().div_ceil(pieces).max(1);
+    let gap = Duration::from_millis(streaming.spread_ms / (pieces as u64 - 1).max(1));
+    let fail_after = streaming.fail_after_chunks.map(|n| n as usize);
+    futures::stream::unfold((bytes, 0usize), move |(mut rest, sent)| async move {
+        if fail_after == Some(sent) {
+            if sent > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            let err = std::io::Error::other("the fake broke the stream");
+            return Some((Err(err), (Bytes::new(), usize::MAX)));
+        }
+        if rest.is_empty() || sent == usize::MAX {
+            return None;
+        }
+        if sent > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let piece = rest.split_to(size.min(rest.len()));
+        Some((Ok(piece), (rest, sent + 1)))
+    })
 }
 
 /// A fault rate as a usable fraction.

@@ -16,6 +16,11 @@
 //! `voice_settings` is sent, so the voice's stored settings apply. Emotions
 //! are ignored (ElevenLabs has no such parameter), as espeak does.
 //!
+//! Streaming: without marks, MP3 and PCM are asked of
+//! `POST {base}/v1/text-to-speech/{voice_id}/stream` and passed on chunk by
+//! chunk ([`Synthesizer::synthesize_streaming`]); WAV is wrapped from the
+//! whole PCM, so it is not streamed.
+//!
 //! Speech marks: a request with marks goes to
 //! `POST {base}/v1/text-to-speech/{voice_id}/with-timestamps` instead, which
 //! answers JSON `{audio_base64, alignment: {characters,
@@ -31,7 +36,7 @@ use serde_json::{Map, Value, json};
 use ttsq_core::{AudioFormat, DialectInfo, MarkKind, marks};
 
 use crate::{
-    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer,
     upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
 };
 
@@ -147,6 +152,40 @@ impl Synthesizer for ElevenLabs {
         fields(provider = %self.upstream.name, dialect = request.dialect, voice = request.voice, chars = request.text.chars().count())
     )]
     async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
+        self.speak(request, None).await
+    }
+
+    #[tracing::instrument(
+        name = "elevenlabs.synthesize",
+        skip_all,
+        fields(provider = %self.upstream.name, dialect = request.dialect, voice = request.voice, chars = request.text.chars().count(), streamed)
+    )]
+    async fn synthesize_streaming(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: &AudioSink,
+    ) -> Result<Audio, ProviderError> {
+        // MP3 and raw PCM are kept as sent; WAV is wrapped and marks come
+        // as JSON, so those are made whole.
+        let streamed = request.marks.is_empty()
+            && matches!(request.format, AudioFormat::Mp3 | AudioFormat::Pcm);
+        tracing::Span::current().record("streamed", streamed);
+        self.speak(request, streamed.then_some(sink)).await
+    }
+
+    /// `GET {base}/v1/user`: small, and fails on a bad key.
+    async fn health(&self) -> Result<(), ProviderError> {
+        self.upstream.probe(&["v1", "user"]).await
+    }
+}
+
+impl ElevenLabs {
+    /// One call: to `/stream`, its chunks handed to `sink`, when one is given.
+    async fn speak(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: Option<&AudioSink>,
+    ) -> Result<Audio, ProviderError> {
         let dialect = self.upstream.check(request, Emotions::Ignored)?;
         let output_format = match request.format {
             AudioFormat::Mp3 => MP3_OUTPUT_FORMAT.to_owned(),
@@ -159,13 +198,22 @@ impl Synthesizer for ElevenLabs {
         let mut segments = vec!["v1", "text-to-speech", request.voice];
         if timed {
             segments.push("with-timestamps");
+        } else if sink.is_some() {
+            segments.push("stream");
         }
         let mut url = self.upstream.url(&segments);
         url.query_pairs_mut()
             .append_pair("output_format", &output_format);
         let (builder, request_id) = self.upstream.request(Method::POST, url);
         let builder = builder.json(&self.body(request, dialect));
-        let reply = self.upstream.execute(builder, request_id, !timed).await?;
+        let reply = match sink {
+            Some(sink) if !timed => {
+                self.upstream
+                    .execute_streaming(builder, request_id, sink)
+                    .await?
+            }
+            _ => self.upstream.execute(builder, request_id, !timed).await?,
+        };
         let (bytes, alignment) = if timed {
             let answer: TimestampedAudio =
                 serde_json::from_slice(&reply.bytes).map_err(|e| ProviderError::Transient {
@@ -209,11 +257,6 @@ impl Synthesizer for ElevenLabs {
         }
         Ok(audio)
     }
-
-    /// `GET {base}/v1/user`: small, and fails on a bad key.
-    async fn health(&self) -> Result<(), ProviderError> {
-        self.upstream.probe(&["v1", "user"]).await
-    }
 }
 
 #[cfg(test)]
@@ -251,6 +294,7 @@ mod tests {
             emotion: Some("happy"),
             format: AudioFormat::Mp3,
             marks: &[],
+            instructions: None,
         }
     }
 

@@ -32,7 +32,10 @@ pub mod router;
 mod probe;
 mod upstream;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,6 +62,50 @@ pub struct SynthesisRequest<'a> {
     /// Speech marks to time; empty for none. Only providers whose dialect
     /// lists them in `DialectInfo::marks` are asked.
     pub marks: &'a [MarkKind],
+    /// How to speak (OpenAI's `instructions`), for providers that take it;
+    /// others ignore it.
+    pub instructions: Option<&'a str>,
+}
+
+/// Where a streaming synthesis hands the audio bytes as the vendor sends
+/// them, so a caller can pass them on before the synthesis ends. The
+/// receiver may go away (a client that hung up): the synthesis goes on,
+/// since the vendor bills it anyway. Every chunk is also kept by the
+/// adapter, within its body limit, so the channel holds at most one copy of
+/// bounded audio.
+#[derive(Debug)]
+pub struct AudioSink {
+    /// The caller's end.
+    chunks: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    /// Whether any byte was handed over: from then on neither a retry nor
+    /// another provider may stand in, as the caller has sent bytes on.
+    started: AtomicBool,
+}
+
+impl AudioSink {
+    /// A sink and the receiver of its chunks.
+    pub fn new() -> (Self, tokio::sync::mpsc::UnboundedReceiver<Bytes>) {
+        let (chunks, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let sink = Self {
+            chunks,
+            started: AtomicBool::new(false),
+        };
+        (sink, receiver)
+    }
+
+    /// Hands `chunk` on; a receiver that is gone is no error.
+    pub fn send(&self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.started.store(true, Ordering::Release);
+        let _ = self.chunks.send(chunk);
+    }
+
+    /// Whether any byte was handed on.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
 }
 
 /// Synthesized audio.
@@ -213,8 +260,27 @@ pub trait Synthesizer: Send + Sync + 'static {
     /// The dialects this provider serves, with their capabilities.
     fn dialects(&self) -> Vec<DialectInfo>;
 
+    /// Whether [`SynthesisRequest::instructions`] reach the vendor (and so
+    /// change the audio).
+    fn takes_instructions(&self) -> bool {
+        false
+    }
+
     /// Synthesizes one request.
     async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError>;
+
+    /// Synthesizes one request, handing its bytes to `sink` as the vendor
+    /// sends them when this provider streams `request`'s format as it is
+    /// (no transcoding): `sink` then gets exactly the returned audio's bytes,
+    /// in order. Otherwise (the default) nothing reaches `sink`.
+    async fn synthesize_streaming(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: &AudioSink,
+    ) -> Result<Audio, ProviderError> {
+        let _ = sink;
+        self.synthesize(request).await
+    }
 
     /// Cheap check that the provider can serve requests now.
     async fn health(&self) -> Result<(), ProviderError>;

@@ -10,9 +10,14 @@
 //! refuse, and asking for WAV rather than `pcm` makes the server state its
 //! rate (OpenAI's is 24 kHz) instead of us assuming it. No Opus.
 //!
-//! An emotion, when the dialect lists it, is sent as `instructions` ("Speak
-//! in a calm tone."), which `gpt-4o-mini-tts` follows; list emotions only
-//! for dialects on such a model (`tts-1` does not take instructions).
+//! The request's `instructions` are sent as they are; otherwise an emotion,
+//! when the dialect lists it, is sent as `instructions` ("Speak in a calm
+//! tone."), which `gpt-4o-mini-tts` follows; list emotions only for
+//! dialects on such a model (`tts-1` does not take instructions).
+//!
+//! Streaming: MP3 is passed on chunk by chunk as the server sends it
+//! ([`Synthesizer::synthesize_streaming`]); WAV and PCM are rewritten from
+//! the whole body, so they are not streamed.
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -20,7 +25,7 @@ use serde_json::{Map, Value, json};
 use ttsq_core::{AudioFormat, DialectInfo};
 
 use crate::{
-    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer,
     upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
 };
 
@@ -66,7 +71,9 @@ impl OpenAi {
             1.0
         };
         body.insert("speed".to_owned(), json!(speed));
-        if let Some(emotion) = request.emotion {
+        if let Some(instructions) = request.instructions {
+            body.insert("instructions".to_owned(), json!(instructions));
+        } else if let Some(emotion) = request.emotion {
             body.insert(
                 "instructions".to_owned(),
                 json!(format!("Speak in a {emotion} tone.")),
@@ -82,6 +89,10 @@ impl Synthesizer for OpenAi {
         &self.upstream.name
     }
 
+    fn takes_instructions(&self) -> bool {
+        true
+    }
+
     fn dialects(&self) -> Vec<DialectInfo> {
         self.upstream.dialects().to_vec()
     }
@@ -92,11 +103,49 @@ impl Synthesizer for OpenAi {
         fields(provider = %self.upstream.name, dialect = request.dialect, voice = request.voice, chars = request.text.chars().count())
     )]
     async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
+        self.speak(request, None).await
+    }
+
+    #[tracing::instrument(
+        name = "openai.synthesize",
+        skip_all,
+        fields(provider = %self.upstream.name, dialect = request.dialect, voice = request.voice, chars = request.text.chars().count(), streamed)
+    )]
+    async fn synthesize_streaming(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: &AudioSink,
+    ) -> Result<Audio, ProviderError> {
+        let streamed = request.format == AudioFormat::Mp3;
+        tracing::Span::current().record("streamed", streamed);
+        self.speak(request, streamed.then_some(sink)).await
+    }
+
+    /// `GET {base}/v1/models`: small, and fails on a bad key.
+    async fn health(&self) -> Result<(), ProviderError> {
+        self.upstream.probe(&["v1", "models"]).await
+    }
+}
+
+impl OpenAi {
+    /// One call; the body's chunks handed to `sink` when one is given.
+    async fn speak(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: Option<&AudioSink>,
+    ) -> Result<Audio, ProviderError> {
         let dialect = self.upstream.check(request, Emotions::Checked)?;
         let url = self.upstream.url(&["v1", "audio", "speech"]);
         let (builder, request_id) = self.upstream.request(Method::POST, url);
         let builder = builder.json(&Self::body(request, dialect));
-        let reply = self.upstream.execute(builder, request_id, true).await?;
+        let reply = match sink {
+            Some(sink) => {
+                self.upstream
+                    .execute_streaming(builder, request_id, sink)
+                    .await?
+            }
+            None => self.upstream.execute(builder, request_id, true).await?,
+        };
         let payload = match request.format {
             AudioFormat::Mp3 => Payload::Mp3(reply.bytes),
             _ => Payload::Wav(reply.bytes),
@@ -109,11 +158,6 @@ impl Synthesizer for OpenAi {
                 reply.request_id,
             )
             .await
-    }
-
-    /// `GET {base}/v1/models`: small, and fails on a bad key.
-    async fn health(&self) -> Result<(), ProviderError> {
-        self.upstream.probe(&["v1", "models"]).await
     }
 }
 
@@ -142,6 +186,7 @@ mod tests {
             emotion: Some("calm"),
             format: AudioFormat::Pcm,
             marks: &[],
+            instructions: None,
         };
 
         let body = OpenAi::body(&request, &dialect);

@@ -16,7 +16,7 @@ use ttsq_config::{ProviderDialect, ProviderKind, ProviderSettings, RouteSettings
 use ttsq_core::{AudioFormat, Catalog, DialectInfo};
 
 use crate::{
-    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer,
     breaker::{Breaker, BreakerState},
     coordinator::{CALL_TIMEOUT, Gate, QuotaCoordinator, SharedLimits, SharedPermit},
     elevenlabs::ElevenLabs,
@@ -429,6 +429,27 @@ impl Router {
         &self,
         request: &SynthesisRequest<'_>,
     ) -> Result<(Audio, String), ProviderError> {
+        self.synthesize_into(request, None).await
+    }
+
+    /// As [`Router::synthesize`], handing the bytes to `sink` as they arrive
+    /// when the provider streams the request's format (see
+    /// [`Synthesizer::synthesize_streaming`]). Once a byte went to `sink`,
+    /// a failure is final: no retry and no fallback, whose audio would not
+    /// continue the bytes already passed on.
+    pub async fn synthesize_streaming(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: &AudioSink,
+    ) -> Result<(Audio, String), ProviderError> {
+        self.synthesize_into(request, Some(sink)).await
+    }
+
+    async fn synthesize_into(
+        &self,
+        request: &SynthesisRequest<'_>,
+        sink: Option<&AudioSink>,
+    ) -> Result<(Audio, String), ProviderError> {
         let dialect = self
             .catalog
             .get(request.dialect)
@@ -464,9 +485,11 @@ impl Router {
                 voice_owned = info.default_voice().to_owned();
                 request.voice = &voice_owned;
             }
-            match self.call(name, slot, &request, characters).await {
+            match self.call(name, slot, &request, characters, sink).await {
                 Ok(audio) => return Ok((audio, name.clone())),
-                Err(err) if err.is_retryable() => last_error = Some(err),
+                Err(err) if err.is_retryable() && !sink.is_some_and(AudioSink::started) => {
+                    last_error = Some(err);
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -482,6 +505,7 @@ impl Router {
         slot: &Slot,
         request: &SynthesisRequest<'_>,
         characters: u32,
+        sink: Option<&AudioSink>,
     ) -> Result<Audio, ProviderError> {
         let metrics = ttsq_telemetry::metrics::get();
         let mut attempt = 0;
@@ -503,11 +527,12 @@ impl Router {
                 error_code = tracing::field::Empty,
             );
             let started = Instant::now();
-            let result = slot
-                .synthesizer
-                .synthesize(request)
-                .instrument(span.clone())
-                .await;
+            let result = match sink {
+                Some(sink) => slot.synthesizer.synthesize_streaming(request, sink),
+                None => slot.synthesizer.synthesize(request),
+            }
+            .instrument(span.clone())
+            .await;
             drop(permit);
             let latency = started.elapsed();
             span.record("latency_ms", latency.as_millis() as u64);
@@ -535,6 +560,14 @@ impl Router {
                 .provider_errors
                 .with_label_values(&[name, err.code()])
                 .inc();
+            if sink.is_some_and(AudioSink::started) {
+                // Bytes were passed on: the caller's stream ends in error.
+                if err.is_retryable() {
+                    slot.breaker.record_failure();
+                }
+                tracing::warn!(provider = %name, error = %err, "provider failed mid-stream");
+                return Err(err);
+            }
             if let ProviderError::RateLimited { retry_after, .. } = &err {
                 metrics
                     .provider_rate_limited
@@ -562,6 +595,17 @@ impl Router {
             attempt += 1;
             tokio::time::sleep(backoff(attempt)).await;
         }
+    }
+
+    /// Whether the first provider of `dialect`'s route passes
+    /// [`SynthesisRequest::instructions`] on: only then do they belong in
+    /// the job (and its content hash).
+    pub fn takes_instructions(&self, dialect: &str) -> bool {
+        self.catalog
+            .get(dialect)
+            .and_then(|d| d.provider_chain.first())
+            .and_then(|name| self.providers.get(name))
+            .is_some_and(|slot| slot.synthesizer.takes_instructions())
     }
 
     /// How many synthesis calls this router has sent to `provider`.
@@ -738,6 +782,7 @@ mod tests {
             emotion: None,
             format: AudioFormat::Pcm,
             marks: &[],
+            instructions: None,
         }
     }
 

@@ -42,7 +42,7 @@ use serde_json::Value;
 use ttsq_core::{AudioFormat, DialectInfo};
 use uuid::Uuid;
 
-use crate::{Audio, ProviderError, SynthesisRequest, encode, probe};
+use crate::{Audio, AudioSink, ProviderError, SynthesisRequest, encode, probe};
 
 /// Largest audio body read; a longer one is a vendor fault, not audio.
 const MAX_AUDIO_BYTES: usize = 64 * 1024 * 1024;
@@ -378,6 +378,30 @@ impl Upstream {
         request_id: Uuid,
         expect_audio: bool,
     ) -> Result<Reply, ProviderError> {
+        self.execute_into(builder, request_id, expect_audio, None)
+            .await
+    }
+
+    /// As [`Upstream::execute`] for an audio answer, each chunk of a 2xx
+    /// audio body handed to `sink` as it arrives (an error body or a 2xx
+    /// that is not audio never reaches it).
+    pub async fn execute_streaming(
+        &self,
+        builder: RequestBuilder,
+        request_id: Uuid,
+        sink: &AudioSink,
+    ) -> Result<Reply, ProviderError> {
+        self.execute_into(builder, request_id, true, Some(sink))
+            .await
+    }
+
+    async fn execute_into(
+        &self,
+        builder: RequestBuilder,
+        request_id: Uuid,
+        expect_audio: bool,
+        sink: Option<&AudioSink>,
+    ) -> Result<Reply, ProviderError> {
         tracing::debug!(provider = %self.name, %request_id, "sending");
         let started = std::time::Instant::now();
         let response = builder.send().await.map_err(|e| self.transport(&e))?;
@@ -389,12 +413,17 @@ impl Upstream {
         } else {
             MAX_ERROR_BYTES
         };
-        let bytes = read_body(response, limit).await.map_err(|e| match e {
-            BodyError::Transport(e) => self.transport(&e),
-            BodyError::TooLarge => {
-                self.transient(format!("HTTP {status}: body larger than {limit} bytes"))
-            }
-        })?;
+        let audio =
+            status.is_success() && !(expect_audio && non_audio_content_type(&headers).is_some());
+        let sink = sink.filter(|_| audio);
+        let bytes = read_body(response, limit, sink)
+            .await
+            .map_err(|e| match e {
+                BodyError::Transport(e) => self.transport(&e),
+                BodyError::TooLarge => {
+                    self.transient(format!("HTTP {status}: body larger than {limit} bytes"))
+                }
+            })?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
 
         if status.is_success() {
@@ -632,8 +661,13 @@ enum BodyError {
     TooLarge,
 }
 
-/// The body, up to `limit` bytes.
-async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Bytes, BodyError> {
+/// The body, up to `limit` bytes; each chunk also handed to `sink` when
+/// one is given (the bytes past the limit never are).
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    sink: Option<&AudioSink>,
+) -> Result<Bytes, BodyError> {
     if response
         .content_length()
         .is_some_and(|len| len > limit as u64)
@@ -646,6 +680,9 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Byte
             return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
+        if let Some(sink) = sink {
+            sink.send(chunk);
+        }
     }
     Ok(body.freeze())
 }
@@ -849,6 +886,7 @@ mod tests {
             emotion,
             format,
             marks: &[],
+            instructions: None,
         }
     }
 

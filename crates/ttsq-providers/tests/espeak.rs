@@ -57,6 +57,7 @@ fn request<'a>(text: &'a str, dialect: &'a str, format: AudioFormat) -> Synthesi
         emotion: None,
         format,
         marks: &[],
+        instructions: None,
     }
 }
 

@@ -11,8 +11,8 @@ use ttsq_fake_provider::{
     config::{DEFAULT_ELEVENLABS_KEY, DEFAULT_HTTP_KEY, DEFAULT_OPENAI_KEY},
 };
 use ttsq_providers::{
-    HttpProviderConfig, ProviderError, SynthesisRequest, Synthesizer, elevenlabs::ElevenLabs,
-    encode, generic_http::GenericHttp, openai::OpenAi,
+    AudioSink, HttpProviderConfig, ProviderError, SynthesisRequest, Synthesizer,
+    elevenlabs::ElevenLabs, encode, generic_http::GenericHttp, openai::OpenAi,
 };
 
 const TEXT: &str = "Hello from ttsq";
@@ -108,6 +108,7 @@ fn request(
         emotion: None,
         format,
         marks: &[],
+        instructions: None,
     }
 }
 
@@ -577,4 +578,90 @@ async fn every_adapter_sends_the_traceparent_of_the_trace_it_is_called_in() {
         let fresh = last(&fake).traceparent.expect("a traceparent sent");
         assert!(!fresh.contains(TRACE_ID), "{fresh}");
     }
+}
+
+/// Every chunk a sink received, in order.
+fn drain(chunks: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>) -> Vec<u8> {
+    let mut all = Vec::new();
+    while let Ok(chunk) = chunks.try_recv() {
+        all.extend_from_slice(&chunk);
+    }
+    all
+}
+
+fn streaming_fake() -> FakeConfig {
+    FakeConfig {
+        streaming: ttsq_fake_provider::Streaming {
+            chunks: 5,
+            spread_ms: 100,
+            fail_after_chunks: None,
+        },
+        ..FakeConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn elevenlabs_streams_mp3_and_pcm_from_its_stream_route_but_not_wav() {
+    let fake = fake(streaming_fake()).await;
+    let eleven = elevenlabs(&fake, DEFAULT_ELEVENLABS_KEY);
+
+    for format in [AudioFormat::Mp3, AudioFormat::Pcm] {
+        let (sink, mut chunks) = AudioSink::new();
+        let audio = eleven
+            .synthesize_streaming(&request("en-gb", "rachel", format), &sink)
+            .await
+            .expect("audio");
+        assert!(sink.started());
+        assert_eq!(drain(&mut chunks), audio.bytes.to_vec(), "{format}");
+        assert_eq!(last(&fake).path, "/v1/text-to-speech/rachel/stream");
+    }
+    let (sink, mut chunks) = AudioSink::new();
+    let wav = eleven
+        .synthesize_streaming(&request("en-gb", "rachel", AudioFormat::Wav), &sink)
+        .await
+        .expect("audio");
+    assert!(!sink.started() && drain(&mut chunks).is_empty());
+    assert!(wav.bytes.starts_with(b"RIFF"));
+    assert_eq!(last(&fake).path, "/v1/text-to-speech/rachel");
+}
+
+#[tokio::test]
+async fn openai_streams_mp3_and_sends_the_instructions() {
+    let fake = fake(streaming_fake()).await;
+    let openai = openai(&fake, DEFAULT_OPENAI_KEY);
+    let (sink, mut chunks) = AudioSink::new();
+    let request = SynthesisRequest {
+        instructions: Some("Whisper."),
+        ..request("en-us", "alloy", AudioFormat::Mp3)
+    };
+
+    let audio = openai
+        .synthesize_streaming(&request, &sink)
+        .await
+        .expect("audio");
+
+    assert_eq!(drain(&mut chunks), audio.bytes.to_vec());
+    assert_eq!(
+        last(&fake).body.expect("a JSON body")["instructions"],
+        "Whisper."
+    );
+}
+
+#[tokio::test]
+async fn a_stream_broken_midway_is_an_error_after_some_bytes() {
+    let mut config = streaming_fake();
+    config.streaming.fail_after_chunks = Some(2);
+    let fake = fake(config).await;
+    let openai = openai(&fake, DEFAULT_OPENAI_KEY);
+    let (sink, mut chunks) = AudioSink::new();
+
+    let result = openai
+        .synthesize_streaming(&request("en-us", "alloy", AudioFormat::Mp3), &sink)
+        .await;
+
+    assert!(
+        matches!(result, Err(ProviderError::Transient { .. })),
+        "{result:?}"
+    );
+    assert!(sink.started() && !drain(&mut chunks).is_empty());
 }

@@ -21,7 +21,10 @@ mod utterance;
 use ttsq_providers::Router;
 use ttsq_store::{AudioObject, TaskOutcome};
 
-pub use make::{Made, MakeAudioError, MakeOptions, SYNTHESIS_IN_PROGRESS, make_audio, object_key};
+pub use make::{
+    Made, MakeAudioError, MakeOptions, SYNTHESIS_IN_PROGRESS, make_audio, make_audio_streaming,
+    object_key,
+};
 pub use retry::{Transient, retry_transient};
 pub use utterance::{UnknownFormat, Utterance};
 

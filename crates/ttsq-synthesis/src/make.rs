@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 use ttsq_audio::{AudioStore, AudioStoreError, ObjectHead, PutOutcome};
 use ttsq_core::{AudioFormat, ContentHash};
-use ttsq_providers::{ProviderError, Router, SynthesisRequest};
+use ttsq_providers::{AudioSink, ProviderError, Router, SynthesisRequest};
 use ttsq_store::{AudioObject, MadeAudio};
 
 use crate::retry::retry_transient;
@@ -82,6 +82,40 @@ pub async fn make_audio(
     request: &SynthesisRequest<'_>,
     options: MakeOptions,
 ) -> Result<Made, MakeAudioError> {
+    make(bucket, providers, content_hash, request, options, None).await
+}
+
+/// As [`make_audio`], the provider's bytes handed to `sink` as they arrive
+/// when it streams (see [`Router::synthesize_streaming`]). The object is
+/// still stored once, whole, after the provider finished; a provider that
+/// fails mid-stream leaves nothing stored. An adopted object sends nothing.
+pub async fn make_audio_streaming(
+    bucket: &AudioStore,
+    providers: &Router,
+    content_hash: &str,
+    request: &SynthesisRequest<'_>,
+    options: MakeOptions,
+    sink: &AudioSink,
+) -> Result<Made, MakeAudioError> {
+    make(
+        bucket,
+        providers,
+        content_hash,
+        request,
+        options,
+        Some(sink),
+    )
+    .await
+}
+
+async fn make(
+    bucket: &AudioStore,
+    providers: &Router,
+    content_hash: &str,
+    request: &SynthesisRequest<'_>,
+    options: MakeOptions,
+    sink: Option<&AudioSink>,
+) -> Result<Made, MakeAudioError> {
     let storage_retry = options.storage_retry;
     let format = request.format;
     let key = object_key(content_hash, format);
@@ -103,7 +137,10 @@ pub async fn make_audio(
         });
     }
 
-    let (audio, provider) = providers.synthesize(request).await?;
+    let (audio, provider) = match sink {
+        Some(sink) => providers.synthesize_streaming(request, sink).await?,
+        None => providers.synthesize(request).await?,
+    };
     tracing::Span::current().record("provider", provider.as_str());
     let primary = providers
         .catalog()

@@ -22,6 +22,7 @@ pub struct Utterance<'a> {
     emotion: Option<&'a str>,
     format: AudioFormat,
     marks: Vec<MarkKind>,
+    instructions: Option<&'a str>,
 }
 
 impl<'a> Utterance<'a> {
@@ -35,6 +36,7 @@ impl<'a> Utterance<'a> {
             emotion: job.emotion.as_deref(),
             format: job.format,
             marks: job.marks.clone(),
+            instructions: job.instructions.as_deref(),
         }
     }
 
@@ -58,6 +60,7 @@ impl<'a> Utterance<'a> {
                 .flatten()
                 .filter_map(|m| m.parse().ok())
                 .collect(),
+            instructions: task.instructions.as_deref(),
         })
     }
 
@@ -71,6 +74,7 @@ impl<'a> Utterance<'a> {
             emotion: self.emotion,
             format: self.format,
             marks: &self.marks,
+            instructions: self.instructions,
         }
     }
 }

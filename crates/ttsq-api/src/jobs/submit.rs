@@ -10,13 +10,17 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use futures::StreamExt as _;
 use serde_json::json;
 use tracing::Instrument as _;
 use ttsq_core::{Job, JobRequest, Priority, TaskStatus, backoff::Backoff};
+use ttsq_providers::AudioSink;
 use ttsq_store::{
     AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
 };
-use ttsq_synthesis::{MakeAudioError, SYNTHESIS_IN_PROGRESS, Utterance, cache_hit, make_audio};
+use ttsq_synthesis::{
+    MakeAudioError, SYNTHESIS_IN_PROGRESS, Utterance, cache_hit, make_audio, make_audio_streaming,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -279,12 +283,22 @@ pub(crate) async fn submit_high(
                 token,
             };
             let (row, created) = context.store.insert_claimed(task, claim).await?;
-            if created {
-                let (row, bytes) = synthesize_claimed(context, task, token).await?;
+            if !created {
+                (row, false)
+            } else if json {
+                let (row, bytes) =
+                    synthesize_claimed(context, job, (task.id, task.tenant_id), token, None)
+                        .await?;
                 held = bytes;
                 (row, true)
             } else {
-                (row, false)
+                match synthesize_streamed(context, task, token).await? {
+                    Streamed::Started(response) => return Ok(response),
+                    Streamed::Whole(row, bytes) => {
+                        held = bytes;
+                        (*row, true)
+                    }
+                }
             }
         }
     };
@@ -299,6 +313,87 @@ pub(crate) async fn submit_high(
     respond_with_audio(context, row, json, held).await
 }
 
+/// How a claimed task's synthesis answered.
+enum Streamed {
+    /// The provider streamed: the answer passes the audio on as it comes.
+    Started(Response),
+    /// Nothing was streamed (the provider does not stream this format, the
+    /// audio was found made, or the synthesis failed before its first
+    /// byte): the task as it ended, and its bytes when held.
+    Whole(Box<TaskRow>, Option<Bytes>),
+}
+
+/// Makes a claimed task's audio in a task of its own, and answers with the
+/// bytes as the provider sends them when it streams: the first bytes reach
+/// the client before the synthesis ends. The audio is still stored once,
+/// whole, and the task finished and billed once, after the last byte, also
+/// when the client hangs up midway (the vendor bills the call all the
+/// same). A failure after the first byte cannot become an error status: the
+/// body is cut off instead (no final chunk), and the task fails.
+async fn synthesize_streamed(
+    context: &ApiContext,
+    task: &NewTask<'_>,
+    token: Uuid,
+) -> Result<Streamed, ApiError> {
+    let (sink, mut chunks) = AudioSink::new();
+    let job = task.job.clone();
+    let ids = (task.id, task.tenant_id);
+    let owned = context.clone();
+    let synthesis = context.syntheses.spawn(
+        async move {
+            let result = synthesize_claimed(&owned, &job, ids, token, Some(&sink)).await;
+            if sink.started() {
+                match &result {
+                    Ok((row, _)) => report_finished(row),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "streamed synthesis did not finish its task")
+                    }
+                }
+            }
+            result
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let Some(first) = chunks.recv().await else {
+        // The sink is gone unused: the synthesis is over.
+        let (row, bytes) = synthesis.await.map_err(ApiError::internal)??;
+        return Ok(Streamed::Whole(Box::new(row), bytes));
+    };
+    tracing::debug!("streaming the provider's audio");
+    let rest = futures::stream::unfold(Some((chunks, synthesis)), |state| async move {
+        let (mut chunks, synthesis) = state?;
+        match chunks.recv().await {
+            Some(chunk) => Some((Ok(chunk), Some((chunks, synthesis)))),
+            None => {
+                let failure = match synthesis.await {
+                    Ok(Ok((row, _))) if row.status() == TaskStatus::Succeeded => return None,
+                    Ok(Ok((row, _))) => format!(
+                        "synthesis {}: {}",
+                        row.error_code.as_deref().unwrap_or("did not finish"),
+                        row.error_message.as_deref().unwrap_or_default()
+                    ),
+                    Ok(Err(err)) => format!("synthesis failed: {err}"),
+                    Err(err) => format!("synthesis failed: {err}"),
+                };
+                Some((Err(std::io::Error::other(failure)), None))
+            }
+        }
+    });
+    let body = futures::stream::once(async move { Ok(first) }).chain(rest);
+    let mut response = (
+        [(header::CONTENT_TYPE, task.job.format.content_type())],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-task-id",
+        HeaderValue::from_str(&task.id.to_string()).map_err(ApiError::internal)?,
+    );
+    headers.insert("x-cache", HeaderValue::from_static("miss"));
+    Ok(Streamed::Started(response))
+}
+
 /// Makes the audio of a task this request has just claimed, under the
 /// hash's fleet-wide lease, and ends the task with it (billed when the audio
 /// was made for it). Another claim synthesizing the same hash is waited for
@@ -309,10 +404,11 @@ pub(crate) async fn submit_high(
 /// stored them.
 async fn synthesize_claimed(
     context: &ApiContext,
-    task: &NewTask<'_>,
+    job: &Job,
+    (task_id, tenant_id): (Uuid, Uuid),
     token: Uuid,
+    sink: Option<&AudioSink>,
 ) -> Result<(TaskRow, Option<Bytes>), ApiError> {
-    let job = task.job;
     let hash = job.hash.as_str().to_owned();
     let inline = context.inline;
     let deadline = std::time::Instant::now() + inline.hash_wait;
@@ -339,15 +435,31 @@ async fn synthesize_claimed(
             Some(object) => finished.push(cache_hit(&context.providers, &object)),
             None if leased => {
                 let utterance = Utterance::of_job(job);
-                match make_audio(
-                    &context.audio,
-                    &context.providers,
-                    &hash,
-                    &utterance.request(),
-                    inline.make,
-                )
-                .await
-                {
+                let request = utterance.request();
+                let outcome = match sink {
+                    Some(sink) => {
+                        make_audio_streaming(
+                            &context.audio,
+                            &context.providers,
+                            &hash,
+                            &request,
+                            inline.make,
+                            sink,
+                        )
+                        .await
+                    }
+                    None => {
+                        make_audio(
+                            &context.audio,
+                            &context.providers,
+                            &hash,
+                            &request,
+                            inline.make,
+                        )
+                        .await
+                    }
+                };
+                match outcome {
                     Ok(done) => {
                         let object = &done.audio.object;
                         finished.push(TaskOutcome::Succeeded {
@@ -371,7 +483,7 @@ async fn synthesize_claimed(
                     }
                     Err(MakeAudioError::Storage(err)) => {
                         tracing::warn!(error = %err, "storing inline audio failed; the queue takes the task");
-                        retries.push(hand_to_queue(task.id, "storage_unavailable", &err));
+                        retries.push(hand_to_queue(task_id, "storage_unavailable", &err));
                     }
                 }
             }
@@ -380,17 +492,14 @@ async fn synthesize_claimed(
                 continue;
             }
             None => retries.push(hand_to_queue(
-                task.id,
+                task_id,
                 SYNTHESIS_IN_PROGRESS.0,
                 SYNTHESIS_IN_PROGRESS.1,
             )),
         }
         let finished: Vec<FinishedTask> = finished
             .into_iter()
-            .map(|outcome| FinishedTask {
-                task_id: task.id,
-                outcome,
-            })
+            .map(|outcome| FinishedTask { task_id, outcome })
             .collect();
         let committed = context
             .store
@@ -417,22 +526,22 @@ async fn synthesize_claimed(
                 return Err(err.into());
             }
         };
-        if committed.lease_lost.contains(&task.id) {
+        if committed.lease_lost.contains(&task_id) {
             // Presumed dead while it synthesized: the new holder's audio is
             // the one indexed; wait for it.
             held = None;
             continue;
         }
         if forget_key {
-            context.store.forget_idempotency_key(task.id).await?;
+            context.store.forget_idempotency_key(task_id).await?;
         }
         let row = context
             .store
-            .get_task(task.tenant_id, task.id)
+            .get_task(tenant_id, task_id)
             .await?
             .ok_or(ApiError::NotFound("task"))?;
         // Bytes are answered only when they are the task's own audio.
-        if row.audio_sha256.is_none() || !committed.billed.contains(&task.id) {
+        if row.audio_sha256.is_none() || !committed.billed.contains(&task_id) {
             held = None;
         }
         return Ok((row, held));

@@ -24,5 +24,6 @@ mod restart;
 mod retention;
 mod retries;
 mod schema;
+mod streaming;
 mod tenants;
 mod webhooks;
