@@ -8,6 +8,13 @@
 //! code}}`, and the voice: an OpenAI voice name maps to a dialect through the
 //! `[speech]` settings (see `defaults.toml`).
 //!
+//! Formats and speed are OpenAI's: `mp3`, `opus` (Ogg), `flac`, `wav` and
+//! `pcm` (raw 16-bit mono at 24 kHz, as OpenAI sends it, resampled from
+//! the voice's own rate); `aac` is refused with a 400 naming
+//! `response_format`, as ttsq has no AAC encoder it may ship. `speed` is
+//! 0.25–4.0 (the job API keeps 0.5–2.0); what a provider cannot reach
+//! itself is made up by a pitch-preserving time-stretch.
+//!
 //! `model` is accepted for compatibility (`tts-1`, `tts-1-hd`,
 //! `gpt-4o-mini-tts`, …) and does not choose anything: the dialect's route
 //! does. `instructions` is accepted and ignored.
@@ -28,13 +35,25 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use ttsq_config::SpeechSettings;
-use ttsq_core::{Catalog, Job, JobRequest, ValidationErrors, job::decode_json};
+use ttsq_core::{Catalog, EdgeRules, Job, JobRequest, ValidationErrors, job::decode_json};
 use utoipa::ToSchema;
 
 use crate::{ApiContext, ApiError, auth::Caller, jobs::submit::submit_high, view::AudioBody};
 
 /// Formats this endpoint serves, by OpenAI's names (which are ours too).
-const FORMATS: [&str; 3] = ["mp3", "wav", "pcm"];
+const FORMATS: [&str; 5] = ["mp3", "opus", "flac", "wav", "pcm"];
+
+/// The rate of OpenAI's `pcm`, which has no header to say it.
+const PCM_SAMPLE_RATE_HZ: u32 = 24_000;
+
+/// What this endpoint allows beyond the job API: OpenAI's speed range and
+/// its `pcm` rate.
+fn edge_rules() -> EdgeRules {
+    EdgeRules {
+        speed_range: 0.25..=4.0,
+        pcm_sample_rate_hz: Some(PCM_SAMPLE_RATE_HZ),
+    }
+}
 
 /// Body of `POST /v1/audio/speech`, as OpenAI defines it.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -49,10 +68,12 @@ pub struct SpeechRequest {
     /// `en-gb`, or `dialect/voice`.
     #[schema(example = "alloy")]
     voice: Option<String>,
-    /// `mp3` (default), `wav` or `pcm`.
+    /// `mp3` (default), `opus`, `flac`, `wav` or `pcm` (16-bit mono at
+    /// 24 kHz); `aac` is refused (no encoder ttsq may ship).
     #[schema(example = "mp3")]
     response_format: Option<String>,
-    /// Speaking rate, 0.5 to 2.0 (default 1.0).
+    /// Speaking rate, 0.25 to 4.0 (default 1.0).
+    #[schema(minimum = 0.25, maximum = 4.0, example = 1.0)]
     speed: Option<f64>,
     /// Accepted and ignored.
     #[expect(dead_code, reason = "accepted for compatibility, never used")]
@@ -211,7 +232,8 @@ fn resolve_voice(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The audio", content(
-            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm")
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/ogg"), (AudioBody = "audio/flac"),
+            (AudioBody = "audio/wav"), (AudioBody = "audio/pcm")
         ), headers(
             ("x-task-id" = Uuid, description = "The task recorded for this request"),
             ("x-cache" = String, description = "`hit` or `miss`"),
@@ -274,18 +296,27 @@ async fn speak(
         SpeechError::invalid("voice", "missing_required_parameter", "`voice` is required")
     })?;
     let format = request.response_format.unwrap_or_else(|| "mp3".to_owned());
+    if format == "aac" {
+        return Err(SpeechError::invalid(
+            "response_format",
+            "unsupported_value",
+            "response_format `aac` is not available: the only maintained AAC encoder \
+             (Fraunhofer FDK AAC) is under a licence that ttsq cannot ship; \
+             use mp3, opus, flac, wav or pcm",
+        ));
+    }
     if !FORMATS.contains(&format.as_str()) {
         return Err(SpeechError::invalid(
             "response_format",
             "unsupported_value",
             format!(
-                "response_format `{}` is not supported; use mp3, wav or pcm",
+                "response_format `{}` is not supported; use mp3, opus, flac, wav or pcm",
                 format.chars().take(40).collect::<String>()
             ),
         ));
     }
     let (dialect, voice) = resolve_voice(&voice, &context.speech, context.providers.catalog());
-    let mut job = Job::validate(
+    let mut job = Job::validate_at(
         JobRequest {
             text: Some(input),
             dialect: Some(dialect),
@@ -297,6 +328,7 @@ async fn speak(
         },
         context.providers.catalog(),
         &context.limits,
+        &edge_rules(),
     )
     .map_err(|errors| from_validation(&errors))?;
     job.scope_cache(&caller.0.cache_scope());

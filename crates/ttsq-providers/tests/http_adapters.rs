@@ -108,6 +108,7 @@ fn request(
         emotion: None,
         format,
         marks: &[],
+        sample_rate_hz: None,
     }
 }
 
@@ -443,7 +444,7 @@ async fn unsupported_requests_are_refused_before_anything_is_sent() {
                 ..request
             },
             SynthesisRequest {
-                format: AudioFormat::OggOpus,
+                format: AudioFormat::Flac,
                 ..request
             },
         ];

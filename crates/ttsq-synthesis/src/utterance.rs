@@ -22,6 +22,7 @@ pub struct Utterance<'a> {
     emotion: Option<&'a str>,
     format: AudioFormat,
     marks: Vec<MarkKind>,
+    sample_rate_hz: Option<u32>,
 }
 
 impl<'a> Utterance<'a> {
@@ -35,6 +36,7 @@ impl<'a> Utterance<'a> {
             emotion: job.emotion.as_deref(),
             format: job.format,
             marks: job.marks.clone(),
+            sample_rate_hz: Some(job.output_rate_hz),
         }
     }
 
@@ -58,6 +60,9 @@ impl<'a> Utterance<'a> {
                 .flatten()
                 .filter_map(|m| m.parse().ok())
                 .collect(),
+            sample_rate_hz: task
+                .sample_rate_hz
+                .and_then(|rate| u32::try_from(rate).ok()),
         })
     }
 
@@ -71,6 +76,7 @@ impl<'a> Utterance<'a> {
             emotion: self.emotion,
             format: self.format,
             marks: &self.marks,
+            sample_rate_hz: self.sample_rate_hz,
         }
     }
 }

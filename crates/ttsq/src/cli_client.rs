@@ -60,7 +60,7 @@ pub struct SayArgs {
     /// Voice of the dialect; its default when absent.
     #[arg(long)]
     voice: Option<String>,
-    /// mp3, wav, pcm or ogg_opus; by default taken from the --output
+    /// mp3, wav, pcm, opus or flac; by default taken from the --output
     /// file's extension, else mp3.
     #[arg(long, short)]
     format: Option<String>,
@@ -156,7 +156,7 @@ fn out_json(value: &impl Serialize) -> anyhow::Result<()> {
 
 fn extension(format: &str) -> &str {
     match format {
-        "ogg_opus" => "ogg",
+        "ogg_opus" => "opus",
         other => other,
     }
 }
@@ -169,7 +169,7 @@ pub async fn say(args: SayArgs) -> anyhow::Result<()> {
             .as_deref()
             .and_then(Path::extension)
             .and_then(|e| e.to_str())
-            .map(|e| if e == "ogg" { "ogg_opus" } else { e }.to_owned())
+            .map(|e| if e == "ogg" { "opus" } else { e }.to_owned())
     });
     let job = NewJob {
         voice: args.voice.clone(),
