@@ -445,7 +445,13 @@ fn dialects_list_the_configured_voices_with_their_capabilities() {
     );
     assert_eq!(
         scots.formats,
-        [AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm]
+        [
+            AudioFormat::Mp3,
+            AudioFormat::Wav,
+            AudioFormat::Pcm,
+            AudioFormat::Opus,
+            AudioFormat::Flac
+        ]
     );
     assert!(scots.emotions.is_empty());
     assert_eq!(scots.provider_chain, ["espeak"]);
