@@ -134,7 +134,8 @@ pub const STRETCH_EPSILON: f64 = 0.005;
 /// pitch, by WSOLA: Hann-windowed frames taken from the input at `speed`
 /// times the output's step, each shifted within a tolerance to where its
 /// waveform best continues the previous frame, then overlap-added.
-/// The result lasts the input's duration divided by `speed`.
+/// The result lasts the input's duration divided by `speed`. Beside the
+/// input and the output it holds one frame.
 pub fn time_stretch(samples: &[i16], sample_rate_hz: u32, speed: f64) -> Vec<i16> {
     if !speed.is_finite()
         || speed <= 0.0
@@ -148,31 +149,27 @@ pub fn time_stretch(samples: &[i16], sample_rate_hz: u32, speed: f64) -> Vec<i16
     let frame = ((rate * STRETCH_FRAME_MS as usize / 1000) / 2 * 2).max(4);
     let hop = frame / 2;
     let tolerance = (rate * STRETCH_TOLERANCE_MS as usize / 1000).max(1) as i64;
-    let input: Vec<f64> = samples.iter().map(|&s| f64::from(s)).collect();
-    let at = |i: i64| -> f64 {
-        if i < 0 {
-            0.0
-        } else {
-            input.get(i as usize).copied().unwrap_or(0.0)
-        }
+    let at = |i: i64| -> f32 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| samples.get(i))
+            .map_or(0.0, |&s| f32::from(s))
     };
-    // A periodic Hann window: frames a hop apart sum to exactly 1.
-    let window: Vec<f64> = (0..frame)
-        .map(|i| 0.5 - 0.5 * (2.0 * PI * i as f64 / frame as f64).cos())
+    // A periodic Hann window: frames a hop apart sum to exactly 1, so
+    // every output sample past the first hop is a plain sum of two frames.
+    let window: Vec<f32> = (0..frame)
+        .map(|i| (0.5 - 0.5 * (2.0 * PI * i as f64 / frame as f64).cos()) as f32)
         .collect();
     let out_len = (samples.len() as f64 / speed).round() as usize;
-    let mut out = vec![0.0; out_len + frame];
-    let mut weight = vec![0.0; out_len + frame];
+    let mut out = Vec::with_capacity(out_len + hop);
+    // The output from the current frame's start on, still being summed.
+    let mut pending = vec![0.0f32; frame];
     // Where in the input the previous frame was taken from.
     let mut previous: Option<i64> = None;
-    let mut k = 0usize;
-    loop {
-        let synthesis = k * hop;
-        if synthesis >= out_len {
-            break;
-        }
-        let nominal = (synthesis as f64 * speed).round() as i64;
+    while out.len() < out_len {
+        let nominal = (out.len() as f64 * speed).round() as i64;
         let start = match previous {
+            // The first frame has no predecessor to fade in against.
             None => nominal,
             Some(prev) => {
                 // The input that would naturally follow the previous frame's
@@ -181,35 +178,38 @@ pub fn time_stretch(samples: &[i16], sample_rate_hz: u32, speed: f64) -> Vec<i16
                 best_shift(&at, natural, nominal, tolerance, hop)
             }
         };
-        for (i, w) in window.iter().enumerate() {
-            out[synthesis + i] += at(start + i as i64) * w;
-            weight[synthesis + i] += w;
+        for (i, (sum, w)) in pending.iter_mut().zip(&window).enumerate() {
+            let w = if previous.is_none() && i < hop {
+                1.0
+            } else {
+                *w
+            };
+            *sum += at(start + i as i64) * w;
         }
+        out.extend(pending[..hop].iter().map(|&v| to_i16(f64::from(v))));
+        pending.copy_within(hop.., 0);
+        pending[frame - hop..].fill(0.0);
         previous = Some(start);
-        k += 1;
     }
     out.truncate(out_len);
-    out.iter()
-        .zip(&weight)
-        .map(|(&v, &w)| to_i16(if w > 1e-3 { v / w } else { v }))
-        .collect()
+    out
 }
 
 /// The start within `nominal ± tolerance` whose next `length` samples
 /// correlate best with those from `natural` (compared on every fourth
 /// sample: plenty for speech, four times cheaper).
 fn best_shift(
-    at: &impl Fn(i64) -> f64,
+    at: &impl Fn(i64) -> f32,
     natural: i64,
     nominal: i64,
     tolerance: i64,
     length: usize,
 ) -> i64 {
     let mut best = nominal;
-    let mut best_score = f64::NEG_INFINITY;
+    let mut best_score = f32::NEG_INFINITY;
     for candidate in (nominal - tolerance)..=(nominal + tolerance) {
-        let mut dot = 0.0;
-        let mut energy = 1e-9;
+        let mut dot = 0.0f32;
+        let mut energy = 1e-9f32;
         for i in (0..length as i64).step_by(4) {
             let c = at(candidate + i);
             dot += at(natural + i) * c;
