@@ -11,7 +11,8 @@
 //! Formats and speed are OpenAI's: `mp3`, `opus` (Ogg), `flac`, `wav` and
 //! `pcm` (raw 16-bit mono at 24 kHz, as OpenAI sends it, resampled from
 //! the voice's own rate); `aac` is refused with a 400 naming
-//! `response_format`, as ttsq has no AAC encoder it may ship. `speed` is
+//! `response_format`: the one maintained encoder (FDK AAC) has no patent
+//! licence, so ttsq does not include it. `speed` is
 //! 0.25–4.0 (the job API keeps 0.5–2.0); what a provider cannot reach
 //! itself is made up by a pitch-preserving time-stretch.
 //!
@@ -69,7 +70,7 @@ pub struct SpeechRequest {
     #[schema(example = "alloy")]
     voice: Option<String>,
     /// `mp3` (default), `opus`, `flac`, `wav` or `pcm` (16-bit mono at
-    /// 24 kHz); `aac` is refused (no encoder ttsq may ship).
+    /// 24 kHz); `aac` is refused (its one encoder has no patent licence).
     #[schema(example = "mp3")]
     response_format: Option<String>,
     /// Speaking rate, 0.25 to 4.0 (default 1.0).
@@ -300,9 +301,9 @@ async fn speak(
         return Err(SpeechError::invalid(
             "response_format",
             "unsupported_value",
-            "response_format `aac` is not available: the only maintained AAC encoder \
-             (Fraunhofer FDK AAC) is under a licence that ttsq cannot ship; \
-             use mp3, opus, flac, wav or pcm",
+            "response_format `aac` is not available: the one maintained AAC encoder, \
+             Fraunhofer FDK AAC, comes with no patent licence (Debian ships it as non-free), \
+             so ttsq does not include it; use mp3, opus, flac, wav or pcm",
         ));
     }
     if !FORMATS.contains(&format.as_str()) {

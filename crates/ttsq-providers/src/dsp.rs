@@ -196,8 +196,9 @@ pub fn time_stretch(samples: &[i16], sample_rate_hz: u32, speed: f64) -> Vec<i16
 }
 
 /// The start within `nominal ± tolerance` whose next `length` samples
-/// correlate best with those from `natural` (compared on every fourth
-/// sample: plenty for speech, four times cheaper).
+/// correlate best with those from `natural`: every fourth candidate first,
+/// compared on every fourth sample, then the neighbours of the best one on
+/// every second sample. Plenty for speech, and a tenth of the full search.
 fn best_shift(
     at: &impl Fn(i64) -> f32,
     natural: i64,
@@ -205,23 +206,38 @@ fn best_shift(
     tolerance: i64,
     length: usize,
 ) -> i64 {
-    let mut best = nominal;
-    let mut best_score = f32::NEG_INFINITY;
-    for candidate in (nominal - tolerance)..=(nominal + tolerance) {
+    let score = |candidate: i64, step: usize| {
         let mut dot = 0.0f32;
         let mut energy = 1e-9f32;
-        for i in (0..length as i64).step_by(4) {
+        for i in (0..length as i64).step_by(step) {
             let c = at(candidate + i);
             dot += at(natural + i) * c;
             energy += c * c;
         }
-        let score = dot / energy.sqrt();
-        if score > best_score {
-            best_score = score;
-            best = candidate;
+        dot / energy.sqrt()
+    };
+    let best_of = |candidates: &mut dyn Iterator<Item = i64>, step: usize, first: i64| {
+        let mut best = first;
+        let mut best_score = f32::NEG_INFINITY;
+        for candidate in candidates {
+            let s = score(candidate, step);
+            if s > best_score {
+                best_score = s;
+                best = candidate;
+            }
         }
-    }
-    best
+        best
+    };
+    let coarse = best_of(
+        &mut ((nominal - tolerance)..=(nominal + tolerance)).step_by(4),
+        4,
+        nominal,
+    );
+    let (low, high) = (
+        (coarse - 3).max(nominal - tolerance),
+        (coarse + 3).min(nominal + tolerance),
+    );
+    best_of(&mut (low..=high), 2, coarse)
 }
 
 /// `speed` split between a provider that reaches `range` natively and

@@ -4,8 +4,8 @@
 //!
 //! Encoders: WAV (hound), MP3 (LAME), FLAC (flacenc, pure Rust), Opus
 //! (libopus, in an Ogg container written here with the `ogg` crate). AAC
-//! has none: the one maintained encoder, Fraunhofer's FDK AAC, is under a
-//! licence Debian classes non-free, and ttsq does not ship it.
+//! has none: the one maintained encoder, Fraunhofer's FDK AAC, comes with
+//! no patent licence (Debian classes it non-free), so ttsq does not ship it.
 
 use std::io::Cursor;
 
