@@ -319,7 +319,12 @@ async fn openai_speech_answers_audio_at_high_priority_and_errors_in_openai_shape
 
     let cases = [
         (
-            json!({"model": "tts-1", "input": "x", "voice": "alloy", "response_format": "flac"}),
+            json!({"model": "tts-1", "input": "x", "voice": "alloy", "response_format": "aac"}),
+            "response_format",
+            "unsupported_value",
+        ),
+        (
+            json!({"model": "tts-1", "input": "x", "voice": "alloy", "response_format": "ogg"}),
             "response_format",
             "unsupported_value",
         ),
