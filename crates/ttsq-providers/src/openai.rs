@@ -149,7 +149,26 @@ mod tests {
         };
 
         let body = OpenAi::body(&request, &dialect);
+        let fast_mp3 = SynthesisRequest {
+            speed: 3.5,
+            format: AudioFormat::Mp3,
+            ..request
+        };
+        let too_fast_mp3 = SynthesisRequest {
+            speed: 8.0,
+            ..fast_mp3
+        };
 
+        // OpenAI takes 0.25–4.0 itself: its MP3 is kept; beyond, WAV is
+        // asked for and the rest stretched here.
+        assert_eq!(OpenAi::body(&fast_mp3, &dialect)["speed"], 3.5);
+        assert!(OpenAi::keeps_mp3(&fast_mp3));
+        assert_eq!(OpenAi::body(&too_fast_mp3, &dialect)["speed"], 4.0);
+        assert_eq!(
+            OpenAi::body(&too_fast_mp3, &dialect)["response_format"],
+            "wav"
+        );
+        assert!(!OpenAi::keeps_mp3(&too_fast_mp3));
         assert_eq!(
             body,
             json!({
