@@ -5,7 +5,8 @@
 #                               service role run.sh serves as
 #   RabbitMQ    127.0.0.1:5672  guest/guest, all feature flags enabled
 #   s3s-fs      127.0.0.1:8014  access key `ttsq`, secret `ttsq-local-secret`
-# plus espeak-ng, the embedded provider's synthesizer.
+# plus espeak-ng, the embedded provider's synthesizer, and libopus (with its
+# headers and pkg-config, which the build links the Opus encoder with).
 #
 # Idempotent and quick when everything already runs: a service is started only
 # when its port does not answer, a package is installed only when its program
@@ -127,6 +128,11 @@ install_missing_packages() {
     fi
     command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    # The `opus` crate links the system libopus, found through pkg-config.
+    if ! command -v pkg-config >/dev/null || ! pkg-config --exists opus; then
+        missing+=(libopus-dev)
+    fi
     if ((${#missing[@]} > 0)); then
         apt_install "${missing[@]}"
     fi

@@ -8,6 +8,14 @@
 //! code}}`, and the voice: an OpenAI voice name maps to a dialect through the
 //! `[speech]` settings (see `defaults.toml`).
 //!
+//! Formats and speed are OpenAI's: `mp3`, `opus` (Ogg), `flac`, `wav` and
+//! `pcm` (raw 16-bit mono at 24 kHz, as OpenAI sends it, resampled from
+//! the voice's own rate); `aac` is refused with a 400 naming
+//! `response_format`: the one maintained encoder (FDK AAC) has no patent
+//! licence, so ttsq does not include it. `speed` is
+//! 0.25–4.0 (the job API keeps 0.5–2.0); what a provider cannot reach
+//! itself is made up by a pitch-preserving time-stretch.
+//!
 //! `model` is accepted for compatibility (`tts-1`, `tts-1-hd`,
 //! `gpt-4o-mini-tts`, …) and does not choose anything: the dialect's route
 //! does. `instructions` (at most 4,096 characters, as OpenAI allows) go to
@@ -43,13 +51,25 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use ttsq_config::SpeechSettings;
-use ttsq_core::{Catalog, Job, JobRequest, ValidationErrors, job::decode_json};
+use ttsq_core::{Catalog, EdgeRules, Job, JobRequest, ValidationErrors, job::decode_json};
 use utoipa::ToSchema;
 
 use crate::{ApiContext, ApiError, auth::Caller, jobs::submit::submit_high, view::AudioBody};
 
 /// Formats this endpoint serves, by OpenAI's names (which are ours too).
-const FORMATS: [&str; 3] = ["mp3", "wav", "pcm"];
+const FORMATS: [&str; 5] = ["mp3", "opus", "flac", "wav", "pcm"];
+
+/// The rate of OpenAI's `pcm`, which has no header to say it.
+const PCM_SAMPLE_RATE_HZ: u32 = 24_000;
+
+/// What this endpoint allows beyond the job API: OpenAI's speed range and
+/// its `pcm` rate.
+fn edge_rules() -> EdgeRules {
+    EdgeRules {
+        speed_range: 0.25..=4.0,
+        pcm_sample_rate_hz: Some(PCM_SAMPLE_RATE_HZ),
+    }
+}
 
 /// Body of `POST /v1/audio/speech`, as OpenAI defines it.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -64,10 +84,12 @@ pub struct SpeechRequest {
     /// `en-gb`, or `dialect/voice`.
     #[schema(example = "alloy")]
     voice: Option<String>,
-    /// `mp3` (default), `wav` or `pcm`.
+    /// `mp3` (default), `opus`, `flac`, `wav` or `pcm` (16-bit mono at
+    /// 24 kHz); `aac` is refused (its one encoder has no patent licence).
     #[schema(example = "mp3")]
     response_format: Option<String>,
-    /// Speaking rate, 0.5 to 2.0 (default 1.0).
+    /// Speaking rate, 0.25 to 4.0 (default 1.0).
+    #[schema(minimum = 0.25, maximum = 4.0, example = 1.0)]
     speed: Option<f64>,
     /// How to speak, for providers that follow it (at most 4,096
     /// characters); others ignore it.
@@ -246,7 +268,8 @@ fn resolve_voice(
         (status = 200, description = "The audio, streamed as the provider makes it when it streams \
             (chunked; a failure midway cuts the body off); with `stream_format: sse`, server-sent events \
             `speech.audio.delta` (base64 audio), then `speech.audio.done` or `error`", content(
-            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (String = "text/event-stream")
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/ogg"), (AudioBody = "audio/flac"),
+            (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (String = "text/event-stream")
         ), headers(
             ("x-task-id" = Uuid, description = "The task recorded for this request"),
             ("x-cache" = String, description = "`hit` or `miss`"),
@@ -309,12 +332,21 @@ async fn speak(
         SpeechError::invalid("voice", "missing_required_parameter", "`voice` is required")
     })?;
     let format = request.response_format.unwrap_or_else(|| "mp3".to_owned());
+    if format == "aac" {
+        return Err(SpeechError::invalid(
+            "response_format",
+            "unsupported_value",
+            "response_format `aac` is not available: the one maintained AAC encoder, \
+             Fraunhofer FDK AAC, comes with no patent licence (Debian ships it as non-free), \
+             so ttsq does not include it; use mp3, opus, flac, wav or pcm",
+        ));
+    }
     if !FORMATS.contains(&format.as_str()) {
         return Err(SpeechError::invalid(
             "response_format",
             "unsupported_value",
             format!(
-                "response_format `{}` is not supported; use mp3, wav or pcm",
+                "response_format `{}` is not supported; use mp3, opus, flac, wav or pcm",
                 format.chars().take(40).collect::<String>()
             ),
         ));
@@ -347,7 +379,7 @@ async fn speak(
         ));
     }
     let (dialect, voice) = resolve_voice(&voice, &context.speech, context.providers.catalog());
-    let mut job = Job::validate(
+    let mut job = Job::validate_at(
         JobRequest {
             text: Some(input),
             dialect: Some(dialect),
@@ -359,6 +391,7 @@ async fn speak(
         },
         context.providers.catalog(),
         &context.limits,
+        &edge_rules(),
     )
     .map_err(|errors| from_validation(&errors))?;
     if let Some(instructions) = instructions

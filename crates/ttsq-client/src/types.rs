@@ -175,8 +175,9 @@ string_enum! {
     /// ```
     /// use ttsq_client::AudioFormat;
     ///
-    /// assert_eq!("ogg_opus".parse::<AudioFormat>().unwrap(), AudioFormat::OggOpus);
-    /// assert_eq!(AudioFormat::OggOpus.extension(), "ogg");
+    /// assert_eq!("opus".parse::<AudioFormat>().unwrap(), AudioFormat::Opus);
+    /// assert_eq!(AudioFormat::Opus.extension(), "opus");
+    /// assert_eq!(AudioFormat::from_path("talk.ogg".as_ref()), Some(AudioFormat::Opus));
     /// // A format a newer server offers is kept, not refused.
     /// assert_eq!(AudioFormat::from("speex").as_str(), "speex");
     /// ```
@@ -192,28 +193,27 @@ string_enum! {
         Opus = "opus",
         /// FLAC.
         Flac = "flac",
-        /// Opus in an Ogg container, `.ogg`.
+        /// The older name of [`AudioFormat::Opus`], which servers still
+        /// accept; they answer `opus`.
         OggOpus = "ogg_opus",
-        /// AAC, where the server offers it.
-        Aac = "aac",
     }
 }
 
 impl AudioFormat {
-    /// The file extension for audio in this format (`ogg` for `ogg_opus`).
+    /// The file extension for audio in this format (`opus` for `ogg_opus`).
     pub fn extension(&self) -> &str {
         match self {
-            Self::OggOpus => "ogg",
+            Self::OggOpus => "opus",
             other => other.as_str(),
         }
     }
 
-    /// The format a file name's extension asks for (`ogg` is `ogg_opus`);
+    /// The format a file name's extension asks for (`ogg` is `opus`);
     /// `None` without an extension.
     pub fn from_path(path: &std::path::Path) -> Option<Self> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         Some(match ext.as_str() {
-            "ogg" => Self::OggOpus,
+            "ogg" => Self::Opus,
             other => Self::from(other),
         })
     }

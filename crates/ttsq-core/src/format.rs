@@ -15,13 +15,17 @@ pub enum AudioFormat {
     Wav,
     /// Raw signed 16-bit little-endian mono samples, no header.
     Pcm,
-    /// Opus in an Ogg container, where a provider supports it.
-    OggOpus,
+    /// Opus in an Ogg container (RFC 7845), 48 kHz mono. `ogg_opus`, its
+    /// name before OpenAI's `opus` was taken up, is still accepted.
+    #[serde(rename = "opus", alias = "ogg_opus")]
+    Opus,
+    /// FLAC (lossless), 16-bit mono.
+    Flac,
 }
 
 impl AudioFormat {
     /// Every format, in the order they are listed to clients.
-    pub const ALL: [AudioFormat; 4] = [Self::Mp3, Self::Wav, Self::Pcm, Self::OggOpus];
+    pub const ALL: [AudioFormat; 5] = [Self::Mp3, Self::Wav, Self::Pcm, Self::Opus, Self::Flac];
 
     /// The name clients send as `format`.
     pub fn as_str(self) -> &'static str {
@@ -29,16 +33,14 @@ impl AudioFormat {
             Self::Mp3 => "mp3",
             Self::Wav => "wav",
             Self::Pcm => "pcm",
-            Self::OggOpus => "ogg_opus",
+            Self::Opus => "opus",
+            Self::Flac => "flac",
         }
     }
 
-    /// File extension of stored objects.
+    /// File extension of stored objects (`.opus` is RFC 7845's for Ogg Opus).
     pub fn extension(self) -> &'static str {
-        match self {
-            Self::OggOpus => "ogg",
-            other => other.as_str(),
-        }
+        self.as_str()
     }
 
     /// HTTP `Content-Type` of the audio.
@@ -47,7 +49,8 @@ impl AudioFormat {
             Self::Mp3 => "audio/mpeg",
             Self::Wav => "audio/wav",
             Self::Pcm => "audio/pcm",
-            Self::OggOpus => "audio/ogg",
+            Self::Opus => "audio/ogg",
+            Self::Flac => "audio/flac",
         }
     }
 }
@@ -61,7 +64,31 @@ impl fmt::Display for AudioFormat {
 impl FromStr for AudioFormat {
     type Err = ();
 
+    /// A format's name, or `ogg_opus` for [`AudioFormat::Opus`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "ogg_opus" {
+            return Ok(Self::Opus);
+        }
         Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_ogg_opus_is_an_alias_of_opus() {
+        for format in AudioFormat::ALL {
+            assert_eq!(format.as_str().parse(), Ok(format));
+            let json = serde_json::to_string(&format).unwrap();
+            assert_eq!(json, format!("\"{format}\""));
+        }
+        assert_eq!("ogg_opus".parse(), Ok(AudioFormat::Opus));
+        assert_eq!(
+            serde_json::from_str::<AudioFormat>("\"ogg_opus\"").unwrap(),
+            AudioFormat::Opus
+        );
+        assert_eq!("aac".parse::<AudioFormat>(), Err(()));
     }
 }

@@ -36,6 +36,10 @@ struct CanonicalInputs<'a> {
     marks: Option<Vec<&'static str>>,
     model: &'a str,
     provider_route: &'a str,
+    /// Absent unless the output rate is not the dialect's, so such hashes
+    /// are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_rate_hz: Option<u32>,
     speed: f64,
     text: &'a str,
     voice: &'a str,
@@ -64,6 +68,9 @@ pub struct HashInputs<'a> {
     /// Speech marks asked for (sorted, deduplicated); they are stored with
     /// the audio, so a request with marks is a different object.
     pub marks: &'a [crate::MarkKind],
+    /// Output sample rate when it is not the dialect's (OpenAI's 24 kHz
+    /// `pcm`); `None` otherwise.
+    pub sample_rate_hz: Option<u32>,
 }
 
 impl ContentHash {
@@ -77,6 +84,7 @@ impl ContentHash {
                 .then(|| inputs.marks.iter().map(|m| m.as_str()).collect()),
             model: inputs.model,
             provider_route: inputs.provider_route,
+            sample_rate_hz: inputs.sample_rate_hz,
             speed: inputs.speed,
             text: inputs.text,
             voice: inputs.voice,
@@ -156,6 +164,7 @@ mod tests {
             format: AudioFormat::Wav,
             text,
             marks: &[],
+            sample_rate_hz: None,
         }
     }
 
@@ -206,10 +215,28 @@ mod tests {
                 provider_route: "openai",
                 ..inputs("hello world")
             },
+            HashInputs {
+                sample_rate_hz: Some(24_000),
+                ..inputs("hello world")
+            },
         ];
         for v in variants {
             assert_ne!(ContentHash::compute(&v), base, "{v:?} must change the hash");
         }
+    }
+
+    #[test]
+    fn hashes_without_an_output_rate_are_those_of_before_it_existed() {
+        // SHA-256 of the canonical JSON as it was written before
+        // `sample_rate_hz` was added: stored audio keeps its hash.
+        let before = r#"{"dialect":"en-gb","emotion":null,"format":"wav","model":"espeak-ng","provider_route":"espeak","speed":1.0,"text":"hello world","voice":"default"}"#;
+
+        let hash = ContentHash::compute(&inputs("hello world"));
+
+        assert_eq!(
+            hash.as_str(),
+            hex::encode(Sha256::digest(before.as_bytes()))
+        );
     }
 
     #[test]

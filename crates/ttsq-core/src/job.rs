@@ -98,8 +98,28 @@ impl fmt::Debug for AuditKey {
     }
 }
 
-/// Slowest and fastest speaking rate factors accepted.
+/// Slowest and fastest speaking rate factors the job API accepts.
 pub const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.5..=2.0;
+
+/// What an edge of the API allows beyond the job API's own rules. The job
+/// API uses [`EdgeRules::default`]; OpenAI's speech endpoint takes a wider
+/// speed range and fixes the rate of `pcm`, which has no header to say it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeRules {
+    /// Speaking rate factors accepted.
+    pub speed_range: std::ops::RangeInclusive<f64>,
+    /// Sample rate of `pcm` output; `None`: the dialect's.
+    pub pcm_sample_rate_hz: Option<u32>,
+}
+
+impl Default for EdgeRules {
+    fn default() -> Self {
+        Self {
+            speed_range: SPEED_RANGE,
+            pcm_sample_rate_hz: None,
+        }
+    }
+}
 
 /// A job exactly as a client sent it. Every field is optional here so that a
 /// missing field gets our own clear message rather than a parser's.
@@ -150,6 +170,14 @@ pub struct Job {
     pub emotion: Option<String>,
     /// Output format.
     pub format: AudioFormat,
+    /// Sample rate of the output when it is not the dialect's (OpenAI's
+    /// `pcm` is 24 kHz whatever the voice); `None`: the dialect's. Part of
+    /// the content hash only when set, so other hashes are unchanged.
+    pub sample_rate_hz: Option<u32>,
+    /// Sample rate of the output (of `opus` the input's, as Opus is 48 kHz
+    /// inside): `sample_rate_hz`, else the dialect's. Stored with the task,
+    /// so a worker renders it and a join can tell rates apart.
+    pub output_rate_hz: u32,
     /// Normal (queued) or high (inline).
     pub priority: Priority,
     /// Callback URL, if any.
@@ -207,6 +235,16 @@ impl Job {
         catalog: &Catalog,
         limits: &JobLimits,
     ) -> Result<Self, ValidationErrors> {
+        Self::validate_at(request, catalog, limits, &EdgeRules::default())
+    }
+
+    /// Validates a decoded request under an edge's own `rules`.
+    pub fn validate_at(
+        request: JobRequest,
+        catalog: &Catalog,
+        limits: &JobLimits,
+        rules: &EdgeRules,
+    ) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
 
         let text = match request.text.as_deref() {
@@ -252,13 +290,13 @@ impl Job {
         };
 
         let speed = request.speed.unwrap_or(1.0);
-        if !SPEED_RANGE.contains(&speed) {
+        if !rules.speed_range.contains(&speed) {
             errors.push(
                 "speed",
                 format!(
                     "must be between {} and {}",
-                    SPEED_RANGE.start(),
-                    SPEED_RANGE.end()
+                    rules.speed_range.start(),
+                    rules.speed_range.end()
                 ),
             );
         }
@@ -272,7 +310,7 @@ impl Job {
                     errors.push(
                         "format",
                         format!(
-                            "unknown format `{}`; use mp3, wav, pcm or ogg_opus",
+                            "unknown format `{}`; use mp3, wav, pcm, opus or flac",
                             truncate(name)
                         ),
                     );
@@ -405,6 +443,9 @@ impl Job {
             return Err(errors);
         };
         let provider_route = info.provider_route();
+        let sample_rate_hz = rules
+            .pcm_sample_rate_hz
+            .filter(|&rate| format == AudioFormat::Pcm && rate != info.sample_rate_hz);
         let hash = ContentHash::compute(&HashInputs {
             provider_route: &provider_route,
             voice: &voice,
@@ -415,6 +456,7 @@ impl Job {
             format,
             text: &text,
             marks: &marks,
+            sample_rate_hz,
         });
         let characters = u32::try_from(text.chars().count()).unwrap_or(u32::MAX);
         let text_fingerprint = limits.audit_key.map(|key| key.fingerprint(&text));
@@ -427,6 +469,8 @@ impl Job {
             speed,
             emotion,
             format,
+            sample_rate_hz,
+            output_rate_hz: sample_rate_hz.unwrap_or(info.sample_rate_hz),
             priority,
             callback_url: request.callback_url,
             metadata: request.metadata,
@@ -614,7 +658,7 @@ mod tests {
                 "speed",
             ),
             (
-                json!({"text": "hi", "dialect": "en-gb", "format": "flac"}),
+                json!({"text": "hi", "dialect": "en-gb", "format": "aac"}),
                 "format",
             ),
             (
@@ -659,6 +703,42 @@ mod tests {
             let errors = parse(body.clone()).expect_err(&body.to_string());
             assert_eq!(errors.fields(), [field], "{body}");
         }
+    }
+
+    #[test]
+    fn an_edge_may_widen_the_speed_range_and_fix_the_pcm_rate_which_the_hash_tells_apart() {
+        let openai = EdgeRules {
+            speed_range: 0.25..=4.0,
+            pcm_sample_rate_hz: Some(24_000),
+        };
+        let request = |speed: f64, format: &str| JobRequest {
+            text: Some("Hello".to_owned()),
+            dialect: Some("en-gb".to_owned()),
+            speed: Some(speed),
+            format: Some(format.to_owned()),
+            ..JobRequest::default()
+        };
+        let limits = JobLimits::default();
+
+        let fast = Job::validate_at(request(3.5, "pcm"), &catalog(), &limits, &openai).unwrap();
+        let too_fast = Job::validate_at(request(4.5, "pcm"), &catalog(), &limits, &openai);
+        let job_api = Job::validate(request(3.5, "pcm"), &catalog(), &limits);
+        let pcm_24k = Job::validate_at(request(1.0, "pcm"), &catalog(), &limits, &openai).unwrap();
+        let pcm = Job::validate(request(1.0, "pcm"), &catalog(), &limits).unwrap();
+        let mp3_openai =
+            Job::validate_at(request(1.0, "mp3"), &catalog(), &limits, &openai).unwrap();
+        let mp3 = Job::validate(request(1.0, "mp3"), &catalog(), &limits).unwrap();
+
+        assert_eq!(fast.speed, 3.5);
+        assert_eq!(too_fast.unwrap_err().fields(), ["speed"]);
+        assert_eq!(job_api.unwrap_err().fields(), ["speed"]);
+        assert_eq!(pcm_24k.sample_rate_hz, Some(24_000));
+        assert_eq!(pcm_24k.output_rate_hz, 24_000);
+        assert_eq!(pcm.sample_rate_hz, None);
+        assert_eq!(pcm.output_rate_hz, 22_050);
+        assert_ne!(pcm_24k.hash, pcm.hash);
+        assert_eq!(mp3_openai.sample_rate_hz, None);
+        assert_eq!(mp3_openai.hash, mp3.hash);
     }
 
     #[test]

@@ -98,7 +98,9 @@ impl AudioCache {
             AudioFormat::Pcm => Ok(pcm(self.tone(rate).await?)),
             AudioFormat::Wav => Ok(wav(&pcm(self.tone(rate).await?), rate, encoding.wav_size)),
             AudioFormat::Mp3 => Ok(silent_mp3(duration_ms, rate)),
-            AudioFormat::OggOpus => Err("the fake cannot encode Ogg Opus".to_owned()),
+            AudioFormat::Opus | AudioFormat::Flac => {
+                Err(format!("the fake does not encode {}", encoding.format))
+            }
         }
     }
 

@@ -9,10 +9,13 @@
 //! and `wav` ask for `pcm_{rate}` at the dialect's `sample_rate_hz` (8000,
 //! 16000, 22050, 24000, 32000, 44100 or 48000; 44.1 kHz needs a Pro plan)
 //! and wrap it here. ElevenLabs does offer `wav_{rate}`, but streams it with
-//! `0x7FFFFFFF` placeholders in the size fields; raw PCM is exact. No Opus.
+//! `0x7FFFFFFF` placeholders in the size fields; raw PCM is exact. `opus`
+//! and `flac` are encoded here from `pcm_{rate}` too.
 //!
 //! Voices are ElevenLabs voice ids, sent as they are. `speed` goes into
-//! `voice_settings.speed`, clamped to ElevenLabs' 0.7–1.2; at 1.0 no
+//! `voice_settings.speed` within ElevenLabs' 0.7–1.2; the rest of a speed
+//! beyond it is made up here by a pitch-preserving time-stretch of
+//! `pcm_{rate}` audio (MP3 then encoded here too). At 1.0 no
 //! `voice_settings` is sent, so the voice's stored settings apply. Emotions
 //! are ignored (ElevenLabs has no such parameter), as espeak does.
 //!
@@ -36,7 +39,8 @@ use serde_json::{Map, Value, json};
 use ttsq_core::{AudioFormat, DialectInfo, MarkKind, marks};
 
 use crate::{
-    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer,
+    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer, dsp,
+    encode::Rendering,
     upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
 };
 
@@ -86,8 +90,9 @@ impl ElevenLabs {
         let upstream = Upstream::new(config, AuthStyle::Header("xi-api-key"), DEFAULT_MODEL)?;
         upstream.require_formats(|dialect, format| match format {
             AudioFormat::Mp3 => Ok(()),
-            AudioFormat::Wav | AudioFormat::Pcm => pcm_output_format(dialect).map(|_| ()),
-            AudioFormat::OggOpus => Err("format `ogg_opus` is not offered".to_owned()),
+            AudioFormat::Wav | AudioFormat::Pcm | AudioFormat::Opus | AudioFormat::Flac => {
+                pcm_output_format(dialect).map(|_| ())
+            }
         })?;
         Ok(Self {
             upstream,
@@ -107,11 +112,7 @@ impl ElevenLabs {
         let mut body = Map::new();
         body.insert("text".to_owned(), json!(request.text));
         body.insert("model_id".to_owned(), json!(dialect.model));
-        let speed = if request.speed.is_finite() {
-            request.speed.clamp(SPEED_RANGE.0, SPEED_RANGE.1)
-        } else {
-            1.0
-        };
+        let (speed, _) = dsp::split_speed(request.speed, SPEED_RANGE);
         if (speed - 1.0).abs() > f64::EPSILON {
             body.insert("voice_settings".to_owned(), json!({ "speed": speed }));
         }
@@ -165,9 +166,12 @@ impl Synthesizer for ElevenLabs {
         request: &SynthesisRequest<'_>,
         sink: &AudioSink,
     ) -> Result<Audio, ProviderError> {
-        // MP3 and raw PCM are kept as sent; WAV is wrapped and marks come
-        // as JSON, so those are made whole.
+        // MP3 and raw PCM are kept as sent unless stretched or resampled;
+        // WAV is wrapped and marks come as JSON, so those are made whole.
+        let (_, stretch) = dsp::split_speed(request.speed, SPEED_RANGE);
         let streamed = request.marks.is_empty()
+            && request.sample_rate_hz.is_none()
+            && (stretch - 1.0).abs() < dsp::STRETCH_EPSILON
             && matches!(request.format, AudioFormat::Mp3 | AudioFormat::Pcm);
         tracing::Span::current().record("streamed", streamed);
         self.speak(request, streamed.then_some(sink)).await
@@ -187,12 +191,16 @@ impl ElevenLabs {
         sink: Option<&AudioSink>,
     ) -> Result<Audio, ProviderError> {
         let dialect = self.upstream.check(request, Emotions::Ignored)?;
-        let output_format = match request.format {
-            AudioFormat::Mp3 => MP3_OUTPUT_FORMAT.to_owned(),
-            _ => pcm_output_format(dialect).map_err(|what| ProviderError::Unsupported {
+        let (_, stretch) = dsp::split_speed(request.speed, SPEED_RANGE);
+        let keep_mp3 =
+            request.format == AudioFormat::Mp3 && (stretch - 1.0).abs() < dsp::STRETCH_EPSILON;
+        let output_format = if keep_mp3 {
+            MP3_OUTPUT_FORMAT.to_owned()
+        } else {
+            pcm_output_format(dialect).map_err(|what| ProviderError::Unsupported {
                 provider: self.upstream.name.clone(),
                 what,
-            })?,
+            })?
         };
         let timed = !request.marks.is_empty();
         let mut segments = vec!["v1", "text-to-speech", request.voice];
@@ -232,18 +240,19 @@ impl ElevenLabs {
         } else {
             (reply.bytes, None)
         };
-        let payload = match request.format {
-            AudioFormat::Mp3 => Payload::Mp3(bytes),
-            _ => Payload::Pcm(bytes, dialect.sample_rate_hz),
+        let payload = if keep_mp3 {
+            Payload::Mp3(bytes)
+        } else {
+            Payload::Pcm(bytes, dialect.sample_rate_hz)
+        };
+        let rendering = Rendering {
+            format: request.format,
+            sample_rate_hz: request.output_rate_hz(dialect.sample_rate_hz),
+            stretch,
         };
         let mut audio = self
             .upstream
-            .finish(
-                payload,
-                request.format,
-                dialect.sample_rate_hz,
-                reply.request_id,
-            )
+            .finish(payload, rendering, dialect.sample_rate_hz, reply.request_id)
             .await?;
         if timed {
             let words = alignment.map_or_else(Vec::new, |a| {
@@ -253,7 +262,9 @@ impl ElevenLabs {
                     &a.character_end_times_seconds,
                 )
             });
-            audio.marks = marks::build(request.marks, request.text, &words, &[], audio.duration_ms);
+            let spoken_ms = (f64::from(audio.duration_ms) * stretch).round() as u32;
+            audio.marks = marks::build(request.marks, request.text, &words, &[], spoken_ms);
+            crate::retime_marks(&mut audio.marks, stretch, audio.duration_ms);
         }
         Ok(audio)
     }
@@ -295,6 +306,7 @@ mod tests {
             format: AudioFormat::Mp3,
             marks: &[],
             instructions: None,
+            sample_rate_hz: None,
         }
     }
 
@@ -306,8 +318,9 @@ mod tests {
             adapter(11_025, vec![AudioFormat::Wav]),
             Err(BuildError::Capability { .. })
         ));
+        assert!(adapter(24_000, vec![AudioFormat::Opus, AudioFormat::Flac]).is_ok());
         assert!(matches!(
-            adapter(24_000, vec![AudioFormat::OggOpus]),
+            adapter(11_025, vec![AudioFormat::Opus]),
             Err(BuildError::Capability { .. })
         ));
     }

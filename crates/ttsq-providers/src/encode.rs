@@ -1,13 +1,20 @@
 //! Mono 16-bit PCM samples to the bytes of an [`AudioFormat`], and WAV back
 //! to samples. Pure and synchronous: callers on an async runtime run these in
 //! `spawn_blocking`, since encoding a long text to MP3 takes milliseconds.
+//!
+//! Encoders: WAV (hound), MP3 (LAME), FLAC (flacenc, pure Rust), Opus
+//! (libopus, in an Ogg container written here with the `ogg` crate). AAC
+//! has none: the one maintained encoder, Fraunhofer's FDK AAC, comes with
+//! no patent licence (Debian classes it non-free), so ttsq does not ship it.
 
 use std::io::Cursor;
 
+use flacenc::{component::BitRepr, error::Verify};
 use mp3lame_encoder::{Bitrate, Builder, FlushGap, Mode, MonoPcm, Quality};
+use ogg::{PacketWriteEndInfo, PacketWriter};
 use ttsq_core::AudioFormat;
 
-use crate::ProviderError;
+use crate::{ProviderError, dsp};
 
 /// MP3 bitrate: ample for synthetic speech at 22.05 kHz mono, about a fifth
 /// of the WAV size.
@@ -23,6 +30,26 @@ const MP3_CHUNK_SAMPLES: usize = 1152 * 64;
 
 /// Bytes LAME may emit on the final flush, per its documentation.
 const MP3_FLUSH_BYTES: usize = 7200;
+
+/// The rate Opus encodes at; other rates are resampled to it (Opus also
+/// takes 8, 12, 16 and 24 kHz, but decoders play 48 kHz whatever it was).
+pub const OPUS_SAMPLE_RATE_HZ: u32 = 48_000;
+
+/// Samples of one Opus frame at 48 kHz: 20 ms, the codec's usual choice.
+const OPUS_FRAME_SAMPLES: usize = 960;
+
+/// Opus bitrate: transparent for mono speech, a tenth of MP3's size or less.
+const OPUS_BITRATE: i32 = 32_000;
+
+/// Largest Opus packet (RFC 6716 allows 1275 bytes per frame).
+const OPUS_MAX_PACKET: usize = 4_000;
+
+/// Serial number of the one logical Ogg stream. Fixed, so the same samples
+/// always encode to the same bytes (the objects are content-addressed).
+const OGG_SERIAL: u32 = 0x7474_7371;
+
+/// `vendor` of the OpusTags header.
+const OPUS_VENDOR: &str = "ttsq (libopus)";
 
 /// Mono 16-bit PCM at a known rate: what espeak-ng writes and every encoder reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,10 +78,42 @@ pub fn duration_ms(sample_count: usize, sample_rate_hz: u32) -> u32 {
     u32::try_from(millis).unwrap_or(u32::MAX)
 }
 
+/// What a provider's waveform becomes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rendering {
+    /// Output encoding.
+    pub format: AudioFormat,
+    /// Output rate; the waveform is resampled to it. Opus is encoded at 48 kHz
+    /// whatever this says (its header keeps this as the input rate).
+    pub sample_rate_hz: u32,
+    /// Tempo factor still to apply at the same pitch: the speed asked for
+    /// over the part the provider did itself (1.0: none).
+    pub stretch: f64,
+}
+
+/// `waveform` stretched, resampled and encoded as `rendering` says; the
+/// bytes and their playing time in milliseconds.
+pub fn render(waveform: &Waveform, rendering: Rendering) -> Result<(Vec<u8>, u32), ProviderError> {
+    let stretched;
+    let mut samples = waveform.samples.as_slice();
+    if (rendering.stretch - 1.0).abs() >= dsp::STRETCH_EPSILON {
+        stretched = dsp::time_stretch(samples, waveform.sample_rate_hz, rendering.stretch);
+        samples = &stretched;
+    }
+    let resampled;
+    if rendering.sample_rate_hz != waveform.sample_rate_hz && waveform.sample_rate_hz != 0 {
+        resampled = dsp::resample(samples, waveform.sample_rate_hz, rendering.sample_rate_hz);
+        samples = &resampled;
+    }
+    let bytes = encode(samples, rendering.sample_rate_hz, rendering.format)?;
+    Ok((bytes, duration_ms(samples.len(), rendering.sample_rate_hz)))
+}
+
 /// Encodes mono samples as `format`.
 ///
 /// `Wav` is RIFF WAVE 16-bit mono, `Pcm` raw signed 16-bit little-endian,
-/// `Mp3` constant 64 kbps mono; `OggOpus` is [`ProviderError::Unsupported`].
+/// `Mp3` constant 64 kbps mono, `Flac` 16-bit mono at the samples' rate,
+/// `Opus` 32 kbps mono at 48 kHz in Ogg (RFC 7845).
 pub fn encode(
     samples: &[i16],
     sample_rate_hz: u32,
@@ -67,10 +126,8 @@ pub fn encode(
         AudioFormat::Wav => encode_wav(samples, sample_rate_hz),
         AudioFormat::Pcm => Ok(encode_pcm(samples)),
         AudioFormat::Mp3 => encode_mp3(samples, sample_rate_hz),
-        AudioFormat::OggOpus => Err(ProviderError::Unsupported {
-            provider: "encoder".to_owned(),
-            what: format!("format `{format}`"),
-        }),
+        AudioFormat::Flac => encode_flac(samples, sample_rate_hz),
+        AudioFormat::Opus => encode_opus(samples, sample_rate_hz),
     }
 }
 
@@ -156,6 +213,106 @@ fn encode_mp3(samples: &[i16], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderE
         .map_err(|e| lame("flush", &e))?;
     write_info_tag(&encoder, &mut out);
     Ok(out)
+}
+
+fn encode_flac(samples: &[i16], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderError> {
+    let flac = |e: &dyn std::fmt::Display| encode_error(AudioFormat::Flac, e.to_string());
+    let config = flacenc::config::Encoder::default()
+        .into_verified()
+        .map_err(|(_, e)| flac(&e))?;
+    let wide: Vec<i32> = samples.iter().map(|&s| i32::from(s)).collect();
+    let rate = usize::try_from(sample_rate_hz).map_err(|e| flac(&e))?;
+    let source = flacenc::source::MemSource::from_samples(&wide, 1, 16, rate);
+    let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
+        .map_err(|e| flac(&e))?;
+    let mut sink = flacenc::bitsink::ByteSink::new();
+    stream.write(&mut sink).map_err(|e| flac(&e))?;
+    Ok(sink.into_inner())
+}
+
+/// Opus packets of 20 ms in one Ogg logical stream: an `OpusHead` page, an
+/// `OpusTags` page, then the audio. The encoder's lookahead is the header's
+/// pre-skip, and the last page's granule position ends the stream at the
+/// input's last sample, so players trim both the start and the padding.
+fn encode_opus(samples: &[i16], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderError> {
+    let opus = |step: &str, e: &dyn std::fmt::Display| {
+        encode_error(AudioFormat::Opus, format!("{step}: {e}"))
+    };
+    let pcm = dsp::resample(samples, sample_rate_hz, OPUS_SAMPLE_RATE_HZ);
+    let mut encoder = opus::Encoder::new(
+        OPUS_SAMPLE_RATE_HZ,
+        opus::Channels::Mono,
+        opus::Application::Audio,
+    )
+    .map_err(|e| opus("init", &e))?;
+    encoder
+        .set_bitrate(opus::Bitrate::Bits(OPUS_BITRATE))
+        .map_err(|e| opus("bitrate", &e))?;
+    let lookahead = encoder.get_lookahead().map_err(|e| opus("lookahead", &e))?;
+    let pre_skip = u16::try_from(lookahead).map_err(|e| opus("lookahead", &e))?;
+    let end_granule = u64::from(pre_skip) + pcm.len() as u64;
+    // Enough frames that the last input sample leaves the encoder's delay.
+    let frames = (pcm.len() + usize::from(pre_skip))
+        .div_ceil(OPUS_FRAME_SAMPLES)
+        .max(1);
+
+    let mut writer = PacketWriter::new(Vec::new());
+    let ogg = |e: std::io::Error| opus("ogg", &e);
+    writer
+        .write_packet(
+            opus_head(pre_skip, sample_rate_hz),
+            OGG_SERIAL,
+            PacketWriteEndInfo::EndPage,
+            0,
+        )
+        .map_err(ogg)?;
+    writer
+        .write_packet(opus_tags(), OGG_SERIAL, PacketWriteEndInfo::EndPage, 0)
+        .map_err(ogg)?;
+    let mut frame = [0i16; OPUS_FRAME_SAMPLES];
+    let mut packet = vec![0u8; OPUS_MAX_PACKET];
+    for index in 0..frames {
+        let start = (index * OPUS_FRAME_SAMPLES).min(pcm.len());
+        let end = (start + OPUS_FRAME_SAMPLES).min(pcm.len());
+        frame.fill(0);
+        frame[..end - start].copy_from_slice(&pcm[start..end]);
+        let len = encoder
+            .encode(&frame, &mut packet)
+            .map_err(|e| opus("encode", &e))?;
+        let granule = (((index + 1) * OPUS_FRAME_SAMPLES) as u64).min(end_granule);
+        let end_info = if index + 1 == frames {
+            PacketWriteEndInfo::EndStream
+        } else {
+            PacketWriteEndInfo::NormalPacket
+        };
+        writer
+            .write_packet(packet[..len].to_vec(), OGG_SERIAL, end_info, granule)
+            .map_err(ogg)?;
+    }
+    Ok(writer.into_inner())
+}
+
+/// The identification header (RFC 7845 §5.1): mono, channel mapping 0.
+fn opus_head(pre_skip: u16, input_rate_hz: u32) -> Vec<u8> {
+    let mut head = Vec::with_capacity(19);
+    head.extend_from_slice(b"OpusHead");
+    head.push(1); // version
+    head.push(1); // channels
+    head.extend_from_slice(&pre_skip.to_le_bytes());
+    head.extend_from_slice(&input_rate_hz.to_le_bytes());
+    head.extend_from_slice(&0i16.to_le_bytes()); // output gain
+    head.push(0); // mapping family: mono/stereo, no table
+    head
+}
+
+/// The comment header (RFC 7845 §5.2): the vendor, no comments.
+fn opus_tags() -> Vec<u8> {
+    let mut tags = Vec::with_capacity(16 + OPUS_VENDOR.len());
+    tags.extend_from_slice(b"OpusTags");
+    tags.extend_from_slice(&(OPUS_VENDOR.len() as u32).to_le_bytes());
+    tags.extend_from_slice(OPUS_VENDOR.as_bytes());
+    tags.extend_from_slice(&0u32.to_le_bytes());
+    tags
 }
 
 /// LAME starts the stream with a placeholder frame (a header, then zeros) for its
@@ -303,18 +460,122 @@ mod tests {
         );
         assert!(encode(&[], RATE, AudioFormat::Pcm).unwrap().is_empty());
         assert!(mp3_duration_ms(&encode(&[], RATE, AudioFormat::Mp3).unwrap()) < 100.0);
+        assert_eq!(&encode(&[], RATE, AudioFormat::Flac).unwrap()[..4], b"fLaC");
     }
 
     #[test]
-    fn ogg_opus_is_unsupported() {
-        let err = encode(&tone(100), RATE, AudioFormat::OggOpus).unwrap_err();
+    fn flac_decodes_back_to_the_same_samples() {
+        let samples = tone(RATE as usize);
 
-        assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
+        let bytes = encode(&samples, RATE, AudioFormat::Flac).unwrap();
+
+        assert_eq!(&bytes[..4], b"fLaC");
+        let mut reader = claxon::FlacReader::new(Cursor::new(&bytes)).unwrap();
+        assert_eq!(reader.streaminfo().sample_rate, RATE);
+        assert_eq!(reader.streaminfo().channels, 1);
+        assert_eq!(reader.streaminfo().bits_per_sample, 16);
+        let decoded: Vec<i16> = reader
+            .samples()
+            .map(|s| i16::try_from(s.unwrap()).unwrap())
+            .collect();
+        assert_eq!(decoded, samples);
+        assert!(bytes.len() < samples.len() * 2, "no smaller than raw PCM");
+    }
+
+    /// The packets of an Ogg stream with the granule position of the page
+    /// each ended on, and whether it was the last page.
+    fn ogg_packets(bytes: &[u8]) -> Vec<(Vec<u8>, u64, bool)> {
+        let mut reader = ogg::PacketReader::new(Cursor::new(bytes));
+        let mut packets = Vec::new();
+        while let Some(packet) = reader.read_packet().unwrap() {
+            assert_eq!(packet.stream_serial(), OGG_SERIAL);
+            packets.push((
+                packet.data.clone(),
+                packet.absgp_page(),
+                packet.last_in_stream(),
+            ));
+        }
+        packets
+    }
+
+    #[test]
+    fn opus_is_an_ogg_stream_with_rfc_7845_headers_and_exact_granules() {
+        let samples = tone(RATE as usize);
+
+        let bytes = encode(&samples, RATE, AudioFormat::Opus).unwrap();
+
+        assert_eq!(&bytes[..4], b"OggS");
+        let packets = ogg_packets(&bytes);
+        let head = &packets[0].0;
+        assert_eq!(&head[..8], b"OpusHead");
+        assert_eq!(head[8], 1, "version");
+        assert_eq!(head[9], 1, "channels");
+        let pre_skip = u16::from_le_bytes([head[10], head[11]]);
+        assert!(pre_skip > 0 && pre_skip < 1000, "pre-skip {pre_skip}");
+        assert_eq!(u32::from_le_bytes(head[12..16].try_into().unwrap()), RATE);
+        assert_eq!(packets[0].1, 0);
+        assert_eq!(&packets[1].0[..8], b"OpusTags");
+        let audio = &packets[2..];
+        // 20 ms packets covering the input at 48 kHz plus the pre-skip.
+        let at_48k = u64::from(OPUS_SAMPLE_RATE_HZ);
+        let length_48k = (samples.len() as u64 * at_48k).div_ceil(u64::from(RATE));
+        assert_eq!(
+            audio.len() as u64,
+            (length_48k + u64::from(pre_skip)).div_ceil(OPUS_FRAME_SAMPLES as u64)
+        );
+        let (_, last_granule, last) = audio.last().unwrap();
+        assert!(*last, "the stream is ended");
+        assert_eq!(*last_granule, u64::from(pre_skip) + length_48k);
+        let granules: Vec<u64> = audio.iter().map(|p| p.1).collect();
+        assert!(granules.windows(2).all(|w| w[0] <= w[1]));
+
+        let mut decoder = opus::Decoder::new(OPUS_SAMPLE_RATE_HZ, opus::Channels::Mono).unwrap();
+        let mut decoded = Vec::new();
+        let mut buf = [0i16; 5760];
+        for (packet, _, _) in audio {
+            let n = decoder.decode(packet, &mut buf, false).unwrap();
+            decoded.extend_from_slice(&buf[..n]);
+        }
+        let decoded = &decoded[usize::from(pre_skip)..][..length_48k as usize];
+        let rms = |s: &[i16]| {
+            (s.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / s.len() as f64).sqrt()
+        };
+        let (a, b) = (rms(&samples), rms(decoded));
+        assert!((a - b).abs() / a < 0.1, "input rms {a}, decoded rms {b}");
+    }
+
+    #[test]
+    fn opus_of_nothing_is_still_a_complete_stream() {
+        let packets = ogg_packets(&encode(&[], RATE, AudioFormat::Opus).unwrap());
+
+        assert_eq!(packets.len(), 3);
+        assert!(packets[2].2);
+    }
+
+    #[test]
+    fn rendering_stretches_resamples_and_reports_the_playing_time() {
+        let waveform = Waveform {
+            samples: tone(RATE as usize),
+            sample_rate_hz: RATE,
+        };
+
+        let (bytes, duration) = render(
+            &waveform,
+            Rendering {
+                format: AudioFormat::Pcm,
+                sample_rate_hz: 24_000,
+                stretch: 2.0,
+            },
+        )
+        .unwrap();
+
+        assert_eq!(duration, 500);
+        assert_eq!(bytes.len(), 2 * 12_000);
     }
 
     #[test]
     fn a_zero_sample_rate_is_an_encode_error_not_a_panic() {
-        for format in [AudioFormat::Wav, AudioFormat::Pcm, AudioFormat::Mp3] {
+        for format in AudioFormat::ALL {
             let err = encode(&tone(100), 0, format).unwrap_err();
 
             assert_eq!(err.code(), "encode_failed", "{format}: {err:?}");

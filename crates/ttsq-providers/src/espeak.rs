@@ -30,8 +30,8 @@ const SAMPLE_RATE_HZ: u32 = 22_050;
 /// Voices of every dialect: espeak's default, then the `+f1`… variants.
 const VOICES: [&str; 7] = ["default", "f1", "f2", "f3", "m1", "m2", "m3"];
 
-/// Formats made from espeak's WAV; espeak has no Opus.
-const FORMATS: [AudioFormat; 3] = [AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm];
+/// Formats made from espeak's WAV.
+const FORMATS: [AudioFormat; 5] = AudioFormat::ALL;
 
 /// espeak-ng's default rate, which speed 1.0 maps to.
 const BASE_WORDS_PER_MINUTE: f64 = 175.0;
@@ -118,6 +118,7 @@ impl Espeak {
             Some(self.speak(voice, words_per_minute, request.text).await?)
         };
         let format = request.format;
+        let rendering = rendering(request, words_per_minute);
         tokio::task::spawn_blocking(move || {
             let waveform = match waveform {
                 Some(wav) => encode::read_wav(&wav)?,
@@ -132,11 +133,11 @@ impl Espeak {
                     "espeak-ng wrote an unexpected sample rate"
                 );
             }
-            let bytes = encode::encode(&waveform.samples, waveform.sample_rate_hz, format)?;
+            let (bytes, duration_ms) = encode::render(&waveform, rendering)?;
             Ok(Audio {
                 bytes: Bytes::from(bytes),
                 format,
-                duration_ms: waveform.duration_ms(),
+                duration_ms,
                 marks: Vec::new(),
             })
         })
@@ -164,6 +165,7 @@ impl Espeak {
             .map_err(|_| transient("concurrency limiter closed"))?;
         let (voice, text, format) = (voice.to_owned(), request.text.to_owned(), request.format);
         let wanted = request.marks.to_vec();
+        let rendering = rendering(request, words_per_minute);
         tokio::task::spawn_blocking(move || {
             let engine = ttsq_espeak_events::Engine::open()
                 .map_err(|e| unsupported(format!("speech marks ({e})")))?;
@@ -176,10 +178,14 @@ impl Espeak {
                         }
                         other => transient(other.to_string()),
                     })?;
-            let duration_ms =
-                encode::duration_ms(synthesis.samples.len(), synthesis.sample_rate_hz);
-            let marks = marks_from_events(&wanted, &text, &synthesis.events, duration_ms);
-            let bytes = encode::encode(&synthesis.samples, synthesis.sample_rate_hz, format)?;
+            let spoken_ms = encode::duration_ms(synthesis.samples.len(), synthesis.sample_rate_hz);
+            let mut marks = marks_from_events(&wanted, &text, &synthesis.events, spoken_ms);
+            let waveform = Waveform {
+                samples: synthesis.samples,
+                sample_rate_hz: synthesis.sample_rate_hz,
+            };
+            let (bytes, duration_ms) = encode::render(&waveform, rendering)?;
+            crate::retime_marks(&mut marks, rendering.stretch, duration_ms);
             Ok(Audio {
                 bytes: Bytes::from(bytes),
                 format,
@@ -401,6 +407,26 @@ fn marks_from_events(
 }
 
 /// espeak-ng's `-s` for a speed factor: 175 wpm × speed, within 80..=450.
+/// How espeak's waveform becomes the request's audio: the speed espeak's
+/// rate limits leave (below 0.46 or above 2.57) is made up by a stretch.
+fn rendering(request: &SynthesisRequest<'_>, words_per_minute: u32) -> encode::Rendering {
+    let (min, max) = WORDS_PER_MINUTE_RANGE;
+    let wanted = BASE_WORDS_PER_MINUTE * request.speed;
+    // Within espeak's range its own rate is exact (to a word per minute):
+    // no stretch for rounding.
+    let stretch =
+        if request.speed.is_finite() && request.speed > 0.0 && !(min..=max).contains(&wanted) {
+            request.speed / (f64::from(words_per_minute) / BASE_WORDS_PER_MINUTE)
+        } else {
+            1.0
+        };
+    encode::Rendering {
+        format: request.format,
+        sample_rate_hz: request.output_rate_hz(SAMPLE_RATE_HZ),
+        stretch,
+    }
+}
+
 fn words_per_minute(speed: f64) -> u32 {
     let (min, max) = WORDS_PER_MINUTE_RANGE;
     if speed.is_finite() {
@@ -436,6 +462,29 @@ fn transient(message: impl Into<String>) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn speed_beyond_espeaks_rates_is_left_to_a_stretch() {
+        let request = |speed| SynthesisRequest {
+            text: "hi",
+            dialect: "en-gb",
+            voice: "default",
+            speed,
+            emotion: None,
+            format: AudioFormat::Pcm,
+            marks: &[],
+            instructions: None,
+            sample_rate_hz: Some(24_000),
+        };
+        let stretch = |speed| rendering(&request(speed), words_per_minute(speed)).stretch;
+
+        assert_eq!(stretch(1.0), 1.0);
+        assert_eq!(stretch(0.5), 1.0);
+        assert_eq!(stretch(2.0), 1.0);
+        assert!((stretch(4.0) - 4.0 * 175.0 / 450.0).abs() < 1e-9);
+        assert!((stretch(0.25) - 0.25 * 175.0 / 80.0).abs() < 1e-9);
+        assert_eq!(rendering(&request(1.0), 175).sample_rate_hz, 24_000);
+    }
 
     #[test]
     fn speed_maps_to_espeak_words_per_minute_within_its_range() {

@@ -9,17 +9,25 @@
 //!
 //! WAV size fields are not trusted (streaming servers write placeholders);
 //! the audio runs to the end of the body.
+//!
+//! `speed` is sent within 0.5–2.0, the range the contract has always been
+//! given; a faster or slower request (OpenAI's endpoint takes 0.25–4.0) is
+//! made up here by a pitch-preserving time-stretch.
 
 use async_trait::async_trait;
 use reqwest::{Method, header};
 use serde::Deserialize;
 use serde_json::json;
-use ttsq_core::{AudioFormat, DialectInfo};
+use ttsq_core::DialectInfo;
 
 use crate::{
-    Audio, ProviderError, SynthesisRequest, Synthesizer,
+    Audio, ProviderError, SynthesisRequest, Synthesizer, dsp,
+    encode::Rendering,
     upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
 };
+
+/// `speed` range sent to the server.
+const SPEED_RANGE: (f64, f64) = (0.5, 2.0);
 
 /// The generic adapter. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
@@ -43,16 +51,11 @@ struct VoiceList {
 }
 
 impl GenericHttp {
-    /// An adapter for `config`; refuses Ogg Opus (the encoder has none).
-    /// Dialects with an empty `model` get the provider name as model, so
-    /// content hashes still tell providers apart.
+    /// An adapter for `config`. Dialects with an empty `model` get the
+    /// provider name as model, so content hashes still tell providers apart.
     pub fn new(mut config: HttpProviderConfig) -> Result<Self, BuildError> {
         let default_model = config.model.take().unwrap_or_else(|| config.name.clone());
         let upstream = Upstream::new(config, AuthStyle::Header("x-api-key"), &default_model)?;
-        upstream.require_formats(|_, format| match format {
-            AudioFormat::OggOpus => Err("format `ogg_opus` is not offered".to_owned()),
-            _ => Ok(()),
-        })?;
         Ok(Self { upstream })
     }
 
@@ -89,6 +92,7 @@ impl Synthesizer for GenericHttp {
     )]
     async fn synthesize(&self, request: &SynthesisRequest<'_>) -> Result<Audio, ProviderError> {
         let dialect = self.upstream.check(request, Emotions::Checked)?;
+        let (speed, stretch) = dsp::split_speed(request.speed, SPEED_RANGE);
         let (builder, request_id) = self
             .upstream
             .request(Method::POST, self.upstream.url(&["tts"]));
@@ -96,14 +100,19 @@ impl Synthesizer for GenericHttp {
             "text": request.text,
             "dialect": request.dialect,
             "voice": request.voice,
-            "speed": request.speed,
+            "speed": speed,
             "emotion": request.emotion,
         }));
         let reply = self.upstream.execute(builder, request_id, true).await?;
+        let rendering = Rendering {
+            format: request.format,
+            sample_rate_hz: request.output_rate_hz(dialect.sample_rate_hz),
+            stretch,
+        };
         self.upstream
             .finish(
                 Payload::Wav(reply.bytes),
-                request.format,
+                rendering,
                 dialect.sample_rate_hz,
                 reply.request_id,
             )

@@ -4,7 +4,8 @@
 //!
 //! - [`Synthesizer`], [`SynthesisRequest`], [`Audio`], [`ProviderError`]: the contract.
 //! - [`espeak`]: the embedded espeak-ng adapter.
-//! - [`encode`]: PCM samples to WAV, raw PCM or MP3 bytes.
+//! - [`encode`]: PCM samples to WAV, raw PCM, MP3, FLAC or Ogg Opus bytes.
+//! - [`dsp`]: resampling and pitch-preserving time-stretch.
 //! - [`router`]: dialect → provider chain with fallback, and per-provider call counts.
 //! - [`coordinator`]: taking from provider quotas shared by all replicas
 //!   (the contract is `ttsq-quota`'s, re-exported there; `ttsq-store`
@@ -21,6 +22,7 @@
 
 pub mod breaker;
 pub mod coordinator;
+pub mod dsp;
 pub mod elevenlabs;
 pub mod encode;
 pub mod espeak;
@@ -53,7 +55,9 @@ pub struct SynthesisRequest<'a> {
     pub dialect: &'a str,
     /// Voice id, valid for the dialect.
     pub voice: &'a str,
-    /// Speaking rate factor, 0.5–2.0.
+    /// Speaking rate factor: 0.5–2.0 from the job API, 0.25–4.0 from the
+    /// OpenAI endpoint. What a provider cannot reach itself is made up by a
+    /// pitch-preserving time-stretch ([`dsp::time_stretch`]).
     pub speed: f64,
     /// Emotion, when the dialect offers it.
     pub emotion: Option<&'a str>,
@@ -65,6 +69,16 @@ pub struct SynthesisRequest<'a> {
     /// How to speak (OpenAI's `instructions`), for providers that take it;
     /// others ignore it.
     pub instructions: Option<&'a str>,
+    /// Sample rate of the output when it is not the dialect's (OpenAI's
+    /// 24 kHz `pcm`); `None`: the dialect's `sample_rate_hz`.
+    pub sample_rate_hz: Option<u32>,
+}
+
+impl SynthesisRequest<'_> {
+    /// The rate the output is rendered at, for a dialect of `dialect_rate_hz`.
+    pub fn output_rate_hz(&self, dialect_rate_hz: u32) -> u32 {
+        self.sample_rate_hz.unwrap_or(dialect_rate_hz)
+    }
 }
 
 /// Where a streaming synthesis hands the audio bytes as the vendor sends
@@ -205,6 +219,19 @@ pub enum ProviderError {
         /// The vendor's status, code and message, truncated.
         message: String,
     },
+}
+
+/// Marks timed against audio that a stretch by `stretch` then sped up (or
+/// slowed down), moved to the stretched audio of `duration_ms`.
+pub(crate) fn retime_marks(marks: &mut [Mark], stretch: f64, duration_ms: u32) {
+    if (stretch - 1.0).abs() < dsp::STRETCH_EPSILON || !stretch.is_finite() || stretch <= 0.0 {
+        return;
+    }
+    let scale = |ms: u32| ((f64::from(ms) / stretch).round() as u32).min(duration_ms);
+    for mark in marks {
+        mark.start_ms = scale(mark.start_ms);
+        mark.end_ms = scale(mark.end_ms);
+    }
 }
 
 /// `, retry after N s` when the vendor said when.

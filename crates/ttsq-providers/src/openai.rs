@@ -8,7 +8,8 @@
 //! the frame headers. `wav` and `pcm` ask for `wav` and rewrite it: OpenAI
 //! streams WAV with `0xFFFFFFFF` in both size fields, which strict readers
 //! refuse, and asking for WAV rather than `pcm` makes the server state its
-//! rate (OpenAI's is 24 kHz) instead of us assuming it. No Opus.
+//! rate (OpenAI's is 24 kHz) instead of us assuming it. `opus` and `flac`
+//! ask for `wav` too and are encoded here, so every format is offered.
 //!
 //! The request's `instructions` are sent as they are; otherwise an emotion,
 //! when the dialect lists it, is sent as `instructions` ("Speak in a calm
@@ -25,7 +26,8 @@ use serde_json::{Map, Value, json};
 use ttsq_core::{AudioFormat, DialectInfo};
 
 use crate::{
-    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer,
+    Audio, AudioSink, ProviderError, SynthesisRequest, Synthesizer, dsp,
+    encode::Rendering,
     upstream::{AuthStyle, BuildError, Emotions, HttpProviderConfig, Payload, Upstream},
 };
 
@@ -43,16 +45,19 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    /// An adapter for `config`; refuses Ogg Opus. The key goes in
-    /// `Authorization: Bearer` unless `auth_header` names another header
-    /// (Azure's `api-key`, say), which then carries the key as is.
+    /// An adapter for `config`. The key goes in `Authorization: Bearer`
+    /// unless `auth_header` names another header (Azure's `api-key`, say),
+    /// which then carries the key as is.
     pub fn new(config: HttpProviderConfig) -> Result<Self, BuildError> {
         let upstream = Upstream::new(config, AuthStyle::Bearer, DEFAULT_MODEL)?;
-        upstream.require_formats(|_, format| match format {
-            AudioFormat::OggOpus => Err("format `ogg_opus` is not offered".to_owned()),
-            _ => Ok(()),
-        })?;
         Ok(Self { upstream })
+    }
+
+    /// Whether the vendor's MP3 is kept as it is: MP3 asked for, at a speed
+    /// the vendor reaches itself.
+    fn keeps_mp3(request: &SynthesisRequest<'_>) -> bool {
+        let (_, stretch) = dsp::split_speed(request.speed, SPEED_RANGE);
+        request.format == AudioFormat::Mp3 && (stretch - 1.0).abs() < dsp::STRETCH_EPSILON
     }
 
     fn body(request: &SynthesisRequest<'_>, dialect: &DialectInfo) -> Value {
@@ -60,16 +65,13 @@ impl OpenAi {
         body.insert("model".to_owned(), json!(dialect.model));
         body.insert("input".to_owned(), json!(request.text));
         body.insert("voice".to_owned(), json!(request.voice));
-        let response_format = match request.format {
-            AudioFormat::Mp3 => "mp3",
-            _ => "wav",
+        let response_format = if Self::keeps_mp3(request) {
+            "mp3"
+        } else {
+            "wav"
         };
         body.insert("response_format".to_owned(), json!(response_format));
-        let speed = if request.speed.is_finite() {
-            request.speed.clamp(SPEED_RANGE.0, SPEED_RANGE.1)
-        } else {
-            1.0
-        };
+        let (speed, _) = dsp::split_speed(request.speed, SPEED_RANGE);
         body.insert("speed".to_owned(), json!(speed));
         if let Some(instructions) = request.instructions {
             body.insert("instructions".to_owned(), json!(instructions));
@@ -116,7 +118,7 @@ impl Synthesizer for OpenAi {
         request: &SynthesisRequest<'_>,
         sink: &AudioSink,
     ) -> Result<Audio, ProviderError> {
-        let streamed = request.format == AudioFormat::Mp3;
+        let streamed = Self::keeps_mp3(request);
         tracing::Span::current().record("streamed", streamed);
         self.speak(request, streamed.then_some(sink)).await
     }
@@ -146,17 +148,18 @@ impl OpenAi {
             }
             None => self.upstream.execute(builder, request_id, true).await?,
         };
-        let payload = match request.format {
-            AudioFormat::Mp3 => Payload::Mp3(reply.bytes),
-            _ => Payload::Wav(reply.bytes),
+        let payload = if Self::keeps_mp3(request) {
+            Payload::Mp3(reply.bytes)
+        } else {
+            Payload::Wav(reply.bytes)
+        };
+        let rendering = Rendering {
+            format: request.format,
+            sample_rate_hz: request.output_rate_hz(dialect.sample_rate_hz),
+            stretch: dsp::split_speed(request.speed, SPEED_RANGE).1,
         };
         self.upstream
-            .finish(
-                payload,
-                request.format,
-                dialect.sample_rate_hz,
-                reply.request_id,
-            )
+            .finish(payload, rendering, dialect.sample_rate_hz, reply.request_id)
             .await
     }
 }
@@ -187,10 +190,30 @@ mod tests {
             format: AudioFormat::Pcm,
             marks: &[],
             instructions: None,
+            sample_rate_hz: None,
         };
 
         let body = OpenAi::body(&request, &dialect);
+        let fast_mp3 = SynthesisRequest {
+            speed: 3.5,
+            format: AudioFormat::Mp3,
+            ..request
+        };
+        let too_fast_mp3 = SynthesisRequest {
+            speed: 8.0,
+            ..fast_mp3
+        };
 
+        // OpenAI takes 0.25–4.0 itself: its MP3 is kept; beyond, WAV is
+        // asked for and the rest stretched here.
+        assert_eq!(OpenAi::body(&fast_mp3, &dialect)["speed"], 3.5);
+        assert!(OpenAi::keeps_mp3(&fast_mp3));
+        assert_eq!(OpenAi::body(&too_fast_mp3, &dialect)["speed"], 4.0);
+        assert_eq!(
+            OpenAi::body(&too_fast_mp3, &dialect)["response_format"],
+            "wav"
+        );
+        assert!(!OpenAi::keeps_mp3(&too_fast_mp3));
         assert_eq!(
             body,
             json!({

@@ -160,7 +160,8 @@ fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>
                 name: display.unwrap_or_else(|| id.clone()),
                 id,
                 voices,
-                formats: vec![AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm],
+                // Opus and FLAC are encoded here from the vendor's PCM.
+                formats: AudioFormat::ALL.to_vec(),
                 emotions,
                 provider_chain: vec![name.to_owned()],
                 model: model.clone(),
@@ -783,6 +784,7 @@ mod tests {
             format: AudioFormat::Pcm,
             marks: &[],
             instructions: None,
+            sample_rate_hz: None,
         }
     }
 

@@ -42,7 +42,11 @@ use serde_json::Value;
 use ttsq_core::{AudioFormat, DialectInfo};
 use uuid::Uuid;
 
-use crate::{Audio, AudioSink, ProviderError, SynthesisRequest, encode, probe};
+use crate::{
+    Audio, AudioSink, ProviderError, SynthesisRequest, dsp,
+    encode::{self, Rendering, Waveform},
+    probe,
+};
 
 /// Largest audio body read; a longer one is a vendor fault, not audio.
 const MAX_AUDIO_BYTES: usize = 64 * 1024 * 1024;
@@ -468,19 +472,22 @@ impl Upstream {
         self.execute(builder, request_id, false).await.map(|_| ())
     }
 
-    /// Turns what the vendor sent into `format`, off the async runtime
-    /// (MP3 encoding takes milliseconds). Bodies that are not what was asked
-    /// for are [`ProviderError::Transient`]: the vendor had a bad moment.
+    /// Turns what the vendor sent into the audio `rendering` describes,
+    /// off the async runtime (encoding takes milliseconds). Bodies that are
+    /// not what was asked for are [`ProviderError::Transient`]: the vendor
+    /// had a bad moment. `expected_rate_hz` is the dialect's declared rate;
+    /// a body at another rate is resampled (and logged).
     pub async fn finish(
         &self,
         payload: Payload,
-        format: AudioFormat,
+        rendering: Rendering,
         expected_rate_hz: u32,
         request_id: Uuid,
     ) -> Result<Audio, ProviderError> {
+        let format = rendering.format;
         let provider = self.name.clone();
         let audio = tokio::task::spawn_blocking(move || {
-            to_audio(&provider, payload, format, expected_rate_hz, request_id)
+            to_audio(&provider, payload, rendering, expected_rate_hz, request_id)
         })
         .await
         .map_err(|e| ProviderError::Encode {
@@ -785,20 +792,22 @@ impl VendorError {
 fn to_audio(
     provider: &str,
     payload: Payload,
-    format: AudioFormat,
+    rendering: Rendering,
     expected_rate_hz: u32,
     request_id: Uuid,
 ) -> Result<Audio, ProviderError> {
+    let format = rendering.format;
     let malformed = |what: &str| ProviderError::Transient {
         provider: provider.to_owned(),
         message: format!("answered 200 with {what}"),
     };
-    let (samples, rate, raw) = match payload {
+    let unstretched = (rendering.stretch - 1.0).abs() < dsp::STRETCH_EPSILON;
+    let (waveform, raw) = match payload {
         Payload::Mp3(bytes) => {
             let duration_ms = probe::mp3_duration_ms(&bytes)
                 .ok_or_else(|| malformed("a body that is not MP3"))?;
-            if format != AudioFormat::Mp3 {
-                // Adapters request MP3 only for MP3 output.
+            if format != AudioFormat::Mp3 || !unstretched {
+                // Adapters request MP3 only for MP3 output they keep as is.
                 return Err(malformed("MP3 where PCM was asked for"));
             }
             return Ok(Audio {
@@ -814,30 +823,42 @@ fn to_audio(
             }
             let samples = probe::pcm_samples(&bytes)
                 .ok_or_else(|| malformed("an odd number of PCM bytes"))?;
-            (samples, rate, Some(bytes))
+            let waveform = Waveform {
+                samples,
+                sample_rate_hz: rate,
+            };
+            (waveform, Some(bytes))
         }
         Payload::Wav(bytes) => {
-            let wave = probe::read_wav_lenient(&bytes)
+            let waveform = probe::read_wav_lenient(&bytes)
                 .ok_or_else(|| malformed("a body that is not 16-bit PCM WAV"))?;
-            if wave.samples.is_empty() {
+            if waveform.samples.is_empty() {
                 return Err(malformed("a WAV without samples"));
             }
-            (wave.samples, wave.sample_rate_hz, None)
+            (waveform, None)
         }
     };
-    if rate != expected_rate_hz {
+    if waveform.sample_rate_hz != expected_rate_hz {
         tracing::warn!(
             provider,
             %request_id,
-            sample_rate_hz = rate,
+            sample_rate_hz = waveform.sample_rate_hz,
             expected_rate_hz,
-            "audio rate differs from the dialect's declared rate"
+            "audio rate differs from the dialect's declared rate; resampled"
         );
     }
-    let duration_ms = encode::duration_ms(samples.len(), rate);
-    let bytes = match (format, raw) {
-        (AudioFormat::Pcm, Some(raw)) => raw,
-        _ => Bytes::from(encode::encode(&samples, rate, format)?),
+    let (bytes, duration_ms) = match raw {
+        Some(raw)
+            if format == AudioFormat::Pcm
+                && unstretched
+                && waveform.sample_rate_hz == rendering.sample_rate_hz =>
+        {
+            (raw, waveform.duration_ms())
+        }
+        _ => {
+            let (bytes, duration_ms) = encode::render(&waveform, rendering)?;
+            (Bytes::from(bytes), duration_ms)
+        }
     };
     Ok(Audio {
         bytes,
@@ -887,6 +908,7 @@ mod tests {
             format,
             marks: &[],
             instructions: None,
+            sample_rate_hz: None,
         }
     }
 
@@ -1138,34 +1160,70 @@ mod tests {
         let pcm = Bytes::from(encode::encode(&tone, 24_000, AudioFormat::Pcm).unwrap());
         let wav = Bytes::from(encode::encode(&tone, 24_000, AudioFormat::Wav).unwrap());
 
+        let render = |format| Rendering {
+            format,
+            sample_rate_hz: 24_000,
+            stretch: 1.0,
+        };
         let as_wav = to_audio(
             "p",
             Payload::Pcm(pcm.clone(), 24_000),
-            AudioFormat::Wav,
+            render(AudioFormat::Wav),
             24_000,
             id,
         )
         .unwrap();
-        let as_pcm = to_audio("p", Payload::Wav(wav), AudioFormat::Pcm, 24_000, id).unwrap();
+        let as_pcm = to_audio(
+            "p",
+            Payload::Wav(wav.clone()),
+            render(AudioFormat::Pcm),
+            24_000,
+            id,
+        )
+        .unwrap();
         let odd = to_audio(
             "p",
             Payload::Pcm(Bytes::from_static(&[1, 2, 3]), 24_000),
-            AudioFormat::Pcm,
+            render(AudioFormat::Pcm),
             24_000,
             id,
         );
         let not_mp3 = to_audio(
             "p",
             Payload::Mp3(Bytes::from_static(b"garbage")),
-            AudioFormat::Mp3,
+            render(AudioFormat::Mp3),
             24_000,
             id,
         );
+        let slower = to_audio(
+            "p",
+            Payload::Wav(wav.clone()),
+            Rendering {
+                format: AudioFormat::Pcm,
+                sample_rate_hz: 48_000,
+                stretch: 0.5,
+            },
+            24_000,
+            id,
+        )
+        .unwrap();
+        let off_rate = to_audio(
+            "p",
+            Payload::Pcm(pcm.clone(), 24_000),
+            render(AudioFormat::Pcm),
+            22_050,
+            id,
+        )
+        .unwrap();
 
         assert_eq!(as_wav.duration_ms, 100);
         assert_eq!(encode::read_wav(&as_wav.bytes).unwrap().samples, tone);
         assert_eq!(as_pcm.bytes, pcm);
         assert!(odd.unwrap_err().is_retryable());
         assert!(not_mp3.unwrap_err().is_retryable());
+        assert_eq!(slower.duration_ms, 200);
+        assert_eq!(slower.bytes.len(), 2 * 9_600);
+        // Resampled to the rendering's rate, whatever the dialect declares.
+        assert_eq!(off_rate.bytes, pcm);
     }
 }

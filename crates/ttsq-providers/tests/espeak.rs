@@ -58,6 +58,7 @@ fn request<'a>(text: &'a str, dialect: &'a str, format: AudioFormat) -> Synthesi
         format,
         marks: &[],
         instructions: None,
+        sample_rate_hz: None,
     }
 }
 
@@ -275,14 +276,61 @@ async fn unknown_voice_dialect_or_format_is_unsupported() {
         ..request(HELLO, "en-gb", AudioFormat::Wav)
     };
     let unknown_dialect = request(HELLO, "tlh", AudioFormat::Wav);
-    let opus = request(HELLO, "en-gb", AudioFormat::OggOpus);
 
-    for req in [unknown_voice, unknown_dialect, opus] {
+    for req in [unknown_voice, unknown_dialect] {
         let err = espeak.synthesize(&req).await.unwrap_err();
 
         assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
         assert!(!err.is_retryable());
     }
+}
+
+#[tokio::test]
+async fn opus_and_flac_are_encoded_from_espeaks_speech() {
+    let espeak = espeak();
+
+    let opus = espeak
+        .synthesize(&request(HELLO, "en-gb", AudioFormat::Opus))
+        .await
+        .unwrap();
+    let flac = espeak
+        .synthesize(&request(HELLO, "en-gb", AudioFormat::Flac))
+        .await
+        .unwrap();
+
+    assert_eq!(&opus.bytes[..4], b"OggS");
+    assert_eq!(&opus.bytes[28..36], b"OpusHead");
+    assert_eq!(&flac.bytes[..4], b"fLaC");
+    assert!(opus.duration_ms > 300, "{} ms", opus.duration_ms);
+    assert_eq!(opus.duration_ms, flac.duration_ms);
+}
+
+#[tokio::test]
+async fn speeds_beyond_espeaks_rates_are_stretched_and_pcm_can_be_24_khz() {
+    let espeak = espeak();
+    let at = |speed| SynthesisRequest {
+        speed,
+        sample_rate_hz: Some(24_000),
+        ..request(HELLO, "en-gb", AudioFormat::Pcm)
+    };
+
+    let fastest_native = espeak.synthesize(&at(2.5)).await.unwrap();
+    let faster = espeak.synthesize(&at(4.0)).await.unwrap();
+    let slowest_native = espeak.synthesize(&at(0.46)).await.unwrap();
+    let slower = espeak.synthesize(&at(0.25)).await.unwrap();
+
+    // 24 kHz, 16-bit: 48 bytes a millisecond.
+    let samples = faster.bytes.len() as f64 / 2.0;
+    assert!((samples - f64::from(faster.duration_ms) * 24.0).abs() <= 24.0);
+    let ratio = |a: &ttsq_providers::Audio, b: &ttsq_providers::Audio| {
+        f64::from(a.duration_ms) / f64::from(b.duration_ms)
+    };
+    // espeak-ng tops out at 450 words a minute (2.57×) and bottoms at 80
+    // (0.46×); the stretch takes 4.0 a further 1.56× and 0.25 a 1.83×.
+    let fast = ratio(&faster, &fastest_native);
+    let slow = ratio(&slower, &slowest_native);
+    assert!((0.5..0.75).contains(&fast), "4.0 vs 2.5: {fast}");
+    assert!((1.5..2.2).contains(&slow), "0.25 vs 0.46: {slow}");
 }
 
 #[tokio::test]
@@ -398,7 +446,13 @@ fn dialects_list_the_configured_voices_with_their_capabilities() {
     );
     assert_eq!(
         scots.formats,
-        [AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm]
+        [
+            AudioFormat::Mp3,
+            AudioFormat::Wav,
+            AudioFormat::Pcm,
+            AudioFormat::Opus,
+            AudioFormat::Flac
+        ]
     );
     assert!(scots.emotions.is_empty());
     assert_eq!(scots.provider_chain, ["espeak"]);

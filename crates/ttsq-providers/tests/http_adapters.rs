@@ -109,6 +109,7 @@ fn request(
         format,
         marks: &[],
         instructions: None,
+        sample_rate_hz: None,
     }
 }
 
@@ -179,9 +180,10 @@ async fn elevenlabs_wav_and_pcm_are_made_from_pcm_at_the_dialect_rate() {
 
     let decoded = encode::read_wav(&wav.bytes).unwrap();
     assert_eq!(decoded.sample_rate_hz, 22_050);
-    // Speed 2.0 is clamped to ElevenLabs' 1.2: 900 ms / 1.2 = 750 ms.
-    assert_eq!(wav.duration_ms, 750);
-    assert_eq!(decoded.duration_ms(), 750);
+    // ElevenLabs goes to 1.2 (900 ms / 1.2 = 750 ms); a time-stretch does
+    // the rest of 2.0: 900 ms / 2 = 450 ms.
+    assert_eq!(wav.duration_ms, 450);
+    assert_eq!(decoded.duration_ms(), 450);
     assert_eq!(wav_seen.query.as_deref(), Some("output_format=pcm_22050"));
     assert_eq!(
         wav_seen.body.unwrap()["voice_settings"]["speed"],
@@ -444,7 +446,7 @@ async fn unsupported_requests_are_refused_before_anything_is_sent() {
                 ..request
             },
             SynthesisRequest {
-                format: AudioFormat::OggOpus,
+                format: AudioFormat::Flac,
                 ..request
             },
         ];

@@ -139,6 +139,9 @@ pub struct BatchAudio {
     pub format: String,
     /// Playing time.
     pub duration_ms: i32,
+    /// The task's output sample rate; `None` for tasks stored before it
+    /// was recorded.
+    pub sample_rate_hz: Option<i32>,
 }
 
 /// The result of joining a batch's audio, for [`Store::finish_concatenation`].
@@ -547,7 +550,7 @@ impl Store {
     /// The stored audio of a batch's succeeded items, in batch order.
     pub async fn batch_audio(&self, id: Uuid) -> Result<Vec<BatchAudio>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT t.batch_index, a.s3_key, a.format, a.duration_ms
+            "SELECT t.batch_index, a.s3_key, a.format, a.duration_ms, t.sample_rate_hz
                FROM tasks t JOIN audio_objects a ON a.hash = t.audio_hash
               WHERE t.batch_id = $1 AND t.status = 'succeeded'
               ORDER BY t.batch_index",

@@ -157,6 +157,9 @@ pub struct ClaimedTask {
     pub marks: Option<Vec<String>>,
     /// How to speak, for providers that take it (part of the hash).
     pub instructions: Option<String>,
+    /// Output sample rate; `None` for tasks stored before it was recorded
+    /// (the dialect's rate then).
+    pub sample_rate_hz: Option<i32>,
 }
 
 /// Column vectors of tasks to create, for one UNNEST statement: single
@@ -189,6 +192,7 @@ pub(crate) struct TaskColumns {
     reserved_currencies: Vec<Option<String>>,
     traceparents: Vec<Option<String>>,
     instructions: Vec<Option<String>>,
+    sample_rates: Vec<Option<i32>>,
 }
 
 /// Where a task sits in its batch, for [`TaskColumns::push`].
@@ -247,6 +251,8 @@ impl TaskColumns {
         self.reserved_currencies
             .push(task.estimate.map(|e| e.currency.to_owned()));
         self.traceparents.push(task.traceparent.map(str::to_owned));
+        self.sample_rates
+            .push(i32::try_from(job.output_rate_hz).ok());
     }
 
     /// The ids, in the order pushed.
@@ -274,22 +280,22 @@ impl TaskColumns {
                                 speed, emotion, format, content_hash, metadata, callback_url,
                                 idempotency_key, key_prefix, marks, batch_id, batch_index, custom_id,
                                 started_at, reserved_cost, reserved_currency, traceparent,
-                                instructions)
+                                instructions, sample_rate_hz)
              SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
                     u.model, u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, u.callback_url,
                     u.idempotency_key, u.key_prefix, string_to_array(u.marks, ','), u.batch_id,
                     u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END,
                     round(u.reserved_cost::numeric, 6), u.reserved_currency, u.traceparent,
-                    u.instructions
+                    u.instructions, u.sample_rate_hz
                FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
                            $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], $12::text[],
                            $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
                            $19::uuid[], $20::int4[], $21::text[], $22::float8[], $23::text[],
-                           $24::text[], $25::text[])
+                           $24::text[], $25::text[], $26::int4[])
                     AS u(id, tenant_id, status, priority, text, characters, dialect, voice, model, speed,
                          emotion, format, hash, metadata, callback_url, idempotency_key, key_prefix,
                          marks, batch_id, batch_index, custom_id, reserved_cost, reserved_currency,
-                         traceparent, instructions)
+                         traceparent, instructions, sample_rate_hz)
              ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
@@ -318,6 +324,7 @@ impl TaskColumns {
         .bind(&self.reserved_currencies)
         .bind(&self.traceparents)
         .bind(&self.instructions)
+        .bind(&self.sample_rates)
         .fetch_all(executor)
         .await?)
     }
@@ -438,7 +445,7 @@ impl Store {
                              WHERE w.id = t.claimed_by
                                AND w.last_seen > now() - make_interval(secs => $4))))
           RETURNING id, tenant_id, text, characters, dialect, voice, speed, emotion, format,
-                    content_hash, attempts, marks, instructions",
+                    content_hash, attempts, marks, instructions, sample_rate_hz",
         )
         .bind(ids)
         .bind(batch_id)

@@ -23,6 +23,7 @@ pub struct Utterance<'a> {
     format: AudioFormat,
     marks: Vec<MarkKind>,
     instructions: Option<&'a str>,
+    sample_rate_hz: Option<u32>,
 }
 
 impl<'a> Utterance<'a> {
@@ -37,6 +38,7 @@ impl<'a> Utterance<'a> {
             format: job.format,
             marks: job.marks.clone(),
             instructions: job.instructions.as_deref(),
+            sample_rate_hz: Some(job.output_rate_hz),
         }
     }
 
@@ -61,6 +63,9 @@ impl<'a> Utterance<'a> {
                 .filter_map(|m| m.parse().ok())
                 .collect(),
             instructions: task.instructions.as_deref(),
+            sample_rate_hz: task
+                .sample_rate_hz
+                .and_then(|rate| u32::try_from(rate).ok()),
         })
     }
 
@@ -75,6 +80,7 @@ impl<'a> Utterance<'a> {
             format: self.format,
             marks: &self.marks,
             instructions: self.instructions,
+            sample_rate_hz: self.sample_rate_hz,
         }
     }
 }

@@ -2,9 +2,12 @@
 //! read as it arrives and written through a multipart upload that holds one
 //! part, so a join's memory does not grow with the batch or its files.
 //!
-//! - PCM: the items' bytes, one after the other.
+//! - PCM: the items' bytes, one after the other; their tasks' sample rates
+//!   must agree (a raw stream cannot say where its rate changes).
 //! - MP3: each file's frames without its leading ID3v2 tag and Info/Xing
 //!   frame, which would tell players the length of the first file only.
+//!   Sample rates must agree (a rate change mid-stream is refused rather
+//!   than decoded and resampled).
 //! - WAV: one header whose data length is the sum of the items' data
 //!   chunks, learnt first from each item's header (a ranged GET of its
 //!   first KiBs), then each item's data chunk. Sample rates and layouts
@@ -88,12 +91,30 @@ pub async fn join_items(
     match format {
         AudioFormat::Wav => join_wav(audio, key, items, limits).await,
         AudioFormat::Pcm | AudioFormat::Mp3 => {
+            if format == AudioFormat::Pcm {
+                check_pcm_rates(items)?;
+            }
             let mut out = Output::start(audio, key, format, limits).await?;
             let written = async {
+                let mut first_rate: Option<(i32, u32)> = None;
                 for item in items {
                     let mut stream = ItemStream::open(audio, item).await?;
-                    if format == AudioFormat::Mp3 {
-                        drop_mp3_preamble(&mut stream).await?;
+                    if format == AudioFormat::Mp3
+                        && let Some(rate) = drop_mp3_preamble(&mut stream).await?
+                    {
+                        match first_rate {
+                            None => first_rate = Some((item.batch_index, rate)),
+                            Some((index, first)) if first != rate => {
+                                return Err(mixed_rates(
+                                    "MP3",
+                                    item.batch_index,
+                                    rate,
+                                    index,
+                                    first,
+                                ));
+                            }
+                            Some(_) => {}
+                        }
                     }
                     stream.copy_to(&mut out, None).await?;
                 }
@@ -107,10 +128,42 @@ pub async fn join_items(
                 duration_ms: i32::try_from(listed).unwrap_or(i32::MAX),
             })
         }
-        AudioFormat::OggOpus => Err(JoinError::Unjoinable(
-            "ogg_opus audio cannot be joined".into(),
-        )),
+        AudioFormat::Opus | AudioFormat::Flac => Err(JoinError::Unjoinable(format!(
+            "{format} audio cannot be joined; ask for mp3, wav or pcm"
+        ))),
     }
+}
+
+/// Refuses PCM items whose tasks were rendered at different rates (items
+/// of tasks stored before rates were recorded are not compared).
+fn check_pcm_rates(items: &[BatchAudio]) -> Result<(), JoinError> {
+    let mut first: Option<(i32, u32)> = None;
+    for item in items {
+        let Some(rate) = item.sample_rate_hz.and_then(|r| u32::try_from(r).ok()) else {
+            continue;
+        };
+        match first {
+            None => first = Some((item.batch_index, rate)),
+            Some((index, first_rate)) if first_rate != rate => {
+                return Err(mixed_rates(
+                    "PCM",
+                    item.batch_index,
+                    rate,
+                    index,
+                    first_rate,
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn mixed_rates(kind: &str, index: i32, rate: u32, first_index: i32, first_rate: u32) -> JoinError {
+    JoinError::Unjoinable(format!(
+        "item {index} is {rate} Hz but item {first_index} is {first_rate} Hz: \
+         {kind} items must share a sample rate to be joined (use dialects of one rate)"
+    ))
 }
 
 /// Joins WAV items: their headers first (the joined header needs the total
@@ -208,8 +261,9 @@ async fn wav_section(audio: &AudioStore, item: &BatchAudio) -> Result<WavSection
 }
 
 /// Drops an MP3 file's leading ID3v2 tag and Info/Xing frame, when present,
-/// from the front of `stream`.
-async fn drop_mp3_preamble(stream: &mut ItemStream) -> Result<(), JoinError> {
+/// from the front of `stream`; the sample rate of its first frame, if it
+/// starts with one.
+async fn drop_mp3_preamble(stream: &mut ItemStream) -> Result<Option<u32>, JoinError> {
     let head = stream.read_up_to(10).await?;
     if head.len() == 10 && &head[..3] == b"ID3" {
         let size = head[6..10]
@@ -221,9 +275,9 @@ async fn drop_mp3_preamble(stream: &mut ItemStream) -> Result<(), JoinError> {
         stream.put_back(head);
     }
     let header = stream.read_up_to(4).await?;
-    let Some(length) = frame_length(&header) else {
+    let Some((length, rate)) = frame_header(&header) else {
         stream.put_back(header);
-        return Ok(());
+        return Ok(None);
     };
     let mut frame = header;
     let rest = stream.read_up_to(length.saturating_sub(4)).await?;
@@ -231,11 +285,12 @@ async fn drop_mp3_preamble(stream: &mut ItemStream) -> Result<(), JoinError> {
     if !frame.windows(4).any(|w| w == b"Xing" || w == b"Info") {
         stream.put_back(frame);
     }
-    Ok(())
+    Ok(Some(rate))
 }
 
-/// Length of the MPEG audio Layer III frame at the start of `bytes`.
-fn frame_length(bytes: &[u8]) -> Option<usize> {
+/// Length and sample rate of the MPEG audio Layer III frame at the start
+/// of `bytes`.
+fn frame_header(bytes: &[u8]) -> Option<(usize, u32)> {
     if bytes.len() < 4 || bytes[0] != 0xff || bytes[1] & 0xe0 != 0xe0 {
         return None;
     }
@@ -257,7 +312,10 @@ fn frame_length(bytes: &[u8]) -> Option<usize> {
     if *kbps == 0 {
         return None;
     }
-    Some(per_frame * kbps * 1000 / rate + padding)
+    Some((
+        per_frame * kbps * 1000 / rate + padding,
+        u32::try_from(rate).ok()?,
+    ))
 }
 
 /// How a WAV file's samples are laid out; joined files must agree on it.
@@ -650,10 +708,35 @@ mod tests {
         assert_eq!(reader.duration(), 22_050);
     }
 
+    fn item(index: i32, rate: Option<i32>) -> BatchAudio {
+        BatchAudio {
+            batch_index: index,
+            s3_key: format!("audio/{index}.pcm"),
+            format: "pcm".to_owned(),
+            duration_ms: 100,
+            sample_rate_hz: rate,
+        }
+    }
+
+    #[test]
+    fn pcm_items_of_different_rates_are_refused_and_unknown_rates_pass() {
+        let mixed = [item(0, Some(22_050)), item(1, None), item(2, Some(24_000))];
+        let same = [item(0, Some(22_050)), item(1, None), item(2, Some(22_050))];
+
+        let err = check_pcm_rates(&mixed).unwrap_err();
+
+        assert!(
+            err.public_reason()
+                .contains("item 2 is 24000 Hz but item 0 is 22050 Hz"),
+            "{err}"
+        );
+        assert!(check_pcm_rates(&same).is_ok());
+    }
+
     #[test]
     fn mp3_frame_lengths_follow_bitrate_and_rate() {
         // MPEG-2 Layer III, 64 kbps, 22.05 kHz, no padding: 72 × 64000 / 22050.
-        assert_eq!(frame_length(&[0xff, 0xf3, 0x80, 0xc4]), Some(208));
-        assert_eq!(frame_length(b"ID3\x04"), None);
+        assert_eq!(frame_header(&[0xff, 0xf3, 0x80, 0xc4]), Some((208, 22_050)));
+        assert_eq!(frame_header(b"ID3\x04"), None);
     }
 }

@@ -71,8 +71,8 @@ pub struct SayArgs {
     /// Voice of the dialect; its default when absent.
     #[arg(long)]
     voice: Option<String>,
-    /// Audio format: mp3, wav, pcm, opus, flac, ogg_opus (what a dialect
-    /// offers is in `ttsq dialects`); by default taken from the --out
+    /// Audio format: mp3, wav, pcm, opus or flac (what a dialect offers is
+    /// in `ttsq dialects`); by default taken from the --out
     /// file's extension, else mp3.
     #[arg(long, short)]
     format: Option<String>,

@@ -144,7 +144,7 @@ pub struct AudioQuery {
     responses(
         (status = 302, description = "Redirect to a presigned URL of the audio", headers(("location" = String, description = "Presigned URL"))),
         (status = 200, description = "With `?inline=1`: the audio", content(
-            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
+            (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg"), (AudioBody = "audio/flac")
         )),
         (status = 401, response = NoApiKey),
         (status = 404, response = NoSuchTask),

@@ -47,7 +47,7 @@ use crate::{
     responses(
         (status = 202, description = "Normal priority: accepted (or already done, on a cache hit)", body = AcceptedView),
         (status = 200, description = "High priority: the audio (`X-Task-Id`, `X-Cache: hit|miss`), or the task as JSON with `Accept: application/json`", content(
-            (TaskView = "application/json"), (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg")
+            (TaskView = "application/json"), (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg"), (AudioBody = "audio/flac")
         )),
         (status = 400, description = "Invalid job; `errors` names each field", body = Problem, content_type = "application/problem+json"),
         (status = 401, response = NoApiKey),

@@ -115,7 +115,7 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
         ),
         json_case(
             "unsupported format",
-            json!({"text": "hi", "dialect": "en-gb", "format": "flac"}),
+            json!({"text": "hi", "dialect": "en-gb", "format": "aac"}),
             "format",
         ),
         json_case(

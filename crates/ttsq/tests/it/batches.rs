@@ -6,8 +6,9 @@ use std::{io::Cursor, time::Duration};
 
 use reqwest::Response;
 use serde_json::{Value, json};
+use ttsq_fake_provider::{FakeConfig, FakeProvider};
 use ttsq_store::TenantUpdate;
-use ttsq_testkit::{TestApp, TestOptions};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions};
 use uuid::Uuid;
 
 async fn submit_batch(app: &TestApp, key: &str, body: &Value) -> Response {
@@ -496,6 +497,50 @@ async fn a_joined_batch_is_streamed_in_parts_without_holding_it_in_memory() {
         batch["concatenated_duration_ms"].as_i64(),
         Some((seconds * 1000.0).round() as i64)
     );
+}
+
+#[tokio::test]
+async fn pcm_and_mp3_items_of_different_sample_rates_are_not_joined_into_one_stream() {
+    // en-gb through the fake OpenAI vendor (24 kHz), en-us through espeak
+    // (22.05 kHz): one raw stream of both would play one of them off-pitch.
+    let mut config = FakeConfig::default();
+    config.keys.openai = Some("sk-fake-join-key".to_owned());
+    let fake = FakeProvider::start(config).await.expect("fake starts");
+    let app = TestApp::spawn_with(TestOptions {
+        env: vec![(
+            "TTSQ_PROVIDERS_FAKE_API_KEY".into(),
+            "sk-fake-join-key".into(),
+        )],
+        config_toml: Some(
+            FakeRoutes::new(fake.base_url())
+                .with(r#"model = "tts-1""#)
+                .espeak_for_other_dialects()
+                .toml(),
+        ),
+        ..TestOptions::default()
+    })
+    .await;
+    for format in ["pcm", "mp3"] {
+        let items = json!([
+            {"text": "From the vendor.", "dialect": "en-gb", "voice": "rachel", "format": format},
+            {"text": "From espeak.", "dialect": "en-us", "format": format},
+        ]);
+        let accepted = submit_batch_ok(&app, &json!({"concatenate": true, "items": items})).await;
+        let id = accepted["batch_id"].as_str().expect("batch_id").to_owned();
+
+        let batch = wait_for_batch(&app, &id).await;
+
+        assert_eq!(batch["counts"]["succeeded"], 2, "{format}: {batch}");
+        assert!(
+            batch["concatenated_audio_url"].is_null(),
+            "{format}: {batch}"
+        );
+        let error = batch["concatenate_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("24000 Hz") && error.contains("22050 Hz"),
+            "{format}: {batch}"
+        );
+    }
 }
 
 #[tokio::test]

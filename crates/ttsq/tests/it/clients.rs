@@ -319,7 +319,12 @@ async fn openai_speech_answers_audio_at_high_priority_and_errors_in_openai_shape
 
     let cases = [
         (
-            json!({"model": "tts-1", "input": "x", "voice": "alloy", "response_format": "flac"}),
+            json!({"model": "tts-1", "input": "x", "voice": "alloy", "response_format": "aac"}),
+            "response_format",
+            "unsupported_value",
+        ),
+        (
+            json!({"model": "tts-1", "input": "x", "voice": "alloy", "response_format": "ogg"}),
             "response_format",
             "unsupported_value",
         ),
@@ -698,22 +703,63 @@ pub(crate) fn test_python() -> PathBuf {
 }
 
 const OPENAI_SCRIPT: &str = r#"
+import io
 import sys
+import wave
 import openai
 
 base_url, api_key, out = sys.argv[1:4]
 client = openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0)
+text = "Hello from the OpenAI SDK."
 with client.audio.speech.with_streaming_response.create(
-    model="tts-1", voice="alloy", input="Hello from the OpenAI SDK.", response_format="wav"
+    model="tts-1", voice="alloy", input=text, response_format="wav"
 ) as response:
     response.stream_to_file(out)
-try:
-    client.audio.speech.create(model="tts-1", voice="alloy", input="x", response_format="flac")
-    sys.exit("flac was accepted")
-except openai.BadRequestError as err:
-    assert err.status_code == 400, err.status_code
-    assert err.param == "response_format", err.param
-    assert err.code == "unsupported_value", err.code
+
+
+def speak(**kwargs):
+    answer = client.audio.speech.create(model="tts-1", voice="alloy", input=text, **kwargs)
+    return answer.response.headers["content-type"], answer.content
+
+
+def refused(param, **kwargs):
+    try:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="x", **kwargs)
+    except openai.BadRequestError as err:
+        assert err.status_code == 400, err.status_code
+        assert err.param == param, (param, err.param)
+        assert err.code == "unsupported_value" or param != "response_format", err.code
+        return err
+    sys.exit(f"{kwargs} was accepted")
+
+
+# pcm is OpenAI's: 16-bit mono at 24 kHz, whatever the voice's own rate.
+with wave.open(out, "rb") as w:
+    wav_seconds = w.getnframes() / w.getframerate()
+    assert w.getframerate() != 24000, "the WAV is at the voice's own rate"
+kind, pcm = speak(response_format="pcm")
+assert kind == "audio/pcm", kind
+pcm_seconds = len(pcm) / 2 / 24000
+assert abs(pcm_seconds - wav_seconds) < 0.01, (pcm_seconds, wav_seconds)
+
+kind, flac = speak(response_format="flac")
+assert kind == "audio/flac" and flac[:4] == b"fLaC", (kind, flac[:4])
+kind, opus = speak(response_format="opus")
+assert kind == "audio/ogg" and opus[:4] == b"OggS" and opus[28:36] == b"OpusHead", (kind, opus[:36])
+kind, mp3 = speak(response_format="mp3")
+assert kind == "audio/mpeg", kind
+err = refused("response_format", response_format="aac")
+assert "aac" in err.message and "licen" in err.message, err.message
+refused("response_format", response_format="ogg_vorbis")
+
+# speed is OpenAI's 0.25 to 4.0, beyond espeak-ng's own rates.
+kind, fast = speak(response_format="pcm", speed=3.5)
+assert 0 < len(fast) < len(pcm) / 2.5, (len(fast), len(pcm))
+kind, slow = speak(response_format="pcm", speed=0.25)
+assert len(slow) > len(pcm) * 3, (len(slow), len(pcm))
+refused("speed", speed=4.5)
+refused("speed", speed=0.2)
+
 try:
     openai.OpenAI(base_url=base_url + "/v1", api_key="wrong", max_retries=0).audio.speech.create(
         model="tts-1", voice="alloy", input="x"
@@ -755,7 +801,7 @@ async fn the_official_openai_python_package_speaks_through_ttsq() {
     assert_eq!(
         app.scalar("SELECT count(*) FROM tasks WHERE priority = 'high' AND status = 'succeeded'")
             .await,
-        1
+        7
     );
 }
 

@@ -69,7 +69,8 @@ fn job_like() -> impl Strategy<Value = Value> {
                 Just("mp3"),
                 Just("pcm"),
                 Just("ogg_opus"),
-                Just("flac")
+                Just("flac"),
+                Just("aac")
             ]
             .prop_map(Value::from)
             .boxed(),
