@@ -197,12 +197,12 @@ struct TenantWithUsage {
     #[serde(flatten)]
     tenant: TenantInfo,
     /// How much of each limit it has is in use.
-    usage: Vec<UsageView>,
+    usage: Vec<LimitUsageView>,
 }
 
 /// A limit's usage, with the fraction a dashboard or gauge shows.
 #[derive(Serialize, ToSchema)]
-struct UsageView {
+struct LimitUsageView {
     /// The limit and its use.
     #[serde(flatten)]
     usage: LimitUsage,
@@ -235,7 +235,7 @@ pub(crate) async fn get_tenant(
         .limit_usage(tenant.id)
         .await?
         .into_iter()
-        .map(|usage| UsageView {
+        .map(|usage| LimitUsageView {
             fraction: usage.fraction(),
             usage,
         })

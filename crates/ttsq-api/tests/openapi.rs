@@ -415,3 +415,63 @@ fn the_reference_page_has_a_section_for_every_operation_webhook_and_schema() {
         );
     }
 }
+
+/// utoipa names a component after its Rust type alone, and of two types of
+/// the same name the document keeps one: the other's routes then point at
+/// the wrong body (`GET /v1/usage` once documented an admin limit's usage).
+/// Every type that derives `ToSchema`, in the crates whose types the document
+/// lists, has a name of its own.
+#[test]
+fn no_two_schema_types_share_a_name() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../");
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for krate in ["ttsq-api", "ttsq-views", "ttsq-core", "ttsq-store"] {
+        let mut dirs = vec![root.join(krate).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a source folder") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let source = std::fs::read_to_string(&path).expect("a source file");
+                    for name in schema_types(&source) {
+                        seen.entry(name)
+                            .or_default()
+                            .push(path.display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    let shared: Vec<_> = seen.iter().filter(|(_, files)| files.len() > 1).collect();
+    assert!(
+        shared.is_empty(),
+        "schema types of the same name (rename one): {shared:?}"
+    );
+    assert!(seen.contains_key("SpeechRequest"), "the scan finds types");
+}
+
+/// The names of the types a source file derives `ToSchema` for.
+fn schema_types(source: &str) -> Vec<String> {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut names = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !(line.contains("derive(") && line.contains("ToSchema")) {
+            continue;
+        }
+        for next in lines.iter().skip(i + 1).take(12) {
+            let words: Vec<&str> = next.split_whitespace().collect();
+            if let Some(at) = words.iter().position(|w| *w == "struct" || *w == "enum") {
+                if let Some(name) = words.get(at + 1) {
+                    let name: String = name
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    names.push(name);
+                }
+                break;
+            }
+        }
+    }
+    names
+}

@@ -147,5 +147,5 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         number(drain[1]) > 0.0 && number(drain[2]) > 0.0,
         "{drain:?}"
     );
-    assert!(stderr.contains("checks: 15 passed, 0 failed"), "{stderr}");
+    assert!(stderr.contains("checks: 16 passed, 0 failed"), "{stderr}");
 }

@@ -1064,6 +1064,6 @@ mod tests {
             key: String::new(),
         };
         assert_eq!(line.item()["custom_id"], "intro");
-        assert_eq!(line.extension(), "ogg");
+        assert_eq!(line.extension(), "opus");
     }
 }

@@ -692,7 +692,8 @@ pub(crate) fn test_python() -> PathBuf {
         .map(PathBuf::from)
         .expect(
             "TTSQ_TEST_PYTHON is not set: run the tests through deploy/local/test.sh, which \
-         creates .ttsq/pytools (openai, schemathesis, standardwebhooks from PyPI) and exports it",
+         creates .ttsq/pytools (openai, schemathesis, standardwebhooks, httpx, pytest and the \
+         Python SDK) and exports it",
         );
     assert!(
         python.is_file(),

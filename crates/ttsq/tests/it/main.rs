@@ -9,6 +9,7 @@ mod cli;
 mod clients;
 mod config_check;
 mod docs;
+mod documented;
 mod finance;
 mod health;
 mod long_poll;

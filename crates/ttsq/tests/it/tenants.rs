@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 use ttsq_store::TenantLimits;
 use ttsq_testkit::{TestApp, TestOptions};
 
+use crate::documented::assert_documented;
+
 const TTSQ: &str = env!("CARGO_BIN_EXE_ttsq");
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
@@ -533,6 +535,7 @@ async fn a_daily_request_limit_counts_cache_hits_too() {
         .await
         .expect("JSON");
     assert!(admin.to_string().contains("daily_requests"), "{admin}");
+    assert_documented(&app, "get", "/v1/admin/tenants/{name}", 200, &admin).await;
 }
 
 #[tokio::test]
@@ -591,6 +594,7 @@ async fn own_usage(app: &TestApp, key: &str) -> (i64, i64, Vec<Value>) {
     let response = app.get_as(key, "/v1/usage").await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.expect("usage JSON");
+    assert_documented(app, "get", "/v1/usage", 200, &body).await;
     let days = body["days"].as_array().expect("days").clone();
     let tasks: i64 = days
         .iter()

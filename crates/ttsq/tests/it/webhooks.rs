@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use ttsq_client::{WebhookError, WebhookVerifier};
 use ttsq_testkit::{TestApp, TestOptions};
 
+use crate::documented::{schema_errors, served_document};
+
 const SIGNING_KEY: &str = "webhook-signing-key-for-tests";
 const ADMIN_TOKEN: &str = "admin-token-for-webhook-tests-0123";
 /// A well-formed secret that is no tenant's.
@@ -351,60 +353,12 @@ async fn a_batch_posts_one_event_when_every_item_is_terminal() {
     );
 }
 
-/// The OpenAPI document the API serves.
-async fn served_document(app: &TestApp) -> Value {
-    app.http
-        .get(format!("{}/openapi.json", app.base_url))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("the document")
-}
-
 /// The schema of `event`'s body in the document's `webhooks`.
 fn webhook_schema(document: &Value, event: &str) -> Value {
     let schema = &document["webhooks"][event]["post"]["requestBody"]["content"]["application/json"]
         ["schema"];
     assert!(schema.is_object(), "webhook {event} is not documented");
     schema.clone()
-}
-
-/// Where `instance` breaks `schema` (JSON Schema 2020-12, its references
-/// resolved in the document's components), with every object closed to
-/// fields it does not describe, so a field sent but undocumented fails too.
-fn schema_errors(document: &Value, schema: &Value, instance: &Value) -> Vec<String> {
-    let mut components = document["components"].clone();
-    close_objects(&mut components);
-    let mut root = schema.clone();
-    root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
-    root["components"] = components;
-    let validator = jsonschema::draft202012::new(&root).expect("the document's schemas compile");
-    validator
-        .iter_errors(instance)
-        .map(|error| format!("{}: {error}", error.instance_path()))
-        .collect()
-}
-
-/// Adds `additionalProperties: false` to every object schema that lists
-/// its properties and says nothing of others, except inside an `allOf`,
-/// whose members each see only part of the object.
-fn close_objects(value: &mut Value) {
-    match value {
-        Value::Object(object) => {
-            if object.contains_key("properties") && !object.contains_key("additionalProperties") {
-                object.insert("additionalProperties".to_owned(), Value::Bool(false));
-            }
-            for (key, child) in object.iter_mut() {
-                if key != "allOf" {
-                    close_objects(child);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(close_objects),
-        _ => {}
-    }
 }
 
 #[tokio::test]
