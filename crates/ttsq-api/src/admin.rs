@@ -169,7 +169,7 @@ struct Tenants {
     tenants: Vec<TenantInfo>,
 }
 
-/// `GET /v1/admin/tenants`.
+/// `GET /v1/admin/tenants`: every tenant with its limits.
 #[utoipa::path(
     get,
     path = "/v1/admin/tenants",

@@ -169,7 +169,7 @@ struct BatchItem {
     custom_id: Option<String>,
 }
 
-/// `POST /v1/tts/batches`.
+/// `POST /v1/tts/batches`: submit up to 1,000 jobs in one request, all or none (202).
 #[utoipa::path(
     post,
     path = "/v1/tts/batches",

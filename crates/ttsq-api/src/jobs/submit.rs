@@ -35,7 +35,7 @@ use crate::{
     view::{AcceptedView, AudioBody, TaskView, audio_response, stored_audio},
 };
 
-/// `POST /v1/tts/jobs`.
+/// `POST /v1/tts/jobs`: submit one job; normal priority is queued (202), high is synthesized now and answers the audio.
 #[utoipa::path(
     post,
     path = "/v1/tts/jobs",
