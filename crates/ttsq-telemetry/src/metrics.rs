@@ -135,6 +135,13 @@ pub struct Metrics {
     /// `ttsq_http_request_duration_seconds{route,method}`: from the request
     /// to its response's head.
     pub http_duration: HistogramVec,
+    /// `tts_streamed_responses_total{outcome}`: high-priority answers that
+    /// passed the provider's audio on as it came, by how they ended:
+    /// `complete`, or `cut_off` (the synthesis failed after the first byte).
+    pub streamed_responses: IntCounterVec,
+    /// `tts_stream_first_byte_seconds`: from the start of a streamed
+    /// synthesis to its first audio byte handed to the client.
+    pub stream_first_byte: Histogram,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -274,6 +281,18 @@ impl Metrics {
                 "ttsq_http_request_duration_seconds",
                 "Time from an HTTP request to its response, by route template and method.",
                 &["route", "method"],
+                HTTP_BUCKETS,
+            ),
+            streamed_responses: counter_vec(
+                &r,
+                "tts_streamed_responses_total",
+                "High-priority answers streamed as the provider sent them, by outcome (complete, cut_off).",
+                &["outcome"],
+            ),
+            stream_first_byte: histogram(
+                &r,
+                "tts_stream_first_byte_seconds",
+                "Time from the start of a streamed synthesis to its first audio byte.",
                 HTTP_BUCKETS,
             ),
             dispatch_window,
@@ -418,6 +437,18 @@ impl Metrics {
         self.http_duration
             .with_label_values(&[route, method])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a streamed answer's first byte, `elapsed` after its
+    /// synthesis started.
+    pub fn stream_started(&self, elapsed: Duration) {
+        self.stream_first_byte.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a streamed answer that ended: whole, or cut off by a failure.
+    pub fn stream_ended(&self, complete: bool) {
+        let outcome = if complete { "complete" } else { "cut_off" };
+        self.streamed_responses.with_label_values(&[outcome]).inc();
     }
 
     /// Sets the tenant-limit gauges from `(limit, fraction used)` pairs, one

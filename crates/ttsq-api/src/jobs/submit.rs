@@ -335,6 +335,7 @@ async fn synthesize_streamed(
     task: &NewTask<'_>,
     token: Uuid,
 ) -> Result<Streamed, ApiError> {
+    let started = std::time::Instant::now();
     let (sink, mut chunks) = AudioSink::new();
     let job = task.job.clone();
     let ids = (task.id, task.tenant_id);
@@ -343,6 +344,9 @@ async fn synthesize_streamed(
         async move {
             let result = synthesize_claimed(&owned, &job, ids, token, Some(&sink)).await;
             if sink.started() {
+                let complete =
+                    matches!(&result, Ok((row, _)) if row.status() == TaskStatus::Succeeded);
+                ttsq_telemetry::metrics::get().stream_ended(complete);
                 match &result {
                     Ok((row, _)) => report_finished(row),
                     Err(err) => {
@@ -359,6 +363,7 @@ async fn synthesize_streamed(
         let (row, bytes) = synthesis.await.map_err(ApiError::internal)??;
         return Ok(Streamed::Whole(Box::new(row), bytes));
     };
+    ttsq_telemetry::metrics::get().stream_started(started.elapsed());
     tracing::debug!("streaming the provider's audio");
     let rest = futures::stream::unfold(Some((chunks, synthesis)), |state| async move {
         let (mut chunks, synthesis) = state?;
