@@ -168,11 +168,18 @@ impl Synthesizer for ElevenLabs {
     ) -> Result<Audio, ProviderError> {
         // MP3 and raw PCM are kept as sent unless stretched or resampled;
         // WAV is wrapped and marks come as JSON, so those are made whole.
+        let dialect_rate = self
+            .upstream
+            .check(request, Emotions::Ignored)?
+            .sample_rate_hz;
         let (_, stretch) = dsp::split_speed(request.speed, SPEED_RANGE);
         let streamed = request.marks.is_empty()
-            && request.sample_rate_hz.is_none()
             && (stretch - 1.0).abs() < dsp::STRETCH_EPSILON
-            && matches!(request.format, AudioFormat::Mp3 | AudioFormat::Pcm);
+            && match request.format {
+                AudioFormat::Mp3 => true,
+                AudioFormat::Pcm => request.output_rate_hz(dialect_rate) == dialect_rate,
+                _ => false,
+            };
         tracing::Span::current().record("streamed", streamed);
         self.speak(request, streamed.then_some(sink)).await
     }

@@ -498,3 +498,88 @@ async fn the_openai_python_package_streams_audio_and_reads_events() {
     assert_eq!(fake.stats().synthesis_requests, 2);
     fake.shutdown().await;
 }
+
+/// ElevenLabs streams from its `/stream` route through the whole stack: the
+/// job API's high priority passes MP3 and PCM on as they come; WAV (which
+/// the adapter wraps) is answered whole from the plain route.
+#[tokio::test]
+async fn elevenlabs_streams_from_its_stream_route_through_the_whole_stack() {
+    let fake = fake(|c| c.keys.elevenlabs = Some(KEY.to_owned())).await;
+    let base = fake.base_url();
+    let app = TestApp::spawn_with(TestOptions {
+        worker: false,
+        env: vec![("TTSQ_PROVIDERS_ELEVEN_API_KEY".into(), KEY.into())],
+        config_toml: Some(format!(
+            r#"
+[providers.eleven]
+kind = "elevenlabs"
+base_url = "{base}"
+dialects = [{{ id = "en-gb", voices = ["rachel"] }}]
+
+[[routes]]
+dialects = ["en-gb"]
+chain = ["eleven"]
+
+[[routes]]
+dialects = ["*"]
+chain = ["espeak"]
+"#
+        )),
+        ..TestOptions::default()
+    })
+    .await;
+
+    for (format, text) in [
+        ("mp3", "Eleven streams its MP3."),
+        ("pcm", "Eleven streams raw PCM."),
+    ] {
+        let sent = Instant::now();
+        let response = app
+            .submit(&json!({"text": text, "dialect": "en-gb", "voice": "rachel", "priority": "high", "format": format}))
+            .await;
+        assert_eq!(response.status(), 200, "{format}");
+        let id = task_id(&response);
+        let received = receive(response, sent).await;
+        assert!(!received.cut_off, "{format}");
+        assert!(
+            received.first_chunk_after + Duration::from_millis(900) < received.finished_after,
+            "{format}: first byte after {:?}, the whole after {:?}",
+            received.first_chunk_after,
+            received.finished_after
+        );
+        assert_eq!(stored_audio(&app, id).await, received.bytes, "{format}");
+        assert_eq!(ledger_rows(&app, id).await, 1, "{format}");
+    }
+    let sent = Instant::now();
+    let response = app
+        .submit(&json!({"text": "Eleven answers WAV whole.", "dialect": "en-gb", "voice": "rachel", "priority": "high", "format": "wav"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let received = receive(response, sent).await;
+    assert!(
+        received.first_chunk_after + Duration::from_millis(500) > received.finished_after,
+        "WAV is not streamed: first byte after {:?}, the whole after {:?}",
+        received.first_chunk_after,
+        received.finished_after
+    );
+    let stats = fake.stats();
+    assert_eq!(
+        stats
+            .by_route
+            .get("POST /v1/text-to-speech/{voice_id}/stream"),
+        Some(&2),
+        "{:?}",
+        stats.by_route
+    );
+    assert_eq!(
+        stats.by_route.get("POST /v1/text-to-speech/{voice_id}"),
+        Some(&1),
+        "{:?}",
+        stats.by_route
+    );
+    assert_eq!(
+        metric(&app, r#"tts_streamed_responses_total{outcome="complete"}"#).await,
+        2.0
+    );
+    fake.shutdown().await;
+}
