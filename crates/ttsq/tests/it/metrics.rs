@@ -10,10 +10,10 @@ use ttsq_fake_provider::{FakeConfig, FakeProvider};
 use ttsq_testkit::{FakeRoutes, TestApp, TestOptions};
 
 /// Scraped series: (`name{labels}`, value).
-struct Scrape(Vec<(String, f64)>);
+pub(crate) struct Scrape(Vec<(String, f64)>);
 
 impl Scrape {
-    async fn of(app: &TestApp) -> Self {
+    pub(crate) async fn of(app: &TestApp) -> Self {
         let response = app
             .http
             .get(format!("{}/metrics", app.ops_url))
@@ -45,7 +45,7 @@ impl Scrape {
 
     /// Sum over the series of `name` carrying every label of `labels`;
     /// `None` when there is no such series.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let matching: Vec<f64> = self
             .0
             .iter()
@@ -61,7 +61,7 @@ impl Scrape {
         (!matching.is_empty()).then(|| matching.iter().sum())
     }
 
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels)
             .unwrap_or_else(|| panic!("no series {name} {labels:?}"))
     }

@@ -12,7 +12,7 @@ use ttsq_fake_provider::{FakeConfig, FakeProvider, Streaming};
 use ttsq_testkit::{FakeRoutes, TestApp, TestOptions};
 use uuid::Uuid;
 
-use crate::clients::test_python;
+use crate::{clients::test_python, metrics::Scrape};
 
 const KEY: &str = "sk-fake-stream-key-0123456789";
 
@@ -110,24 +110,6 @@ fn task_id(response: &reqwest::Response) -> Uuid {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .expect("an X-Task-Id")
-}
-
-/// The value of `series` (name and labels, as exposed) on the API's
-/// `/metrics`; 0 when it is not exposed.
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.ops_url))
-        .send()
-        .await
-        .expect("scrape sent")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .map_or(0.0, |(_, value)| value.parse().expect("a number"))
 }
 
 async fn stored_audio(app: &TestApp, task_id: Uuid) -> Vec<u8> {
@@ -234,11 +216,15 @@ async fn the_first_bytes_arrive_before_the_synthesis_ends_and_the_object_is_stor
     assert_eq!(ledger_rows(&app, id).await, 1);
     // Ops see both streams, and when their first bytes went out.
     assert_eq!(
-        metric(&app, r#"tts_streamed_responses_total{outcome="complete"}"#).await,
+        Scrape::of(&app)
+            .await
+            .value("tts_streamed_responses_total", &[("outcome", "complete")]),
         2.0
     );
     assert_eq!(
-        metric(&app, "tts_stream_first_byte_seconds_count").await,
+        Scrape::of(&app)
+            .await
+            .value("tts_stream_first_byte_seconds_count", &[]),
         2.0
     );
     fake.shutdown().await;
@@ -312,11 +298,16 @@ async fn a_provider_failing_mid_stream_cuts_the_stream_off_and_fails_the_task_un
     );
     assert!(!events.iter().any(|e| e["type"] == "speech.audio.done"));
     assert_eq!(
-        metric(&app, r#"tts_streamed_responses_total{outcome="cut_off"}"#).await,
+        Scrape::of(&app)
+            .await
+            .value("tts_streamed_responses_total", &[("outcome", "cut_off")]),
         2.0
     );
     assert_eq!(
-        metric(&app, r#"tts_streamed_responses_total{outcome="complete"}"#).await,
+        Scrape::of(&app)
+            .await
+            .get("tts_streamed_responses_total", &[("outcome", "complete")])
+            .unwrap_or(0.0),
         0.0
     );
     fake.shutdown().await;
@@ -578,7 +569,9 @@ chain = ["espeak"]
         stats.by_route
     );
     assert_eq!(
-        metric(&app, r#"tts_streamed_responses_total{outcome="complete"}"#).await,
+        Scrape::of(&app)
+            .await
+            .value("tts_streamed_responses_total", &[("outcome", "complete")]),
         2.0
     );
     fake.shutdown().await;
