@@ -288,6 +288,7 @@ pub async fn submit(
                 .get(job.hash.as_str())
                 .map(|object| ttsq_synthesis::cache_hit(&context.providers, object)),
             estimate: context.estimate_cost(job),
+            chunks: Vec::new(),
         })
         .collect();
     // The workers continue this request's trace from the items' messages.

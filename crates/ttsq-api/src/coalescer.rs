@@ -183,6 +183,7 @@ async fn write(
                 .get(w.submission.job.hash.as_str())
                 .map(|object| cache_hit(providers, object)),
             claim: None,
+            chunks: Vec::new(),
         })
         .collect();
     store.insert_submissions(&submissions).await

@@ -505,6 +505,7 @@ mod tests {
             model: "espeak-ng".to_owned(),
             sample_rate_hz: 22_050,
             marks: Vec::new(),
+            max_request_chars: 5_000,
         }
     }
 

@@ -30,6 +30,10 @@ pub struct DialectInfo {
     /// Speech marks the dialect's first provider can time; empty when it
     /// reports no timings (a job asking for marks is then refused).
     pub marks: Vec<crate::MarkKind>,
+    /// Most characters one provider request of this dialect takes: the
+    /// smallest limit its chain's providers declare. Longer texts are long
+    /// jobs, split into chunks of at most this many characters.
+    pub max_request_chars: u32,
 }
 
 impl DialectInfo {

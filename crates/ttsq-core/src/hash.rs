@@ -117,6 +117,19 @@ impl ContentHash {
         Self(hex::encode(digest.finalize()))
     }
 
+    /// The hash of a long job's audio: its chunks' hashes, in order. The
+    /// chunk hashes carry every input (scope, voice, format, …), so equal
+    /// chunk lists are equal audio and an edited chunk is another object.
+    pub fn of_chunks<'a>(chunks: impl IntoIterator<Item = &'a ContentHash>) -> Self {
+        let mut digest = Sha256::new();
+        digest.update(b"ttsq-long-job\0");
+        for chunk in chunks {
+            digest.update(chunk.0.as_bytes());
+            digest.update(b"\0");
+        }
+        Self(hex::encode(digest.finalize()))
+    }
+
     /// Wraps a hash read back from storage; `None` unless 64 lowercase hex digits.
     pub fn parse(hex_digest: &str) -> Option<Self> {
         let valid = hex_digest.len() == 64

@@ -566,6 +566,7 @@ mod tests {
             model: "espeak-ng".into(),
             sample_rate_hz: 22_050,
             marks: Vec::new(),
+            max_request_chars: 5_000,
         }])
     }
 

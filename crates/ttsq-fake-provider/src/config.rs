@@ -50,6 +50,10 @@ pub struct FakeConfig {
     /// How audio answers are sent: whole (the default), or cut into pieces
     /// spread over time as vendors stream them.
     pub streaming: Streaming,
+    /// Requests whose body contains one of these strings are refused with
+    /// a 400 (`text_refused`), as a vendor refuses content it will not
+    /// speak: a failure a test can aim at one text.
+    pub refuse_texts_containing: Vec<String>,
 }
 
 impl Default for FakeConfig {
@@ -75,6 +79,7 @@ impl Default for FakeConfig {
             ms_per_char: 60,
             max_audio_ms: 10_000,
             streaming: Streaming::default(),
+            refuse_texts_containing: Vec::new(),
         }
     }
 }

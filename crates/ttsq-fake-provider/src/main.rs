@@ -170,6 +170,7 @@ impl Cli {
                 spread_ms: self.stream_spread_ms,
                 fail_after_chunks: self.stream_fail_after_chunks,
             },
+            refuse_texts_containing: defaults.refuse_texts_containing,
         }
     }
 }

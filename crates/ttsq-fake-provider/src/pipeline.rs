@@ -133,6 +133,17 @@ pub(crate) async fn synthesize(
         Ok(order) => order,
         Err(refusal) => return refuse(&shared, &config, &call, record, &refusal),
     };
+    if let Some(phrase) = config
+        .refuse_texts_containing
+        .iter()
+        .find(|phrase| contains(body, phrase.as_bytes()))
+    {
+        let refusal = Refusal::bad_request(
+            "text_refused",
+            format!("the text contains the refused phrase {phrase:?}"),
+        );
+        return refuse(&shared, &config, &call, record, &refusal);
+    }
 
     let latency = config.latency.fixed_ms
         + (shared.random() * (config.latency.jitter_ms as f64 + 1.0)).floor() as u64;
@@ -208,6 +219,11 @@ pub(crate) async fn synthesize(
             &Refusal::bad_request("unsupported_output_format", message),
         ),
     }
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle never does).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The checks before any work, in the order a vendor makes them.

@@ -292,6 +292,7 @@ mod tests {
             model: String::new(),
             sample_rate_hz: rate,
             marks: Vec::new(),
+            max_request_chars: 5_000,
         }
     }
 

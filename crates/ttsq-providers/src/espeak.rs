@@ -293,6 +293,7 @@ impl Synthesizer for Espeak {
                 model: MODEL.to_owned(),
                 sample_rate_hz: SAMPLE_RATE_HZ,
                 marks: MarkKind::ALL.to_vec(),
+                max_request_chars: 5_000,
             })
             .collect()
     }

@@ -180,6 +180,7 @@ mod tests {
             model: "gpt-4o-mini-tts".to_owned(),
             sample_rate_hz: 24_000,
             marks: Vec::new(),
+            max_request_chars: 5_000,
         };
         let request = SynthesisRequest {
             text: "Hi",

@@ -172,6 +172,7 @@ fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>
                 } else {
                     Vec::new()
                 },
+                max_request_chars: 5_000,
             }
         })
         .collect();
@@ -289,6 +290,11 @@ impl Router {
             };
             let mut info = primary.clone();
             info.provider_chain = chain.iter().map(|(name, _)| name.clone()).collect();
+            info.max_request_chars = chain
+                .iter()
+                .map(|(_, d)| d.max_request_chars)
+                .min()
+                .unwrap_or(info.max_request_chars);
             dialects.push(info);
         }
         Self {
@@ -733,6 +739,7 @@ mod tests {
                 model: "m".into(),
                 sample_rate_hz: 16_000,
                 marks: Vec::new(),
+                max_request_chars: 5_000,
             }]
         }
 

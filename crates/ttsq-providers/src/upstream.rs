@@ -883,6 +883,7 @@ mod tests {
             model: String::new(),
             sample_rate_hz: 24_000,
             marks: Vec::new(),
+            max_request_chars: 5_000,
         }
     }
 

@@ -33,6 +33,7 @@ fn dialect(id: &str, voices: &[&str], sample_rate_hz: u32) -> DialectInfo {
         model: String::new(),
         sample_rate_hz,
         marks: Vec::new(),
+        max_request_chars: 5_000,
     }
 }
 

@@ -38,6 +38,9 @@ pub struct NewBatchItem<'a> {
     pub cached: Option<TaskOutcome>,
     /// What it is expected to cost when queued, reserved against the budget.
     pub estimate: Option<CostEstimate<'a>>,
+    /// A long job's chunks, in order (see [`crate::Submission::chunks`]);
+    /// empty for every other item.
+    pub chunks: Vec<crate::NewChunk<'a>>,
 }
 
 /// A batch to create.

@@ -77,7 +77,7 @@ pub use quota::PgQuotaCoordinator;
 pub use replicas::LiveReplicas;
 pub use retention::{SweepLease, SweptBatch};
 pub use sqlx;
-pub use submissions::{InlineClaim, Submission, Submitted};
+pub use submissions::{InlineClaim, NewChunk, Submission, Submitted};
 pub use task_events::{TaskWaiters, Waiter};
 pub use tasks::{ClaimedTask, FinishedTask, Reschedule, TaskOutcome, TaskRow};
 pub use usage::{UsageCursor, UsageFilter, UsagePage, UsagePeriod, UsageRow};

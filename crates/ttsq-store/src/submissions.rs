@@ -44,6 +44,29 @@ pub struct Submission<'a> {
     /// request that synthesizes it inline and ends it with
     /// [`Store::commit_claim`]. Admitted durably before the provider is paid.
     pub claim: Option<InlineClaim>,
+    /// A long job's chunks, in order; empty for every other job. With
+    /// `finished` set (the joined audio is stored already) no chunk is
+    /// created, but their number is recorded.
+    pub chunks: Vec<NewChunk<'a>>,
+}
+
+/// A chunk of a long job, created with it: an ordinary task of its own,
+/// hidden from the tenant (see the migration `20261211100000_long_jobs`).
+#[derive(Debug, Clone)]
+pub struct NewChunk<'a> {
+    /// Id of its task.
+    pub task_id: Uuid,
+    /// Its job: the long job's settings, the chunk's text and its own
+    /// content hash.
+    pub job: &'a ttsq_core::Job,
+    /// Where its text starts in the long job's normalised text, in
+    /// characters: what its speech marks are shifted by.
+    pub offset: i32,
+    /// What it is expected to cost, reserved against the budget while it is
+    /// queued or processing.
+    pub estimate: Option<CostEstimate<'a>>,
+    /// Set when its audio is already stored: it finishes at once.
+    pub cached: Option<TaskOutcome>,
 }
 
 /// A high-priority request's claim on the task it creates.
@@ -130,6 +153,7 @@ impl Store {
             task: *task,
             finished: None,
             claim: None,
+            chunks: Vec::new(),
         })
         .await
     }
@@ -147,6 +171,7 @@ impl Store {
             task: *task,
             finished: Some(outcome.clone()),
             claim: None,
+            chunks: Vec::new(),
         })
         .await
     }
@@ -166,6 +191,7 @@ impl Store {
             task: *task,
             finished: None,
             claim: Some(claim),
+            chunks: Vec::new(),
         })
         .await
     }

@@ -62,6 +62,12 @@ pub struct TaskRow {
     /// Speech marks asked for, if any; their file sits beside the audio.
     #[sqlx(default)]
     pub marks: Option<Vec<String>>,
+    /// A long job's number of chunks; `None` for every other task.
+    #[sqlx(default)]
+    pub chunks_total: Option<i32>,
+    /// A long job's chunks synthesized (or found stored) so far.
+    #[sqlx(default)]
+    pub chunks_done: Option<i32>,
 }
 
 impl TaskRow {
@@ -76,7 +82,7 @@ pub(crate) const TASK_SELECT: &str =
     "SELECT t.id, t.tenant_id, t.status, t.priority, t.dialect, t.voice, t.format,
         t.characters, t.cache_hit, t.content_hash, t.provider, t.error_code, t.error_message,
         t.attempts, t.metadata, t.created_at, t.started_at, t.finished_at, t.marks,
-        a.s3_key, a.bytes AS audio_bytes, a.sha256 AS audio_sha256, a.duration_ms
+        t.chunks_total, t.chunks_done, a.s3_key, a.bytes AS audio_bytes, a.sha256 AS audio_sha256, a.duration_ms
     FROM tasks t LEFT JOIN audio_objects a ON a.hash = t.audio_hash";
 
 /// How a task ended.

@@ -23,6 +23,7 @@ fn queued<'a>(tenant_id: Uuid, job: &'a Job, key: Option<&'a str>) -> Submission
         },
         finished: None,
         claim: None,
+        chunks: Vec::new(),
     }
 }
 

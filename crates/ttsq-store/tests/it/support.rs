@@ -35,6 +35,7 @@ pub fn catalog() -> Catalog {
         model: "m".into(),
         sample_rate_hz: 22_050,
         marks: Vec::new(),
+        max_request_chars: 5_000,
     }])
 }
 

@@ -12,6 +12,7 @@ mod docs;
 mod documented;
 mod finance;
 mod health;
+mod long_jobs;
 mod long_poll;
 mod marks;
 mod metrics;
