@@ -22,7 +22,10 @@ use crate::{
     Store, StoreError,
     limits::{Charge, admit_jobs},
     new_task::{CostEstimate, NewTask},
-    tasks::{BatchPlace, FinishedTask, LEDGER_FROM_DONE, TaskColumns, TaskOutcome, finish},
+    submissions::{insert_long_jobs, push_chunks},
+    tasks::{
+        BatchPlace, FinishedTask, LEDGER_FROM_DONE, LongPlace, TaskColumns, TaskOutcome, finish,
+    },
 };
 
 /// One item of a batch to create.
@@ -264,19 +267,23 @@ impl Store {
 
         let mut cols = TaskColumns::default();
         let mut finished = Vec::new();
+        let mut long = Vec::new();
         for (index, item) in batch.items.iter().enumerate() {
+            let is_long = !item.chunks.is_empty();
             let task = NewTask {
                 id: item.task_id,
                 tenant_id: batch.tenant_id,
                 job: item.job,
                 idempotency_key: None,
                 key_prefix: batch.key_prefix,
-                estimate: item.estimate.filter(|_| item.cached.is_none()),
+                // A long job reserves nothing itself: its chunks do.
+                estimate: item.estimate.filter(|_| item.cached.is_none() && !is_long),
                 traceparent: batch.traceparent,
             };
             // Cache hits go in `processing` so that `finish` takes them to
-            // their end state and ledger row exactly as for single jobs.
-            let status = if item.cached.is_some() {
+            // their end state and ledger row exactly as for single jobs; a
+            // long job is `processing` until joined.
+            let status = if item.cached.is_some() || is_long {
                 TaskStatus::Processing
             } else {
                 TaskStatus::Queued
@@ -286,16 +293,44 @@ impl Store {
                 index: i32::try_from(index).unwrap_or(i32::MAX),
                 custom_id: item.custom_id,
             };
-            cols.push(&task, status, Some(place));
+            if is_long {
+                let total = i32::try_from(item.chunks.len()).unwrap_or(i32::MAX);
+                let done = if item.cached.is_some() { total } else { 0 };
+                cols.push_long(&task, status, Some(place), LongPlace::Job { total, done });
+                if item.cached.is_none() {
+                    push_chunks(&mut cols, &task, &item.chunks);
+                    long.push(item.task_id);
+                    finished.extend(item.chunks.iter().filter_map(|c| {
+                        c.cached.as_ref().map(|outcome| FinishedTask {
+                            task_id: c.task_id,
+                            outcome: outcome.clone(),
+                        })
+                    }));
+                }
+            } else {
+                cols.push(&task, status, Some(place));
+            }
             if let Some(outcome) = &item.cached {
+                let mut outcome = outcome.clone();
+                // A long job's joined audio was stored already: a cache hit.
+                if is_long && let TaskOutcome::Succeeded { cache_hit, .. } = &mut outcome {
+                    *cache_hit = true;
+                }
                 finished.push(FinishedTask {
                     task_id: item.task_id,
-                    outcome: outcome.clone(),
+                    outcome,
                 });
             }
         }
         cols.insert(&mut *tx).await?;
+        insert_long_jobs(&mut tx, &long).await?;
         finish(&mut *tx, &finished).await?;
+        let cache_hits = batch.items.iter().filter(|i| i.cached.is_some()).count();
+        let characters: i64 = batch
+            .items
+            .iter()
+            .map(|i| i64::from(i.job.characters))
+            .sum();
         let actor = batch
             .key_prefix
             .map_or_else(|| "key".to_owned(), |p| format!("key:{p}"));
@@ -307,10 +342,10 @@ impl Store {
         .bind(batch.tenant_id)
         .bind(batch.key_prefix)
         .bind(batch.id.to_string())
-        .bind(i32::try_from(cols.total_characters()).unwrap_or(i32::MAX))
+        .bind(i32::try_from(characters).unwrap_or(i32::MAX))
         .bind(json!({
             "items": batch.items.len(),
-            "cache_hits": finished.len(),
+            "cache_hits": cache_hits,
             "idempotency_key": batch.idempotency_key.is_some(),
         }))
         .execute(&mut *tx)
@@ -321,7 +356,7 @@ impl Store {
             .get_batch(batch.tenant_id, batch.id)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("batch {}", batch.id)))?;
-        Ok((row, cols.ids().to_vec(), true))
+        Ok((row, batch.items.iter().map(|i| i.task_id).collect(), true))
     }
 
     async fn existing_batch(
@@ -385,7 +420,7 @@ impl Store {
             "SELECT t.batch_index, t.id AS task_id, t.custom_id, t.status, t.error_code,
                     t.error_message, t.cache_hit, a.s3_key, a.duration_ms
                FROM tasks t LEFT JOIN audio_objects a ON a.hash = t.audio_hash
-              WHERE t.batch_id = $1 AND t.batch_index > $2
+              WHERE t.batch_id = $1 AND t.batch_index > $2 AND t.parent_id IS NULL
               ORDER BY t.batch_index
               LIMIT $3",
         )
@@ -396,8 +431,10 @@ impl Store {
         .await?)
     }
 
-    /// Cancels a tenant's batch: its `queued` items become `cancelled`, each
-    /// with its ledger row (nothing billable), in one statement; items being
+    /// Cancels a tenant's batch: its `queued` items and its long jobs not
+    /// ended become `cancelled`, each with its ledger row (nothing
+    /// billable), in one statement (a trigger cancels the long jobs' chunks
+    /// not started; chunks being synthesized finish and bill); items being
     /// processed or finished are kept. Returns how many were cancelled, or
     /// `None` when the batch is not this tenant's.
     pub async fn cancel_batch(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<u64>, StoreError> {
@@ -419,10 +456,12 @@ impl Store {
                    SET status = 'cancelled', finished_at = now(), error_code = 'cancelled',
                        error_message = 'the batch was cancelled before this item started',
                        not_before = NULL
-                 WHERE t.batch_id = $1 AND t.tenant_id = $2 AND t.status = 'queued'
+                 WHERE t.batch_id = $1 AND t.tenant_id = $2
+                   AND (t.status = 'queued'
+                        OR (t.status = 'processing' AND t.chunks_total IS NOT NULL))
              RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status,
                        t.characters, t.cache_hit, 0::numeric AS price, NULL::text AS currency,
-                       t.created_at AS submitted_at
+                       t.created_at AS submitted_at, t.parent_id
              )
              {LEDGER_FROM_DONE}"
         );

@@ -188,9 +188,10 @@ impl Store {
 
 /// The condition of each lane kind, matching the predicates of the partial
 /// indexes `tasks_dispatch_single` and `tasks_dispatch_batched`.
+/// Chunks of long jobs wait in the bulk lane with batch items.
 const LANES: [(&str, &str); 2] = [
-    ("false", "batch_id IS NULL"),
-    ("true", "batch_id IS NOT NULL"),
+    ("false", "batch_id IS NULL AND parent_id IS NULL"),
+    ("true", "(batch_id IS NOT NULL OR parent_id IS NOT NULL)"),
 ];
 
 /// Every lane with work waiting or in flight. For each kind of lane, the
@@ -211,7 +212,7 @@ static QUEUES: LazyLock<String> = LazyLock::new(|| {
                              SELECT 1 FROM tasks t
                               WHERE (t.tenant_id, t.dialect) >= (pairs.tenant_id, pairs.dialect)
                                 AND t.tenant_id = pairs.tenant_id AND t.dialect = pairs.dialect
-                                AND t.status = 'queued' AND t.published_at IS NULL AND t.{lane}
+                                AND t.status = 'queued' AND t.published_at IS NULL AND {lane}
                                 AND (t.not_before IS NULL OR t.not_before <= now())
                               ORDER BY t.tenant_id, t.dialect, t.created_at
                               LIMIT $1) capped) AS waiting
@@ -236,7 +237,8 @@ static QUEUES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH waiting AS ({}),
          flying AS (
-             SELECT tenant_id, dialect, batch_id IS NOT NULL AS batched, count(*) AS in_flight
+             SELECT tenant_id, dialect, (batch_id IS NOT NULL OR parent_id IS NOT NULL) AS batched,
+                    count(*) AS in_flight
                FROM tasks
               WHERE status IN ('queued', 'processing') AND published_at IS NOT NULL
                 AND (not_before IS NULL OR not_before <= now())

@@ -28,6 +28,10 @@
 //!   ledger, audit, webhook): this is the limit that bounds them.
 //!
 //! Cache hits are refused by the request limit only.
+//!
+//! A long job counts once, as the job the tenant submitted (its whole text,
+//! one request, one open job): its chunks' rows are left out of the counts.
+//! The budget counts the chunks instead, since they reserve and bill.
 
 use std::time::Duration;
 
@@ -263,7 +267,7 @@ async fn characters_today(
 ) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT coalesce(sum(characters), 0)::bigint FROM tasks
-          WHERE tenant_id = $1
+          WHERE tenant_id = $1 AND parent_id IS NULL
             AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
             AND NOT cache_hit AND status NOT IN ('failed', 'cancelled')",
     )
@@ -299,7 +303,7 @@ async fn requests_today(
 ) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM tasks
-          WHERE tenant_id = $1
+          WHERE tenant_id = $1 AND parent_id IS NULL
             AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
     )
     .bind(tenant_id)
@@ -312,7 +316,8 @@ async fn open_jobs(
     tenant_id: Uuid,
 ) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM tasks WHERE tenant_id = $1 AND status IN ('queued', 'processing')",
+        "SELECT count(*) FROM tasks
+          WHERE tenant_id = $1 AND parent_id IS NULL AND status IN ('queued', 'processing')",
     )
     .bind(tenant_id)
     .fetch_one(&mut **tx)

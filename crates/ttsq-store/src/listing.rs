@@ -38,7 +38,7 @@ pub struct TaskPage {
 /// What [`Store::cancel_task`] did.
 #[derive(Debug, Clone)]
 pub enum Cancellation {
-    /// The task was `queued` and is `cancelled` now.
+    /// The task was `queued` (or a long job not ended) and is `cancelled` now.
     Cancelled(TaskRow),
     /// The task is past `queued`; it is left as it is.
     TooLate(TaskRow),
@@ -47,7 +47,7 @@ pub enum Cancellation {
 }
 
 impl Store {
-    /// Up to `limit` of a tenant's tasks, newest first, optionally only those
+    /// Up to `limit` of a tenant's tasks (not the chunks of its long jobs), newest first, optionally only those
     /// in `status`, after `cursor`. Uses the `(tenant_id, created_at DESC,
     /// id DESC)` index.
     pub async fn list_tasks(
@@ -59,7 +59,7 @@ impl Store {
     ) -> Result<TaskPage, StoreError> {
         let sql = format!(
             "{TASK_SELECT}
-             WHERE t.tenant_id = $1
+             WHERE t.tenant_id = $1 AND t.parent_id IS NULL
                AND ($2::text IS NULL OR t.status = $2)
                AND ($3::timestamptz IS NULL OR (t.created_at, t.id) < ($3, $4))
              ORDER BY t.created_at DESC, t.id DESC
@@ -86,9 +86,12 @@ impl Store {
         Ok(TaskPage { tasks, next })
     }
 
-    /// Cancels a tenant's task if it is still `queued`, writing its ledger
-    /// row (0 billable characters) in the same statement. A worker's claim
-    /// and this update lock the same row, so exactly one of them wins.
+    /// Cancels a tenant's task if it is still `queued`, or a long job not
+    /// ended yet, writing its ledger row (0 billable characters) in the same
+    /// statement; a trigger cancels the long job's chunks not started
+    /// (chunks being synthesized finish and bill). A worker's claim and this
+    /// update lock the same row, so exactly one of them wins. A chunk of a
+    /// long job is [`Cancellation::NotFound`].
     pub async fn cancel_task(
         &self,
         tenant_id: Uuid,
@@ -99,10 +102,12 @@ impl Store {
                 UPDATE tasks t
                    SET status = 'cancelled', finished_at = now(),
                        error_code = 'cancelled', error_message = 'cancelled by the client'
-                 WHERE t.id = $1 AND t.tenant_id = $2 AND t.status = 'queued'
+                 WHERE t.id = $1 AND t.tenant_id = $2 AND t.parent_id IS NULL
+                   AND (t.status = 'queued'
+                        OR (t.status = 'processing' AND t.chunks_total IS NOT NULL))
              RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status,
                        t.characters, t.cache_hit, 0::numeric AS price, ''::text AS currency,
-                       t.created_at AS submitted_at
+                       t.created_at AS submitted_at, t.parent_id
              )
              {LEDGER_FROM_DONE}"
         );

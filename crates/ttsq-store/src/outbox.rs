@@ -13,7 +13,9 @@ impl Store {
     /// Returns to waiting every `processing` task whose claiming replica
     /// has not heartbeated within `replica_ttl`, or that was claimed longer
     /// than `claim_timeout` ago (its holder is alive but lost track of it,
-    /// e.g. Postgres was away when it tried to hand it back). Returns how many.
+    /// e.g. Postgres was away when it tried to hand it back). A long job,
+    /// `processing` from its submission and never claimed, is never one.
+    /// Returns how many.
     pub async fn recover_orphans(
         &self,
         replica_ttl: Duration,
@@ -22,7 +24,7 @@ impl Store {
         let result = sqlx::query(
             "UPDATE tasks t
                 SET status = 'queued', published_at = NULL, claimed_by = NULL, not_before = NULL
-              WHERE t.status = 'processing'
+              WHERE t.status = 'processing' AND t.chunks_total IS NULL
                 AND coalesce(t.claimed_at, t.started_at) < now() - make_interval(secs => $1)
                 AND (coalesce(t.claimed_at, t.started_at) < now() - make_interval(secs => $2)
                      OR NOT EXISTS (

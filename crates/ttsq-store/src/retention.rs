@@ -4,6 +4,10 @@
 //! Audio is content-addressed and shared across tenants, so an object goes
 //! only when no task of any tenant refers to it any more. The usage ledger
 //! is append-only and kept forever; its `task_id` outlives the task row.
+//!
+//! A long job's chunks go with it, never before: their audio stays while
+//! the long job may still be joining it, and goes (when nothing else uses
+//! it) in the sweep that removes the long job.
 
 use crate::{Store, StoreError};
 
@@ -29,7 +33,8 @@ pub struct SweepLease {
 }
 
 impl Store {
-    /// Deletes up to `batch_size` finished tasks older than their tenant's
+    /// Deletes up to `batch_size` finished tasks (long jobs with their
+    /// chunks, which count in [`SweptBatch::tasks`]) older than their tenant's
     /// `retention_days` (or `default_days` for tenants without one; `None`
     /// keeps those forever), then the index rows of the audio those tasks
     /// used that no task refers to any more, all in one transaction.
@@ -56,7 +61,7 @@ impl Store {
                 SELECT t.id
                   FROM tasks t
                   JOIN tenants n ON n.id = t.tenant_id
-                 WHERE t.status IN ('succeeded', 'failed', 'cancelled')
+                 WHERE t.status IN ('succeeded', 'failed', 'cancelled') AND t.parent_id IS NULL
                    AND COALESCE(n.retention_days, $1) IS NOT NULL
                    AND COALESCE(t.finished_at, t.created_at)
                        < now() - make_interval(days => COALESCE(n.retention_days, $1))
@@ -64,7 +69,11 @@ impl Store {
                  LIMIT $2
                    FOR UPDATE OF t SKIP LOCKED
              ), gone AS (
-                DELETE FROM tasks t USING expired e WHERE t.id = e.id RETURNING t.audio_hash
+                DELETE FROM tasks t
+                 WHERE t.id IN (SELECT id FROM expired
+                                UNION ALL
+                                SELECT c.id FROM tasks c JOIN expired e ON c.parent_id = e.id)
+             RETURNING t.audio_hash
              )
              SELECT count(*),
                     COALESCE(array_agg(DISTINCT audio_hash) FILTER (WHERE audio_hash IS NOT NULL), '{}')

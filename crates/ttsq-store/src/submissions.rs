@@ -29,7 +29,7 @@ use crate::{
     limit_usage::LimitUsage,
     limits::{Charge, Headroom, warn_once_past_threshold},
     new_task::{CostEstimate, NewTask},
-    tasks::{FinishedTask, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish},
+    tasks::{FinishedTask, LongPlace, TASK_SELECT, TaskColumns, TaskOutcome, TaskRow, finish},
 };
 
 /// One submission of a group: a task, and how it ends at once if it does.
@@ -44,9 +44,13 @@ pub struct Submission<'a> {
     /// request that synthesizes it inline and ends it with
     /// [`Store::commit_claim`]. Admitted durably before the provider is paid.
     pub claim: Option<InlineClaim>,
-    /// A long job's chunks, in order; empty for every other job. With
-    /// `finished` set (the joined audio is stored already) no chunk is
-    /// created, but their number is recorded.
+    /// A long job's chunks, in order; empty for every other job. The long
+    /// job is created `processing` (it is never queued or claimed itself:
+    /// its chunks are) with no reservation of its own, its chunks `queued`
+    /// with theirs, or finished at once when `cached`. With `finished` set
+    /// (the joined audio is stored already) no chunk is created, but their
+    /// number is recorded, and the long job is a cache hit. A long job
+    /// cannot be `claim`ed inline ([`StoreError::Invalid`]).
     pub chunks: Vec<NewChunk<'a>>,
 }
 
@@ -80,7 +84,25 @@ pub struct InlineClaim {
 }
 
 impl Submission<'_> {
-    /// What it adds to the tenant's limits, and how many queued jobs.
+    /// Whether it is a long job.
+    fn is_long(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+
+    /// How it ends at once, if it does: a long job whose joined audio is
+    /// stored is a cache hit, whatever the outcome given says.
+    fn outcome(&self) -> Option<TaskOutcome> {
+        let mut outcome = self.finished.clone()?;
+        if self.is_long()
+            && let TaskOutcome::Succeeded { cache_hit, .. } = &mut outcome
+        {
+            *cache_hit = true;
+        }
+        Some(outcome)
+    }
+
+    /// What it adds to the tenant's limits, and how many queued jobs. A
+    /// long job counts once, with its whole text and estimate.
     fn charge(&self) -> (Charge<'_>, i64) {
         let characters = i64::from(self.task.job.characters);
         let reserved = Charge {
@@ -93,6 +115,15 @@ impl Submission<'_> {
         }
         match &self.finished {
             None => (reserved, 1),
+            Some(TaskOutcome::Succeeded {
+                cache_hit: false, ..
+            }) if self.is_long() => (
+                Charge {
+                    requests: 1,
+                    ..Charge::default()
+                },
+                0,
+            ),
             Some(TaskOutcome::Succeeded {
                 cache_hit: false,
                 price_per_1k,
@@ -273,6 +304,12 @@ impl Store {
                 plans.push(Plan::Repeat);
                 continue;
             }
+            if submission.is_long() && submission.claim.is_some() {
+                plans.push(Plan::Refused(StoreError::Invalid(
+                    "a long job cannot be synthesized inline".into(),
+                )));
+                continue;
+            }
             let (charge, jobs) = submission.charge();
             let admitted = match headroom.get_mut(&submission.task.tenant_id) {
                 Some(h) => h.admit(&charge, jobs),
@@ -303,36 +340,41 @@ impl Store {
         order.sort_by_key(|s| (s.task.tenant_id, s.task.idempotency_key));
         let mut columns = TaskColumns::default();
         for s in &order {
-            // Finished ones go in `processing` so that `finish` takes them to
-            // their end state and ledger row exactly as a worker's.
-            let status = match (&s.finished, &s.claim) {
-                (None, None) => TaskStatus::Queued,
-                _ => TaskStatus::Processing,
-            };
-            // What finishes at once reserves nothing.
-            let task = match s.finished {
-                Some(_) => NewTask {
-                    estimate: None,
-                    ..s.task
-                },
-                None => s.task,
-            };
-            columns.push(&task, status, None);
+            push_submission(&mut columns, s);
         }
         let inserted: HashSet<Uuid> = columns.insert(&mut *tx).await?.into_iter().collect();
         let created: Vec<&Submission<'_>> = order
             .into_iter()
             .filter(|s| inserted.contains(&s.task.id))
             .collect();
+        let long: Vec<Uuid> = created
+            .iter()
+            .filter(|s| s.is_long() && s.finished.is_none())
+            .map(|s| s.task.id)
+            .collect();
+        insert_long_jobs(&mut tx, &long).await?;
         let finished: Vec<FinishedTask> = created
             .iter()
-            .filter_map(|s| {
-                s.finished.as_ref().map(|outcome| FinishedTask {
+            .flat_map(|s| {
+                let own = s.outcome().map(|outcome| FinishedTask {
                     task_id: s.task.id,
-                    outcome: outcome.clone(),
-                })
+                    outcome,
+                });
+                let cached = s
+                    .chunks
+                    .iter()
+                    .filter(|_| s.finished.is_none())
+                    .filter(|c| inserted.contains(&c.task_id))
+                    .filter_map(|c| {
+                        c.cached.as_ref().map(|outcome| FinishedTask {
+                            task_id: c.task_id,
+                            outcome: outcome.clone(),
+                        })
+                    });
+                own.into_iter().chain(cached)
             })
             .collect();
+        // The long jobs' rows exist: cached chunks count in them.
         finish(&mut *tx, &finished).await?;
         claim_inline(&mut tx, &created).await?;
         let audited: Vec<&NewTask<'_>> = created.iter().map(|s| &s.task).collect();
@@ -394,6 +436,89 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Adds a submission's task to `columns`, and a long job's chunks after it.
+fn push_submission(columns: &mut TaskColumns, s: &Submission<'_>) {
+    // Finished ones go in `processing` so that `finish` takes them to their
+    // end state and ledger row exactly as a worker's; a long job is
+    // `processing` until joined.
+    let status = match (&s.finished, &s.claim) {
+        (None, None) if !s.is_long() => TaskStatus::Queued,
+        _ => TaskStatus::Processing,
+    };
+    // What finishes at once reserves nothing, nor does a long job: its
+    // chunks do.
+    let task = match s.finished {
+        Some(_) => NewTask {
+            estimate: None,
+            ..s.task
+        },
+        None if s.is_long() => NewTask {
+            estimate: None,
+            ..s.task
+        },
+        None => s.task,
+    };
+    if !s.is_long() {
+        columns.push(&task, status, None);
+        return;
+    }
+    let total = i32::try_from(s.chunks.len()).unwrap_or(i32::MAX);
+    let done = if s.finished.is_some() { total } else { 0 };
+    columns.push_long(&task, status, None, LongPlace::Job { total, done });
+    if s.finished.is_some() {
+        return;
+    }
+    push_chunks(columns, &s.task, &s.chunks);
+}
+
+/// Adds the chunks of the long job `parent` to `columns`: its tenant, key
+/// prefix and trace, their own jobs and reservations; a cached chunk goes
+/// in `processing`, for `finish` in the same transaction.
+pub(crate) fn push_chunks(
+    columns: &mut TaskColumns,
+    parent: &NewTask<'_>,
+    chunks: &[NewChunk<'_>],
+) {
+    for (index, chunk) in chunks.iter().enumerate() {
+        let task = NewTask {
+            id: chunk.task_id,
+            tenant_id: parent.tenant_id,
+            job: chunk.job,
+            idempotency_key: None,
+            key_prefix: parent.key_prefix,
+            estimate: chunk.estimate.filter(|_| chunk.cached.is_none()),
+            traceparent: parent.traceparent,
+        };
+        let status = if chunk.cached.is_some() {
+            TaskStatus::Processing
+        } else {
+            TaskStatus::Queued
+        };
+        let place = LongPlace::Chunk {
+            parent_id: parent.id,
+            index: i32::try_from(index).unwrap_or(i32::MAX),
+            offset: chunk.offset,
+        };
+        columns.push_long(&task, status, None, place);
+    }
+}
+
+/// The `long_jobs` rows of the long jobs `ids` just created, in one
+/// statement.
+pub(crate) async fn insert_long_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ids: &[Uuid],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO long_jobs (task_id) SELECT UNNEST($1::uuid[])")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The tasks holding each of `keys` (tenant, `Idempotency-Key`), by key.

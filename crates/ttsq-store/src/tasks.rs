@@ -199,6 +199,32 @@ pub(crate) struct TaskColumns {
     traceparents: Vec<Option<String>>,
     instructions: Vec<Option<String>>,
     sample_rates: Vec<Option<i32>>,
+    parent_ids: Vec<Option<Uuid>>,
+    chunk_indexes: Vec<Option<i32>>,
+    chunk_offsets: Vec<Option<i32>>,
+    chunks_totals: Vec<Option<i32>>,
+    chunks_dones: Vec<Option<i32>>,
+}
+
+/// A task's part in a long job, for [`TaskColumns::push_long`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LongPlace {
+    /// The long job itself: `total` chunks, `done` of them succeeded.
+    Job {
+        /// Its number of chunks.
+        total: i32,
+        /// Its chunks done already.
+        done: i32,
+    },
+    /// One of its chunks.
+    Chunk {
+        /// The long job.
+        parent_id: Uuid,
+        /// Its place, from 0.
+        index: i32,
+        /// Where its text starts in the long job's, in characters.
+        offset: i32,
+    },
 }
 
 /// Where a task sits in its batch, for [`TaskColumns::push`].
@@ -259,21 +285,58 @@ impl TaskColumns {
         self.traceparents.push(task.traceparent.map(str::to_owned));
         self.sample_rates
             .push(i32::try_from(job.output_rate_hz).ok());
+        self.parent_ids.push(None);
+        self.chunk_indexes.push(None);
+        self.chunk_offsets.push(None);
+        self.chunks_totals.push(None);
+        self.chunks_dones.push(None);
     }
 
-    /// The ids, in the order pushed.
-    pub(crate) fn ids(&self) -> &[Uuid] {
-        &self.ids
-    }
-
-    /// Total characters of the tasks.
-    pub(crate) fn total_characters(&self) -> i64 {
-        self.characters.iter().map(|c| i64::from(*c)).sum()
+    /// Adds `task` as [`TaskColumns::push`] does, as a long job or one of
+    /// its chunks. A chunk carries no idempotency key, metadata, callback
+    /// or batch place: those are its long job's.
+    pub(crate) fn push_long(
+        &mut self,
+        task: &NewTask<'_>,
+        status: TaskStatus,
+        place: Option<BatchPlace<'_>>,
+        long: LongPlace,
+    ) {
+        match long {
+            LongPlace::Job { total, done } => {
+                self.push(task, status, place);
+                self.chunks_totals.pop();
+                self.chunks_totals.push(Some(total));
+                self.chunks_dones.pop();
+                self.chunks_dones.push(Some(done));
+            }
+            LongPlace::Chunk {
+                parent_id,
+                index,
+                offset,
+            } => {
+                let chunk = NewTask {
+                    idempotency_key: None,
+                    ..*task
+                };
+                self.push(&chunk, status, None);
+                self.metadata.pop();
+                self.metadata.push(None);
+                self.callback_urls.pop();
+                self.callback_urls.push(None);
+                self.parent_ids.pop();
+                self.parent_ids.push(Some(parent_id));
+                self.chunk_indexes.pop();
+                self.chunk_indexes.push(Some(index));
+                self.chunk_offsets.pop();
+                self.chunk_offsets.push(Some(offset));
+            }
+        }
     }
 
     /// Inserts every task in one statement. A task whose tenant already has
-    /// a task with its `Idempotency-Key` is skipped; returns the ids of
-    /// those inserted.
+    /// a task with its `Idempotency-Key` is skipped, and so are the chunks
+    /// of a long job skipped; returns the ids of those inserted.
     pub(crate) async fn insert<'e>(
         &self,
         executor: impl sqlx::PgExecutor<'e>,
@@ -281,29 +344,53 @@ impl TaskColumns {
         if self.ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Long jobs and other tasks first, then the chunks of the long jobs
+        // inserted: a long job that lost its key to another submission
+        // leaves its chunks out.
         Ok(sqlx::query_scalar(
-            "INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
-                                speed, emotion, format, content_hash, metadata, callback_url,
-                                idempotency_key, key_prefix, marks, batch_id, batch_index, custom_id,
-                                started_at, reserved_cost, reserved_currency, traceparent,
-                                instructions, sample_rate_hz)
-             SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
-                    u.model, u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, u.callback_url,
-                    u.idempotency_key, u.key_prefix, string_to_array(u.marks, ','), u.batch_id,
-                    u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END,
-                    round(u.reserved_cost::numeric, 6), u.reserved_currency, u.traceparent,
-                    u.instructions, u.sample_rate_hz
-               FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
+            "WITH u AS (
+                SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
                            $7::text[], $8::text[], $9::text[], $10::float8[], $11::text[], $12::text[],
                            $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
                            $19::uuid[], $20::int4[], $21::text[], $22::float8[], $23::text[],
-                           $24::text[], $25::text[], $26::int4[])
+                           $24::text[], $25::text[], $26::int4[], $27::uuid[], $28::int4[],
+                           $29::int4[], $30::int4[], $31::int4[])
                     AS u(id, tenant_id, status, priority, text, characters, dialect, voice, model, speed,
                          emotion, format, hash, metadata, callback_url, idempotency_key, key_prefix,
                          marks, batch_id, batch_index, custom_id, reserved_cost, reserved_currency,
-                         traceparent, instructions, sample_rate_hz)
-             ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
+                         traceparent, instructions, sample_rate_hz, parent_id, chunk_index,
+                         chunk_offset, chunks_total, chunks_done)
+             ), tops AS (
+                INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
+                                   speed, emotion, format, content_hash, metadata, callback_url,
+                                   idempotency_key, key_prefix, marks, batch_id, batch_index, custom_id,
+                                   started_at, reserved_cost, reserved_currency, traceparent,
+                                   instructions, sample_rate_hz, chunks_total, chunks_done)
+                SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
+                       u.model, u.speed, u.emotion, u.format, u.hash, u.metadata::jsonb, u.callback_url,
+                       u.idempotency_key, u.key_prefix, string_to_array(u.marks, ','), u.batch_id,
+                       u.batch_index, u.custom_id, CASE WHEN u.status = 'processing' THEN now() END,
+                       round(u.reserved_cost::numeric, 6), u.reserved_currency, u.traceparent,
+                       u.instructions, u.sample_rate_hz, u.chunks_total, u.chunks_done
+                  FROM u
+                 WHERE u.parent_id IS NULL
+                ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                RETURNING id
+             ), chunks AS (
+                INSERT INTO tasks (id, tenant_id, status, priority, text, characters, dialect, voice, model,
+                                   speed, emotion, format, content_hash, key_prefix, marks, started_at,
+                                   reserved_cost, reserved_currency, traceparent, instructions,
+                                   sample_rate_hz, parent_id, chunk_index, chunk_offset)
+                SELECT u.id, u.tenant_id, u.status, u.priority, u.text, u.characters, u.dialect, u.voice,
+                       u.model, u.speed, u.emotion, u.format, u.hash, u.key_prefix,
+                       string_to_array(u.marks, ','), CASE WHEN u.status = 'processing' THEN now() END,
+                       round(u.reserved_cost::numeric, 6), u.reserved_currency, u.traceparent,
+                       u.instructions, u.sample_rate_hz, u.parent_id, u.chunk_index, u.chunk_offset
+                  FROM u
+                 WHERE u.parent_id IN (SELECT id FROM tops)
+                RETURNING id
+             )
+             SELECT id FROM tops UNION ALL SELECT id FROM chunks",
         )
         .bind(&self.ids)
         .bind(&self.tenant_ids)
@@ -331,6 +418,11 @@ impl TaskColumns {
         .bind(&self.traceparents)
         .bind(&self.instructions)
         .bind(&self.sample_rates)
+        .bind(&self.parent_ids)
+        .bind(&self.chunk_indexes)
+        .bind(&self.chunk_offsets)
+        .bind(&self.chunks_totals)
+        .bind(&self.chunks_dones)
         .fetch_all(executor)
         .await?)
     }
@@ -384,14 +476,19 @@ impl OutcomeColumns {
     }
 }
 
-/// Ledger rows for the tasks a CTE named `done` just finished. Characters
-/// are billable only when audio was synthesized for that very task.
+/// Ledger rows for the tasks a CTE named `done` just finished (it returns
+/// `parent_id`: a chunk's row names its long job in `long_task_id`).
+/// Characters are billable only when audio was synthesized for that very
+/// task, and never on a long job's own row: its chunks' rows bill them.
 pub(crate) const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
         (task_id, tenant_id, key_prefix, provider, dialect, voice, status, characters,
-         billable_characters, cache_hit, cost, currency, submitted_at)
+         billable_characters, cache_hit, cost, currency, submitted_at, long_task_id)
     SELECT id, tenant_id, key_prefix, provider, dialect, voice, status, characters, billable, cache_hit,
-           round(billable * price / 1000.0, 6), currency, submitted_at
-    FROM (SELECT *, CASE WHEN status = 'succeeded' AND NOT cache_hit THEN characters ELSE 0 END AS billable
+           round(billable * price / 1000.0, 6), currency, submitted_at, parent_id
+    FROM (SELECT *, CASE WHEN status = 'succeeded' AND NOT cache_hit
+                          AND NOT EXISTS (SELECT 1 FROM tasks l
+                                           WHERE l.id = done.id AND l.chunks_total IS NOT NULL)
+                         THEN characters ELSE 0 END AS billable
             FROM done) d
     ON CONFLICT (task_id) DO NOTHING";
 
@@ -407,13 +504,15 @@ impl Store {
         Ok(())
     }
 
-    /// A tenant's task; `None` when it does not exist or is another tenant's.
+    /// A tenant's task; `None` when it does not exist, is another tenant's
+    /// or is a chunk of a long job (chunks are not the tenant's to see).
     pub async fn get_task(
         &self,
         tenant_id: Uuid,
         task_id: Uuid,
     ) -> Result<Option<TaskRow>, StoreError> {
-        let sql = format!("{TASK_SELECT} WHERE t.id = $1 AND t.tenant_id = $2");
+        let sql =
+            format!("{TASK_SELECT} WHERE t.id = $1 AND t.tenant_id = $2 AND t.parent_id IS NULL");
         Ok(sqlx::query_as(&sql)
             .bind(task_id)
             .bind(tenant_id)
@@ -429,7 +528,7 @@ impl Store {
     /// live holder finishes them or hands them back through the outbox.
     /// Claiming again with the same `batch_id` (a retry after the answer to
     /// a claim that did commit was lost) returns those tasks again without
-    /// counting another attempt.
+    /// counting another attempt. A long job is never claimed: its chunks are.
     pub async fn claim(
         &self,
         ids: &[Uuid],
@@ -443,7 +542,7 @@ impl Store {
                     attempts = attempts + CASE WHEN t.worker_batch_id = $2 THEN 0 ELSE 1 END,
                     started_at = coalesce(started_at, now()), claimed_at = now(),
                     worker_batch_id = $2, claimed_by = $3, not_before = NULL
-              WHERE t.id = ANY($1)
+              WHERE t.id = ANY($1) AND t.chunks_total IS NULL
                 AND (t.status = 'queued'
                      OR (t.status = 'processing' AND t.worker_batch_id = $2)
                      OR (t.status = 'processing' AND NOT EXISTS (
@@ -563,7 +662,8 @@ pub(crate) async fn finish<'e>(
               FROM o
              WHERE t.id = o.id AND t.status = 'processing'
          RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status, t.characters,
-                   t.cache_hit, o.price::numeric AS price, o.currency, t.created_at AS submitted_at
+                   t.cache_hit, o.price::numeric AS price, o.currency, t.created_at AS submitted_at,
+                   t.parent_id
          )
          {LEDGER_FROM_DONE}"
     );

@@ -5,6 +5,7 @@ mod finance;
 mod grants;
 mod leases;
 mod limits;
+mod long_jobs;
 mod quota;
 mod submissions;
 mod support;
