@@ -173,6 +173,15 @@ BEGIN
     -- Chunks that just ended: progress, and a failure fails their job.
     IF EXISTS (SELECT 1 FROM new_rows
                 WHERE parent_id IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled')) THEN
+        -- Their long jobs locked in id order first: two workers committing
+        -- chunks of the same long jobs would otherwise lock them in the
+        -- order of their joins, and could deadlock.
+        PERFORM 1 FROM tasks p
+          WHERE p.id IN (SELECT n.parent_id FROM new_rows n
+                          WHERE n.parent_id IS NOT NULL
+                            AND n.status IN ('succeeded', 'failed', 'cancelled'))
+          ORDER BY p.id
+            FOR NO KEY UPDATE;
         WITH ended AS (
             SELECT n.parent_id, n.chunk_index, n.status, n.error_code, n.error_message
               FROM new_rows n

@@ -457,6 +457,11 @@ async fn chunks_count_as_they_succeed_and_the_last_leaves_the_long_job_to_join()
         (1, i64::from(whole), i64::from(billed))
     );
     assert!((cost - f64::from(billed) * PRICE / 1000.0).abs() < 1e-6);
+    let today = store.usage_today().await.expect("usage today");
+    assert_eq!(
+        (today.tasks, today.billable_characters),
+        (1, i64::from(billed))
+    );
 
     // Finishing a long job through the ordinary finish path bills nothing
     // either (a joiner that used it would not bill the text twice).
