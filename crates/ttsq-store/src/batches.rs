@@ -295,7 +295,8 @@ impl Store {
             };
             if is_long {
                 let total = i32::try_from(item.chunks.len()).unwrap_or(i32::MAX);
-                let done = if item.cached.is_some() { total } else { 0 };
+                let stored = matches!(item.cached, Some(TaskOutcome::Succeeded { .. }));
+                let done = if stored { total } else { 0 };
                 cols.push_long(&task, status, Some(place), LongPlace::Job { total, done });
                 if item.cached.is_none() {
                     push_chunks(&mut cols, &task, &item.chunks);

@@ -465,7 +465,8 @@ fn push_submission(columns: &mut TaskColumns, s: &Submission<'_>) {
         return;
     }
     let total = i32::try_from(s.chunks.len()).unwrap_or(i32::MAX);
-    let done = if s.finished.is_some() { total } else { 0 };
+    let stored = matches!(s.finished, Some(TaskOutcome::Succeeded { .. }));
+    let done = if stored { total } else { 0 };
     columns.push_long(&task, status, None, LongPlace::Job { total, done });
     if s.finished.is_some() {
         return;
