@@ -31,14 +31,15 @@ use crate::{Store, StoreError};
 /// The advisory lock key of dispatch rounds ("ttsqdisp").
 const DISPATCH_LOCK: i64 = 0x7474_7371_6469_7370;
 
-/// A lane: one tenant's single jobs, or its batch items, of one dialect.
+/// A lane: one tenant's single jobs, or its bulk work (batch items and chunks of
+/// long jobs), of one dialect.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LaneKey {
     /// The tenant.
     pub tenant_id: Uuid,
     /// The dialect.
     pub dialect: String,
-    /// Items of client batches (true) or single jobs.
+    /// Bulk work: batch items and chunks of long jobs (true), or single jobs.
     pub batched: bool,
 }
 
@@ -49,7 +50,7 @@ pub struct DispatchQueue {
     pub tenant_id: Uuid,
     /// The dialect.
     pub dialect: String,
-    /// Items of client batches (true) or single jobs.
+    /// Bulk work: batch items and chunks of long jobs (true), or single jobs.
     pub batched: bool,
     /// The tenant's dispatch weight.
     pub weight: i32,
@@ -69,7 +70,7 @@ pub struct Dispatchable {
     pub tenant_id: Uuid,
     /// Dialect, for the message.
     pub dialect: String,
-    /// Whether it is an item of a client batch (its lane).
+    /// Whether it is bulk work, a batch item or a chunk (its lane).
     pub batched: bool,
     /// The submitting request's trace context, for the message.
     pub traceparent: Option<String>,
