@@ -376,7 +376,7 @@ impl Job {
             .as_deref()
             .and_then(|name| name.parse().ok())
             .unwrap_or(Priority::Normal);
-        let request_chars = request
+        let one_request = request
             .dialect
             .as_deref()
             .and_then(|id| catalog.get(id))
@@ -393,12 +393,12 @@ impl Job {
                 let chars = text.chars().count();
                 if text.is_empty() {
                     errors.push("text", "must contain at least one non-whitespace character");
-                } else if asked_priority == Priority::High && chars > request_chars {
+                } else if asked_priority == Priority::High && chars > one_request {
                     errors.push(
                         "text",
                         format!(
                             "is {chars} characters long; high priority is one provider request \
-                             of at most {request_chars} characters: send a longer text at \
+                             of at most {one_request} characters: send a longer text at \
                              priority normal, as a long job"
                         ),
                     );
@@ -413,7 +413,7 @@ impl Job {
                 } else if text.chars().any(|c| c.is_control()) {
                     errors.push("text", "must not contain control characters");
                 } else {
-                    is_long = chars > request_chars;
+                    is_long = chars > one_request;
                 }
                 text
             }
@@ -541,7 +541,7 @@ impl Job {
                     format!(
                         "a text of more than {} characters is a long job, whose chunks are \
                          joined into one file: use mp3, wav or pcm, not `{format}`",
-                        request_chars
+                        one_request
                     ),
                 );
             }
