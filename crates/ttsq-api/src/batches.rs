@@ -18,7 +18,7 @@ use ttsq_core::{
     error::ValidationErrors,
     job::{JobRequest, check_metadata, decode_json},
 };
-use ttsq_store::{BatchRow, NewBatch, NewBatchItem};
+use ttsq_store::{BatchRow, NewBatch, NewBatchItem, NewChunk};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -30,6 +30,7 @@ use crate::{
         responses::{BodyTooLarge, NoApiKey, NoSuchBatch, NotJson, Unavailable},
     },
     extract::{IdempotencyKey, JsonBody},
+    long_jobs,
     view::{AcceptedBatch, BatchItemView, BatchPage, CancelledBatch},
 };
 
@@ -267,12 +268,36 @@ pub async fn submit(
     }
     let IdempotencyKey(idempotency_key) = idempotency_key?;
     let scope = caller.0.cache_scope();
-    for job in &mut jobs {
+    // Each long item's chunks (none for the others), and its hash theirs.
+    let mut chunks = Vec::with_capacity(jobs.len());
+    for (index, job) in jobs.iter_mut().enumerate() {
         job.scope_cache(&scope);
+        match long_jobs::split(job, context.providers.catalog(), &context.limits, &scope) {
+            Ok(item_chunks) => chunks.push(item_chunks),
+            Err(item_errors) => errors.0.extend(item_errors.0.into_iter().map(|mut e| {
+                e.field = format!("items[{index}].{}", e.field);
+                e
+            })),
+        }
+    }
+    if !errors.0.is_empty() {
+        return Err(errors.into());
     }
 
-    let hashes: Vec<String> = jobs.iter().map(|j| j.hash.as_str().to_owned()).collect();
+    let hashes: Vec<String> = jobs
+        .iter()
+        .zip(&chunks)
+        .flat_map(|(job, item_chunks)| {
+            std::iter::once(&job.hash).chain(item_chunks.iter().map(|c| &c.job.hash))
+        })
+        .map(|hash| hash.as_str().to_owned())
+        .collect();
     let cached = context.store.find_audio_many(&hashes).await?;
+    let cache_hit = |hash: &ttsq_core::ContentHash| {
+        cached
+            .get(hash.as_str())
+            .map(|object| ttsq_synthesis::cache_hit(&context.providers, object))
+    };
     let batch_id = Uuid::now_v7();
     let span = tracing::Span::current();
     span.record("batch_id", tracing::field::display(batch_id));
@@ -280,15 +305,23 @@ pub async fn submit(
     let items: Vec<NewBatchItem<'_>> = jobs
         .iter()
         .zip(&custom_ids)
-        .map(|(job, custom_id)| NewBatchItem {
+        .zip(&chunks)
+        .map(|((job, custom_id), item_chunks)| NewBatchItem {
             task_id: Uuid::now_v7(),
             job,
             custom_id: custom_id.as_deref(),
-            cached: cached
-                .get(job.hash.as_str())
-                .map(|object| ttsq_synthesis::cache_hit(&context.providers, object)),
+            cached: cache_hit(&job.hash),
             estimate: context.estimate_cost(job),
-            chunks: Vec::new(),
+            chunks: item_chunks
+                .iter()
+                .map(|chunk| NewChunk {
+                    task_id: Uuid::now_v7(),
+                    job: &chunk.job,
+                    offset: long_jobs::offset(chunk),
+                    estimate: context.estimate_cost(&chunk.job),
+                    cached: cache_hit(&chunk.job.hash),
+                })
+                .collect(),
         })
         .collect();
     // The workers continue this request's trace from the items' messages.

@@ -18,8 +18,10 @@
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use ttsq_core::Job;
-use ttsq_store::{CostEstimate, NewTask, Store, StoreError, Submission, Submitted, TaskRow};
+use ttsq_core::{Job, JobChunk};
+use ttsq_store::{
+    CostEstimate, NewChunk, NewTask, Store, StoreError, Submission, Submitted, TaskRow,
+};
 use ttsq_synthesis::cache_hit;
 use uuid::Uuid;
 
@@ -45,6 +47,27 @@ pub struct PendingSubmission {
     pub estimate: Option<(f64, String)>,
     /// W3C `traceparent` of the submitting request.
     pub traceparent: Option<String>,
+    /// A long job's chunks, in order; empty for every other job.
+    pub chunks: Vec<PendingChunk>,
+}
+
+/// A chunk of a long job, owned, to be written with it.
+#[derive(Debug)]
+pub struct PendingChunk {
+    /// Id to give its task.
+    pub id: Uuid,
+    /// Its job and where its text starts in the long job's.
+    pub chunk: JobChunk,
+    /// Its expected cost and that cost's currency, reserved while it is open.
+    pub estimate: Option<(f64, String)>,
+}
+
+/// The cost estimate a store call takes, borrowed from an owned one.
+fn borrowed(estimate: Option<&(f64, String)>) -> Option<CostEstimate<'_>> {
+    estimate.map(|(cost, currency)| CostEstimate {
+        cost: *cost,
+        currency,
+    })
 }
 
 impl PendingSubmission {
@@ -55,10 +78,7 @@ impl PendingSubmission {
             job: &self.job,
             idempotency_key: self.idempotency_key.as_deref(),
             key_prefix: self.key_prefix.as_deref(),
-            estimate: self.estimate.as_ref().map(|(cost, currency)| CostEstimate {
-                cost: *cost,
-                currency,
-            }),
+            estimate: borrowed(self.estimate.as_ref()),
             traceparent: self.traceparent.as_deref(),
         }
     }
@@ -168,9 +188,15 @@ async fn write(
     providers: &ttsq_providers::Router,
     group: &[Waiting],
 ) -> Result<Vec<Submitted>, StoreError> {
+    // A long job's own hash (its joined audio) and its chunks' hashes are
+    // looked up with the rest, in the one query.
     let mut hashes: Vec<String> = group
         .iter()
-        .map(|w| w.submission.job.hash.as_str().to_owned())
+        .flat_map(|w| {
+            let chunks = w.submission.chunks.iter().map(|c| &c.chunk.job.hash);
+            std::iter::once(&w.submission.job.hash).chain(chunks)
+        })
+        .map(|hash| hash.as_str().to_owned())
         .collect();
     hashes.sort_unstable();
     hashes.dedup();
@@ -183,7 +209,20 @@ async fn write(
                 .get(w.submission.job.hash.as_str())
                 .map(|object| cache_hit(providers, object)),
             claim: None,
-            chunks: Vec::new(),
+            chunks: w
+                .submission
+                .chunks
+                .iter()
+                .map(|c| NewChunk {
+                    task_id: c.id,
+                    job: &c.chunk.job,
+                    offset: crate::long_jobs::offset(&c.chunk),
+                    estimate: borrowed(c.estimate.as_ref()),
+                    cached: stored
+                        .get(c.chunk.job.hash.as_str())
+                        .map(|object| cache_hit(providers, object)),
+                })
+                .collect(),
         })
         .collect();
     store.insert_submissions(&submissions).await

@@ -121,6 +121,7 @@ impl ApiContext {
             providers,
             limits: JobLimits {
                 max_text_chars: settings.limits.max_text_chars,
+                max_long_text_chars: settings.limits.max_long_text_chars,
                 max_metadata_bytes: settings.limits.max_metadata_bytes,
                 audit_key: settings
                     .audit

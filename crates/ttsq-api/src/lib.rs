@@ -17,6 +17,7 @@
 //!   pages, audio).
 //! - [`coalescer`]: single submissions written many to a transaction.
 //! - [`content`]: the optional content filter.
+//! - `long_jobs`: a long job's chunks, cut and hashed at submission.
 //! - [`webhooks`]: webhook targets at submission, and what signs tenants'
 //!   secrets.
 //!
@@ -56,6 +57,7 @@ mod context;
 mod csv;
 mod extract;
 mod jobs;
+mod long_jobs;
 mod speech;
 mod system;
 mod telemetry;

@@ -52,8 +52,13 @@ impl FromStr for Priority {
 /// deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobLimits {
-    /// Most characters (Unicode scalar values, after normalisation) in `text`.
+    /// Most characters (Unicode scalar values, after normalisation) in
+    /// `text` of a job served by one provider request: a high-priority job,
+    /// and a normal job that is not a long job.
     pub max_text_chars: usize,
+    /// Most characters in `text` of a normal-priority job; one longer than
+    /// one provider request takes is a long job, split into chunks.
+    pub max_long_text_chars: usize,
     /// Most bytes of `metadata` as compact JSON.
     pub max_metadata_bytes: usize,
     /// Key of [`Job::text_fingerprint`]; `None`: jobs get no fingerprint.
@@ -64,6 +69,7 @@ impl Default for JobLimits {
     fn default() -> Self {
         Self {
             max_text_chars: 5_000,
+            max_long_text_chars: 200_000,
             max_metadata_bytes: 4 * 1024,
             audit_key: None,
         }
@@ -96,6 +102,21 @@ impl fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AuditKey([REDACTED])")
     }
+}
+
+/// Formats a long job may ask for: its chunks' audio is joined into one
+/// file, which these take by concatenation (Opus and FLAC streams do not).
+pub const LONG_JOB_FORMATS: [AudioFormat; 3] =
+    [AudioFormat::Mp3, AudioFormat::Wav, AudioFormat::Pcm];
+
+/// Most characters of one provider request for `info`'s jobs: the smaller
+/// of `limits.max_text_chars` and what the dialect's providers take. A
+/// normal-priority job with a longer text is a long job.
+pub fn request_chars(info: &crate::catalog::DialectInfo, limits: &JobLimits) -> usize {
+    limits
+        .max_text_chars
+        .min(usize::try_from(info.max_request_chars).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// Slowest and fastest speaking rate factors the job API accepts.
@@ -217,6 +238,108 @@ impl Job {
     }
 }
 
+/// A chunk of a long job: an ordinary job of its own (the long job's
+/// settings, the chunk's text), stored as a task hidden from the tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobChunk {
+    /// Its job: the chunk's text, characters and content hash — the hash a
+    /// short job of the same text has, so the two share audio. No callback,
+    /// metadata or fingerprint: those are the long job's.
+    pub job: Job,
+    /// Where its text starts in the long job's normalised text, in
+    /// characters: what its speech marks are shifted by in the join.
+    pub offset: usize,
+}
+
+impl Job {
+    /// Most characters of one chunk when this job is a long job (normal
+    /// priority, a text longer than one provider request of its dialect
+    /// takes, see [`request_chars`]); `None` for every other job.
+    pub fn long_chunk_chars(&self, catalog: &Catalog, limits: &JobLimits) -> Option<usize> {
+        if self.priority != Priority::Normal {
+            return None;
+        }
+        let max = request_chars(catalog.get(&self.dialect)?, limits);
+        (usize::try_from(self.characters).unwrap_or(usize::MAX) > max).then_some(max)
+    }
+
+    /// Makes this job the long job of `pieces` (each chunk's normalised text
+    /// and its offset in this job's text, as the splitter cuts them, in
+    /// order): the chunks' jobs, each hashed as a short job of its text with
+    /// this job's settings, instructions and cache `scope`, and this job's
+    /// hash the hash of theirs in order ([`ContentHash::of_chunks`]).
+    /// Replaces the hash whether or not [`Job::scope_cache`] was called.
+    ///
+    /// A piece over `max_chars` characters (a text with no place to split
+    /// it) or no piece at all is refused on `text`, and the job is left as
+    /// it was.
+    pub fn chunks(
+        &mut self,
+        pieces: impl IntoIterator<Item = (String, usize)>,
+        max_chars: usize,
+        scope: &str,
+    ) -> Result<Vec<JobChunk>, ValidationErrors> {
+        let mut chunks = Vec::new();
+        for (text, offset) in pieces {
+            let characters = text.chars().count();
+            if characters > max_chars || characters == 0 {
+                let mut errors = ValidationErrors::default();
+                errors.push(
+                    "text",
+                    format!(
+                        "has a run of more than {max_chars} characters with no space or \
+                         punctuation to split it at; one provider request takes no more"
+                    ),
+                );
+                return Err(errors);
+            }
+            let mut hash = ContentHash::compute(&HashInputs {
+                provider_route: &self.provider_route,
+                voice: &self.voice,
+                dialect: &self.dialect,
+                model: &self.model,
+                speed: self.speed,
+                emotion: self.emotion.as_deref(),
+                format: self.format,
+                text: &text,
+                marks: &self.marks,
+                sample_rate_hz: self.sample_rate_hz,
+            });
+            if let Some(instructions) = &self.instructions {
+                hash = hash.instructed(instructions);
+            }
+            let job = Job {
+                text,
+                characters: u32::try_from(characters).unwrap_or(u32::MAX),
+                dialect: self.dialect.clone(),
+                voice: self.voice.clone(),
+                speed: self.speed,
+                emotion: self.emotion.clone(),
+                format: self.format,
+                sample_rate_hz: self.sample_rate_hz,
+                output_rate_hz: self.output_rate_hz,
+                priority: self.priority,
+                callback_url: None,
+                metadata: None,
+                model: self.model.clone(),
+                provider_route: self.provider_route.clone(),
+                hash: hash.scoped(scope),
+                marks: self.marks.clone(),
+                text_fingerprint: None,
+                instructions: self.instructions.clone(),
+            };
+            chunks.push(JobChunk { job, offset });
+        }
+        if chunks.is_empty() {
+            let mut errors = ValidationErrors::default();
+            errors.push("text", "has nothing to split into chunks");
+            return Err(errors);
+        }
+        self.hash = ContentHash::of_chunks(chunks.iter().map(|c| &c.job.hash));
+        Ok(chunks)
+    }
+}
+
 impl Job {
     /// Decodes and validates a JSON request body in one step, reporting every
     /// problem with the field it concerns.
@@ -246,6 +369,19 @@ impl Job {
         rules: &EdgeRules,
     ) -> Result<Self, ValidationErrors> {
         let mut errors = ValidationErrors::default();
+        // What the text's limit depends on, looked at before their own
+        // checks (which report their errors in field order, below).
+        let asked_priority = request
+            .priority
+            .as_deref()
+            .and_then(|name| name.parse().ok())
+            .unwrap_or(Priority::Normal);
+        let one_request = request
+            .dialect
+            .as_deref()
+            .and_then(|id| catalog.get(id))
+            .map_or(limits.max_text_chars, |info| request_chars(info, limits));
+        let mut is_long = false;
 
         let text = match request.text.as_deref() {
             None => {
@@ -257,16 +393,27 @@ impl Job {
                 let chars = text.chars().count();
                 if text.is_empty() {
                     errors.push("text", "must contain at least one non-whitespace character");
-                } else if chars > limits.max_text_chars {
+                } else if asked_priority == Priority::High && chars > one_request {
+                    errors.push(
+                        "text",
+                        format!(
+                            "is {chars} characters long; high priority is one provider request \
+                             of at most {one_request} characters: send a longer text at \
+                             priority normal, as a long job"
+                        ),
+                    );
+                } else if chars > limits.max_long_text_chars {
                     errors.push(
                         "text",
                         format!(
                             "is {chars} characters long; the limit is {}",
-                            limits.max_text_chars
+                            limits.max_long_text_chars
                         ),
                     );
                 } else if text.chars().any(|c| c.is_control()) {
                     errors.push("text", "must not contain control characters");
+                } else {
+                    is_long = chars > one_request;
                 }
                 text
             }
@@ -380,6 +527,21 @@ impl Job {
                         truncate(&voice),
                         info.id,
                         info.voices.join(", ")
+                    ),
+                );
+            }
+            if let Some(format) = format
+                && info.formats.contains(&format)
+                && is_long
+                && priority == Priority::Normal
+                && !LONG_JOB_FORMATS.contains(&format)
+            {
+                errors.push(
+                    "format",
+                    format!(
+                        "a text of more than {} characters is a long job, whose chunks are \
+                         joined into one file: use mp3, wav or pcm, not `{format}`",
+                        one_request
                     ),
                 );
             }
@@ -570,6 +732,11 @@ mod tests {
         }])
     }
 
+    /// The hash of `{"text": "Hello world", "dialect": "en-gb"}`: SHA-256 of
+    /// its canonical inputs, computed apart from this crate.
+    const PINNED_HELLO_WORLD: &str =
+        "759b28e23bb863b991a8148e6283d3cdec95fe05483754d03a93221e08fe7bbd";
+
     fn parse(body: serde_json::Value) -> Result<Job, ValidationErrors> {
         Job::parse(
             body.to_string().as_bytes(),
@@ -641,7 +808,7 @@ mod tests {
             (json!({"dialect": "en-gb"}), "text"),
             (json!({"text": "   ", "dialect": "en-gb"}), "text"),
             (
-                json!({"text": "x".repeat(5_001), "dialect": "en-gb"}),
+                json!({"text": "x".repeat(200_001), "dialect": "en-gb"}),
                 "text",
             ),
             (json!({"text": "hi"}), "dialect"),
@@ -754,6 +921,191 @@ mod tests {
         let errors = Job::parse(b"{\"text\": ", &catalog(), &JobLimits::default()).unwrap_err();
         assert_eq!(errors.fields(), [""]);
         assert!(errors.0[0].reason.starts_with("malformed JSON"), "{errors}");
+    }
+
+    /// A catalog whose one dialect takes requests of at most 100
+    /// characters, in every format.
+    fn small_requests() -> Catalog {
+        let mut info = catalog().get("en-gb").unwrap().clone();
+        info.max_request_chars = 100;
+        info.formats = AudioFormat::ALL.to_vec();
+        Catalog::new([info])
+    }
+
+    fn sentences(count: usize) -> String {
+        (0..count)
+            .map(|i| format!("Sentence number {i} is here."))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_normal_job_may_be_long_and_is_refused_only_past_the_long_limit() {
+        let limits = JobLimits {
+            max_long_text_chars: 10_000,
+            ..JobLimits::default()
+        };
+        let body = |text: &str| json!({"text": text, "dialect": "en-gb"}).to_string();
+
+        let long = Job::parse(body(&"word ".repeat(1_999)).as_bytes(), &catalog(), &limits);
+        let too_long = Job::parse(body(&"word ".repeat(2_001)).as_bytes(), &catalog(), &limits);
+        let short = parse(json!({"text": "Hello world", "dialect": "en-gb"})).unwrap();
+
+        let long = long.unwrap();
+        assert_eq!(long.characters, 9_994);
+        assert_eq!(long.long_chunk_chars(&catalog(), &limits), Some(5_000));
+        assert_eq!(short.long_chunk_chars(&catalog(), &limits), None);
+        let errors = too_long.unwrap_err();
+        assert_eq!(errors.fields(), ["text"]);
+        assert!(
+            errors.0[0].reason.contains("the limit is 10000"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn high_priority_is_one_request_of_the_dialects_limit() {
+        let body = |chars: usize, priority: &str| {
+            json!({"text": "x".repeat(chars), "dialect": "en-gb", "priority": priority}).to_string()
+        };
+        let limits = JobLimits::default();
+
+        let fits = Job::parse(body(100, "high").as_bytes(), &small_requests(), &limits).unwrap();
+        let over = Job::parse(body(101, "high").as_bytes(), &small_requests(), &limits);
+        let over_max_text = Job::parse(body(5_001, "high").as_bytes(), &catalog(), &limits);
+        let normal = Job::parse(body(101, "normal").as_bytes(), &small_requests(), &limits);
+
+        assert_eq!(fits.long_chunk_chars(&small_requests(), &limits), None);
+        let errors = over.unwrap_err();
+        assert_eq!(errors.fields(), ["text"]);
+        assert!(
+            errors.0[0].reason.contains("at most 100 characters")
+                && errors.0[0].reason.contains("priority normal"),
+            "{errors}"
+        );
+        let errors = over_max_text.unwrap_err();
+        assert!(
+            errors.0[0].reason.contains("at most 5000 characters"),
+            "{errors}"
+        );
+        let normal = normal.unwrap();
+        assert_eq!(
+            normal.long_chunk_chars(&small_requests(), &limits),
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn a_long_job_is_joined_so_it_takes_mp3_wav_or_pcm_only() {
+        let body = |text: &str, format: &str| {
+            json!({"text": text, "dialect": "en-gb", "format": format}).to_string()
+        };
+        let limits = JobLimits::default();
+        let long = sentences(10);
+        let parse = |text: &str, format: &str| {
+            Job::parse(body(text, format).as_bytes(), &small_requests(), &limits)
+        };
+
+        for format in ["opus", "flac"] {
+            let errors = parse(&long, format).unwrap_err();
+            assert_eq!(errors.fields(), ["format"], "{format}");
+            assert!(errors.0[0].reason.contains("mp3, wav or pcm"), "{errors}");
+            assert!(parse("Short.", format).is_ok(), "{format}");
+        }
+        for format in ["mp3", "wav", "pcm"] {
+            assert!(parse(&long, format).is_ok(), "{format}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_hashed_as_short_jobs_of_their_text_in_the_same_scope() {
+        let limits = JobLimits::default();
+        let body = |text: &str| {
+            json!({"text": text, "dialect": "en-gb", "format": "wav", "voice": "f1", "speed": 1.25})
+                .to_string()
+        };
+        let text = sentences(6);
+        let mut long = Job::parse(body(&text).as_bytes(), &small_requests(), &limits).unwrap();
+        let unchunked = long.hash.clone();
+        long.scope_cache("tenant:a");
+        let cut = 3 * "Sentence number 0 is here. ".len();
+        let pieces = vec![
+            (long.text[..cut - 1].to_owned(), 0),
+            (long.text[cut..].to_owned(), cut),
+        ];
+
+        let chunks = long.chunks(pieces, 100, "tenant:a").unwrap();
+
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[1].offset, cut);
+        for chunk in &chunks {
+            let mut short =
+                Job::parse(body(&chunk.job.text).as_bytes(), &small_requests(), &limits).unwrap();
+            assert_eq!(chunk.job.characters, short.characters);
+            short.scope_cache("tenant:a");
+            assert_eq!(
+                chunk.job.hash, short.hash,
+                "a short job shares the chunk's audio"
+            );
+            short.scope_cache("tenant:b");
+            assert_ne!(chunk.job.hash, short.hash);
+            assert_eq!(chunk.job.voice, "f1");
+            assert_eq!(chunk.job.speed, 1.25);
+            assert_eq!(chunk.job.format, AudioFormat::Wav);
+            assert_eq!(chunk.job.metadata, None);
+        }
+        assert_eq!(
+            long.hash,
+            ContentHash::of_chunks(chunks.iter().map(|c| &c.job.hash))
+        );
+        assert_ne!(long.hash, unchunked);
+    }
+
+    #[test]
+    fn an_edited_chunk_changes_only_its_own_hash_and_the_long_jobs() {
+        let limits = JobLimits::default();
+        let job = |text: &str| {
+            let body = json!({"text": text, "dialect": "en-gb"}).to_string();
+            Job::parse(body.as_bytes(), &small_requests(), &limits).unwrap()
+        };
+        let cut = |text: &str| -> Vec<(String, usize)> {
+            let (a, b) = text.split_at(text.find(". ").unwrap() + 1);
+            vec![
+                (a.to_owned(), 0),
+                (b.trim_start().to_owned(), a.chars().count() + 1),
+            ]
+        };
+        let mut first = job("One sentence here. And a second one.");
+        let mut edited = job("One sentence here. And a second, edited one.");
+
+        let a = first.chunks(cut(&first.text.clone()), 100, "s").unwrap();
+        let b = edited.chunks(cut(&edited.text.clone()), 100, "s").unwrap();
+
+        assert_eq!(a[0].job.hash, b[0].job.hash);
+        assert_ne!(a[1].job.hash, b[1].job.hash);
+        assert_ne!(first.hash, edited.hash);
+    }
+
+    #[test]
+    fn a_piece_over_the_request_limit_is_refused_and_the_job_left_as_it_was() {
+        let limits = JobLimits::default();
+        let body = json!({"text": "x".repeat(150), "dialect": "en-gb"}).to_string();
+        let mut long = Job::parse(body.as_bytes(), &small_requests(), &limits).unwrap();
+        let before = long.clone();
+
+        let over = long.chunks([(long.text.clone(), 0)], 100, "s");
+        let none = long.chunks(Vec::new(), 100, "s");
+
+        assert_eq!(over.unwrap_err().fields(), ["text"]);
+        assert_eq!(none.unwrap_err().fields(), ["text"]);
+        assert_eq!(long, before);
+    }
+
+    #[test]
+    fn short_jobs_keep_their_hashes() {
+        // Pinned before long jobs existed: a short job's hash must not move.
+        let job = parse(json!({"text": "Hello world", "dialect": "en-gb"})).unwrap();
+        assert_eq!(job.hash.as_str(), PINNED_HELLO_WORLD);
     }
 
     #[test]

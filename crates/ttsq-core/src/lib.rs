@@ -27,7 +27,7 @@ pub use catalog::{Catalog, DialectInfo};
 pub use error::{FieldError, ValidationErrors};
 pub use format::AudioFormat;
 pub use hash::{ContentHash, normalize_text};
-pub use job::{AuditKey, EdgeRules, Job, JobLimits, JobRequest, Priority};
+pub use job::{AuditKey, EdgeRules, Job, JobChunk, JobLimits, JobRequest, Priority};
 pub use marks::{Mark, MarkKind};
 pub use message::{JobMessage, MessageDecodeError};
 pub use task::TaskStatus;

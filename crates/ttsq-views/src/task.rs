@@ -43,6 +43,15 @@ pub struct TaskView {
     /// Presigned URL of the marks file, when succeeded with marks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub marks_url: Option<String>,
+    /// A long job's number of chunks (its text is longer than one provider
+    /// request takes, so it is synthesized in parts, joined when all are
+    /// done); absent for every other task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks_total: Option<u32>,
+    /// A long job's chunks synthesized (or found stored) so far, of
+    /// `chunks_total`: its progress. Absent for every other task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks_done: Option<u32>,
     /// Why it failed or was cancelled.
     pub error: Option<ErrorView>,
     /// Times a worker claimed it.
@@ -112,6 +121,8 @@ impl TaskView {
             duration_ms: row.duration_ms,
             marks,
             marks_url,
+            chunks_total: row.chunks_total.and_then(|n| u32::try_from(n).ok()),
+            chunks_done: row.chunks_done.and_then(|n| u32::try_from(n).ok()),
             error: ErrorView::of(row.error_code, row.error_message),
             attempts: row.attempts,
             metadata: row.metadata,

@@ -13,7 +13,7 @@ use axum::{
 use futures::StreamExt as _;
 use serde_json::json;
 use tracing::Instrument as _;
-use ttsq_core::{Job, JobRequest, Priority, TaskStatus, backoff::Backoff};
+use ttsq_core::{Job, JobChunk, JobRequest, Priority, TaskStatus, backoff::Backoff};
 use ttsq_providers::AudioSink;
 use ttsq_store::{
     AudioObject, ClaimCommit, FinishedTask, InlineClaim, NewTask, Reschedule, TaskOutcome, TaskRow,
@@ -26,12 +26,13 @@ use uuid::Uuid;
 use crate::{
     ApiContext, ApiError,
     auth::Caller,
-    coalescer::PendingSubmission,
+    coalescer::{PendingChunk, PendingSubmission},
     error::{
         LimitProblem, Problem,
         responses::{BodyTooLarge, NoApiKey, NotJson, Unavailable},
     },
     extract::{IdempotencyKey, JsonBody},
+    long_jobs,
     view::{AcceptedView, AudioBody, TaskView, audio_response, stored_audio},
 };
 
@@ -45,7 +46,7 @@ use crate::{
     params(("Idempotency-Key" = Option<String>, Header, description = "The same key from the same tenant returns the first task, never a second one")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Normal priority: accepted (or already done, on a cache hit)", body = AcceptedView),
+        (status = 202, description = "Normal priority: accepted (or already done, on a cache hit); a long job (a text longer than one provider request takes) is `processing` from the start", body = AcceptedView),
         (status = 200, description = "High priority: the audio (`X-Task-Id`, `X-Cache: hit|miss`), or the task as JSON with `Accept: application/json`", content(
             (TaskView = "application/json"), (AudioBody = "audio/mpeg"), (AudioBody = "audio/wav"), (AudioBody = "audio/pcm"), (AudioBody = "audio/ogg"), (AudioBody = "audio/flac")
         )),
@@ -85,7 +86,15 @@ pub async fn submit(
     // The cache is the tenant's own (or its pool's): nothing about another
     // scope's texts is observable.
     let mut job = job;
-    job.scope_cache(&caller.0.cache_scope());
+    let scope = caller.0.cache_scope();
+    job.scope_cache(&scope);
+    // A long job: its chunks, and its hash theirs.
+    let chunks = long_jobs::split(
+        &mut job,
+        context.providers.catalog(),
+        &context.limits,
+        &scope,
+    )?;
     // Shared with the group that writes it (normal priority).
     let job = Arc::new(job);
     if let Some(url) = &job.callback_url {
@@ -113,7 +122,7 @@ pub async fn submit(
 
     let started = std::time::Instant::now();
     let result = match job.priority {
-        Priority::Normal => submit_normal(&context, &task, &job).await,
+        Priority::Normal => submit_normal(&context, &task, &job, chunks).await,
         Priority::High => {
             let cached = context.store.find_audio(job.hash.as_str()).await?;
             submit_high(&context, &task, cached, wants_json(&headers)).await
@@ -167,7 +176,18 @@ async fn submit_normal(
     context: &ApiContext,
     task: &NewTask<'_>,
     job: &Arc<Job>,
+    chunks: Vec<JobChunk>,
 ) -> Result<Response, ApiError> {
+    let chunks = chunks
+        .into_iter()
+        .map(|chunk| PendingChunk {
+            id: Uuid::now_v7(),
+            estimate: context
+                .estimate_cost(&chunk.job)
+                .map(|e| (e.cost, e.currency.to_owned())),
+            chunk,
+        })
+        .collect();
     let (row, created) = context
         .submissions
         .submit(PendingSubmission {
@@ -178,6 +198,7 @@ async fn submit_normal(
             key_prefix: task.key_prefix.map(str::to_owned),
             estimate: task.estimate.map(|e| (e.cost, e.currency.to_owned())),
             traceparent: task.traceparent.map(str::to_owned),
+            chunks,
         })
         .await?;
     if !created {

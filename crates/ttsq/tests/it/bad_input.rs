@@ -37,7 +37,11 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
     let app = TestApp::spawn_with(TestOptions {
         // A worker would consume a stray message; without one the queue depth proves none was sent.
         worker: false,
-        env: vec![("TTSQ_SERVER_MAX_BODY_BYTES".into(), "65536".into())],
+        env: vec![
+            ("TTSQ_SERVER_MAX_BODY_BYTES".into(), "65536".into()),
+            // A text of 10,001 characters is over every limit then.
+            ("TTSQ_LIMITS_MAX_LONG_TEXT_CHARS".into(), "10000".into()),
+        ],
         ..Default::default()
     })
     .await;
@@ -89,7 +93,7 @@ async fn each_bad_input_is_a_problem_naming_the_field_and_writes_nothing() {
         ),
         json_case(
             "text over the limit",
-            json!({"text": "x".repeat(5_001), "dialect": "en-gb"}),
+            json!({"text": "x ".repeat(5_001), "dialect": "en-gb"}),
             "text",
         ),
         json_case("missing text", json!({"dialect": "en-gb"}), "text"),
