@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::{Store, StoreError};
 
 impl Store {
-    /// Returns to waiting every `processing` task whose claiming replica
+    /// Returns to waiting every `processing` task (long jobs aside: they are
+    /// never claimed, their chunks are) whose claiming replica
     /// has not heartbeated within `replica_ttl`, or that was claimed longer
     /// than `claim_timeout` ago (its holder is alive but lost track of it,
     /// e.g. Postgres was away when it tried to hand it back). Returns how many.
@@ -23,6 +24,7 @@ impl Store {
             "UPDATE tasks t
                 SET status = 'queued', published_at = NULL, claimed_by = NULL, not_before = NULL
               WHERE t.status = 'processing'
+                AND t.chunks_total IS NULL
                 AND coalesce(t.claimed_at, t.started_at) < now() - make_interval(secs => $1)
                 AND (coalesce(t.claimed_at, t.started_at) < now() - make_interval(secs => $2)
                      OR NOT EXISTS (
