@@ -13,6 +13,7 @@ mod documented;
 mod finance;
 mod health;
 mod long_jobs;
+mod long_joins;
 mod long_poll;
 mod marks;
 mod metrics;
