@@ -772,3 +772,34 @@ async fn the_chunks_marks_are_merged_continuous_and_point_into_the_whole_text() 
     .expect("long job");
     assert_eq!(code, 1);
 }
+
+#[tokio::test]
+async fn a_long_job_is_never_taken_for_an_orphan_of_a_dead_replica() {
+    let app = stack(Vec::new()).await;
+    let chunks = [ChunkFixture {
+        audio: vec![5; 100],
+        duration_ms: 2,
+        text: "Waiting.".to_owned(),
+        marks: None,
+    }];
+    let job = joining_long_job(&app, AudioFormat::Pcm, &chunks).await;
+    // Processing for an hour, claimed by no replica: as a long job is
+    // while its chunks are synthesized.
+    app.execute(&format!(
+        "UPDATE tasks SET started_at = now() - interval '1 hour' WHERE id = '{}'",
+        job.id
+    ))
+    .await;
+
+    app.services
+        .store
+        .recover_orphans(Duration::from_secs(1), Duration::from_secs(1))
+        .await
+        .expect("recovery");
+
+    let sql = format!(
+        "SELECT count(*) FROM tasks WHERE id = '{}' AND status = 'processing'",
+        job.id
+    );
+    assert_eq!(app.scalar(&sql).await, 1, "not returned to the queue");
+}
