@@ -25,6 +25,7 @@
 //! - [`outbox`]: recovering tasks of replicas that died.
 //! - [`usage_today`]: today's fleet-wide usage, for metrics.
 //! - [`batches`]: batches of tasks, their items, cancelling, joined audio.
+//! - [`long_joins`]: joining a long job's chunks, under a lease.
 //! - [`webhooks`]: webhook events, their delivery log, tenants' webhook settings.
 
 pub mod audio;
@@ -39,6 +40,7 @@ pub mod leases;
 pub mod limit_usage;
 pub mod limits;
 pub mod listing;
+pub mod long_joins;
 pub mod new_task;
 pub mod outbox;
 pub mod quota;
@@ -72,6 +74,7 @@ pub use keys::{KeyInfo, NewApiKey, Principal, Tenant, TenantInfo, TenantLimits, 
 pub use leases::{ClaimCommit, ClaimCommitted, MadeAudio};
 pub use limit_usage::{LimitExceeded, LimitKind, LimitUsage};
 pub use listing::{Cancellation, TaskCursor, TaskPage};
+pub use long_joins::{ChunkAudio, JOIN_FAILED, LongJoinJob, LongJoinLease};
 pub use new_task::{CostEstimate, NewTask};
 pub use quota::PgQuotaCoordinator;
 pub use replicas::LiveReplicas;

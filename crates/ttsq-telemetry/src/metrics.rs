@@ -142,6 +142,12 @@ pub struct Metrics {
     /// `tts_stream_first_byte_seconds`: from the start of a streamed
     /// synthesis to its first audio byte handed to the client.
     pub stream_first_byte: Histogram,
+    /// `tts_long_job_joins_total{outcome}`: joins of a long job's chunks
+    /// by how they ended: `joined` (the audio made and the job succeeded),
+    /// `reused` (its audio was stored already), `failed` (the job failed
+    /// with `join_failed`), `retried` (a failure that may pass: tried again
+    /// later) or `lease_lost` (another replica took the join over).
+    pub long_job_joins: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -287,6 +293,12 @@ impl Metrics {
                 &r,
                 "tts_streamed_responses_total",
                 "High-priority answers streamed as the provider sent them, by outcome (complete, cut_off).",
+                &["outcome"],
+            ),
+            long_job_joins: counter_vec(
+                &r,
+                "tts_long_job_joins_total",
+                "Joins of a long job's chunks, by outcome (joined, reused, failed, retried, lease_lost).",
                 &["outcome"],
             ),
             stream_first_byte: histogram(

@@ -23,13 +23,10 @@ use ttsq_store::{Concatenated, JoinLease, Store, StoreError};
 use uuid::Uuid;
 
 pub use crate::join::{JoinError, JoinLimits, Joined};
-
-/// Wait before a join that failed in a way that may pass (S3, Postgres) is
-/// tried again; doubled at each attempt, up to [`MAX_JOIN_RETRY_DELAY`].
-const JOIN_RETRY_DELAY: Duration = Duration::from_secs(30);
-
-/// Longest wait between two attempts at a join.
-const MAX_JOIN_RETRY_DELAY: Duration = Duration::from_secs(600);
+use crate::{
+    join::AudioPart,
+    leased::{retry_delay, while_renewing},
+};
 
 /// How often a worker looks for batches waiting for joined audio.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
@@ -187,21 +184,10 @@ impl Joiner {
 
     /// Joins a batch while renewing its lease; stops when the lease is lost.
     async fn join_holding(&self, lease: &JoinLease) -> Result<Concatenated, JoinError> {
-        let join = self.join(lease.batch_id);
-        tokio::pin!(join);
-        let every = self.lease_ttl / 3;
-        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tokio::select! {
-                result = &mut join => return result,
-                _ = renewals.tick() => {
-                    if !self.store.renew_join_lease(lease, self.lease_ttl).await? {
-                        // Dropping the join aborts its upload.
-                        return Err(JoinError::LeaseLost);
-                    }
-                }
-            }
-        }
+        while_renewing(self.join(lease.batch_id), self.lease_ttl, || {
+            self.store.renew_join_lease(lease, self.lease_ttl)
+        })
+        .await
     }
 
     /// Joins a batch's succeeded items into its joined file.
@@ -222,22 +208,13 @@ impl Joiner {
             ));
         }
         let key = format!("batches/{id}/joined.{}", format.extension());
+        let parts: Vec<AudioPart> = items.into_iter().map(AudioPart::from).collect();
         let joined =
-            crate::join::join_items(&self.audio, &key, format, &items, self.limits).await?;
+            crate::join::join_parts(&self.audio, &key, format, &parts, self.limits).await?;
         Ok(Concatenated::Stored {
             key,
             bytes: i64::try_from(joined.bytes).unwrap_or(i64::MAX),
             duration_ms: joined.duration_ms,
         })
     }
-}
-
-/// Wait before the attempt after `attempt` (from 1) at a join.
-fn retry_delay(attempt: i32) -> Duration {
-    let doublings = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(0)
-        .min(16);
-    JOIN_RETRY_DELAY
-        .saturating_mul(1 << doublings)
-        .min(MAX_JOIN_RETRY_DELAY)
 }

@@ -1,6 +1,9 @@
-//! A batch's audio files joined into one, streamed: each item's object is
-//! read as it arrives and written through a multipart upload that holds one
-//! part, so a join's memory does not grow with the batch or its files.
+//! Audio files joined into one, streamed: a batch's items
+//! ([`crate::batches`]) or a long job's chunks ([`crate::long_jobs`]), each
+//! an [`AudioPart`]. Each part's object is read as it arrives and written
+//! through a multipart upload that holds one part, so a join's memory does
+//! not grow with the number or size of the files; the joined file's SHA-256
+//! is computed on the way.
 //!
 //! - PCM: the items' bytes, one after the other; their tasks' sample rates
 //!   must agree (a raw stream cannot say where its rate changes).
@@ -16,10 +19,13 @@
 //! Every byte written counts against the joined file's cap; a join that
 //! would pass it stops, and its upload is aborted.
 
+use std::fmt;
+
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use ttsq_audio::{AudioStore, AudioStoreError, MultipartWriter, ObjectReader};
 use ttsq_core::AudioFormat;
-use ttsq_store::{BatchAudio, StoreError};
+use ttsq_store::{BatchAudio, ChunkAudio, StoreError};
 
 /// Bytes of a WAV header as the join writes it (RIFF, `fmt `, `data`).
 const WAV_HEADER_BYTES: u64 = 44;
@@ -29,12 +35,12 @@ const WAV_HEADER_BYTES: u64 = 44;
 /// second a header with large ones.
 const WAV_HEADER_READS: [u64; 2] = [4 * 1024, 64 * 1024];
 
-/// Why a batch's audio could not be joined.
+/// Why audio could not be joined.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    /// The items' audio cannot be joined (formats, layouts, a missing
-    /// object, the size cap); the batch completes with this as its
-    /// `concatenate_error`.
+    /// The parts' audio cannot be joined (formats, layouts, a missing
+    /// object, the size cap): a batch completes with this as its
+    /// `concatenate_error`, a long job fails with it.
     #[error("{0}")]
     Unjoinable(String),
     /// Storage failed; the join is tried again, a bounded number of times.
@@ -43,14 +49,15 @@ pub enum JoinError {
     /// Postgres failed; the join is tried again, a bounded number of times.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Another replica took the batch over (this one's lease expired).
-    #[error("the lease on the batch was lost to another replica")]
+    /// Another replica took the join over (this one's lease expired).
+    #[error("the lease on the join was lost to another replica")]
     LeaseLost,
 }
 
 impl JoinError {
-    /// What the tenant is told (`concatenate_error`): the reason when the
-    /// audio cannot be joined, else what failed, without internal detail.
+    /// What the tenant is told (`concatenate_error`, a long job's error
+    /// message): the reason when the audio cannot be joined, else what
+    /// failed, without internal detail.
     pub fn public_reason(&self) -> String {
         match self {
             Self::Unjoinable(reason) => reason.clone(),
@@ -70,6 +77,79 @@ pub struct JoinLimits {
     pub max_bytes: u64,
 }
 
+/// What the parts of a join are, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartKind {
+    /// A batch's item, named by its 0-based `batch_index` (as the batch's
+    /// item listing shows it).
+    Item,
+    /// A long job's chunk, named from 1 (`chunk 2 of 5`, as a failed
+    /// chunk's message names it).
+    Chunk,
+}
+
+impl PartKind {
+    fn plural(self) -> &'static str {
+        match self {
+            Self::Item => "items",
+            Self::Chunk => "chunks",
+        }
+    }
+}
+
+/// One file to join: a batch item's or a long job's chunk's audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioPart {
+    /// A batch item or a chunk.
+    pub kind: PartKind,
+    /// Its place among the parts, from 0.
+    pub index: i32,
+    /// Bucket key of its audio.
+    pub s3_key: String,
+    /// Format name.
+    pub format: String,
+    /// Playing time, as indexed.
+    pub duration_ms: i32,
+    /// Output sample rate of its task; `None` for tasks stored before it
+    /// was recorded.
+    pub sample_rate_hz: Option<i32>,
+}
+
+impl fmt::Display for AudioPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            PartKind::Item => write!(f, "item {}", self.index),
+            PartKind::Chunk => write!(f, "chunk {}", i64::from(self.index) + 1),
+        }
+    }
+}
+
+impl From<BatchAudio> for AudioPart {
+    fn from(item: BatchAudio) -> Self {
+        Self {
+            kind: PartKind::Item,
+            index: item.batch_index,
+            s3_key: item.s3_key,
+            format: item.format,
+            duration_ms: item.duration_ms,
+            sample_rate_hz: item.sample_rate_hz,
+        }
+    }
+}
+
+impl From<&ChunkAudio> for AudioPart {
+    fn from(chunk: &ChunkAudio) -> Self {
+        Self {
+            kind: PartKind::Chunk,
+            index: chunk.chunk_index,
+            s3_key: chunk.s3_key.clone(),
+            format: chunk.format.clone(),
+            duration_ms: chunk.duration_ms,
+            sample_rate_hz: chunk.sample_rate_hz,
+        }
+    }
+}
+
 /// A joined file, stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
@@ -77,41 +157,41 @@ pub struct Joined {
     pub bytes: u64,
     /// Its playing time.
     pub duration_ms: i32,
+    /// Hex SHA-256 of its bytes.
+    pub sha256: String,
+    /// When each part starts in it, in ms, in order: the first at 0. Speech
+    /// marks of a part are shifted by its start.
+    pub starts_ms: Vec<i64>,
 }
 
-/// Joins the audio of `items` (in order, all of `format`) into the object
+/// Joins the audio of `parts` (in order, all of `format`) into the object
 /// `key`.
-pub async fn join_items(
+pub async fn join_parts(
     audio: &AudioStore,
     key: &str,
     format: AudioFormat,
-    items: &[BatchAudio],
+    parts: &[AudioPart],
     limits: JoinLimits,
 ) -> Result<Joined, JoinError> {
+    let kind = parts.first().map_or(PartKind::Item, |p| p.kind);
     match format {
-        AudioFormat::Wav => join_wav(audio, key, items, limits).await,
+        AudioFormat::Wav => join_wav(audio, key, parts, limits).await,
         AudioFormat::Pcm | AudioFormat::Mp3 => {
             if format == AudioFormat::Pcm {
-                check_pcm_rates(items)?;
+                check_pcm_rates(parts)?;
             }
-            let mut out = Output::start(audio, key, format, limits).await?;
+            let mut out = Output::start(audio, key, format, limits, kind).await?;
             let written = async {
-                let mut first_rate: Option<(i32, u32)> = None;
-                for item in items {
-                    let mut stream = ItemStream::open(audio, item).await?;
+                let mut first_rate: Option<(&AudioPart, u32)> = None;
+                for part in parts {
+                    let mut stream = ItemStream::open(audio, part).await?;
                     if format == AudioFormat::Mp3
                         && let Some(rate) = drop_mp3_preamble(&mut stream).await?
                     {
                         match first_rate {
-                            None => first_rate = Some((item.batch_index, rate)),
-                            Some((index, first)) if first != rate => {
-                                return Err(mixed_rates(
-                                    "MP3",
-                                    item.batch_index,
-                                    rate,
-                                    index,
-                                    first,
-                                ));
+                            None => first_rate = Some((part, rate)),
+                            Some((first_part, first)) if first != rate => {
+                                return Err(mixed_rates("MP3", part, rate, first_part, first));
                             }
                             Some(_) => {}
                         }
@@ -121,11 +201,18 @@ pub async fn join_items(
                 Ok(())
             }
             .await;
-            let bytes = out.finish(written).await?;
-            let listed: i64 = items.iter().map(|i| i64::from(i.duration_ms)).sum();
+            let (bytes, sha256) = out.finish(written).await?;
+            let mut starts_ms = Vec::with_capacity(parts.len());
+            let mut listed: i64 = 0;
+            for part in parts {
+                starts_ms.push(listed);
+                listed += i64::from(part.duration_ms);
+            }
             Ok(Joined {
                 bytes,
                 duration_ms: i32::try_from(listed).unwrap_or(i32::MAX),
+                sha256,
+                starts_ms,
             })
         }
         AudioFormat::Opus | AudioFormat::Flac => Err(JoinError::Unjoinable(format!(
@@ -134,24 +221,18 @@ pub async fn join_items(
     }
 }
 
-/// Refuses PCM items whose tasks were rendered at different rates (items
+/// Refuses PCM parts whose tasks were rendered at different rates (parts
 /// of tasks stored before rates were recorded are not compared).
-fn check_pcm_rates(items: &[BatchAudio]) -> Result<(), JoinError> {
-    let mut first: Option<(i32, u32)> = None;
-    for item in items {
-        let Some(rate) = item.sample_rate_hz.and_then(|r| u32::try_from(r).ok()) else {
+fn check_pcm_rates(parts: &[AudioPart]) -> Result<(), JoinError> {
+    let mut first: Option<(&AudioPart, u32)> = None;
+    for part in parts {
+        let Some(rate) = part.sample_rate_hz.and_then(|r| u32::try_from(r).ok()) else {
             continue;
         };
         match first {
-            None => first = Some((item.batch_index, rate)),
-            Some((index, first_rate)) if first_rate != rate => {
-                return Err(mixed_rates(
-                    "PCM",
-                    item.batch_index,
-                    rate,
-                    index,
-                    first_rate,
-                ));
+            None => first = Some((part, rate)),
+            Some((first_part, first_rate)) if first_rate != rate => {
+                return Err(mixed_rates("PCM", part, rate, first_part, first_rate));
             }
             Some(_) => {}
         }
@@ -159,36 +240,48 @@ fn check_pcm_rates(items: &[BatchAudio]) -> Result<(), JoinError> {
     Ok(())
 }
 
-fn mixed_rates(kind: &str, index: i32, rate: u32, first_index: i32, first_rate: u32) -> JoinError {
+fn mixed_rates(
+    format: &str,
+    part: &AudioPart,
+    rate: u32,
+    first: &AudioPart,
+    first_rate: u32,
+) -> JoinError {
+    let plural = part.kind.plural();
     JoinError::Unjoinable(format!(
-        "item {index} is {rate} Hz but item {first_index} is {first_rate} Hz: \
-         {kind} items must share a sample rate to be joined (use dialects of one rate)"
+        "{part} is {rate} Hz but {first} is {first_rate} Hz: \
+         {format} {plural} must share a sample rate to be joined (use dialects of one rate)"
     ))
 }
 
-/// Joins WAV items: their headers first (the joined header needs the total
+/// Joins WAV parts: their headers first (the joined header needs the total
 /// data length), then their data chunks.
 async fn join_wav(
     audio: &AudioStore,
     key: &str,
-    items: &[BatchAudio],
+    parts: &[AudioPart],
     limits: JoinLimits,
 ) -> Result<Joined, JoinError> {
-    let mut sections = Vec::with_capacity(items.len());
+    let kind = parts.first().map_or(PartKind::Item, |p| p.kind);
+    let mut sections = Vec::with_capacity(parts.len());
     let mut data_bytes: u64 = 0;
-    for item in items {
-        let section = wav_section(audio, item).await?;
+    let mut starts_ms = Vec::with_capacity(parts.len());
+    for part in parts {
+        let section = wav_section(audio, part).await?;
         if let Some(first) = sections.first().map(|s: &WavSection| s.layout)
             && first != section.layout
         {
             return Err(JoinError::Unjoinable(format!(
-                "item {} is {} but item {} is {}: WAV items must share a sample rate and layout",
-                item.batch_index, section.layout, items[0].batch_index, first
+                "{part} is {} but {} is {first}: WAV {} must share a sample rate and layout",
+                section.layout,
+                parts[0],
+                kind.plural()
             )));
         }
+        starts_ms.push(i64::from(section.layout.duration_ms(data_bytes)));
         data_bytes += section.len;
         if WAV_HEADER_BYTES + data_bytes > limits.max_bytes {
-            return Err(too_large(limits.max_bytes));
+            return Err(too_large(limits.max_bytes, kind));
         }
         sections.push(section);
     }
@@ -200,32 +293,33 @@ async fn join_wav(
         .map_err(|_| {
             JoinError::Unjoinable("the joined WAV would pass 4 GiB, the format's limit".into())
         })?;
-    let mut out = Output::start(audio, key, AudioFormat::Wav, limits).await?;
+    let mut out = Output::start(audio, key, AudioFormat::Wav, limits, kind).await?;
     let written = async {
         out.write(&wav_header(layout, data_len)).await?;
-        for (item, section) in items.iter().zip(&sections) {
-            let mut stream = ItemStream::open(audio, item).await?;
+        for (part, section) in parts.iter().zip(&sections) {
+            let mut stream = ItemStream::open(audio, part).await?;
             let skipped = stream.skip(section.offset).await?;
             let copied = stream.copy_to(&mut out, Some(section.len)).await?;
             if skipped < section.offset || copied < section.len {
                 return Err(JoinError::Unjoinable(format!(
-                    "item {}'s audio is shorter than its WAV header says",
-                    item.batch_index
+                    "{part}'s audio is shorter than its WAV header says"
                 )));
             }
         }
         Ok(())
     }
     .await;
-    let bytes = out.finish(written).await?;
+    let (bytes, sha256) = out.finish(written).await?;
     Ok(Joined {
         bytes,
         duration_ms: layout.duration_ms(data_bytes),
+        sha256,
+        starts_ms,
     })
 }
 
-/// Finds an item's WAV data chunk from the first KiBs of its object.
-async fn wav_section(audio: &AudioStore, item: &BatchAudio) -> Result<WavSection, JoinError> {
+/// Finds a part's WAV data chunk from the first KiBs of its object.
+async fn wav_section(audio: &AudioStore, item: &AudioPart) -> Result<WavSection, JoinError> {
     for read in WAV_HEADER_READS {
         let reader = audio
             .open_range(&item.s3_key, 0, Some(read - 1))
@@ -241,21 +335,16 @@ async fn wav_section(audio: &AudioStore, item: &BatchAudio) -> Result<WavSection
             Ok(None) if (head.len() as u64) < object_bytes => continue,
             Ok(None) => {
                 return Err(JoinError::Unjoinable(format!(
-                    "item {}'s WAV file has no data chunk",
-                    item.batch_index
+                    "{item}'s WAV file has no data chunk"
                 )));
             }
             Err(reason) => {
-                return Err(JoinError::Unjoinable(format!(
-                    "item {}: {reason}",
-                    item.batch_index
-                )));
+                return Err(JoinError::Unjoinable(format!("{item}: {reason}")));
             }
         }
     }
     Err(JoinError::Unjoinable(format!(
-        "item {}'s WAV data chunk does not start in its first {} KiB",
-        item.batch_index,
+        "{item}'s WAV data chunk does not start in its first {} KiB",
         WAV_HEADER_READS[WAV_HEADER_READS.len() - 1] / 1024
     )))
 }
@@ -470,29 +559,32 @@ fn wav_header(layout: WavLayout, data_len: u32) -> [u8; 44] {
     header
 }
 
-fn too_large(max_bytes: u64) -> JoinError {
+fn too_large(max_bytes: u64, kind: PartKind) -> JoinError {
+    let rest = match kind {
+        PartKind::Item => "; its items' audio is available one by one",
+        PartKind::Chunk => "",
+    };
     JoinError::Unjoinable(format!(
         "the joined audio would be larger than {max_bytes} bytes \
-         (batches.max_joined_bytes); its items' audio is available one by one"
+         (batches.max_joined_bytes){rest}"
     ))
 }
 
-/// A missing object is the item's audio gone for good; anything else may pass.
-fn missing_or(err: AudioStoreError, item: &BatchAudio) -> JoinError {
+/// A missing object is the part's audio gone for good; anything else may pass.
+fn missing_or(err: AudioStoreError, item: &AudioPart) -> JoinError {
     if err.is_not_found() {
-        JoinError::Unjoinable(format!(
-            "item {}'s audio is missing from storage",
-            item.batch_index
-        ))
+        JoinError::Unjoinable(format!("{item}'s audio is missing from storage"))
     } else {
         JoinError::Storage(err)
     }
 }
 
-/// The joined file being uploaded, within its byte cap.
+/// The joined file being uploaded, within its byte cap, hashed as written.
 struct Output {
     upload: MultipartWriter,
     max_bytes: u64,
+    kind: PartKind,
+    sha256: Sha256,
 }
 
 impl Output {
@@ -501,6 +593,7 @@ impl Output {
         key: &str,
         format: AudioFormat,
         limits: JoinLimits,
+        kind: PartKind,
     ) -> Result<Self, JoinError> {
         let upload = audio
             .create_multipart(key, format.content_type(), limits.part_bytes)
@@ -508,20 +601,27 @@ impl Output {
         Ok(Self {
             upload,
             max_bytes: limits.max_bytes,
+            kind,
+            sha256: Sha256::new(),
         })
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), JoinError> {
         if self.upload.bytes_written() + data.len() as u64 > self.max_bytes {
-            return Err(too_large(self.max_bytes));
+            return Err(too_large(self.max_bytes, self.kind));
         }
+        self.sha256.update(data);
         Ok(self.upload.write(data).await?)
     }
 
-    /// Completes the upload after `written` went well, else aborts it.
-    async fn finish(self, written: Result<(), JoinError>) -> Result<u64, JoinError> {
+    /// Completes the upload after `written` went well, else aborts it;
+    /// the size and hex SHA-256 of what was stored.
+    async fn finish(self, written: Result<(), JoinError>) -> Result<(u64, String), JoinError> {
         match written {
-            Ok(()) => Ok(self.upload.complete().await?),
+            Ok(()) => {
+                let bytes = self.upload.complete().await?;
+                Ok((bytes, hex::encode(self.sha256.finalize())))
+            }
             Err(err) => {
                 if let Err(abort) = self.upload.abort().await {
                     tracing::warn!(error = %abort, "aborting a failed join's upload failed");
@@ -547,7 +647,7 @@ impl ItemStream {
         }
     }
 
-    async fn open(audio: &AudioStore, item: &BatchAudio) -> Result<Self, JoinError> {
+    async fn open(audio: &AudioStore, item: &AudioPart) -> Result<Self, JoinError> {
         let reader = audio
             .open(&item.s3_key)
             .await
@@ -708,9 +808,10 @@ mod tests {
         assert_eq!(reader.duration(), 22_050);
     }
 
-    fn item(index: i32, rate: Option<i32>) -> BatchAudio {
-        BatchAudio {
-            batch_index: index,
+    fn item(index: i32, rate: Option<i32>) -> AudioPart {
+        AudioPart {
+            kind: PartKind::Item,
+            index,
             s3_key: format!("audio/{index}.pcm"),
             format: "pcm".to_owned(),
             duration_ms: 100,

@@ -12,15 +12,19 @@
 //! - [`grouper`]: grouping deliveries by dialect, flushed on size or window.
 //! - [`pipeline`]: one dialect group end to end.
 //! - [`batches`]: joined audio of client batches ([`batches::Joiner`]).
+//! - [`long_jobs`]: the join of long jobs' chunks, their speech marks
+//!   merged ([`long_jobs::LongJoiner`]).
 //! - [`join`]: joining audio files by streaming them through a multipart
 //!   upload, format by format.
 
 pub mod batches;
 pub mod grouper;
 pub mod join;
+pub mod long_jobs;
 pub mod pipeline;
 
 mod context;
+mod leased;
 
 use std::{
     future::Future,

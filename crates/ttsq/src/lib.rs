@@ -524,15 +524,28 @@ impl Services {
         )
     }
 
+    /// The sweeper that joins the chunks of long jobs.
+    pub fn long_joiner(&self) -> ttsq_worker::long_jobs::LongJoiner {
+        ttsq_worker::long_jobs::LongJoiner::new(
+            self.store.clone(),
+            self.audio.clone(),
+            &self.settings.batches,
+            self.replica_id,
+        )
+    }
+
     /// Runs a worker until `shutdown` is cancelled, then drains it; beside
-    /// it, the webhook delivery service and the batch audio joiner.
+    /// it, the webhook delivery service and the joiners of batches' audio
+    /// and of long jobs' chunks.
     pub async fn run_worker(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let hooks = ttsq_webhooks::run(self.webhook_context(), shutdown.clone().cancelled_owned());
         let joins = self.joiner().run(shutdown.clone().cancelled_owned());
-        let (worker, (), ()) = tokio::join!(
+        let long_joins = self.long_joiner().run(shutdown.clone().cancelled_owned());
+        let (worker, (), (), ()) = tokio::join!(
             ttsq_worker::run(self.worker_context(), shutdown.cancelled_owned()),
             hooks,
-            joins
+            joins,
+            long_joins
         );
         worker.context("worker failed")
     }

@@ -14,6 +14,7 @@ mod finance;
 mod health;
 mod long_jobs;
 mod long_jobs_api;
+mod long_joins;
 mod long_poll;
 mod marks;
 mod metrics;
