@@ -131,6 +131,14 @@ pub struct ProviderSettings {
     /// The vendor account's limits.
     #[serde(default)]
     pub quota: ProviderQuota,
+    /// Most characters one request may carry. The provider declares it to
+    /// the catalog (`max_request_chars` of its dialects: a route takes its
+    /// chain's smallest, and longer texts are long jobs, split into chunks
+    /// that fit) and refuses longer texts, so the router falls back. Unset:
+    /// the adapter's own limit (OpenAI 4,096; ElevenLabs, `http` and espeak
+    /// 5,000).
+    #[serde(default)]
+    pub max_text_chars: Option<u32>,
     /// Dialects served.
     pub dialects: Vec<ProviderDialect>,
 }
@@ -146,6 +154,7 @@ impl ProviderSettings {
             max_concurrent: self.quota.max_concurrent.map_or(2, |n| n as usize),
             timeout_secs: self.timeout_secs,
             dialects: self.dialects.iter().map(|d| d.id().to_owned()).collect(),
+            max_text_chars: self.max_text_chars,
         }
     }
 
@@ -182,6 +191,9 @@ impl ProviderSettings {
                 "limits must be positive when set",
             ));
         }
+        if self.max_text_chars == Some(0) {
+            return Err(Invalid::new(key("max_text_chars"), "must be at least 1"));
+        }
         if !is_currency_code(&self.currency) {
             return Err(Invalid::new(
                 key("currency"),
@@ -217,6 +229,10 @@ pub struct EspeakSettings {
     pub timeout_secs: u64,
     /// Dialects offered, as espeak-ng voice names.
     pub dialects: Vec<String>,
+    /// Most characters one synthesis may carry (declared to the catalog;
+    /// longer texts are refused). Unset: 5,000.
+    #[serde(default)]
+    pub max_text_chars: Option<u32>,
 }
 
 #[cfg(test)]
@@ -280,6 +296,46 @@ chain = ["eleven", "espeak"]
         // A file's array replaces the default one.
         assert_eq!(s.routes.len(), 1);
         assert!(s.routes[0].matches("en-gb") && !s.routes[0].matches("fr-fr"));
+    }
+
+    #[test]
+    fn request_limits_are_read_and_a_zero_one_is_refused_by_name() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            r#"
+[providers.regional]
+kind = "http"
+base_url = "https://tts.example.test"
+max_text_chars = 1200
+dialects = ["yue"]
+"#
+        )
+        .unwrap();
+
+        let s = Settings::load(Some(file.path()), env(&[])).unwrap();
+        let espeak = Settings::load(
+            None,
+            env(&[("TTSQ_PROVIDERS_ESPEAK_MAX_TEXT_CHARS", "3000")]),
+        )
+        .unwrap();
+        let zero = Settings::load(
+            Some(file.path()),
+            env(&[("TTSQ_PROVIDERS_REGIONAL_MAX_TEXT_CHARS", "0")]),
+        )
+        .unwrap_err();
+
+        assert_eq!(s.providers["regional"].max_text_chars, Some(1200));
+        assert_eq!(s.providers["espeak"].espeak().max_text_chars, Some(5000));
+        assert_eq!(
+            espeak.providers["espeak"].espeak().max_text_chars,
+            Some(3000)
+        );
+        assert!(
+            zero.to_string()
+                .contains("TTSQ_PROVIDERS_REGIONAL_MAX_TEXT_CHARS"),
+            "{zero}"
+        );
     }
 
     #[test]

@@ -74,6 +74,13 @@ struct Alignment {
     character_end_times_seconds: Vec<f64>,
 }
 
+/// Most characters one request takes, declared unless `max_text_chars`
+/// says otherwise: the smallest limit of ElevenLabs' current models (Eleven
+/// v3 takes 5,000 characters; Multilingual v2 10,000; Flash and Turbo v2.5
+/// 40,000), so it holds whatever model a dialect uses. Raise it in the
+/// provider's config for a model that takes more: fewer, longer chunks.
+pub const MAX_REQUEST_CHARS: u32 = 5_000;
+
 /// The ElevenLabs adapter. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
 pub struct ElevenLabs {
@@ -87,7 +94,12 @@ impl ElevenLabs {
     /// An adapter for `config`; refuses formats and rates ElevenLabs cannot
     /// produce. The key goes in `xi-api-key` unless `auth_header` says otherwise.
     pub fn new(config: HttpProviderConfig) -> Result<Self, BuildError> {
-        let upstream = Upstream::new(config, AuthStyle::Header("xi-api-key"), DEFAULT_MODEL)?;
+        let upstream = Upstream::new(
+            config,
+            AuthStyle::Header("xi-api-key"),
+            DEFAULT_MODEL,
+            MAX_REQUEST_CHARS,
+        )?;
         upstream.require_formats(|dialect, format| match format {
             AudioFormat::Mp3 => Ok(()),
             AudioFormat::Wav | AudioFormat::Pcm | AudioFormat::Opus | AudioFormat::Flac => {

@@ -64,6 +64,12 @@ const DIALECT_NAMES: &[(&str, &str)] = &[
     ("yue", "Chinese (Cantonese)"),
 ];
 
+/// Most characters one synthesis takes unless the provider's
+/// `max_text_chars` says otherwise: espeak-ng itself has no limit, but one
+/// call holds a process and a permit for its whole text, and 5,000 is what
+/// the API takes in one job by default.
+pub const MAX_REQUEST_CHARS: u32 = 5_000;
+
 /// The espeak-ng adapter. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
 pub struct Espeak {
@@ -75,6 +81,8 @@ pub struct Espeak {
     permits: Semaphore,
     /// espeak-ng voice names offered as dialects.
     dialects: Vec<String>,
+    /// Longest text synthesized in one call, in characters (at least 1).
+    max_text_chars: u32,
 }
 
 impl Espeak {
@@ -85,6 +93,7 @@ impl Espeak {
             timeout: Duration::from_secs(settings.timeout_secs),
             permits: Semaphore::new(settings.max_concurrent.clamp(1, Semaphore::MAX_PERMITS)),
             dialects: settings.dialects.clone(),
+            max_text_chars: settings.max_text_chars.unwrap_or(MAX_REQUEST_CHARS).max(1),
         }
     }
 
@@ -293,7 +302,7 @@ impl Synthesizer for Espeak {
                 model: MODEL.to_owned(),
                 sample_rate_hz: SAMPLE_RATE_HZ,
                 marks: MarkKind::ALL.to_vec(),
-                max_request_chars: 5_000,
+                max_request_chars: self.max_text_chars,
             })
             .collect()
     }
@@ -309,6 +318,13 @@ impl Synthesizer for Espeak {
         let voice = self.voice_argument(request)?;
         if !FORMATS.contains(&request.format) {
             return Err(unsupported(format!("format `{}`", request.format)));
+        }
+        let chars = request.text.chars().count();
+        if chars > self.max_text_chars as usize {
+            return Err(unsupported(format!(
+                "texts of {chars} characters (at most {})",
+                self.max_text_chars
+            )));
         }
         let wpm = words_per_minute(request.speed);
         let work = async {

@@ -29,6 +29,11 @@ use crate::{
 /// `speed` range sent to the server.
 const SPEED_RANGE: (f64, f64) = (0.5, 2.0);
 
+/// Most characters one request takes unless `max_text_chars` says
+/// otherwise: the contract names no limit, and 5,000 is what the API takes
+/// in one job by default.
+pub const MAX_REQUEST_CHARS: u32 = 5_000;
+
 /// The generic adapter. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
 pub struct GenericHttp {
@@ -55,7 +60,12 @@ impl GenericHttp {
     /// provider name as model, so content hashes still tell providers apart.
     pub fn new(mut config: HttpProviderConfig) -> Result<Self, BuildError> {
         let default_model = config.model.take().unwrap_or_else(|| config.name.clone());
-        let upstream = Upstream::new(config, AuthStyle::Header("x-api-key"), &default_model)?;
+        let upstream = Upstream::new(
+            config,
+            AuthStyle::Header("x-api-key"),
+            &default_model,
+            MAX_REQUEST_CHARS,
+        )?;
         Ok(Self { upstream })
     }
 

@@ -37,6 +37,10 @@ pub const DEFAULT_MODEL: &str = "tts-1";
 /// `speed` range OpenAI accepts.
 const SPEED_RANGE: (f64, f64) = (0.25, 4.0);
 
+/// Most characters of `input` OpenAI's `/v1/audio/speech` takes: the
+/// request limit declared unless `max_text_chars` says otherwise.
+pub const MAX_REQUEST_CHARS: u32 = 4_096;
+
 /// The OpenAI-compatible adapter. Cheap to share: hold it in an `Arc`.
 #[derive(Debug)]
 pub struct OpenAi {
@@ -49,7 +53,7 @@ impl OpenAi {
     /// unless `auth_header` names another header (Azure's `api-key`, say),
     /// which then carries the key as is.
     pub fn new(config: HttpProviderConfig) -> Result<Self, BuildError> {
-        let upstream = Upstream::new(config, AuthStyle::Bearer, DEFAULT_MODEL)?;
+        let upstream = Upstream::new(config, AuthStyle::Bearer, DEFAULT_MODEL, MAX_REQUEST_CHARS)?;
         Ok(Self { upstream })
     }
 

@@ -172,7 +172,8 @@ fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>
                 } else {
                     Vec::new()
                 },
-                max_request_chars: 5_000,
+                // Replaced by the adapter's own (or the configured) limit.
+                max_request_chars: crate::generic_http::MAX_REQUEST_CHARS,
             }
         })
         .collect();
@@ -181,6 +182,7 @@ fn build(name: &str, settings: &ProviderSettings) -> Result<Arc<dyn Synthesizer>
         .clone()
         .ok_or_else(|| invalid("base_url is required".into()))?;
     let mut config = HttpProviderConfig::new(name, base_url, dialects);
+    config.max_text_chars = settings.max_text_chars.map(|n| n as usize);
     config.api_key = settings.api_key.clone();
     config.auth_header = settings.auth_header.clone();
     config.model = Some(model);
@@ -779,6 +781,87 @@ mod tests {
             &routes,
             (5, Duration::from_secs(1)),
         )
+    }
+
+    #[test]
+    fn each_provider_declares_its_request_limit_and_a_route_takes_its_chains_smallest() {
+        use std::io::Write as _;
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            r#"
+[providers.oa]
+kind = "openai"
+base_url = "http://127.0.0.1:9"
+dialects = ["en-us", "en-gb", "yue"]
+
+[providers.eleven]
+kind = "elevenlabs"
+base_url = "http://127.0.0.1:9"
+dialects = ["en-us", "en-gb", "it"]
+
+[providers.regional]
+kind = "http"
+base_url = "http://127.0.0.1:9"
+max_text_chars = 1200
+dialects = ["yue", "cmn"]
+
+[[routes]]
+dialects = ["en-us"]
+chain = ["eleven", "oa"]
+
+[[routes]]
+dialects = ["en-gb", "it"]
+chain = ["eleven", "espeak"]
+
+[[routes]]
+dialects = ["yue"]
+chain = ["oa", "regional", "espeak"]
+
+[[routes]]
+dialects = ["*"]
+chain = ["espeak"]
+"#
+        )
+        .unwrap();
+        let settings = Settings::load(
+            Some(file.path()),
+            [(
+                "TTSQ_PROVIDERS_ESPEAK_MAX_TEXT_CHARS".to_owned(),
+                "3000".to_owned(),
+            )],
+        )
+        .unwrap();
+
+        let router = Router::from_settings(&settings).unwrap();
+
+        let limit = |id: &str| router.catalog().get(id).map(|d| d.max_request_chars);
+        assert_eq!(
+            limit("en-us"),
+            Some(4_096),
+            "ElevenLabs' 5,000 and OpenAI's 4,096"
+        );
+        assert_eq!(
+            limit("it"),
+            Some(5_000),
+            "ElevenLabs alone: espeak does not serve it"
+        );
+        assert_eq!(
+            limit("en-gb"),
+            Some(3_000),
+            "ElevenLabs' 5,000 and espeak's configured 3,000"
+        );
+        assert_eq!(
+            limit("yue"),
+            Some(1_200),
+            "the configured limit of `regional`"
+        );
+        assert_eq!(
+            limit("cmn"),
+            Some(3_000),
+            "the route of cmn is espeak's alone"
+        );
     }
 
     fn request(text: &str) -> SynthesisRequest<'_> {

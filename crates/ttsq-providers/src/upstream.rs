@@ -91,8 +91,11 @@ pub struct HttpProviderConfig {
     /// sample rate; requests are checked against them before anything is sent.
     /// An empty `voices` list accepts any voice.
     pub dialects: Vec<DialectInfo>,
-    /// Longest text sent, in characters (OpenAI: 4096); longer is
-    /// [`ProviderError::Unsupported`], so the router can fall back.
+    /// Longest text sent, in characters; longer is
+    /// [`ProviderError::Unsupported`], so the router can fall back. Also the
+    /// `max_request_chars` the dialects declare (longer jobs are split into
+    /// chunks that fit). `None`: the adapter's own limit (OpenAI 4,096,
+    /// ElevenLabs and `http` 5,000).
     pub max_text_chars: Option<usize>,
 }
 
@@ -218,18 +221,21 @@ pub(crate) struct Upstream {
     secret: Option<SecretString>,
     /// The total timeout, reported by [`ProviderError::Timeout`].
     timeout: Duration,
-    /// Served dialects, with `provider_chain` and `model` filled in.
+    /// Served dialects, with `provider_chain`, `model` and
+    /// `max_request_chars` filled in.
     dialects: Vec<DialectInfo>,
-    /// Longest text sent.
-    max_text_chars: Option<usize>,
+    /// Longest text sent, in characters (at least 1).
+    max_text_chars: usize,
 }
 
 impl Upstream {
-    /// Checks `config` and builds the client.
+    /// Checks `config` and builds the client; `default_max_chars` is the
+    /// adapter's request limit, used unless the config sets one.
     pub fn new(
         config: HttpProviderConfig,
         auth_style: AuthStyle,
         default_model: &str,
+        default_max_chars: u32,
     ) -> Result<Self, BuildError> {
         let provider = config.name.clone();
         let base = parse_base_url(&config.base_url).map_err(|reason| BuildError::BaseUrl {
@@ -261,6 +267,11 @@ impl Upstream {
             .model
             .clone()
             .unwrap_or_else(|| default_model.to_owned());
+        let max_text_chars = config
+            .max_text_chars
+            .unwrap_or(default_max_chars as usize)
+            .max(1);
+        let max_request_chars = u32::try_from(max_text_chars).unwrap_or(u32::MAX);
         let dialects = config
             .dialects
             .into_iter()
@@ -269,6 +280,7 @@ impl Upstream {
                 if d.model.is_empty() {
                     d.model.clone_from(&model);
                 }
+                d.max_request_chars = max_request_chars;
                 d
             })
             .collect();
@@ -280,7 +292,7 @@ impl Upstream {
             secret: config.api_key,
             timeout: config.timeout,
             dialects,
-            max_text_chars: config.max_text_chars,
+            max_text_chars,
         })
     }
 
@@ -337,13 +349,10 @@ impl Upstream {
                 self.unsupported(format!("emotion `{emotion}` for dialect `{}`", dialect.id))
             );
         }
-        if let Some(max) = self.max_text_chars {
-            let chars = request.text.chars().count();
-            if chars > max {
-                return Err(
-                    self.unsupported(format!("texts of {chars} characters (at most {max})"))
-                );
-            }
+        let max = self.max_text_chars;
+        let chars = request.text.chars().count();
+        if chars > max {
+            return Err(self.unsupported(format!("texts of {chars} characters (at most {max})")));
         }
         Ok(dialect)
     }
@@ -892,7 +901,7 @@ mod tests {
             HttpProviderConfig::new("vendor", "http://127.0.0.1:9/prefix/", vec![dialect()]);
         config.api_key = Some(SecretString::from(key.to_owned()));
         config.max_text_chars = Some(10);
-        Upstream::new(config, AuthStyle::Bearer, "model-1").unwrap()
+        Upstream::new(config, AuthStyle::Bearer, "model-1", 5_000).unwrap()
     }
 
     fn request<'a>(
@@ -1121,12 +1130,38 @@ mod tests {
     }
 
     #[test]
+    fn the_request_limit_is_declared_and_enforced_whether_configured_or_the_adapters() {
+        let configured = upstream("k");
+        let by_default = Upstream::new(
+            HttpProviderConfig::new("vendor", "http://127.0.0.1:9", vec![dialect()]),
+            AuthStyle::Bearer,
+            "model-1",
+            12,
+        )
+        .unwrap();
+        let long = SynthesisRequest {
+            text: "thirteen char",
+            ..request("alloy", AudioFormat::Mp3, None)
+        };
+
+        assert_eq!(configured.dialects()[0].max_request_chars, 10);
+        assert_eq!(by_default.dialects()[0].max_request_chars, 12);
+        let err = by_default.check(&long, Emotions::Checked).unwrap_err();
+        assert_eq!(err.code(), "provider_unsupported", "{err}");
+        assert!(
+            by_default
+                .check(&request("alloy", AudioFormat::Mp3, None), Emotions::Checked)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn bad_configurations_are_refused_without_the_key() {
         let build = |url: &str, header: Option<&str>, key: &str| {
             let mut config = HttpProviderConfig::new("p", url, vec![dialect()]);
             config.auth_header = header.map(str::to_owned);
             config.api_key = Some(SecretString::from(key.to_owned()));
-            Upstream::new(config, AuthStyle::Bearer, "m").map(|_| ())
+            Upstream::new(config, AuthStyle::Bearer, "m", 5_000).map(|_| ())
         };
 
         assert!(matches!(
@@ -1148,6 +1183,7 @@ mod tests {
             HttpProviderConfig::new("p", "http://x", Vec::new()),
             AuthStyle::Bearer,
             "m",
+            5_000,
         );
         assert!(matches!(empty, Err(BuildError::NoDialects { .. })));
     }

@@ -41,6 +41,7 @@ fn settings(
         ]
         .map(String::from)
         .to_vec(),
+        max_text_chars: None,
     }
 }
 
@@ -283,6 +284,31 @@ async fn unknown_voice_dialect_or_format_is_unsupported() {
         assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
         assert!(!err.is_retryable());
     }
+}
+
+#[tokio::test]
+async fn the_request_limit_is_declared_and_a_longer_text_is_refused_before_espeak_runs() {
+    let default = espeak();
+    let limited = Espeak::new(&EspeakSettings {
+        max_text_chars: Some(10),
+        // Never run: the limit is checked first.
+        ..settings("/nonexistent/espeak-ng", 1, 5)
+    });
+
+    let err = limited
+        .synthesize(&request(HELLO, "en-gb", AudioFormat::Wav))
+        .await
+        .unwrap_err();
+
+    assert!(
+        default
+            .dialects()
+            .iter()
+            .all(|d| d.max_request_chars == 5_000)
+    );
+    assert!(limited.dialects().iter().all(|d| d.max_request_chars == 10));
+    assert!(matches!(err, ProviderError::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("at most 10"), "{err}");
 }
 
 #[tokio::test]
