@@ -361,7 +361,7 @@ impl ChunkProgress {
     }
 }
 
-/// Polls a long job until it is terminal, showing its chunks on `bar`;
+/// Polls a long job until it is terminal, showing its chunks on `progress`;
 /// [`ttsq_client::ClientError::WaitTimeout`] when no chunk finished for
 /// `stall`.
 async fn follow_long_job(

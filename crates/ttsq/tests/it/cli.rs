@@ -464,3 +464,47 @@ async fn say_file_shows_progress_and_writes_the_joined_audio() {
     );
     assert_eq!(fake.stats().synthesis_requests, chunks);
 }
+
+#[tokio::test]
+async fn say_file_refuses_a_file_that_is_not_utf8_and_follows_a_short_one_to_its_audio() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let latin1 = dir.path().join("latin1.txt");
+    std::fs::write(&latin1, b"Caf\xe9 au lait.").expect("file written");
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "\u{feff}A short note, read from a file.\n").expect("file written");
+    let audio = dir.path().join("short.wav");
+
+    let refused = run(ttsq(&app)
+        .args(["say", "--dialect", "en-gb", "--file"])
+        .arg(&latin1))
+    .await;
+    let said = run(ttsq(&app)
+        .args(["--output", "json", "say", "--dialect", "en-gb", "--file"])
+        .arg(&short)
+        .arg("-o")
+        .arg(&audio))
+    .await;
+
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("is not UTF-8"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(said.status.success(), "{}", stderr(&said));
+    let result: Value = serde_json::from_slice(&said.stdout).expect("a JSON result on stdout");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert!(
+        result.get("chunks_total").is_none(),
+        "one request: {result}"
+    );
+    let bytes = std::fs::read(&audio).expect("the audio file");
+    hound::WavReader::new(Cursor::new(&bytes)).expect("a valid WAV file");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE text LIKE 'A short note%'")
+            .await,
+        1,
+        "the byte-order mark is not part of the text"
+    );
+}
