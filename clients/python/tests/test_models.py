@@ -31,6 +31,23 @@ def test_a_task_reads_every_field_and_keeps_unknown_ones_in_raw() -> None:
     assert task.raw["shiny_new_field"] == 1 and task.started_at is None
 
 
+def test_a_long_job_reads_its_progress_and_other_tasks_have_none() -> None:
+    long = ttsq.Task.from_json(
+        {"task_id": "t", "status": "processing", "chunks_total": 7, "chunks_done": 3}
+    )
+    single = ttsq.Task.from_json({"task_id": "u", "status": "processing"})
+    odd = ttsq.Task.from_json({"task_id": "v", "status": "processing", "chunks_total": "7"})
+    assert (long.chunks_total, long.chunks_done) == (7, 3) and long.is_long
+    assert (single.chunks_total, single.chunks_done) == (None, None) and not single.is_long
+    assert odd.chunks_total is None and odd.raw["chunks_total"] == "7"
+
+
+def test_a_dialect_reads_its_request_limit_when_the_server_gives_it() -> None:
+    with_limit = ttsq.Dialect.from_json({"id": "en-gb", "max_request_chars": 4096})
+    without = ttsq.Dialect.from_json({"id": "en-gb"})
+    assert with_limit.max_request_chars == 4096 and without.max_request_chars is None
+
+
 def test_a_status_the_sdk_does_not_know_is_kept_as_a_string() -> None:
     task = ttsq.Task.from_json({"task_id": "t", "status": "paused"})
     assert task.status == "paused" and not task.is_terminal and not task.succeeded

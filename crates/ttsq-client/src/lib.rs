@@ -202,6 +202,20 @@ impl Client {
         decode(response).await
     }
 
+    /// One long-poll: the task as soon as it is terminal, or as it is after
+    /// `wait` (at most 20 s, in milliseconds). For showing progress between
+    /// polls (a long job's [`Task::chunks_done`]); [`Client::wait`] for just
+    /// the end.
+    pub async fn poll(&self, task_id: Uuid, wait: Duration) -> Result<Task, ClientError> {
+        let wait = wait.min(POLL_SLICE);
+        let path = format!(
+            "/v1/tts/jobs/{task_id}?wait={}.{:03}",
+            wait.as_secs(),
+            wait.subsec_millis()
+        );
+        decode(self.send(Method::GET, &path, true, |r| r).await?).await
+    }
+
     /// Long-polls a task until it is terminal; [`ClientError::WaitTimeout`]
     /// when it is not within `timeout`.
     pub async fn wait(&self, task_id: Uuid, timeout: Duration) -> Result<Task, ClientError> {

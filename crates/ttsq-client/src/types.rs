@@ -307,6 +307,16 @@ pub struct Task {
     /// Presigned URL of the speech marks, once succeeded, when asked for.
     #[serde(default)]
     pub marks_url: Option<String>,
+    /// A long job (a text longer than one provider request, split by the
+    /// server): how many chunks it was split into. `None` for any other
+    /// task, and from servers without long jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_total: Option<u32>,
+    /// A long job: how many of its chunks are synthesized so far, for
+    /// showing progress against [`Task::chunks_total`]. `None` for any other
+    /// task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_done: Option<u32>,
     /// Accepted at.
     pub created_at: DateTime<Utc>,
     /// Finished at.
@@ -358,6 +368,12 @@ pub struct Dialect {
     /// Providers tried in order.
     #[serde(default)]
     pub provider_chain: Vec<String>,
+    /// Longest text, in characters, synthesized as one request (the least
+    /// of its providers' limits): a longer normal-priority job is a long
+    /// job, split into chunks by the server, and a longer high-priority job
+    /// is refused. `None` from servers that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_chars: Option<u32>,
 }
 
 /// The tenant's usage, as `GET /v1/usage` reports it: one entry per day.
@@ -399,4 +415,38 @@ pub struct Mark {
     /// Offset after its last character (words, sentences).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_jobs_progress_is_read_and_other_tasks_have_none() {
+        let long: Task = serde_json::from_str(
+            r#"{"task_id":"0193a0a0-0000-7000-8000-000000000001","status":"processing",
+                "created_at":"2026-12-07T12:00:00Z","chunks_total":7,"chunks_done":3}"#,
+        )
+        .expect("a long job");
+        let short: Task = serde_json::from_str(
+            r#"{"task_id":"0193a0a0-0000-7000-8000-000000000002","status":"queued",
+                "created_at":"2026-12-07T12:00:00Z"}"#,
+        )
+        .expect("a single job");
+
+        assert_eq!((long.chunks_total, long.chunks_done), (Some(7), Some(3)));
+        assert_eq!((short.chunks_total, short.chunks_done), (None, None));
+        let written = serde_json::to_value(&short).expect("serializes");
+        assert!(written.get("chunks_total").is_none(), "{written}");
+    }
+
+    #[test]
+    fn a_dialect_reads_its_request_limit_when_the_server_gives_it() {
+        let with: Dialect =
+            serde_json::from_str(r#"{"id":"en-gb","max_request_chars":4096}"#).expect("a dialect");
+        let without: Dialect = serde_json::from_str(r#"{"id":"en-gb"}"#).expect("a dialect");
+
+        assert_eq!(with.max_request_chars, Some(4096));
+        assert_eq!(without.max_request_chars, None);
+    }
 }

@@ -8,6 +8,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     io::{IsTerminal, Read, Write},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -60,11 +61,27 @@ impl Connection {
 /// request body, far more than a job's text may hold.
 const MAX_STDIN_BYTES: u64 = 1024 * 1024;
 
+/// Most bytes `ttsq say --file` reads: room for the API's longest long
+/// text (`limits.max_long_text_chars`, 200,000 characters by default) in
+/// any script, while refusing a file that is no text at all.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How long one poll of a long job waits for it to finish before the
+/// progress bar is updated from its counts.
+const LONG_JOB_POLL: Duration = Duration::from_secs(1);
+
 /// `ttsq say`.
 #[derive(clap::Args, Debug)]
 pub struct SayArgs {
     /// The text to speak; `-` reads it from stdin (at most 1 MiB).
-    text: String,
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    text: Option<String>,
+    /// Read the text from this UTF-8 file (at most 4 MiB), e.g. a whole
+    /// chapter. It is synthesized as a long job: queued at normal priority,
+    /// split by the server into chunks synthesized in parallel and joined
+    /// into one audio file, with a progress bar over the chunks.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
     /// Dialect id (see `ttsq dialects`).
     #[arg(long, short)]
     dialect: String,
@@ -79,13 +96,16 @@ pub struct SayArgs {
     /// Speaking rate, 0.5 to 2.0.
     #[arg(long)]
     speed: Option<f64>,
-    /// `normal` goes through the queue; `high` is synthesized at once.
+    /// `normal` goes through the queue; `high` is synthesized at once. A
+    /// long text (from --file, or longer than the dialect's
+    /// max_request_chars) always goes through the queue.
     #[arg(long, default_value = "normal", value_parser = ["normal", "high"])]
     priority: String,
     /// File to write the audio to (`-` for stdout); default `{task id}.{ext}`.
     #[arg(long, short, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Longest wait for a normal-priority job, in seconds.
+    /// Longest wait for a normal-priority job, in seconds; for a long job,
+    /// the longest wait while none of its chunks finishes.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
     #[command(flatten)]
@@ -200,22 +220,248 @@ fn say_text(arg: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// The text of `ttsq say --file`: the whole file, which must be UTF-8 (a
+/// byte-order mark is dropped) and hold some text.
+fn file_text(path: &Path) -> anyhow::Result<String> {
+    let unreadable = |e: std::io::Error| {
+        fail(
+            Failure::Usage,
+            format!("Failed to read {}: {e}", path.display()),
+        )
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(
+            Failure::Usage,
+            format!(
+                "{} holds more than {} MiB; a long job's text is far shorter \
+                 (the API's limits.max_long_text_chars): split it into several files",
+                path.display(),
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(
+            Failure::Usage,
+            format!(
+                "{} is not UTF-8 text (invalid byte at offset {}); convert it first, \
+                 e.g. `iconv -t UTF-8`",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let text = text
+        .strip_prefix('\u{feff}')
+        .map(str::to_owned)
+        .unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(fail(
+            Failure::Usage,
+            format!("{} holds no text", path.display()),
+        ));
+    }
+    Ok(text)
+}
+
+/// Whether `text` is longer than one request of `dialect` takes (its
+/// `max_request_chars` in the catalog), so that the server makes it a long
+/// job. `false` when the catalog does not say: the server decides anyway.
+async fn is_long_text(client: &Client, dialect: &str, text: &str) -> anyhow::Result<bool> {
+    let dialects = match client.dialects().await {
+        Ok(dialects) => dialects,
+        Err(err) if err.is_unavailable() || err.is_auth() => {
+            return Err(err).context("Failed to read the dialect catalog");
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "no dialect catalog; the server decides");
+            return Ok(false);
+        }
+    };
+    let limit = dialects
+        .iter()
+        .find(|d| d.id == dialect)
+        .and_then(|d| d.max_request_chars);
+    Ok(limit.is_some_and(|max| text.chars().count() > max as usize))
+}
+
+/// How often, at most, a long job's progress is written as a line when
+/// stderr is not a terminal (a log, CI).
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// A long job's progress on stderr: a bar over its chunks on a terminal (a
+/// spinner until the task says how many it has); otherwise a plain line
+/// now and then, for logs.
+enum ChunkProgress {
+    Bar(ProgressBar),
+    Lines {
+        task_id: Uuid,
+        /// Chunks done when a line was last written, and when.
+        written: Option<(u32, tokio::time::Instant)>,
+    },
+}
+
+impl ChunkProgress {
+    fn new(task_id: Uuid) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self::Lines {
+                task_id,
+                written: None,
+            };
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix:>10} {elapsed} {msg}") {
+            bar.set_style(style);
+        }
+        bar.set_prefix("submitted");
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self::Bar(bar)
+    }
+
+    /// Shows the task's state: chunks done of chunks total once it carries
+    /// them, else its status.
+    fn show(&mut self, task: &Task) {
+        let counts = task.chunks_total.zip(task.chunks_done);
+        match self {
+            Self::Bar(bar) => {
+                if let Some((total, done)) = counts {
+                    if bar.length() != Some(u64::from(total)) {
+                        bar.set_style(progress_style("chunks"));
+                        bar.set_length(u64::from(total));
+                    }
+                    bar.set_position(u64::from(done));
+                }
+                bar.set_prefix(task.status.to_string());
+            }
+            Self::Lines { task_id, written } => {
+                let Some((total, done)) = counts else { return };
+                let due = match written {
+                    None => true,
+                    Some((seen, at)) => {
+                        done != *seen
+                            && (task.status.is_terminal() || at.elapsed() >= PROGRESS_LINE_EVERY)
+                    }
+                };
+                if due {
+                    eprintln!("task {task_id}: {done} of {total} chunks synthesized");
+                    *written = Some((done, tokio::time::Instant::now()));
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        if let Self::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Polls a long job until it is terminal, showing its chunks on `progress`;
+/// [`ttsq_client::ClientError::WaitTimeout`] when no chunk finished for
+/// `stall`.
+async fn follow_long_job(
+    client: &Client,
+    task_id: Uuid,
+    stall: Duration,
+    progress: &mut ChunkProgress,
+) -> anyhow::Result<Task> {
+    let mut progress_at = tokio::time::Instant::now();
+    let mut seen_done = None;
+    loop {
+        let task = client.poll(task_id, LONG_JOB_POLL).await?;
+        progress.show(&task);
+        if task.status.is_terminal() {
+            return Ok(task);
+        }
+        if task.chunks_done != seen_done {
+            seen_done = task.chunks_done;
+            progress_at = tokio::time::Instant::now();
+        } else if progress_at.elapsed() >= stall {
+            return Err(ttsq_client::ClientError::WaitTimeout {
+                task_id,
+                timeout: stall,
+            }
+            .into());
+        }
+    }
+}
+
+/// Submits `job` at normal priority as a long job, follows it to its end
+/// with a progress bar and downloads its audio. Ctrl-C cancels the job
+/// while it runs (its chunks not started are neither synthesized nor
+/// billed) and fails.
+async fn say_long(
+    client: &Client,
+    job: &NewJob,
+    stall: Duration,
+) -> anyhow::Result<(Task, bytes::Bytes)> {
+    let accepted = client.submit(job, None).await?;
+    let task_id = accepted.task_id;
+    let mut progress = ChunkProgress::new(task_id);
+    let ended = AtomicBool::new(false);
+    let work = async {
+        let followed = follow_long_job(client, task_id, stall, &mut progress).await;
+        progress.clear();
+        let task = followed?;
+        ended.store(true, Ordering::Relaxed);
+        ensure_succeeded(&task)?;
+        let audio = client.download(task_id).await?;
+        anyhow::Ok((task, audio))
+    };
+    tokio::select! {
+        done = work => done,
+        // Listening replaces the default handler for the process's life:
+        // every wait after this one is inside this select.
+        _ = tokio::signal::ctrl_c() => {
+            progress.clear();
+            let why = if ended.load(Ordering::Relaxed) {
+                format!("interrupted (task {task_id} had ended)")
+            } else {
+                match client.cancel(task_id).await {
+                    Ok(task) => format!("interrupted: task {task_id} {}", task.status),
+                    Err(err) => format!("interrupted: task {task_id} was not cancelled: {err}"),
+                }
+            };
+            Err(fail(Failure::JobsFailed, why))
+        }
+    }
+}
+
 /// `ttsq say`: synthesizes one text and writes the audio.
 pub async fn say(args: SayArgs, output: Output) -> anyhow::Result<()> {
     let client = args.connection.client()?;
-    let text = say_text(&args.text)?;
+    let text = match (&args.file, &args.text) {
+        (Some(path), _) => file_text(path)?,
+        (None, Some(arg)) => say_text(arg)?,
+        // clap requires one of them.
+        (None, None) => return Err(fail(Failure::Usage, "give a text or --file")),
+    };
     let format = args
         .format
         .as_deref()
         .map(AudioFormat::from)
         .or_else(|| args.out.as_deref().and_then(AudioFormat::from_path));
+    let long = args.file.is_some() || is_long_text(&client, &args.dialect, &text).await?;
     let job = NewJob {
         voice: args.voice.clone(),
         speed: args.speed,
         format: format.clone(),
         ..NewJob::new(text, &args.dialect)
     };
-    let (task_id, cache_hit, audio) = if args.priority == "high" {
+    let mut chunks_total = None;
+    let (task_id, cache_hit, audio) = if long {
+        if args.priority == "high" {
+            eprintln!("note: a long text goes through the queue: submitting it at normal priority");
+        }
+        let (task, audio) = say_long(&client, &job, Duration::from_secs(args.timeout)).await?;
+        chunks_total = task.chunks_total;
+        (task.task_id, task.cache_hit, audio)
+    } else if args.priority == "high" {
         let speech = client.synthesize(&job).await?;
         (speech.task_id, speech.cache_hit, speech.audio)
     } else {
@@ -244,20 +490,25 @@ pub async fn say(args: SayArgs, output: Output) -> anyhow::Result<()> {
         std::fs::write(&path, &audio)
             .with_context(|| format!("Failed to write {}", path.display()))?;
     }
-    let fields = serde_json::json!({
+    let mut fields = serde_json::json!({
         "task_id": task_id,
+        "status": TaskStatus::Succeeded,
         "file": path,
         "bytes": audio.len(),
         "cache_hit": cache_hit,
     });
+    if let (Some(total), Some(object)) = (chunks_total, fields.as_object_mut()) {
+        object.insert("chunks_total".to_owned(), total.into());
+    }
     match output {
         // The audio is on stdout: the record goes to stderr.
         Output::Json | Output::Csv if path.as_os_str() == "-" => eprintln!("{fields}"),
         // Sentences go to stderr, so that `--out -` keeps stdout audio only.
         Output::Table => eprintln!(
-            "{} bytes → {} (task {task_id}{})",
+            "{} bytes → {} (task {task_id}{}{})",
             audio.len(),
             path.display(),
+            chunks_total.map_or_else(String::new, |n| format!(", {n} chunks")),
             if cache_hit { ", from cache" } else { "" }
         ),
         output => print(
@@ -486,20 +737,28 @@ fn progress(len: usize, prefix: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {rate} ETA {eta} {msg}")
-    {
-        let style = style.with_key(
-            "rate",
-            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                // A write into the bar's line buffer cannot fail.
-                let _ = write!(w, "{:>7.1} jobs/s", state.per_sec());
-            },
-        );
-        bar.set_style(style.progress_chars("=> "));
-    }
+    bar.set_style(progress_style("jobs"));
     bar.set_prefix(prefix);
     bar
+}
+
+/// The style of the command line's progress bars: position, rate of
+/// `unit`s per second and time left.
+fn progress_style(unit: &'static str) -> ProgressStyle {
+    let Ok(style) =
+        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {rate} ETA {eta} {msg}")
+    else {
+        return ProgressStyle::default_bar();
+    };
+    style
+        .with_key(
+            "rate",
+            move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                // A write into the bar's line buffer cannot fail.
+                let _ = write!(w, "{:>7.1} {unit}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ")
 }
 
 /// An append-only JSON Lines file, written line by line as things happen,
@@ -989,6 +1248,9 @@ fn print_task(task: &Task, output: Output) -> anyhow::Result<()> {
         ("attempts", task.attempts.to_string()),
         ("created", task.created_at.to_rfc3339()),
     ];
+    if let (Some(total), Some(done)) = (task.chunks_total, task.chunks_done) {
+        fields.push(("chunks", format!("{done} of {total} synthesized")));
+    }
     if let Some(finished) = task.finished_at {
         fields.push(("finished", finished.to_rfc3339()));
     }

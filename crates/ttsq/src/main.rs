@@ -110,6 +110,14 @@ enum Command {
     /// `ttsq say "Hello" --dialect en-gb -o hello.mp3 [--priority high]`;
     /// `ttsq say - …` reads the text from stdin.
     ///
+    /// Long texts: `ttsq say --file chapter.txt -d en-gb -o chapter.mp3`
+    /// reads a UTF-8 file (at most 4 MiB) and submits it as a long job, as
+    /// is any text longer than the dialect's max_request_chars (see
+    /// `ttsq dialects --output json`): the server splits it into chunks
+    /// synthesized in parallel and joins their audio into one file; a
+    /// progress bar over the chunks shows on a terminal; Ctrl-C cancels the
+    /// job. A failed chunk fails the job with its error (exit 1).
+    ///
     /// Client commands (say, batch, jobs, dialects) reach the API at
     /// TTSQ_URL (or --url) with the key in TTSQ_API_KEY (or --api-key).
     /// The audio file is `-o/--out`; `--output` is how results are printed.

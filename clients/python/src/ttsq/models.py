@@ -181,6 +181,10 @@ class Task:
     A submission's ``202`` answer carries only ``id``, ``status`` and
     ``status_url``; the other fields are then ``None`` until the task is
     read again (:meth:`ttsq.Client.get`, :meth:`ttsq.Client.wait`).
+
+    A long job (a text longer than one provider request, which the server
+    splits into chunks synthesized in parallel) carries ``chunks_total`` and
+    ``chunks_done``, its progress; both are ``None`` for every other task.
     """
 
     id: str
@@ -204,12 +208,19 @@ class Task:
     created_at: Optional[_dt.datetime] = None
     started_at: Optional[_dt.datetime] = None
     finished_at: Optional[_dt.datetime] = None
+    chunks_total: Optional[int] = None
+    chunks_done: Optional[int] = None
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_terminal(self) -> bool:
         """Whether the task will never change again."""
         return _is_terminal(self.status)
+
+    @property
+    def is_long(self) -> bool:
+        """Whether it is a long job, split into chunks by the server."""
+        return self.chunks_total is not None
 
     @property
     def succeeded(self) -> bool:
@@ -241,6 +252,8 @@ class Task:
             created_at=_datetime(data.get("created_at")),
             started_at=_datetime(data.get("started_at")),
             finished_at=_datetime(data.get("finished_at")),
+            chunks_total=_int(data.get("chunks_total")),
+            chunks_done=_int(data.get("chunks_done")),
             raw=data,
         )
 
@@ -335,6 +348,11 @@ class Dialect:
     provider_chain: List[str]
     model: Optional[str] = None
     sample_rate_hz: Optional[int] = None
+    max_request_chars: Optional[int] = None
+    """Longest text synthesized as one request (the least of its providers'
+    limits): a longer normal-priority job is a long job, split into chunks
+    by the server; a longer high-priority job is refused. ``None`` when the
+    server does not say."""
     raw: JSON = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -354,6 +372,7 @@ class Dialect:
             provider_chain=_strs(data.get("provider_chain")),
             model=_str(data.get("model")),
             sample_rate_hz=_int(data.get("sample_rate_hz")),
+            max_request_chars=_int(data.get("max_request_chars")),
             raw=data,
         )
 

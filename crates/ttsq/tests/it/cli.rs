@@ -1,13 +1,15 @@
 //! The `ttsq` command line as a user meets it, running the real binary
 //! against a running stack: `batch` through the batches endpoint, its
 //! resume after a crash, exit codes by class of failure, `say -` from
-//! stdin, shell completions and `--output table|json|csv`.
+//! stdin, `say --file` of a long text, shell completions and
+//! `--output table|json|csv`.
 
-use std::{path::Path, process::Output, time::Duration};
+use std::{io::Cursor, path::Path, process::Output, time::Duration};
 
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
-use ttsq_testkit::{TestApp, TestOptions};
+use ttsq_fake_provider::{FakeConfig, FakeProvider};
+use ttsq_testkit::{FakeRoutes, TestApp, TestOptions};
 
 /// The `ttsq` binary pointed at `app`, with nothing else of the test's environment.
 fn ttsq(app: &TestApp) -> tokio::process::Command {
@@ -385,5 +387,124 @@ async fn ttsq_batch_sends_at_most_a_thousand_lines_per_request() {
             .all(|r| r["status"] == "error" && r["task_id"].is_string()),
         "{:?}",
         waited.first()
+    );
+}
+
+#[tokio::test]
+async fn say_file_shows_progress_and_writes_the_joined_audio() {
+    // A provider taking 300 characters a request, 10 ms of audio each.
+    const REQUEST_CHARS: usize = 300;
+    const MS_PER_CHAR: u32 = 10;
+    const KEY: &str = "sk-fake-cli-long";
+    let mut config = FakeConfig {
+        ms_per_char: MS_PER_CHAR,
+        ..FakeConfig::default()
+    };
+    config.keys.openai = Some(KEY.to_owned());
+    let fake = FakeProvider::start(config).await.expect("fake starts");
+    let app = TestApp::spawn_with(TestOptions {
+        env: vec![("TTSQ_PROVIDERS_FAKE_API_KEY".into(), KEY.into())],
+        config_toml: Some(
+            FakeRoutes::new(fake.base_url())
+                .with(r#"model = "tts-1""#)
+                .with(&format!("max_text_chars = {REQUEST_CHARS}"))
+                .with("quota = { max_concurrent = 8 }")
+                .toml(),
+        ),
+        ..TestOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chapter = dir.path().join("chapter.txt");
+    let audio = dir.path().join("chapter.wav");
+    let text: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "Paragraph {i} of the chapter opens on a quiet street. Dr. Lee walks 2.5 miles \
+                 to the station, counting the lamps as she goes. By the time the train comes, \
+                 paragraph {i} has said all it had to say."
+            )
+        })
+        .collect();
+    let text = text.join("\n\n");
+    assert!(text.chars().count() > 3 * REQUEST_CHARS);
+    std::fs::write(&chapter, &text).expect("chapter written");
+
+    let said = run(ttsq(&app)
+        .args(["--output", "json", "say", "--dialect", "en-gb", "--file"])
+        .arg(&chapter)
+        .arg("-o")
+        .arg(&audio))
+    .await;
+
+    assert!(said.status.success(), "{}", stderr(&said));
+    let result: Value = serde_json::from_slice(&said.stdout).expect("a JSON result on stdout");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    let chunks = result["chunks_total"].as_u64().unwrap_or(0);
+    assert!(chunks > 1, "split into chunks: {result}");
+    // Not a terminal: a plain progress line instead of a bar.
+    assert!(
+        stderr(&said).contains(&format!("of {chunks} chunks synthesized")),
+        "{}",
+        stderr(&said)
+    );
+    let bytes = std::fs::read(&audio).expect("the audio file");
+    assert_eq!(result["bytes"], bytes.len(), "{result}");
+    let reader = hound::WavReader::new(Cursor::new(&bytes)).expect("a valid WAV file");
+    let ms = f64::from(reader.duration()) * 1000.0 / f64::from(reader.spec().sample_rate);
+    let spoken = app
+        .scalar(&format!(
+            "SELECT coalesce(sum(characters), 0)::bigint FROM tasks WHERE parent_id = '{}'",
+            result["task_id"].as_str().expect("a task id")
+        ))
+        .await;
+    assert!(
+        (ms - spoken as f64 * f64::from(MS_PER_CHAR)).abs() < 6.0 * chunks as f64,
+        "{ms} ms of audio for {spoken} characters in {chunks} chunks"
+    );
+    assert_eq!(fake.stats().synthesis_requests, chunks);
+}
+
+#[tokio::test]
+async fn say_file_refuses_a_file_that_is_not_utf8_and_follows_a_short_one_to_its_audio() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let latin1 = dir.path().join("latin1.txt");
+    std::fs::write(&latin1, b"Caf\xe9 au lait.").expect("file written");
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "\u{feff}A short note, read from a file.\n").expect("file written");
+    let audio = dir.path().join("short.wav");
+
+    let refused = run(ttsq(&app)
+        .args(["say", "--dialect", "en-gb", "--file"])
+        .arg(&latin1))
+    .await;
+    let said = run(ttsq(&app)
+        .args(["--output", "json", "say", "--dialect", "en-gb", "--file"])
+        .arg(&short)
+        .arg("-o")
+        .arg(&audio))
+    .await;
+
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("is not UTF-8"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(said.status.success(), "{}", stderr(&said));
+    let result: Value = serde_json::from_slice(&said.stdout).expect("a JSON result on stdout");
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert!(
+        result.get("chunks_total").is_none(),
+        "one request: {result}"
+    );
+    let bytes = std::fs::read(&audio).expect("the audio file");
+    hound::WavReader::new(Cursor::new(&bytes)).expect("a valid WAV file");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM tasks WHERE text LIKE 'A short note%'")
+            .await,
+        1,
+        "the byte-order mark is not part of the text"
     );
 }
