@@ -157,7 +157,7 @@ async fn a_long_job_is_split_synthesized_joined_and_billed_as_one_task() {
         .json()
         .await
         .expect("usage JSON");
-    let days = usage["data"].as_array().expect("usage rows");
+    let days = usage["days"].as_array().expect("usage rows");
     let tasks: i64 = days.iter().map(|d| d["tasks"].as_i64().unwrap_or(0)).sum();
     let billable: i64 = days
         .iter()
@@ -175,7 +175,7 @@ async fn a_long_job_is_split_synthesized_joined_and_billed_as_one_task() {
         .json()
         .await
         .expect("listing");
-    assert_eq!(listed["data"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
 }
 
 #[tokio::test]
