@@ -16,10 +16,13 @@ pub(crate) fn split(
     limits: &JobLimits,
     scope: &str,
 ) -> Result<Vec<JobChunk>, ValidationErrors> {
+    let source = job.source_text.take();
     let Some(max_chars) = job.long_chunk_chars(catalog, limits) else {
         return Ok(Vec::new());
     };
-    let pieces = ttsq_split::split(&job.text, max_chars)
+    // The text as sent keeps the paragraph breaks; its normalised form,
+    // which the offsets index, is the job's text.
+    let pieces = ttsq_split::split(source.as_deref().unwrap_or(&job.text), max_chars)
         .into_iter()
         .map(|chunk| (chunk.text, chunk.offset));
     job.chunks(pieces, max_chars, scope)
@@ -89,15 +92,34 @@ mod tests {
     }
 
     #[test]
-    fn a_word_longer_than_one_request_is_refused_on_text() {
+    fn a_word_longer_than_one_request_is_cut_under_the_limit_and_nothing_is_lost() {
         let catalog = catalog(40);
         let limits = JobLimits::default();
-        let mut long = job(&"x".repeat(100), &catalog, &limits);
-        let before = long.hash.clone();
+        let word = "x".repeat(100);
+        let mut long = job(&word, &catalog, &limits);
 
-        let errors = split(&mut long, &catalog, &limits, "tenant:a").unwrap_err();
+        let chunks = split(&mut long, &catalog, &limits, "tenant:a").unwrap();
 
-        assert_eq!(errors.fields(), ["text"]);
-        assert_eq!(long.hash, before);
+        assert!(chunks.iter().all(|c| c.job.characters <= 40));
+        let joined: String = chunks.iter().map(|c| c.job.text.as_str()).collect();
+        assert_eq!(joined, word);
+    }
+
+    #[test]
+    fn paragraphs_are_split_as_sent_not_as_normalised() {
+        let catalog = catalog(60);
+        let limits = JobLimits::default();
+        let text = "First paragraph, short.\n\nSecond paragraph, short too.\n\nThird one.";
+        let mut long = job(&text.repeat(2), &catalog, &limits);
+
+        let chunks = split(&mut long, &catalog, &limits, "tenant:a").unwrap();
+
+        let texts: Vec<&str> = chunks.iter().map(|c| c.job.text.as_str()).collect();
+        assert_eq!(texts[0], "First paragraph, short.");
+        assert_eq!(texts[1], "Second paragraph, short too.");
+        assert!(
+            long.source_text.is_none(),
+            "the text as sent is dropped once split"
+        );
     }
 }

@@ -221,6 +221,9 @@ pub struct Job {
     /// so that a worker taking it over sends them too. Only the OpenAI
     /// speech endpoint sets it.
     pub instructions: Option<String>,
+    /// The text as sent, kept only for a long job until it is split: the
+    /// splitter cuts at its paragraph breaks, which normalisation collapses.
+    pub source_text: Option<String>,
 }
 
 impl Job {
@@ -327,6 +330,7 @@ impl Job {
                 marks: self.marks.clone(),
                 text_fingerprint: None,
                 instructions: self.instructions.clone(),
+                source_text: None,
             };
             chunks.push(JobChunk { job, offset });
         }
@@ -641,6 +645,7 @@ impl Job {
             hash,
             marks,
             instructions: None,
+            source_text: is_long.then(|| request.text.unwrap_or_default()),
         })
     }
 }
