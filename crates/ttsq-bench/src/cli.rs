@@ -49,6 +49,12 @@ Scenarios (--only 1,3,… picks some):
   11 ttfb        high-priority MP3 cache misses while the fake streams each
                  answer in 20 chunks over 1 s: p50/p99 time to the first audio
                  byte against the whole response
+  12 long job    one 50,000-character text (MP3) as one job, the provider's
+                 request limit 1,000 characters (a chunk per paragraph), fake
+                 latency 100 ms and 16 concurrent; 1, then 4 workers: wall
+                 time to `succeeded` against the sequential sum of the same
+                 chunks sent straight to the fake, provider calls; then the
+                 text with one paragraph edited (one call)
 
 Sizes scale with --scale; --smoke runs every scenario with tiny sizes (well
 under a minute; CI runs it).";
@@ -105,6 +111,9 @@ pub struct Args {
     /// Items of tenant B's batch in scenario 10.
     #[arg(long, default_value_t = 200)]
     pub fair_share_batch: usize,
+    /// Characters of the long job of scenario 12 (at most 200,000).
+    #[arg(long, default_value_t = 50_000)]
+    pub long_job_chars: usize,
     /// Concurrent HTTP clients submitting jobs.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,

@@ -1,8 +1,9 @@
-//! The eleven scenarios of the benchmark, each on its own deployment.
+//! The twelve scenarios of the benchmark, each on its own deployment.
 
 mod checks;
 mod fair_share;
 mod fake_stack;
+mod long_job;
 
 use std::{
     sync::{
@@ -19,7 +20,7 @@ use ttsq_fake_provider::{FakeConfig, FakeProvider};
 
 use self::{
     checks::Checks,
-    fake_stack::{FAKE_KEY, fake_config, start},
+    fake_stack::{FAKE_KEY, SHARED_PG_CONNECTIONS, fake_config, settle_time, start},
 };
 use crate::{
     baseline::{self, Baselines},
@@ -29,10 +30,6 @@ use crate::{
     report::{Table, f1, int, memory_kib, mib, p50_p99, pct, per_sec},
     stack::Stack,
 };
-
-/// Postgres connections per process in the multi-replica scenarios: five
-/// processes at the default 16 would take most of a stock server's 100.
-const SHARED_PG_CONNECTIONS: &str = "8";
 
 /// Runs the baselines and every wanted scenario; fails when a scenario
 /// failed to run or a check failed.
@@ -60,7 +57,7 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         Option<&'a Baselines>,
         &'a mut Checks,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
-    let all: [(u8, &str, Scenario); 11] = [
+    let all: [(u8, &str, Scenario); 12] = [
         (1, "throughput", |a, e, b, c| {
             Box::pin(throughput(a, e, b, c))
         }),
@@ -85,6 +82,9 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         }),
         (11, "time to first byte", |a, e, _, c| {
             Box::pin(time_to_first_byte(a, e, c))
+        }),
+        (12, "long job", |a, e, _, c| {
+            Box::pin(long_job::run(a, e, c))
         }),
     ];
     let mut errors = Vec::new();
@@ -194,12 +194,6 @@ async fn direct_call(
     );
     let bytes = response.bytes().await?.len();
     Ok((bytes, started.elapsed()))
-}
-
-/// Time for every replica to see the others' heartbeats and split the
-/// quotas (heartbeats run every second in the bench).
-fn settle_time(args: &Args) -> Duration {
-    Duration::from_millis(if args.smoke { 1_500 } else { 3_500 })
 }
 
 /// Submits `n` unique jobs and waits for them: (jobs/s first submit → last

@@ -1,7 +1,8 @@
 //! The benchmark in smoke mode (tiny sizes) against the local services, so
 //! that the driver cannot rot: every scenario runs, every check passes and
 //! the figures are sane. Targets that only mean something at full size
-//! (scenario 10's fairness) are noted, not enforced, in smoke mode. The full
+//! (scenario 10's fairness, scenario 12's speed-up) are noted, not
+//! enforced, in smoke mode. The full
 //! benchmark never runs in tests.
 
 use std::{
@@ -79,16 +80,18 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         "### 10. Fair share, zero-latency fake",
         "### 10. Fair share, fake quota",
         "### 11. Time to first byte",
+        "### 12. Long job",
     ] {
         assert!(stdout.contains(title), "no table `{title}`:\n{stdout}");
     }
     assert!(!stdout.contains("check: FAILED"), "{stdout}");
-    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 + 2 + 1 checks.
-    assert_eq!(stdout.matches("check: ok").count(), 16, "{stdout}");
-    // Scenario 10's three targets per mode are notes in smoke mode.
+    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 + 2 + 1 + 4 checks.
+    assert_eq!(stdout.matches("check: ok").count(), 20, "{stdout}");
+    // Scenario 10's three targets per mode and scenario 12's speed-up per
+    // worker count are notes in smoke mode.
     assert_eq!(
         stdout.matches("check (not enforced in smoke): ").count(),
-        6,
+        8,
         "{stdout}"
     );
     // The batch endpoint ran.
@@ -147,5 +150,20 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         number(drain[1]) > 0.0 && number(drain[2]) > 0.0,
         "{drain:?}"
     );
-    assert!(stderr.contains("checks: 16 passed, 0 failed"), "{stderr}");
+    // Scenario 12: the long job took several chunks, one call each, with 1
+    // and 4 workers; its edited re-run one call. (Other tables have rows
+    // `| 1 |` too: look in scenario 12's only.)
+    let long_job = &stdout[stdout.find("### 12. Long job").unwrap_or_default()..];
+    for workers in ["1", "4"] {
+        let cells = row(long_job, &format!("{workers} |"));
+        assert!(number(cells[1]) > 1.0, "{cells:?}");
+        assert_eq!(number(cells[1]), number(cells[2]), "{cells:?}");
+        assert!(
+            number(cells[3]) > 0.0 && number(cells[4]) > 0.0,
+            "{cells:?}"
+        );
+        let edit = row(long_job, &format!("{workers}, one paragraph edited"));
+        assert_eq!(number(edit[2]), 1.0, "{edit:?}");
+    }
+    assert!(stderr.contains("checks: 20 passed, 0 failed"), "{stderr}");
 }

@@ -1,9 +1,12 @@
 //! A ttsq stack whose bench dialect is routed to the in-process fake
 //! provider.
 
+use std::time::Duration;
+
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
 
 use crate::{
+    cli::Args,
     env::Env,
     load::{DIALECT, VOICE},
     stack::{Stack, StackOptions},
@@ -11,6 +14,16 @@ use crate::{
 
 /// Key the stack sends to the fake (which accepts any).
 pub(super) const FAKE_KEY: &str = "bench-fake-key";
+/// Postgres connections per process in the multi-replica scenarios: five
+/// processes at the default 16 would take most of a stock server's 100.
+pub(super) const SHARED_PG_CONNECTIONS: &str = "8";
+
+/// Time for every replica to see the others' heartbeats and split the
+/// quotas (heartbeats run every second in the bench).
+pub(super) fn settle_time(args: &Args) -> Duration {
+    Duration::from_millis(if args.smoke { 1_500 } else { 3_500 })
+}
+
 /// Audio per character the fake answers: about 14 KB of WAV for a
 /// 30-character sentence, the size of a short prompt's audio.
 const MS_PER_CHAR: u32 = 15;
@@ -25,8 +38,9 @@ pub(super) fn fake_config() -> FakeConfig {
     }
 }
 
-/// ttsq's config routing `en-gb` to the fake with `quota`.
-fn config_toml(fake: &FakeProvider, quota: &str) -> String {
+/// ttsq's config routing `en-gb` to the fake, with `provider` (settings
+/// such as `quota = { … }`, one a line) in the fake's provider table.
+fn config_toml(fake: &FakeProvider, provider: &str) -> String {
     format!(
         r#"
 [providers.fake]
@@ -34,7 +48,7 @@ kind = "openai"
 base_url = "{}"
 model = "tts-1"
 price_per_1k_chars = 15.0
-quota = {{ {quota} }}
+{provider}
 dialects = [{{ id = "{DIALECT}", voices = ["{VOICE}"] }}]
 
 [[routes]]
@@ -59,12 +73,24 @@ pub(super) async fn start(
     quota: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<Stack> {
+    start_with(env, name, fake, &format!("quota = {{ {quota} }}"), extra).await
+}
+
+/// [`start`] with `provider` as the fake's provider settings (one a line,
+/// e.g. a quota and a request limit) instead of a quota alone.
+pub(super) async fn start_with(
+    env: &Env,
+    name: &str,
+    fake: &FakeProvider,
+    provider: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Stack> {
     let mut options = StackOptions {
         env: vec![(
             "TTSQ_PROVIDERS_FAKE_API_KEY".to_owned(),
             FAKE_KEY.to_owned(),
         )],
-        config_toml: config_toml(fake, quota),
+        config_toml: config_toml(fake, provider),
     };
     options.env.extend(
         extra
