@@ -274,7 +274,8 @@ pub fn build(
         }
     }
     if wanted.contains(&MarkKind::Word) {
-        for word in words {
+        // espeak reports an empty word at a clause's end: no word is heard.
+        for word in words.iter().filter(|w| w.end > w.start) {
             marks.push(Mark {
                 kind: MarkKind::Word,
                 start_ms: clamp(word.start_ms),
@@ -427,6 +428,27 @@ mod tests {
                 (MarkKind::Word, "Three", 300, 450),
             ]
         );
+    }
+
+    #[test]
+    fn an_empty_word_is_no_word_mark() {
+        let words = [
+            TimedWord {
+                start: 0,
+                end: 4,
+                start_ms: 0,
+                end_ms: 100,
+            },
+            TimedWord {
+                start: 2,
+                end: 2,
+                start_ms: 120,
+                end_ms: 120,
+            },
+        ];
+        let marks = build(&[MarkKind::Word], "Yes.", &words, &[], 200);
+        let values: Vec<&str> = marks.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(values, ["Yes."]);
     }
 
     #[test]
