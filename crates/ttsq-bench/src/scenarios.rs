@@ -20,13 +20,13 @@ use ttsq_fake_provider::{FakeConfig, FakeProvider};
 
 use self::{
     checks::Checks,
-    fake_stack::{FAKE_KEY, SHARED_PG_CONNECTIONS, fake_config, settle_time, start},
+    fake_stack::{SHARED_PG_CONNECTIONS, direct_call, fake_config, settle_time, start},
 };
 use crate::{
     baseline::{self, Baselines},
     cli::Args,
     env::Env,
-    load::{self, VOICE, epoch_now, run_tag, text},
+    load::{self, epoch_now, run_tag, text},
     report::{Table, f1, int, memory_kib, mib, p50_p99, pct, per_sec},
     stack::Stack,
 };
@@ -169,31 +169,10 @@ fn ensure_disk_space(
 /// Size of the fake's answer for a typical bench sentence.
 async fn sample_object_bytes() -> anyhow::Result<usize> {
     let fake = FakeProvider::start(fake_config()).await?;
-    let (bytes, _) = direct_call(&reqwest::Client::new(), &fake, &text("abcdefgh", 1)).await?;
+    let (bytes, _) =
+        direct_call(&reqwest::Client::new(), &fake, &text("abcdefgh", 1), "wav").await?;
     fake.shutdown().await;
     Ok(bytes)
-}
-
-/// One synthesis straight at the fake, as ttsq's OpenAI adapter sends it.
-async fn direct_call(
-    http: &reqwest::Client,
-    fake: &FakeProvider,
-    input: &str,
-) -> anyhow::Result<(usize, Duration)> {
-    let started = Instant::now();
-    let response = http
-        .post(format!("{}/v1/audio/speech", fake.base_url()))
-        .bearer_auth(FAKE_KEY)
-        .json(&json!({"model": "tts-1", "input": input, "voice": VOICE, "response_format": "wav", "speed": 1.0}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "the fake answered {}",
-        response.status()
-    );
-    let bytes = response.bytes().await?.len();
-    Ok((bytes, started.elapsed()))
 }
 
 /// Submits `n` unique jobs and waits for them: (jobs/s first submit → last
@@ -579,7 +558,7 @@ async fn high_priority_runs(
     };
     // Warm-up of both paths.
     for i in 0..5 {
-        direct_call(&http, fake, &text(&format!("{run}w"), i)).await?;
+        direct_call(&http, fake, &text(&format!("{run}w"), i), "wav").await?;
         let response = high(text(&format!("{run}x"), i)).send().await?;
         anyhow::ensure!(
             response.status() == 200,
@@ -593,7 +572,7 @@ async fn high_priority_runs(
     let mut hit = Vec::with_capacity(n);
     for i in 0..n {
         direct.push(
-            direct_call(&http, fake, &text(&format!("{run}d"), i))
+            direct_call(&http, fake, &text(&format!("{run}d"), i), "wav")
                 .await?
                 .1,
         );

@@ -1,7 +1,9 @@
 //! A ttsq stack whose bench dialect is routed to the in-process fake
 //! provider.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
 
@@ -100,4 +102,28 @@ pub(super) async fn start_with(
     options.env.extend(env.settings.iter().cloned());
     eprintln!("  starting a stack ({name})");
     Stack::start(env, name, options).await
+}
+
+/// One synthesis of `input` in `format` straight at the fake, as ttsq's
+/// OpenAI adapter sends it: the answer's size and its time to the last byte.
+pub(super) async fn direct_call(
+    http: &reqwest::Client,
+    fake: &FakeProvider,
+    input: &str,
+    format: &str,
+) -> anyhow::Result<(usize, Duration)> {
+    let started = Instant::now();
+    let response = http
+        .post(format!("{}/v1/audio/speech", fake.base_url()))
+        .bearer_auth(FAKE_KEY)
+        .json(&json!({"model": "tts-1", "input": input, "voice": VOICE, "response_format": format, "speed": 1.0}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the fake answered {}",
+        response.status()
+    );
+    let bytes = response.bytes().await?.len();
+    Ok((bytes, started.elapsed()))
 }

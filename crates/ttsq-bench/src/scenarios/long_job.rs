@@ -14,12 +14,12 @@ use uuid::Uuid;
 
 use super::{
     checks::Checks,
-    fake_stack::{FAKE_KEY, SHARED_PG_CONNECTIONS, fake_config, settle_time, start_with},
+    fake_stack::{SHARED_PG_CONNECTIONS, direct_call, fake_config, settle_time, start_with},
 };
 use crate::{
     cli::Args,
     env::Env,
-    load::{self, VOICE, run_tag},
+    load::{self, run_tag},
     report::{Table, int},
     stack::Stack,
 };
@@ -211,7 +211,7 @@ async fn runs(
     );
     let mut sequential = Duration::ZERO;
     for (chunk, _) in &chunks {
-        sequential += direct_mp3_call(&http, fake, chunk).await?;
+        sequential += direct_call(&http, fake, chunk, "mp3").await?.1;
     }
     let lengths = chunks.iter().map(|(_, n)| *n);
     Ok(Figures {
@@ -300,29 +300,6 @@ async fn submit_and_wait(
             bail!("the long job was not done after {limit:?}: {task}");
         }
     }
-}
-
-/// One MP3 synthesis of `input` straight at the fake, as ttsq's OpenAI
-/// adapter asks for an MP3 job: its time to the last byte.
-async fn direct_mp3_call(
-    http: &reqwest::Client,
-    fake: &FakeProvider,
-    input: &str,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let response = http
-        .post(format!("{}/v1/audio/speech", fake.base_url()))
-        .bearer_auth(FAKE_KEY)
-        .json(&json!({"model": "tts-1", "input": input, "voice": VOICE, "response_format": "mp3", "speed": 1.0}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "the fake answered {}",
-        response.status()
-    );
-    let _ = response.bytes().await?;
-    Ok(started.elapsed())
 }
 
 /// `sum ÷ wall`.
