@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-
 use ttsq_fake_provider::{FakeConfig, FakeProvider};
 
 use crate::{
