@@ -25,14 +25,8 @@ use uuid::Uuid;
 pub use crate::join::{JoinError, JoinLimits, Joined};
 use crate::{
     join::AudioPart,
-    leased::{retry_delay, while_renewing},
+    leased::{JOINS_PER_SWEEP, retry_delay, sweep_until, while_renewing},
 };
-
-/// How often a worker looks for batches waiting for joined audio.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
-
-/// Most batches one sweep joins; the rest wait for the next sweep.
-const JOINS_PER_SWEEP: usize = 16;
 
 /// Joins the audio of batches waiting for it; every worker runs one, and
 /// one replica at a time joins a batch, under its lease.
@@ -78,37 +72,16 @@ impl Joiner {
         Self {
             store,
             audio,
-            limits: JoinLimits {
-                part_bytes: usize::try_from(settings.join_part_bytes).unwrap_or(usize::MAX),
-                max_bytes: settings.max_joined_bytes,
-            },
+            limits: JoinLimits::from_settings(settings),
             attempts: settings.join_attempts,
             lease_ttl: settings.join_lease(),
             holder,
         }
     }
 
-    /// Sweeps every [`SWEEP_EVERY`] until `shutdown`. A join cut short by
-    /// shutdown aborts its upload; its lease expires and another replica
-    /// takes the batch over (the cut take counts as an attempt).
+    /// Sweeps until `shutdown`, every worker alike ([`sweep_until`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut ticks = tokio::time::interval(SWEEP_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                _ = ticks.tick() => {}
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                swept = self.sweep(JOINS_PER_SWEEP) => {
-                    if let Err(err) = swept {
-                        tracing::warn!(error = %err, "sweeping batches to join failed");
-                    }
-                }
-            }
-        }
+        sweep_until(shutdown, "batches", || self.sweep(JOINS_PER_SWEEP)).await;
     }
 
     /// Joins the audio of up to `limit` batches waiting for it, one at a

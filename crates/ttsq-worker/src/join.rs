@@ -77,6 +77,17 @@ pub struct JoinLimits {
     pub max_bytes: u64,
 }
 
+impl JoinLimits {
+    /// The limits of `settings` (`join_part_bytes`, `max_joined_bytes`),
+    /// which bound batch and long-job joins alike.
+    pub fn from_settings(settings: &ttsq_config::BatchSettings) -> Self {
+        Self {
+            part_bytes: usize::try_from(settings.join_part_bytes).unwrap_or(usize::MAX),
+            max_bytes: settings.max_joined_bytes,
+        }
+    }
+}
+
 /// What the parts of a join are, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartKind {

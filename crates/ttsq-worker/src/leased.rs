@@ -1,6 +1,7 @@
 //! What the joins of batches ([`crate::batches`]) and of long jobs
-//! ([`crate::long_jobs`]) share around their leases: renewing one while
-//! the join runs, and the wait before a failed join is tried again.
+//! ([`crate::long_jobs`]) share around their leases: the sweep every worker
+//! runs, renewing a lease while the join runs, and the wait before a failed
+//! join is tried again.
 
 use std::{future::Future, time::Duration};
 
@@ -14,6 +15,42 @@ const JOIN_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// Longest wait between two attempts at a join.
 const MAX_JOIN_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// How often a worker looks for joins waiting.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Most joins one sweep makes; the rest wait for the next sweep.
+pub(crate) const JOINS_PER_SWEEP: usize = 16;
+
+/// Runs `sweep` every [`SWEEP_EVERY`] until `shutdown`, logging its
+/// failures as failures to sweep `what`. A join cut short by shutdown
+/// aborts its upload; its lease expires and another replica takes it over
+/// (the cut take counts as an attempt).
+pub(crate) async fn sweep_until<T, F>(
+    shutdown: impl Future<Output = ()>,
+    what: &str,
+    mut sweep: impl FnMut() -> F,
+) where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    tokio::pin!(shutdown);
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            swept = sweep() => {
+                if let Err(err) = swept {
+                    tracing::warn!(error = %err, "sweeping {what} to join failed");
+                }
+            }
+        }
+    }
+}
 
 /// Runs `join` while renewing its lease every third of `ttl` with `renew`
 /// (true while the lease holds); stops with [`JoinError::LeaseLost`] when

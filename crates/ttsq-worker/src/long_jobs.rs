@@ -28,14 +28,8 @@ use uuid::Uuid;
 
 use crate::{
     join::{AudioPart, JoinError, JoinLimits, join_parts},
-    leased::{retry_delay, while_renewing},
+    leased::{JOINS_PER_SWEEP, retry_delay, sweep_until, while_renewing},
 };
-
-/// How often a worker looks for long jobs waiting for their join.
-const SWEEP_EVERY: Duration = Duration::from_millis(250);
-
-/// Most long jobs one sweep joins; the rest wait for the next sweep.
-const JOINS_PER_SWEEP: usize = 16;
 
 /// Joins the chunks of long jobs waiting for it; every worker runs one, and
 /// one replica at a time joins a job, under its lease.
@@ -94,37 +88,16 @@ impl LongJoiner {
         Self {
             store,
             audio,
-            limits: JoinLimits {
-                part_bytes: usize::try_from(settings.join_part_bytes).unwrap_or(usize::MAX),
-                max_bytes: settings.max_joined_bytes,
-            },
+            limits: JoinLimits::from_settings(settings),
             attempts: settings.join_attempts,
             lease_ttl: settings.join_lease(),
             holder,
         }
     }
 
-    /// Sweeps every [`SWEEP_EVERY`] until `shutdown`. A join cut short by
-    /// shutdown aborts its upload; its lease expires and another replica
-    /// takes the job over (the cut take counts as an attempt).
+    /// Sweeps until `shutdown`, every worker alike ([`sweep_until`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let mut ticks = tokio::time::interval(SWEEP_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                _ = ticks.tick() => {}
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                swept = self.sweep(JOINS_PER_SWEEP) => {
-                    if let Err(err) = swept {
-                        tracing::warn!(error = %err, "sweeping long jobs to join failed");
-                    }
-                }
-            }
-        }
+        sweep_until(shutdown, "long jobs", || self.sweep(JOINS_PER_SWEEP)).await;
     }
 
     /// Joins the chunks of up to `limit` long jobs waiting for it, one at a
