@@ -54,6 +54,13 @@ pub struct FakeConfig {
     /// a 400 (`text_refused`), as a vendor refuses content it will not
     /// speak: a failure a test can aim at one text.
     pub refuse_texts_containing: Vec<String>,
+    /// Requests whose body contains one of these strings wait
+    /// `slow_texts_latency_ms` instead of [`Latency`]: a delay a test can
+    /// aim at some texts while every other call stays fast.
+    pub slow_texts_containing: Vec<String>,
+    /// The delay of a request matching `slow_texts_containing`, in
+    /// milliseconds.
+    pub slow_texts_latency_ms: u64,
 }
 
 impl Default for FakeConfig {
@@ -80,6 +87,8 @@ impl Default for FakeConfig {
             max_audio_ms: 10_000,
             streaming: Streaming::default(),
             refuse_texts_containing: Vec::new(),
+            slow_texts_containing: Vec::new(),
+            slow_texts_latency_ms: 0,
         }
     }
 }

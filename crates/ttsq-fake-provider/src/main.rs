@@ -171,6 +171,8 @@ impl Cli {
                 fail_after_chunks: self.stream_fail_after_chunks,
             },
             refuse_texts_containing: defaults.refuse_texts_containing,
+            slow_texts_containing: defaults.slow_texts_containing,
+            slow_texts_latency_ms: defaults.slow_texts_latency_ms,
         }
     }
 }

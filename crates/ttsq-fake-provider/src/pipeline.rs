@@ -145,8 +145,16 @@ pub(crate) async fn synthesize(
         return refuse(&shared, &config, &call, record, &refusal);
     }
 
-    let latency = config.latency.fixed_ms
-        + (shared.random() * (config.latency.jitter_ms as f64 + 1.0)).floor() as u64;
+    let slow = config
+        .slow_texts_containing
+        .iter()
+        .any(|phrase| contains(body, phrase.as_bytes()));
+    let latency = if slow {
+        config.slow_texts_latency_ms
+    } else {
+        config.latency.fixed_ms
+            + (shared.random() * (config.latency.jitter_ms as f64 + 1.0)).floor() as u64
+    };
     if latency > 0 {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(latency)) => {}

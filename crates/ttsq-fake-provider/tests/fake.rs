@@ -641,3 +641,40 @@ async fn an_invalid_config_patch_is_refused_and_changes_nothing() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(fake.config(), FakeConfig::default());
 }
+
+#[tokio::test]
+async fn only_texts_named_slow_wait_the_slow_latency() {
+    let config = FakeConfig {
+        slow_texts_containing: vec!["Hello".to_owned()],
+        slow_texts_latency_ms: 2_000,
+        ..FakeConfig::default()
+    };
+    let (fake, client) = start(config).await;
+
+    let started = Instant::now();
+    let slow = generic(&client, &fake, DEFAULT_HTTP_KEY)
+        .send()
+        .await
+        .unwrap();
+    let slow_took = started.elapsed();
+    let started = Instant::now();
+    let fast = client
+        .post(format!("{}/tts", fake.base_url()))
+        .header("X-Api-Key", DEFAULT_HTTP_KEY)
+        .json(&json!({"text": "Goodbye", "dialect": "en-us", "voice": "nova", "speed": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    let fast_took = started.elapsed();
+
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert_eq!(fast.status(), StatusCode::OK);
+    assert!(
+        slow_took >= Duration::from_millis(2_000),
+        "a slow text answered in {slow_took:?}"
+    );
+    assert!(
+        fast_took < Duration::from_millis(2_000),
+        "another text waited {fast_took:?}"
+    );
+}

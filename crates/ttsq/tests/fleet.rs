@@ -901,12 +901,9 @@ async fn workers_killed_with_sigkill_mid_run_cost_at_most_their_calls_in_flight_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_holds() {
-    // Few enough jobs that the other workers are done with theirs before
-    // the paused one's tasks come back to them, so that they take those up
-    // at once; every text distinct, so that none of theirs waits for a text
-    // the paused one is synthesizing.
+    // Every text distinct, so that none of the others' tasks waits for a
+    // text the paused one is synthesizing.
     let (jobs, texts) = (60, 60);
-    let pause = Duration::from_secs(8);
     let mut fleet = Fleet::start(FleetOptions {
         workers: 3,
         latency_ms: 200,
@@ -916,22 +913,31 @@ async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_h
 
     let submitting = fleet.submit(plan(jobs, texts, None), "pause", None);
     fleet.until_busy(&victim, Duration::from_secs(20)).await;
-    assert!(
-        fleet.processing_under(&victim).await > 0,
-        "{victim} never held a task"
-    );
     signal(&fleet.workers.live[0], "-STOP");
     let stopped = Instant::now();
     // The victim's heartbeat goes stale 2 to 3 s into the pause (it beats
     // every second, the TTL is 3 s), and the next orphan sweep (every 2 s)
-    // hands its tasks back to the queue. Calls made from just before then
-    // last longer than the rest of the pause, so that the others still hold
-    // what they took over from the victim when it wakes up.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    fleet.fake.update(|c| c.latency.fixed_ms = 7_000);
-    tokio::time::sleep_until((stopped + pause).into()).await;
-    // Woken up once another worker holds some of its tasks: at 8 s, or a
-    // little later on a slow machine.
+    // hands its tasks back to the queue. Calls for exactly those texts last
+    // long, so that whoever takes one over still holds it when the victim
+    // wakes up; every other call stays fast, so that the others are not
+    // held up by their own tasks before they reach the victim's, however
+    // slow the machine.
+    let held: Vec<String> = ttsq_store::sqlx::query_scalar(
+        "SELECT t.text FROM tasks t
+          WHERE t.status = 'processing'
+            AND t.worker_batch_id IN (SELECT batch FROM fleet_claims WHERE app = $1)",
+    )
+    .bind(&victim)
+    .fetch_all(fleet.app.services.store.pool())
+    .await
+    .expect("claims readable");
+    assert!(!held.is_empty(), "{victim} never held a task");
+    fleet.fake.update(|c| {
+        c.slow_texts_containing = held.clone();
+        c.slow_texts_latency_ms = 7_000;
+    });
+    // Woken up as soon as another worker holds one of its tasks.
+    let deadline = Duration::from_secs(40);
     let taken_over = loop {
         let taken_over = ttsq_store::sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM tasks t
@@ -944,15 +950,15 @@ async fn a_worker_paused_past_its_heartbeat_ttl_changes_nothing_another_worker_h
         .fetch_one(fleet.app.services.store.pool())
         .await
         .expect("claims readable");
-        if taken_over > 0 || stopped.elapsed() > pause + Duration::from_secs(4) {
+        if taken_over > 0 || stopped.elapsed() > deadline {
             break taken_over;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let paused_for = stopped.elapsed();
     let history_at_wake_up = fleet.history(&victim).await;
     // Fast again for whatever the victim calls once it is woken up.
-    fleet.fake.update(|c| c.latency.fixed_ms = 200);
+    fleet.fake.update(|c| c.slow_texts_containing.clear());
     signal(&fleet.workers.live[0], "-CONT");
 
     let submitted = submitting.await.expect("submitter");
