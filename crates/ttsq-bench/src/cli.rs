@@ -55,6 +55,20 @@ Scenarios (--only 1,3,… picks some):
                  time to `succeeded` against the sequential sum of the same
                  chunks sent straight to the fake, provider calls; then the
                  text with one paragraph edited (one call)
+  13 open loop   single normal submits sent at a fixed rate whether or not
+                 earlier ones answered (steps of 500, 1,000, 1,500/s for 10 s
+                 each, --open-loop-rates, --open-loop-secs), 1 worker
+                 draining: latency p50/p90/p99/max from each request's
+                 scheduled send (no coordinated omission), achieved rate,
+                 errors (at most 4,096 requests in flight; beyond, errors)
+
+Cost per job (scenarios 1, 3, 4 per case, 7's drain, 13 per rate): CPU
+seconds of the API, the workers, Postgres, RabbitMQ, the S3 server and this
+driver from /proc (Linux; n/a elsewhere or when a service is not local), and
+in the stack's database transactions, rows written, WAL bytes and statements
+(pg_stat_statements where the server preloads it) with the busiest twelve.
+Postgres's counters are read 10.5 s after each phase, when every backend has
+flushed them.
 
 Sizes scale with --scale; --smoke runs every scenario with tiny sizes (well
 under a minute; CI runs it).";
@@ -114,6 +128,12 @@ pub struct Args {
     /// Characters of the long job of scenario 12 (at most 200,000).
     #[arg(long, default_value_t = 50_000)]
     pub long_job_chars: usize,
+    /// Submit rates of scenario 13's steps, per second.
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,1500")]
+    pub open_loop_rates: Vec<u32>,
+    /// Seconds of each of scenario 13's steps (before --scale, at least 1).
+    #[arg(long, default_value_t = 10.0)]
+    pub open_loop_secs: f64,
     /// Concurrent HTTP clients submitting jobs.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -192,6 +212,22 @@ impl Args {
     /// seconds — a stalled smoke run fails fast instead of eating CI's time.
     pub fn drain_limit(&self, full_secs: u64) -> Duration {
         Duration::from_secs(if self.smoke { 120 } else { full_secs })
+    }
+
+    /// Scenario 13's steps: the rates per second (zero rates dropped) and
+    /// how long each lasts; in smoke mode 20 and 40 per second for 1 s.
+    pub fn open_loop_steps(&self) -> (Vec<u32>, Duration) {
+        if self.smoke {
+            return (vec![20, 40], Duration::from_secs(1));
+        }
+        let rates = self
+            .open_loop_rates
+            .iter()
+            .copied()
+            .filter(|rate| *rate > 0)
+            .collect();
+        let secs = (self.open_loop_secs * self.scale).max(1.0);
+        (rates, Duration::from_secs_f64(secs))
     }
 
     /// Whether scenario `n` runs.

@@ -5,6 +5,7 @@
 
 mod baseline;
 mod cli;
+mod cost;
 mod env;
 mod load;
 mod report;

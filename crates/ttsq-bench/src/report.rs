@@ -56,11 +56,17 @@ pub fn p50_p99(samples: &mut [Duration]) -> (f64, f64) {
         return (f64::NAN, f64::NAN);
     }
     samples.sort_unstable();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[index].as_secs_f64() * 1000.0
-    };
-    (at(0.50), at(0.99))
+    (quantile_ms(samples, 0.50), quantile_ms(samples, 0.99))
+}
+
+/// The `q` quantile (nearest rank) of `sorted`, in milliseconds; NaN when
+/// there is none.
+pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
 }
 
 /// A rate with its unit.

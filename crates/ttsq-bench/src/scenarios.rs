@@ -1,9 +1,10 @@
-//! The twelve scenarios of the benchmark, each on its own deployment.
+//! The thirteen scenarios of the benchmark, each on its own deployment.
 
 mod checks;
 mod fair_share;
 mod fake_stack;
 mod long_job;
+mod open_loop;
 
 use std::{
     sync::{
@@ -25,6 +26,7 @@ use self::{
 use crate::{
     baseline::{self, Baselines},
     cli::Args,
+    cost::{Cost, Meter},
     env::Env,
     load::{self, epoch_now, run_tag, text},
     report::{Table, f1, int, memory_kib, mib, p50_p99, pct, per_sec},
@@ -57,7 +59,7 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         Option<&'a Baselines>,
         &'a mut Checks,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>>;
-    let all: [(u8, &str, Scenario); 12] = [
+    let all: [(u8, &str, Scenario); 13] = [
         (1, "throughput", |a, e, b, c| {
             Box::pin(throughput(a, e, b, c))
         }),
@@ -85,6 +87,9 @@ pub async fn run_all(args: &Args, env: &Env) -> anyhow::Result<()> {
         }),
         (12, "long job", |a, e, _, c| {
             Box::pin(long_job::run(a, e, c))
+        }),
+        (13, "open-loop submits", |a, e, _, c| {
+            Box::pin(open_loop::run(a, e, c))
         }),
     ];
     let mut errors = Vec::new();
@@ -143,6 +148,7 @@ fn ensure_disk_space(
         7 => args.size(args.memory_jobs, 500),
         8 => 3 * args.size(args.scaling_jobs, 100),
         10 => fair_share::jobs(args),
+        13 => open_loop::jobs(args),
         _ => 0,
     };
     let needed = (jobs * object_bytes * 2) as u64 + (4 << 30);
@@ -215,7 +221,12 @@ async fn throughput(
     let fake = FakeProvider::start(fake_config()).await?;
     let mut stack = start(env, "throughput", &fake, "", &[]).await?;
     stack.start_workers(1).await?;
+    let meter = Meter::start(&stack, true).await;
     let result = submit_and_drain(args, &stack, n, args.drain_limit(1_800)).await;
+    let cost = match &result {
+        Ok(_) => Some(meter.finish(&stack, n, args.smoke).await),
+        Err(_) => None,
+    };
     let calls = fake.stats().synthesis_requests;
     stack.teardown().await;
     fake.shutdown().await;
@@ -285,6 +296,9 @@ async fn throughput(
         format!("all {n} jobs succeeded ({succeeded}), one provider call each ({calls})"),
     );
     table.print();
+    if let Some(cost) = cost {
+        cost.print("1. Throughput");
+    }
     Ok(())
 }
 
@@ -432,30 +446,27 @@ async fn submit_latency(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::
         args.clients,
     )
     .await;
-    let result = match warm {
-        Ok(_) => {
-            load::submit_jobs(
-                &http,
-                &stack.base_url,
-                &stack.api_key,
-                (0..n).map(|i| text(&run, i)),
-                args.clients,
-            )
-            .await
-        }
-        Err(err) => Err(err),
-    };
-    let drained = match &result {
-        Ok(_) => stack
+    let result = async {
+        warm?;
+        let meter = Meter::start(&stack, true).await;
+        let submitted = load::submit_jobs(
+            &http,
+            &stack.base_url,
+            &stack.api_key,
+            (0..n).map(|i| text(&run, i)),
+            args.clients,
+        )
+        .await?;
+        let succeeded = stack
             .wait_terminal((n + args.clients) as i64, args.drain_limit(600))
-            .await
-            .map(Some),
-        Err(_) => Ok(None),
-    };
+            .await?;
+        let cost = meter.finish(&stack, n, args.smoke).await;
+        anyhow::Ok((submitted, succeeded, cost))
+    }
+    .await;
     stack.teardown().await;
     fake.shutdown().await;
-    let mut submitted = result?;
-    let succeeded = drained?.unwrap_or(0);
+    let (mut submitted, succeeded, cost) = result?;
     let (p50, p99) = p50_p99(&mut submitted.latencies);
     let mut table = Table::new(
         format!(
@@ -487,6 +498,7 @@ async fn submit_latency(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::
         format!("{n} submits answered 202 and every job succeeded"),
     );
     table.print();
+    cost.print("3. Single submit latency");
     Ok(())
 }
 
@@ -494,7 +506,7 @@ async fn high_priority(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::R
     let n = args.size(args.high_requests, 20);
     let fake = FakeProvider::start(fake_config()).await?;
     let stack = start(env, "high", &fake, "", &[]).await?;
-    let result = high_priority_runs(&stack, &fake, n).await;
+    let result = high_priority_runs(args, &stack, &fake, n).await;
     stack.teardown().await;
     fake.shutdown().await;
     let runs = result?;
@@ -508,7 +520,7 @@ async fn high_priority(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::R
             "overhead p99 ms",
         ],
     );
-    let (mut direct, mut miss, mut hit, hits) = runs;
+    let (mut direct, mut miss, mut hit, hits, costs) = runs;
     let (d50, d99) = p50_p99(&mut direct);
     let (m50, m99) = p50_p99(&mut miss);
     let (h50, h99) = p50_p99(&mut hit);
@@ -540,14 +552,29 @@ async fn high_priority(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::R
         format!("every repeat answered X-Cache: hit ({hits} of {n})"),
     );
     table.print();
+    let [direct, miss, hit] = costs;
+    direct.print("4. High priority, fake provider called directly");
+    miss.print("4. High priority, cache miss");
+    hit.print("4. High priority, cache hit");
     Ok(())
 }
 
+/// Latencies of scenario 4's three cases (direct, miss, hit), the hits
+/// seen, and each case's cost.
+type HighPriorityRuns = (
+    Vec<Duration>,
+    Vec<Duration>,
+    Vec<Duration>,
+    usize,
+    [Cost; 3],
+);
+
 async fn high_priority_runs(
+    args: &Args,
     stack: &Stack,
     fake: &FakeProvider,
     n: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>, usize)> {
+) -> anyhow::Result<HighPriorityRuns> {
     let http = load::client(4)?;
     let run = run_tag();
     let url = format!("{}/v1/tts/jobs", stack.base_url);
@@ -570,6 +597,8 @@ async fn high_priority_runs(
     let mut direct = Vec::with_capacity(n);
     let mut miss = Vec::with_capacity(n);
     let mut hit = Vec::with_capacity(n);
+    // The direct calls leave ttsq idle: CPU only.
+    let meter = Meter::start(stack, false).await;
     for i in 0..n {
         direct.push(
             direct_call(&http, fake, &text(&format!("{run}d"), i), "wav")
@@ -577,6 +606,8 @@ async fn high_priority_runs(
                 .1,
         );
     }
+    let direct_cost = meter.finish(stack, n, args.smoke).await;
+    let meter = Meter::start(stack, true).await;
     for i in 0..n {
         let started = Instant::now();
         let response = high(text(&format!("{run}m"), i)).send().await?;
@@ -588,8 +619,10 @@ async fn high_priority_runs(
         let _ = response.bytes().await?;
         miss.push(started.elapsed());
     }
+    let miss_cost = meter.finish(stack, n, args.smoke).await;
     let repeated = text(&format!("{run}m"), 0);
     let mut hits = 0;
+    let meter = Meter::start(stack, true).await;
     for _ in 0..n {
         let started = Instant::now();
         let response = high(repeated.clone()).send().await?;
@@ -608,7 +641,8 @@ async fn high_priority_runs(
         let _ = response.bytes().await?;
         hit.push(started.elapsed());
     }
-    Ok((direct, miss, hit, hits))
+    let hit_cost = meter.finish(stack, n, args.smoke).await;
+    Ok((direct, miss, hit, hits, [direct_cost, miss_cost, hit_cost]))
 }
 
 /// How long the fake takes to stream one answer in scenario 11.
@@ -929,6 +963,7 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         let worker_pid = stack.worker_pids()[0];
         let worker_sampler = Sampler::start(worker_pid);
         let api_sampler = Sampler::start(api_pid);
+        let meter = Meter::start(&stack, true).await;
         let started = Instant::now();
         let succeeded = stack
             .wait_terminal(n as i64, args.drain_limit(3_600))
@@ -938,6 +973,7 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         let api_hwm = memory_kib(api_pid).map(|m| m.1).unwrap_or_default();
         let worker_drain = worker_sampler.finish().await;
         let api_drain = api_sampler.finish().await;
+        let cost = meter.finish(&stack, n, args.smoke).await;
         anyhow::Ok((
             api_submit,
             api_hwm_submit,
@@ -947,6 +983,7 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
             api_hwm,
             succeeded,
             drain_secs,
+            cost,
         ))
     }
     .await;
@@ -961,6 +998,7 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         api_hwm,
         succeeded,
         drain_secs,
+        cost,
     ) = result?;
     let mut table = Table::new(
         format!(
@@ -998,6 +1036,7 @@ async fn memory(args: &Args, env: &Env, checks: &mut Checks) -> anyhow::Result<(
         format!("all {n} jobs succeeded ({succeeded}) and both processes were sampled"),
     );
     table.print();
+    cost.print("7. Memory, the drain");
     Ok(())
 }
 

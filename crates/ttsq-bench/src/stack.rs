@@ -14,6 +14,11 @@ use uuid::Uuid;
 
 use crate::env::Env;
 
+/// Marks the SQL the driver itself sends to a stack's database, so that
+/// `pg_stat_statements` (which keeps a statement's first text, comments
+/// included) tells the driver's polling from the stack's own statements.
+pub const DRIVER_SQL_TAG: &str = "/* ttsq-bench */";
+
 /// What a stack is started with.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
@@ -174,10 +179,10 @@ impl Stack {
         let want = i64::try_from(self.workers.len())?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let seen: i64 = sqlx::query_scalar(
+            let seen: i64 = sqlx::query_scalar(&format!(
                 "SELECT count(*) FROM workers WHERE role = 'worker'
-                   AND last_seen > now() - interval '5 seconds'",
-            )
+                   AND last_seen > now() - interval '5 seconds' {DRIVER_SQL_TAG}"
+            ))
             .fetch_one(&self.db)
             .await
             .unwrap_or(0);
@@ -204,13 +209,23 @@ impl Stack {
         self.workers.iter().map(Child::id).collect()
     }
 
+    /// Process ids of the API processes (one).
+    pub fn api_pids(&self) -> Vec<u32> {
+        vec![self.api.id()]
+    }
+
+    /// Name of the stack's database.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
     /// Counts tasks per terminal state: (terminal, succeeded).
     pub async fn terminal_counts(&self) -> anyhow::Result<(i64, i64)> {
-        let row: (i64, i64) = sqlx::query_as(
+        let row: (i64, i64) = sqlx::query_as(&format!(
             "SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled')),
                     count(*) FILTER (WHERE status = 'succeeded')
-               FROM tasks",
-        )
+               FROM tasks {DRIVER_SQL_TAG}"
+        ))
         .fetch_one(&self.db)
         .await?;
         Ok(row)
@@ -245,10 +260,11 @@ impl Stack {
 
     /// Seconds since the epoch of the last `finished_at`.
     pub async fn last_finished_epoch(&self) -> anyhow::Result<f64> {
-        let value: Option<f64> =
-            sqlx::query_scalar("SELECT extract(epoch FROM max(finished_at))::float8 FROM tasks")
-                .fetch_one(&self.db)
-                .await?;
+        let value: Option<f64> = sqlx::query_scalar(&format!(
+            "SELECT extract(epoch FROM max(finished_at))::float8 FROM tasks {DRIVER_SQL_TAG}"
+        ))
+        .fetch_one(&self.db)
+        .await?;
         value.context("no task finished")
     }
 

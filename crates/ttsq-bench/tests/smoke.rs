@@ -81,12 +81,21 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         "### 10. Fair share, fake quota",
         "### 11. Time to first byte",
         "### 12. Long job",
+        "### 13. Open-loop submits",
+        "### 1. Throughput: CPU per process",
+        "### 1. Throughput: Postgres per job",
+        "### 3. Single submit latency: CPU per process",
+        "### 4. High priority, cache miss: CPU per process",
+        "### 4. High priority, cache hit: Postgres per job",
+        "### 7. Memory, the drain: CPU per process",
+        "### 13. Open-loop submits at 20/s: CPU per process",
+        "### 13. Open-loop submits at 40/s: Postgres per job",
     ] {
         assert!(stdout.contains(title), "no table `{title}`:\n{stdout}");
     }
     assert!(!stdout.contains("check: FAILED"), "{stdout}");
-    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 + 2 + 1 + 4 checks.
-    assert_eq!(stdout.matches("check: ok").count(), 20, "{stdout}");
+    // 1 + 1 + 1 + 1 + 3 + 1 + 1 + 3 + 1 + 2 + 1 + 4 + 2 checks.
+    assert_eq!(stdout.matches("check: ok").count(), 22, "{stdout}");
     // Scenario 10's three targets per mode and scenario 12's speed-up per
     // worker count are notes in smoke mode.
     assert_eq!(
@@ -165,5 +174,33 @@ fn smoke_mode_runs_every_scenario_and_its_figures_are_sane() {
         let edit = row(long_job, &format!("{workers}, one paragraph edited"));
         assert_eq!(number(edit[2]), 1.0, "{edit:?}");
     }
-    assert!(stderr.contains("checks: 20 passed, 0 failed"), "{stderr}");
+    // Scenario 13: both smoke rates answered, percentiles ordered, nothing
+    // lost; the target is reported either way.
+    let open_loop = &stdout[stdout.find("### 13. Open-loop submits").unwrap_or_default()..];
+    for rate in ["20", "40"] {
+        let cells = row(open_loop, &format!("{rate} |"));
+        assert!(number(cells[1]) > 0.0, "{cells:?}");
+        assert!(number(cells[2]) <= number(cells[4]), "{cells:?}");
+        assert!(number(cells[4]) <= number(cells[5]), "{cells:?}");
+        assert_eq!(number(cells[6]), 0.0, "{cells:?}");
+    }
+    assert!(
+        open_loop.contains("Target: p99 ≤ 20 ms at 1,000/s"),
+        "{open_loop}"
+    );
+    // Cost per job: the stack's own processes are always local, so their
+    // CPU is measured (never n/a) and the scenario's jobs cost some.
+    let throughput_cpu = &stdout[stdout
+        .find("### 1. Throughput: CPU per process")
+        .unwrap_or_default()..];
+    for label in ["api |", "worker(s) |", "driver"] {
+        let cells = row(throughput_cpu, label);
+        assert!(number(cells[2]) > 0.0, "{label}: {cells:?}");
+    }
+    let throughput_pg = &stdout[stdout
+        .find("### 1. Throughput: Postgres per job")
+        .unwrap_or_default()..];
+    let transactions = row(throughput_pg, "transactions");
+    assert!(number(transactions[1]) > 0.0, "{transactions:?}");
+    assert!(stderr.contains("checks: 22 passed, 0 failed"), "{stderr}");
 }
