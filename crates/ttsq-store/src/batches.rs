@@ -462,7 +462,7 @@ impl Store {
                         OR (t.status = 'processing' AND t.chunks_total IS NOT NULL))
              RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status,
                        t.characters, t.cache_hit, 0::numeric AS price, NULL::text AS currency,
-                       t.created_at AS submitted_at, t.parent_id
+                       t.created_at AS submitted_at, t.parent_id, t.chunks_total
              )
              {LEDGER_FROM_DONE}"
         );

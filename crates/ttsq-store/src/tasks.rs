@@ -477,7 +477,8 @@ impl OutcomeColumns {
 }
 
 /// Ledger rows for the tasks a CTE named `done` just finished (it returns
-/// `parent_id`: a chunk's row names its long job in `long_task_id`).
+/// `parent_id`: a chunk's row names its long job in `long_task_id`; and
+/// `chunks_total`, set on a long job's row).
 /// Characters are billable only when audio was synthesized for that very
 /// task, and never on a long job's own row: its chunks' rows bill them.
 pub(crate) const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
@@ -485,9 +486,7 @@ pub(crate) const LEDGER_FROM_DONE: &str = "INSERT INTO usage_ledger
          billable_characters, cache_hit, cost, currency, submitted_at, long_task_id)
     SELECT id, tenant_id, key_prefix, provider, dialect, voice, status, characters, billable, cache_hit,
            round(billable * price / 1000.0, 6), currency, submitted_at, parent_id
-    FROM (SELECT *, CASE WHEN status = 'succeeded' AND NOT cache_hit
-                          AND NOT EXISTS (SELECT 1 FROM tasks l
-                                           WHERE l.id = done.id AND l.chunks_total IS NOT NULL)
+    FROM (SELECT *, CASE WHEN status = 'succeeded' AND NOT cache_hit AND chunks_total IS NULL
                          THEN characters ELSE 0 END AS billable
             FROM done) d
     ON CONFLICT (task_id) DO NOTHING";
@@ -663,7 +662,7 @@ pub(crate) async fn finish<'e>(
              WHERE t.id = o.id AND t.status = 'processing'
          RETURNING t.id, t.tenant_id, t.key_prefix, t.provider, t.dialect, t.voice, t.status, t.characters,
                    t.cache_hit, o.price::numeric AS price, o.currency, t.created_at AS submitted_at,
-                   t.parent_id
+                   t.parent_id, t.chunks_total
          )
          {LEDGER_FROM_DONE}"
     );
