@@ -22,8 +22,3 @@ DROP INDEX tasks_processing;
 -- equality (retention, the foreign key's check), which implies NOT NULL.
 CREATE INDEX tasks_audio_hash_set ON tasks (audio_hash) WHERE audio_hash IS NOT NULL;
 DROP INDEX tasks_audio_hash;
-
--- Room on each page for a row's later versions: an update whose new version
--- lands on the old one's page writes a smaller WAL record (only the changed
--- middle of the row) and extends no page. Applies to pages written from now.
-ALTER TABLE tasks SET (fillfactor = 70);
