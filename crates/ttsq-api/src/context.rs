@@ -14,7 +14,7 @@ use ttsq_providers::quota::ReplicaRole;
 use ttsq_queue::Broker;
 use ttsq_store::{CostEstimate, NewTask, Principal, Store};
 
-use crate::{coalescer, content, ops, webhooks};
+use crate::{coalescer, content, hot_cache::HotCache, ops, webhooks};
 
 /// What the handlers share; cheap to clone.
 #[derive(Clone)]
@@ -60,6 +60,9 @@ pub struct ApiContext {
     /// on when the client hangs up): [`run`](crate::run) waits for them at
     /// shutdown, so the audio the vendor bills is stored and billed too.
     pub syntheses: tokio_util::task::TaskTracker,
+    /// Audio this replica served lately, by scoped content hash, so that a
+    /// repeated high-priority request answers without an S3 read.
+    pub hot_cache: Arc<HotCache>,
 }
 
 impl ApiContext {
@@ -96,6 +99,9 @@ impl ApiContext {
             role: ReplicaRole::Api,
         }));
         Self {
+            hot_cache: Arc::new(HotCache::new(
+                usize::try_from(settings.api.hot_cache_bytes).unwrap_or(usize::MAX),
+            )),
             readiness,
             syntheses: tokio_util::task::TaskTracker::new(),
             waiters,

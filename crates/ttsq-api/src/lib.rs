@@ -18,6 +18,8 @@
 //! - [`coalescer`]: single submissions written many to a transaction.
 //! - [`content`]: the optional content filter.
 //! - `long_jobs`: a long job's chunks, cut and hashed at submission.
+//! - [`hot_cache`]: audio served lately, in memory, for repeated
+//!   high-priority requests.
 //! - [`webhooks`]: webhook targets at submission, and what signs tenants'
 //!   secrets.
 //!
@@ -45,6 +47,7 @@
 pub mod coalescer;
 pub mod content;
 pub mod error;
+pub mod hot_cache;
 pub mod openapi;
 pub mod ops;
 pub mod webhooks;

@@ -8,6 +8,7 @@
 // structs' derived JSON Schema. Everything public is re-exported here.
 
 mod admin;
+mod api;
 mod audit;
 mod batches;
 mod breaker;
@@ -42,6 +43,7 @@ use toml::{Table, Value};
 
 pub use crate::{
     admin::AdminSettings,
+    api::ApiSettings,
     audit::AuditSettings,
     batches::{BatchSettings, MIN_JOIN_PART_BYTES},
     breaker::BreakerSettings,
@@ -84,6 +86,8 @@ pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
 pub struct Settings {
     /// HTTP API.
     pub server: ServerSettings,
+    /// What an API process keeps in memory (the hot cache).
+    pub api: ApiSettings,
     /// Postgres.
     pub database: DatabaseSettings,
     /// RabbitMQ.
@@ -171,6 +175,7 @@ impl Settings {
             self.database.check(),
             self.queue.check(),
             self.server.check(),
+            self.api.check(),
             self.s3.check(),
             self.webhooks.check(),
             self.worker.check(),

@@ -148,6 +148,14 @@ pub struct Metrics {
     /// with `join_failed`), `retried` (a failure that may pass: tried again
     /// later) or `lease_lost` (another replica took the join over).
     pub long_job_joins: IntCounterVec,
+    /// `tts_hot_cache_requests_total{outcome}`: high-priority audio answers
+    /// whose stored object was looked for in the API's in-memory hot cache:
+    /// `hit` (answered from memory, no S3 read) or `miss`.
+    pub hot_cache_requests: IntCounterVec,
+    /// `tts_hot_cache_bytes`: bytes of audio the hot cache holds.
+    pub hot_cache_bytes: IntGauge,
+    /// `tts_hot_cache_entries`: audio objects the hot cache holds.
+    pub hot_cache_entries: IntGauge,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -300,6 +308,22 @@ impl Metrics {
                 "tts_long_job_joins_total",
                 "Joins of a long job's chunks, by outcome (joined, reused, failed, retried, lease_lost).",
                 &["outcome"],
+            ),
+            hot_cache_requests: counter_vec(
+                &r,
+                "tts_hot_cache_requests_total",
+                "High-priority audio answers looked for in the in-memory hot cache, by outcome (hit, miss).",
+                &["outcome"],
+            ),
+            hot_cache_bytes: int_gauge(
+                &r,
+                "tts_hot_cache_bytes",
+                "Bytes of audio held in the API's in-memory hot cache.",
+            ),
+            hot_cache_entries: int_gauge(
+                &r,
+                "tts_hot_cache_entries",
+                "Audio objects held in the API's in-memory hot cache.",
             ),
             stream_first_byte: histogram(
                 &r,
@@ -461,6 +485,19 @@ impl Metrics {
     pub fn stream_ended(&self, complete: bool) {
         let outcome = if complete { "complete" } else { "cut_off" };
         self.streamed_responses.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a lookup in the hot cache: answered from memory, or not.
+    pub fn hot_cache_lookup(&self, hit: bool) {
+        let outcome = if hit { "hit" } else { "miss" };
+        self.hot_cache_requests.with_label_values(&[outcome]).inc();
+    }
+
+    /// Moves the hot cache gauges by what a change added (or, negative,
+    /// took away): every cache of the process adds into the same series.
+    pub fn hot_cache_changed(&self, entries: i64, bytes: i64) {
+        self.hot_cache_entries.add(entries);
+        self.hot_cache_bytes.add(bytes);
     }
 
     /// Sets the tenant-limit gauges from `(limit, fraction used)` pairs, one

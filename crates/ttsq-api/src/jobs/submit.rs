@@ -261,13 +261,20 @@ pub(crate) async fn submit_high(
     // just now, or read from S3 while a hit's task row committed — answered
     // as it is instead of read (again) from S3 afterwards.
     let mut held = None;
+    // Whether `held` came from the hot cache, which need not keep it again.
+    let mut from_memory = false;
     // A hit never hands out a dead URL: its object is looked at (read, when
     // the audio is the answer) before the task is written. One found
-    // missing is marked lost and synthesized again for this request.
+    // missing is marked lost and synthesized again for this request. The
+    // object is looked up in the index even when the hot cache holds its
+    // audio: an object removed or found lost is never answered from memory.
     let cached = match cached {
         Some(object) => {
             let present = if json {
                 context.audio.head(&object.s3_key).await?.map(|_| None)
+            } else if let Some(bytes) = context.hot_cache.get(job.hash.as_str(), &object) {
+                from_memory = true;
+                Some(Some(bytes))
             } else {
                 match context.audio.get(&object.s3_key).await {
                     Ok(bytes) => Some(Some(bytes)),
@@ -278,18 +285,29 @@ pub(crate) async fn submit_high(
             match present {
                 Some(bytes) => Some((object, bytes)),
                 None => {
+                    context.hot_cache.remove(job.hash.as_str());
                     context.store.mark_audio_lost(&object.hash).await?;
                     None
                 }
             }
         }
-        None => None,
+        None => {
+            // Never made, removed by retention or found lost: nothing to keep.
+            context.hot_cache.remove(job.hash.as_str());
+            if !json {
+                context.hot_cache.count_miss();
+            }
+            None
+        }
     };
     let (row, created) = match cached {
         Some((object, bytes)) => {
             let outcome = cache_hit(&context.providers, &object);
             let (row, created) = context.store.insert_finished(task, &outcome).await?;
-            if row.s3_key.as_deref() == Some(object.s3_key.as_str()) {
+            // The bytes answer only for the object the task row names now.
+            if row.s3_key.as_deref() == Some(object.s3_key.as_str())
+                && row.audio_sha256.as_deref() == Some(object.sha256.as_str())
+            {
                 held = bytes;
             }
             (row, created)
@@ -325,6 +343,9 @@ pub(crate) async fn submit_high(
     };
     if created {
         report_finished(&row);
+        if !from_memory && let Some(bytes) = &held {
+            keep_hot(context, job, &row, bytes);
+        }
     } else {
         same_request(&row, job)?;
         // An earlier task's answer, whose audio may be other bytes.
@@ -332,6 +353,18 @@ pub(crate) async fn submit_high(
         tracing::debug!("idempotent repeat of an earlier submission");
     }
     respond_with_audio(context, row, json, held).await
+}
+
+/// Keeps `bytes`, the audio of the succeeded task `row` of `job`, in the
+/// hot cache under the job's scoped content hash.
+fn keep_hot(context: &ApiContext, job: &Job, row: &TaskRow, bytes: &Bytes) {
+    if let (TaskStatus::Succeeded, Some(s3_key), Some(sha256)) =
+        (row.status(), &row.s3_key, &row.audio_sha256)
+    {
+        context
+            .hot_cache
+            .insert(job.hash.as_str(), s3_key, sha256, bytes.clone());
+    }
 }
 
 /// How a claimed task's synthesis answered.
@@ -364,6 +397,9 @@ async fn synthesize_streamed(
     let synthesis = context.syntheses.spawn(
         async move {
             let result = synthesize_claimed(&owned, &job, ids, token, Some(&sink)).await;
+            if let Ok((row, Some(bytes))) = &result {
+                keep_hot(&owned, &job, row, bytes);
+            }
             if sink.started() {
                 let complete =
                     matches!(&result, Ok((row, _)) if row.status() == TaskStatus::Succeeded);

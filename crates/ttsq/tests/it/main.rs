@@ -12,6 +12,7 @@ mod docs;
 mod documented;
 mod finance;
 mod health;
+mod hot_cache;
 mod long_jobs;
 mod long_jobs_api;
 mod long_joins;
