@@ -29,7 +29,7 @@ use aws_sdk_s3::{
 use secrecy::ExposeSecret;
 use ttsq_config::S3Settings;
 
-use crate::{error::AudioStoreError, transport::Transport};
+use crate::{endpoints::CachedEndpoints, error::AudioStoreError, transport::Transport};
 
 /// Time allowed to open a TCP connection to the S3 server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +88,7 @@ pub async fn s3_client(settings: &S3Settings) -> Result<Client, AudioStoreError>
         );
     }
     let mut config = aws_sdk_s3::config::Builder::from(&shared)
+        .endpoint_resolver(CachedEndpoints::default())
         .force_path_style(settings.force_path_style)
         // The SDK's default CRC checksums on every request (and the
         // `x-amz-checksum-mode` header on GETs, which would also end up in

@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
+mod endpoints;
 mod error;
+mod signing;
 mod streaming;
 mod transport;
 
@@ -18,11 +20,14 @@ use aws_sdk_s3::{
 use bytes::Bytes;
 use ttsq_config::S3Settings;
 
-use crate::error::{cause_chain, http_status};
 pub use crate::{
     client::s3_client,
     error::AudioStoreError,
     streaming::{MultipartWriter, ObjectReader},
+};
+use crate::{
+    error::{cause_chain, http_status},
+    signing::PrecomputedPayloadSha256,
 };
 
 /// The one region where `CreateBucket` must not name a location constraint.
@@ -205,6 +210,38 @@ impl AudioStore {
         content_type: &str,
         metadata: &[(&str, &str)],
     ) -> Result<PutOutcome, AudioStoreError> {
+        self.put_object(key, bytes, None, content_type, metadata)
+            .await
+    }
+
+    /// [`AudioStore::put_with_metadata`] for bytes whose SHA-256 the caller
+    /// has already computed (`sha256_hex`, lower-case hex): the upload is
+    /// signed with it instead of the S3 client hashing the body a second
+    /// time for SigV4's `x-amz-content-sha256`. The server still checks the
+    /// body against it (AWS S3 and s3s-fs refuse a mismatch), so a wrong hash
+    /// fails the upload and never stores other bytes. A `sha256_hex` that is
+    /// not 64 hex digits is ignored.
+    pub async fn put_hashed(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        sha256_hex: &str,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<PutOutcome, AudioStoreError> {
+        let signed_with = PrecomputedPayloadSha256::new(sha256_hex);
+        self.put_object(key, bytes, signed_with, content_type, metadata)
+            .await
+    }
+
+    async fn put_object(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        signed_with: Option<PrecomputedPayloadSha256>,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<PutOutcome, AudioStoreError> {
         if self.head_before_put && self.exists(key).await? {
             tracing::debug!(key, "audio object already stored");
             return Ok(PutOutcome::AlreadyExisted);
@@ -220,7 +257,11 @@ impl AudioStore {
         for (name, value) in metadata {
             request = request.metadata(*name, *value);
         }
-        let result = request.body(ByteStream::from(bytes)).send().await;
+        let request = request.body(ByteStream::from(bytes));
+        let result = match signed_with {
+            Some(signed_with) => request.customize().interceptor(signed_with).send().await,
+            None => request.send().await,
+        };
         match result {
             Ok(_) => {
                 tracing::debug!(key, size, "stored audio object");

@@ -157,20 +157,52 @@ pub fn read_wav(bytes: &[u8]) -> Result<Waveform, ProviderError> {
     })
 }
 
+/// Bytes of the header [`wav_header`] writes.
+pub const WAV_HEADER_LEN: usize = 44;
+
+/// The header of a RIFF WAVE file of `data_len` bytes of 16-bit mono PCM at
+/// `sample_rate_hz`: `RIFF`, a 16-byte `fmt ` chunk, the `data` chunk's
+/// header; byte for byte what hound writes, so audio stored before and
+/// after ttsq stopped going through hound is the same. `None` when the file
+/// would exceed RIFF's 4 GiB.
+pub fn wav_header(sample_rate_hz: u32, data_len: usize) -> Option<[u8; WAV_HEADER_LEN]> {
+    let data_len = u32::try_from(data_len).ok()?;
+    let riff_len = data_len.checked_add(WAV_HEADER_LEN as u32 - 8)?;
+    let byte_rate = sample_rate_hz.checked_mul(2)?;
+    let mut header = [0u8; WAV_HEADER_LEN];
+    header[0..4].copy_from_slice(b"RIFF");
+    header[4..8].copy_from_slice(&riff_len.to_le_bytes());
+    header[8..16].copy_from_slice(b"WAVEfmt ");
+    header[16..20].copy_from_slice(&16u32.to_le_bytes());
+    header[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
+    header[22..24].copy_from_slice(&1u16.to_le_bytes()); // mono
+    header[24..28].copy_from_slice(&sample_rate_hz.to_le_bytes());
+    header[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+    header[32..34].copy_from_slice(&2u16.to_le_bytes()); // block align
+    header[34..36].copy_from_slice(&16u16.to_le_bytes()); // bits per sample
+    header[36..40].copy_from_slice(b"data");
+    header[40..44].copy_from_slice(&data_len.to_le_bytes());
+    Some(header)
+}
+
+/// A WAV file of `pcm`, 16-bit little-endian mono samples at
+/// `sample_rate_hz` (an even number of bytes): [`wav_header`], then `pcm`.
+pub fn wav_from_pcm(pcm: &[u8], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderError> {
+    let header = wav_header(sample_rate_hz, pcm.len())
+        .ok_or_else(|| encode_error(AudioFormat::Wav, "larger than a WAV file can be"))?;
+    let mut out = Vec::with_capacity(WAV_HEADER_LEN + pcm.len());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(pcm);
+    Ok(out)
+}
+
 fn encode_wav(samples: &[i16], sample_rate_hz: u32) -> Result<Vec<u8>, ProviderError> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: sample_rate_hz,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut cursor = Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
-    let mut writer = hound::WavWriter::new(&mut cursor, spec).map_err(|e| wav_error(&e))?;
-    for &sample in samples {
-        writer.write_sample(sample).map_err(|e| wav_error(&e))?;
-    }
-    writer.finalize().map_err(|e| wav_error(&e))?;
-    Ok(cursor.into_inner())
+    let header = wav_header(sample_rate_hz, samples.len().saturating_mul(2))
+        .ok_or_else(|| encode_error(AudioFormat::Wav, "larger than a WAV file can be"))?;
+    let mut out = Vec::with_capacity(WAV_HEADER_LEN + samples.len() * 2);
+    out.extend_from_slice(&header);
+    out.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+    Ok(out)
 }
 
 fn encode_pcm(samples: &[i16]) -> Vec<u8> {
@@ -415,6 +447,37 @@ mod tests {
         assert_eq!(decoded.sample_rate_hz, RATE);
         assert_eq!(decoded.samples, samples);
         assert_eq!(decoded.duration_ms(), 1000);
+    }
+
+    #[test]
+    fn wav_is_byte_for_byte_what_hound_writes() {
+        for (rate, length) in [(RATE, 0), (8_000, 1), (24_000, 2_401), (48_000, 96_000)] {
+            let samples = tone(length);
+            let spec = hound::WavSpec {
+                channels: 1,
+                sample_rate: rate,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            };
+            let mut cursor = Cursor::new(Vec::new());
+            let mut writer = hound::WavWriter::new(&mut cursor, spec).unwrap();
+            for &sample in &samples {
+                writer.write_sample(sample).unwrap();
+            }
+            writer.finalize().unwrap();
+
+            let ours = encode(&samples, rate, AudioFormat::Wav).unwrap();
+
+            assert_eq!(ours, cursor.into_inner(), "{length} samples at {rate} Hz");
+        }
+    }
+
+    #[test]
+    fn a_wav_header_refuses_what_riff_cannot_state() {
+        assert!(wav_header(RATE, 1 << 32).is_none());
+        assert!(wav_header(RATE, u32::MAX as usize).is_none());
+        assert!(wav_header(u32::MAX, 2).is_none());
+        assert!(wav_header(RATE, u32::MAX as usize - 36).is_some());
     }
 
     #[test]

@@ -96,10 +96,97 @@ fn frame_header(bytes: &[u8]) -> Option<Frame> {
     })
 }
 
+/// Where the samples of a 16-bit mono PCM WAV file are, for answers that
+/// need no decoding: their bytes are already what such a file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WavPcm {
+    /// Samples per second, above 0.
+    pub sample_rate_hz: u32,
+    /// The sample bytes within the file: an even number, read as
+    /// [`read_wav_lenient`] reads them.
+    pub data: std::ops::Range<usize>,
+}
+
+/// The layout of a RIFF WAVE file that is plainly 16-bit mono PCM: one
+/// `fmt ` chunk of 16 bytes (or 18 with no extension) whose fields agree
+/// with each other, then (other chunks such as `LIST` skipped) the `data`
+/// chunk. Its size may be a streaming placeholder ([`data_len`]); a last odd
+/// byte is dropped, as [`read_wav_lenient`] does. `None` for anything else
+/// (stereo, other sample formats, `WAVE_FORMAT_EXTENSIBLE`, fields that
+/// disagree, chunks that run past the end): such files go through
+/// [`read_wav_lenient`], so a `Some` here always holds the very samples
+/// that reader returns.
+pub(crate) fn wav_pcm(bytes: &[u8]) -> Option<WavPcm> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut pos = 12;
+    let mut rate = None;
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let size = u32::from_le_bytes(header[4..8].try_into().ok()?) as usize;
+        let body_start = pos + 8;
+        match &header[..4] {
+            b"fmt " if rate.is_none() => {
+                let fmt = bytes.get(body_start..body_start.checked_add(size)?)?;
+                let field16 = |at: usize| u16::from_le_bytes([fmt[at], fmt[at + 1]]);
+                let field32 = |at: usize| {
+                    u32::from_le_bytes([fmt[at], fmt[at + 1], fmt[at + 2], fmt[at + 3]])
+                };
+                // PCMWAVEFORMAT, or WAVEFORMATEX with no extra bytes.
+                if !(size == 16 || (size == 18 && field16(16) == 0)) {
+                    return None;
+                }
+                let (tag, channels, hz, byte_rate) =
+                    (field16(0), field16(2), field32(4), field32(8));
+                let (block_align, bits) = (field16(12), field16(14));
+                if tag != 1
+                    || channels != 1
+                    || bits != 16
+                    || block_align != 2
+                    || hz == 0
+                    || u64::from(byte_rate) != 2 * u64::from(hz)
+                {
+                    return None;
+                }
+                rate = Some(hz);
+            }
+            b"fmt " => return None,
+            b"data" => {
+                let sample_rate_hz = rate?;
+                let len = data_len(size, bytes.len() - body_start) & !1;
+                return Some(WavPcm {
+                    sample_rate_hz,
+                    data: body_start..body_start + len,
+                });
+            }
+            _ => {}
+        }
+        // Chunks are padded to an even length.
+        pos = body_start.checked_add(size)?.checked_add(size & 1)?;
+        if pos > bytes.len() {
+            return None;
+        }
+    }
+    None
+}
+
+/// Bytes of a `data` chunk that declares `declared` with `available` bytes
+/// after its header. Streaming writers cannot know the length when they
+/// write the header, so they put a placeholder there: `0xFFFFFFFF`
+/// (OpenAI), `0x7FFFFFFF` (ElevenLabs) or 0. A size larger than what
+/// arrived, or 0 with bytes following, therefore means "to the end".
+fn data_len(declared: usize, available: usize) -> usize {
+    if declared == 0 {
+        available
+    } else {
+        declared.min(available)
+    }
+}
+
 /// Reads a 16-bit integer PCM RIFF WAVE file, trusting the bytes over the
-/// header: a data size larger than what arrived (a streaming placeholder)
-/// means "to the end". Stereo is mixed down to mono. `None` when the bytes
-/// are not such a file.
+/// header: a data size larger than what arrived, or 0 (streaming
+/// placeholders, see [`data_len`]), means "to the end". Stereo is mixed down
+/// to mono. `None` when the bytes are not such a file.
 pub(crate) fn read_wav_lenient(bytes: &[u8]) -> Option<Waveform> {
     if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return None;
@@ -124,7 +211,7 @@ pub(crate) fn read_wav_lenient(bytes: &[u8]) -> Option<Waveform> {
             if !(tag == 1 || tag == 0xfffe) || bits != 16 || !(1..=2).contains(&channels) {
                 return None;
             }
-            let data = &bytes[body_start..body_start + size.min(available)];
+            let data = &bytes[body_start..body_start + data_len(size, available)];
             let frame = 2 * usize::from(channels);
             let samples = data
                 .chunks_exact(frame)
@@ -210,6 +297,53 @@ mod tests {
         assert_eq!(read.sample_rate_hz, 24_000);
         assert_eq!(read.samples, samples);
         assert!(crate::encode::read_wav(&wav).is_err(), "hound is strict");
+    }
+
+    #[test]
+    fn a_plain_wav_layout_is_found_behind_other_chunks() {
+        let samples = tone(24_000, 100);
+        let wav = encode(&samples, 24_000, AudioFormat::Wav).unwrap();
+        let mut listed = wav[..36].to_vec();
+        listed.extend_from_slice(b"LIST\x03\0\0\0abc\0");
+        listed.extend_from_slice(&wav[36..]);
+
+        let plain = wav_pcm(&wav).unwrap();
+        let behind = wav_pcm(&listed).unwrap();
+
+        assert_eq!(plain.sample_rate_hz, 24_000);
+        assert_eq!(plain.data, 44..wav.len());
+        assert_eq!(behind.data, 56..listed.len());
+        assert_eq!(&listed[behind.data], &wav[44..]);
+    }
+
+    #[test]
+    fn a_zero_data_size_means_to_the_end_and_an_odd_tail_is_dropped() {
+        let samples = tone(8_000, 10);
+        let mut wav = encode(&samples, 8_000, AudioFormat::Wav).unwrap();
+        wav[40..44].copy_from_slice(&[0; 4]);
+        wav.push(9);
+
+        assert_eq!(wav_pcm(&wav).unwrap().data, 44..wav.len() - 1);
+        assert_eq!(read_wav_lenient(&wav).unwrap().samples, samples);
+    }
+
+    #[test]
+    fn only_plain_16_bit_mono_pcm_has_a_layout() {
+        let wav = encode(&tone(8_000, 10), 8_000, AudioFormat::Wav).unwrap();
+        let with = |at: usize, value: &[u8]| {
+            let mut body = wav.clone();
+            body[at..at + value.len()].copy_from_slice(value);
+            body
+        };
+
+        assert!(wav_pcm(&with(22, &[2, 0])).is_none(), "stereo");
+        assert!(wav_pcm(&with(20, &[0xfe, 0xff])).is_none(), "extensible");
+        assert!(wav_pcm(&with(28, &[0; 4])).is_none(), "byte rate");
+        assert!(wav_pcm(&with(24, &[0; 4])).is_none(), "rate 0");
+        assert!(wav_pcm(&with(16, &[20, 0, 0, 0])).is_none(), "fmt size");
+        assert!(wav_pcm(&with(36, b"junk")).is_none(), "no data chunk");
+        assert!(wav_pcm(&wav[..40]).is_none(), "cut");
+        assert!(wav_pcm(b"RIFF\0\0\0\0WAVE").is_none());
     }
 
     #[test]

@@ -51,6 +51,10 @@ use crate::{
 /// Largest audio body read; a longer one is a vendor fault, not audio.
 const MAX_AUDIO_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most bytes reserved for a body before it arrives, whatever its
+/// `Content-Length` says.
+const PREALLOCATED_BODY_BYTES: usize = 1024 * 1024;
+
 /// Largest error body read; vendor error bodies are small JSON.
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 
@@ -690,7 +694,12 @@ async fn read_body(
     {
         return Err(BodyError::TooLarge);
     }
-    let mut body = BytesMut::new();
+    // Sized from the header, so a body is not copied as it grows; capped,
+    // since the header is the vendor's word.
+    let expected = response.content_length().unwrap_or(0);
+    let mut body = BytesMut::with_capacity(
+        usize::try_from(expected).map_or(0, |n| n.min(PREALLOCATED_BODY_BYTES)),
+    );
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge);
@@ -811,7 +820,10 @@ fn to_audio(
         message: format!("answered 200 with {what}"),
     };
     let unstretched = (rendering.stretch - 1.0).abs() < dsp::STRETCH_EPSILON;
-    let (waveform, raw) = match payload {
+    // 16-bit mono PCM, as raw bytes at a rate: answers that are already
+    // such samples (raw, or a plain WAV file) are never decoded when the
+    // rendering only changes their container.
+    let (pcm, rate, wav) = match payload {
         Payload::Mp3(bytes) => {
             let duration_ms = probe::mp3_duration_ms(&bytes)
                 .ok_or_else(|| malformed("a body that is not MP3"))?;
@@ -830,41 +842,70 @@ fn to_audio(
             if bytes.is_empty() {
                 return Err(malformed("an empty body"));
             }
-            let samples = probe::pcm_samples(&bytes)
-                .ok_or_else(|| malformed("an odd number of PCM bytes"))?;
-            let waveform = Waveform {
-                samples,
-                sample_rate_hz: rate,
-            };
-            (waveform, Some(bytes))
-        }
-        Payload::Wav(bytes) => {
-            let waveform = probe::read_wav_lenient(&bytes)
-                .ok_or_else(|| malformed("a body that is not 16-bit PCM WAV"))?;
-            if waveform.samples.is_empty() {
-                return Err(malformed("a WAV without samples"));
+            if !bytes.len().is_multiple_of(2) {
+                return Err(malformed("an odd number of PCM bytes"));
             }
-            (waveform, None)
+            (bytes, rate, None)
         }
+        Payload::Wav(bytes) => match probe::wav_pcm(&bytes) {
+            Some(layout) => {
+                if layout.data.is_empty() {
+                    return Err(malformed("a WAV without samples"));
+                }
+                (
+                    bytes.slice(layout.data.clone()),
+                    layout.sample_rate_hz,
+                    Some((bytes, layout)),
+                )
+            }
+            // Stereo, WAVE_FORMAT_EXTENSIBLE, a header whose fields
+            // disagree: read as best we can, then encode.
+            None => {
+                let waveform = probe::read_wav_lenient(&bytes)
+                    .ok_or_else(|| malformed("a body that is not 16-bit PCM WAV"))?;
+                if waveform.samples.is_empty() {
+                    return Err(malformed("a WAV without samples"));
+                }
+                warn_off_rate(
+                    provider,
+                    request_id,
+                    waveform.sample_rate_hz,
+                    expected_rate_hz,
+                );
+                let (bytes, duration_ms) = encode::render(&waveform, rendering)?;
+                return Ok(Audio {
+                    bytes: Bytes::from(bytes),
+                    format,
+                    duration_ms,
+                    marks: Vec::new(),
+                });
+            }
+        },
     };
-    if waveform.sample_rate_hz != expected_rate_hz {
-        tracing::warn!(
-            provider,
-            %request_id,
-            sample_rate_hz = waveform.sample_rate_hz,
-            expected_rate_hz,
-            "audio rate differs from the dialect's declared rate; resampled"
-        );
-    }
-    let (bytes, duration_ms) = match raw {
-        Some(raw)
-            if format == AudioFormat::Pcm
-                && unstretched
-                && waveform.sample_rate_hz == rendering.sample_rate_hz =>
-        {
-            (raw, waveform.duration_ms())
+    warn_off_rate(provider, request_id, rate, expected_rate_hz);
+    let as_is = unstretched && rate == rendering.sample_rate_hz;
+    let (bytes, duration_ms) = match format {
+        AudioFormat::Pcm if as_is => {
+            let duration_ms = encode::duration_ms(pcm.len() / 2, rate);
+            (pcm, duration_ms)
+        }
+        AudioFormat::Wav if as_is => {
+            let duration_ms = encode::duration_ms(pcm.len() / 2, rate);
+            let bytes = match wav {
+                Some((file, layout)) => {
+                    drop(pcm);
+                    rewrite_wav_header(file, &layout)?
+                }
+                None => Bytes::from(encode::wav_from_pcm(&pcm, rate)?),
+            };
+            (bytes, duration_ms)
         }
         _ => {
+            let waveform = Waveform {
+                samples: probe::pcm_samples(&pcm)
+                    .ok_or_else(|| malformed("an odd number of PCM bytes"))?,
+                sample_rate_hz: rate,
+            };
             let (bytes, duration_ms) = encode::render(&waveform, rendering)?;
             (Bytes::from(bytes), duration_ms)
         }
@@ -875,6 +916,55 @@ fn to_audio(
         duration_ms,
         marks: Vec::new(),
     })
+}
+
+/// Logs audio whose rate is not the dialect's declared one (it gets
+/// resampled, which costs CPU and says the catalog is wrong).
+fn warn_off_rate(provider: &str, request_id: Uuid, sample_rate_hz: u32, expected_rate_hz: u32) {
+    if sample_rate_hz != expected_rate_hz {
+        tracing::warn!(
+            provider,
+            %request_id,
+            sample_rate_hz,
+            expected_rate_hz,
+            "audio rate differs from the dialect's declared rate; resampled"
+        );
+    }
+}
+
+/// The WAV file `layout` describes, with the header ttsq writes for its
+/// samples ([`encode::wav_header`]): placeholder sizes made real, chunks
+/// other than `fmt ` and `data` left out. Byte for byte what decoding the
+/// samples and encoding them again gives. The header is patched in place
+/// when the samples follow a 44-byte header and nothing else holds the
+/// buffer; otherwise the samples are copied once behind a new header.
+fn rewrite_wav_header(file: Bytes, layout: &probe::WavPcm) -> Result<Bytes, ProviderError> {
+    let header = encode::wav_header(layout.sample_rate_hz, layout.data.len()).ok_or_else(|| {
+        ProviderError::Encode {
+            format: AudioFormat::Wav,
+            message: "larger than a WAV file can be".to_owned(),
+        }
+    })?;
+    if layout.data.start == encode::WAV_HEADER_LEN {
+        let mut file = file;
+        file.truncate(layout.data.end);
+        match file.try_into_mut() {
+            Ok(mut owned) => {
+                owned[..encode::WAV_HEADER_LEN].copy_from_slice(&header);
+                return Ok(owned.freeze());
+            }
+            Err(shared) => {
+                return Ok(Bytes::from(encode::wav_from_pcm(
+                    &shared[encode::WAV_HEADER_LEN..],
+                    layout.sample_rate_hz,
+                )?));
+            }
+        }
+    }
+    Ok(Bytes::from(encode::wav_from_pcm(
+        &file[layout.data.clone()],
+        layout.sample_rate_hz,
+    )?))
 }
 
 #[cfg(test)]
@@ -1262,5 +1352,276 @@ mod tests {
         assert_eq!(slower.bytes.len(), 2 * 9_600);
         // Resampled to the rendering's rate, whatever the dialect declares.
         assert_eq!(off_rate.bytes, pcm);
+    }
+
+    /// What every WAV answer went through before ttsq learnt to keep
+    /// samples as they are: read them, then write a file with hound.
+    fn decoded_and_encoded_again(body: &[u8]) -> Option<Vec<u8>> {
+        let waveform = probe::read_wav_lenient(body)?;
+        // Rates no encoder took (hound's byte rate would overflow).
+        if waveform.samples.is_empty() || !(1..=u32::MAX / 2).contains(&waveform.sample_rate_hz) {
+            return None;
+        }
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: waveform.sample_rate_hz,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut cursor = std::io::Cursor::new(Vec::new());
+        let mut writer = hound::WavWriter::new(&mut cursor, spec).unwrap();
+        for sample in waveform.samples {
+            writer.write_sample(sample).unwrap();
+        }
+        writer.finalize().unwrap();
+        Some(cursor.into_inner())
+    }
+
+    fn tone_pcm(samples: usize) -> Vec<u8> {
+        (0..samples)
+            .flat_map(|i| (((i as f64 * 0.07).sin() * 9_000.0) as i16).to_le_bytes())
+            .collect()
+    }
+
+    /// A mono 16-bit WAV file: `fmt_len` bytes of format chunk, `before`
+    /// (whole chunks) between it and `data`, whose size field says
+    /// `data_size`.
+    fn wav_file(pcm: &[u8], rate: u32, fmt_len: u32, before: &[u8], data_size: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&data_size.to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&fmt_len.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&(rate * 2).to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.resize(out.len() + (fmt_len as usize - 16), 0);
+        out.extend_from_slice(before);
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_size.to_le_bytes());
+        out.extend_from_slice(pcm);
+        out
+    }
+
+    fn wav_as_asked(body: Vec<u8>) -> Result<Audio, ProviderError> {
+        to_audio(
+            "p",
+            Payload::Wav(Bytes::from(body)),
+            Rendering {
+                format: AudioFormat::Wav,
+                sample_rate_hz: 24_000,
+                stretch: 1.0,
+            },
+            24_000,
+            Uuid::nil(),
+        )
+    }
+
+    #[test]
+    fn a_wav_kept_as_wav_is_byte_for_byte_what_decoding_and_encoding_gave() {
+        let pcm = tone_pcm(10_822);
+        let list = b"LIST\x05\x00\x00\x00INFOx\x00";
+        let exact = u32::try_from(pcm.len()).unwrap();
+        let bodies = [
+            ("exact sizes", wav_file(&pcm, 24_000, 16, &[], exact)),
+            (
+                "OpenAI placeholder",
+                wav_file(&pcm, 24_000, 16, &[], u32::MAX),
+            ),
+            (
+                "ElevenLabs placeholder",
+                wav_file(&pcm, 24_000, 16, &[], 0x7fff_ffff),
+            ),
+            ("zero placeholder", wav_file(&pcm, 24_000, 16, &[], 0)),
+            (
+                "odd chunk before data",
+                wav_file(&pcm, 24_000, 16, list, u32::MAX),
+            ),
+            ("18-byte fmt", wav_file(&pcm, 24_000, 18, &[], u32::MAX)),
+            ("a stray last byte", {
+                let mut body = wav_file(&pcm, 24_000, 16, &[], u32::MAX);
+                body.push(0x7f);
+                body
+            }),
+            ("a data size below what came", {
+                let mut body = wav_file(&pcm, 24_000, 16, &[], exact - 100);
+                body.extend_from_slice(b"trailing junk");
+                body
+            }),
+        ];
+
+        for (case, body) in bodies {
+            let expected = decoded_and_encoded_again(&body).unwrap();
+
+            let audio = wav_as_asked(body).unwrap();
+
+            assert_eq!(audio.bytes, expected, "{case}");
+            let samples = (expected.len() - 44) / 2;
+            assert_eq!(
+                audio.duration_ms,
+                encode::duration_ms(samples, 24_000),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_wav_header_is_patched_in_place() {
+        let body = Bytes::from(wav_file(&tone_pcm(2_400), 24_000, 16, &[], u32::MAX));
+        let at = body.as_ptr();
+
+        let audio = to_audio(
+            "p",
+            Payload::Wav(body),
+            Rendering {
+                format: AudioFormat::Wav,
+                sample_rate_hz: 24_000,
+                stretch: 1.0,
+            },
+            24_000,
+            Uuid::nil(),
+        )
+        .unwrap();
+
+        assert_eq!(audio.bytes.as_ptr(), at, "the samples were copied");
+        assert_eq!(&audio.bytes[4..8], &(36u32 + 4_800).to_le_bytes());
+        assert_eq!(&audio.bytes[40..44], &4_800u32.to_le_bytes());
+        assert_eq!(audio.duration_ms, 100);
+    }
+
+    #[test]
+    fn wav_headers_that_lie_are_decoded_as_before_or_refused() {
+        let pcm = tone_pcm(2_400);
+        let plain = wav_file(&pcm, 24_000, 16, &[], u32::MAX);
+        let with = |at: usize, value: &[u8]| {
+            let mut body = plain.clone();
+            body[at..at + value.len()].copy_from_slice(value);
+            body
+        };
+        // Read by the lenient reader, then encoded: as before this change.
+        let decoded = [
+            ("stereo", with(22, &2u16.to_le_bytes())),
+            ("byte rate off", with(28, &1u32.to_le_bytes())),
+            ("block align off", with(32, &4u16.to_le_bytes())),
+            ("extensible", with(20, &0xfffeu16.to_le_bytes())),
+        ];
+        for (case, body) in decoded {
+            let expected = decoded_and_encoded_again(&body);
+
+            let audio = wav_as_asked(body.clone());
+
+            assert_eq!(audio.ok().map(|a| a.bytes.to_vec()), expected, "{case}");
+        }
+        let refused = [
+            ("fmt runs past the end", with(16, &u32::MAX.to_le_bytes())),
+            ("8-bit", with(34, &8u16.to_le_bytes())),
+            ("float", with(20, &3u16.to_le_bytes())),
+            ("no data chunk", plain[..36].to_vec()),
+            ("header only", plain[..44].to_vec()),
+            ("cut in the header", plain[..30].to_vec()),
+            ("not RIFF", with(0, b"RIFX")),
+            ("data before fmt", {
+                let mut body = b"RIFF\0\0\0\0WAVEdata\x04\0\0\0\x01\x02\x03\x04".to_vec();
+                body.extend_from_slice(&plain[12..36]);
+                body
+            }),
+        ];
+        for (case, body) in refused {
+            let err = wav_as_asked(body).unwrap_err();
+
+            assert!(err.is_retryable(), "{case}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_wav_header_makes_the_reader_panic_or_disagree_with_decoding() {
+        let plain = wav_file(&tone_pcm(300), 24_000, 16, b"LIST\x04\0\0\0INFO", u32::MAX);
+        // A fixed xorshift, so a failure reproduces.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut body = plain.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() % 60) as usize;
+                body[at] = next() as u8;
+            }
+            if next() % 8 == 0 {
+                body.truncate((next() % 700) as usize);
+            }
+            let expected = decoded_and_encoded_again(&body);
+
+            let audio = to_audio(
+                "p",
+                Payload::Wav(Bytes::from(body.clone())),
+                Rendering {
+                    format: AudioFormat::Wav,
+                    sample_rate_hz: probe::read_wav_lenient(&body)
+                        .map_or(24_000, |w| w.sample_rate_hz),
+                    stretch: 1.0,
+                },
+                24_000,
+                Uuid::nil(),
+            );
+
+            assert_eq!(
+                audio.ok().map(|a| a.bytes.to_vec()),
+                expected,
+                "{:02x?}",
+                &body[..body.len().min(60)]
+            );
+        }
+    }
+
+    #[test]
+    fn raw_pcm_asked_as_wav_gets_a_header_and_the_same_samples() {
+        let pcm = Bytes::from(tone_pcm(2_400));
+        let body = wav_file(&pcm, 24_000, 16, &[], u32::try_from(pcm.len()).unwrap());
+
+        let audio = to_audio(
+            "p",
+            Payload::Pcm(pcm.clone(), 24_000),
+            Rendering {
+                format: AudioFormat::Wav,
+                sample_rate_hz: 24_000,
+                stretch: 1.0,
+            },
+            24_000,
+            Uuid::nil(),
+        )
+        .unwrap();
+
+        assert_eq!(audio.bytes, decoded_and_encoded_again(&body).unwrap());
+        assert_eq!(audio.duration_ms, 100);
+    }
+
+    #[test]
+    fn wav_asked_as_pcm_is_its_data_chunk() {
+        let pcm = tone_pcm(2_401);
+        let mut body = wav_file(&pcm, 24_000, 16, b"LIST\x04\0\0\0INFO", u32::MAX);
+        body.push(1);
+
+        let audio = to_audio(
+            "p",
+            Payload::Wav(Bytes::from(body)),
+            Rendering {
+                format: AudioFormat::Pcm,
+                sample_rate_hz: 24_000,
+                stretch: 1.0,
+            },
+            24_000,
+            Uuid::nil(),
+        )
+        .unwrap();
+
+        assert_eq!(audio.bytes, pcm, "the stray last byte is dropped");
+        assert_eq!(audio.duration_ms, 100);
     }
 }

@@ -190,7 +190,13 @@ async fn make(
     let bytes = ours.bytes;
     let outcome = retry_transient(storage_retry, "storing audio", || {
         bucket
-            .put_with_metadata(&key, audio.bytes.clone(), format.content_type(), &metadata)
+            .put_hashed(
+                &key,
+                audio.bytes.clone(),
+                &sha256,
+                format.content_type(),
+                &metadata,
+            )
             .instrument(tracing::info_span!("s3.put", s3.key = %key, bytes))
     })
     .await?;

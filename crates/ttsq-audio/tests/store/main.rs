@@ -95,6 +95,40 @@ async fn put_then_get_returns_identical_bytes() {
 }
 
 #[tokio::test]
+async fn a_put_signed_with_the_callers_hash_stores_and_a_wrong_hash_is_refused() {
+    let store = fresh_store().await;
+    let body = Bytes::from_static(b"signed with the caller's hash");
+    // SHA-256 of `body`, and of b"other bytes".
+    let sha256 = "338918a1af110d3e3822d17e528a2085dc8ed71e4abcfd3bf90983eb6aa9108c";
+    let other = "a3ead5eedad5df82318c51685dbc1c147a36d1ff8584fc82de6b08d0bf63a795";
+    let (good, bad) = (audio_key("c3"), audio_key("c4"));
+
+    let stored = store
+        .put_hashed(&good, body.clone(), sha256, "audio/mpeg", &[])
+        .await
+        .expect("put with the right hash");
+    let refused = store
+        .put_hashed(&bad, body.clone(), other, "audio/mpeg", &[])
+        .await;
+    let unchecked = store
+        .put_hashed(
+            &audio_key("c5"),
+            body.clone(),
+            "not a hash",
+            "audio/mpeg",
+            &[],
+        )
+        .await
+        .expect("put with no usable hash");
+
+    assert_eq!(stored, PutOutcome::Stored);
+    assert_eq!(store.get(&good).await.expect("get"), body);
+    assert!(refused.is_err(), "a body that is not its hash was stored");
+    assert!(store.get(&bad).await.unwrap_err().is_not_found());
+    assert_eq!(unchecked, PutOutcome::Stored);
+}
+
+#[tokio::test]
 async fn second_put_of_a_key_is_already_existed_and_keeps_the_first_bytes() {
     for conditional_writes in [false, true] {
         let store = fresh_store_with(conditional_writes).await;
