@@ -42,6 +42,11 @@ impl Store {
 
     /// The stored objects among `hashes`, by hash, except those found lost;
     /// one round trip.
+    ///
+    /// Planned afresh at each call (an unnamed statement): a plan cached
+    /// while the table was young is a sequential scan, which a connection
+    /// would otherwise keep as the table grows until autovacuum next
+    /// analyzes it — milliseconds per lookup after a few thousand objects.
     pub async fn find_audio_many(
         &self,
         hashes: &[String],
@@ -49,6 +54,7 @@ impl Store {
         let sql =
             format!("SELECT {COLUMNS} FROM audio_objects WHERE hash = ANY($1) AND lost_at IS NULL");
         let rows: Vec<AudioObject> = sqlx::query_as(&sql)
+            .persistent(false)
             .bind(hashes)
             .fetch_all(&self.pool)
             .await?;
