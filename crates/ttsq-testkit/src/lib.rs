@@ -418,6 +418,25 @@ impl TestApp {
         expose(&key.key)
     }
 
+    /// Puts the tenants named `tenants` into the cache pool `pool`: they
+    /// share each other's audio from then on.
+    pub async fn join_cache_pool(&self, tenants: &[&str], pool: &str) {
+        for name in tenants {
+            self.services
+                .store
+                .update_tenant(
+                    name,
+                    &ttsq_store::TenantUpdate {
+                        cache_pool: Some(Some(pool.to_owned())),
+                        ..Default::default()
+                    },
+                    "test",
+                )
+                .await
+                .expect("pool joined");
+        }
+    }
+
     /// `POST /v1/tts/jobs` with the default key.
     pub async fn submit(&self, body: &Value) -> Response {
         self.submit_as(&self.api_key, body).await

@@ -170,20 +170,8 @@ async fn another_scope_with_the_same_text_gets_a_miss_and_its_own_synthesis() {
 async fn tenants_of_one_cache_pool_share_its_entries() {
     let app = spawn(&[]).await;
     let other = app.new_tenant("other").await;
-    for name in ["default", "other"] {
-        app.services
-            .store
-            .update_tenant(
-                name,
-                &ttsq_store::TenantUpdate {
-                    cache_pool: Some(Some("hot-cache-test".into())),
-                    ..Default::default()
-                },
-                "test",
-            )
-            .await
-            .expect("pool joined");
-    }
+    app.join_cache_pool(&["default", "other"], "hot-cache-test")
+        .await;
     let body = job("The pool says this.");
     let mine = submit_as(&app, &app.api_key, &body).await;
     delete_from_s3(&app, mine.task_id).await;

@@ -38,20 +38,8 @@ async fn expired_tasks_and_their_unshared_audio_are_swept_and_the_ledger_stays()
     .await;
     let other_key = app.new_tenant("other").await;
     // Both in one cache pool, so that they share the audio of a text.
-    for name in ["default", "other"] {
-        app.services
-            .store
-            .update_tenant(
-                name,
-                &ttsq_store::TenantUpdate {
-                    cache_pool: Some(Some("retention-test".into())),
-                    ..Default::default()
-                },
-                "test",
-            )
-            .await
-            .expect("pool joined");
-    }
+    app.join_cache_pool(&["default", "other"], "retention-test")
+        .await;
     // Texts unique to this test.
     let run = Uuid::new_v4().simple().to_string();
     let job =

@@ -1322,20 +1322,7 @@ async fn another_tenants_audio_is_neither_served_nor_revealed_unless_both_joined
     );
 
     // Tenants that opt into one pool share their hits, and only they.
-    for name in ["alice", "carol"] {
-        app.services
-            .store
-            .update_tenant(
-                name,
-                &ttsq_store::TenantUpdate {
-                    cache_pool: Some(Some("shared".into())),
-                    ..Default::default()
-                },
-                "test",
-            )
-            .await
-            .expect("pool joined");
-    }
+    app.join_cache_pool(&["alice", "carol"], "shared").await;
     let seeded = app.submit_as(&alice, &high).await;
     let shared = app.submit_as(&carol, &high).await;
     let still_apart: Value = app
